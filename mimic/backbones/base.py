@@ -1,0 +1,115 @@
+"""The backbone contract: what every encoder (CLIP, the offline MiniLM + EfficientNet pair) gives MIMIC.
+
+A backbone turns a batch of texts and a batch of (optional) images into five tensors. The MIMIC and
+M3EL heads only ever see a `BackboneOutput`, so they work unchanged on any backbone whose
+dimensions they are configured with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextFeatures:
+    """Text side of a backbone output.
+
+    global_: [B, D_tg]   one vector per text (CLIP: projected, L2-normalised `text_embeds`)
+    tokens:  [B, L, D_tt] token states (CLIP: text last_hidden_state after final_layer_norm)
+    mask:    [B, L] bool, True on real tokens, False on padding
+    """
+
+    global_: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class ImageFeatures:
+    """Image side of a backbone output.
+
+    global_:   [B, D_vg]   one vector per image (CLIP: projected, L2-normalised `image_embeds`)
+    tokens:    [B, P, D_vt] patch or region tokens (CLIP: vision last_hidden_state, all 50 tokens)
+    has_image: [B] bool, False where the item had no (readable) image; such rows are zeros unless
+               the backbone was asked to encode a placeholder (MIMIC compat mode).
+    """
+
+    global_: torch.Tensor
+    tokens: torch.Tensor
+    has_image: torch.Tensor
+
+
+@dataclass
+class BackboneOutput:
+    text: TextFeatures
+    image: ImageFeatures
+
+
+@dataclass
+class BackboneDims:
+    """Widths the heads are built with."""
+
+    text_global: int
+    text_token: int
+    image_global: int
+    image_token: int
+    num_image_tokens: int
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses implement `tokenize`, `encode_text`, `encode_pixels` and `pixels_from_images`.
+
+    Images enter as already-decoded RGB PIL images (see `mimic.images`), or None for "no image".
+    `pixels_from_images` turns them into the backbone's normalised pixel tensor [B, 3, H, W]; an
+    item with no image gets an all-zero tensor (which is the official MIMIC behaviour: zeros in
+    normalised space) and has_image False.
+    """
+
+    name: str = "backbone"
+    dims: BackboneDims
+
+    # -- text -------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """-> {"input_ids": [B, max_length] long, "attention_mask": [B, max_length] long}, padded to max_length."""
+        raise NotImplementedError
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        raise NotImplementedError
+
+    # -- images -----------------------------------------------------------------------------
+    def pixels_from_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+        """images: list of PIL.Image (RGB) or None -> (pixel_values [B,3,H,W] float, has_image [B] bool).
+
+        resize: "default" for the backbone's own preprocessing; "squash" for the official MIMIC
+        224x224 LANCZOS resize without crop (CLIP only).
+        """
+        raise NotImplementedError
+
+    def encode_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values [B,3,H,W] -> (global [B, D_vg], tokens [B, P, D_vt])."""
+        raise NotImplementedError
+
+    def encode_images(self, pixel_values: torch.Tensor, has_image: torch.Tensor,
+                      encode_missing: bool = False) -> ImageFeatures:
+        """Encode a pixel batch. Rows without an image are skipped (left as zeros) unless
+        `encode_missing` (compat mode: the zero pixel tensor still gets a real embedding)."""
+        B = pixel_values.shape[0]
+        d = self.dims
+        device = pixel_values.device
+        if encode_missing or bool(has_image.all()):
+            g, t = self.encode_pixels(pixel_values)
+            return ImageFeatures(g, t, has_image)
+        g = torch.zeros(B, d.image_global, device=device)
+        t = torch.zeros(B, d.num_image_tokens, d.image_token, device=device)
+        idx = has_image.nonzero(as_tuple=True)[0]
+        if len(idx):
+            gi, ti = self.encode_pixels(pixel_values[idx])
+            g = g.to(gi.dtype).index_copy(0, idx, gi)
+            t = t.to(ti.dtype).index_copy(0, idx, ti)
+        return ImageFeatures(g, t, has_image)
+
+    def describe(self) -> dict:
+        """A JSON-able description that `mimic.backbones.load_backbone` can rebuild the backbone from."""
+        raise NotImplementedError

@@ -1,0 +1,133 @@
+"""`MimicModel`: a backbone plus MIMIC heads, and the input conventions of the official code.
+
+Inputs follow the paper's code in both modes:
+  mention text  = "<mention> [SEP] <sentence>"        entity text = "<name> [SEP] <attributes>"
+  text_max_length tokens (40), padded to that length.
+Images: compat mode opens the file without RGB conversion; anything that is not RGB or cannot be
+read becomes the all-zero pixel tensor and is still encoded (the official behaviour). Fixed mode
+converts to RGB and marks unreadable or absent images as missing (masked in the visual units).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import images as imaging
+from .backbones.base import Backbone, ImageFeatures, TextFeatures
+from .data.schema import Entity, Mention
+from .modeling_mimic import EntityCache, MentionCache, MimicConfig, MimicHeads, SideFeatures
+
+log = logging.getLogger("mimic")
+
+SEP = " [SEP] "
+
+
+def mention_text(m: Mention) -> str:
+    return f"{m.mention}{SEP}{m.sentence}"
+
+
+def entity_text(e: Entity) -> str:
+    return f"{e.name}{SEP}{e.text or ''}"
+
+
+class ImageLoadStats(Counter):
+    """Counts of what happened to images (loaded, absent, unreadable, non_rgb_zeroed)."""
+
+
+def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | None = None,
+                allowed_dirs=None, workers: int = 4) -> list:
+    """paths -> list of PIL RGB images or None. Never raises for a bad file: it is counted and
+    logged, and the item is treated as having no image (as both modes do, see module docstring)."""
+    stats = stats if stats is not None else ImageLoadStats()
+
+    def one(p):
+        if not p:
+            stats["absent"] += 1
+            return None
+        try:
+            img = imaging.load_image(p, allowed_dirs=allowed_dirs, convert_rgb=(mode == "fixed"))
+        except imaging.ImageError as exc:
+            stats["unreadable"] += 1
+            log.warning("image treated as missing: %s", exc)
+            return None
+        if mode == "compat" and img.mode != "RGB":
+            # transformers 4.18's feature extractor failed on non-RGB arrays and the official
+            # bare `except` turned them into zeros.
+            stats["non_rgb_zeroed"] += 1
+            return None
+        stats["loaded"] += 1
+        return img
+
+    if len(paths) <= 1 or workers <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:   # PIL decoding releases the GIL
+        return list(pool.map(one, paths))
+
+
+class MimicModel(nn.Module):
+    """Backbone + `MimicHeads`. `encode(texts, images)` -> `SideFeatures`."""
+
+    def __init__(self, backbone: Backbone, heads: MimicHeads):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+
+    @classmethod
+    def build(cls, backbone: Backbone, **config) -> "MimicModel":
+        cfg = MimicConfig.for_backbone(backbone.dims, **config)
+        return cls(backbone, MimicHeads(cfg))
+
+    @property
+    def config(self) -> MimicConfig:
+        return self.heads.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.heads.parameters()).device
+
+    # -- backbone --------------------------------------------------------------------------
+    def backbone_features(self, texts: Sequence[str], images: Sequence) -> tuple[TextFeatures, ImageFeatures]:
+        """texts: B strings; images: B PIL RGB images or None."""
+        dev = self.device
+        tok = self.backbone.tokenize(list(texts), self.config.text_max_length)
+        text = self.backbone.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+        pixels, has = self.backbone.pixels_from_images(
+            list(images), resize="squash" if self.config.mode == "compat" else "default")
+        image = self.backbone.encode_images(pixels.to(dev), has.to(dev),
+                                            encode_missing=(self.config.mode == "compat"))
+        return text, image
+
+    def encode(self, texts: Sequence[str], images: Sequence) -> SideFeatures:
+        text, image = self.backbone_features(texts, images)
+        return self.heads.side_features(text, image)
+
+    # -- caches over many items ---------------------------------------------------------------
+    @torch.no_grad()
+    def entity_cache(self, entities: Sequence[Entity], batch_size: int = 64, progress: bool = False,
+                     image_stats: ImageLoadStats | None = None, dtype=None) -> EntityCache:
+        """Encode entities (first image each, as the official evaluation) into an `EntityCache`."""
+        parts = []
+        for chunk in _batches(entities, batch_size, progress, "encode KB"):
+            imgs = load_images([e.images[0] if e.images else None for e in chunk], self.config.mode, image_stats)
+            c = self.heads.entity_cache(self.encode([entity_text(e) for e in chunk], imgs))
+            parts.append(c.apply(lambda t: t.to(dtype) if (dtype is not None and t.is_floating_point()) else t))
+        return EntityCache.cat(parts)
+
+    @torch.no_grad()
+    def mention_cache(self, mentions: Sequence[Mention], image_stats: ImageLoadStats | None = None) -> MentionCache:
+        imgs = load_images([m.image for m in mentions], self.config.mode, image_stats)
+        return self.heads.mention_cache(self.encode([mention_text(m) for m in mentions], imgs))
+
+
+def _batches(items: Sequence, size: int, progress: bool, desc: str) -> Iterable[Sequence]:
+    starts = range(0, len(items), size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch")
+    for s in starts:
+        yield items[s:s + size]
