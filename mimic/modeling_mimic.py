@@ -219,23 +219,32 @@ class TGLU(nn.Module):
             lm = max(int(m_mask.sum(1).max()), 1)
             q, e_mask = q[:, :le], e_mask[:, :le]
             k, v, m_mask = k[:, :lm], v[:, :lm], m_mask[:, :lm]
-        logits = torch.einsum("nid,bjd->nbij", q, k) / math.sqrt(self.d)       # [N, B, Le, Lm]
+        N, Le, d = q.shape
+        B, Lm = k.shape[:2]
+        # One GEMM for all (entity token, mention token) pairs: [N*Le, d] @ [d, B*Lm].
+        logits = (q.reshape(N * Le, d) @ (k.reshape(B * Lm, d).T / math.sqrt(self.d))).view(N, Le, B, Lm)
         if fixed:
-            logits = logits.masked_fill(~m_mask[None, :, None, :], float("-inf"))
-            attn = logits.softmax(-1)
-            # Average over real entity tokens only; an entity with no real token (cannot happen
-            # with a tokenizer that adds BOS/EOS) would get weight 0 everywhere.
-            w = e_mask.to(attn.dtype)
+            logits = logits.masked_fill(~m_mask[None, None, :, :], float("-inf"))
+            # Average over real entity tokens only.
+            w = e_mask.to(logits.dtype)
             w = w / w.sum(1, keepdim=True).clamp_min(1)                     # [N, Le]
         else:
-            attn = logits.softmax(-1)
-            w = torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=attn.dtype, device=attn.device)
-        # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
-        pooled = torch.einsum("nbij,ni->nbj", attn, w)                        # [N, B, Lm]
+            w = torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=logits.dtype, device=logits.device)
+        attn = None
+        if return_attention or torch.is_grad_enabled():
+            probs = logits.softmax(-1)                                       # [N, Le, B, Lm]
+            # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
+            pooled = torch.einsum("nibj,ni->nbj", probs, w)                  # [N, B, Lm]
+            if return_attention:
+                attn = probs.permute(0, 2, 1, 3)                             # [N, B, Le, Lm]
+        else:
+            # Inference hot path: softmax in place, its row normaliser folded into the pooling weight.
+            logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+            pooled = (logits * (w[:, :, None, None] / logits.sum(-1, keepdim=True))).sum(1)
         ctx = torch.einsum("nbj,bjd->nbd", pooled, v)                         # [N, B, d]
         ctx = self.layer_norm(ctx)
         g2l = (ctx * e.g2l_cls[:, None, :]).sum(-1).T                         # [B, N]
-        return (g2g + g2l) / 2, (attn if return_attention else None)
+        return (g2g + g2l) / 2, attn
 
 
 class DUAL(nn.Module):
@@ -379,10 +388,14 @@ class MimicHeads(nn.Module):
         """m: B mentions, e: N entities -> MatchOutput with [B, N] scores."""
         fixed = self.config.fixed
         S_T, attn = self.matcher.tglu(m, e, fixed, return_attention)
-        S_V = self.matcher.vdlu(m, e)
         if fixed:
             both = m.has_image[:, None] & e.has_image[None, :]
-            S_V = torch.where(both, S_V, self.no_image_score.to(S_V.dtype))
+            if bool(both.any()):
+                S_V = torch.where(both, self.matcher.vdlu(m, e), self.no_image_score.to(S_T.dtype))
+            else:  # no pair has two images (e.g. a text-only dataset): skip the pairwise DUAL work
+                S_V = self.no_image_score.to(S_T.dtype).expand_as(S_T)
+        else:
+            S_V = self.matcher.vdlu(m, e)
         S_C = m.z @ e.z.T
         S = (S_T + S_V + S_C) / 3
         out = MatchOutput(S=S, S_T=S_T, S_V=S_V, S_C=S_C)

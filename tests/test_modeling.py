@@ -116,6 +116,9 @@ def test_compat_matches_reference(B, N):
     with torch.no_grad():
         out = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
     ref = reference_official(h, mt, mi, et, ei)
+    with torch.no_grad():   # the in-place inference path
+        fast = h(h.side_features(mt, mi), h.side_features(et, ei))
+    np.testing.assert_allclose(to_np(fast.S), ref[0], rtol=1e-9, atol=1e-9)
     for got, want in zip((out.S, out.S_T, out.S_V, out.S_C), ref):
         assert got.shape == (B, N)
         np.testing.assert_allclose(to_np(got), want, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,186 @@
+"""This project's checkpoint folder, and import of the official PyTorch Lightning checkpoints.
+
+Layout of a checkpoint folder (written atomically, see `mimic.atomic`):
+  config.json         format, model type and config, backbone description, code version, fingerprint
+  heads.safetensors   the MIMIC heads (image projections + matcher)
+  backbone/           a fine-tuned CLIP saved with save_pretrained (model + tokenizer), or
+  backbone.safetensors  a fine-tuned offline backbone's state dict; neither when the backbone was
+                      frozen (it is then rebuilt from its description)
+  metrics.json        training / evaluation metrics
+  training_state.pt   optional: optimizer, epoch and RNG state for --resume
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .atomic import recover_dir, write_dir_atomic
+from .backbones import load_backbone
+from .model import MimicModel
+from .modeling_mimic import MimicConfig, MimicHeads
+
+FORMAT = "mimic-studio-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _weight_files(root: Path) -> list[Path]:
+    files = [root / "heads.safetensors"]
+    if (root / "backbone.safetensors").exists():
+        files.append(root / "backbone.safetensors")
+    if (root / "backbone").is_dir():
+        files += sorted((root / "backbone").glob("*.safetensors"))
+    return files
+
+
+def save_checkpoint(model: MimicModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
+                    training_state: dict | None = None, extra: dict | None = None,
+                    model_type: str = "mimic") -> Path:
+    """Write `model` to the folder `path` atomically. Returns the path."""
+
+    def fill(tmp: Path):
+        heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
+        save_file(heads, str(tmp / "heads.safetensors"))
+        backbone = model.backbone.describe()
+        if backbone_trained:
+            if backbone.get("type") == "clip":
+                model.backbone.save_pretrained(str(tmp / "backbone"))
+                backbone = {"type": "clip", "name_or_path": "backbone", "source": backbone["name_or_path"]}
+            else:
+                sd = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+                save_file(sd, str(tmp / "backbone.safetensors"))
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+        cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type,
+               "model_config": model.config.to_dict(), "backbone": backbone,
+               "backbone_trained": bool(backbone_trained), "code_version": code_version(),
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+        cfg["fingerprint"] = _sha256_files(_weight_files(tmp)) [:16] + "-" + hashlib.sha256(
+            json.dumps(cfg["model_config"], sort_keys=True).encode()).hexdigest()[:8]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
+
+    return write_dir_atomic(path, fill)
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    recover_dir(path)
+    f = path / "config.json"
+    if not f.exists():
+        raise CheckpointError(f"{path} is not a checkpoint folder (no config.json)")
+    try:
+        cfg = json.loads(f.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{f}: invalid JSON ({exc})") from None
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{f}: not a {FORMAT} (format={cfg.get('format')!r})")
+    return cfg
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbone=None) -> MimicModel:
+    """Rebuild the model saved in `path`. `backbone` may be passed to reuse an already-loaded one
+    (only valid when the checkpoint's backbone was frozen)."""
+    path = Path(path)
+    cfg = read_config(path)
+    if cfg.get("model_type", "mimic") != "mimic":
+        raise CheckpointError(f"{path}: model type {cfg.get('model_type')!r} is not handled by mimic.checkpoint")
+    if backbone is None or cfg.get("backbone_trained"):
+        backbone = load_backbone(cfg["backbone"], base_dir=path)
+    if (path / "backbone.safetensors").exists():
+        backbone.load_state_dict(load_file(str(path / "backbone.safetensors")))
+    heads = MimicHeads(MimicConfig.from_dict(cfg["model_config"]))
+    missing, unexpected = heads.load_state_dict(load_file(str(path / "heads.safetensors")), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}/heads.safetensors does not match the config: missing {missing}, "
+                              f"unexpected {unexpected}")
+    model = MimicModel(backbone, heads).to(device)
+    model.eval()
+    model.checkpoint_info = cfg
+    return model
+
+
+def read_metrics(path: str | Path) -> dict:
+    f = Path(path) / "metrics.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# Official checkpoints (pengfei-luo/MIMIC, PyTorch Lightning)
+# ------------------------------------------------------------------------------------------------
+def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
+    try:
+        obj = torch.load(str(ckpt_path), map_location="cpu", weights_only=not trust_pickle)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt_path}: no such file") from None
+    except Exception as exc:  # pickle refused by weights_only, or not a torch file at all
+        hint = "" if trust_pickle else (" If you trust this file (it may hold pickled objects such as "
+                                        "OmegaConf hyper-parameters), pass --trust-pickle.")
+        raise CheckpointError(f"{ckpt_path}: cannot read as a PyTorch checkpoint ({exc}).{hint}") from None
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not any(str(k).startswith("matcher.") for k in sd):
+        raise CheckpointError(f"{ckpt_path}: no 'state_dict' with 'matcher.*' keys: not an official MIMIC checkpoint")
+    return sd
+
+
+def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *,
+                    mode: str = "compat", trust_pickle: bool = False) -> Path:
+    """Convert an official Lightning checkpoint into this project's format (scores identical in compat)."""
+    from .backbones.clip import ClipBackbone
+
+    sd = _load_lightning(ckpt_path, trust_pickle)
+    backbone = ClipBackbone(str(clip_dir))
+    clip_sd = {k[len("encoder.clip."):]: v for k, v in sd.items() if k.startswith("encoder.clip.")}
+    if not clip_sd:
+        raise CheckpointError(f"{ckpt_path}: no 'encoder.clip.*' weights")
+    target = backbone.clip.state_dict()
+    # Old transformers stored position_ids buffers that newer versions do not keep.
+    clip_sd = {k: v for k, v in clip_sd.items() if k in target or not k.endswith("position_ids")}
+    missing, unexpected = backbone.clip.load_state_dict(clip_sd, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"CLIP weights in {ckpt_path} do not fit {clip_dir}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    cfg = MimicConfig.for_backbone(backbone.dims, mode=mode)
+    heads = MimicHeads(cfg)
+    heads_sd = {}
+    for k, v in sd.items():
+        if k.startswith("encoder.image_cls_fc.") or k.startswith("encoder.image_tokens_fc."):
+            heads_sd[k[len("encoder."):]] = v
+        elif k.startswith("matcher."):
+            heads_sd[k] = v
+    missing, unexpected = heads.load_state_dict(heads_sd, strict=False)
+    missing = [m for m in missing if m != "no_image_score"]  # fixed mode's own parameter starts at 0
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt_path}: head weights do not match MIMIC: missing {missing}, unexpected {unexpected}")
+    model = MimicModel(backbone, heads)
+    return save_checkpoint(model, output, backbone_trained=True,
+                           extra={"imported_from": str(ckpt_path)}, metrics={})

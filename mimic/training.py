@@ -1,0 +1,388 @@
+"""Training: in-batch negatives, validation by full-KB MRR, best checkpoint, early stopping, resume.
+
+Plain PyTorch (no Lightning). One process per device; under `torchrun` (WORLD_SIZE > 1) each rank
+takes its shard of every epoch's permutation and gradients are averaged by DDP; rank 0 validates
+and writes checkpoints.
+
+With `freeze_backbone` the backbone runs once over every training mention and KB entity and its
+outputs are cached (fp16 on the CPU), so an epoch only trains the heads: the CPU-sized setting.
+Checkpoints are written atomically; `last/` (with optimizer state) is rewritten after each epoch,
+`best/` only when validation MRR improves, so a crash leaves the last good checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import load_backbone
+from .backbones.base import ImageFeatures, TextFeatures
+from .checkpoint import load_checkpoint, read_config, save_checkpoint
+from .data.schema import Dataset, Entity, Mention
+from .evaluation import evaluate
+from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
+from .modeling_mimic import in_batch_loss
+
+log = logging.getLogger("mimic")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the paper's (configs/mimic_paper.yaml)."""
+
+    data: str = ""
+    data_format: str = "auto"
+    text_field: str = "auto"
+    output: str = "runs/mimic"
+    backbone: str = "auto"
+    init_checkpoint: str | None = None   # start from an existing checkpoint (fine-tuning)
+    mode: str = "fixed"
+    text_max_length: int = 40
+    lr: float = 1e-5
+    head_lr: float | None = None         # None: one LR for everything, as the paper
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-4               # the official value (unusually large); kept for fidelity
+    no_decay: str = "official"           # "official": only biases escape decay; "standard": biases + norms
+    batch_size: int = 128
+    epochs: int = 20
+    val_every: int = 2
+    patience: int = 3
+    seed: int = 43
+    train_fraction: float = 1.0
+    freeze_backbone: bool = False
+    eval_batch_size: int = 32
+    eval_chunk_size: int = 4096
+    val_max_mentions: int | None = None  # validate on the first K dev mentions (None: all)
+    device: str = "auto"
+    bf16: bool = True                    # autocast on CUDA only
+    grad_clip: float | None = None
+    progress: bool = True
+    test_after: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        import yaml
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the YAML config must be a mapping")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {unknown}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig):
+    """AdamW groups. 'official' no_decay rule: substring match on bias/LayerNorm.bias/LayerNorm.weight,
+    which with HF CLIP and MIMIC's names exempts only biases."""
+    buckets = {(False, True): [], (False, False): [], (True, True): [], (True, False): []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if cfg.no_decay == "official":
+            decayed = not any(s in name for s in ("bias", "LayerNorm.bias", "LayerNorm.weight"))
+        else:
+            decayed = not (name.endswith("bias") or p.ndim <= 1 or "norm" in name.lower()
+                           or "embedding" in name.lower())
+        separate_head = bool(cfg.head_lr) and name.startswith("heads.")
+        buckets[(separate_head, decayed)].append(p)
+    groups = [{"params": buckets[(False, True)], "weight_decay": cfg.weight_decay},
+              {"params": buckets[(False, False)], "weight_decay": 0.0}]
+    if cfg.head_lr:
+        groups += [{"params": buckets[(True, True)], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr},
+                   {"params": buckets[(True, False)], "weight_decay": 0.0, "lr": cfg.head_lr}]
+    return [g for g in groups if g["params"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Frozen-backbone feature cache
+# ------------------------------------------------------------------------------------------------
+class FeatureStore:
+    """Backbone outputs for many items, fp16 on the CPU. Images are stored only for items that have
+    one (compat mode shares one row for the encoded all-zero placeholder)."""
+
+    def __init__(self, model: MimicModel, texts: list[str], image_paths: list[str | None], batch_size: int,
+                 progress: bool, desc: str):
+        mode = model.config.mode
+        tg, tt, tm, img_idx, ig, it = [], [], [], [], [], []
+        placeholder = None
+        stats = ImageLoadStats()
+        rng = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            rng = tqdm(rng, desc=desc, unit="batch")
+        with torch.no_grad():
+            for s in rng:
+                tx = texts[s:s + batch_size]
+                imgs = load_images(image_paths[s:s + batch_size], mode, stats)
+                text, image = model.backbone_features(tx, imgs)
+                tg.append(text.global_.half().cpu()); tt.append(text.tokens.half().cpu()); tm.append(text.mask.cpu())
+                for j, has in enumerate(image.has_image.tolist()):
+                    if has:
+                        img_idx.append(len(ig)); ig.append(image.global_[j].half().cpu()); it.append(image.tokens[j].half().cpu())
+                    elif mode == "compat":
+                        if placeholder is None:
+                            placeholder = len(ig); ig.append(image.global_[j].half().cpu()); it.append(image.tokens[j].half().cpu())
+                        img_idx.append(placeholder)
+                    else:
+                        img_idx.append(-1)
+        d = model.backbone.dims
+        self.text_global, self.text_tokens, self.text_mask = torch.cat(tg), torch.cat(tt), torch.cat(tm)
+        self.img_idx = torch.tensor(img_idx, dtype=torch.long)
+        self.img_global = torch.stack(ig) if ig else torch.zeros(0, d.image_global, dtype=torch.half)
+        self.img_tokens = torch.stack(it) if it else torch.zeros(0, d.num_image_tokens, d.image_token, dtype=torch.half)
+        self.has_image = self.img_idx >= 0 if mode == "fixed" else torch.zeros_like(self.img_idx, dtype=torch.bool) | (self.img_idx >= 0)
+        self.image_stats = dict(stats)
+        self.dims = d
+
+    def gather(self, idx: torch.Tensor, device) -> tuple[TextFeatures, ImageFeatures]:
+        text = TextFeatures(self.text_global[idx].float().to(device), self.text_tokens[idx].float().to(device),
+                            self.text_mask[idx].to(device))
+        ii = self.img_idx[idx]
+        g = torch.zeros(len(idx), self.dims.image_global)
+        t = torch.zeros(len(idx), self.dims.num_image_tokens, self.dims.image_token)
+        ok = ii >= 0
+        if ok.any():
+            g[ok] = self.img_global[ii[ok]].float()
+            t[ok] = self.img_tokens[ii[ok]].float()
+        # In compat mode every item "has" an image (the placeholder), as the official code scores it.
+        return text, ImageFeatures(g.to(device), t.to(device), self.has_image[idx].to(device))
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+class _LossModule(nn.Module):
+    """What DDP wraps: batch in, loss out (so gradients of backbone and heads are synchronised)."""
+
+    def __init__(self, model: MimicModel, mode: str):
+        super().__init__()
+        self.model = model
+        self.fixed = mode == "fixed"
+
+    def forward(self, m_text, m_image, e_text, e_image, gold):
+        h = self.model.heads
+        out = h(h.side_features(m_text, m_image), h.side_features(e_text, e_image))
+        return in_batch_loss(out, gold, m_image.has_image, self.fixed)
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
+    """Train a MIMIC model; returns a summary dict (best dev metrics, test metrics, paths, timings)."""
+    world, rank, local_rank = _dist_info()
+    device = pick_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if dataset is None:
+        from .data.formats import load_dataset
+        kw = {"text_field": cfg.text_field} if cfg.text_field != "auto" else {}
+        dataset = load_dataset(cfg.data, format=cfg.data_format, **kw)
+    kb = dataset.kb
+    train_m = list(dataset.split("train"))
+    if not 0 < cfg.train_fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
+    if cfg.train_fraction < 1:  # the paper's low-resource setting: the FIRST k% in file order
+        train_m = train_m[:max(1, int(len(train_m) * cfg.train_fraction))]
+    dev_m = list(dataset.splits.get("dev", []))
+    if cfg.val_max_mentions:
+        dev_m = dev_m[:cfg.val_max_mentions]
+    if len(train_m) < 2:
+        raise ValueError("need at least 2 training mentions for in-batch negatives")
+
+    # Model: from a checkpoint, or a fresh head on a backbone.
+    resume_state = None
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+    if (last_dir / "config.json").exists() and (last_dir / "training_state.pt").exists():
+        model = load_checkpoint(last_dir, device)
+        resume_state = torch.load(last_dir / "training_state.pt", map_location="cpu", weights_only=False)
+        log.warning("resuming from %s (epoch %d)", last_dir, resume_state["epoch"])
+    elif cfg.init_checkpoint:
+        model = load_checkpoint(cfg.init_checkpoint, device)
+        if model.config.mode != cfg.mode:
+            log.warning("init checkpoint mode %s kept (config asked %s)", model.config.mode, cfg.mode)
+    else:
+        model = MimicModel.build(load_backbone(cfg.backbone), mode=cfg.mode,
+                                 text_max_length=cfg.text_max_length).to(device)
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+        model.backbone.eval()
+
+    # Frozen backbone: encode everything once.
+    m_store = e_store = None
+    t_enc = time.perf_counter()
+    if cfg.freeze_backbone:
+        model.backbone.to(device)
+        m_store = FeatureStore(model, [mention_text(m) for m in train_m], [m.image for m in train_m],
+                               256, cfg.progress and is_main, "cache mentions")
+        e_store = FeatureStore(model, [entity_text(e) for e in kb.entities],
+                               [e.images[0] if e.images else None for e in kb.entities],
+                               256, cfg.progress and is_main, "cache KB")
+    t_enc = time.perf_counter() - t_enc
+
+    loss_mod = _LossModule(model, model.config.mode).to(device)
+    ddp = loss_mod
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=cfg.freeze_backbone)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
+
+    start_epoch, best_mrr, bad_checks, history = 0, -1.0, 0, []
+    if resume_state:
+        opt.load_state_dict(resume_state["optimizer"])
+        start_epoch, best_mrr = resume_state["epoch"], resume_state["best_mrr"]
+        bad_checks, history = resume_state["bad_checks"], resume_state["history"]
+        torch.set_rng_state(resume_state["torch_rng"])
+        random.setstate(resume_state["py_rng"])
+        np.random.set_state(resume_state["np_rng"])
+
+    gold_pos = torch.tensor([kb.position(m.answer) for m in train_m])
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    pyrng = random.Random(cfg.seed)
+    summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(kb),
+               "feature_cache_seconds": round(t_enc, 2), "device": str(device)}
+    stop = False
+    for epoch in range(start_epoch, cfg.epochs):
+        ddp.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()
+        g = torch.Generator().manual_seed(cfg.seed + epoch)
+        perm = torch.randperm(len(train_m), generator=g)
+        perm = perm[rank::world]
+        batches = [perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
+        batches = [b for b in batches if len(b) > 1]
+        it = batches
+        if cfg.progress and is_main:
+            from tqdm.auto import tqdm
+            it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        t_ep, seen, tot = time.perf_counter(), 0, 0.0
+        for b in it:
+            gold = gold_pos[b]
+            if m_store is not None:
+                m_text, m_img = m_store.gather(b, device)
+                e_text, e_img = e_store.gather(gold, device)
+            else:
+                ms = [train_m[i] for i in b.tolist()]
+                es: list[Entity] = [kb[i] for i in gold.tolist()]
+                # Training sees a random image of each entity, as the official collator.
+                m_imgs = load_images([m.image for m in ms], model.config.mode)
+                e_imgs = load_images([pyrng.choice(e.images) if e.images else None for e in es], model.config.mode)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    m_text, m_img = model.backbone_features([mention_text(m) for m in ms], m_imgs)
+                    e_text, e_img = model.backbone_features([entity_text(e) for e in es], e_imgs)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss, parts = ddp(m_text, m_img, e_text, e_img, gold.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            seen += len(b)
+            tot += float(loss.detach()) * len(b)
+            if cfg.progress and is_main:
+                it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{seen / (time.perf_counter() - t_ep):.0f}")
+        ep_time = time.perf_counter() - t_ep
+        rec = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "epoch_seconds": round(ep_time, 2),
+               "samples_per_second": round(seen * world / ep_time, 1)}
+        do_val = dev_m and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
+        if is_main and do_val:
+            ecache = model.entity_cache(kb.entities, batch_size=256) if m_store is None else _cache_from_store(model, e_store, device)
+            res = evaluate(model, kb, dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size,
+                           entity_cache=ecache)
+            rec["dev"] = {k: v for k, v in res.items() if k != "ranks"}
+            if res["MRR"] > best_mrr:
+                best_mrr, bad_checks = res["MRR"], 0
+                save_checkpoint(model, best_dir, backbone_trained=not cfg.freeze_backbone,
+                                metrics={"dev": rec["dev"], "epoch": epoch + 1, "train_config": asdict(cfg)})
+            else:
+                bad_checks += 1
+            if bad_checks >= cfg.patience:
+                stop = True
+        history.append(rec)
+        if is_main:
+            log.warning("epoch %d: %s", epoch + 1, json.dumps(rec))
+            state = {"optimizer": opt.state_dict(), "epoch": epoch + 1, "best_mrr": best_mrr,
+                     "bad_checks": bad_checks, "history": history, "torch_rng": torch.get_rng_state(),
+                     "py_rng": random.getstate(), "np_rng": np.random.get_state()}
+            save_checkpoint(model, last_dir, backbone_trained=not cfg.freeze_backbone, training_state=state,
+                            metrics={"history": history})
+        if world > 1:
+            import torch.distributed as dist
+            flag = torch.tensor([1 if stop else 0], device=device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if stop:
+            break
+
+    summary["history"] = history
+    summary["best_dev_mrr"] = best_mrr
+    if is_main and not dev_m:  # nothing to select on: the last model is the best one
+        save_checkpoint(model, best_dir, backbone_trained=not cfg.freeze_backbone, metrics={"history": history})
+    if is_main and cfg.test_after and dataset.splits.get("test") and (best_dir / "config.json").exists():
+        best = load_checkpoint(best_dir, device, backbone=model.backbone if cfg.freeze_backbone else None)
+        res = evaluate(best, kb, dataset.split("test"), batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size)
+        summary["test"] = {k: v for k, v in res.items() if k != "ranks"}
+        metrics = json.loads((best_dir / "metrics.json").read_text())
+        metrics["test"] = summary["test"]
+        from .atomic import write_json_atomic
+        write_json_atomic(best_dir / "metrics.json", metrics)
+    if is_main:
+        from .atomic import write_json_atomic
+        write_json_atomic(out_dir / "summary.json", summary)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    summary["best_checkpoint"] = str(best_dir)
+    return summary
+
+
+@torch.no_grad()
+def _cache_from_store(model: MimicModel, store: FeatureStore, device, batch: int = 1024):
+    """Entity caches from cached backbone features (no backbone pass needed when it is frozen)."""
+    from .modeling_mimic import EntityCache
+    parts = []
+    model.eval()
+    n = store.text_global.shape[0]
+    for s in range(0, n, batch):
+        idx = torch.arange(s, min(s + batch, n))
+        t, i = store.gather(idx, device)
+        parts.append(model.heads.entity_cache(model.heads.side_features(t, i)))
+    return EntityCache.cat(parts)
