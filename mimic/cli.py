@@ -43,6 +43,8 @@ def cmd_train(a):
     if not cfg.data:
         raise ValueError("no data: give --data or 'data:' in the config")
     summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
+        return
     _json_out({k: v for k, v in summary.items() if k != "history"} | {"epochs_run": len(summary["history"])}, None)
 
 

@@ -429,8 +429,8 @@ def in_batch_loss(out: MatchOutput, gold: torch.Tensor, mention_has_image: torch
         if mask is not None:
             s = s.masked_fill(mask, float("-inf"))
         if rows is not None:
-            if not bool(rows.any()):
-                return s.sum() * 0.0
+            if not bool(rows.any()):   # no mention has an image: L_V contributes nothing
+                return s.new_zeros(())
             return F.cross_entropy(s[rows], labels[rows])
         return F.cross_entropy(s, labels)
 

@@ -176,17 +176,25 @@ class FeatureStore:
 # The loop
 # ------------------------------------------------------------------------------------------------
 class _LossModule(nn.Module):
-    """What DDP wraps: batch in, loss out (so gradients of backbone and heads are synchronised)."""
+    """What DDP wraps: a batch in, the loss out. The backbone runs inside (unless its features come
+    from the frozen cache) so DDP sees and synchronises every gradient."""
 
-    def __init__(self, model: MimicModel, mode: str):
+    def __init__(self, model: MimicModel, mode: str, bf16: bool):
         super().__init__()
         self.model = model
         self.fixed = mode == "fixed"
+        self.bf16 = bf16
 
-    def forward(self, m_text, m_image, e_text, e_image, gold):
-        h = self.model.heads
-        out = h(h.side_features(m_text, m_image), h.side_features(e_text, e_image))
-        return in_batch_loss(out, gold, m_image.has_image, self.fixed)
+    def forward(self, batch: dict):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            if "m_feats" in batch:
+                (m_text, m_img), (e_text, e_img) = batch["m_feats"], batch["e_feats"]
+            else:
+                m_text, m_img = self.model.backbone_features(batch["m_texts"], batch["m_images"])
+                e_text, e_img = self.model.backbone_features(batch["e_texts"], batch["e_images"])
+            h = self.model.heads
+            out = h(h.side_features(m_text, m_img), h.side_features(e_text, e_img))
+            return in_batch_loss(out, batch["gold"], m_img.has_image, self.fixed)
 
 
 def _dist_info():
@@ -257,12 +265,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
                                256, cfg.progress and is_main, "cache KB")
     t_enc = time.perf_counter() - t_enc
 
-    loss_mod = _LossModule(model, model.config.mode).to(device)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    loss_mod = _LossModule(model, model.config.mode, use_bf16).to(device)
     ddp = loss_mod
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
+        # Some parameters never get a gradient: the official unused CMFU context_layer_norm, CLIP's
+        # logit_scale, and the visual units on text-only data.
         ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=cfg.freeze_backbone)
+                  find_unused_parameters=True)
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
 
     start_epoch, best_mrr, bad_checks, history = 0, -1.0, 0, []
@@ -275,7 +286,6 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         np.random.set_state(resume_state["np_rng"])
 
     gold_pos = torch.tensor([kb.position(m.answer) for m in train_m])
-    use_bf16 = cfg.bf16 and device.type == "cuda"
     pyrng = random.Random(cfg.seed)
     summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(kb),
                "feature_cache_seconds": round(t_enc, 2), "device": str(device)}
@@ -297,19 +307,21 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         for b in it:
             gold = gold_pos[b]
             if m_store is not None:
-                m_text, m_img = m_store.gather(b, device)
-                e_text, e_img = e_store.gather(gold, device)
+                batch = {"m_feats": m_store.gather(b, device), "e_feats": e_store.gather(gold, device)}
             else:
                 ms = [train_m[i] for i in b.tolist()]
                 es: list[Entity] = [kb[i] for i in gold.tolist()]
                 # Training sees a random image of each entity, as the official collator.
-                m_imgs = load_images([m.image for m in ms], model.config.mode)
-                e_imgs = load_images([pyrng.choice(e.images) if e.images else None for e in es], model.config.mode)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    m_text, m_img = model.backbone_features([mention_text(m) for m in ms], m_imgs)
-                    e_text, e_img = model.backbone_features([entity_text(e) for e in es], e_imgs)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss, parts = ddp(m_text, m_img, e_text, e_img, gold.to(device))
+                batch = {"m_texts": [mention_text(m) for m in ms], "e_texts": [entity_text(e) for e in es],
+                         "m_images": load_images([m.image for m in ms], model.config.mode),
+                         "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es],
+                                                 model.config.mode)}
+            batch["gold"] = gold.to(device)
+            loss, parts = ddp(batch)
+            if not torch.isfinite(loss):
+                # Stop before the optimizer step so no checkpoint ever holds poisoned weights.
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}: {parts}; "
+                                         f"the last good checkpoint in {last_dir} is untouched")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

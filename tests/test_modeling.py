@@ -234,3 +234,15 @@ def test_hand_computed_cmfu_attention_has_no_scaling():
     e2 = math.exp(2)
     np.testing.assert_allclose(attn.numpy(), [[e2 / (e2 + 1), 1 / (e2 + 1)]], rtol=1e-12)
     assert z.shape == (1, 2)
+
+
+def test_loss_is_finite_for_a_text_only_batch_with_duplicate_golds():
+    """Regression: with no mention image L_V must be 0, not NaN (−inf masked logits times 0)."""
+    class Out:
+        pass
+    out = Out()
+    out.S, out.S_T, out.S_V, out.S_C = (torch.randn(3, 3, requires_grad=True) for _ in range(4))
+    loss, parts = in_batch_loss(out, torch.tensor([1, 1, 2]), torch.tensor([False, False, False]), fixed=True)
+    assert torch.isfinite(loss) and parts["L_V"] == 0.0
+    loss.backward()
+    assert torch.isfinite(out.S.grad).all()
