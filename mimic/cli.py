@@ -3,6 +3,10 @@
   train            train a model from a YAML config (paper defaults in configs/mimic_paper.yaml)
   evaluate         full-KB ranking of a split; prints JSON metrics; --scores-out FILE.npz
   import-official  convert an official MIMIC Lightning checkpoint into this project's format
+  index            encode a knowledge base once for serving (resumable)
+  link             link one mention (or a JSONL file of them) and print JSON
+  calibrate-nil    choose the NIL threshold of an index on a dev split
+  bench-link       serving latency / shortlist quality on a synthetic KB
   info             describe a checkpoint or a dataset
 
 Errors that come from bad input (missing files, malformed data, wrong checkpoints) are printed as
@@ -72,6 +76,68 @@ def cmd_import_official(a):
     print(json.dumps({"output": str(out)}))
 
 
+def cmd_index(a):
+    from .checkpoint import load_checkpoint
+    from .index import KBIndex
+    from .kb import load_kb
+    from .training import pick_device
+    kb, report = load_kb(a.kb)
+    print(f"[mimic] {report.summary()}", file=sys.stderr)
+    for r in report.rejected[:20]:
+        print(f"[mimic]   rejected {r['row']}: {r['reason']}", file=sys.stderr)
+    if len(kb) == 0:
+        raise ValueError(f"{a.kb}: no usable entity")
+    model = load_checkpoint(a.checkpoint, pick_device(a.device))
+    idx = KBIndex.build(model, kb, a.output, batch_size=a.batch_size, progress=not a.no_progress,
+                        faiss_kind=a.faiss, overwrite=a.overwrite)
+    print(json.dumps({"output": str(idx.root), "entities": len(idx), "fingerprint": idx.fingerprint,
+                      "build_seconds": idx.manifest["build_seconds"], "index_bytes_disk": idx.disk_bytes(),
+                      "kb_report": report.to_dict()}, indent=2))
+
+
+def cmd_link(a):
+    from .linker import Linker
+    linker = Linker.from_paths(a.checkpoint, a.index, shortlist=a.shortlist,
+                               allowed_image_dirs=a.allowed_image_dir or None)
+    if a.batch:
+        queries = []
+        with open(a.batch, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        q = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{a.batch}, line {n}: invalid JSON ({exc.msg})") from None
+                    if "span" in q:
+                        q["mention"] = tuple(q.pop("span"))
+                    queries.append(q)
+        results = linker.link_batch(queries, top_k=a.top_k, explain=not a.no_explain)
+        for r in results:
+            print(json.dumps(r.to_dict()))
+        return
+    if a.sentence is None:
+        raise ValueError("give --sentence (and --mention or --span), or --batch FILE.jsonl")
+    mention = tuple(a.span) if a.span else a.mention
+    if mention is None:
+        raise ValueError("give --mention TEXT or --span START END")
+    r = linker.link(a.sentence, mention, a.image, top_k=a.top_k, explain=not a.no_explain)
+    print(json.dumps(r.to_dict(), indent=2))
+
+
+def cmd_calibrate_nil(a):
+    from .data.formats import load_dataset
+    from .linker import Linker
+    linker = Linker.from_paths(a.checkpoint, a.index)
+    mentions = load_dataset(a.data).split(a.split)
+    known = [m for m in mentions if m.answer in linker.index.position]
+    print(json.dumps(linker.calibrate_nil(known[:a.limit] if a.limit else known), indent=2))
+
+
+def cmd_bench_link(a):
+    from .bench_link import main as bench_main
+    bench_main(a)
+
+
 def cmd_info(a):
     from pathlib import Path
     p = Path(a.path)
@@ -131,10 +197,60 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow arbitrary pickled objects in the file (only for files you trust)")
     i.set_defaults(func=cmd_import_official)
 
+    x = sub.add_parser("index", help="build a KB index for serving")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--kb", required=True, help="official folder / kb_entity.json, .jsonl or .csv")
+    x.add_argument("--output", required=True)
+    x.add_argument("--faiss", choices=["flat", "fp16", "hnsw", "ivf"], default="flat")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--device", default="auto")
+    x.add_argument("--no-progress", action="store_true")
+    x.set_defaults(func=cmd_index)
+
+    k = sub.add_parser("link", help="link a mention; prints JSON")
+    k.add_argument("--checkpoint", required=True)
+    k.add_argument("--index", required=True)
+    k.add_argument("--sentence")
+    k.add_argument("--mention")
+    k.add_argument("--span", type=int, nargs=2, metavar=("START", "END"))
+    k.add_argument("--image")
+    k.add_argument("--batch", help="JSONL file: one {sentence, mention | span, image} per line")
+    k.add_argument("--top-k", type=int, default=10)
+    k.add_argument("--shortlist", type=int, default=64)
+    k.add_argument("--allowed-image-dir", action="append", help="only read images under these folders")
+    k.add_argument("--no-explain", action="store_true")
+    k.set_defaults(func=cmd_link)
+
+    c = sub.add_parser("calibrate-nil", help="choose and store the NIL threshold of an index")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--index", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--split", default="dev")
+    c.add_argument("--limit", type=int)
+    c.set_defaults(func=cmd_calibrate_nil)
+
+    b = sub.add_parser("bench-link", help="serving benchmark on a synthetic clustered KB")
+    b.add_argument("--entities", type=int, default=10000)
+    b.add_argument("--backbone", default="tiny-clip", help="tiny-clip | offline | a CLIP folder")
+    b.add_argument("--queries", type=int, default=200)
+    b.add_argument("--exhaustive-queries", type=int, default=30)
+    b.add_argument("--shortlist", type=int, default=64)
+    b.add_argument("--faiss", choices=["flat", "fp16", "hnsw", "ivf"], default="flat")
+    b.add_argument("--image-fraction", type=float, default=0.1)
+    b.add_argument("--epochs", type=int, default=3)
+    b.add_argument("--json")
+    b.set_defaults(func=cmd_bench_link)
+
     n = sub.add_parser("info", help="describe a checkpoint folder or a dataset")
     n.add_argument("path")
     n.set_defaults(func=cmd_info)
     return ap
+
+
+def _index_errors():
+    from .index import IndexError_
+    return IndexError_
 
 
 def main(argv=None) -> int:
@@ -143,7 +259,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")
     try:
         a.func(a)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError, FloatingPointError,
+            _index_errors()) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -1,0 +1,361 @@
+"""Serving: retrieve a shortlist cheaply, re-rank it with MIMIC, explain the result (BLINK-style).
+
+    linker = Linker.from_paths("ckpt/", "index/")
+    result = linker.link("Robertson as a member of the Milwaukee Bucks", "Robertson", image=None)
+
+Candidate generation merges four retrievers, each returning its top K:
+  model    faiss over the bi-encoder part of MIMIC's own score (G2G/6 + S_C/3), so it agrees with
+           the re-ranker by construction
+  text     faiss, backbone text vector of "mention [SEP] sentence" vs entity text vectors
+  image    faiss, query image vector vs entity image vectors (when the query has an image)
+  text→image  the query text vector vs entity image vectors (CLIP only: a joint space)
+  lexical  character n-gram TF-IDF of the mention against names and aliases
+The union is cut to K by reciprocal-rank fusion, then the full model scores the shortlist
+(S, S_T, S_V, S_C). Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
+evaluation and for measuring how often the shortlist changes the top-1.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import images as imaging
+from .data.formats import locate_mention
+from .data.schema import Mention
+from .index import KBIndex
+from .model import MimicModel, entity_text, mention_text
+from .modeling_mimic import MentionCache
+
+MAX_SENTENCE_CHARS = 10_000
+MAX_IMAGE_PIXELS = 40_000_000     # larger images are refused (decompression-bomb guard)
+
+
+class LinkInputError(ValueError):
+    """A query the linker cannot accept; the message names what is wrong."""
+
+
+@dataclass
+class Explanation:
+    """What the Inspect view draws for one candidate.
+
+    tglu_attention [Le][Lm]: entity-token × mention-token attention over real tokens only.
+    cmfu_*_grid: text→patch attention reshaped to the patch grid (CLIP: CLS weight reported apart).
+    """
+
+    mention_tokens: list[str]
+    entity_tokens: list[str]
+    tglu_attention: list[list[float]]
+    cmfu_mention_grid: list[list[float]] | None
+    cmfu_entity_grid: list[list[float]] | None
+    cmfu_mention_cls: float | None = None
+    cmfu_entity_cls: float | None = None
+
+
+@dataclass
+class Candidate:
+    entity_id: str
+    name: str
+    description: str
+    images: list[str]
+    S: float
+    S_T: float
+    S_V: float
+    S_C: float
+    rank: int
+    margin: float | None          # S minus the next candidate's S (None for the last)
+    retrievers: list[str]
+    explanation: Explanation | None = None
+
+
+@dataclass
+class LinkResult:
+    sentence: str
+    mention: str
+    start: int | None
+    end: int | None
+    has_image: bool
+    candidates: list[Candidate]
+    nil: bool                      # True when no candidate is confident enough
+    nil_threshold: float | None
+    shortlist_size: int
+    timings_ms: dict = field(default_factory=dict)
+
+    @property
+    def top(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Query:
+    sentence: str
+    mention: str
+    start: int | None
+    end: int | None
+    image: object  # PIL image or None
+
+
+class Linker:
+    def __init__(self, model: MimicModel, index: KBIndex, *, shortlist: int = 64, allowed_image_dirs=None,
+                 nil_threshold: float | None = None, explain_top: int = 3):
+        index.check_model(model)
+        self.model = model.eval()
+        self.index = index
+        self.shortlist = shortlist
+        self.allowed_image_dirs = allowed_image_dirs
+        self.nil_threshold = nil_threshold if nil_threshold is not None else index.manifest.get("nil_threshold")
+        self.explain_top = explain_top
+        self.cross_modal = (model.backbone.describe().get("type") == "clip"
+                            and model.backbone.dims.text_global == model.backbone.dims.image_global)
+        self.patch_grid = _grid_side(model.config.num_image_tokens)
+
+    @classmethod
+    def from_paths(cls, checkpoint: str | Path, index: str | Path, **kw) -> "Linker":
+        from .checkpoint import load_checkpoint
+        return cls(load_checkpoint(checkpoint), KBIndex(index), **kw)
+
+    # -- input validation ------------------------------------------------------------------------
+    def _query(self, sentence, mention, image) -> _Query:
+        if isinstance(sentence, bytes):
+            try:
+                sentence = sentence.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LinkInputError(f"sentence is not valid UTF-8 (byte {exc.start})") from None
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise LinkInputError("sentence is empty")
+        if len(sentence) > MAX_SENTENCE_CHARS:
+            raise LinkInputError(f"sentence is too long ({len(sentence)} characters, at most {MAX_SENTENCE_CHARS})")
+        if isinstance(mention, bytes):
+            try:
+                mention = mention.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LinkInputError(f"mention is not valid UTF-8 (byte {exc.start})") from None
+        if isinstance(mention, (tuple, list)) and len(mention) == 2:
+            start, end = mention
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+                raise LinkInputError("mention span must be two integers (start, end)")
+            if not 0 <= start < end <= len(sentence):
+                raise LinkInputError(f"mention span ({start}, {end}) is out of range for a sentence of "
+                                     f"{len(sentence)} characters")
+            text = sentence[start:end]
+            if not text.strip():
+                raise LinkInputError(f"mention span ({start}, {end}) covers only whitespace")
+        elif isinstance(mention, str):
+            text = mention.strip()
+            if not text:
+                raise LinkInputError("mention is empty")
+            start, end = locate_mention(text, sentence)
+            if start is None:
+                raise LinkInputError(f"mention {text!r} does not occur in the sentence")
+        else:
+            raise LinkInputError("mention must be a string or a (start, end) span")
+        img = None
+        if image is not None:
+            try:
+                img = imaging.load_image(image, allowed_dirs=self.allowed_image_dirs, max_pixels=MAX_IMAGE_PIXELS,
+                                         convert_rgb=(self.model.config.mode == "fixed"))
+            except imaging.ImageError as exc:
+                raise LinkInputError(f"image rejected: {exc}") from None
+            if self.model.config.mode == "compat" and img.mode != "RGB":
+                img = img.convert("RGB")  # serving never silently drops a user's image
+        return _Query(sentence, text, start, end, img)
+
+    # -- encoding ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, queries: Sequence[_Query]):
+        texts = [mention_text(Mention(id="q", sentence=q.sentence, mention=q.mention)) for q in queries]
+        text, image = self.model.backbone_features(texts, [q.image for q in queries])
+        side = self.model.heads.side_features(text, image)
+        return self.model.heads.mention_cache(side), text, image, texts
+
+    # -- retrieval -----------------------------------------------------------------------------------
+    def _retrieve(self, mc: MentionCache, text_g: torch.Tensor, image_g: torch.Tensor, queries, k: int):
+        """-> per query: list of (row, [retriever names]) in fused order, at most k."""
+        idx = self.index
+        per_query: list[dict[int, list]] = [dict() for _ in queries]
+        kk = min(k, len(idx))
+
+        def add(name, rows):
+            for qi, rr in enumerate(rows):
+                for rank, r in enumerate(rr):
+                    if r >= 0:
+                        per_query[qi].setdefault(int(r), []).append((name, rank))
+
+        model_q = torch.cat([mc.t_cls.float(), mc.z.float()], 1).cpu().numpy()
+        add("model", idx.retrievers["model"].search(np.ascontiguousarray(model_q), kk)[1])
+        tq = _unit_np(text_g)
+        add("text", idx.retrievers["text"].search(tq, kk)[1])
+        has = [q.image is not None for q in queries]
+        if idx.retrievers.get("image") is not None:
+            ki = min(kk, len(idx.image_rows))
+            if any(has):
+                iq = _unit_np(image_g)
+                rows = idx.retrievers["image"].search(iq, ki)[1]
+                add("image", [idx.image_rows[r[r >= 0]] if h else [] for r, h in zip(rows, has)])
+            if self.cross_modal:
+                rows = idx.retrievers["image"].search(tq, ki)[1]
+                add("text→image", [idx.image_rows[r[r >= 0]] for r in rows])
+        add("lexical", idx.lexical.search([q.mention for q in queries], kk)[1])
+        out = []
+        for found in per_query:
+            # reciprocal-rank fusion (k = 60) decides which of the union make the cut
+            fused = sorted(found.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))[:k]
+            out.append([(row, sorted({n for n, _ in src})) for row, src in fused])
+        return out
+
+    # -- public API ------------------------------------------------------------------------------
+    def link(self, sentence, mention, image=None, top_k: int = 10, explain: bool = True) -> LinkResult:
+        """Link one mention. `mention` is the mention string or a (start, end) character span."""
+        return self.link_batch([{"sentence": sentence, "mention": mention, "image": image}], top_k, explain)[0]
+
+    @torch.no_grad()
+    def link_batch(self, queries: Sequence[dict], top_k: int = 10, explain: bool = True) -> list[LinkResult]:
+        """Link many mentions (dicts with sentence, mention, optional image) in one encoder batch."""
+        t0 = time.perf_counter()
+        qs = [self._query(q.get("sentence"), q.get("mention"), q.get("image")) for q in queries]
+        mc, text, image, texts = self._encode(qs)
+        t1 = time.perf_counter()
+        shortlists = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist)
+        t2 = time.perf_counter()
+        results = []
+        n = len(qs)
+        for qi, (q, sl) in enumerate(zip(qs, shortlists)):
+            ts = time.perf_counter()
+            rows = torch.tensor([r for r, _ in sl], dtype=torch.long)
+            ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
+            mq = mc[qi:qi + 1]
+            out = self.model.heads.score(mq, ec)
+            order = torch.argsort(-out.S[0], stable=True)[:top_k]
+            t3 = time.perf_counter()
+            cands = []
+            S = out.S[0]
+            for rank, j in enumerate(order.tolist(), 1):
+                rec = self.index.records[int(rows[j])]
+                nxt = float(S[order[rank]]) if rank < len(order) else None
+                cands.append(Candidate(entity_id=rec["id"], name=rec["name"], description=rec.get("text", ""),
+                                       images=rec.get("images", []), S=float(S[j]), S_T=float(out.S_T[0, j]),
+                                       S_V=float(out.S_V[0, j]), S_C=float(out.S_C[0, j]), rank=rank,
+                                       margin=(float(S[j]) - nxt) if nxt is not None else None,
+                                       retrievers=sl[j][1]))
+            if explain and cands:
+                self._explain(mq, texts[qi], cands[:self.explain_top], rows[order[:self.explain_top]])
+            top_s = cands[0].S if cands else None
+            nil = (not cands) or (self.nil_threshold is not None and top_s < self.nil_threshold)
+            t4 = time.perf_counter()
+            results.append(LinkResult(
+                sentence=q.sentence, mention=q.mention, start=q.start, end=q.end, has_image=q.image is not None,
+                candidates=cands, nil=nil, nil_threshold=self.nil_threshold, shortlist_size=len(sl),
+                timings_ms={"encode": round((t1 - t0) * 1000 / n, 3), "retrieve": round((t2 - t1) * 1000 / n, 3),
+                            "rerank": round((t3 - ts) * 1000, 3), "explain": round((t4 - t3) * 1000, 3)}))
+        return results
+
+    def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
+        """Explanation for any KB entity (not only the top candidates)."""
+        q = self._query(sentence, mention, image)
+        mc, _, _, texts = self._encode([q])
+        row = torch.tensor([self.index.position[entity_id]])
+        c = Candidate(entity_id, "", "", [], 0, 0, 0, 0, 0, None, [])
+        self._explain(mc, texts[0], [c], row)
+        return c.explanation
+
+    def _explain(self, mq: MentionCache, mtext: str, cands: list[Candidate], rows: torch.Tensor):
+        ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
+        out = self.model.heads.score(mq, ec, return_attention=True)
+        tok = self.model.backbone.tokenize
+        L = self.model.config.text_max_length
+        m_ids = tok([mtext], L)["input_ids"][0]
+        m_len = int(mq.t_mask[0].sum())
+        m_tokens = _token_strings(self.model.backbone, m_ids[:m_len])
+        m_grid, m_cls = self._grid(out.cmfu_mention_attention[0], bool(mq.has_image[0]))
+        for j, c in enumerate(cands):
+            rec = self.index.records[int(rows[j])]
+            e_ids = tok([entity_text(_entity_like(rec))], L)["input_ids"][0]
+            e_len = int(ec.t_mask[j].sum())
+            att = out.tglu_attention[j, 0, :e_len, :m_len]
+            e_grid, e_cls = self._grid(out.cmfu_entity_attention[j], bool(ec.has_image[j]))
+            c.explanation = Explanation(m_tokens, _token_strings(self.model.backbone, e_ids[:e_len]),
+                                        att.float().tolist(), m_grid, e_grid, m_cls, e_cls)
+
+    def _grid(self, attn: torch.Tensor, has_image: bool):
+        if not has_image:
+            return None, None
+        a = attn.float()
+        cls = None
+        if a.numel() == self.patch_grid ** 2 + 1:      # CLIP: token 0 is CLS, the rest the patch grid
+            cls, a = float(a[0]), a[1:]
+        return a.reshape(self.patch_grid, self.patch_grid).tolist(), cls
+
+    # -- evaluation helpers --------------------------------------------------------------------------
+    @torch.no_grad()
+    def exhaustive_scores(self, sentence, mention, image=None, chunk: int = 8192) -> torch.Tensor:
+        """S of this query against every entity of the index, in index order (for checks/benchmarks)."""
+        q = self._query(sentence, mention, image)
+        mc, *_ = self._encode([q])
+        parts = []
+        for s in range(0, len(self.index), chunk):
+            ec = self.index.cache[s:s + chunk].apply(lambda t: t.float() if t.is_floating_point() else t)
+            parts.append(self.model.heads.score(mc, ec).S[0])
+        return torch.cat(parts)
+
+    def calibrate_nil(self, mentions: Sequence[Mention], save: bool = True) -> dict:
+        """Choose the NIL threshold on a dev set with gold ids in the KB.
+
+        Each mention gives one in-KB query (its top candidate should be linked when it is the gold)
+        and one simulated out-of-KB query (the same mention with its gold removed: the best
+        remaining candidate should be refused). The threshold maximises accuracy over both."""
+        linked, refused = [], []
+        for m in mentions:
+            r = self.link(m.sentence, m.mention if m.start is None else (m.start, m.end), m.image,
+                          top_k=self.shortlist, explain=False)
+            cands = r.candidates
+            if not cands:
+                continue
+            linked.append((cands[0].S, cands[0].entity_id == m.answer))
+            rest = [c for c in cands if c.entity_id != m.answer]
+            if rest:
+                refused.append(rest[0].S)
+        if not linked:
+            raise ValueError("no mention could be linked: cannot calibrate")
+        grid = sorted({s for s, _ in linked} | set(refused))
+        best = (-1.0, None)
+        for t in [grid[0] - 1.0] + grid + [grid[-1] + 1.0]:
+            acc = (sum(ok and s >= t for s, ok in linked) + sum(s < t for s in refused)) / (len(linked) + len(refused))
+            if acc > best[0]:
+                best = (acc, t)
+        details = {"threshold": best[1], "accuracy": best[0], "in_kb": len(linked), "simulated_nil": len(refused)}
+        self.nil_threshold = best[1]
+        if save:
+            self.index.set_nil_threshold(best[1], details)
+        return details
+
+
+def _entity_like(rec: dict):
+    from .data.schema import Entity
+    return Entity(id=rec["id"], name=rec["name"], text=rec.get("text", ""))
+
+
+def _grid_side(p: int) -> int:
+    for n in (p, p - 1):
+        r = int(round(n ** 0.5))
+        if r * r == n:
+            return r
+    return int(p ** 0.5)
+
+
+def _unit_np(t: torch.Tensor) -> np.ndarray:
+    a = t.float().cpu().numpy()
+    return np.ascontiguousarray(a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
+def _token_strings(backbone, ids) -> list[str]:
+    tok = getattr(backbone, "tokenizer", None)
+    if tok is None:
+        return [str(int(i)) for i in ids]
+    return [t.replace("</w>", "") for t in tok.convert_ids_to_tokens([int(i) for i in ids])]
