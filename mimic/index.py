@@ -98,7 +98,8 @@ def _encode_segment(model: MimicModel, entities: Sequence[Entity], seg: Path, ba
             imgs = load_images([e.images[0] if e.images else None for e in chunk], model.config.mode, stats)
             text, image = model.backbone_features([entity_text(e) for e in chunk], imgs)
             cache = model.heads.entity_cache(model.heads.side_features(text, image))
-            parts = cache.tensors() | {"text_global": text.global_, "image_global": image.global_}
+            parts = cache.tensors() | {"text_global": text.global_, "image_global": image.global_,
+                                       "retrieval": model.heads.retrieval_vector(cache, "entity")}
             for name, t in parts.items():
                 if name not in arrays:
                     dtype = np.bool_ if name in BOOL_FIELDS else np.float16
@@ -248,7 +249,7 @@ class KBIndex:
             live = [i for i in range(len(recs)) if f"{seg}:{i}" not in dead]
             keep.append((seg, live))
             records += [recs[i] for i in live]
-        for name in CACHE_FIELDS + ["text_global", "image_global"]:
+        for name in CACHE_FIELDS + ["text_global", "image_global", "retrieval"]:
             parts = [np.load(self.root / seg / f"{name}.npy", mmap_mode="r")[live] for seg, live in keep]
             arrays[name] = torch.from_numpy(np.concatenate(parts))
         self.records = records
@@ -258,15 +259,15 @@ class KBIndex:
         self.cache = EntityCache(**{k: arrays[k] for k in CACHE_FIELDS})
         self.text_global = arrays["text_global"]
         self.image_global = arrays["image_global"]
+        self.retrieval_vectors = arrays["retrieval"]
         self._build_retrievers()
 
     def _build_retrievers(self):
         kind = self.manifest.get("faiss", "flat")
         c = self.cache
-        # "model": the bi-encoder part of S. S = G2G/6 + G2L/6 + S_V/3 + S_C/3 with G2G = m_t·e_t and
-        # S_C = z_m·z_e, so <[m_t, z_m], [e_t/6, z_e/3]> is exactly the mention-independent-projection
-        # part of the final score: the retriever agrees with the re-ranker by construction.
-        model_vec = torch.cat([c.t_cls.float() / 6, c.z.float() / 3], 1).numpy()
+        # "model": the bi-encoder part of the model's own score (see `retrieval_vector` of the heads),
+        # so this retriever agrees with the re-ranker by construction.
+        model_vec = self.retrieval_vectors.float().numpy()
         self.retrievers = {"model": _faiss_index(np.ascontiguousarray(model_vec), kind, self.root / f"faiss_model.index"),
                            "text": _faiss_index(_unit(self.text_global), kind, self.root / "faiss_text.index")}
         has = c.has_image.numpy()

@@ -188,7 +188,7 @@ class Linker:
                     if r >= 0:
                         per_query[qi].setdefault(int(r), []).append((name, rank))
 
-        model_q = torch.cat([mc.t_cls.float(), mc.z.float()], 1).cpu().numpy()
+        model_q = self.model.heads.retrieval_vector(mc, "mention").cpu().numpy()
         add("model", idx.retrievers["model"].search(np.ascontiguousarray(model_q), kk)[1])
         tq = _unit_np(text_g)
         add("text", idx.retrievers["text"].search(tq, kk)[1])

@@ -408,6 +408,24 @@ class MimicHeads(nn.Module):
     def forward(self, mention: SideFeatures, entity: SideFeatures, return_attention: bool = False) -> MatchOutput:
         return self.score(self.mention_cache(mention), self.entity_cache(entity), return_attention)
 
+    # -- hooks shared by every head family (MIMIC, M3EL) --------------------------------------
+    def retrieval_vector(self, cache, role: str) -> torch.Tensor:
+        """Vectors whose dot product is the bi-encoder part of S (for candidate retrieval).
+
+        S = G2G/6 + G2L/6 + S_V/3 + S_C/3 with G2G = m_t·e_t and S_C = z_m·z_e, so
+        <[m_t, z_m], [e_t/6, z_e/3]> is exactly the part of S that needs no pairwise work.
+        role: "entity" or "mention" -> [n, Dtg + d].
+        """
+        if role == "entity":
+            return torch.cat([cache.t_cls.float() / 6, cache.z.float() / 3], 1)
+        return torch.cat([cache.t_cls.float(), cache.z.float()], 1)
+
+    def training_loss(self, m_text: TextFeatures, m_image: ImageFeatures, e_text: TextFeatures,
+                      e_image: ImageFeatures, gold: torch.Tensor):
+        """In-batch loss for B mentions and their B gold entities -> (loss, {term: value})."""
+        out = self(self.side_features(m_text, m_image), self.side_features(e_text, e_image))
+        return in_batch_loss(out, gold, m_image.has_image, self.config.fixed)
+
 
 def in_batch_loss(out: MatchOutput, gold: torch.Tensor, mention_has_image: torch.Tensor | None,
                   fixed: bool) -> tuple[torch.Tensor, dict[str, float]]:

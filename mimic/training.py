@@ -30,7 +30,6 @@ from .checkpoint import load_checkpoint, read_config, save_checkpoint
 from .data.schema import Dataset, Entity, Mention
 from .evaluation import evaluate
 from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
-from .modeling_mimic import in_batch_loss
 
 log = logging.getLogger("mimic")
 
@@ -192,9 +191,7 @@ class _LossModule(nn.Module):
             else:
                 m_text, m_img = self.model.backbone_features(batch["m_texts"], batch["m_images"])
                 e_text, e_img = self.model.backbone_features(batch["e_texts"], batch["e_images"])
-            h = self.model.heads
-            out = h(h.side_features(m_text, m_img), h.side_features(e_text, e_img))
-            return in_batch_loss(out, batch["gold"], m_img.has_image, self.fixed)
+            return self.model.heads.training_loss(m_text, m_img, e_text, e_img, batch["gold"])
 
 
 def _dist_info():
