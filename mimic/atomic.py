@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def _fsync_tree(root: Path) -> None:
@@ -35,28 +36,64 @@ def recover_dir(target: str | Path) -> None:
         os.rename(olds[-1], target)
 
 
-def write_dir_atomic(target: str | Path, fill: Callable[[Path], None], overwrite: bool = True) -> Path:
-    """Create `target` by calling `fill(tmp_dir)` and renaming tmp_dir into place."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def _sibling(root: Path, tag: str) -> Path:
+    """Create a fresh hidden directory next to `root` (normal permissions, unlike mkdtemp's 0700)."""
+    while True:
+        p = root.parent / f".{root.name}.{tag}-{secrets.token_hex(4)}"
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_dir(root: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success rename it to `root`, on failure delete it.
+
+    A sibling (same parent) guarantees the final rename stays on one filesystem and is atomic.
+    With `overwrite`, an existing `root` is renamed away first and deleted only once the new one
+    is in place, so readers see either the old or the new dataset, never a mix.
+    """
+    root = Path(root).absolute()
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(root, "tmp")
     try:
-        fill(tmp)
-        _fsync_tree(tmp)
+        yield tmp
+        if not (root.exists() or root.is_symlink()):
+            os.rename(tmp, root)
+            return
+        if not overwrite:  # appeared while we were writing
+            raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
+        old = root.parent / f".{root.name}.old-{secrets.token_hex(4)}"
+        os.rename(root, old)
+        try:
+            os.rename(tmp, root)
+        except BaseException:
+            os.rename(old, root)  # put the previous dataset back
+            raise
+        _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-    return target
+
+
+def write_dir_atomic(target: str | Path, fill: Callable[[Path], None], overwrite: bool = True) -> Path:
+    """Create `target` by calling `fill(tmp_dir)` in a temporary sibling and renaming it into place."""
+    recover_dir(target)
+    with atomic_dir(target, overwrite) as tmp:
+        fill(tmp)
+        _fsync_tree(tmp)
+    return Path(target)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

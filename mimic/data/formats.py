@@ -20,13 +20,12 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, unquote
 
+from ..atomic import atomic_dir as _atomic_dir
 from .schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
 
 __all__ = [
@@ -169,57 +168,6 @@ def _split_order(names) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # Atomic directory writes
 # ------------------------------------------------------------------------------------------------
-
-def _sibling(root: Path, tag: str) -> Path:
-    """Create a fresh hidden directory next to `root` (normal permissions, unlike mkdtemp's 0700)."""
-    while True:
-        p = root.parent / f".{root.name}.{tag}-{secrets.token_hex(4)}"
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextmanager
-def _atomic_dir(root: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success rename it to `root`, on failure delete it.
-
-    A sibling (same parent) guarantees the final rename stays on one filesystem and is atomic.
-    With `overwrite`, an existing `root` is renamed away first and deleted only once the new one
-    is in place, so readers see either the old or the new dataset, never a mix.
-    """
-    root = Path(root).absolute()
-    if root.exists() and not overwrite:
-        raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(root, "tmp")
-    try:
-        yield tmp
-        if not (root.exists() or root.is_symlink()):
-            os.rename(tmp, root)
-            return
-        if not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{root} already exists (pass overwrite=True to replace it)")
-        old = root.parent / f".{root.name}.old-{secrets.token_hex(4)}"
-        os.rename(root, old)
-        try:
-            os.rename(tmp, root)
-        except BaseException:
-            os.rename(old, root)  # put the previous dataset back
-            raise
-        _remove(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 def _inside(path: Path, root: Path) -> bool:
     try:
