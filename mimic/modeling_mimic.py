@@ -221,17 +221,25 @@ class TGLU(nn.Module):
             k, v, m_mask = k[:, :lm], v[:, :lm], m_mask[:, :lm]
         N, Le, d = q.shape
         B, Lm = k.shape[:2]
-        # One GEMM for all (entity token, mention token) pairs: [N*Le, d] @ [d, B*Lm].
-        logits = (q.reshape(N * Le, d) @ (k.reshape(B * Lm, d).T / math.sqrt(self.d))).view(N, Le, B, Lm)
+        hot = not (return_attention or torch.is_grad_enabled())
+        # One GEMM for all (entity token, mention token) pairs: [N*Le, d] @ [d, B*Lm]. On the
+        # inference path it writes into a reused workspace: allocating a fresh GB-sized tensor per
+        # KB tile makes the kernel page-fault new memory on every tile (100% system time).
+        kt = k.reshape(B * Lm, d).T / math.sqrt(self.d)
+        if hot:
+            logits = torch.matmul(q.reshape(N * Le, d), kt, out=self._workspace(N * Le * B * Lm, q).view(N * Le, B * Lm)).view(N, Le, B, Lm)
+        else:
+            logits = (q.reshape(N * Le, d) @ kt).view(N, Le, B, Lm)
         if fixed:
-            logits = logits.masked_fill(~m_mask[None, None, :, :], float("-inf"))
+            pad = ~m_mask[None, None, :, :]
+            logits = logits.masked_fill_(pad, float("-inf")) if hot else logits.masked_fill(pad, float("-inf"))
             # Average over real entity tokens only.
             w = e_mask.to(logits.dtype)
             w = w / w.sum(1, keepdim=True).clamp_min(1)                     # [N, Le]
         else:
             w = torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=logits.dtype, device=logits.device)
         attn = None
-        if return_attention or torch.is_grad_enabled():
+        if not hot:
             probs = logits.softmax(-1)                                       # [N, Le, B, Lm]
             # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
             pooled = torch.einsum("nibj,ni->nbj", probs, w)                  # [N, B, Lm]
@@ -240,11 +248,20 @@ class TGLU(nn.Module):
         else:
             # Inference hot path: softmax in place, its row normaliser folded into the pooling weight.
             logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-            pooled = (logits * (w[:, :, None, None] / logits.sum(-1, keepdim=True))).sum(1)
+            pooled = logits.mul_(w[:, :, None, None] / logits.sum(-1, keepdim=True)).sum(1)
         ctx = torch.einsum("nbj,bjd->nbd", pooled, v)                         # [N, B, d]
         ctx = self.layer_norm(ctx)
         g2l = (ctx * e.g2l_cls[:, None, :]).sum(-1).T                         # [B, N]
         return (g2g + g2l) / 2, attn
+
+    def _workspace(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """A flat scratch tensor of at least `numel` elements, reused across calls (not state)."""
+        key = (like.dtype, like.device)
+        ws = self.__dict__.setdefault("_ws", {})
+        buf = ws.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = ws[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel]
 
 
 class DUAL(nn.Module):
