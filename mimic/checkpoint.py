@@ -63,9 +63,10 @@ def _weight_files(root: Path) -> list[Path]:
 
 
 def save_checkpoint(model: MimicModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
-                    training_state: dict | None = None, extra: dict | None = None,
-                    model_type: str = "mimic") -> Path:
+                    training_state: dict | None = None, extra: dict | None = None) -> Path:
     """Write `model` to the folder `path` atomically. Returns the path."""
+    from .families import model_type_of
+    model_type = model_type_of(model.heads)
 
     def fill(tmp: Path):
         heads = {k: v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
@@ -112,13 +113,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbo
     (only valid when the checkpoint's backbone was frozen)."""
     path = Path(path)
     cfg = read_config(path)
-    if cfg.get("model_type", "mimic") != "mimic":
-        raise CheckpointError(f"{path}: model type {cfg.get('model_type')!r} is not handled by mimic.checkpoint")
+    from .families import family
+    try:
+        cfg_cls, heads_cls, _ = family(cfg.get("model_type", "mimic"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if backbone is None or cfg.get("backbone_trained"):
         backbone = load_backbone(cfg["backbone"], base_dir=path)
     if (path / "backbone.safetensors").exists():
         backbone.load_state_dict(load_file(str(path / "backbone.safetensors")))
-    heads = MimicHeads(MimicConfig.from_dict(cfg["model_config"]))
+    heads = heads_cls(cfg_cls.from_dict(cfg["model_config"]))
     missing, unexpected = heads.load_state_dict(load_file(str(path / "heads.safetensors")), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}/heads.safetensors does not match the config: missing {missing}, "

@@ -31,11 +31,14 @@ import torch
 from .atomic import write_json_atomic
 from .data.schema import Entity, KnowledgeBase
 from .model import ImageLoadStats, MimicModel, entity_text, load_images
-from .modeling_mimic import EntityCache
 
 FORMAT = "mimic-studio-index"
-CACHE_FIELDS = [f.name for f in fields(EntityCache)]
 BOOL_FIELDS = {"t_mask", "has_image"}
+
+
+def _cache_class(model_type: str):
+    from .families import family
+    return family(model_type)[2]
 
 
 class IndexError_(RuntimeError):
@@ -220,7 +223,9 @@ class KBIndex:
         stats = ImageLoadStats()
         t0 = time.perf_counter()
         _encode_segment(model, kb.entities, building / "seg-0000", batch_size, progress, stats)
+        from .families import model_type_of
         manifest = {"format": FORMAT, "version": 1, "fingerprint": fp, "backbone": model.backbone.describe(),
+                    "model_type": model_type_of(model.heads),
                     "backbone_name": model.backbone.name, "model_config": model.config.to_dict(),
                     "faiss": faiss_kind, "segments": ["seg-0000"], "tombstones": [],
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -243,20 +248,22 @@ class KBIndex:
     def _load(self):
         segs = self.manifest["segments"]
         dead = set(self.manifest.get("tombstones", []))   # "seg:row" keys
+        cache_cls = _cache_class(self.manifest.get("model_type", "mimic"))
+        cache_fields = [f.name for f in fields(cache_cls)]
         records, arrays, keep = [], {}, []
         for seg in segs:
             recs = json.loads((self.root / seg / "ids.json").read_text())
             live = [i for i in range(len(recs)) if f"{seg}:{i}" not in dead]
             keep.append((seg, live))
             records += [recs[i] for i in live]
-        for name in CACHE_FIELDS + ["text_global", "image_global", "retrieval"]:
+        for name in cache_fields + ["text_global", "image_global", "retrieval"]:
             parts = [np.load(self.root / seg / f"{name}.npy", mmap_mode="r")[live] for seg, live in keep]
             arrays[name] = torch.from_numpy(np.concatenate(parts))
         self.records = records
         self.ids = [r["id"] for r in records]
         self.position = {eid: i for i, eid in enumerate(self.ids)}
         self._rows_by_key = [f"{seg}:{i}" for seg, live in keep for i in live]
-        self.cache = EntityCache(**{k: arrays[k] for k in CACHE_FIELDS})
+        self.cache = cache_cls(**{k: arrays[k] for k in cache_fields})
         self.text_global = arrays["text_global"]
         self.image_global = arrays["image_global"]
         self.retrieval_vectors = arrays["retrieval"]

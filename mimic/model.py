@@ -20,7 +20,7 @@ from torch import nn
 from . import images as imaging
 from .backbones.base import Backbone, ImageFeatures, TextFeatures
 from .data.schema import Entity, Mention
-from .modeling_mimic import EntityCache, MentionCache, MimicConfig, MimicHeads, SideFeatures
+from .modeling_mimic import EntityCache, MentionCache, MimicConfig, SideFeatures
 
 log = logging.getLogger("mimic")
 
@@ -70,7 +70,7 @@ def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | 
 
 
 class MimicModel(nn.Module):
-    """Backbone + `MimicHeads`. `encode(texts, images)` -> `SideFeatures`."""
+    """Backbone + heads of any family (MIMIC or M3EL). `encode(texts, images)` -> `SideFeatures`."""
 
     def __init__(self, backbone: Backbone, heads: MimicHeads):
         super().__init__()
@@ -78,9 +78,10 @@ class MimicModel(nn.Module):
         self.heads = heads
 
     @classmethod
-    def build(cls, backbone: Backbone, **config) -> "MimicModel":
-        cfg = MimicConfig.for_backbone(backbone.dims, **config)
-        return cls(backbone, MimicHeads(cfg))
+    def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> "MimicModel":
+        """A fresh model of family `model_type` ("mimic" or "m3el") on `backbone`."""
+        from .families import build_heads
+        return cls(backbone, build_heads(model_type, backbone.dims, **config))
 
     @property
     def config(self) -> MimicConfig:
@@ -116,7 +117,7 @@ class MimicModel(nn.Module):
             imgs = load_images([e.images[0] if e.images else None for e in chunk], self.config.mode, image_stats)
             c = self.heads.entity_cache(self.encode([entity_text(e) for e in chunk], imgs))
             parts.append(c.apply(lambda t: t.to(dtype) if (dtype is not None and t.is_floating_point()) else t))
-        return EntityCache.cat(parts)
+        return type(parts[0]).cat(parts)
 
     @torch.no_grad()
     def mention_cache(self, mentions: Sequence[Mention], image_stats: ImageLoadStats | None = None) -> MentionCache:

@@ -58,6 +58,7 @@ class MimicConfig:
     cmfu_dim: int = 96
     text_max_length: int = 40
     cmfu_scaled_attention: bool = False  # the paper's CMFU softmax has no 1/sqrt(d); kept by default
+    model_type = "mimic"                 # class attribute (not a field): the family's name
 
     def __post_init__(self):
         if self.mode not in ("fixed", "compat"):

@@ -44,6 +44,7 @@ class TrainConfig:
     output: str = "runs/mimic"
     backbone: str = "auto"
     init_checkpoint: str | None = None   # start from an existing checkpoint (fine-tuning)
+    model: str = "mimic"                 # model family: "mimic" or "m3el"
     mode: str = "fixed"
     text_max_length: int = 40
     lr: float = 1e-5
@@ -244,7 +245,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         if model.config.mode != cfg.mode:
             log.warning("init checkpoint mode %s kept (config asked %s)", model.config.mode, cfg.mode)
     else:
-        model = MimicModel.build(load_backbone(cfg.backbone), mode=cfg.mode,
+        model = MimicModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
                                  text_max_length=cfg.text_max_length).to(device)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
@@ -386,7 +387,6 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
 @torch.no_grad()
 def _cache_from_store(model: MimicModel, store: FeatureStore, device, batch: int = 1024):
     """Entity caches from cached backbone features (no backbone pass needed when it is frozen)."""
-    from .modeling_mimic import EntityCache
     parts = []
     model.eval()
     n = store.text_global.shape[0]
@@ -394,4 +394,4 @@ def _cache_from_store(model: MimicModel, store: FeatureStore, device, batch: int
         idx = torch.arange(s, min(s + batch, n))
         t, i = store.gather(idx, device)
         parts.append(model.heads.entity_cache(model.heads.side_features(t, i)))
-    return EntityCache.cat(parts)
+    return type(parts[0]).cat(parts)
