@@ -35,6 +35,7 @@ def _json_out(obj, path: str | None):
 def cmd_train(a):
     from .training import TrainConfig, train
     overrides = {"data": a.data, "output": a.output, "backbone": a.backbone, "mode": a.mode,
+                 "model": a.model, "cross_modal": a.cross_modal, "text_field": a.text_field,
                  "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "device": a.device,
                  "train_fraction": a.train_fraction, "init_checkpoint": a.init_checkpoint,
                  "val_max_mentions": a.val_max_mentions}
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset: official folder, JSONL folder or MELBench .json")
     t.add_argument("--output", help="run folder (best/, last/, summary.json)")
     t.add_argument("--backbone", help="auto | clip | offline | hub id | local CLIP folder")
+    t.add_argument("--model", choices=["mimic", "m3el"], help="model family (default mimic)")
+    t.add_argument("--cross-modal", choices=["t2v", "bidirectional"], help="M3EL cross-modal head")
+    t.add_argument("--text-field", choices=["auto", "attr", "desc"], help="official KB text field")
     t.add_argument("--mode", choices=["fixed", "compat"])
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)

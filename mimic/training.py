@@ -45,6 +45,7 @@ class TrainConfig:
     backbone: str = "auto"
     init_checkpoint: str | None = None   # start from an existing checkpoint (fine-tuning)
     model: str = "mimic"                 # model family: "mimic" or "m3el"
+    cross_modal: str | None = None       # M3EL only: "t2v" (published default) or "bidirectional"
     mode: str = "fixed"
     text_max_length: int = 40
     lr: float = 1e-5
@@ -245,8 +246,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         if model.config.mode != cfg.mode:
             log.warning("init checkpoint mode %s kept (config asked %s)", model.config.mode, cfg.mode)
     else:
+        extra = {"cross_modal": cfg.cross_modal} if (cfg.model == "m3el" and cfg.cross_modal) else {}
         model = MimicModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
-                                 text_max_length=cfg.text_max_length).to(device)
+                                 text_max_length=cfg.text_max_length, **extra).to(device)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
         model.backbone.eval()
