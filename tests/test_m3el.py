@@ -627,3 +627,32 @@ def test_training_on_synthetic_rises_far_above_chance(tiny_clip, synthetic_datas
     # the "official" strategy rebuilds entity caches from raw side features inside evaluate()
     official = evaluate(model, kb, ds.split("test"), strategy="official")
     assert official["ranks"] == res["ranks"]
+
+
+@pytest.mark.parametrize("cross_modal", ["t2v", "bidirectional"])
+def test_m3el_trains_saves_and_serves_through_the_linker(cross_modal, synthetic_dataset, tiny_clip_dir, tmp_path):
+    """The whole product path for the second family: train() -> checkpoint -> KB index -> Linker."""
+    from mimic.checkpoint import load_checkpoint, read_config
+    from mimic.index import KBIndex
+    from mimic.linker import Linker
+    from mimic.training import TrainConfig, train
+
+    s = train(TrainConfig(output=str(tmp_path / "run"), model="m3el", cross_modal=cross_modal,
+                          backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=4, batch_size=16,
+                          progress=False, seed=0, adam_eps=1e-8, no_decay="standard"), synthetic_dataset)
+    assert s["test"]["H@1"] >= 0.6
+    conf = read_config(tmp_path / "run" / "best")
+    assert conf["model_type"] == "m3el" and conf["model_config"]["cross_modal"] == cross_modal
+    model = load_checkpoint(tmp_path / "run" / "best")
+    assert type(model.heads).__name__ == "M3ELHeads"
+    index = KBIndex.build(model, synthetic_dataset.kb, tmp_path / "index", progress=False)
+    assert KBIndex(tmp_path / "index").manifest["model_type"] == "m3el"
+    linker = Linker(model, index)
+    for m in synthetic_dataset.split("test")[:6]:
+        r = linker.link(m.sentence, m.mention, m.image, top_k=len(index))
+        S = linker.exhaustive_scores(m.sentence, m.mention, m.image)
+        assert r.top.entity_id == index.ids[int(torch.argsort(-S, stable=True)[0])]
+        e = r.top.explanation
+        assert len(e.tglu_attention) == len(e.entity_tokens) and len(e.tglu_attention[0]) == len(e.mention_tokens)
+        if r.has_image:
+            assert e.cmfu_mention_grid is not None
