@@ -1,0 +1,449 @@
+"""Annotators' decisions: submit, skip, undo, history, and journal reconciliation / rebuild.
+
+Rules (all enforced inside one write transaction per call):
+
+* Submitting on a mention where the annotator already has a current decision *supersedes* it: the
+  old row gets status "superseded" and `superseded_by` = the new row. Nothing is deleted.
+* Undo marks the annotator's latest current annotation "undone" (with the time and the undo's own
+  request id); the mention goes back to the front of that annotator's queue.
+* Idempotency: a submission carries a `request_id` (a client-generated unique string; one is made
+  up when absent). Resubmitting a known request_id returns the stored annotation and writes
+  nothing; reusing it for a different submission is a Conflict. Submitting the decision that is
+  already the annotator's current one on that mention (a double click with fresh request ids)
+  also writes nothing. Undo takes a request_id as well, so a repeated undo undoes only once.
+* Each write appends its journal events before committing; `reconcile` makes journal and
+  database equal again after a crash (see journal.py).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from . import statements as Q
+from ._base import MAX_COMMENT, MAX_REQUEST_ID, StoreBase, check_choice, check_float, check_int, check_text, iso
+from .errors import Conflict, InvalidInput, NotFound
+from .journal import scan_journal
+from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, Mention, Prediction,
+                     entity_search_text, utcnow)
+from .records import AnnotationRecord, ReconcileReport
+
+MAX_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked submission (no database access needed to build one)."""
+
+    annotator: str
+    mention: int | str
+    decision: str
+    entity_id: str | None
+    prediction_id: int | None
+    seconds_spent: float | None
+    comment: str | None
+    request_id: str
+
+
+def check_submission(annotator: Any, mention: Any, decision: Any = None, entity_id: Any = None, *,
+                     prediction_id: Any = None, seconds_spent: Any = None, comment: Any = None,
+                     request_id: Any = None, field: str = "") -> Submission:
+    p = f"{field}." if field else ""
+    check_text(annotator, f"{p}annotator", max_len=200)
+    if isinstance(mention, str):
+        check_text(mention, f"{p}mention", max_len=255)
+    else:
+        check_int(mention, f"{p}mention")
+    if isinstance(entity_id, int) and not isinstance(entity_id, bool):
+        entity_id = str(entity_id)
+    if decision is None:
+        decision = "entity" if entity_id is not None else None
+    check_choice(decision, f"{p}decision", DECISIONS)
+    if decision == "entity":
+        if entity_id is None:
+            raise InvalidInput("required when the decision is 'entity'", f"{p}entity_id")
+        check_text(entity_id, f"{p}entity_id", max_len=200)
+    elif entity_id is not None:
+        raise InvalidInput(f"must be empty for decision {decision!r}", f"{p}entity_id")
+    if prediction_id is not None:
+        check_int(prediction_id, f"{p}prediction_id")
+    seconds = check_float(seconds_spent, f"{p}seconds_spent", optional=True, minimum=0.0, maximum=MAX_SECONDS)
+    if comment is not None:
+        check_text(comment, f"{p}comment", max_len=MAX_COMMENT, allow_empty=True)
+    if request_id is None:
+        request_id = uuid.uuid4().hex
+    check_text(request_id, f"{p}request_id", max_len=MAX_REQUEST_ID)
+    return Submission(annotator=annotator, mention=mention, decision=decision, entity_id=entity_id,
+                      prediction_id=prediction_id, seconds_spent=seconds, comment=comment, request_id=request_id)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class AnnotationsMixin(StoreBase):
+
+    # -- submit / skip ----------------------------------------------------------------------
+
+    def submit(self, annotator: str, mention: int | str, decision: str | None = None, entity_id: str | None = None,
+               *, prediction_id: int | None = None, seconds_spent: float | None = None,
+               comment: str | None = None, request_id: str | None = None) -> AnnotationRecord:
+        """Record a decision: decision="entity" with `entity_id`, or "nil" (not in the list),
+        "ambiguous", or "skip". `decision` may be left out when `entity_id` is given.
+        `prediction_id` is the prediction the annotator was shown (default: the mention's latest).
+        Returns the stored annotation (`duplicate=True` when nothing new was stored)."""
+        sub = check_submission(annotator, mention, decision, entity_id, prediction_id=prediction_id,
+                               seconds_spent=seconds_spent, comment=comment, request_id=request_id)
+        return self._write(lambda s, events: self._apply_submission(s, sub, events))
+
+    def skip(self, annotator: str, mention: int | str, **kw) -> AnnotationRecord:
+        """Defer a mention: it leaves the annotator's queue and comes back after everything else."""
+        return self.submit(annotator, mention, "skip", **kw)
+
+    def submit_many(self, items: list[dict]) -> list[AnnotationRecord]:
+        """Several submissions (dicts of `submit`'s arguments) in ONE transaction: all or none."""
+        if not isinstance(items, (list, tuple)):
+            raise InvalidInput(f"expected a list, got {type(items).__name__}", "items")
+        subs = []
+        for i, it in enumerate(items):
+            if not isinstance(it, dict):
+                raise InvalidInput(f"expected a dict, got {type(it).__name__}", f"items[{i}]")
+            it = dict(it)
+            try:
+                annotator, mention = it.pop("annotator"), it.pop("mention")
+            except KeyError as e:
+                raise InvalidInput("missing", f"items[{i}].{e.args[0]}") from None
+            subs.append(check_submission(annotator, mention, it.pop("decision", None), it.pop("entity_id", None),
+                                         field=f"items[{i}]", **it))
+        return self._write(lambda s, events: [self._apply_submission(s, sub, events) for sub in subs])
+
+    def _apply_submission(self, s: Session, sub: Submission, events: list[dict]) -> AnnotationRecord:
+        ann = self._annotator_row(s, sub.annotator)
+        m = self._mention_row(s, sub.mention, "mention")
+        same = s.connection().execute(Q.annotation_by_request(), {"rid": sub.request_id}).first()
+        if same is not None:
+            if (same.annotator_id, same.mention_id, same.decision, same.entity_id) != \
+                    (ann.id, m.id, sub.decision, sub.entity_id):
+                raise Conflict(f"request_id {sub.request_id!r} was already used for a different submission "
+                               f"(annotation {same.id})", "request_id")
+            return self._annotation_record(s, same, duplicate=True, annotator_name=ann.name, mention_uid=m.uid)
+        entity = self._entity_row(s, sub.entity_id) if sub.decision == "entity" else None
+        if sub.prediction_id is not None:
+            pred = s.get(Prediction, sub.prediction_id)
+            if pred is None:
+                raise NotFound(f"no prediction {sub.prediction_id}", "prediction_id")
+            if pred.mention_id != m.id:
+                raise InvalidInput(f"prediction {pred.id} belongs to another mention", "prediction_id")
+        else:
+            pred = self._latest_prediction(s, m.id)
+        current = self._current(s, m.id, ann.id)
+        if current is not None and (current.decision, current.entity_id) == (sub.decision, sub.entity_id):
+            return self._annotation_record(s, current, duplicate=True, annotator_name=ann.name, mention_uid=m.uid)
+        row = self._insert_annotation(
+            s, ann=ann, m=m, current=current, request_id=sub.request_id, decision=sub.decision,
+            entity_id=entity.id if entity else None, entity_version=entity.version if entity else None,
+            prediction_id=pred.id if pred else None, seconds_spent=sub.seconds_spent, comment=sub.comment,
+            created_at=utcnow())
+        events.append(self._annotation_event(s, row, ann, m))
+        return self._annotation_record(s, row, annotator_name=ann.name, mention_uid=m.uid)
+
+    def _current(self, s: Session, mention_id: int, annotator_id: int) -> Row | None:
+        return s.connection().execute(Q.current_annotation(), {"mid": mention_id, "aid": annotator_id}).first()
+
+    def _insert_annotation(self, s: Session, *, ann: Annotator | Row, m: Mention | Row, current: Row | None,
+                           **values) -> SimpleNamespace:
+        """Insert a current annotation, superseding `current`, and release the annotator's lease.
+
+        Core statements, not the ORM unit of work: this is the hottest write (about half the cost
+        of an ORM flush); `current` is a plain row and the result a namespace of the new row's values."""
+        conn = s.connection()
+        if current is not None:
+            # Demote first: the partial unique index allows one current row per (mention, annotator).
+            conn.execute(Q.set_annotation_status(), {"aid_": current.id, "status_": "superseded", "by_": None})
+        params = dict(mention_id=m.id, annotator_id=ann.id, status="current", superseded_by=None, undone_at=None,
+                      undo_request_id=None, **values)
+        row = SimpleNamespace(id=conn.execute(Q.insert_annotation(), params).inserted_primary_key[0], **params)
+        if current is not None:
+            conn.execute(Q.set_annotation_status(), {"aid_": current.id, "status_": "superseded", "by_": row.id})
+        was = current is not None and current.decision in FINAL_DECISIONS
+        self._count_decided(s, m.id, (row.decision in FINAL_DECISIONS) - was)
+        s.execute(Q.delete_lease_of(), {"mid": m.id, "aid": ann.id})
+        return row
+
+    @staticmethod
+    def _count_decided(s: Session, mention_id: int, delta: int) -> None:
+        """Keep Mention.decided in step (an SQL increment: no lost update under concurrency)."""
+        if delta:
+            s.execute(Q.bump_decided(), {"mid": mention_id, "delta": delta})
+
+    def _mark_undone(self, s: Session, target: Annotation, when: datetime, undo_request_id: str) -> None:
+        if target.status == "current" and target.decision in FINAL_DECISIONS:
+            self._count_decided(s, target.mention_id, -1)
+        target.status, target.undone_at, target.undo_request_id = "undone", when, undo_request_id
+        s.flush()
+
+    # -- undo ---------------------------------------------------------------------------------
+
+    def undo(self, annotator: str, *, request_id: str | None = None,
+             annotation_id: int | None = None) -> AnnotationRecord | None:
+        """Undo the annotator's latest current annotation (or `annotation_id`, which must be one of
+        their current ones). The row stays, with status "undone"; the mention returns to the front
+        of their queue. Returns the undone annotation, or None when there is nothing to undo."""
+        rid = request_id if request_id is not None else uuid.uuid4().hex
+        check_text(rid, "request_id", max_len=MAX_REQUEST_ID)
+        if annotation_id is not None:
+            check_int(annotation_id, "annotation_id")
+
+        def fn(s: Session, events: list) -> AnnotationRecord | None:
+            ann = self._annotator_row(s, annotator)
+            done = s.scalar(select(Annotation).where(Annotation.undo_request_id == rid))
+            if done is not None:
+                return self._annotation_record(s, done, duplicate=True, annotator_name=ann.name)
+            if annotation_id is not None:
+                target = s.get(Annotation, annotation_id)
+                if target is None:
+                    raise NotFound(f"no annotation {annotation_id}", "annotation_id")
+                if target.annotator_id != ann.id:
+                    raise Conflict(f"annotation {annotation_id} belongs to another annotator", "annotation_id")
+                if target.status != "current":
+                    raise Conflict(f"annotation {annotation_id} is {target.status}; only a current one can be undone",
+                                   "annotation_id")
+            else:
+                target = s.scalar(select(Annotation).where(Annotation.annotator_id == ann.id,
+                                                           Annotation.status == "current")
+                                  .order_by(Annotation.id.desc()).limit(1))
+                if target is None:
+                    return None
+            now = utcnow()
+            self._mark_undone(s, target, now, rid)
+            self._claim(s, target.mention_id, ann.id, now)  # back to this annotator first (queue.py)
+            events.append(self._undo_event(target, ann.name))
+            return self._annotation_record(s, target, annotator_name=ann.name)
+        return self._write(fn)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get_annotation(self, annotation: int | str) -> AnnotationRecord:
+        """An annotation by id or by request_id."""
+        def fn(s: Session) -> AnnotationRecord:
+            if isinstance(annotation, str):
+                row = s.scalar(select(Annotation).where(Annotation.request_id == annotation))
+            else:
+                row = s.get(Annotation, check_int(annotation, "annotation"))
+            if row is None:
+                raise NotFound(f"no annotation {annotation!r}", "annotation")
+            return self._annotation_record(s, row)
+        return self._read(fn)
+
+    def history(self, mention: int | str) -> list[AnnotationRecord]:
+        """Every annotation ever made on a mention (current, superseded, undone), oldest first."""
+        def fn(s: Session) -> list[AnnotationRecord]:
+            m = self._mention_row(s, mention, "mention")
+            rows = s.execute(select(Annotation, Annotator.name).join(Annotator, Annotator.id == Annotation.annotator_id)
+                             .where(Annotation.mention_id == m.id).order_by(Annotation.id)).all()
+            return [self._annotation_record(s, a, annotator_name=n, mention_uid=m.uid) for a, n in rows]
+        return self._read(fn)
+
+    def annotator_history(self, annotator: str, limit: int = 50) -> list[AnnotationRecord]:
+        """The annotator's most recent annotations (any status), newest first."""
+        def fn(s: Session) -> list[AnnotationRecord]:
+            ann = self._annotator_row(s, annotator)
+            rows = s.execute(select(Annotation, Mention.uid).join(Mention, Mention.id == Annotation.mention_id)
+                             .where(Annotation.annotator_id == ann.id).order_by(Annotation.id.desc())
+                             .limit(limit)).all()
+            return [self._annotation_record(s, a, annotator_name=ann.name, mention_uid=u) for a, u in rows]
+        return self._read(fn)
+
+    def current_annotations(self) -> list[AnnotationRecord]:
+        """Every current annotation (skips included), in id order."""
+        def fn(s: Session) -> list[AnnotationRecord]:
+            rows = s.execute(select(Annotation, Annotator.name, Mention.uid)
+                             .join(Annotator, Annotator.id == Annotation.annotator_id)
+                             .join(Mention, Mention.id == Annotation.mention_id)
+                             .where(Annotation.status == "current").order_by(Annotation.id)).all()
+            return [self._annotation_record(s, a, annotator_name=n, mention_uid=u) for a, n, u in rows]
+        return self._read(fn)
+
+    # -- journal events ---------------------------------------------------------------------------
+
+    def _annotation_event(self, s: Session, a: Annotation, ann: Annotator | None = None,
+                          m: Mention | None = None) -> dict:
+        """A self-contained journal record of annotation `a`: enough to rebuild it in an empty database."""
+        ann = ann or s.get(Annotator, a.annotator_id)
+        m = m or self._mention_row(s, a.mention_id)
+        image = None
+        if m.image_sha256:
+            ext = getattr(m, "ext", None)
+            if ext is None:
+                img = s.get(Image, m.image_sha256)
+                ext = img.ext if img else ""
+            image = {"sha256": m.image_sha256, "ext": ext}
+        entity = None
+        if a.entity_id is not None:
+            e = s.connection().execute(Q.entity_by_id(), {"id": a.entity_id}).first()
+            entity = {"id": a.entity_id, "name": e.name if e else a.entity_id, "version": a.entity_version}
+        prediction = None
+        if a.prediction_id is not None:
+            p = s.get(Prediction, a.prediction_id)
+            mv = s.connection().execute(Q.model_version_name(), {"id": p.model_version_id}).scalar()
+            cands = s.execute(Q.candidates_with_names(), {"pid": p.id}).all()
+            prediction = {"uid": p.uid, "model_version": mv, "created_at": iso(p.created_at),
+                          "candidates": [{"entity_id": c.entity_id, "name": n, "S": c.s, "S_T": c.s_t,
+                                          "S_V": c.s_v, "S_C": c.s_c} for c, n in cands]}
+        return {"type": "annotation", "request_id": a.request_id, "created_at": iso(a.created_at),
+                "annotation_id": a.id, "annotator": {"name": ann.name, "role": ann.role},
+                "mention": {"uid": m.uid, "source": m.source, "sentence": m.sentence, "mention": m.mention,
+                            "start": m.start, "end": m.end, "image": image},
+                "decision": a.decision, "entity": entity, "prediction": prediction,
+                "seconds_spent": a.seconds_spent, "comment": a.comment}
+
+    @staticmethod
+    def _undo_event(a: Annotation, annotator_name: str) -> dict:
+        return {"type": "undo", "request_id": a.undo_request_id, "target": a.request_id,
+                "annotator": annotator_name, "created_at": iso(a.undone_at)}
+
+    # -- replay (reconcile / rebuild) --------------------------------------------------------------
+
+    def _ensure_annotator(self, s: Session, snap: dict) -> Annotator:
+        row = s.scalar(select(Annotator).where(Annotator.name == snap["name"]))
+        if row is None:
+            role = snap.get("role") if snap.get("role") in ROLES else "annotator"
+            row = Annotator(name=snap["name"], role=role, active=True, created_at=utcnow())
+            s.add(row)
+            s.flush()
+        return row
+
+    def _ensure_entity(self, s: Session, entity_id: str, name: str | None) -> KbEntity:
+        """The entity, or a placeholder (the KB was not imported into this database yet; a later
+        `import_kb` turns the placeholder into the real record as a new version)."""
+        row = s.get(KbEntity, entity_id)
+        if row is None:
+            from .models import KbEntityVersion
+            now = utcnow()
+            row = KbEntity(id=entity_id, name=name or entity_id, text="", aliases=[], images=[], version=1,
+                           updated_at=now, search_text=entity_search_text(entity_id, name or entity_id, []))
+            s.add(row)
+            s.flush()
+            s.add(KbEntityVersion(entity_id=entity_id, version=1, name=row.name, text="", aliases=[], images=[],
+                                  note="placeholder rebuilt from the journal", created_at=now))
+        return row
+
+    def _ensure_mention(self, s: Session, snap: dict) -> Mention:
+        row = s.scalar(select(Mention).where(Mention.uid == snap["uid"]))
+        if row is not None:
+            return row
+        image = snap.get("image")
+        if image and s.get(Image, image["sha256"]) is None:
+            path = self.images.path_for(image["sha256"], image.get("ext", ""))
+            s.add(Image(sha256=image["sha256"], ext=image.get("ext", ""),
+                        size_bytes=path.stat().st_size if path.is_file() else None, created_at=utcnow()))
+            s.flush()
+        row = Mention(uid=snap["uid"], source=snap.get("source") or "", sentence=snap["sentence"],
+                      mention=snap["mention"], start=snap["start"], end=snap["end"],
+                      image_sha256=image["sha256"] if image else None, margin=None, created_at=utcnow())
+        s.add(row)
+        s.flush()
+        return row
+
+    def _ensure_prediction(self, s: Session, snap: dict, m: Mention) -> Prediction:
+        row = s.scalar(select(Prediction).where(Prediction.uid == snap["uid"]))
+        if row is not None:
+            return row
+        from .mentions import CandidateInput
+        cands = []
+        for c in snap.get("candidates") or []:
+            self._ensure_entity(s, c["entity_id"], c.get("name"))
+            cands.append(CandidateInput(c["entity_id"], c["S"], c.get("S_T"), c.get("S_V"), c.get("S_C")))
+        return self._insert_prediction(s, m, snap["model_version"], cands, uid=snap["uid"],
+                                       created_at=_parse_time(snap["created_at"]) if snap.get("created_at") else None)
+
+    def _replay_annotation(self, s: Session, ev: dict) -> bool:
+        if s.scalar(select(Annotation.id).where(Annotation.request_id == ev["request_id"])) is not None:
+            return False
+        ann = self._ensure_annotator(s, ev["annotator"])
+        m = self._ensure_mention(s, ev["mention"])
+        entity = ev.get("entity")
+        if entity:
+            self._ensure_entity(s, entity["id"], entity.get("name"))
+        pred = self._ensure_prediction(s, ev["prediction"], m) if ev.get("prediction") else None
+        self._insert_annotation(
+            s, ann=ann, m=m, current=self._current(s, m.id, ann.id), request_id=ev["request_id"],
+            decision=ev["decision"], entity_id=entity["id"] if entity else None,
+            entity_version=entity.get("version") if entity else None, prediction_id=pred.id if pred else None,
+            seconds_spent=ev.get("seconds_spent"), comment=ev.get("comment"),
+            created_at=_parse_time(ev["created_at"]))
+        return True
+
+    def _replay_undo(self, s: Session, ev: dict) -> bool:
+        if s.scalar(select(Annotation.id).where(Annotation.undo_request_id == ev["request_id"])) is not None:
+            return False
+        target = s.scalar(select(Annotation).where(Annotation.request_id == ev["target"]))
+        if target is None or target.undo_request_id is not None:
+            return False
+        self._mark_undone(s, target, _parse_time(ev["created_at"]), ev["request_id"])
+        return True
+
+    def reconcile(self, journal_path: str | Path | None = None) -> ReconcileReport:
+        """Make the database and the journal agree again; safe to run at any time, from any process.
+
+        1. Journal groups (complete, not aborted) missing from the database are applied, in file
+           order: transactions that wrote their journal lines but died before COMMIT.
+        2. Annotations / undos in the database but missing from the journal (a deleted or
+           truncated journal file) are appended to it, in time order.
+
+        With `journal_path` naming another journal file, step 1 replays that file instead: this
+        rebuilds a lost database from a saved journal (`open_store` on an empty DATA_DIR plus
+        `reconcile(saved_journal)`, or just `open_store` when the journal is in place).
+
+        Everything runs in one write transaction that reads the journal while holding the
+        database's write lock, so no other writer can be between its journal write and its commit.
+        """
+        own = self.settings.journal_path
+        path = Path(journal_path) if journal_path is not None else own
+        foreign = path.absolute() != own.absolute()
+        report = ReconcileReport()
+
+        def fn(s: Session, events: list) -> ReconcileReport:
+            scan = scan_journal(path)
+            report.journal_lines, report.incomplete_groups = scan.lines, scan.incomplete
+            report.aborted_groups, report.bad_lines = scan.aborted, scan.bad_lines
+            report.groups_reapplied = report.events_reapplied = report.events_rejournaled = 0
+            db_requests = set(s.scalars(select(Annotation.request_id)))
+            db_undos = set(s.scalars(select(Annotation.undo_request_id).where(Annotation.undo_request_id.is_not(None))))
+            for group in scan.groups:
+                applied = 0
+                for ev in group:
+                    if ev.get("type") == "annotation" and ev["request_id"] not in db_requests:
+                        applied += self._replay_annotation(s, ev)
+                        db_requests.add(ev["request_id"])
+                    elif ev.get("type") == "undo" and ev["request_id"] not in db_undos:
+                        applied += self._replay_undo(s, ev)
+                        db_undos.add(ev["request_id"])
+                report.groups_reapplied += applied > 0
+                report.events_reapplied += applied
+            s.expire_all()  # rows changed through Core statements above must be re-read
+            own_scan = scan_journal(own) if foreign else scan
+            journaled = {ev["request_id"] for ev in own_scan.events()}
+            missing: list[tuple[Any, int, dict]] = []
+            # Compare keys first; load full rows only for what is missing (usually nothing).
+            keys = s.execute(select(Annotation.id, Annotation.request_id, Annotation.undo_request_id)
+                             .order_by(Annotation.id)).all()
+            for aid, rid, urid in keys:
+                if rid in journaled and (urid is None or urid in journaled):
+                    continue
+                a = s.get(Annotation, aid)
+                if a.request_id not in journaled:
+                    missing.append((a.created_at, 0, self._annotation_event(s, a)))
+                if a.undo_request_id is not None and a.undo_request_id not in journaled:
+                    missing.append((a.undone_at, 1, self._undo_event(a, s.get(Annotator, a.annotator_id).name)))
+            missing.sort(key=lambda t: (t[0], t[1]))
+            events.extend(ev for _, _, ev in missing)
+            report.events_rejournaled = len(missing)
+            return report
+        return self._write(fn)

@@ -1,0 +1,210 @@
+"""Annotators and the knowledge base (entities with versioned edits)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from mimic.data.schema import KnowledgeBase
+
+from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_choice, check_text
+from .errors import InvalidInput
+from .models import ROLES, Annotator, KbEntity, KbEntityVersion, entity_search_text, utcnow
+from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
+
+_MAX_TEXT = 200_000
+
+
+def _annotator_record(a: Annotator) -> AnnotatorRecord:
+    return AnnotatorRecord(id=a.id, name=a.name, role=a.role, active=a.active, created_at=a.created_at)
+
+
+def _str_list(value: Any, field: str, max_len: int = MAX_SENTENCE) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidInput(f"expected a list of strings, got {type(value).__name__}", field)
+    return [check_text(v, f"{field}[{i}]", max_len=max_len) for i, v in enumerate(value)]
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` literally anywhere (%, _ and the escape char escaped)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class KbMixin(StoreBase):
+
+    # -- annotators ----------------------------------------------------------------------------
+
+    def add_annotator(self, name: str, role: str = "annotator") -> AnnotatorRecord:
+        """Create an annotator, or return the existing one (changing its role if it differs)."""
+        check_text(name, "name", max_len=MAX_NAME)
+        if name != name.strip():
+            raise InvalidInput("must not start or end with spaces", "name")
+        check_choice(role, "role", ROLES)
+
+        def fn(s: Session, events: list) -> AnnotatorRecord:
+            row = s.scalar(select(Annotator).where(Annotator.name == name))
+            if row is None:
+                row = Annotator(name=name, role=role, active=True, created_at=utcnow())
+                s.add(row)
+                s.flush()
+            elif row.role != role:
+                row.role = role
+            return _annotator_record(row)
+        return self._write(fn)
+
+    def get_annotator(self, name: str) -> AnnotatorRecord:
+        return self._read(lambda s: _annotator_record(self._annotator_row(s, name, "name")))
+
+    def list_annotators(self) -> list[AnnotatorRecord]:
+        return self._read(lambda s: [_annotator_record(a)
+                                     for a in s.scalars(select(Annotator).order_by(Annotator.id))])
+
+    # -- entities ------------------------------------------------------------------------------
+
+    def _entity_record(self, s: Session, e: KbEntity) -> EntityRecord:
+        author = s.get(Annotator, e.updated_by).name if e.updated_by else None
+        return EntityRecord(id=e.id, name=e.name, text=e.text, aliases=list(e.aliases or []),
+                            images=list(e.images or []), version=e.version, updated_at=e.updated_at,
+                            updated_by=author)
+
+    def upsert_entity(self, entity_id: str, name: str, text: str = "", aliases: Iterable[str] = (),
+                      images: Iterable[str] = (), *, author: str | None = None,
+                      note: str | None = None) -> EntityRecord:
+        """Create or edit one entity. An edit that changes something bumps the version and keeps
+        the full previous state in `entity_history`; an edit that changes nothing stores nothing."""
+        check_text(entity_id, "entity_id", max_len=MAX_NAME)
+        check_text(name, "name", max_len=MAX_SENTENCE)
+        check_text(text, "text", max_len=_MAX_TEXT, allow_empty=True)
+        aliases = _str_list(list(aliases), "aliases")
+        images = _str_list(list(images), "images", max_len=4096)
+        if note is not None:
+            check_text(note, "note", max_len=MAX_SENTENCE, allow_empty=True)
+
+        def fn(s: Session, events: list) -> EntityRecord:
+            author_id = self._annotator_row(s, author, "author").id if author is not None else None
+            now = utcnow()
+            row = s.get(KbEntity, entity_id)
+            if row is None:
+                row = KbEntity(id=entity_id, name=name, text=text, aliases=aliases, images=images, version=1,
+                               updated_at=now, updated_by=author_id,
+                               search_text=entity_search_text(entity_id, name, aliases))
+                s.add(row)
+            elif (row.name, row.text, list(row.aliases or []), list(row.images or [])) == \
+                    (name, text, aliases, images):
+                return self._entity_record(s, row)
+            else:
+                row.version += 1
+                row.name, row.text, row.aliases, row.images = name, text, aliases, images
+                row.updated_at, row.updated_by = now, author_id
+                row.search_text = entity_search_text(entity_id, name, aliases)
+            s.flush()
+            s.add(KbEntityVersion(entity_id=entity_id, version=row.version, name=name, text=text, aliases=aliases,
+                                  images=images, author_id=author_id, note=note, created_at=now))
+            return self._entity_record(s, row)
+        return self._write(fn)
+
+    def import_kb(self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000) -> dict[str, int]:
+        """Bulk-load a `mimic.data.schema.KnowledgeBase` with Core inserts (fast for 100k entities).
+
+        New entities get version 1; an existing entity whose name/text/aliases/images differ gets a
+        new version; identical ones are left alone. Image paths are stored as given (absolute paths
+        from the loaders). Returns {"created", "updated", "unchanged"}.
+        """
+        entities = list(kb)
+        for i, e in enumerate(entities):
+            check_text(e.id, f"kb[{i}].id", max_len=MAX_NAME)
+            check_text(e.name, f"kb[{i}].name", max_len=MAX_SENTENCE)
+        totals = {"created": 0, "updated": 0, "unchanged": 0}
+        for start in range(0, len(entities), chunk_size):
+            chunk = entities[start:start + chunk_size]
+
+            def fn(s: Session, events: list, chunk=chunk) -> dict[str, int]:
+                # counts are returned, not accumulated here: a retried transaction must not count twice
+                counts = {"created": 0, "updated": 0, "unchanged": 0}
+                author_id = self._annotator_row(s, author, "author").id if author is not None else None
+                now = utcnow()
+                ids = [e.id for e in chunk]
+                existing = {r.id: r for r in s.execute(
+                    select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images,
+                           KbEntity.version).where(KbEntity.id.in_(ids)))}
+                new_rows, new_versions = [], []
+                for e in chunk:
+                    rec = dict(name=e.name, text=e.text or "", aliases=list(e.aliases), images=list(e.images))
+                    old = existing.get(e.id)
+                    if old is None:
+                        new_rows.append(dict(id=e.id, version=1, updated_at=now, updated_by=author_id,
+                                             search_text=entity_search_text(e.id, e.name, e.aliases), **rec))
+                        new_versions.append(dict(entity_id=e.id, version=1, author_id=author_id, created_at=now,
+                                                 note="import", **rec))
+                        counts["created"] += 1
+                    elif (old.name, old.text, list(old.aliases or []), list(old.images or [])) == \
+                            (rec["name"], rec["text"], rec["aliases"], rec["images"]):
+                        counts["unchanged"] += 1
+                    else:
+                        v = old.version + 1
+                        s.execute(update(KbEntity).where(KbEntity.id == e.id).values(
+                            version=v, updated_at=now, updated_by=author_id,
+                            search_text=entity_search_text(e.id, e.name, e.aliases), **rec))
+                        new_versions.append(dict(entity_id=e.id, version=v, author_id=author_id, created_at=now,
+                                                 note="import", **rec))
+                        counts["updated"] += 1
+                if new_rows:
+                    s.execute(insert(KbEntity), new_rows)
+                if new_versions:
+                    s.execute(insert(KbEntityVersion), new_versions)
+                return counts
+            for k, v in self._write(fn).items():
+                totals[k] += v
+        return totals
+
+    def get_entity(self, entity_id: str) -> EntityRecord:
+        return self._read(lambda s: self._entity_record(s, self._entity_row(s, entity_id)))
+
+    def entity_history(self, entity_id: str) -> list[EntityVersionRecord]:
+        """Every version of an entity, oldest first."""
+        def fn(s: Session) -> list[EntityVersionRecord]:
+            self._entity_row(s, entity_id)
+            rows = s.execute(select(KbEntityVersion, Annotator.name)
+                             .outerjoin(Annotator, Annotator.id == KbEntityVersion.author_id)
+                             .where(KbEntityVersion.entity_id == entity_id).order_by(KbEntityVersion.version)).all()
+            return [EntityVersionRecord(entity_id=v.entity_id, version=v.version, name=v.name, text=v.text,
+                                        aliases=list(v.aliases or []), images=list(v.images or []), author=author,
+                                        note=v.note, created_at=v.created_at) for v, author in rows]
+        return self._read(fn)
+
+    def search_entities(self, query: str, limit: int = 20) -> list[EntityRecord]:
+        """Entities whose id, name or an alias contains `query` (case-insensitive), best first:
+        exact id or name, then name prefix, then the rest, each group by name."""
+        check_text(query, "query", max_len=MAX_NAME)
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"must be between 1 and 1000, got {limit}", "limit")
+        q = query.strip().lower()
+        pattern = _like_pattern(q)
+
+        def fn(s: Session) -> list[EntityRecord]:
+            name = func.lower(KbEntity.name)
+            rank = case((func.lower(KbEntity.id) == q, 0), (name == q, 0),
+                        (name.like(_like_pattern(q)[1:], escape="\\"), 1), else_=2)
+            rows = s.scalars(
+                select(KbEntity).where(KbEntity.search_text.like(pattern, escape="\\"))
+                .order_by(rank, KbEntity.name, KbEntity.id).limit(limit)).all()
+            return [self._entity_record(s, e) for e in rows]
+        return self._read(fn)
+
+    def count_entities(self) -> int:
+        return self._read(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
+
+    def knowledge_base(self) -> KnowledgeBase:
+        """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths absolute)."""
+        from mimic.data.schema import Entity
+
+        def fn(s: Session) -> KnowledgeBase:
+            rows = s.execute(select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images)
+                             .order_by(KbEntity.id)).all()
+            return KnowledgeBase([Entity(id=r.id, name=r.name, text=r.text or "", aliases=list(r.aliases or []),
+                                         images=[self.resolve_data_path(p) for p in (r.images or [])])
+                                  for r in rows])
+        return self._read(fn)
