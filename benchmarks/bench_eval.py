@@ -53,7 +53,7 @@ def run(heads, n_entities, n_mentions, strategy, device, dtype):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     if strategy == "precomputed":
-        chunk, bs = 8192, 64
+        chunk, bs = 1024, 64
         parts = [heads.entity_cache(SideFeatures(**{k: getattr(ent, k)[s:s + chunk] for k in SideFeatures.__dataclass_fields__}))
                  for s in range(0, n_entities, chunk)]
         ecache = EntityCache.cat(parts)

@@ -1,6 +1,7 @@
 """`python -m mimic bench-link`: serving latency and shortlist quality on a synthetic clustered KB.
 
-Steps: write a KB of N entities in clusters that share name words (so names are ambiguous); train
+Steps: write a KB of N entities in clusters of about 25 that share a name (so names are ambiguous
+within a cluster, and members differ by attribute words and image); train
 the MIMIC heads for a few epochs on a few thousand mentions of it (frozen backbone: an untrained
 head would make "agreement with exhaustive scoring" meaningless); build the index; link Q queries
 and time each stage; score a subset of the queries against the whole KB to measure how often the
@@ -31,7 +32,9 @@ def make_clustered_kb(root: Path, n: int, n_clusters: int | None = None, image_f
     ents = []
     for i in range(n):
         c = i % n_clusters
-        base = f"{NAMES[c % len(NAMES)]} {NAMES[(c // len(NAMES)) % len(NAMES)]}"
+        # Each cluster has its own base name (the cluster number keeps names distinct once the
+        # word pairs run out), shared by its ~25 members: ambiguity lives inside clusters.
+        base = f"{NAMES[c % len(NAMES)]} {NAMES[(c // len(NAMES)) % len(NAMES)]} {c}"
         attrs = pyrng.sample(ATTRS, 2)
         name = f"{base} {attrs[0]}"
         text = " ".join([attrs[1], *pyrng.sample(FILLER, 3), str(c % 97), str(i % 89)])

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--chunk-size", type=int, default=4096)
+    e.add_argument("--chunk-size", type=int, default=1024)
     e.add_argument("--strategy", choices=["precomputed", "official"], default="precomputed")
     e.add_argument("--scores-out", help="write S, S_T, S_V, S_C [mentions, entities], gold, rank to this .npz")
     e.add_argument("--limit", type=int, help="first N mentions only")

@@ -101,7 +101,7 @@ def encode_kb_sides(model: MimicModel, kb: KnowledgeBase, batch_size: int = 64, 
 
 @torch.no_grad()
 def evaluate(model: MimicModel, kb: KnowledgeBase, mentions: Sequence[Mention], *, batch_size: int = 32,
-             chunk_size: int = 4096, strategy: str = "precomputed", entity_cache: EntityCache | None = None,
+             chunk_size: int = 1024, strategy: str = "precomputed", entity_cache: EntityCache | None = None,
              scores_out: str | Path | None = None, progress: bool = False, kb_batch_size: int = 64) -> dict:
     """Rank every mention against the whole KB. Returns metrics plus counts and timings."""
     model.eval()

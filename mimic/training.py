@@ -61,7 +61,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     freeze_backbone: bool = False
     eval_batch_size: int = 32
-    eval_chunk_size: int = 4096
+    eval_chunk_size: int = 1024
     val_max_mentions: int | None = None  # validate on the first K dev mentions (None: all)
     device: str = "auto"
     bf16: bool = True                    # autocast on CUDA only
