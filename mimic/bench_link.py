@@ -55,7 +55,7 @@ def make_queries(kb: KnowledgeBase, count: int, root: Path, seed: int = 1) -> li
     for k in range(count):
         e = kb[pyrng.randrange(len(kb))]
         words = e.name.split()
-        mention = " ".join(words[:2])
+        mention = " ".join(words[:3])     # the cluster's name: ambiguous among its ~25 members
         ctx = pyrng.sample(e.text.split()[:4], 2) + pyrng.sample(FILLER, 2)
         sentence = " ".join([mention, *ctx])
         img = None
@@ -73,7 +73,7 @@ def _pct(xs, q):
 
 
 def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhaustive_queries: int = 30,
-        shortlist: int = 64, faiss_kind: str = "flat", train_mentions: int = 3000, epochs: int = 3,
+        shortlist: int = 64, faiss_kind: str = "flat", train_mentions: int = 10000, epochs: int = 8,
         image_fraction: float = 0.1, workdir: str | None = None, seed: int = 0) -> dict:
     from .backbones import load_backbone
     from .checkpoint import load_checkpoint
@@ -134,7 +134,8 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
         fp16 = index.feature_bytes()
         res = {
             "entities": entities, "backbone": backbone, "faiss": faiss_kind, "shortlist": shortlist,
-            "queries": len(qs), "images_fraction": image_fraction,
+            "queries": len(qs), "images_fraction": image_fraction, "train_mentions": train_mentions,
+            "train_epochs": epochs,
             "build_seconds": round(build_seconds, 2), "train_seconds": round(t_train, 2),
             "data_seconds": round(t_data, 2),
             "index_bytes_ram": index.ram_bytes(), "index_bytes_disk": index.disk_bytes(),
@@ -156,7 +157,8 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
 
 def main(a) -> dict:
     res = run(a.entities, backbone=a.backbone, queries=a.queries, exhaustive_queries=a.exhaustive_queries,
-              shortlist=a.shortlist, faiss_kind=a.faiss, image_fraction=a.image_fraction, epochs=a.epochs)
+              shortlist=a.shortlist, faiss_kind=a.faiss, image_fraction=a.image_fraction, epochs=a.epochs,
+              train_mentions=a.train_mentions)
     if a.json:
         from .atomic import write_json_atomic
         write_json_atomic(a.json, res)

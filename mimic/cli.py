@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shortlist", type=int, default=64)
     b.add_argument("--faiss", choices=["flat", "fp16", "hnsw", "ivf"], default="flat")
     b.add_argument("--image-fraction", type=float, default=0.1)
-    b.add_argument("--epochs", type=int, default=3)
+    b.add_argument("--epochs", type=int, default=8, help="training epochs of the benchmark's model")
+    b.add_argument("--train-mentions", type=int, default=10000)
     b.add_argument("--json")
     b.set_defaults(func=cmd_bench_link)
 

@@ -264,22 +264,18 @@ class KBIndex:
         self.position = {eid: i for i, eid in enumerate(self.ids)}
         self._rows_by_key = [f"{seg}:{i}" for seg, live in keep for i in live]
         self.cache = cache_cls(**{k: arrays[k] for k in cache_fields})
-        self.text_global = arrays["text_global"]
-        self.image_global = arrays["image_global"]
-        self.retrieval_vectors = arrays["retrieval"]
-        self._build_retrievers()
+        # The global vectors live only inside faiss afterwards (no second copy in RAM).
+        self._build_retrievers(arrays["retrieval"], arrays["text_global"], arrays["image_global"])
 
-    def _build_retrievers(self):
+    def _build_retrievers(self, retrieval: torch.Tensor, text_global: torch.Tensor, image_global: torch.Tensor):
         kind = self.manifest.get("faiss", "flat")
-        c = self.cache
         # "model": the bi-encoder part of the model's own score (see `retrieval_vector` of the heads),
         # so this retriever agrees with the re-ranker by construction.
-        model_vec = self.retrieval_vectors.float().numpy()
-        self.retrievers = {"model": _faiss_index(np.ascontiguousarray(model_vec), kind, self.root / f"faiss_model.index"),
-                           "text": _faiss_index(_unit(self.text_global), kind, self.root / "faiss_text.index")}
-        has = c.has_image.numpy()
-        self.image_rows = np.nonzero(has)[0]
-        self.retrievers["image"] = (_faiss_index(_unit(self.image_global[self.image_rows]), kind,
+        model_vec = np.ascontiguousarray(retrieval.float().numpy())
+        self.retrievers = {"model": _faiss_index(model_vec, kind, self.root / "faiss_model.index"),
+                           "text": _faiss_index(_unit(text_global), kind, self.root / "faiss_text.index")}
+        self.image_rows = np.nonzero(self.cache.has_image.numpy())[0]
+        self.retrievers["image"] = (_faiss_index(_unit(image_global[self.image_rows]), kind,
                                                  self.root / "faiss_image.index") if len(self.image_rows) else None)
         self.lexical = LexicalIndex(self.records)
 
@@ -305,7 +301,7 @@ class KBIndex:
     def ram_bytes(self) -> int:
         """Feature bytes + global vectors + faiss + lexical matrix (what serving holds in RAM)."""
         import faiss
-        total = self.feature_bytes() + sum(t.numel() * t.element_size() for t in (self.text_global, self.image_global))
+        total = self.feature_bytes()
         for idx in self.retrievers.values():
             if idx is not None:
                 total += faiss.serialize_index(idx).nbytes if hasattr(faiss, "serialize_index") else 0
