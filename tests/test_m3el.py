@@ -58,23 +58,7 @@ def heads(mode, cross_modal="t2v", seed=0, dims=DIMS):
 # ------------------------------------------------------------------------------------------------
 # A per-pair / per-item reference written from the spec equations with explicit loops (numpy, f64)
 # ------------------------------------------------------------------------------------------------
-def to_np(t):
-    return t.detach().double().numpy()
-
-
-def lin(layer, x):
-    return x @ to_np(layer.weight).T + to_np(layer.bias)
-
-
-def ln(layer, x, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * to_np(layer.weight) + to_np(layer.bias)
-
-
-def softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
+from test_modeling import lin, ln, softmax, to_np  # noqa: E402  (the same numpy reference helpers)
 
 
 def relu(x):
