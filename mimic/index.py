@@ -194,8 +194,11 @@ class LexicalIndex:
 class KBIndex:
     """A loaded index: entity records, the `EntityCache` (fp16, in RAM), retrieval structures."""
 
-    def __init__(self, root: str | Path, *, load_vectors: bool = True):
+    def __init__(self, root: str | Path, *, load_vectors: bool = True, keep_global: bool = False):
         self.root = Path(root)
+        # keep_global: also hold the unit-norm backbone vectors in RAM (`text_global`, `image_global`,
+        # float32, zero rows for entities without an image); the zero-shot linker scores with them.
+        self.keep_global = keep_global
         mf = self.root / "index.json"
         if not mf.exists():
             raise IndexError_(f"{self.root} is not a KB index (no index.json); build one with `python -m mimic index`")
@@ -264,6 +267,9 @@ class KBIndex:
         self.position = {eid: i for i, eid in enumerate(self.ids)}
         self._rows_by_key = [f"{seg}:{i}" for seg, live in keep for i in live]
         self.cache = cache_cls(**{k: arrays[k] for k in cache_fields})
+        if self.keep_global:
+            self.text_global = torch.from_numpy(_unit(arrays["text_global"]))
+            self.image_global = torch.from_numpy(_unit(arrays["image_global"]))
         # The global vectors live only inside faiss afterwards (no second copy in RAM).
         self._build_retrievers(arrays["retrieval"], arrays["text_global"], arrays["image_global"])
 

@@ -54,6 +54,9 @@ class Explanation:
     cmfu_entity_grid: list[list[float]] | None
     cmfu_mention_cls: float | None = None
     cmfu_entity_cls: float | None = None
+    # "attention" (trained MIMIC units) or "similarity" (zero-shot: backbone token / region
+    # cosine similarities, see mimic.zeroshot); the UI titles the maps accordingly.
+    kind: str = "attention"
 
 
 @dataclass
@@ -63,9 +66,9 @@ class Candidate:
     description: str
     images: list[str]
     S: float
-    S_T: float
-    S_V: float
-    S_C: float
+    S_T: float | None             # None: the unit does not apply (zero-shot offline backbone has no S_C)
+    S_V: float | None
+    S_C: float | None
     rank: int
     margin: float | None          # S minus the next candidate's S (None for the last)
     retrievers: list[str]
@@ -84,6 +87,8 @@ class LinkResult:
     nil_threshold: float | None
     shortlist_size: int
     timings_ms: dict = field(default_factory=dict)
+    # "model": S is the trained model's score; "zero-shot": backbone similarities (mimic.zeroshot)
+    scoring: str = "model"
 
     @property
     def top(self) -> Candidate | None:
@@ -103,6 +108,10 @@ class _Query:
 
 
 class Linker:
+    scoring = "model"
+    # retrievers whose shortlist this linker uses (the zero-shot linker drops the untrained "model")
+    retriever_names = ("model", "text", "image", "text→image", "lexical")
+
     def __init__(self, model: MimicModel, index: KBIndex, *, shortlist: int = 64, allowed_image_dirs=None,
                  nil_threshold: float | None = None, explain_top: int = 3):
         index.check_model(model)
@@ -183,13 +192,16 @@ class Linker:
         kk = min(k, len(idx))
 
         def add(name, rows):
+            if name not in self.retriever_names:
+                return
             for qi, rr in enumerate(rows):
                 for rank, r in enumerate(rr):
                     if r >= 0:
                         per_query[qi].setdefault(int(r), []).append((name, rank))
 
-        model_q = self.model.heads.retrieval_vector(mc, "mention").cpu().numpy()
-        add("model", idx.retrievers["model"].search(np.ascontiguousarray(model_q), kk)[1])
+        if "model" in self.retriever_names:
+            model_q = self.model.heads.retrieval_vector(mc, "mention").cpu().numpy()
+            add("model", idx.retrievers["model"].search(np.ascontiguousarray(model_q), kk)[1])
         tq = _unit_np(text_g)
         add("text", idx.retrievers["text"].search(tq, kk)[1])
         has = [q.image is not None for q in queries]
@@ -229,23 +241,22 @@ class Linker:
         for qi, (q, sl) in enumerate(zip(qs, shortlists)):
             ts = time.perf_counter()
             rows = torch.tensor([r for r, _ in sl], dtype=torch.long)
-            ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
             mq = mc[qi:qi + 1]
-            out = self.model.heads.score(mq, ec)
-            order = torch.argsort(-out.S[0], stable=True)[:top_k]
+            S, S_T, S_V, S_C = self._score_rows(mq, text, image, qi, rows)
+            order = torch.argsort(-S, stable=True)[:top_k]
             t3 = time.perf_counter()
             cands = []
-            S = out.S[0]
             for rank, j in enumerate(order.tolist(), 1):
                 rec = self.index.records[int(rows[j])]
                 nxt = float(S[order[rank]]) if rank < len(order) else None
                 cands.append(Candidate(entity_id=rec["id"], name=rec["name"], description=rec.get("text", ""),
-                                       images=rec.get("images", []), S=float(S[j]), S_T=float(out.S_T[0, j]),
-                                       S_V=float(out.S_V[0, j]), S_C=float(out.S_C[0, j]), rank=rank,
+                                       images=rec.get("images", []), S=float(S[j]), S_T=_opt(S_T, j),
+                                       S_V=_opt(S_V, j), S_C=_opt(S_C, j), rank=rank,
                                        margin=(float(S[j]) - nxt) if nxt is not None else None,
                                        retrievers=sl[j][1]))
             if explain and cands:
-                self._explain(mq, texts[qi], cands[:self.explain_top], rows[order[:self.explain_top]])
+                self._explain(mq, texts[qi], cands[:self.explain_top], rows[order[:self.explain_top]],
+                              qs[qi], text, image, qi)
             top_s = cands[0].S if cands else None
             nil = (not cands) or (self.nil_threshold is not None and top_s < self.nil_threshold)
             t4 = time.perf_counter()
@@ -253,19 +264,29 @@ class Linker:
                 sentence=q.sentence, mention=q.mention, start=q.start, end=q.end, has_image=q.image is not None,
                 candidates=cands, nil=nil, nil_threshold=self.nil_threshold, shortlist_size=len(sl),
                 timings_ms={"encode": round((t1 - t0) * 1000 / n, 3), "retrieve": round((t2 - t1) * 1000 / n, 3),
-                            "rerank": round((t3 - ts) * 1000, 3), "explain": round((t4 - t3) * 1000, 3)}))
+                            "rerank": round((t3 - ts) * 1000, 3), "explain": round((t4 - t3) * 1000, 3)},
+                scoring=self.scoring))
         return results
+
+    def _score_rows(self, mq: MentionCache, text, image, qi: int, rows: torch.Tensor):
+        """Score one query against index rows -> (S, S_T, S_V, S_C), each [len(rows)] (a unit may be None)."""
+        ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
+        out = self.model.heads.score(mq, ec)
+        return out.S[0], out.S_T[0], out.S_V[0], out.S_C[0]
 
     def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
         """Explanation for any KB entity (not only the top candidates)."""
         q = self._query(sentence, mention, image)
-        mc, _, _, texts = self._encode([q])
+        if entity_id not in self.index.position:
+            raise LinkInputError(f"entity {entity_id!r} is not in the index")
+        mc, text, img, texts = self._encode([q])
         row = torch.tensor([self.index.position[entity_id]])
         c = Candidate(entity_id, "", "", [], 0, 0, 0, 0, 0, None, [])
-        self._explain(mc, texts[0], [c], row)
+        self._explain(mc, texts[0], [c], row, q, text, img, 0)
         return c.explanation
 
-    def _explain(self, mq: MentionCache, mtext: str, cands: list[Candidate], rows: torch.Tensor):
+    def _explain(self, mq: MentionCache, mtext: str, cands: list[Candidate], rows: torch.Tensor,
+                 query=None, text=None, image=None, qi: int = 0):
         ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
         out = self.model.heads.score(mq, ec, return_attention=True)
         tok = self.model.backbone.tokenize
@@ -334,6 +355,14 @@ class Linker:
         if save:
             self.index.set_nil_threshold(best[1], details)
         return details
+
+
+def _opt(t, j) -> float | None:
+    """A unit's score for candidate j; None where the unit does not apply (absent or NaN)."""
+    if t is None:
+        return None
+    v = float(t[j])
+    return None if v != v else v
 
 
 def _entity_like(rec: dict):
