@@ -194,6 +194,18 @@ class KbMixin(StoreBase):
             return [self._entity_record(s, e) for e in rows]
         return self._read(fn)
 
+    def list_entities(self, offset: int = 0, limit: int = 50) -> list[EntityRecord]:
+        """A page of entities ordered by name then id (for browsing the KB)."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"must be between 1 and 1000, got {limit}", "limit")
+        if offset < 0:
+            raise InvalidInput(f"must not be negative, got {offset}", "offset")
+
+        def fn(s: Session) -> list[EntityRecord]:
+            rows = s.scalars(select(KbEntity).order_by(KbEntity.name, KbEntity.id).offset(offset).limit(limit)).all()
+            return [self._entity_record(s, e) for e in rows]
+        return self._read(fn)
+
     def count_entities(self) -> int:
         return self._read(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
 

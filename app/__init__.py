@@ -1,0 +1,23 @@
+"""MIMIC Studio's Gradio app: thin UI over `mimic` (linking) and `db` (annotations).
+
+    from app import build_app
+    demo, launch_kwargs, ctx = build_app()       # settings from the environment (app/config.py)
+    demo.queue().launch(**launch_kwargs)
+"""
+from __future__ import annotations
+
+from .config import AppConfig, ConfigError
+from .context import AppContext
+
+
+def build_app(config: AppConfig | None = None, *, progress: bool = True, model=None):
+    """Start the context (store, KB, linking service) and build the Blocks.
+    -> (demo, launch_kwargs, ctx)."""
+    from .ui import build_ui
+    ctx = AppContext.start(config or AppConfig.from_env(), progress=progress, model=model)
+    demo, launch_kwargs = build_ui(ctx)
+    demo.queue(default_concurrency_limit=ctx.config.inference_concurrency, max_size=ctx.config.queue_size)
+    return demo, launch_kwargs, ctx
+
+
+__all__ = ["build_app", "AppConfig", "AppContext", "ConfigError"]

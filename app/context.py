@@ -1,0 +1,158 @@
+"""`AppContext`: what one app process holds (config, annotation store, linking service, examples),
+and how it starts: open the store, load the KB into an empty database, start the linking service
+(building the index on the first start), and fill an empty annotation queue with the examples.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from db import AnnotationStore, open_store
+from mimic.data.schema import Entity, KnowledgeBase, Mention
+from mimic.serving import LinkingService
+
+from .config import REPO, AppConfig
+
+log = logging.getLogger("mimic.app")
+
+
+class WriteDenied(PermissionError):
+    """The visitor may not write (not signed in, or the deployment does not allow it)."""
+
+
+def resolve_image(path: str, data_dir: Path) -> str:
+    """Entity image paths are stored relative to the repository (demo assets) or DATA_DIR (uploads).
+    (The store itself resolves relative paths against DATA_DIR; such a path that does not exist is
+    tried against the repository.)"""
+    p = Path(path)
+    if p.is_absolute():
+        if p.exists():
+            return str(p)
+        try:
+            p = p.relative_to(Path(data_dir).resolve())
+        except ValueError:
+            return str(p)
+    for base in (REPO, data_dir):
+        if (base / p).exists():
+            return str((base / p).resolve())
+    return str(REPO / p)
+
+
+def _portable(path: str, data_dir: Path) -> str:
+    """An absolute image path as stored in the database: relative to the repo or DATA_DIR if inside."""
+    p = Path(path).resolve()
+    for base in (REPO, data_dir.resolve()):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
+
+
+@dataclass
+class AppContext:
+    config: AppConfig
+    store: AnnotationStore
+    service: LinkingService
+    examples: list[Mention] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    startup_seconds: dict = field(default_factory=dict)
+    kb_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- start ---------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: AppConfig | None = None, *, progress: bool = True, model=None) -> "AppContext":
+        config = config or AppConfig.from_env()
+        t0 = time.perf_counter()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store(config.data_dir)
+        for u in config.users:
+            store.add_annotator(u.name, u.role)
+        t1 = time.perf_counter()
+        if store.count_entities() == 0:
+            _seed_kb(store, config)
+        kb = knowledge_base(store, config.data_dir)
+        t2 = time.perf_counter()
+        service = LinkingService.start(config.data_dir, kb, checkpoint=config.checkpoint, backbone=config.backbone,
+                                       allowed_image_dirs=None, progress=progress, model=model)
+        t3 = time.perf_counter()
+        examples = _load_examples(config)
+        ctx = cls(config, store, service, examples)
+        if store.count_mentions() == 0 and examples:
+            ctx.seed_queue(examples)
+        ctx.startup_seconds = {"store": round(t1 - t0, 3), "kb": round(t2 - t1, 3), "model+index": round(t3 - t2, 3),
+                               "total": round(time.perf_counter() - t0, 3)}
+        log.info("app ready in %.1f s: %s", ctx.startup_seconds["total"], service.describe())
+        return ctx
+
+    def seed_queue(self, mentions: list[Mention]) -> int:
+        """Store mentions with the serving model's predictions so the Annotate queue has work."""
+        results = [self.service.link(m.sentence, (m.start, m.end) if m.start is not None else m.mention, m.image,
+                                     top_k=self.config.top_k, explain=False) for m in mentions]
+        records = []
+        for m, r in zip(mentions, results):
+            records.append({"uid": f"example:{m.id}", "source": "examples", "sentence": m.sentence,
+                            "mention": r.mention, "start": r.start, "end": r.end, "image": m.image,
+                            "candidates": candidates_for_store(r), "model_version": self.service.served.version})
+        rep = self.store.import_mentions(records, base_dir=REPO, on_error="skip")
+        if rep.errors:
+            log.warning("example queue: %d record(s) rejected: %s", len(rep.errors), rep.errors[:3])
+        return rep.created
+
+    # -- identity ----------------------------------------------------------------------------------
+    def annotator(self, username: str | None) -> str:
+        """The name a write is stored under, or WriteDenied."""
+        if username:
+            role = next((u.role for u in self.config.users if u.name == username), "annotator")
+            self.store.add_annotator(username, role)
+            return username
+        if self.config.anonymous_writes:
+            self.store.add_annotator("local", "admin")
+            return "local"
+        raise WriteDenied("sign in to save: visitors who are not signed in can link but not write"
+                          + (" (use 'Sign in with Hugging Face')" if self.config.oauth else ""))
+
+    def can_write(self, username: str | None) -> bool:
+        return bool(username) or self.config.anonymous_writes
+
+    # -- KB ------------------------------------------------------------------------------------
+    def save_entity(self, entity: Entity, author: str, note: str | None = None):
+        """Store an entity (new version) and update the served index without a rebuild."""
+        with self.kb_lock:
+            rec = self.store.upsert_entity(entity.id, entity.name, entity.text, entity.aliases,
+                                           [_portable(p, self.config.data_dir) for p in entity.images],
+                                           author=author, note=note)
+            self.service.upsert_entities([replace(entity, images=[resolve_image(p, self.config.data_dir)
+                                                                  for p in entity.images])])
+        return rec
+
+
+def knowledge_base(store: AnnotationStore, data_dir: Path) -> KnowledgeBase:
+    """The database's KB with image paths resolved (what the index encodes)."""
+    kb = store.knowledge_base()
+    return KnowledgeBase([replace(e, images=[resolve_image(p, data_dir) for p in e.images]) for e in kb.entities])
+
+
+def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
+    from mimic.kb import load_kb
+    kb, report = load_kb(config.kb_path)
+    log.info("first start: loading %s into the database (%s)", config.kb_path, report.summary())
+    portable = KnowledgeBase([replace(e, images=[_portable(p, config.data_dir) for p in e.images])
+                              for e in kb.entities])
+    store.import_kb(portable)
+
+
+def _load_examples(config: AppConfig) -> list[Mention]:
+    p = config.examples_path
+    if p is None or not Path(p).is_file():
+        return []
+    from mimic.data.formats import load_jsonl_dataset
+    ds = load_jsonl_dataset(Path(p).parent)
+    return ds.split(Path(p).stem)
+
+
+def candidates_for_store(result) -> list[dict]:
+    return [{"entity_id": c.entity_id, "S": c.S, "S_T": c.S_T, "S_V": c.S_V, "S_C": c.S_C} for c in result.candidates]

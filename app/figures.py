@@ -1,0 +1,101 @@
+"""Figures of the Inspect tab: unit-score bars, the token heatmap, token highlighting and patch
+overlays. Plotly for charts (bundled with Gradio, works offline); PIL for the image overlays.
+
+Conventions (see shared spec, attention maps): real tokens only (padding is never drawn), token
+positions as the axes so repeated tokens stay distinct, raw values on hover, one colour scale
+shared by every candidate of a mention (the caller passes vmin/vmax).
+"""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from mimic.linker import Candidate, Explanation
+
+UNIT_LABELS = {"S_T": "S_T text (TGLU)", "S_V": "S_V image (VDLU)", "S_C": "S_C cross-modal (CMFU)", "S": "S (mean)"}
+ZERO_SHOT_LABELS = {"S_T": "S_T text cosine", "S_V": "S_V image cosine", "S_C": "S_C text→image cosine",
+                    "S": "S (mean of units)"}
+
+# A perceptually ordered map (dark purple -> orange -> pale yellow), sampled from inferno.
+_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
+                     [250, 193, 39], [252, 255, 164]], dtype=np.float32)
+
+
+def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
+    get = (lambda k: c[k]) if isinstance(c, dict) else (lambda k: getattr(c, k))
+    labels = ZERO_SHOT_LABELS if zero_shot else UNIT_LABELS
+    keys = ["S_T", "S_V", "S_C", "S"]
+    vals = [get(k) for k in keys]
+    fig = go.Figure(go.Bar(
+        x=[labels[k] for k in keys], y=[v if v is not None else 0 for v in vals],
+        text=[f"{v:.4f}" if v is not None else "n/a" for v in vals], textposition="outside",
+        marker_color=["#4C78A8", "#F58518", "#54A24B", "#333333"],
+        hovertemplate="%{x}: %{text}<extra></extra>"))
+    name = get("name")
+    fig.update_layout(title=f"Unit scores: {name} ({get('entity_id')})", height=320, margin=dict(l=40, r=20, t=50, b=40),
+                      yaxis_title="cosine" if zero_shot else "raw unit score")
+    present = [v for v in vals if v is not None] or [0.0]
+    lo, hi = min(0.0, min(present)), max(0.0, max(present))
+    pad = 0.15 * ((hi - lo) or 1.0)
+    fig.update_yaxes(range=[lo - (pad if lo < 0 else 0), hi + pad])   # room for the value labels
+    return fig
+
+
+def token_heatmap(e: Explanation, title: str, vmin: float | None = None, vmax: float | None = None) -> go.Figure:
+    z = np.asarray(e.tglu_attention, dtype=np.float32)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(len(e.mention_tokens))), y=list(range(len(e.entity_tokens))), colorscale="Inferno",
+        zmin=vmin, zmax=vmax, customdata=[[f"{et} → {mt}" for mt in e.mention_tokens] for et in e.entity_tokens],
+        hovertemplate="%{customdata}: %{z:.4f}<extra></extra>",
+        colorbar=dict(title="attention" if e.kind == "attention" else "cosine")))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(e.mention_tokens))), ticktext=e.mention_tokens,
+                     tickangle=-60, title="mention tokens")
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(e.entity_tokens))), ticktext=e.entity_tokens,
+                     autorange="reversed", title="entity tokens")
+    fig.update_layout(title=title, height=max(320, 22 * len(e.entity_tokens) + 160), margin=dict(l=90, r=20, t=50, b=90))
+    return fig
+
+
+def token_highlights(e: Explanation) -> list[tuple[str, float]]:
+    """Mention tokens with the mean attention (or similarity) they receive, scaled to [0, 1] for
+    gr.HighlightedText's score mode."""
+    z = np.asarray(e.tglu_attention, dtype=np.float32)
+    if z.size == 0:
+        return [(t, 0.0) for t in e.mention_tokens]
+    col = z.mean(0)
+    lo, hi = float(col.min()), float(col.max())
+    scaled = (col - lo) / (hi - lo) if hi > lo else np.zeros_like(col)
+    return [(t + " ", round(float(s), 4)) for t, s in zip(e.mention_tokens, scaled)]
+
+
+def _colormap(x: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> [H, W, 3] uint8."""
+    pos = np.clip(x, 0, 1) * (len(_INFERNO) - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(_INFERNO) - 1)
+    f = (pos - lo)[..., None]
+    return (_INFERNO[lo] * (1 - f) + _INFERNO[hi] * f).astype(np.uint8)
+
+
+def overlay(image_path: str, grid, vmin: float, vmax: float, alpha: float = 0.5, max_side: int = 384) -> Image.Image:
+    """The patch grid upsampled (bilinear) over the image, coloured on the shared [vmin, vmax] scale."""
+    img = Image.open(image_path)
+    img.draft("RGB", (max_side, max_side))
+    img = img.convert("RGB")
+    img.thumbnail((max_side, max_side))
+    g = np.asarray(grid, dtype=np.float32)
+    span = (vmax - vmin) if vmax > vmin else 1.0
+    norm = (g - vmin) / span
+    heat = Image.fromarray((np.clip(norm, 0, 1) * 255).astype(np.uint8)).resize(img.size, Image.BILINEAR)
+    colored = Image.fromarray(_colormap(np.asarray(heat, dtype=np.float32) / 255.0))
+    return Image.blend(img, colored, alpha)
+
+
+def shared_range(values) -> tuple[float, float]:
+    arr = [np.asarray(v, dtype=np.float32).ravel() for v in values if v is not None]
+    arr = [a for a in arr if a.size]
+    if not arr:
+        return 0.0, 1.0
+    allv = np.concatenate(arr)
+    return float(allv.min()), float(allv.max())

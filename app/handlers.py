@@ -1,0 +1,374 @@
+"""What each UI event does, as plain functions of the AppContext (no Gradio objects in or out).
+
+The UI module (`app/ui.py`) wires these to components and turns `UserError` into a message; the
+tests call them directly. Every write takes the annotator name resolved by `AppContext.annotator`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from db import StoreError
+from mimic.data.schema import Entity
+from mimic.linker import LinkInputError, LinkResult
+
+from . import figures
+from .context import AppContext, WriteDenied, resolve_image
+
+CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
+DECISIONS = ("entity", "nil", "ambiguous")
+NIL, AMBIGUOUS = "__NIL__", "__AMBIGUOUS__"
+
+
+class UserError(ValueError):
+    """Bad input or a refused action; the message is shown to the user as it is."""
+
+
+def _user_errors(fn):
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (LinkInputError, StoreError, WriteDenied) as exc:
+            raise UserError(str(exc)) from None
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+def _r(v, nd=4):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), nd)
+
+
+# -- Link -----------------------------------------------------------------------------------------
+@_user_errors
+def link(ctx: AppContext, image: str | None, sentence: str, mention, top_k: int | None = None) -> LinkResult:
+    """Rank KB entities for the mention. `mention` is its text or a (start, end) span."""
+    if isinstance(mention, str) and not mention.strip() and isinstance(sentence, str) and sentence.strip():
+        raise UserError("mark the mention: type it (it must occur in the sentence) or select it in the sentence")
+    return ctx.service.link(sentence, mention, image or None, top_k=top_k or ctx.config.top_k, explain=True)
+
+
+def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
+    if result is None:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    cands = result["candidates"] if isinstance(result, dict) else [asdict(c) for c in result.candidates]
+    rows = [[c["rank"], c["name"], c["entity_id"], _r(c["S"]), _r(c["S_T"]), _r(c["S_V"]), _r(c["S_C"]),
+             _r(c["margin"]), ", ".join(c["retrievers"])] for c in cands]
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+
+
+def result_json(ctx: AppContext, result: LinkResult) -> dict:
+    """The /link API answer: ranked candidates with unit scores (explanations left out)."""
+    d = result.to_dict()
+    for c in d["candidates"]:
+        c.pop("explanation", None)
+        for k in ("S", "S_T", "S_V", "S_C", "margin"):
+            c[k] = _r(c[k], 6)
+    d["model"] = ctx.service.describe()
+    return d
+
+
+def choice_value(decision: str, entity_id: str | None = None) -> str:
+    return {"nil": NIL, "ambiguous": AMBIGUOUS}.get(decision, entity_id or "")
+
+
+def parse_choice(choice: str | None) -> tuple[str, str | None]:
+    """Radio value -> (decision, entity_id)."""
+    if not choice:
+        raise UserError("pick a candidate, NIL (not in the list) or ambiguous first")
+    if choice == NIL:
+        return "nil", None
+    if choice == AMBIGUOUS:
+        return "ambiguous", None
+    return "entity", choice
+
+
+@_user_errors
+def save_link(ctx: AppContext, username: str | None, result: dict, choice: str | None, *,
+              image: str | None = None, request_id: str | None = None, seconds_spent: float | None = None):
+    """Store the linked mention, the model's prediction and the user's decision (one annotation)."""
+    annotator = ctx.annotator(username)
+    if not result:
+        raise UserError("link a mention first")
+    decision, entity_id = parse_choice(choice)
+    m = ctx.store.add_mention(result["sentence"], result["mention"], result["start"], result["end"],
+                              image=image or None, source="link")
+    pred = ctx.store.add_prediction(m.id, ctx.service.served.version, candidates_for_store_dict(result)) \
+        if result["candidates"] else None
+    return ctx.store.submit(annotator, m.id, decision, entity_id, prediction_id=pred.id if pred else None,
+                            request_id=request_id or uuid.uuid4().hex, seconds_spent=seconds_spent)
+
+
+def candidates_for_store_dict(result: dict) -> list[dict]:
+    return [{"entity_id": c["entity_id"], "S": c["S"], "S_T": c["S_T"], "S_V": c["S_V"], "S_C": c["S_C"]}
+            for c in result["candidates"]]
+
+
+# -- Inspect --------------------------------------------------------------------------------------
+@dataclass
+class InspectView:
+    note: str
+    bars: object            # plotly Figure: the unit scores
+    heatmap: object         # plotly Figure: entity tokens x mention tokens
+    tokens: list            # [(token, 0..1)] for gr.HighlightedText
+    mention_overlay: object  # PIL image or None
+    entity_overlay: object
+    files: list[str]        # JSON figure data first, then the overlay PNGs
+    data: dict
+
+
+def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, *,
+            shared_scale: bool = True) -> InspectView:
+    """Everything the Inspect tab draws for one candidate of the last link result. Candidates outside
+    the explained top 3 are explained on demand (and cached in `result`)."""
+    from mimic.linker import Explanation
+    if not result:
+        raise UserError("link a mention first (Link tab), then pick a candidate here")
+    cands = result["candidates"]
+    c = next((x for x in cands if x["entity_id"] == entity_id), None)
+    if c is None:
+        raise UserError(f"pick a candidate of the last link (got {entity_id!r})")
+    if c.get("explanation") is None:
+        try:
+            e = ctx.service.explain(result["sentence"], (result["start"], result["end"]), entity_id, image)
+        except LinkInputError as exc:
+            raise UserError(f"cannot explain {entity_id}: {exc}") from None
+        c["explanation"] = asdict(e)
+    e = Explanation(**c["explanation"])
+    zero = result.get("scoring") == "zero-shot"
+    pool = [Explanation(**x["explanation"]) for x in cands if x.get("explanation")] if shared_scale else [e]
+    tv = figures.shared_range([x.tglu_attention for x in pool])
+    gv = figures.shared_range([g for x in pool for g in (x.cmfu_mention_grid, x.cmfu_entity_grid)])
+    if e.kind == "similarity":
+        title = "Backbone token similarity (zero-shot cosine, not TGLU attention)"
+    else:
+        title = "TGLU attention: entity tokens (queries) × mention tokens (keys), padding masked"
+    tmp = Path(tempfile.mkdtemp(prefix="mimic-inspect-"))
+    files, m_ov, e_ov = [], None, None
+    if image and e.cmfu_mention_grid is not None:
+        m_ov = figures.overlay(image, e.cmfu_mention_grid, *gv)
+        m_ov.save(tmp / f"mention_overlay_{_safe(entity_id)}.png")
+        files.append(str(tmp / f"mention_overlay_{_safe(entity_id)}.png"))
+    if c.get("images") and e.cmfu_entity_grid is not None:
+        e_ov = figures.overlay(resolve_image(c["images"][0], ctx.config.data_dir), e.cmfu_entity_grid, *gv)
+        e_ov.save(tmp / f"entity_overlay_{_safe(entity_id)}.png")
+        files.append(str(tmp / f"entity_overlay_{_safe(entity_id)}.png"))
+    data = {"sentence": result["sentence"], "mention": result["mention"], "entity_id": entity_id, "name": c["name"],
+            "scores": {k: c[k] for k in ("S", "S_T", "S_V", "S_C", "margin")}, "scoring": result.get("scoring"),
+            "map_kind": e.kind, "token_map_range": list(tv), "patch_map_range": list(gv), **asdict(e)}
+    jpath = tmp / f"inspect_{_safe(entity_id)}.json"
+    jpath.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    files.insert(0, str(jpath))
+    img_note = ("CMFU text→patch attention" if e.kind == "attention" else
+                "each region's cosine to the other image's mean region state (zero-shot)")
+    note = (f"**{c['name']}** `{entity_id}` · rank {c['rank']} · "
+            + ("maps are backbone similarities (zero-shot), not model attention. " if zero else
+               "attention shows where a unit looked, not why it decided (Jain & Wallace 2019); the unit scores are "
+               "the primary explanation. ")
+            + (f"Image maps: {img_note}; colour range {gv[0]:.3g} to {gv[1]:.3g}"
+               + (" (shared by the explained candidates)." if shared_scale else " (this candidate).")
+               if (m_ov is not None or e_ov is not None) else "No image map: the mention or the entity has no image."))
+    return InspectView(note, figures.unit_bars(c, zero), figures.token_heatmap(e, title, *tv),
+                       figures.token_highlights(e), m_ov, e_ov, files, data)
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s))[:80]
+
+
+# -- Annotate -------------------------------------------------------------------------------------
+@_user_errors
+def next_item(ctx: AppContext, username: str | None):
+    """The annotator's current item (leased; asking again returns the same one) or None."""
+    return ctx.store.next_item(ctx.annotator(username))
+
+
+@_user_errors
+def get_item(ctx: AppContext, mention_id: int):
+    """A mention with its latest prediction (for ←/→ navigation and restoring after a reload)."""
+    m = ctx.store.get_mention(mention_id)
+    preds = ctx.store.predictions(mention_id)
+    return m, (preds[0] if preds else None)
+
+
+@_user_errors
+def annotate(ctx: AppContext, username: str | None, mention_id: int, choice: str | None, *,
+             seconds_spent: float | None = None, request_id: str | None = None):
+    """Store a decision for a queued mention. Returns the AnnotationRecord."""
+    decision, entity_id = parse_choice(choice)
+    return ctx.store.submit(ctx.annotator(username), mention_id, decision, entity_id,
+                            seconds_spent=seconds_spent, request_id=request_id or uuid.uuid4().hex)
+
+
+@_user_errors
+def annotate_api(ctx: AppContext, username: str | None, mention_id, decision: str, entity_id: str | None,
+                 annotator: str | None = None) -> int:
+    """/annotate: decision is entity | nil | ambiguous | skip. Returns the stored annotation id."""
+    name = ctx.annotator(username)
+    if annotator and annotator != name:
+        raise UserError(f"signed in as {name!r}: cannot store annotations for {annotator!r}")
+    if decision not in DECISIONS + ("skip",):
+        raise UserError(f"decision must be one of entity, nil, ambiguous, skip (got {decision!r})")
+    try:
+        mid = int(mention_id)
+    except (TypeError, ValueError):
+        mid = str(mention_id)
+    rec = ctx.store.submit(name, mid, decision, entity_id or None, request_id=uuid.uuid4().hex)
+    return rec.id
+
+
+@_user_errors
+def skip(ctx: AppContext, username: str | None, mention_id: int):
+    return ctx.store.skip(ctx.annotator(username), mention_id, request_id=uuid.uuid4().hex)
+
+
+@_user_errors
+def undo(ctx: AppContext, username: str | None):
+    """Undo the annotator's last decision; returns the undone AnnotationRecord or None."""
+    return ctx.store.undo(ctx.annotator(username), request_id=uuid.uuid4().hex)
+
+
+@_user_errors
+def annotator_counts(ctx: AppContext, username: str | None) -> dict:
+    name = ctx.annotator(username)
+    prog = {p.annotator: p for p in ctx.store.progress(name)}.get(name)
+    ov = ctx.store.overview()
+    out = {"annotator": name, "decided": 0, "entity": 0, "nil": 0, "ambiguous": 0, "skipped": 0,
+           "items_per_hour": None, "pending_for_you": ctx.store.queue_size(name), "mentions": ov["mentions"],
+           "complete": ov["complete"]}
+    if prog:
+        out.update(decided=prog.decided, entity=prog.entity, nil=prog.nil, ambiguous=prog.ambiguous,
+                   skipped=prog.skipped, items_per_hour=_r(prog.items_per_hour, 1))
+    return out
+
+
+@_user_errors
+def history(ctx: AppContext, username: str | None, limit: int = 50) -> list:
+    return ctx.store.annotator_history(ctx.annotator(username), limit=limit)
+
+
+# -- Knowledge base -------------------------------------------------------------------------------
+@_user_errors
+def search_kb(ctx: AppContext, query: str, limit: int = 30) -> list:
+    query = (query or "").strip()
+    if not query:
+        return ctx.store.list_entities(0, limit)
+    return ctx.store.search_entities(query, limit=limit)
+
+
+def entity_images(ctx: AppContext, rec) -> list[str]:
+    return [resolve_image(p, ctx.config.data_dir) for p in rec.images]
+
+
+@_user_errors
+def save_entity(ctx: AppContext, username: str | None, entity_id: str, name: str, description: str,
+                aliases: str, images: list[str] | None, keep_images: bool = True):
+    """Create or edit an entity; the index is updated in place (a new segment), not rebuilt."""
+    author = ctx.annotator(username)
+    entity_id, name = (entity_id or "").strip(), (name or "").strip()
+    if not entity_id:
+        raise UserError("the entity needs an id")
+    if not name:
+        raise UserError("the entity needs a name")
+    alias_list = [a.strip() for a in (aliases or "").replace("\n", "|").split("|") if a.strip()]
+    paths = []
+    if keep_images:
+        try:
+            paths += ctx.store.get_entity(entity_id).images
+        except StoreError:
+            pass
+    for p in images or []:
+        stored = ctx.store.images.put(p, "images")    # validated, content-addressed copy in DATA_DIR
+        paths.append(str(stored.path))
+    ent = Entity(entity_id, name, description or "", alias_list,
+                 [resolve_image(p, ctx.config.data_dir) for p in dict.fromkeys(paths)])
+    return ctx.save_entity(ent, author)
+
+
+@_user_errors
+def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=None) -> dict:
+    """Import a KB file (official kb_entity.json, JSONL, CSV): valid rows are stored and indexed, the
+    rest reported. Returns the loader's report plus counts."""
+    author = ctx.annotator(username)
+    if not path:
+        raise UserError("choose a KB file to import")
+    from mimic.kb import load_kb
+    try:
+        kb, report = load_kb(path)
+    except (ValueError, OSError) as exc:   # unreadable file, unknown format: nothing was imported
+        raise UserError(f"cannot import {Path(path).name}: {exc}") from None
+    ents = kb.entities
+    if progress:
+        progress(0.1, desc=f"storing {len(ents)} entities")
+    with ctx.kb_lock:
+        ctx.store.import_kb(kb, author=author)
+        done = 0
+        for s in range(0, len(ents), 64):
+            chunk = ents[s:s + 64]
+            ctx.service.upsert_entities(chunk)
+            done += len(chunk)
+            if progress:
+                progress(0.1 + 0.9 * done / max(1, len(ents)), desc=f"indexed {done}/{len(ents)}")
+    out = report.to_dict()
+    out["imported"] = len(ents)
+    return out
+
+
+# -- Models & data --------------------------------------------------------------------------------
+def model_versions(ctx: AppContext) -> pd.DataFrame:
+    serving = ctx.service.served.version
+    rows = [[v.name, "serving" if v.name == serving else ("promoted" if v.promoted else ""), v.backbone or "",
+             json.dumps(v.metrics, sort_keys=True) if v.metrics else "", v.created_at.strftime("%Y-%m-%d %H:%M")]
+            for v in ctx.store.list_model_versions()]
+    if not any(r[0] == serving for r in rows):
+        rows.insert(0, [serving, "serving", ctx.service.served.backbone, "", ""])
+    return pd.DataFrame(rows, columns=["version", "status", "backbone", "metrics", "created"])
+
+
+def corrections_summary(ctx: AppContext) -> tuple[pd.DataFrame, dict]:
+    prog = ctx.store.progress()
+    df = pd.DataFrame([[p.annotator, p.role, p.decided, p.entity, p.nil, p.ambiguous, p.skipped, p.changed, p.undone,
+                        _r(p.median_seconds, 1), _r(p.items_per_hour, 1)] for p in prog],
+                      columns=["annotator", "role", "decided", "entity", "NIL", "ambiguous", "skipped", "changed",
+                               "undone", "median s", "items/h"])
+    ov = ctx.store.overview()
+    try:
+        ov["agreement"] = ctx.store.agreement()
+    except StoreError as exc:
+        ov["agreement"] = {"note": str(exc)}
+    return df, ov
+
+
+EXPORT_FORMATS = ("jsonl", "csv", "training")
+
+
+@_user_errors
+def export(ctx: AppContext, fmt: str) -> str:
+    """Write an export to a new temporary file; returns its path (JSONL, CSV, or a zip of the
+    training layout that `python -m mimic train --data` reads)."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    out = Path(tempfile.mkdtemp(prefix="mimic-export-"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if fmt == "jsonl":
+        p = out / f"links-{stamp}.jsonl"
+        ctx.store.export_links_jsonl(p)
+    elif fmt == "csv":
+        p = out / f"links-{stamp}.csv"
+        ctx.store.export_links_csv(p)
+    else:
+        d = out / f"training-{stamp}"
+        ctx.store.export_training_set(d)
+        p = out / f"training-{stamp}.zip"
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(d.rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(out))
+    return str(p)

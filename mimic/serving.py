@@ -1,0 +1,220 @@
+"""`LinkingService`: the model that serves, its KB index, KB edits and model swaps, for one process.
+
+The app holds one service; every handler goes through it:
+
+    service = LinkingService.start("data/", kb)                    # zero-shot on the offline backbone
+    service = LinkingService.start("data/", kb, checkpoint="runs/x/best", version="v3")
+    result = service.link("Chelsea won 2-1", "Chelsea", image="photo.jpg")
+    service.upsert_entities([Entity(...)])                          # index updated without a rebuild
+    service.describe()    # {"version", "scoring", "backbone", "index", "entities", ...}
+
+Indexes live in DATA_DIR/indexes/<model fingerprint>/; the first start builds one (progress bar),
+later starts load it and bring it in line with the KB they are given (new, changed and removed
+entities only). A checkpoint serves with its trained MIMIC/M3EL units; without one the service is
+zero-shot (`mimic.zeroshot`): the scores are the backbone's similarities and say so
+(`LinkResult.scoring == "zero-shot"`).
+
+Thread safety: links run concurrently; KB edits and swaps take a write lock and replace the linker
+in one assignment, so a request sees either the old or the new state, never a half-updated index.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .data.schema import Entity, KnowledgeBase
+from .index import KBIndex, _entity_record, model_fingerprint
+from .linker import Explanation, Linker, LinkResult
+from .model import MimicModel
+
+log = logging.getLogger("mimic.serving")
+
+
+@dataclass
+class ServedModel:
+    """What serves now (shown in the app's header)."""
+
+    version: str
+    scoring: str            # "model" (trained units) or "zero-shot" (backbone similarities)
+    backbone: str
+    model_type: str
+    checkpoint: str | None
+    index_dir: str
+    fingerprint: str
+    loaded_at: float
+
+
+class _RWLock:
+    """Many readers or one writer (KB edits and swaps are rare, links are many)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:80]
+
+
+def _backbone_label(model: MimicModel) -> str:
+    d = model.backbone.describe()
+    if d.get("type") == "offline":
+        return "offline: all-MiniLM-L6-v2 + EfficientNet-Lite0"
+    if d.get("type") == "clip":
+        return f"CLIP: {d.get('name_or_path', '?')}"
+    return str(d)
+
+
+class LinkingService:
+    def __init__(self, linker: Linker, served: ServedModel, data_dir: Path):
+        self._linker = linker
+        self.served = served
+        self.data_dir = Path(data_dir)
+        self._lock = _RWLock()
+
+    # -- start ---------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, data_dir: str | Path, kb: KnowledgeBase, *, checkpoint: str | Path | None = None,
+              backbone="offline", version: str | None = None, allowed_image_dirs=None,
+              progress: bool = True, model: MimicModel | None = None) -> "LinkingService":
+        data_dir = Path(data_dir)
+        linker, served = cls._load(data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
+                                   allowed_image_dirs=allowed_image_dirs, progress=progress, model=model)
+        return cls(linker, served, data_dir)
+
+    @staticmethod
+    def _load(data_dir: Path, kb: KnowledgeBase, *, checkpoint, backbone, version, allowed_image_dirs, progress,
+              model=None) -> tuple[Linker, ServedModel]:
+        from .families import model_type_of
+        from .zeroshot import ZeroShotLinker, zero_shot_model
+        if model is None and checkpoint is not None:
+            from .checkpoint import load_checkpoint
+            model = load_checkpoint(checkpoint)
+        zero_shot = checkpoint is None and (model is None or getattr(model, "checkpoint_info", None) is None)
+        if model is None:
+            from .backbones import load_backbone
+            model = zero_shot_model(load_backbone(backbone))
+        model.eval()
+        fp = model_fingerprint(model)
+        index_dir = data_dir / "indexes" / _safe_name(("zs-" if zero_shot else "") + fp)
+        index = _open_or_build_index(model, kb, index_dir, keep_global=zero_shot, progress=progress)
+        lcls = ZeroShotLinker if zero_shot else Linker
+        linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs)
+        label = _backbone_label(model)
+        if version is None:
+            version = ("zero-shot (" + label.split(":")[0] + " backbone)") if zero_shot else Path(str(checkpoint)).name
+        served = ServedModel(version=version, scoring=linker.scoring, backbone=label,
+                             model_type=model_type_of(model.heads), checkpoint=str(checkpoint) if checkpoint else None,
+                             index_dir=str(index_dir), fingerprint=fp, loaded_at=time.time())
+        return linker, served
+
+    # -- serving ---------------------------------------------------------------------------------
+    @property
+    def linker(self) -> Linker:
+        return self._linker
+
+    def link(self, sentence, mention, image=None, top_k: int = 10, explain: bool = True) -> LinkResult:
+        with self._lock.read():
+            return self._linker.link(sentence, mention, image, top_k=top_k, explain=explain)
+
+    def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
+        with self._lock.read():
+            return self._linker.explain(sentence, mention, entity_id, image)
+
+    def entity(self, entity_id: str) -> dict | None:
+        idx = self._linker.index
+        return idx.records[idx.position[entity_id]] if entity_id in idx.position else None
+
+    def __len__(self) -> int:
+        return len(self._linker.index)
+
+    def describe(self) -> dict:
+        s = self.served
+        return {"version": s.version, "scoring": s.scoring, "backbone": s.backbone, "model_type": s.model_type,
+                "checkpoint": s.checkpoint, "index": s.index_dir, "fingerprint": s.fingerprint,
+                "entities": len(self), "nil_threshold": self._linker.nil_threshold}
+
+    # -- KB edits ----------------------------------------------------------------------------------
+    def upsert_entities(self, entities: Sequence[Entity], progress: bool = False) -> int:
+        """Add or replace entities in the served index (a new segment; no rebuild)."""
+        if not entities:
+            return 0
+        with self._lock.write():
+            self._linker.index.upsert(self._linker.model, list(entities), progress=progress)
+        return len(entities)
+
+    def delete_entities(self, ids: Sequence[str]) -> None:
+        with self._lock.write():
+            self._linker.index.delete(list(ids))
+
+    # -- swaps -------------------------------------------------------------------------------------
+    def swap(self, kb: KnowledgeBase, *, checkpoint: str | Path | None, version: str | None = None,
+             progress: bool = False, on_ready: Callable[[ServedModel], None] | None = None) -> ServedModel:
+        """Load another model (and build or sync its index) while the current one keeps serving,
+        then switch in one step."""
+        linker, served = self._load(self.data_dir, kb, checkpoint=checkpoint, backbone="offline", version=version,
+                                    allowed_image_dirs=self._linker.allowed_image_dirs, progress=progress)
+        with self._lock.write():
+            self._linker, self.served = linker, served
+        if on_ready:
+            on_ready(served)
+        return served
+
+
+def _open_or_build_index(model: MimicModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool,
+                         progress: bool) -> KBIndex:
+    if not (index_dir / "index.json").exists():
+        log.info("building the KB index for %d entities in %s (first start for this model)", len(kb), index_dir)
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        KBIndex.build(model, kb, index_dir, progress=progress, overwrite=True)
+    index = KBIndex(index_dir, keep_global=keep_global)
+    sync_index(index, model, kb, progress=progress)
+    return index
+
+
+def sync_index(index: KBIndex, model: MimicModel, kb: KnowledgeBase, progress: bool = False) -> dict:
+    """Bring `index` in line with `kb`: encode new or changed entities, drop removed ones."""
+    wanted = {e.id: e for e in kb.entities}
+    changed = [e for e in kb.entities
+               if e.id not in index.position or index.records[index.position[e.id]] != _entity_record(e)]
+    removed = [i for i in index.ids if i not in wanted]
+    if changed:
+        index.upsert(model, changed, progress=progress)
+    if removed:
+        index.delete(removed)
+    if changed or removed:
+        log.info("index synced with the KB: %d entities encoded, %d removed", len(changed), len(removed))
+    return {"encoded": len(changed), "removed": len(removed)}

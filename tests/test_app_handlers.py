@@ -1,0 +1,253 @@
+"""The app's handler functions, called directly on the session's app context (zero-shot, demo KB)."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import handlers as H
+from app.config import AppConfig, ConfigError, parse_users
+from app.context import WriteDenied
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
+
+
+def test_startup_loads_demo_kb_index_and_queue(studio):
+    ctx = studio.ctx
+    d = ctx.service.describe()
+    assert d["scoring"] == "zero-shot" and d["entities"] == 48
+    assert ctx.store.count_entities() == 48
+    assert ctx.store.count_mentions() >= 48            # the examples fill the first queue
+    assert len(ctx.examples) == 48
+    assert ctx.startup_seconds["total"] > 0
+
+
+def test_zero_shot_demo_rankings_are_meaningful(studio):
+    """The demo shows meaningful rankings: zero-shot top-1 on the 48 examples far above chance (1/48)."""
+    ctx = studio.ctx
+    hits = sum(H.link(ctx, m.image, m.sentence, (m.start, m.end)).top.entity_id == m.answer for m in ctx.examples)
+    assert hits / len(ctx.examples) >= 0.85
+
+
+def test_link_returns_units_and_zero_shot_labels(studio):
+    r = H.link(studio.ctx, str(DEMO / "query_images" / "X01.jpg"), "Chelsea fell asleep on the windowsill again.",
+               "Chelsea")
+    assert r.scoring == "zero-shot"
+    top = r.top
+    assert top.entity_id == "D001"
+    assert top.S_T is not None and top.S_V is not None
+    assert top.S_C is None                              # the offline pair has no joint space
+    assert top.S == pytest.approx((top.S_T + top.S_V) / 2, abs=1e-5)
+    assert top.explanation.kind == "similarity"
+    df = H.candidates_table(r)
+    assert list(df.columns) == H.CANDIDATE_COLUMNS and len(df) == len(r.candidates)
+    j = H.result_json(studio.ctx, r)
+    json.dumps(j)                                        # the /link answer is JSON-serialisable
+    assert j["candidates"][0]["entity_id"] == "D001" and "explanation" not in j["candidates"][0]
+
+
+@pytest.mark.parametrize("sentence, mention, message", [
+    ("", "x", "sentence is empty"),
+    ("Chelsea won again.", "Arsenal", "does not occur in the sentence"),
+    ("Chelsea won again.", "", "mark the mention"),
+    ("Chelsea won again.", (5, 99), "out of range"),
+])
+def test_link_bad_text_input(studio, sentence, mention, message):
+    with pytest.raises(H.UserError, match=message):
+        H.link(studio.ctx, None, sentence, mention)
+
+
+def test_link_bad_images(studio, tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    with pytest.raises(H.UserError, match="image rejected"):
+        H.link(studio.ctx, str(corrupt), "Chelsea won again.", "Chelsea")
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8200, 6200)).save(huge)           # 50.8 megapixels, a small file
+    with pytest.raises(H.UserError, match="megapixel|pixels"):
+        H.link(studio.ctx, str(huge), "Chelsea won again.", "Chelsea")
+
+
+def test_save_link_stores_mention_prediction_and_annotation(studio):
+    ctx = studio.ctx
+    img = str(DEMO / "query_images" / "X02.jpg")
+    r = H.link(ctx, img, "We finally made it to Chelsea on Saturday.", "Chelsea")
+    d = r.to_dict()
+    rec = H.save_link(ctx, "ana", d, r.top.entity_id, image=img)
+    assert rec.annotator == "ana" and rec.decision == "entity" and rec.entity_id == r.top.entity_id
+    m = ctx.store.get_mention(rec.mention_id)
+    assert (m.sentence, m.mention, m.start, m.end) == (r.sentence, "Chelsea", r.start, r.end)
+    assert m.image_sha256 is not None
+    pred = ctx.store.predictions(rec.mention_id)[0]
+    assert pred.model_version == ctx.service.served.version
+    assert [c.entity_id for c in pred.candidates] == [c.entity_id for c in r.candidates]
+    nil = H.save_link(ctx, "ana", d, H.NIL, image=img)
+    assert nil.decision == "nil" and nil.mention_id == rec.mention_id
+    assert ctx.store.get_annotation(rec.id).status == "superseded"
+    with pytest.raises(H.UserError, match="pick a candidate"):
+        H.save_link(ctx, "ana", d, None)
+
+
+def test_anonymous_visitors_can_link_but_not_write(studio):
+    ctx = studio.ctx
+    assert not ctx.config.anonymous_writes             # users are configured: writes need a sign-in
+    r = H.link(ctx, None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea")
+    assert r.candidates
+    before = len(ctx.store.current_annotations())
+    for call in (lambda: H.save_link(ctx, None, r.to_dict(), r.top.entity_id),
+                 lambda: H.next_item(ctx, None), lambda: H.undo(ctx, None),
+                 lambda: H.save_entity(ctx, None, "X1", "x", "", "", None),
+                 lambda: H.annotate_api(ctx, None, 1, "nil", None)):
+        with pytest.raises(H.UserError, match="sign in"):
+            call()
+    assert len(ctx.store.current_annotations()) == before
+    with pytest.raises(WriteDenied):
+        ctx.annotator(None)
+
+
+def test_annotate_queue_submit_skip_undo(studio):
+    ctx = studio.ctx
+    item = H.next_item(ctx, "bob")
+    assert item is not None and item.prediction is not None
+    margins = [m.margin for m in ctx.store.peek_queue("bob", 5) if m.margin is not None]
+    assert item.mention.margin <= min(margins)         # most uncertain first
+    assert H.next_item(ctx, "bob").mention.id == item.mention.id   # leased: asking again returns it
+    top = item.prediction.candidates[0].entity_id
+    rec = H.annotate(ctx, "bob", item.mention.id, top, seconds_spent=2.5)
+    assert rec.entity_id == top and rec.seconds_spent == 2.5
+    nxt = H.next_item(ctx, "bob")
+    assert nxt.mention.id != item.mention.id
+    H.skip(ctx, "bob", nxt.mention.id)
+    assert H.next_item(ctx, "bob").mention.id != nxt.mention.id    # skipped items come back last
+    undone = H.undo(ctx, "bob")
+    assert undone is not None and undone.decision == "skip"
+    undone = H.undo(ctx, "bob")
+    assert undone.id == rec.id and ctx.store.get_annotation(rec.id).status == "undone"
+    counts = H.annotator_counts(ctx, "bob")
+    assert counts["annotator"] == "bob" and counts["decided"] == 0 and counts["mentions"] >= 48
+    with pytest.raises(H.UserError, match="pick a candidate"):
+        H.annotate(ctx, "bob", item.mention.id, "")
+
+
+def test_annotate_api_rules(studio):
+    ctx = studio.ctx
+    mid = ctx.store.get_mention("example:X05").id
+    ann_id = H.annotate_api(ctx, "ana", mid, "entity", "D008", "ana")
+    a = ctx.store.get_annotation(ann_id)
+    assert (a.annotator, a.decision, a.entity_id, a.mention_id) == ("ana", "entity", "D008", mid)
+    with pytest.raises(H.UserError, match="cannot store annotations for 'bob'"):
+        H.annotate_api(ctx, "ana", mid, "nil", None, "bob")
+    with pytest.raises(H.UserError, match="decision must be"):
+        H.annotate_api(ctx, "ana", mid, "maybe", None)
+    with pytest.raises(H.UserError, match="unknown entity|not in the knowledge base"):
+        H.annotate_api(ctx, "ana", mid, "entity", "NOPE")
+
+
+def test_inspect_top_and_on_demand_candidate(studio):
+    ctx = studio.ctx
+    img = str(DEMO / "query_images" / "X01.jpg")
+    r = H.link(ctx, img, "Chelsea fell asleep on the windowsill again.", "Chelsea")
+    d = r.to_dict()
+    v = H.inspect(ctx, d, img, "D001")
+    e = d["candidates"][0]["explanation"]
+    assert v.heatmap.data[0].z.shape == (len(e["entity_tokens"]), len(e["mention_tokens"]))
+    assert "[PAD]" not in e["mention_tokens"] and "[PAD]" not in e["entity_tokens"]
+    assert [t.strip() for t, _ in v.tokens] == e["mention_tokens"]
+    assert all(0.0 <= s <= 1.0 for _, s in v.tokens)
+    assert v.mention_overlay is not None and v.entity_overlay is not None
+    assert v.files[0].endswith(".json") and all(Path(f).is_file() for f in v.files)
+    data = json.loads(Path(v.files[0]).read_text())
+    assert data["entity_id"] == "D001" and data["map_kind"] == "similarity"
+    assert len([f for f in v.files if f.endswith(".png")]) == 2
+    # a candidate beyond the explained top 3 is explained on demand, on the same colour scale
+    far = d["candidates"][6]
+    assert far.get("explanation") is None
+    v2 = H.inspect(ctx, d, img, far["entity_id"])
+    assert d["candidates"][6]["explanation"] is not None
+    assert v2.data["patch_map_range"] != [0.0, 1.0]
+    bars = v2.bars.data[0]
+    assert list(bars.y)[3] == pytest.approx(far["S"])
+    with pytest.raises(H.UserError, match="link a mention first"):
+        H.inspect(ctx, None, None, "D001")
+
+
+def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
+    ctx = studio.ctx
+    idx = ctx.service.linker.index
+    segments = list(idx.manifest["segments"])
+    photo = tmp_path / "zorblax.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(photo)
+    rec = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse on a basalt cliff.",
+                        "Zorb | The Zorblax", [str(photo)])
+    assert rec.version == 1 and rec.aliases == ["Zorb", "The Zorblax"] and len(rec.images) == 1
+    assert len(ctx.service) == 49
+    assert idx.manifest["segments"][:len(segments)] == segments and len(idx.manifest["segments"]) == len(segments) + 1
+    r = H.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")
+    assert r.top.entity_id == "Z900"
+    rec2 = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb", None)
+    assert rec2.version == 2 and rec2.images == rec.images          # kept its image
+    assert ctx.service.entity("Z900")["text"].endswith("now a museum.")
+    assert H.search_kb(ctx, "zorb")[0].id == "Z900"
+    with pytest.raises(H.UserError, match="needs a name"):
+        H.save_entity(ctx, "rev", "Z901", " ", "", "", None)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(H.UserError):
+        H.save_entity(ctx, "rev", "Z902", "Bad", "", "", [str(bad)])
+    assert ctx.service.entity("Z902") is None
+
+
+def test_kb_import_reports_rejected_rows(studio, tmp_path):
+    ctx = studio.ctx
+    csv = tmp_path / "kb.csv"
+    csv.write_text("id,name,text\nQ1,Quokka Island,A small island\nQ2,,no name here\nQ1,Duplicate,again\n"
+                   "Q3,Quill,A writing pen\n", encoding="utf-8")
+    steps = []
+    rep = H.import_kb_file(ctx, "rev", str(csv), progress=lambda f, desc="": steps.append(f))
+    assert rep["imported"] == 2 and rep["loaded"] == 2
+    assert rep["rejected"] and {r.get("id") for r in rep["rejected"]} >= {"Q1"}
+    assert steps and steps[-1] == pytest.approx(1.0)
+    assert ctx.service.entity("Q3")["name"] == "Quill" and ctx.store.get_entity("Q1").name == "Quokka Island"
+    with pytest.raises(H.UserError, match="cannot import"):
+        H.import_kb_file(ctx, "rev", str(tmp_path / "missing.jsonl"))
+
+
+def test_exports_and_model_tables(studio):
+    ctx = studio.ctx
+    mid = ctx.store.get_mention("example:X07").id
+    H.annotate_api(ctx, "rev", mid, "entity", "D010")
+    p = H.export(ctx, "jsonl")
+    rows = [json.loads(line) for line in Path(p).read_text().splitlines()]
+    assert any(r.get("annotator") == "rev" and r.get("entity_id") == "D010" for r in rows)
+    assert Path(H.export(ctx, "csv")).read_text().count("\n") == len(rows) + 1
+    z = zipfile.ZipFile(H.export(ctx, "training"))
+    assert any(n.endswith("kb_entity.json") for n in z.namelist())
+    with pytest.raises(H.UserError, match="export format"):
+        H.export(ctx, "xml")
+    mv = H.model_versions(ctx)
+    assert (mv["status"] == "serving").sum() == 1 and mv.loc[mv["status"] == "serving", "version"].iloc[0] == \
+        ctx.service.served.version
+    corr, ov = H.corrections_summary(ctx)
+    assert set(corr["annotator"]) >= {"ana", "rev"} and ov["mentions"] >= 48 and "agreement" in ov
+
+
+def test_config_parsing():
+    users = parse_users("ana:pw, rev:pw2:reviewer\n# comment\n", "MIMIC_USERS")
+    assert [(u.name, u.role) for u in users] == [("ana", "annotator"), ("rev", "reviewer")]
+    for bad, msg in [("ana", "name:password"), ("ana:pw:boss", "role"), ("a:1,a:2", "twice")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_users(bad, "MIMIC_USERS")
+    local = AppConfig.from_env({})
+    assert local.anonymous_writes and local.auth() is None
+    assert not AppConfig.from_env({"MIMIC_USERS": "ana:pw"}).anonymous_writes
+    assert not AppConfig.from_env({"SPACE_ID": "org/space"}).anonymous_writes
+    assert not AppConfig.from_env({"GRADIO_SERVER_NAME": "0.0.0.0"}).anonymous_writes
+    assert AppConfig.from_env({"SPACE_ID": "x/y", "MIMIC_ANONYMOUS_WRITES": "1"}).anonymous_writes
+    check = AppConfig.from_env({"MIMIC_USERS": "ana:pw"}).auth()
+    assert check("ana", "pw") and not check("ana", "nope") and not check("bob", "pw")
+    with pytest.raises(ConfigError, match="MIMIC_ANONYMOUS_WRITES"):
+        AppConfig.from_env({"MIMIC_ANONYMOUS_WRITES": "maybe"})
