@@ -52,7 +52,13 @@ def link(ctx: AppContext, image: str | None, sentence: str, mention, top_k: int 
     """Rank KB entities for the mention. `mention` is its text or a (start, end) span."""
     if isinstance(mention, str) and not mention.strip() and isinstance(sentence, str) and sentence.strip():
         raise UserError("mark the mention: type it (it must occur in the sentence) or select it in the sentence")
-    return ctx.service.link(sentence, mention, image or None, top_k=top_k or ctx.config.top_k, explain=True)
+    try:
+        return ctx.service.link(sentence, mention, image or None, top_k=top_k or ctx.config.top_k, explain=True)
+    except LinkInputError as exc:
+        msg = str(exc)
+        if isinstance(image, str) and image:
+            msg = msg.replace(image, Path(image).name)    # no server paths in messages
+        raise UserError(msg) from None
 
 
 def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:

@@ -1,0 +1,68 @@
+"""The documented API of the launched app, through gradio_client (what scripts and retraining use)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    from gradio_client import Client
+    return Client(studio.url, auth=("ana", studio.users["ana"]), verbose=False)
+
+
+def test_api_lists_exactly_the_documented_endpoints(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    names = set(info["named_endpoints"])
+    assert {"/link", "/annotate", "/export"} <= names
+    assert not info["unnamed_endpoints"]
+    assert names == {"/link", "/annotate", "/export"}       # UI-only events are private
+
+
+def test_link_endpoint(client):
+    from gradio_client import handle_file
+    out = client.predict(handle_file(str(DEMO / "query_images" / "X02.jpg")), "We finally made it to Chelsea on Saturday.",
+                         "Chelsea", api_name="/link")
+    assert out["scoring"] == "zero-shot" and out["mention"] == "Chelsea" and out["has_image"] is True
+    top = out["candidates"][0]
+    assert top["entity_id"] == "D003"
+    assert {"S", "S_T", "S_V", "S_C", "margin", "rank", "name"} <= set(top)
+    assert out["model"]["version"].startswith("zero-shot")
+    no_img = client.predict(None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea", api_name="/link")
+    assert no_img["has_image"] is False and no_img["candidates"][0]["S_V"] is None
+
+
+def test_link_endpoint_bad_input_is_a_clear_error(client):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="does not occur in the sentence"):
+        client.predict(None, "Chelsea won again.", "Arsenal", api_name="/link")
+
+
+def test_annotate_endpoint_lands_in_the_database(client, studio):
+    ctx = studio.ctx
+    mid = ctx.store.get_mention("example:X11").id
+    ann_id = client.predict(str(mid), "entity", "D019", "ana", api_name="/annotate")
+    a = ctx.store.get_annotation(int(ann_id))
+    assert (a.annotator, a.mention_id, a.decision, a.entity_id, a.status) == ("ana", mid, "entity", "D019", "current")
+    nil_id = client.predict("example:X11", "nil", "", "", api_name="/annotate")   # uid works too
+    assert ctx.store.get_annotation(int(nil_id)).decision == "nil"
+    assert ctx.store.get_annotation(int(ann_id)).status == "superseded"
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="cannot store annotations for 'bob'"):
+        client.predict(str(mid), "nil", "", "bob", api_name="/annotate")
+
+
+def test_export_endpoint(client, studio):
+    path = client.predict("jsonl", api_name="/export")
+    rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    assert any(r.get("annotator") == "ana" for r in rows)
+
+
+def test_anonymous_client_cannot_reach_the_api(studio):
+    from gradio_client import Client
+    with pytest.raises(Exception):
+        Client(studio.url, verbose=False).predict(None, "Chelsea won again.", "Chelsea", api_name="/link")
