@@ -26,6 +26,7 @@ from app import build_app  # noqa: E402
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     demo, launch_kwargs, ctx = build_app()
+    ctx.service.wrap_inference(gpu(duration=60))      # ZeroGPU: a GPU slot per link; no-op elsewhere
     print(f"[mimic] serving {ctx.service.served.version} on http://{ctx.config.server_name}:{ctx.config.server_port} "
           f"(started in {ctx.startup_seconds['total']} s)", flush=True)
     demo.launch(**launch_kwargs)

@@ -10,6 +10,7 @@
 | `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code) |
 | `MIMIC_USERS_FILE` | unset | the same, one `name:password[:role]` per line |
 | `MIMIC_ANONYMOUS_WRITES` | `auto` | may visitors who are not signed in save? auto = only for a local single-user app (no users configured, loopback address, not on Spaces) |
+| `MIMIC_DEVICE` | `auto` | where the model runs: `cpu`, `cuda`, `auto` (CUDA when present) |
 | `MIMIC_INFERENCE_CONCURRENCY` | `1` | link/inspect requests run at once (the rest queue) |
 | `MIMIC_QUEUE_SIZE` | `64` | requests waiting at most per event before new ones are refused |
 | `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` | `127.0.0.1` / `7860` | where to listen |
@@ -64,6 +65,7 @@ class AppConfig:
     data_dir: Path = field(default_factory=lambda: Path("data"))
     checkpoint: str | None = None
     backbone: str = "offline"
+    device: str = "auto"
     kb_path: Path = REPO / "assets" / "demo_kb" / "kb.jsonl"
     examples_path: Path | None = REPO / "assets" / "demo_kb" / "examples.jsonl"
     users: list[User] = field(default_factory=list)
@@ -109,7 +111,7 @@ class AppConfig:
             raise ConfigError(f"MIMIC_ANONYMOUS_WRITES must be auto, 1 or 0, got {anon!r}")
         examples = env.get("MIMIC_EXAMPLES")
         cfg = cls(data_dir=Path(env.get("DATA_DIR", "data")), checkpoint=env.get("MIMIC_CHECKPOINT") or None,
-                  backbone=env.get("MIMIC_BACKBONE", "offline"),
+                  backbone=env.get("MIMIC_BACKBONE", "offline"), device=env.get("MIMIC_DEVICE", "auto"),
                   kb_path=Path(env["MIMIC_KB"]) if env.get("MIMIC_KB") else cls.kb_path,
                   examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
                   users=users, anonymous_writes=anonymous_writes, oauth=oauth, on_spaces=on_spaces,

@@ -77,7 +77,8 @@ class AppContext:
         kb = knowledge_base(store, config.data_dir)
         t2 = time.perf_counter()
         service = LinkingService.start(config.data_dir, kb, checkpoint=config.checkpoint, backbone=config.backbone,
-                                       allowed_image_dirs=None, progress=progress, model=model)
+                                       allowed_image_dirs=None, progress=progress, model=model,
+                                       device=config.device)
         t3 = time.perf_counter()
         examples = _load_examples(config)
         ctx = cls(config, store, service, examples)

@@ -151,7 +151,11 @@ def build_ui(ctx: AppContext):
                             a_item = gr.HTML(elem_id="annot_item")
                             a_table = gr.Dataframe(headers=H.CANDIDATE_COLUMNS, interactive=False, label="Model candidates",
                                                    elem_id="annot_candidates")
-                        a_image = gr.Image(label="Mention image", interactive=False, height=220, elem_id="annot_image")
+                        with gr.Column(scale=1):
+                            a_image = gr.Image(label="Mention image", interactive=False, height=220,
+                                               elem_id="annot_image")
+                            a_gallery = gr.Gallery(label="Candidate images", columns=3, height=240,
+                                                   elem_id="annot_gallery")
                     a_choice = gr.Radio(label="Decision (keys 1–9, 0/N NIL, A ambiguous)", choices=[],
                                         elem_id="annot_choice")
                     with gr.Row():
@@ -311,8 +315,9 @@ def build_ui(ctx: AppContext):
             return v.note, v.bars, v.heatmap, v.tokens, v.mention_overlay, v.entity_overlay, v.files
 
         inspect_out = [i_note, i_bars, i_heat, i_tokens, i_mimg, i_eimg, i_files]
-        i_cand.change(do_inspect, [link_state, link_image_state, i_cand, i_scale], inspect_out, **inference, **PRIVATE)
-        i_scale.change(do_inspect, [link_state, link_image_state, i_cand, i_scale], inspect_out, **inference, **PRIVATE)
+        # .input (user choices only): a new link sets the dropdown without computing an unseen view
+        i_cand.input(do_inspect, [link_state, link_image_state, i_cand, i_scale], inspect_out, **inference, **PRIVATE)
+        i_scale.input(do_inspect, [link_state, link_image_state, i_cand, i_scale], inspect_out, **inference, **PRIVATE)
 
         def go_inspect(result):
             top = result["candidates"][0]["entity_id"] if result and result["candidates"] else None
@@ -331,7 +336,8 @@ def build_ui(ctx: AppContext):
             prog = _progress_html(counts)
             if m is None:
                 return (prog, note or _msg("Nothing pending in your queue: every mention is decided.", "ok"),
-                        "<p>Queue empty.</p>", H.candidates_table(None), None, gr.update(choices=[], value=None), cur, cur)
+                        "<p>Queue empty.</p>", H.candidates_table(None), None, [], gr.update(choices=[], value=None),
+                        cur, cur)
             cands = [{"rank": c.rank + 1, "entity_id": c.entity_id, "name": c.entity_name, "S": c.s, "S_T": c.s_t,
                       "S_V": c.s_v, "S_C": c.s_c, "margin": None, "retrievers": []} for c in (pred.candidates if pred else [])]
             for i in range(len(cands) - 1):
@@ -351,7 +357,11 @@ def build_ui(ctx: AppContext):
                          f"<p><small>mention #{m.id} · {html.escape(m.source or '')}"
                          + (f" · margin {m.margin:.4f}" if m.margin is not None else "") + "</small></p></div>")
             cur = {**cur, "mention_id": m.id, "shown_at": time.time()}
-            return (prog, note, item_html, table, m.image_path, gr.update(choices=_choices(cands), value=current),
+            for c in cands:
+                rec = ctx.service.entity(c["entity_id"])
+                c["images"] = rec.get("images", []) if rec else []
+            return (prog, note, item_html, table, m.image_path, _gallery(ctx, cands),
+                    gr.update(choices=_choices(cands), value=current),
                     cur, {"mention_id": m.id, "hist": cur.get("hist", -1)})
 
         def show_item(pos, request: gr.Request, note: str = ""):
@@ -371,7 +381,7 @@ def build_ui(ctx: AppContext):
                 return render_item(None, None, note, {"hist": -1}, request)
             return render_item(item.mention, item.prediction, note, {"hist": -1}, request)
 
-        annot_out = [a_progress, a_msg, a_item, a_table, a_image, a_choice, a_cur, a_pos]
+        annot_out = [a_progress, a_msg, a_item, a_table, a_image, a_gallery, a_choice, a_cur, a_pos]
 
         def do_submit(cur, choice, request: gr.Request):
             cur = cur or {}

@@ -270,9 +270,13 @@ class Linker:
 
     def _score_rows(self, mq: MentionCache, text, image, qi: int, rows: torch.Tensor):
         """Score one query against index rows -> (S, S_T, S_V, S_C), each [len(rows)] (a unit may be None)."""
-        ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
-        out = self.model.heads.score(mq, ec)
+        out = self.model.heads.score(mq, self._rows_cache(rows))
         return out.S[0], out.S_T[0], out.S_V[0], out.S_C[0]
+
+    def _rows_cache(self, rows: torch.Tensor):
+        """Index rows as float32 on the model's device (the index itself stays fp16 in CPU RAM)."""
+        dev = self.model.device
+        return self.index.cache[rows].apply(lambda t: (t.float() if t.is_floating_point() else t).to(dev))
 
     def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
         """Explanation for any KB entity (not only the top candidates)."""
@@ -287,7 +291,7 @@ class Linker:
 
     def _explain(self, mq: MentionCache, mtext: str, cands: list[Candidate], rows: torch.Tensor,
                  query=None, text=None, image=None, qi: int = 0):
-        ec = self.index.cache[rows].apply(lambda t: t.float() if t.is_floating_point() else t)
+        ec = self._rows_cache(rows)
         out = self.model.heads.score(mq, ec, return_attention=True)
         tok = self.model.backbone.tokenize
         L = self.model.config.text_max_length

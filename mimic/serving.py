@@ -103,21 +103,32 @@ class LinkingService:
         self._linker = linker
         self.served = served
         self.data_dir = Path(data_dir)
+        self.device = "cpu"
         self._lock = _RWLock()
+
+    def wrap_inference(self, decorator) -> None:
+        """Run link/explain through `decorator` (e.g. Hugging Face ZeroGPU's `spaces.GPU`, which
+        attaches a GPU for the call; a no-op elsewhere)."""
+        self.link = decorator(self.link)
+        self.explain = decorator(self.explain)
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
     def start(cls, data_dir: str | Path, kb: KnowledgeBase, *, checkpoint: str | Path | None = None,
               backbone="offline", version: str | None = None, allowed_image_dirs=None,
-              progress: bool = True, model: MimicModel | None = None) -> "LinkingService":
+              progress: bool = True, model: MimicModel | None = None, device: str = "cpu") -> "LinkingService":
+        """device: where the model runs ("cpu", "cuda", "auto"); the index stays in CPU RAM."""
         data_dir = Path(data_dir)
         linker, served = cls._load(data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
-                                   allowed_image_dirs=allowed_image_dirs, progress=progress, model=model)
-        return cls(linker, served, data_dir)
+                                   allowed_image_dirs=allowed_image_dirs, progress=progress, model=model,
+                                   device=device)
+        svc = cls(linker, served, data_dir)
+        svc.device = device
+        return svc
 
     @staticmethod
     def _load(data_dir: Path, kb: KnowledgeBase, *, checkpoint, backbone, version, allowed_image_dirs, progress,
-              model=None) -> tuple[Linker, ServedModel]:
+              model=None, device: str = "cpu") -> tuple[Linker, ServedModel]:
         from .families import model_type_of
         from .zeroshot import ZeroShotLinker, zero_shot_model
         if model is None and checkpoint is not None:
@@ -128,9 +139,13 @@ class LinkingService:
             from .backbones import load_backbone
             model = zero_shot_model(load_backbone(backbone))
         model.eval()
-        fp = model_fingerprint(model)
+        fp = model_fingerprint(model)           # before moving: the fingerprint names the index folder
         index_dir = data_dir / "indexes" / _safe_name(("zs-" if zero_shot else "") + fp)
         index = _open_or_build_index(model, kb, index_dir, keep_global=zero_shot, progress=progress)
+        if device == "auto":
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
         lcls = ZeroShotLinker if zero_shot else Linker
         linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs)
         label = _backbone_label(model)
@@ -186,7 +201,8 @@ class LinkingService:
         """Load another model (and build or sync its index) while the current one keeps serving,
         then switch in one step."""
         linker, served = self._load(self.data_dir, kb, checkpoint=checkpoint, backbone="offline", version=version,
-                                    allowed_image_dirs=self._linker.allowed_image_dirs, progress=progress)
+                                    allowed_image_dirs=self._linker.allowed_image_dirs, progress=progress,
+                                    device=getattr(self, "device", "cpu"))
         with self._lock.write():
             self._linker, self.served = linker, served
         if on_ready:

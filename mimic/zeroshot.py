@@ -56,13 +56,14 @@ class ZeroShotLinker(Linker):
         self.nil_threshold = kw["nil_threshold"]
 
     def _score_rows(self, mq, text, image, qi: int, rows: torch.Tensor):
-        tq = F.normalize(text.global_[qi].float(), dim=-1)
+        tq = F.normalize(text.global_[qi].float(), dim=-1).cpu()   # the index vectors live in CPU RAM
         S_T = self.index.text_global[rows] @ tq
         has_e = self.index.cache.has_image[rows].bool()
+        has_q = bool(image.has_image[qi])
         nan = torch.tensor(float("nan"))
         S_V = S_C = None
-        if bool(image.has_image[qi]):
-            iq = F.normalize(image.global_[qi].float(), dim=-1)
+        if has_q:
+            iq = F.normalize(image.global_[qi].float(), dim=-1).cpu()
             S_V = torch.where(has_e, self.index.image_global[rows] @ iq, nan)
         if self.cross_modal:
             S_C = torch.where(has_e, self.index.image_global[rows] @ tq, nan)
@@ -80,18 +81,18 @@ class ZeroShotLinker(Linker):
         tok = self.model.backbone.tokenize
         m_ids = tok([mtext], L)["input_ids"][0]
         m_mask = text.mask[qi]
-        m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1)          # [Lm, D]
+        m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1).cpu()    # [Lm, D]
         m_tokens = _token_strings(self.model.backbone, m_ids[m_mask.cpu()])
         q_has = bool(image.has_image[qi])
-        q_regions = self._regions(image.tokens[qi]) if q_has else None
+        q_regions = self._regions(image.tokens[qi]).cpu() if q_has else None
         for j, c in enumerate(cands):
             e_mask = e_text.mask[j]
-            e_tok = F.normalize(e_text.tokens[j][e_mask].float(), dim=-1)     # [Le, D]
+            e_tok = F.normalize(e_text.tokens[j][e_mask].float(), dim=-1).cpu()  # [Le, D]
             e_ids = tok([entity_text(_entity_like(recs[j]))], L)["input_ids"][0]
             sim = e_tok @ m_tok.T                                               # [Le, Lm]
             m_grid = e_grid = None
             if q_has and bool(e_img.has_image[j]):
-                e_regions = self._regions(e_img.tokens[j])
+                e_regions = self._regions(e_img.tokens[j]).cpu()
                 m_grid = self._region_grid(q_regions, e_regions.mean(0))
                 e_grid = self._region_grid(e_regions, q_regions.mean(0))
             c.explanation = Explanation(m_tokens, _token_strings(self.model.backbone, e_ids[e_mask.cpu()]),

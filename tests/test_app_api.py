@@ -66,3 +66,41 @@ def test_anonymous_client_cannot_reach_the_api(studio):
     from gradio_client import Client
     with pytest.raises(Exception):
         Client(studio.url, verbose=False).predict(None, "Chelsea won again.", "Chelsea", api_name="/link")
+
+
+def test_many_tabs_at_once_lose_nothing(studio):
+    """Six clients (two per user, like browser tabs) link and annotate concurrently through the
+    queues: every annotation is stored exactly once, each (mention, annotator) keeps exactly one
+    current decision, and the database stays consistent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+    ctx = studio.ctx
+    mids = [ctx.store.get_mention(f"example:X{i:02d}").id for i in range(20, 32)]
+    users = ["ana", "bob", "rev"]
+    clients = [Client(studio.url, auth=(u, studio.users[u]), verbose=False) for u in users for _ in range(2)]
+
+    def work(ci):
+        c, user = clients[ci], users[ci // 2]
+        done = []
+        for k, mid in enumerate(mids):
+            if k % 4 == ci % 4:
+                c.predict(None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea", api_name="/link")
+            decision = ("nil", None) if (k + ci) % 3 == 0 else ("entity", "D0%02d" % (1 + (k * 7 + ci) % 48))
+            done.append((user, mid, decision, int(c.predict(str(mid), decision[0], decision[1] or "", user,
+                                                            api_name="/annotate"))))
+        return done
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = [r for rs in pool.map(work, range(len(clients))) for r in rs]
+    assert len(results) == len(clients) * len(mids)
+    ids = [r[3] for r in results]
+    assert len(set(ids)) == len(ids)                               # every submission stored once
+    for user, mid, (decision, eid), ann_id in results:
+        a = ctx.store.get_annotation(ann_id)
+        assert (a.annotator, a.mention_id, a.decision, a.entity_id) == (user, mid, decision, eid)
+    for user in users:
+        for mid in mids:
+            cur = [h for h in ctx.store.history(mid) if h.annotator == user and h.status == "current"]
+            assert len(cur) == 1                                     # the two tabs never leave two
+    assert ctx.store.integrity_check() == "ok"

@@ -1,0 +1,147 @@
+"""App latency as a user sees it: process start to serving, Link click to candidates rendered, and
+Inspect for one candidate, measured in Debian's Chromium (Playwright) against `python app.py`.
+
+    python benchmarks/bench_app.py [--runs 10] [--starts 3] [--json out.json]
+
+Start: a fresh DATA_DIR is used for the first start (demo KB imported, index built, example queue
+predicted), then the app is restarted `--starts` times on the same DATA_DIR (the index exists).
+"Serving" = the first HTTP 200 from the page. Link: from the click on Link until the status line
+reports the candidates and the table shows them. Inspect: from choosing a candidate in the Inspect
+tab until its heatmap is drawn (top candidates carry their explanation; others are computed then).
+Prints min / median / max per figure (ms or s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def start_app(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ, DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_SSR_MODE="False")
+    env.pop("MIMIC_USERS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.05)
+        if time.perf_counter() - t0 > 300:
+            raise RuntimeError("app did not start within 300 s")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stats(xs: list[float], nd: int = 1) -> dict:
+    return {"min": round(min(xs), nd), "median": round(statistics.median(xs), nd), "max": round(max(xs), nd),
+            "n": len(xs)}
+
+
+def browser_figures(url: str, runs: int) -> dict:
+    from playwright.sync_api import sync_playwright
+    sys.path.insert(0, str(REPO))
+    from mimic.data.formats import load_jsonl_dataset
+    examples = load_jsonl_dataset(REPO / "assets" / "demo_kb").split("examples")
+    link_ms, inspect_top_ms, inspect_other_ms = [], [], []
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        pg = b.new_page(viewport={"width": 1400, "height": 1600})
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        pg.wait_for_selector("#link_sentence textarea")
+        for i in range(runs):
+            m = examples[(i * 5) % len(examples)]
+            if m.image:
+                pg.set_input_files("#link_image input[type=file]", m.image)
+                pg.wait_for_timeout(300)
+            else:
+                btn = pg.locator("#link_image button[aria-label='Remove Image']")
+                if btn.count():
+                    btn.click()
+            pg.fill("#link_sentence textarea", m.sentence)
+            pg.fill("#link_mention textarea, #link_mention input", m.mention)
+            before = pg.inner_text("#link_status").strip()
+            t = time.perf_counter()
+            pg.click("#link_btn")
+            pg.wait_for_function(
+                "b => { const e = document.querySelector('#link_status'); if (!e) return false; const t = e.innerText.trim();"
+                " return t !== b && /^OK ·/.test(t) && !/processing/.test(t); }",
+                arg=before)
+            link_ms.append((time.perf_counter() - t) * 1000)
+            pg.get_by_role("tab", name="Inspect").click()
+            # the dropdown holds the top candidate after a link: choose #2 (explained with the top 3)
+            # and #7 (explained on demand)
+            for which, sink in ((1, inspect_top_ms), (6, inspect_other_ms)):
+                opts = pg.locator("#inspect_candidate")
+                note_before = pg.inner_text("#inspect_note").strip()
+                t = time.perf_counter()
+                opts.locator("input").click()
+                pg.locator("ul[role=listbox] li").nth(which).click()
+                pg.wait_for_function(
+                    "b => { const e = document.querySelector('#inspect_note'); if (!e) return false; const t = e.innerText.trim();"
+                    " return t !== b && t.includes('rank') && !/processing/.test(t) && "
+                    "document.querySelector('#inspect_heatmap .js-plotly-plot'); }", arg=note_before)
+                sink.append((time.perf_counter() - t) * 1000)
+            pg.get_by_role("tab", name="Link").click()
+        b.close()
+    return {"link_click_to_candidates_ms": stats(link_ms), "inspect_top3_candidate_ms": stats(inspect_top_ms),
+            "inspect_candidate_7_ms (explained on demand)": stats(inspect_other_ms)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--starts", type=int, default=3)
+    ap.add_argument("--port", type=int, default=7871)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="mimic-bench-app-"))
+    proc, first = start_app(data, a.port)
+    stop_app(proc)
+    starts = []
+    for _ in range(a.starts):
+        proc, s = start_app(data, a.port)
+        starts.append(s)
+        if _ < a.starts - 1:
+            stop_app(proc)
+    try:
+        out = {"first_start_s (fresh DATA_DIR: KB import, index build, example queue)": round(first, 2),
+               "start_to_serving_s (index exists)": stats(starts, 2)}
+        out.update(browser_figures(f"http://127.0.0.1:{a.port}/", a.runs))
+    finally:
+        stop_app(proc)
+    out["cpu_threads"] = os.cpu_count()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
