@@ -56,7 +56,7 @@ import sys
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -781,13 +781,12 @@ def _parse_record(line: str, path: Path, lineno: int) -> MentionAnalysis:
         if not isinstance(c, dict):
             raise err("expected an object", f"candidates[{i}]")
         for name, (types, nullable) in _CANDIDATE_TYPES.items():
-            if not _check(c.get(name), types, nullable) or (name not in c):
+            if name not in c or not _check(c[name], types, nullable):
                 raise err("missing or of the wrong type", f"candidates[{i}].{name}")
-    for name in ("gold_scores",):
-        if obj[name] is not None:
-            for k in SCORES:
-                if not _check(obj[name].get(k), _NUM, k != "S"):
-                    raise err("missing or not a number", f"{name}.{k}")
+    if obj["gold_scores"] is not None:
+        for k in SCORES:
+            if not _check(obj["gold_scores"].get(k), _NUM, k != "S"):
+                raise err("missing or not a number", f"gold_scores.{k}")
     for u in obj["outranked_by"]:
         if u not in UNITS:
             raise err(f"unknown unit {u!r} (known: {', '.join(UNITS)})", "outranked_by")

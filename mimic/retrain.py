@@ -59,7 +59,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -184,18 +184,24 @@ class RetrainConfig:
 
 
 def _parse_env(value: str, name: str):
-    low = value.strip().lower()
-    if low in ("none", "null"):
+    """An environment string as the type of field `name` ("none" for an optional one)."""
+    kind = {f.name: str(f.type) for f in fields(RetrainConfig)}[name]
+    v = value.strip()
+    if "None" in kind and v.lower() in ("none", "null", ""):
         return None
-    if low in ("true", "yes", "1") and name in ("prefer_promoted", "freeze_backbone"):
-        return True
-    if low in ("false", "no", "0") and name in ("prefer_promoted", "freeze_backbone"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(value)
-        except ValueError:
-            pass
+    if kind.startswith("bool"):
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"MIMIC_RETRAIN_{name.upper()}: expected true/false, got {value!r}")
+    try:
+        if kind.startswith("int"):
+            return int(v)
+        if kind.startswith("float"):
+            return float(v)
+    except ValueError:
+        raise ValueError(f"MIMIC_RETRAIN_{name.upper()}: expected a number, got {value!r}") from None
     return value
 
 
@@ -460,7 +466,6 @@ def recover_stale_runs(store, *, _lock_held: bool = False, _current_run: int | N
                 _write_progress(data_dir, r.id, status="failed", message=err)
             log.warning("run %d marked failed: %s", r.id, err)
             marked.append(r.id)
-        # Temporary folders of a killed copy into models_dir are ours to clean (we hold the lock).
         return marked
     finally:
         if not _lock_held:
@@ -468,6 +473,7 @@ def recover_stale_runs(store, *, _lock_held: bool = False, _current_run: int | N
 
 
 def _clean_partial_versions(models_path: Path) -> None:
+    """Temporary folders left by a copy into models_dir that was killed (only called under the lock)."""
     if models_path.is_dir():
         for p in models_path.glob(".*.tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
@@ -514,7 +520,7 @@ def should_retrain(store, cfg: RetrainConfig, now: datetime | None = None) -> tu
                 return False, f"{hours:.1f} h since run {last.id} but no new accepted annotation"
             return False, (f"not due: {new} new accepted annotation(s) {since}"
                            + (f" (< {n})" if n is not None else "") + f", {hours:.1f} h of {t:g} h")
-    return False, f"not due: {new} new accepted annotation(s) {since} (< {n})"
+    return False, f"not due: {new} new accepted annotation(s) {since}" + (f" (< {n})" if n is not None else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -754,17 +760,19 @@ def _locked_run(cfg: RetrainConfig, store, lock: JobLock, callback, run_id: int 
         run = store.get_training_run(run_id)
         if run.status != "queued":
             raise ValueError(f"run {run_id} is {run.status}, not queued")
+    # From here on the run exists: whatever happens, it ends succeeded, failed or cancelled.
     rid = run.id
     rdir = run_dir(cfg.data_path, rid)
-    rdir.mkdir(parents=True, exist_ok=True)
     log_path = rdir / "log.txt"
-    lock.update(run_id=rid)
-    store.start_training_run(rid, log_path=str(log_path))
-    store.update_training_run(rid, metrics={"pid": os.getpid(), "host": socket.gethostname()})
-    prog = _Progress(cfg.data_path, rid, callback)
-    restore = _attach_log(log_path)
+    restore: Callable[[], None] = lambda: None
     t0 = time.perf_counter()
     try:
+        rdir.mkdir(parents=True, exist_ok=True)
+        restore = _attach_log(log_path)
+        lock.update(run_id=rid)
+        store.start_training_run(rid, log_path=str(log_path))
+        store.update_training_run(rid, metrics={"pid": os.getpid(), "host": socket.gethostname()})
+        prog = _Progress(cfg.data_path, rid, callback)
         log.info("retraining run %d (pid %d) with %s", rid, os.getpid(), json.dumps(cfg.to_dict()))
         if run.base_model_version not in (None, serving.version):
             log.warning("the promoted version changed while this run was queued: serving is now %s", serving.version)
@@ -786,7 +794,8 @@ def _locked_run(cfg: RetrainConfig, store, lock: JobLock, callback, run_id: int 
         except Exception:   # the database itself failing: the next run's recovery will mark it
             log.exception("could not record run %d as %s", rid, status)
         try:
-            prog("done", 1.0, err, status=status)
+            _write_progress(cfg.data_path, rid, status=status, step="done", fraction=1.0, message=err,
+                            pid=os.getpid())
         except Exception:
             log.exception("could not write the progress file")
         if cancelled:
@@ -823,8 +832,6 @@ def _attach_log(log_path: Path) -> Callable[[], None]:
 
 
 def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, prog: _Progress) -> dict:
-    import torch
-
     from . import training as _training
     from .backbones import load_backbone
     from .checkpoint import load_checkpoint, read_config

@@ -251,3 +251,43 @@ def test_config_parsing():
     assert check("ana", "pw") and not check("ana", "nope") and not check("bob", "pw")
     with pytest.raises(ConfigError, match="MIMIC_ANONYMOUS_WRITES"):
         AppConfig.from_env({"MIMIC_ANONYMOUS_WRITES": "maybe"})
+
+
+def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip, synthetic_dataset):
+    """With MIMIC_CHECKPOINT the app serves the model's own scores, and Inspect shows TGLU attention
+    and CMFU text→patch attention (not similarities)."""
+    import torch
+
+    from app.context import AppContext
+    from mimic.checkpoint import save_checkpoint
+    from mimic.data.formats import write_jsonl_dataset
+    from mimic.model import MimicModel
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(MimicModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
+    data = write_jsonl_dataset(synthetic_dataset, tmp_path / "synthetic")
+    split = next(iter(synthetic_dataset.splits))
+    cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_CHECKPOINT": str(ckpt),
+                              "MIMIC_KB": str(data / "kb.jsonl"), "MIMIC_EXAMPLES": str(data / f"{split}.jsonl")})
+    ctx = AppContext.start(cfg, progress=False)
+    try:
+        d = ctx.service.describe()
+        assert d["scoring"] == "model" and d["version"] == "ckpt" and d["entities"] == len(synthetic_dataset.kb)
+        m = next(x for x in synthetic_dataset.splits[split] if x.image)
+        r = H.link(ctx, m.image, m.sentence, m.mention)
+        assert r.scoring == "model"
+        top = r.top
+        assert None not in (top.S_T, top.S_V, top.S_C)
+        assert top.S == pytest.approx((top.S_T + top.S_V + top.S_C) / 3, abs=1e-4)
+        e = top.explanation
+        assert e.kind == "attention"
+        att = np.asarray(e.tglu_attention)
+        assert att.shape == (len(e.entity_tokens), len(e.mention_tokens))
+        assert np.allclose(att.sum(1), 1.0, atol=1e-3)        # softmax over the real mention tokens
+        side = ctx.service.linker.patch_grid
+        assert side > 1 and np.asarray(e.cmfu_mention_grid).shape == (side, side)
+        assert np.asarray(e.cmfu_entity_grid).shape == (side, side)
+        v = H.inspect(ctx, r.to_dict(), m.image, top.entity_id)
+        assert "TGLU attention" in v.heatmap.layout.title.text and v.mention_overlay is not None
+        assert "Unit scores" in v.bars.layout.title.text and "(TGLU)" in v.bars.data[0].x[0]
+    finally:
+        ctx.store.close()
