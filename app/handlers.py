@@ -327,6 +327,131 @@ def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=No
     return out
 
 
+# -- Analysis -------------------------------------------------------------------------------------
+_ANALYSIS_CACHE: dict[str, list] = {}
+
+
+def analysis_dir(ctx: AppContext) -> Path:
+    return ctx.config.data_dir / "analysis"
+
+
+def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
+    """One gold per corrected mention: the latest reviewer/admin decision, else the latest decision
+    (NIL decisions give a NIL gold; "ambiguous" mentions are left out).
+    -> (mentions with `answer`, {mention uid: its source})"""
+    from mimic.data.schema import Mention
+    chosen: dict[str, dict] = {}
+    for link_ in ctx.store.accepted_links():          # ordered by annotation id: later wins
+        if link_["decision"] == "ambiguous":
+            continue
+        prev = chosen.get(link_["mention_uid"])
+        if prev is None or link_["role"] in ("reviewer", "admin") or prev["role"] not in ("reviewer", "admin"):
+            chosen[link_["mention_uid"]] = link_
+    return [Mention(id=uid, sentence=r["sentence"], mention=r["mention"], start=r["start"], end=r["end"],
+                    image=r["image"], answer=r["entity_id"] if r["decision"] == "entity" else None,
+                    ) for uid, r in chosen.items()], {uid: (r["source"] or "corrections") for uid, r in chosen.items()}
+
+
+@_user_errors
+def analyze_corrections(ctx: AppContext, progress=None) -> str:
+    """Analyse the served model on the corrections collected so far; the records are saved under
+    DATA_DIR/analysis/ and the path returned (pick it later to compare versions)."""
+    from mimic.analysis import save_records
+    mentions, source = corrections_as_mentions(ctx)
+    if not mentions:
+        raise UserError("no corrections yet: annotate some mentions (Annotate tab) first")
+    groups: dict[str, list] = {}
+    for m in mentions:
+        groups.setdefault(source[m.id], []).append(m)
+    records = []
+    for i, (name, ms) in enumerate(sorted(groups.items())):
+        if progress:
+            progress(i / len(groups), desc=f"linking {len(ms)} mentions from {name}")
+        try:
+            records += ctx.service.analyze(ms, dataset=name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = analysis_dir(ctx) / f"{stamp}_{_safe(ctx.service.served.version)}.jsonl"
+    save_records(records, path)
+    _ANALYSIS_CACHE[str(path)] = records
+    return str(path)
+
+
+def analysis_runs(ctx: AppContext) -> list[tuple[str, str]]:
+    """Saved analysis runs, newest first: (label, path)."""
+    d = analysis_dir(ctx)
+    files = sorted(d.glob("*.jsonl"), reverse=True) if d.is_dir() else []
+    return [(f.stem.replace("_", " · ", 1), str(f)) for f in files]
+
+
+@_user_errors
+def load_analysis(ctx: AppContext, path: str) -> list:
+    from mimic.analysis import load_records
+    if not path:
+        raise UserError("choose an analysis run (or analyse the corrections first)")
+    if path not in _ANALYSIS_CACHE:
+        try:
+            _ANALYSIS_CACHE[path] = load_records(path)
+        except (ValueError, OSError) as exc:
+            raise UserError(f"cannot read {Path(path).name}: {exc}") from None
+    return _ANALYSIS_CACHE[path]
+
+
+@dataclass
+class AnalysisView:
+    summary: dict
+    figures: dict           # name -> plotly Figure
+    table: pd.DataFrame
+    csv_path: str
+
+
+@_user_errors
+def analysis_view(ctx: AppContext, path: str, labels=None, dataset=None, has_image: str = "any") -> AnalysisView:
+    from mimic import analysis as A
+    records = load_analysis(ctx, path)
+    summary = A.summarize(records)
+    img = {"any": None, "with image": True, "without image": False}.get(has_image or "any")
+    shown = A.filter_records(records, label=labels or None, dataset=dataset or None, has_image=img)
+    table = A.records_table(shown)
+    out = Path(tempfile.mkdtemp(prefix="mimic-analysis-")) / f"{Path(path).stem}.csv"
+    A.to_csv(table, out)
+    figs = {"labels": A.label_counts_figure(summary), "recall": A.recall_at_k_figure(summary),
+            "units": A.unit_accuracy_figure(summary), "reliability": A.reliability_figure(summary)}
+    return AnalysisView(summary, figs, table, str(out))
+
+
+@_user_errors
+def analysis_compare(ctx: AppContext, path_a: str, path_b: str):
+    """-> (comparison dict, table, csv path, figure): A is the baseline, B the newer run."""
+    from mimic import analysis as A
+    if not path_a or not path_b:
+        raise UserError("choose two analysis runs to compare")
+    try:
+        cmp = A.compare(load_analysis(ctx, path_a), load_analysis(ctx, path_b))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    table = A.comparison_table(cmp)
+    out = Path(tempfile.mkdtemp(prefix="mimic-compare-")) / "comparison.csv"
+    A.to_csv(table, out)
+    return cmp, table, str(out), A.comparison_figure(cmp)
+
+
+def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None:
+    """The sentence, span and image of an analysed mention (to open it in Link/Inspect)."""
+    rec = next((r for r in load_analysis(ctx, path) if str(r.mention_id) == str(mention_id)), None)
+    if rec is None:
+        return None
+    image = None
+    try:
+        m = ctx.store.get_mention(str(mention_id))
+        image, start, end = m.image_path, m.start, m.end
+    except StoreError:
+        start = end = None
+    return {"sentence": rec.sentence, "mention": rec.mention, "start": start, "end": end, "image": image,
+            "gold": rec.gold, "predicted": rec.predicted}
+
+
 # -- Models & data --------------------------------------------------------------------------------
 def model_versions(ctx: AppContext) -> pd.DataFrame:
     serving = ctx.service.served.version

@@ -231,6 +231,45 @@ def build_ui(ctx: AppContext):
                 gr.Markdown("Retraining from the collected corrections (`python -m mimic retrain`) is not part of "
                             "this version yet; export the training layout and run `python -m mimic train --data` on it.")
 
+            # ---------------------------------------------------------------- Analysis
+            with gr.Tab("Analysis", id="analysis", elem_id="tab_analysis"):
+                gr.Markdown("Where the model fails (ELEVANT-style labels: retrieval miss, outranked and by which "
+                            "unit, NIL errors) and what a new version fixed. Analyse the served model on the "
+                            "corrections collected so far, or load a run from `python -m mimic analyze --out-records`.")
+                with gr.Row():
+                    y_run_btn = gr.Button("Analyse the served model on the corrections", variant="primary",
+                                          elem_id="analysis_run")
+                    y_upload = gr.File(label="or load records (JSONL)", file_types=[".jsonl"], elem_id="analysis_upload")
+                with gr.Row():
+                    y_run = gr.Dropdown(label="Run", choices=[], elem_id="analysis_select", scale=3)
+                    y_labels = gr.Dropdown(label="Labels", multiselect=True, elem_id="analysis_labels", scale=2,
+                                           choices=["correct", "retrieval_miss", "outranked", "false_nil",
+                                                    "missed_nil", "correct_nil"])
+                    y_dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="analysis_dataset", scale=1)
+                    y_img = gr.Radio(["any", "with image", "without image"], value="any", label="Image",
+                                     elem_id="analysis_image", scale=1)
+                y_msg = gr.Markdown(elem_id="analysis_msg")
+                y_summary = gr.JSON(label="Summary", elem_id="analysis_summary")
+                with gr.Row():
+                    y_fig_labels = gr.Plot(elem_id="analysis_fig_labels")
+                    y_fig_units = gr.Plot(elem_id="analysis_fig_units")
+                with gr.Row():
+                    y_fig_recall = gr.Plot(elem_id="analysis_fig_recall")
+                    y_fig_rel = gr.Plot(elem_id="analysis_fig_reliability")
+                y_table = gr.Dataframe(label="Mentions (click a row to open it in Inspect)", interactive=False,
+                                       elem_id="analysis_table", max_height=420, show_search="filter")
+                y_csv = gr.File(label="Table as CSV", elem_id="analysis_csv")
+                with gr.Accordion("Compare two runs (A = baseline, B = newer)", open=False):
+                    with gr.Row():
+                        y_a = gr.Dropdown(label="A", choices=[], elem_id="analysis_compare_a")
+                        y_b = gr.Dropdown(label="B", choices=[], elem_id="analysis_compare_b")
+                        y_cmp_btn = gr.Button("Compare", elem_id="analysis_compare")
+                    y_cmp_counts = gr.JSON(label="Fixed, new errors, unchanged", elem_id="analysis_compare_counts")
+                    y_cmp_fig = gr.Plot(elem_id="analysis_compare_fig")
+                    y_cmp_table = gr.Dataframe(interactive=False, elem_id="analysis_compare_table", max_height=420,
+                                               show_search="filter")
+                    y_cmp_csv = gr.File(label="Comparison as CSV", elem_id="analysis_compare_csv")
+
         # ------------------------------------------------------------ hidden API components
         with gr.Column(visible=False):
             api_image = MentionImage(type="filepath")
@@ -532,6 +571,86 @@ def build_ui(ctx: AppContext):
 
         m_export.click(do_export_ui, m_fmt, m_file, **db_queue, **PRIVATE)
 
+        # -- Analysis
+        analysis_out = [y_msg, y_summary, y_fig_labels, y_fig_units, y_fig_recall, y_fig_rel, y_table, y_csv, y_dataset]
+
+        def show_analysis(path, labels, dataset, img):
+            try:
+                v = H.analysis_view(ctx, path, labels, dataset, img)
+            except H.UserError as exc:
+                return (_msg(str(exc), "error"),) + (None,) * 7 + (gr.update(),)
+            f = v.figures
+            datasets = sorted(v.summary.get("datasets", {}))
+            return (_msg(f"{len(v.table)} of {v.summary['mentions']} mentions shown", "info"), v.summary, f["labels"],
+                    f["units"], f["recall"], f["reliability"], v.table, v.csv_path,
+                    gr.update(choices=[("all", "")] + [(d, d) for d in datasets],
+                              value=dataset if dataset in datasets else ""))
+
+        def runs_update(selected=None):
+            runs = H.analysis_runs(ctx)
+            value = selected or (runs[0][1] if runs else None)
+            return (gr.update(choices=runs, value=value), gr.update(choices=runs),
+                    gr.update(choices=runs, value=value))
+
+        def do_analyze(progress=gr.Progress()):
+            try:
+                path = H.analyze_corrections(ctx, progress=progress)
+            except H.UserError as exc:
+                return (gr.update(), gr.update(), gr.update(), _msg(str(exc), "error"))
+            return runs_update(path) + (_msg(f"Analysed {len(H.load_analysis(ctx, path))} corrected mentions with "
+                                             f"{ctx.service.served.version}", "ok"),)
+
+        def do_upload(file):
+            path = file if isinstance(file, str) else getattr(file, "name", None)
+            if not path:
+                return gr.update(), gr.update(), gr.update(), ""
+            try:
+                H.load_analysis(ctx, path)
+            except H.UserError as exc:
+                return gr.update(), gr.update(), gr.update(), _msg(str(exc), "error")
+            runs = H.analysis_runs(ctx) + [(f"uploaded · {Path(path).name}", path)]
+            return (gr.update(choices=runs, value=path), gr.update(choices=runs), gr.update(choices=runs),
+                    _msg(f"Loaded {Path(path).name}", "ok"))
+
+        y_run_btn.click(do_analyze, None, [y_run, y_a, y_b, y_msg], **inference, **PRIVATE)
+        y_upload.upload(do_upload, y_upload, [y_run, y_a, y_b, y_msg], **PRIVATE)
+        for comp in (y_run, y_labels, y_dataset, y_img):
+            comp.change(show_analysis, [y_run, y_labels, y_dataset, y_img], analysis_out, **PRIVATE)
+
+        def do_compare(a, b):
+            try:
+                cmp, table, csv, fig = H.analysis_compare(ctx, a, b)
+            except H.UserError as exc:
+                return {"error": str(exc)}, None, None, None
+            return ({"A": cmp["version_a"], "B": cmp["version_b"], **cmp["counts"],
+                     "only_in_A": len(cmp["only_in_a"]), "only_in_B": len(cmp["only_in_b"])}, fig, table, csv)
+
+        y_cmp_btn.click(do_compare, [y_a, y_b], [y_cmp_counts, y_cmp_fig, y_cmp_table, y_cmp_csv], **PRIVATE)
+
+        def open_in_inspect(path, table, evt: gr.SelectData):
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            try:
+                mid = str(table.iloc[row]["mention_id"])
+            except Exception:  # noqa: BLE001 - a click outside the data rows
+                return (gr.update(),) * 11
+            m = H.analysis_mention(ctx, path, mid)
+            if m is None:
+                return (gr.update(),) * 11
+            span = [m["start"], m["end"]] if m["start"] is not None else None
+            out = do_link(m["image"], m["sentence"], m["mention"], span)
+            result = out[0]
+            target = None
+            if result:
+                ids = [c["entity_id"] for c in result["candidates"]]
+                target = m["gold"] if m["gold"] in ids else (ids[0] if ids else None)
+            return out[:7] + (gr.update(choices=out[7]["choices"] if isinstance(out[7], dict) else [],
+                                        value=target),) + (gr.Tabs(selected="inspect"), m["sentence"], m["mention"])
+
+        y_table.select(open_in_inspect, [y_run, y_table],
+                       [link_state, link_image_state, l_status, l_table, l_gallery, l_desc, l_choice, i_cand, tabs,
+                        l_sentence, l_mention], **inference, **PRIVATE).then(
+            do_inspect, [link_state, link_image_state, i_cand, i_scale], inspect_out, **inference, **PRIVATE)
+
         # -- API (documented endpoints)
         def api_link(image: str | None, sentence: str, mention: str) -> dict:
             """Link a mention. image: optional image file; sentence: the text; mention: the mention string
@@ -567,6 +686,7 @@ def build_ui(ctx: AppContext):
         demo.load(on_load, [a_pos], [who] + annot_out, **PRIVATE)
         demo.load(models_refresh, None, [m_versions, m_corr, m_overview], **PRIVATE)
         demo.load(lambda: kb_rows(""), None, [k_table, k_gallery, k_msg], **PRIVATE)
+        demo.load(lambda: runs_update(), None, [y_run, y_a, y_b], **PRIVATE)
 
     launch_kwargs = dict(auth=cfg.auth(), auth_message="MIMIC Studio: sign in to annotate",
                          head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),

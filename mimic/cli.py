@@ -8,6 +8,7 @@
   calibrate-nil    choose the NIL threshold of an index on a dev split
   bench-link       serving latency / shortlist quality on a synthetic KB
   info             describe a checkpoint or a dataset
+  analyze          error analysis of a run (labels, H@k, recall@K, per-unit accuracy, calibration, compare)
 
 Errors that come from bad input (missing files, malformed data, wrong checkpoints) are printed as
 one line `error: ...` with exit status 2, never as a traceback.
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", help="describe a checkpoint folder or a dataset")
     n.add_argument("path")
     n.set_defaults(func=cmd_info)
+
+    from .analysis import add_analyze_parser
+    add_analyze_parser(sub)
     return ap
 
 

@@ -895,8 +895,8 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
         lr = cfg.lr if cfg.lr is not None else (1e-3 if freeze else 1e-5)
     serving_model.eval()
     backbone_label = _backbone_label(serving_model.backbone)
-    prog("train", 0.1, f"serving: {serving.version} ({'checkpoint ' + serving.checkpoint if serving.checkpoint else 'zero-shot'}); "
-                       f"training {len(train_set)} mentions, {cfg.epochs} epoch(s), lr {lr:g}, "
+    prog("train", 0.1, f"serving: {serving.version}" + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
+                       + f"; training {len(train_set)} mentions, {cfg.epochs} epoch(s), lr {lr:g}, "
                        f"{'frozen' if freeze else 'trainable'} backbone, on {device}")
 
     # -- train -------------------------------------------------------------------------------------
@@ -961,6 +961,9 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
     }
     prog("version", 0.93, f"writing {version_dir}")
     _write_version(best_dir, version_dir, candidate, resave_backbone=resave_backbone, metrics=metrics)
+    # train/last only serves to resume a run, which a retraining run never does; it holds the
+    # optimizer state (twice the trained weights), so it goes. train/best stays for provenance.
+    shutil.rmtree(train_dir / "last", ignore_errors=True)
     store.register_model_version(version, checkpoint=str(version_dir), backbone=backbone_label, metrics=metrics)
     store.update_training_run(rid, metrics=metrics, output_model_version=version)
 
@@ -1010,12 +1013,15 @@ def start_retrain_process(cfg: RetrainConfig, *, wait: bool = False, store=None,
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # progress.json exists before the process does, so the app can follow the run at once
+        _write_progress(cfg.data_path, run.id, status="queued", step="start", fraction=0.0,
+                        message="starting the job process", pid=None, log=str(rdir / "log.txt"))
         with open(rdir / "log.txt", "ab") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True)   # own session: survives the app's Ctrl-C
         store.update_training_run(run.id, log_path=str(rdir / "log.txt"), metrics={"pid": proc.pid})
-        _write_progress(cfg.data_path, run.id, status="queued", step="start", fraction=0.0,
-                        message=f"started process {proc.pid}", pid=proc.pid, log=str(rdir / "log.txt"))
+        if (read_progress(cfg.data_path, run.id) or {}).get("status") == "queued":   # the job has not written yet
+            _write_progress(cfg.data_path, run.id, message=f"started process {proc.pid}", pid=proc.pid)
         proc.run_id = run.id
         return proc
     finally:
@@ -1103,7 +1109,8 @@ def _print_json(obj, path: str | None) -> None:
 
 def cmd_retrain(a) -> None:
     """`python -m mimic retrain`. Exit status: 0 done (promoted or not) or not due; 1 the run
-    failed (recorded, see its log); 3 refused, another run holds the lock."""
+    failed (recorded, see its log); 3 refused, another run holds the lock; 143 stopped by SIGTERM
+    (recorded as cancelled)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="[mimic] %(message)s")
     cfg = config_from_args(a)
@@ -1129,6 +1136,10 @@ def cmd_retrain(a) -> None:
         print(f"error: {busy}", file=sys.stderr)
         _print_json({"ran": False, "status": "refused", "reason": str(busy)}, a.json)
         raise SystemExit(3)
+    except RetrainCancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        _print_json({"ran": True, "status": "cancelled", "reason": str(exc)}, a.json)
+        raise SystemExit(128 + signal.SIGTERM)
     except RetrainFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         _print_json({"ran": True, "status": "failed", "run_id": exc.run_id, "log": exc.log_path,

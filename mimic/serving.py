@@ -169,6 +169,13 @@ class LinkingService:
         with self._lock.read():
             return self._linker.explain(sentence, mention, entity_id, image)
 
+    def analyze(self, mentions, *, dataset: str = "", model_version: str | None = None) -> list:
+        """Error analysis (`mimic.analysis`) of the served model on mentions with gold answers."""
+        from .analysis import analyze_linker
+        with self._lock.read():
+            return analyze_linker(self._linker, mentions, dataset=dataset,
+                                  model_version=model_version or self.served.version)
+
     def entity(self, entity_id: str) -> dict | None:
         idx = self._linker.index
         return idx.records[idx.position[entity_id]] if entity_id in idx.position else None

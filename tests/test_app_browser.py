@@ -176,3 +176,23 @@ def shots_path(studio):
 
 def test_no_external_requests_from_the_server(studio):
     assert studio.network.calls == [], studio.network.calls
+
+
+def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
+    pg, ctx = page, studio.ctx
+    H_ = __import__("app.handlers", fromlist=["annotate_api"])
+    H_.annotate_api(ctx, "rev", ctx.store.get_mention("example:X04").id, "entity", "D004")
+    login(pg, studio, "rev")
+    open_tab(pg, "Analysis")
+    pg.click("#analysis_run")
+    pg.wait_for_function("() => /Analysed \\d+ corrected mentions/.test(document.querySelector('#analysis_msg').innerText)")
+    pg.wait_for_function("() => document.querySelector('#analysis_table') && "
+                         "document.querySelector('#analysis_table').innerText.includes('example:X04')")
+    pg.wait_for_selector("#analysis_fig_labels .js-plotly-plot")
+    pg.screenshot(path=str(studio.shots / "06_analysis.png"), full_page=True)
+    pg.locator("#analysis_table td", has_text="example:X04").first.click()
+    pg.wait_for_selector("#inspect_heatmap .js-plotly-plot")
+    pg.wait_for_function("() => document.querySelector('#inspect_note').innerText.includes('D004')")
+    assert pg.input_value("#link_sentence textarea") == ctx.store.get_mention("example:X04").sentence
+    pg.screenshot(path=str(studio.shots / "07_analysis_to_inspect.png"), full_page=True)
+    assert pg.external_requests == [], pg.external_requests
