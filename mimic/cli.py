@@ -8,6 +8,7 @@
   calibrate-nil    choose the NIL threshold of an index on a dev split
   bench-link       serving latency / shortlist quality on a synthetic KB
   info             describe a checkpoint or a dataset
+  retrain          corrections -> fine-tune -> evaluated model version -> promotion (one job at a time)
   analyze          error analysis of a run (labels, H@k, recall@K, per-unit accuracy, calibration, compare)
 
 Errors that come from bad input (missing files, malformed data, wrong checkpoints) are printed as
@@ -253,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_info)
 
     from .analysis import add_analyze_parser
+    from .retrain import add_retrain_parser
     add_analyze_parser(sub)
+    add_retrain_parser(sub)
     return ap
 
 

@@ -15,8 +15,9 @@ DATA_DIR/runs/<run_id>/progress.json):
               part of the store's ordinary 80/10/10 export. The ids of every annotation used (trained
               on or held out) are attached to the run; split.json lists which uid went where.
  4. base      Optionally load a base dataset (any supported format): its train split joins the
-              training set (minus mentions identical to a held-out correction), its dev split is the
-              second judge. Its entities missing from the store are appended to the KB.
+              training set, its dev split is the second judge. Nothing that is judged is trained on:
+              training mentions with the (sentence, mention) of a held-out correction or of a base
+              dev mention are dropped. Base entities missing from the store are appended to the KB.
  5. train     Fine-tune the serving model (`mimic.training.train` with `init_checkpoint`) into
               runs/<id>/train/; a zero-shot serving model has no trained units to start from, so the
               candidate is then a fresh MIMIC model on the same backbone. Frozen backbone on the CPU.
@@ -30,14 +31,16 @@ DATA_DIR/runs/<run_id>/progress.json):
  8. promote   `store.promote(version)` only when `decide_promotion` says so (default: held-out MRR
               not lower, base dev H@1 not lower by more than 0.5 points).
  9. finish    Run marked succeeded. Any exception on the way: run marked failed (cancelled on
-              SIGTERM / Ctrl-C) with the error; the log stays; nothing served changes.
+              SIGTERM / Ctrl-C) with the error, and the log stays.
 
-Crash safety: the only writes that touch what is served are `promote` (one transaction) and new
-folders renamed into place. A run killed at any point leaves the serving checkpoint, the promoted
-version, the annotations and every earlier version as they were; its run row stays "running" until
-the next run (or `recover_stale_runs`, which the app may call) finds the lock free and marks it
-failed. At worst a killed run leaves an unreferenced models_dir/<version>/ (killed between the copy
-and the registration) or a registered, unpromoted version.
+Crash safety: the only write that changes what is served is `promote` (one transaction, the last
+step before finishing); everything else is new rows and new folders renamed into place. So a run
+that fails or is killed before `promote` leaves the serving checkpoint, the promoted version, the
+annotations and every earlier version exactly as they were; one that dies after it has promoted a
+candidate that passed the rule. A killed run cannot record its own end: its row stays "running"
+until the next run (or `recover_stale_runs`, which the app may call) finds the lock free and marks
+it failed. At worst a killed run also leaves an unreferenced models_dir/<version>/ (killed between
+the copy and the registration) or a registered, unpromoted version.
 
 Scheduling (`should_retrain`): retrain after N new accepted annotations and/or every T hours since
 the last successful run; "new" = accepted annotations not attached to that run. The job always
@@ -59,7 +62,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -452,8 +455,12 @@ def recover_stale_runs(store, *, _lock_held: bool = False, _current_run: int | N
             if r.id == _current_run or r.status not in ("running", "queued"):
                 continue
             pid = (r.metrics or {}).get("pid")
-            if r.status == "queued" and (pid is None or _pid_alive(pid)):
-                continue   # its process may still be starting or waiting for the lock
+            if r.status == "queued":
+                # A queued run's job process may still be starting or waiting for the lock; without
+                # a recorded process (its starter died before spawning it) give it 10 minutes.
+                age = datetime.now(timezone.utc) - r.created_at
+                if _pid_alive(pid) or (pid is None and age < timedelta(minutes=10)):
+                    continue
             what = "was killed or crashed" if r.status == "running" else "ended before it started"
             err = (f"the retraining process (pid {pid if pid is not None else '?'}) {what} without finishing "
                    f"the run; found at {now} while no process held the job lock. Log: {r.log_path or '-'}")
@@ -642,6 +649,8 @@ def _evaluate_models(models: dict[str, Any], zero_shot: set[str], kb, sets: dict
     for name, m in models.items():
         groups.setdefault((id(m.backbone), m.config.mode, m.config.text_max_length), []).append(name)
     results: dict[str, dict] = {name: {} for name in models}
+    if not any(sets.values()):
+        return results
     for names in groups.values():
         trained = [n for n in names if n not in zero_shot]
         enc = models[names[0]]
@@ -682,6 +691,10 @@ def resolve_serving(store, cfg: RetrainConfig) -> _Serving:
     if cfg.checkpoint:
         return _Serving(Path(cfg.checkpoint).name, False, str(Path(cfg.checkpoint).absolute()))
     return _Serving(f"zero-shot ({cfg.backbone})", False, None)
+
+
+def _key(m) -> tuple[str, str]:
+    return (m.sentence.strip(), m.mention.strip())
 
 
 def _merge_kb(store_kb, base_kb):
@@ -726,6 +739,9 @@ def run_retrain(cfg: RetrainConfig, progress: Callable[[dict], None] | None = No
     `run_id`: a run queued by `start_retrain_process`. `store`: an open store (else opened here)."""
     from db import open_store
     own_store = store is None
+    if not own_store and Path(store.settings.data_dir).absolute() != cfg.data_path:
+        # the lock and the run folders live in the store's DATA_DIR: one place, one lock
+        raise ValueError(f"cfg.data_dir {cfg.data_path} is not the store's DATA_DIR {store.settings.data_dir}")
     store = open_store(cfg.data_path) if own_store else store
     lock = JobLock(cfg.lock_path)
     try:
@@ -862,13 +878,20 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
     if cfg.base_data:
         base = load_dataset(cfg.base_data)
         base_kb = base.kb
-        held_keys = {(m.sentence.strip(), m.mention.strip()) for m in heldout}
-        all_train = list(base.splits.get("train", []))
-        base_train = [m for m in all_train if (m.sentence.strip(), m.mention.strip()) not in held_keys]
         base_dev = list(base.splits.get("dev", []))
-        prog("base", 0.07, f"base dataset {cfg.base_data}: {len(base_train)} train mentions "
-                           f"({len(all_train) - len(base_train)} identical to a held-out correction dropped), "
-                           f"{len(base_dev)} dev mentions")
+        # Whatever judges the candidate must not be trained on, whichever source it comes from.
+        judged = {_key(m) for m in heldout + base_dev}
+        all_train = list(base.splits.get("train", []))
+        base_train = [m for m in all_train if _key(m) not in judged]
+        dropped = [m.id for m in train_c if _key(m) in judged]
+        train_c = [m for m in train_c if _key(m) not in judged]
+        prog("base", 0.07, f"base dataset {cfg.base_data}: {len(base_train)} train mentions, {len(base_dev)} dev "
+                           f"mentions; {len(all_train) - len(base_train)} base train mentions and {len(dropped)} "
+                           "corrections identical to a judged mention left out of training")
+        if dropped:
+            split = json.loads((rdir / "split.json").read_text())
+            write_json_atomic(rdir / "split.json", {**split, "train_uids": [m.id for m in train_c],
+                                                    "excluded_uids": dropped})
     kb, extra = _merge_kb(corr.kb, base_kb)
     if extra:
         log.warning("%d base-dataset entities are not in the store's KB; they are appended to the KB", extra)
@@ -1118,9 +1141,17 @@ def cmd_retrain(a) -> None:
     def on_term(signum, frame):
         raise RetrainCancelled(f"stopped by signal {signum}")
     try:
-        signal.signal(signal.SIGTERM, on_term)   # so a stop from the app records the run as cancelled
+        previous = signal.signal(signal.SIGTERM, on_term)   # a stop from the app records the run as cancelled
     except ValueError:
-        pass                                     # not the main thread
+        previous = None                                     # not the main thread: leave signals alone
+    try:
+        _retrain_command(a, cfg)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _retrain_command(a, cfg: RetrainConfig) -> None:
     if a.if_due:
         from db import open_store
         with open_store(cfg.data_path) as store:

@@ -190,7 +190,8 @@ def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
                          "document.querySelector('#analysis_table').innerText.includes('example:X04')")
     pg.wait_for_selector("#analysis_fig_labels .js-plotly-plot")
     pg.screenshot(path=str(studio.shots / "06_analysis.png"), full_page=True)
-    pg.locator("#analysis_table td", has_text="example:X04").first.click()
+    # the grid draws its visible rows as div cells (a virtual table); the <table> is for sizing
+    pg.locator("#analysis_table span.text", has_text="example:X04").first.click()
     pg.wait_for_selector("#inspect_heatmap .js-plotly-plot")
     pg.wait_for_function("() => document.querySelector('#inspect_note').innerText.includes('D004')")
     assert pg.input_value("#link_sentence textarea") == ctx.store.get_mention("example:X04").sentence
