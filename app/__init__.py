@@ -17,6 +17,7 @@ def build_app(config: AppConfig | None = None, *, progress: bool = True, model=N
     ctx = AppContext.start(config or AppConfig.from_env(), progress=progress, model=model)
     demo, launch_kwargs = build_ui(ctx)
     demo.queue(default_concurrency_limit=ctx.config.inference_concurrency, max_size=ctx.config.queue_size)
+    ctx.start_watcher(ctx.config.watch_seconds)
     return demo, launch_kwargs, ctx
 
 

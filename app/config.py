@@ -13,6 +13,8 @@
 | `MIMIC_DEVICE` | `auto` | where the model runs: `cpu`, `cuda`, `auto` (CUDA when present) |
 | `MIMIC_INFERENCE_CONCURRENCY` | `1` | link/inspect requests run at once (the rest queue) |
 | `MIMIC_QUEUE_SIZE` | `64` | requests waiting at most per event before new ones are refused |
+| `MIMIC_WATCH_SECONDS` | `10` | how often the app checks for a newly promoted version (hot swap) and the retraining policy; 0: never |
+| `MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS` / `MIMIC_RETRAIN_EVERY_HOURS` | unset | retraining policy (see mimic/retrain.py; any `MIMIC_RETRAIN_<FIELD>`) |
 | `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` | `127.0.0.1` / `7860` | where to listen |
 """
 from __future__ import annotations
@@ -77,6 +79,7 @@ class AppConfig:
     inference_concurrency: int = 1
     queue_size: int = 64
     top_k: int = 10
+    watch_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "AppConfig":
@@ -96,6 +99,7 @@ class AppConfig:
             port = int(env.get("GRADIO_SERVER_PORT", "7860"))
             conc = int(env.get("MIMIC_INFERENCE_CONCURRENCY", "1"))
             qsize = int(env.get("MIMIC_QUEUE_SIZE", "64"))
+            watch = float(env.get("MIMIC_WATCH_SECONDS", "10"))
         except ValueError as exc:
             raise ConfigError(f"a numeric setting is not a number: {exc}") from None
         if conc < 1 or qsize < 1:
@@ -115,7 +119,8 @@ class AppConfig:
                   kb_path=Path(env["MIMIC_KB"]) if env.get("MIMIC_KB") else cls.kb_path,
                   examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
                   users=users, anonymous_writes=anonymous_writes, oauth=oauth, on_spaces=on_spaces,
-                  server_name=server_name, server_port=port, inference_concurrency=conc, queue_size=qsize)
+                  server_name=server_name, server_port=port, inference_concurrency=conc, queue_size=qsize,
+                  watch_seconds=watch)
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise ConfigError(f"unknown setting {k!r}")

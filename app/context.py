@@ -61,6 +61,8 @@ class AppContext:
     started_at: float = field(default_factory=time.time)
     startup_seconds: dict = field(default_factory=dict)
     kb_lock: threading.Lock = field(default_factory=threading.Lock)
+    _swap_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
@@ -76,10 +78,19 @@ class AppContext:
             _seed_kb(store, config)
         kb = knowledge_base(store, config.data_dir)
         t2 = time.perf_counter()
-        service = LinkingService.start(config.data_dir, kb, checkpoint=config.checkpoint, backbone=config.backbone,
-                                       allowed_image_dirs=None, progress=progress, model=model,
+        checkpoint, version = config.checkpoint, None
+        if checkpoint is None and model is None:     # a restart keeps serving the promoted version
+            mv = store.promoted_model_version()
+            if mv is not None and mv.checkpoint and Path(mv.checkpoint).exists():
+                checkpoint, version = mv.checkpoint, mv.name
+        service = LinkingService.start(config.data_dir, kb, checkpoint=checkpoint, backbone=config.backbone,
+                                       version=version, allowed_image_dirs=None, progress=progress, model=model,
                                        device=config.device)
         t3 = time.perf_counter()
+        s = service.served
+        store.register_model_version(s.version, checkpoint=s.checkpoint, backbone=s.backbone)
+        if store.promoted_model_version() is None:   # record what serves, so there is a version to roll back to
+            store.promote(s.version)
         examples = _load_examples(config)
         ctx = cls(config, store, service, examples)
         if store.count_mentions() == 0 and examples:
@@ -118,6 +129,77 @@ class AppContext:
 
     def can_write(self, username: str | None) -> bool:
         return bool(username) or self.config.anonymous_writes
+
+    # -- model versions: hot swap, rollback, retraining ------------------------------------------
+    def follow_promotion(self) -> str | None:
+        """Serve the promoted version if another one serves (a retraining run promoted it, or a
+        rollback). The new model and its index load while the old one keeps serving; the switch is
+        one assignment. Returns the new version, or None. MIMIC_CHECKPOINT pins the served model."""
+        if self.config.checkpoint:
+            return None
+        mv = self.store.promoted_model_version()
+        if mv is None or mv.name == self.service.served.version:
+            return None
+        if mv.checkpoint and not Path(mv.checkpoint).exists():
+            log.error("promoted version %s: checkpoint %s is missing; still serving %s", mv.name, mv.checkpoint,
+                      self.service.served.version)
+            return None
+        if not self._swap_lock.acquire(blocking=False):   # a swap is already under way
+            return None
+        try:
+            kb = knowledge_base(self.store, self.config.data_dir)
+            log.info("loading model version %s (serving %s meanwhile)", mv.name, self.service.served.version)
+            self.service.swap(kb, checkpoint=mv.checkpoint, version=mv.name, backbone=self.config.backbone)
+            with self.kb_lock:                            # KB edits made during the load
+                self.service.sync_kb(knowledge_base(self.store, self.config.data_dir))
+            log.info("now serving %s", mv.name)
+            return mv.name
+        finally:
+            self._swap_lock.release()
+
+    def require_role(self, username: str | None, roles=("reviewer", "admin")) -> str:
+        name = self.annotator(username)
+        role = self.store.get_annotator(name).role
+        if role not in roles:
+            raise WriteDenied(f"{name} is an {role}: this needs the role {' or '.join(roles)}")
+        return name
+
+    def serve_version(self, name: str, username: str | None) -> str | None:
+        """Roll back (or forward) to a registered version: promote it and swap to it."""
+        self.require_role(username)
+        self.store.promote(name)
+        return self.follow_promotion()
+
+    def retrain_config(self, **overrides):
+        from mimic.retrain import RetrainConfig
+        return RetrainConfig.from_env(data_dir=str(self.config.data_dir), backbone=self.config.backbone,
+                                      checkpoint=self.config.checkpoint, **overrides)
+
+    def start_watcher(self, interval: float) -> threading.Thread | None:
+        """Background thread: follow promotions (hot swap) and start retraining when the policy in
+        MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS / MIMIC_RETRAIN_EVERY_HOURS says it is due (the job runs
+        in its own process). interval <= 0: no thread."""
+        if interval <= 0:
+            return None
+        from mimic.retrain import maybe_start_retrain
+
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.follow_promotion()
+                    rcfg = self.retrain_config()
+                    if rcfg.min_new_annotations or rcfg.every_hours:
+                        proc, reason = maybe_start_retrain(rcfg, store=self.store)
+                        if proc is not None:
+                            log.info("retraining started (run %s): %s", getattr(proc, "run_id", "?"), reason)
+                except Exception:  # noqa: BLE001 - the watcher must outlive one bad check
+                    log.exception("model watcher")
+        t = threading.Thread(target=loop, name="mimic-model-watcher", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
 
     # -- KB ------------------------------------------------------------------------------------
     def save_entity(self, entity: Entity, author: str, note: str | None = None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -475,6 +476,59 @@ def corrections_summary(ctx: AppContext) -> tuple[pd.DataFrame, dict]:
     except StoreError as exc:
         ov["agreement"] = {"note": str(exc)}
     return df, ov
+
+
+@_user_errors
+def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
+    """Serve a registered version (rollback is this one action): promote it, load it while the old
+    one keeps serving, switch. Reviewers and admins only."""
+    if not name:
+        raise UserError("choose a model version")
+    ctx.serve_version(name, username)
+    if ctx.service.served.version != name:
+        raise UserError(f"{name} is promoted but could not be loaded (see the server log); still serving "
+                        f"{ctx.service.served.version}")
+    return name
+
+
+@_user_errors
+def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
+    """Start `python -m mimic retrain` in its own process (one at a time). -> the training run id."""
+    from mimic.retrain import RetrainBusy, read_progress, start_retrain_process
+    ctx.require_role(username)
+    with _RETRAIN_START:
+        # The job's own lock refuses a second run once the first process holds it; a run that is
+        # queued but whose process has not started yet is caught here, so a double click never
+        # queues a second run.
+        for r in ctx.store.list_training_runs():
+            if r.status in ("queued", "running") and (read_progress(ctx.config.data_dir, r.id) or {}).get("alive", True):
+                raise UserError(f"another retraining run (run {r.id}, {r.status} since "
+                                f"{r.created_at:%Y-%m-%d %H:%M} UTC) is under way: one run at a time")
+        try:
+            proc = start_retrain_process(ctx.retrain_config(**overrides), store=ctx.store)
+        except RetrainBusy as exc:
+            raise UserError(str(exc)) from None
+    return proc.run_id
+
+
+_RETRAIN_START = threading.Lock()
+
+
+def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict, str, int]:
+    """-> (progress {status, step, fraction, message, alive, ...}, new log text, next offset)."""
+    from mimic.retrain import read_log, read_progress
+    prog = read_progress(ctx.config.data_dir, int(run_id)) or {"status": "unknown", "fraction": 0.0, "message": ""}
+    text, nxt = read_log(ctx.config.data_dir, int(run_id), offset)
+    return prog, text, nxt
+
+
+def training_runs(ctx: AppContext) -> pd.DataFrame:
+    rows = [[r.id, r.status, r.base_model_version or "", r.output_model_version or "", r.annotations,
+             json.dumps({k: v for k, v in (r.metrics or {}).items() if k in ("promoted", "reason", "decision")})
+             if r.metrics else "", (r.error or "")[:200], r.created_at.strftime("%Y-%m-%d %H:%M")]
+            for r in reversed(ctx.store.list_training_runs())]
+    return pd.DataFrame(rows, columns=["run", "status", "from version", "new version", "annotations", "result",
+                                       "error", "created"])
 
 
 EXPORT_FORMATS = ("jsonl", "csv", "training")

@@ -228,8 +228,23 @@ def build_ui(ctx: AppContext):
                                      elem_id="models_export_format")
                     m_export = gr.Button("Export", elem_id="models_export")
                 m_file = gr.File(label="Export", elem_id="models_export_file")
-                gr.Markdown("Retraining from the collected corrections (`python -m mimic retrain`) is not part of "
-                            "this version yet; export the training layout and run `python -m mimic train --data` on it.")
+                with gr.Row():
+                    m_version = gr.Dropdown(label="Model version", choices=[], elem_id="models_version", scale=3)
+                    m_serve = gr.Button("Serve this version (rollback / roll forward)", elem_id="models_serve", scale=2)
+                m_msg = gr.Markdown(elem_id="models_msg")
+                with gr.Accordion("Retraining (corrections → fine-tune → evaluated version → promotion)", open=True):
+                    gr.Markdown("Runs `python -m mimic retrain` in its own process: builds a training set from the "
+                                "accepted annotations, holds out a fixed slice, fine-tunes from the serving model, "
+                                "evaluates both on the held-out corrections, registers the version and promotes it "
+                                "only if it is not worse. A promoted version is loaded in the background and served "
+                                "when ready. Reviewers and admins only.")
+                    m_retrain = gr.Button("Start retraining now", variant="primary", elem_id="models_retrain")
+                    m_progress = gr.HTML(elem_id="models_retrain_progress")
+                    m_log = gr.Textbox(label="Log", lines=10, max_lines=20, autoscroll=True, interactive=False,
+                                       elem_id="models_retrain_log")
+                    m_runs = gr.Dataframe(label="Training runs", interactive=False, elem_id="models_runs")
+                m_job = gr.State(None)                   # {"run_id", "offset"} of the run followed
+                m_timer = gr.Timer(2.0, active=False)
 
             # ---------------------------------------------------------------- Analysis
             with gr.Tab("Analysis", id="analysis", elem_id="tab_analysis"):
@@ -563,6 +578,52 @@ def build_ui(ctx: AppContext):
 
         m_refresh.click(models_refresh, None, [m_versions, m_corr, m_overview], **PRIVATE)
 
+        def versions_update():
+            names = [v.name for v in ctx.store.list_model_versions()]
+            return gr.update(choices=names, value=ctx.service.served.version if ctx.service.served.version in names
+                             else None)
+
+        def do_serve(name, request: gr.Request):
+            try:
+                H.serve_version(ctx, username_of(request), name)
+            except H.UserError as exc:
+                return _msg(str(exc), "error"), gr.update(), gr.update()
+            return _msg(f"Now serving {name}", "ok"), header_markdown(ctx), H.model_versions(ctx)
+
+        m_serve.click(do_serve, m_version, [m_msg, header, m_versions], **db_queue, **PRIVATE)
+
+        def do_retrain(request: gr.Request):
+            try:
+                run_id = H.start_retrain(ctx, username_of(request))
+            except H.UserError as exc:
+                return _msg(str(exc), "error"), None, gr.Timer(active=False), "", H.training_runs(ctx)
+            return (_msg(f"Retraining run {run_id} started", "ok"), {"run_id": run_id, "offset": 0},
+                    gr.Timer(active=True), "", H.training_runs(ctx))
+
+        m_retrain.click(do_retrain, None, [m_msg, m_job, m_timer, m_log, m_runs], **db_queue, **PRIVATE)
+
+        def poll_job(job, log_text):
+            if not job:
+                return gr.update(), gr.update(), job, gr.Timer(active=False), gr.update(), gr.update(), gr.update()
+            prog, new, nxt = H.retrain_status(ctx, job["run_id"], job["offset"])
+            pct = 100 * float(prog.get("fraction") or 0)
+            bar = (f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
+                   f"</div><div class='counts'>run {job['run_id']} · {prog.get('status')} · {prog.get('step', '')} · "
+                   f"{html.escape(str(prog.get('message', '')))}</div></div>")
+            done = prog.get("status") in ("succeeded", "failed", "cancelled") or prog.get("alive") is False
+            job = {**job, "offset": nxt}
+            log_text = ((log_text or "") + new)[-20000:]
+            if done:   # the run may have promoted a version: load it now rather than at the next watch
+                ctx.follow_promotion()
+                return (bar, log_text, job, gr.Timer(active=False), H.training_runs(ctx), H.model_versions(ctx),
+                        header_markdown(ctx))
+            return bar, log_text, job, gr.Timer(active=True), gr.update(), gr.update(), gr.update()
+
+        m_timer.tick(poll_job, [m_job, m_log], [m_progress, m_log, m_job, m_timer, m_runs, m_versions, header],
+                     **PRIVATE)
+        header_timer = gr.Timer(15.0)
+        header_timer.tick(lambda: header_markdown(ctx), None, header, **PRIVATE)
+
         def do_export_ui(fmt):
             try:
                 return H.export(ctx, fmt)
@@ -685,6 +746,7 @@ def build_ui(ctx: AppContext):
 
         demo.load(on_load, [a_pos], [who] + annot_out, **PRIVATE)
         demo.load(models_refresh, None, [m_versions, m_corr, m_overview], **PRIVATE)
+        demo.load(lambda: (versions_update(), H.training_runs(ctx)), None, [m_version, m_runs], **PRIVATE)
         demo.load(lambda: kb_rows(""), None, [k_table, k_gallery, k_msg], **PRIVATE)
         demo.load(lambda: runs_update(), None, [y_run, y_a, y_b], **PRIVATE)
 

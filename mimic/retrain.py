@@ -690,7 +690,8 @@ def resolve_serving(store, cfg: RetrainConfig) -> _Serving:
             return _Serving(mv.name, True, mv.checkpoint)
     if cfg.checkpoint:
         return _Serving(Path(cfg.checkpoint).name, False, str(Path(cfg.checkpoint).absolute()))
-    return _Serving(f"zero-shot ({cfg.backbone})", False, None)
+    from .serving import zero_shot_version
+    return _Serving(zero_shot_version(cfg.backbone), False, None)
 
 
 def _key(m) -> tuple[str, str]:

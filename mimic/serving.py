@@ -51,17 +51,20 @@ class ServedModel:
 
 
 class _RWLock:
-    """Many readers or one writer (KB edits and swaps are rare, links are many)."""
+    """Many readers or one writer (KB edits and swaps are rare, links are many). Writers have
+    priority: once one waits, new readers queue behind it, so a steady stream of links cannot
+    starve a swap."""
 
     def __init__(self):
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self):
         with self._cond:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -74,8 +77,12 @@ class _RWLock:
     @contextmanager
     def write(self):
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -150,7 +157,8 @@ class LinkingService:
         linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs)
         label = _backbone_label(model)
         if version is None:
-            version = ("zero-shot (" + label.split(":")[0] + " backbone)") if zero_shot else Path(str(checkpoint)).name
+            # the same name `python -m mimic retrain` gives the zero-shot serving model
+            version = zero_shot_version(backbone) if zero_shot else Path(str(checkpoint)).name
         served = ServedModel(version=version, scoring=linker.scoring, backbone=label,
                              model_type=model_type_of(model.heads), checkpoint=str(checkpoint) if checkpoint else None,
                              index_dir=str(index_dir), fingerprint=fp, loaded_at=time.time())
@@ -204,17 +212,28 @@ class LinkingService:
 
     # -- swaps -------------------------------------------------------------------------------------
     def swap(self, kb: KnowledgeBase, *, checkpoint: str | Path | None, version: str | None = None,
-             progress: bool = False, on_ready: Callable[[ServedModel], None] | None = None) -> ServedModel:
-        """Load another model (and build or sync its index) while the current one keeps serving,
-        then switch in one step."""
-        linker, served = self._load(self.data_dir, kb, checkpoint=checkpoint, backbone="offline", version=version,
+             backbone="offline", progress: bool = False,
+             on_ready: Callable[[ServedModel], None] | None = None) -> ServedModel:
+        """Load another model (checkpoint=None: zero-shot on `backbone`) and build or sync its index
+        while the current one keeps serving, then switch in one step."""
+        linker, served = self._load(self.data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
                                     allowed_image_dirs=self._linker.allowed_image_dirs, progress=progress,
-                                    device=getattr(self, "device", "cpu"))
+                                    device=self.device)
         with self._lock.write():
             self._linker, self.served = linker, served
         if on_ready:
             on_ready(served)
         return served
+
+    def sync_kb(self, kb: KnowledgeBase) -> dict:
+        """Bring the served index in line with `kb` (after a swap raced with KB edits)."""
+        with self._lock.write():
+            return sync_index(self._linker.index, self._linker.model, kb)
+
+
+def zero_shot_version(backbone) -> str:
+    """The model-version name of zero-shot serving on `backbone` (shared with mimic.retrain)."""
+    return f"zero-shot ({backbone if isinstance(backbone, str) else 'custom backbone'})"
 
 
 def _open_or_build_index(model: MimicModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool,
