@@ -105,7 +105,7 @@ class RetrainConfig:
     epochs: int = 4
     batch_size: int = 64
     lr: float | None = None                 # None: 1e-3 fresh heads, 2e-4 heads from a checkpoint, 1e-5 full
-    freeze_backbone: bool = True            # forced on the CPU; False fine-tunes the backbone (CUDA)
+    freeze_backbone: bool | None = None     # None: fine-tune the backbone on CUDA, freeze it on the CPU
     device: str = "auto"
     seed: int = 43
     min_mrr_delta: float = 0.0              # candidate held-out MRR - serving held-out MRR must be >= this
@@ -903,7 +903,7 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
 
     # -- models ------------------------------------------------------------------------------------
     device = _training.pick_device(cfg.device)
-    freeze = cfg.freeze_backbone
+    freeze = cfg.freeze_backbone if cfg.freeze_backbone is not None else device.type != "cuda"
     if device.type == "cpu" and not freeze:
         log.warning("freeze_backbone=False ignored on the CPU: fine-tuning the backbone there takes hours")
         freeze = True

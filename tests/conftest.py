@@ -116,5 +116,6 @@ def studio(tmp_path_factory):
     shots.mkdir(parents=True, exist_ok=True)
     yield SimpleNamespace(demo=demo, url=url.rstrip("/") + "/", ctx=ctx, users=STUDIO_USERS, network=net, shots=shots)
     demo.close()
+    ctx.stop()
     net.uninstall()
     ctx.store.close()

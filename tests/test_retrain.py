@@ -433,7 +433,9 @@ def test_two_job_processes_started_at_once(store, tmp_path, tiny_clip_dir, corpu
         else:   # lost the race inside the job process: refused clearly, recorded, exit status 3
             winner = next(q for q in procs if q is not p)
             assert p.returncode == 3 and r.status == "cancelled"
-            assert r.error.startswith(f"refused: another retraining run (pid {winner.pid}, run {winner.run_id}")
+            # names the holder's pid (its run id too once the holder has written it into the lock)
+            assert r.error.startswith(f"refused: another retraining run (pid {winner.pid},")
+            assert "holds the lock" in r.error
             assert read_progress(cfg.data_dir, r.id)["status"] == "cancelled"
             assert "error: another retraining run" in read_log(cfg.data_dir, r.id)[0]
 
