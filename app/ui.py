@@ -340,13 +340,16 @@ def build_ui(ctx: AppContext):
                          [link_state, link_image_state, l_status, l_table, l_gallery, l_desc, l_choice, i_cand, l_saved],
                          **inference, **PRIVATE)
 
-        def on_select_span(evt: gr.SelectData):
+        def on_select_span(sentence, evt: gr.SelectData):
+            """A selection inside the sentence marks the mention. Selecting the whole text is how
+            people replace it (select all, type), so that never marks anything."""
             idx = evt.index
-            if isinstance(idx, (list, tuple)) and len(idx) == 2 and idx[1] > idx[0]:
+            if (isinstance(idx, (list, tuple)) and len(idx) == 2 and idx[1] > idx[0]
+                    and (idx[1] - idx[0]) < len(sentence or "") and (evt.value or "").strip()):
                 return evt.value, [int(idx[0]), int(idx[1])]
-            return gr.update(), None
+            return gr.update(), gr.update()
 
-        l_sentence.select(on_select_span, None, [l_mention, span_state], **PRIVATE)
+        l_sentence.select(on_select_span, l_sentence, [l_mention, span_state], **PRIVATE)
         l_mention.input(lambda: None, None, span_state, **PRIVATE)   # typing a mention drops a selected span
 
         def do_save_link(result, image, choice, request: gr.Request):

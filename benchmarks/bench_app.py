@@ -60,7 +60,7 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 def stats(xs: list[float], nd: int = 1) -> dict:
     return {"min": round(min(xs), nd), "median": round(statistics.median(xs), nd), "max": round(max(xs), nd),
-            "n": len(xs)}
+            "n": len(xs), "values": [round(x, nd) for x in xs]}
 
 
 def browser_figures(url: str, runs: int) -> dict:
@@ -91,9 +91,12 @@ def browser_figures(url: str, runs: int) -> dict:
             pg.click("#link_btn")
             pg.wait_for_function(
                 "b => { const e = document.querySelector('#link_status'); if (!e) return false; const t = e.innerText.trim();"
-                " return t !== b && /^OK ·/.test(t) && !/processing/.test(t); }",
+                " return t !== b && /^(OK ·|Error:)/.test(t) && !/processing/.test(t); }",
                 arg=before)
             link_ms.append((time.perf_counter() - t) * 1000)
+            status = pg.inner_text("#link_status").strip()
+            if not status.startswith("OK"):
+                raise RuntimeError(f"example {m.id}: {status}")
             pg.get_by_role("tab", name="Inspect").click()
             # the dropdown holds the top candidate after a link: choose #2 (explained with the top 3)
             # and #7 (explained on demand)
