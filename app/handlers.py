@@ -354,10 +354,11 @@ def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
 
 
 @_user_errors
-def analyze_corrections(ctx: AppContext, progress=None) -> str:
+def analyze_corrections(ctx: AppContext, username: str | None = None, progress=None) -> str:
     """Analyse the served model on the corrections collected so far; the records are saved under
-    DATA_DIR/analysis/ and the path returned (pick it later to compare versions)."""
+    DATA_DIR/analysis/ and the path returned (pick it later to compare versions). Signed-in users."""
     from mimic.analysis import save_records
+    ctx.annotator(username)
     mentions, source = corrections_as_mentions(ctx)
     if not mentions:
         raise UserError("no corrections yet: annotate some mentions (Annotate tab) first")
@@ -372,8 +373,13 @@ def analyze_corrections(ctx: AppContext, progress=None) -> str:
             records += ctx.service.analyze(ms, dataset=name)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[1:]
     path = analysis_dir(ctx) / f"{stamp}_{_safe(ctx.service.served.version)}.jsonl"
+    n = 1
+    while path.exists():                       # never overwrite an earlier run
+        n += 1
+        path = path.with_name(f"{stamp}-{n}_{_safe(ctx.service.served.version)}.jsonl")
     save_records(records, path)
     _ANALYSIS_CACHE[str(path)] = records
     return str(path)
@@ -382,7 +388,7 @@ def analyze_corrections(ctx: AppContext, progress=None) -> str:
 def analysis_runs(ctx: AppContext) -> list[tuple[str, str]]:
     """Saved analysis runs, newest first: (label, path)."""
     d = analysis_dir(ctx)
-    files = sorted(d.glob("*.jsonl"), reverse=True) if d.is_dir() else []
+    files = sorted(d.glob("*.jsonl"), key=lambda f: (f.stat().st_mtime, f.name), reverse=True) if d.is_dir() else []
     return [(f.stem.replace("_", " · ", 1), str(f)) for f in files]
 
 
@@ -535,9 +541,11 @@ EXPORT_FORMATS = ("jsonl", "csv", "training")
 
 
 @_user_errors
-def export(ctx: AppContext, fmt: str) -> str:
+def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
     """Write an export to a new temporary file; returns its path (JSONL, CSV, or a zip of the
-    training layout that `python -m mimic train --data` reads)."""
+    training layout that `python -m mimic train --data` reads). Signed-in users only: it carries
+    every annotator's decisions."""
+    ctx.annotator(username)
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
     out = Path(tempfile.mkdtemp(prefix="mimic-export-"))

@@ -627,9 +627,9 @@ def build_ui(ctx: AppContext):
         header_timer = gr.Timer(15.0)
         header_timer.tick(lambda: header_markdown(ctx), None, header, **PRIVATE)
 
-        def do_export_ui(fmt):
+        def do_export_ui(fmt, request: gr.Request):
             try:
-                return H.export(ctx, fmt)
+                return H.export(ctx, fmt, username_of(request))
             except H.UserError as exc:
                 raise gr.Error(str(exc)) from None
 
@@ -656,9 +656,9 @@ def build_ui(ctx: AppContext):
             return (gr.update(choices=runs, value=value), gr.update(choices=runs),
                     gr.update(choices=runs, value=value))
 
-        def do_analyze(progress=gr.Progress()):
+        def do_analyze(request: gr.Request, progress=gr.Progress()):
             try:
-                path = H.analyze_corrections(ctx, progress=progress)
+                path = H.analyze_corrections(ctx, username_of(request), progress=progress)
             except H.UserError as exc:
                 return (gr.update(), gr.update(), gr.update(), _msg(str(exc), "error"))
             return runs_update(path) + (_msg(f"Analysed {len(H.load_analysis(ctx, path))} corrected mentions with "
@@ -735,10 +735,10 @@ def build_ui(ctx: AppContext):
             except H.UserError as exc:
                 raise gr.Error(str(exc)) from None
 
-        def api_export(fmt: str) -> str:
+        def api_export(fmt: str, request: gr.Request) -> str:
             """Export the current decisions: jsonl | csv | training (zip of the training layout)."""
             try:
-                return H.export(ctx, fmt)
+                return H.export(ctx, fmt, username_of(request))
             except H.UserError as exc:
                 raise gr.Error(str(exc)) from None
 

@@ -221,14 +221,16 @@ def test_exports_and_model_tables(studio):
     ctx = studio.ctx
     mid = ctx.store.get_mention("example:X07").id
     H.annotate_api(ctx, "rev", mid, "entity", "D010")
-    p = H.export(ctx, "jsonl")
+    with pytest.raises(H.UserError, match="sign in"):
+        H.export(ctx, "jsonl")                                   # anonymous visitors get no data
+    p = H.export(ctx, "jsonl", "rev")
     rows = [json.loads(line) for line in Path(p).read_text().splitlines()]
     assert any(r.get("annotator") == "rev" and r.get("entity_id") == "D010" for r in rows)
-    assert Path(H.export(ctx, "csv")).read_text().count("\n") == len(rows) + 1
-    z = zipfile.ZipFile(H.export(ctx, "training"))
+    assert Path(H.export(ctx, "csv", "rev")).read_text().count("\n") == len(rows) + 1
+    z = zipfile.ZipFile(H.export(ctx, "training", "rev"))
     assert any(n.endswith("kb_entity.json") for n in z.namelist())
     with pytest.raises(H.UserError, match="export format"):
-        H.export(ctx, "xml")
+        H.export(ctx, "xml", "rev")
     mv = H.model_versions(ctx)
     assert (mv["status"] == "serving").sum() == 1 and mv.loc[mv["status"] == "serving", "version"].iloc[0] == \
         ctx.service.served.version
@@ -323,7 +325,9 @@ def test_analysis_of_the_corrections(studio):
     by_id = {m.id: m for m in mentions}
     assert by_id["example:X01"].answer == "D001" and by_id["example:X03"].answer is None
     assert source["example:X01"] == "examples"
-    path = H.analyze_corrections(ctx)
+    with pytest.raises(H.UserError, match="sign in"):
+        H.analyze_corrections(ctx)
+    path = H.analyze_corrections(ctx, "rev")
     assert Path(path).is_file() and Path(path).parent == ctx.config.data_dir / "analysis"
     recs = {r.mention_id: r for r in H.load_analysis(ctx, path)}
     assert len(recs) == len(mentions)
@@ -341,7 +345,7 @@ def test_analysis_of_the_corrections(studio):
     assert m["image"] and m["gold"] == "D001" and (m["start"], m["end"]) == (0, 7)
     # a second run after one more correction: the comparison matches mentions across runs
     H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X02").id, "entity", "D003")
-    path2 = H.analyze_corrections(ctx)
+    path2 = H.analyze_corrections(ctx, "rev")
     assert path2 != path and [p for _, p in H.analysis_runs(ctx)][:2] == sorted([path, path2], reverse=True)
     cmp, table, csv, fig = H.analysis_compare(ctx, path, path2)
     assert cmp["counts"]["fixed"] == 0 and cmp["counts"]["new_error"] == 0     # same model both times
