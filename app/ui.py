@@ -218,7 +218,7 @@ def build_ui(ctx: AppContext):
                     k_report = gr.JSON(label="Import report", elem_id="kb_report")
 
             # ---------------------------------------------------------------- Models & data
-            with gr.Tab("Models & data", id="models", elem_id="tab_models"):
+            with gr.Tab("Models & data", id="models", elem_id="tab_models") as models_tab:
                 m_refresh = gr.Button("Refresh", size="sm", elem_id="models_refresh")
                 m_versions = gr.Dataframe(label="Model versions", interactive=False, elem_id="models_versions")
                 m_corr = gr.Dataframe(label="Corrections by annotator", interactive=False, elem_id="models_corrections")
@@ -580,6 +580,7 @@ def build_ui(ctx: AppContext):
             return H.model_versions(ctx), corr, ov
 
         m_refresh.click(models_refresh, None, [m_versions, m_corr, m_overview], **PRIVATE)
+        models_tab.select(models_refresh, None, [m_versions, m_corr, m_overview], **PRIVATE)
 
         def versions_update():
             names = [v.name for v in ctx.store.list_model_versions()]
