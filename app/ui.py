@@ -201,7 +201,7 @@ def build_ui(ctx: AppContext):
                 k_table = gr.Dataframe(headers=["id", "name", "aliases", "description", "images", "version"],
                                        interactive=False, elem_id="kb_table", max_height=360)
                 k_gallery = gr.Gallery(label="Images", columns=8, height=180, elem_id="kb_gallery")
-                with gr.Accordion("Add or edit an entity (select a row to load it)", open=False):
+                with gr.Accordion("Add or edit an entity (select a row to load it)", open=True):
                     with gr.Row():
                         k_id = gr.Textbox(label="Id", elem_id="kb_id")
                         k_name = gr.Textbox(label="Name", elem_id="kb_name")

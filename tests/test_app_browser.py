@@ -197,3 +197,34 @@ def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
     assert pg.input_value("#link_sentence textarea") == ctx.store.get_mention("example:X04").sentence
     pg.screenshot(path=str(studio.shots / "07_analysis_to_inspect.png"), full_page=True)
     assert pg.external_requests == [], pg.external_requests
+
+
+def test_knowledge_base_tab_edit_and_import(page, studio, tmp_path):
+    pg, ctx = page, studio.ctx
+    login(pg, studio, "rev")
+    open_tab(pg, "Knowledge base")
+    pg.fill("#kb_query input, #kb_query textarea", "mercury")
+    pg.click("#kb_search")
+    pg.wait_for_function("() => /\\d+ entities/.test(document.querySelector('#kb_msg').innerText) && "
+                         "document.querySelector('#kb_table').innerText.includes('D014')")
+    before = ctx.store.get_entity("D014")
+    pg.locator("#kb_table span.text", has_text="D014").first.click()      # a row loads into the form
+    pg.wait_for_function("t => document.querySelector('#kb_id input, #kb_id textarea')?.value === 'D014' && "
+                         "document.querySelector('#kb_text textarea')?.value === t", arg=before.text)
+    pg.fill("#kb_text textarea", before.text + " Edited in the browser test.")
+    pg.wait_for_timeout(300)          # let the textbox hand its new value to the app (a typist is slower)
+    pg.click("#kb_save")
+    pg.wait_for_function("() => document.querySelector('#kb_msg').innerText.includes('Saved D014')")
+    after = ctx.store.get_entity("D014")
+    assert after.version == before.version + 1 and after.text.endswith("Edited in the browser test.")
+    assert ctx.service.entity("D014")["text"] == after.text                # the index serves the edit
+    csv = tmp_path / "more.csv"
+    csv.write_text("id,name,text\nB1,Borealis,A fictional ferry\nB2,,no name\n", encoding="utf-8")
+    pg.get_by_text("Import a KB file").click()
+    pg.set_input_files("#kb_file input[type=file]", str(csv))
+    pg.wait_for_timeout(500)
+    pg.click("#kb_import")
+    pg.wait_for_function("() => document.querySelector('#kb_msg').innerText.includes('Imported 1 entities')")
+    assert "no name" in pg.inner_text("#kb_report") or "empty" in pg.inner_text("#kb_report").lower()
+    assert ctx.store.get_entity("B1").name == "Borealis" and ctx.service.entity("B1") is not None
+    pg.screenshot(path=str(studio.shots / "08_kb.png"), full_page=True)
