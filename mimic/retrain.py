@@ -113,6 +113,7 @@ class RetrainConfig:
     min_heldout: int = 1                    # fewer held-out corrections: no judgement, no promotion
     min_new_annotations: int | None = None  # policy N
     every_hours: float | None = None        # policy T
+    retry_hours: float = 1.0                # after a failed or cancelled run, the policy waits this long
     models_dir: str | None = None           # default DATA_DIR/models
     eval_batch_size: int = 32
     eval_chunk_size: int = 1024
@@ -509,7 +510,18 @@ def should_retrain(store, cfg: RetrainConfig, now: datetime | None = None) -> tu
     holder = JobLock(cfg.lock_path).holder()
     if holder is not None:
         return False, f"a retraining run is in progress (pid {holder.get('pid', '?')}, run {holder.get('run_id')})"
-    last = next((r for r in store.list_training_runs() if r.status == "succeeded"), None)
+    runs = store.list_training_runs()
+    latest = max(runs, key=lambda r: r.id, default=None)
+    if latest is not None and latest.status in ("failed", "cancelled"):
+        # back off: a run that fails for a lasting reason must not be restarted at every check
+        ended = latest.finished_at or latest.created_at
+        if ended.tzinfo is None:
+            ended = ended.replace(tzinfo=timezone.utc)
+        waited = (now - ended).total_seconds() / 3600
+        if waited < float(cfg.retry_hours):
+            return False, (f"run {latest.id} {latest.status} {waited:.2f} h ago: the policy retries after "
+                           f"{float(cfg.retry_hours):g} h")
+    last = next((r for r in runs if r.status == "succeeded"), None)
     used = set(store.training_run_annotations(last.id)) if last else set()
     new = len(accepted_annotation_ids(store) - used)
     since = f"since run {last.id}" if last else "(no successful run yet)"

@@ -487,6 +487,16 @@ def test_should_retrain_policy(tmp_path, corpus):
         last = _fake_successful_run(store)                                          # nothing new since
         due, why = should_retrain(store, t24, now=last.finished_at + timedelta(hours=48))
         assert not due and why == f"48.0 h since run {last.id} but no new accepted annotation"
+
+        # a failed run backs the policy off for retry_hours, then it is due again
+        _fill_store(store, corpus, corpus.corrections[36:42])
+        assert should_retrain(store, n5)[0] is True
+        bad = store.create_training_run({"test": "failing"})
+        store.start_training_run(bad.id)
+        bad = store.finish_training_run(bad.id, "failed", error="boom")
+        due, why = should_retrain(store, n5, now=bad.finished_at + timedelta(minutes=10))
+        assert not due and why.startswith(f"run {bad.id} failed 0.17 h ago: the policy retries after 1 h")
+        assert should_retrain(store, n5, now=bad.finished_at + timedelta(hours=2))[0] is True
     finally:
         store.close()
 
