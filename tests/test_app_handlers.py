@@ -19,8 +19,9 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
 def test_startup_loads_demo_kb_index_and_queue(studio):
     ctx = studio.ctx
     d = ctx.service.describe()
-    assert d["scoring"] == "zero-shot" and d["entities"] == 48
-    assert ctx.store.count_entities() == 48
+    # (other test files share this app and may have added entities: count the demo ones)
+    assert d["scoring"] == "zero-shot" and d["entities"] == ctx.store.count_entities() >= 48
+    assert sum(eid.startswith("D0") for eid in ctx.service.linker.index.ids) == 48
     assert ctx.store.count_mentions() >= 48            # the examples fill the first queue
     assert len(ctx.examples) == 48
     assert ctx.startup_seconds["total"] > 0
@@ -180,12 +181,13 @@ def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
     ctx = studio.ctx
     idx = ctx.service.linker.index
     segments = list(idx.manifest["segments"])
+    n0 = len(ctx.service)
     photo = tmp_path / "zorblax.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(photo)
     rec = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse on a basalt cliff.",
                         "Zorb | The Zorblax", [str(photo)])
     assert rec.version == 1 and rec.aliases == ["Zorb", "The Zorblax"] and len(rec.images) == 1
-    assert len(ctx.service) == 49
+    assert len(ctx.service) == n0 + 1
     assert idx.manifest["segments"][:len(segments)] == segments and len(idx.manifest["segments"]) == len(segments) + 1
     r = H.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")
     assert r.top.entity_id == "Z900"
