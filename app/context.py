@@ -102,13 +102,14 @@ class AppContext:
 
     def seed_queue(self, mentions: list[Mention]) -> int:
         """Store mentions with the serving model's predictions so the Annotate queue has work."""
-        results = [self.service.link(m.sentence, (m.start, m.end) if m.start is not None else m.mention, m.image,
-                                     top_k=self.config.top_k, explain=False) for m in mentions]
+        results = self.service.link_batch(
+            [{"sentence": m.sentence, "mention": (m.start, m.end) if m.start is not None else m.mention,
+              "image": m.image} for m in mentions], top_k=self.config.top_k, explain=False)
         records = []
         for m, r in zip(mentions, results):
             records.append({"uid": f"example:{m.id}", "source": "examples", "sentence": m.sentence,
                             "mention": r.mention, "start": r.start, "end": r.end, "image": m.image,
-                            "candidates": candidates_for_store(r), "model_version": self.service.served.version})
+                            "candidates": candidates_for_store(r.candidates), "model_version": self.service.served.version})
         rep = self.store.import_mentions(records, base_dir=REPO, on_error="skip")
         if rep.errors:
             log.warning("example queue: %d record(s) rejected: %s", len(rep.errors), rep.errors[:3])
@@ -237,5 +238,8 @@ def _load_examples(config: AppConfig) -> list[Mention]:
     return ds.split(Path(p).stem)
 
 
-def candidates_for_store(result) -> list[dict]:
-    return [{"entity_id": c.entity_id, "S": c.S, "S_T": c.S_T, "S_V": c.S_V, "S_C": c.S_C} for c in result.candidates]
+def candidates_for_store(candidates) -> list[dict]:
+    """Ranked candidates (`mimic.linker.Candidate`s or their dicts) as the store's prediction input."""
+    def get(c, k):
+        return c[k] if isinstance(c, dict) else getattr(c, k)
+    return [{k: get(c, k) for k in ("entity_id", "S", "S_T", "S_V", "S_C")} for c in candidates]

@@ -22,7 +22,9 @@ from mimic.data.schema import Entity
 from mimic.linker import LinkInputError, LinkResult
 
 from . import figures
-from .context import AppContext, WriteDenied, resolve_image
+from mimic.serving import safe_name
+
+from .context import AppContext, WriteDenied, candidates_for_store, resolve_image
 
 CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
 DECISIONS = ("entity", "nil", "ambiguous")
@@ -107,15 +109,10 @@ def save_link(ctx: AppContext, username: str | None, result: dict, choice: str |
     decision, entity_id = parse_choice(choice)
     m = ctx.store.add_mention(result["sentence"], result["mention"], result["start"], result["end"],
                               image=image or None, source="link")
-    pred = ctx.store.add_prediction(m.id, ctx.service.served.version, candidates_for_store_dict(result)) \
+    pred = ctx.store.add_prediction(m.id, ctx.service.served.version, candidates_for_store(result["candidates"])) \
         if result["candidates"] else None
     return ctx.store.submit(annotator, m.id, decision, entity_id, prediction_id=pred.id if pred else None,
                             request_id=request_id or uuid.uuid4().hex, seconds_spent=seconds_spent)
-
-
-def candidates_for_store_dict(result: dict) -> list[dict]:
-    return [{"entity_id": c["entity_id"], "S": c["S"], "S_T": c["S_T"], "S_V": c["S_V"], "S_C": c["S_C"]}
-            for c in result["candidates"]]
 
 
 # -- Inspect --------------------------------------------------------------------------------------
@@ -161,16 +158,16 @@ def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: 
     files, m_ov, e_ov = [], None, None
     if image and e.cmfu_mention_grid is not None:
         m_ov = figures.overlay(image, e.cmfu_mention_grid, *gv)
-        m_ov.save(tmp / f"mention_overlay_{_safe(entity_id)}.png")
-        files.append(str(tmp / f"mention_overlay_{_safe(entity_id)}.png"))
+        m_ov.save(tmp / f"mention_overlay_{safe_name(entity_id)}.png")
+        files.append(str(tmp / f"mention_overlay_{safe_name(entity_id)}.png"))
     if c.get("images") and e.cmfu_entity_grid is not None:
         e_ov = figures.overlay(resolve_image(c["images"][0], ctx.config.data_dir), e.cmfu_entity_grid, *gv)
-        e_ov.save(tmp / f"entity_overlay_{_safe(entity_id)}.png")
-        files.append(str(tmp / f"entity_overlay_{_safe(entity_id)}.png"))
+        e_ov.save(tmp / f"entity_overlay_{safe_name(entity_id)}.png")
+        files.append(str(tmp / f"entity_overlay_{safe_name(entity_id)}.png"))
     data = {"sentence": result["sentence"], "mention": result["mention"], "entity_id": entity_id, "name": c["name"],
             "scores": {k: c[k] for k in ("S", "S_T", "S_V", "S_C", "margin")}, "scoring": result.get("scoring"),
             "map_kind": e.kind, "token_map_range": list(tv), "patch_map_range": list(gv), **asdict(e)}
-    jpath = tmp / f"inspect_{_safe(entity_id)}.json"
+    jpath = tmp / f"inspect_{safe_name(entity_id)}.json"
     jpath.write_text(json.dumps(data, indent=1), encoding="utf-8")
     files.insert(0, str(jpath))
     img_note = ("CMFU text→patch attention" if e.kind == "attention" else
@@ -184,10 +181,6 @@ def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: 
                if (m_ov is not None or e_ov is not None) else "No image map: the mention or the entity has no image."))
     return InspectView(note, figures.unit_bars(c, zero), figures.token_heatmap(e, title, *tv),
                        figures.token_highlights(e), m_ov, e_ov, files, data)
-
-
-def _safe(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s))[:80]
 
 
 # -- Annotate -------------------------------------------------------------------------------------
@@ -375,11 +368,11 @@ def analyze_corrections(ctx: AppContext, username: str | None = None, progress=N
             raise UserError(str(exc)) from None
     now = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[1:]
-    path = analysis_dir(ctx) / f"{stamp}_{_safe(ctx.service.served.version)}.jsonl"
+    path = analysis_dir(ctx) / f"{stamp}_{safe_name(ctx.service.served.version)}.jsonl"
     n = 1
     while path.exists():                       # never overwrite an earlier run
         n += 1
-        path = path.with_name(f"{stamp}-{n}_{_safe(ctx.service.served.version)}.jsonl")
+        path = path.with_name(f"{stamp}-{n}_{safe_name(ctx.service.served.version)}.jsonl")
     save_records(records, path)
     _ANALYSIS_CACHE[str(path)] = records
     return str(path)

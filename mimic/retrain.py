@@ -575,15 +575,6 @@ def _cross_modal(backbone) -> bool:
     return backbone.describe().get("type") == "clip" and backbone.dims.text_global == backbone.dims.image_global
 
 
-def _backbone_label(backbone) -> str:
-    d = backbone.describe()
-    if d.get("type") == "offline":
-        return "offline: all-MiniLM-L6-v2 + EfficientNet-Lite0"
-    if d.get("type") == "clip":
-        return f"CLIP: {d.get('source') or d.get('name_or_path', '?')}"
-    return json.dumps(d)
-
-
 class _Globals:
     """Unit-norm backbone vectors of many items: what zero-shot scoring compares."""
 
@@ -930,7 +921,8 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
         model_type, mode, resave_backbone = cfg.model, "fixed", False
         lr = cfg.lr if cfg.lr is not None else (1e-3 if freeze else 1e-5)
     serving_model.eval()
-    backbone_label = _backbone_label(serving_model.backbone)
+    from .backbones import backbone_label as _label
+    backbone_label = _label(serving_model.backbone)
     prog("train", 0.1, f"serving: {serving.version}" + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
                        + f"; training {len(train_set)} mentions, {cfg.epochs} epoch(s), lr {lr:g}, "
                        f"{'frozen' if freeze else 'trainable'} backbone, on {device}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .backbones import backbone_label
 from .data.schema import Entity, KnowledgeBase
 from .index import KBIndex, _entity_record, model_fingerprint
 from .linker import Explanation, Linker, LinkResult
@@ -92,17 +93,9 @@ class _RWLock:
                 self._cond.notify_all()
 
 
-def _safe_name(s: str) -> str:
+def safe_name(s: str) -> str:
+    """`s` as a file-name part: runs of other characters become one underscore, at most 80."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)[:80]
-
-
-def _backbone_label(model: MimicModel) -> str:
-    d = model.backbone.describe()
-    if d.get("type") == "offline":
-        return "offline: all-MiniLM-L6-v2 + EfficientNet-Lite0"
-    if d.get("type") == "clip":
-        return f"CLIP: {d.get('name_or_path', '?')}"
-    return str(d)
 
 
 class LinkingService:
@@ -147,7 +140,7 @@ class LinkingService:
             model = zero_shot_model(load_backbone(backbone))
         model.eval()
         fp = model_fingerprint(model)           # before moving: the fingerprint names the index folder
-        index_dir = data_dir / "indexes" / _safe_name(("zs-" if zero_shot else "") + fp)
+        index_dir = data_dir / "indexes" / safe_name(("zs-" if zero_shot else "") + fp)
         index = _open_or_build_index(model, kb, index_dir, keep_global=zero_shot, progress=progress)
         if device == "auto":
             import torch
@@ -155,7 +148,7 @@ class LinkingService:
         model.to(device)
         lcls = ZeroShotLinker if zero_shot else Linker
         linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs)
-        label = _backbone_label(model)
+        label = backbone_label(model.backbone)
         if version is None:
             # the same name `python -m mimic retrain` gives the zero-shot serving model
             version = zero_shot_version(backbone) if zero_shot else Path(str(checkpoint)).name
@@ -172,6 +165,14 @@ class LinkingService:
     def link(self, sentence, mention, image=None, top_k: int = 10, explain: bool = True) -> LinkResult:
         with self._lock.read():
             return self._linker.link(sentence, mention, image, top_k=top_k, explain=explain)
+
+    def link_batch(self, queries, top_k: int = 10, explain: bool = False) -> list[LinkResult]:
+        """Many queries (dicts of sentence, mention, image) in encoder batches of 32."""
+        out = []
+        with self._lock.read():
+            for s in range(0, len(queries), 32):
+                out += self._linker.link_batch(queries[s:s + 32], top_k=top_k, explain=explain)
+        return out
 
     def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
         with self._lock.read():

@@ -24,7 +24,18 @@ log = logging.getLogger("mimic")
 PAPER_CLIP = "openai/clip-vit-base-patch32"
 
 __all__ = ["Backbone", "BackboneDims", "BackboneOutput", "ImageFeatures", "TextFeatures",
-           "load_backbone", "resolve_auto_backbone", "PAPER_CLIP"]
+           "load_backbone", "resolve_auto_backbone", "backbone_label", "PAPER_CLIP"]
+
+
+def backbone_label(backbone: Backbone) -> str:
+    """A short human-readable name of a backbone (app header, model-version records)."""
+    import json
+    d = backbone.describe()
+    if d.get("type") == "offline":
+        return "offline: all-MiniLM-L6-v2 + EfficientNet-Lite0"
+    if d.get("type") == "clip":
+        return f"CLIP: {d.get('source') or d.get('name_or_path', '?')}"
+    return json.dumps(d)
 
 
 def _offline_env() -> bool:
