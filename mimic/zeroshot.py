@@ -19,6 +19,9 @@ to the other image's mean region state.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +48,7 @@ class ZeroShotLinker(Linker):
     """`Linker` whose ranking and explanations come from the backbone alone (see module docstring)."""
 
     scoring = "zero-shot"
+    ENTITY_CACHE_SIZE = 256        # entities whose explanation features are kept (~140 KB each, fp16)
     retriever_names = ("text", "image", "text→image", "lexical")   # no untrained "model" retriever
 
     def __init__(self, model: MimicModel, index: KBIndex, **kw):
@@ -54,6 +58,8 @@ class ZeroShotLinker(Linker):
         super().__init__(model, index, **kw)
         # a NIL threshold calibrated for a trained model does not apply to these scores
         self.nil_threshold = kw["nil_threshold"]
+        self._entity_cache: OrderedDict = OrderedDict()
+        self._entity_cache_lock = threading.Lock()     # links may run in several threads
 
     def _score_rows(self, mq, text, image, qi: int, rows: torch.Tensor):
         tq = F.normalize(text.global_[qi].float(), dim=-1).cpu()   # the index vectors live in CPU RAM
@@ -75,28 +81,51 @@ class ZeroShotLinker(Linker):
     def _explain(self, mq, mtext: str, cands: list[Candidate], rows: torch.Tensor,
                  query=None, text=None, image=None, qi: int = 0):
         recs = [self.index.records[int(r)] for r in rows]
-        imgs = load_images([r["images"][0] if r.get("images") else None for r in recs], self.model.config.mode)
-        e_text, e_img = self.model.backbone_features([entity_text(_entity_like(r)) for r in recs], imgs)
+        feats = self._entity_features(recs)
         L = self.model.config.text_max_length
-        tok = self.model.backbone.tokenize
-        m_ids = tok([mtext], L)["input_ids"][0]
+        m_ids = self.model.backbone.tokenize([mtext], L)["input_ids"][0]
         m_mask = text.mask[qi]
         m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1).cpu()    # [Lm, D]
         m_tokens = _token_strings(self.model.backbone, m_ids[m_mask.cpu()])
         q_has = bool(image.has_image[qi])
         q_regions = self._regions(image.tokens[qi]).cpu() if q_has else None
-        for j, c in enumerate(cands):
-            e_mask = e_text.mask[j]
-            e_tok = F.normalize(e_text.tokens[j][e_mask].float(), dim=-1).cpu()  # [Le, D]
-            e_ids = tok([entity_text(_entity_like(recs[j]))], L)["input_ids"][0]
-            sim = e_tok @ m_tok.T                                               # [Le, Lm]
+        for c, (e_tokens, e_tok, e_regions) in zip(cands, feats):
+            sim = e_tok.float() @ m_tok.T                                       # [Le, Lm]
             m_grid = e_grid = None
-            if q_has and bool(e_img.has_image[j]):
-                e_regions = self._regions(e_img.tokens[j]).cpu()
+            if q_has and e_regions is not None:
+                e_regions = e_regions.float()
                 m_grid = self._region_grid(q_regions, e_regions.mean(0))
                 e_grid = self._region_grid(e_regions, q_regions.mean(0))
-            c.explanation = Explanation(m_tokens, _token_strings(self.model.backbone, e_ids[e_mask.cpu()]),
-                                        sim.tolist(), m_grid, e_grid, kind="similarity")
+            c.explanation = Explanation(m_tokens, e_tokens, sim.tolist(), m_grid, e_grid, kind="similarity")
+
+    def _entity_features(self, recs: list[dict]) -> list[tuple]:
+        """Per entity record: (token strings, unit-norm token states [Le, D] fp16, image regions
+        [P, D] fp16 or None). These do not depend on the query, so they are kept in a small LRU
+        cache keyed by the record's content (an edited entity gets a new key); the entities that
+        are not cached are encoded in one backbone batch."""
+        keys = [(r["id"], r.get("name", ""), r.get("text", ""), (r.get("images") or [None])[0]) for r in recs]
+        with self._entity_cache_lock:
+            cached = {k: self._entity_cache[k] for k in keys if k in self._entity_cache}
+        missing = [i for i, k in enumerate(keys) if k not in cached]
+        if missing:
+            todo = [recs[i] for i in missing]
+            imgs = load_images([r["images"][0] if r.get("images") else None for r in todo], self.model.config.mode)
+            e_text, e_img = self.model.backbone_features([entity_text(_entity_like(r)) for r in todo], imgs)
+            ids = self.model.backbone.tokenize([entity_text(_entity_like(r)) for r in todo],
+                                               self.model.config.text_max_length)["input_ids"]
+            for j, i in enumerate(missing):
+                mask = e_text.mask[j]
+                tokens = _token_strings(self.model.backbone, ids[j][mask.cpu()])
+                tok = F.normalize(e_text.tokens[j][mask].float(), dim=-1).cpu().half()
+                regions = self._regions(e_img.tokens[j]).cpu().half() if bool(e_img.has_image[j]) else None
+                cached[keys[i]] = (tokens, tok, regions)
+        with self._entity_cache_lock:
+            for k in keys:
+                self._entity_cache[k] = cached[k]
+                self._entity_cache.move_to_end(k)
+            while len(self._entity_cache) > self.ENTITY_CACHE_SIZE:
+                self._entity_cache.popitem(last=False)
+        return [cached[k] for k in keys]
 
     def _regions(self, tokens: torch.Tensor) -> torch.Tensor:
         """[P, D] image tokens -> the patch-grid tokens (CLIP's CLS token dropped)."""

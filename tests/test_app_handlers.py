@@ -194,6 +194,8 @@ def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
     rec2 = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb", None)
     assert rec2.version == 2 and rec2.images == rec.images          # kept its image
     assert ctx.service.entity("Z900")["text"].endswith("now a museum.")
+    again = H.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")   # cached explanation features
+    assert "museum" in again.top.explanation.entity_tokens                       # follow the edit
     assert H.search_kb(ctx, "zorb")[0].id == "Z900"
     with pytest.raises(H.UserError, match="needs a name"):
         H.save_entity(ctx, "rev", "Z901", " ", "", "", None)
