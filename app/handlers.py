@@ -20,10 +20,9 @@ import pandas as pd
 from db import StoreError
 from mimic.data.schema import Entity
 from mimic.linker import LinkInputError, LinkResult
-
-from . import figures
 from mimic.serving import safe_name
 
+from . import figures
 from .context import AppContext, WriteDenied, candidates_for_store, resolve_image
 
 CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]

@@ -10,16 +10,13 @@ events are private; `/link`, `/annotate` and `/export` are the documented API.
 from __future__ import annotations
 
 import html
-import json
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import gradio as gr
 
-from . import figures, handlers as H
-from .context import AppContext, WriteDenied, resolve_image
+from . import handlers as H
+from .context import AppContext, resolve_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 PRIVATE = dict(api_visibility="private")

@@ -71,7 +71,6 @@ def image_cache(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warmup: int, device) -> dict:
-    from mimic.backbones.base import ImageFeatures  # noqa: F401  (shapes documented there)
     bf16 = precision == "bf16"
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
