@@ -193,6 +193,13 @@ def _rgb_array(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
 
 
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor [3, H, W] (what the training image cache stores)."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def to_tensor_normalized(img: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     """RGB PIL image -> float tensor [3, H, W] = (x / 255 - mean) / std, mean/std in 0..1 scale."""
     x = _rgb_array(img) / 255.0

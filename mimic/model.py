@@ -96,11 +96,19 @@ class MimicModel(nn.Module):
         """texts: B strings; images: B PIL RGB images or None."""
         dev = self.device
         tok = self.backbone.tokenize(list(texts), self.config.text_max_length)
-        text = self.backbone.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
         pixels, has = self.backbone.pixels_from_images(
             list(images), resize="squash" if self.config.mode == "compat" else "default")
-        image = self.backbone.encode_images(pixels.to(dev), has.to(dev),
-                                            encode_missing=(self.config.mode == "compat"))
+        return self.features_from_inputs(tok["input_ids"].to(dev), tok["attention_mask"].to(dev),
+                                         pixels.to(dev), has.to(dev))
+
+    def features_from_inputs(self, input_ids, attention_mask, pixels, has_image,
+                             all_present: bool | None = None) -> tuple[TextFeatures, ImageFeatures]:
+        """Backbone features from prepared inputs: ids/mask [B, L], normalised pixels [B, 3, H, W],
+        has_image [B] bool, all on the model's device (see `mimic.input_cache`); `all_present` as
+        `Backbone.encode_images`."""
+        text = self.backbone.encode_text(input_ids, attention_mask)
+        image = self.backbone.encode_images(pixels, has_image, encode_missing=(self.config.mode == "compat"),
+                                            all_present=all_present)
         return text, image
 
     def encode(self, texts: Sequence[str], images: Sequence) -> SideFeatures:

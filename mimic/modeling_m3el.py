@@ -703,7 +703,7 @@ class M3ELHeads(nn.Module):
             parts["L_TV"] = parts.pop("L_C")
             l_vt = _ce(out.extras["s_vt"], gold, fixed)
             total = total + l_vt
-            parts["L_VT"] = float(l_vt.detach())
+            parts["L_VT"] = l_vt.detach()
         kw = {"temperature": cfg.loss_temperature, "inter_weight": cfg.inter_weight,
               "intra_weight": cfg.intra_weight, "fixed": fixed, "gold": gold}
         cl_text = weighted_contrastive_loss(e_text.global_, m_text.global_, **kw)
@@ -711,6 +711,5 @@ class M3ELHeads(nn.Module):
         cl_image = weighted_contrastive_loss(e_vraw, m_vraw, **kw, **img_kw)
         cl = (cl_text + cl_image) / 2
         total = total + cl
-        parts.update({"L_CL": float(cl.detach()), "L_CL_text": float(cl_text.detach()),
-                      "L_CL_image": float(cl_image.detach())})
+        parts.update({"L_CL": cl.detach(), "L_CL_text": cl_text.detach(), "L_CL_image": cl_image.detach()})
         return total, parts

@@ -216,8 +216,7 @@ class TGLU(nn.Module):
         if fixed and not return_attention:
             # Padded positions are masked in fixed mode, so trimming the all-pad tail is exact
             # and saves (L/len)^2 of the dominant cost.
-            le = max(int(e_mask.sum(1).max()), 1)
-            lm = max(int(m_mask.sum(1).max()), 1)
+            le, lm = (max(n, 1) for n in torch.stack([e_mask.sum(1).max(), m_mask.sum(1).max()]).tolist())  # one host read
             q, e_mask = q[:, :le], e_mask[:, :le]
             k, v, m_mask = k[:, :lm], v[:, :lm], m_mask[:, :lm]
         N, Le, d = q.shape
@@ -440,13 +439,13 @@ class MimicHeads(nn.Module):
 
     def training_loss(self, m_text: TextFeatures, m_image: ImageFeatures, e_text: TextFeatures,
                       e_image: ImageFeatures, gold: torch.Tensor):
-        """In-batch loss for B mentions and their B gold entities -> (loss, {term: value})."""
+        """In-batch loss for B mentions and their B gold entities -> (loss, {term: 0-dim detached tensor})."""
         out = self(self.side_features(m_text, m_image), self.side_features(e_text, e_image))
         return in_batch_loss(out, gold, m_image.has_image, self.config.fixed)
 
 
 def in_batch_loss(out: MatchOutput, gold: torch.Tensor, mention_has_image: torch.Tensor | None,
-                  fixed: bool) -> tuple[torch.Tensor, dict[str, float]]:
+                  fixed: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = CE(S) + CE(S_T) + CE(S_V) + CE(S_C) over in-batch negatives (paper eqs. 20–22).
 
     out: scores [B, B] of B mentions against their B gold entities (column i = gold of mention i).
@@ -465,12 +464,16 @@ def in_batch_loss(out: MatchOutput, gold: torch.Tensor, mention_has_image: torch
         if mask is not None:
             s = s.masked_fill(mask, float("-inf"))
         if rows is not None:
-            if not bool(rows.any()):   # no mention has an image: L_V contributes nothing
-                return s.new_zeros(())
-            return F.cross_entropy(s[rows], labels[rows])
+            # Mean over the rows that have a mention image, 0 when none has one. Weighted rather
+            # than selected (s[rows]) so that nothing here waits for the GPU to say how many rows.
+            per_row = F.cross_entropy(s, labels, reduction="none")
+            w = rows.to(per_row.dtype)
+            return (per_row * w).sum() / w.sum().clamp(min=1)
         return F.cross_entropy(s, labels)
 
     rows_v = mention_has_image.bool() if (fixed and mention_has_image is not None) else None
     parts = {"L_O": ce(out.S), "L_T": ce(out.S_T), "L_V": ce(out.S_V, rows_v), "L_C": ce(out.S_C)}
     total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    # The terms stay 0-dim tensors: turning them into floats here would make the host wait for
+    # the device at every training step.
+    return total, {k: v.detach() for k, v in parts.items()}

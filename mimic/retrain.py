@@ -107,6 +107,7 @@ class RetrainConfig:
     lr: float | None = None                 # None: 1e-3 fresh heads, 2e-4 heads from a checkpoint, 1e-5 full
     freeze_backbone: bool | None = None     # None: fine-tune the backbone on CUDA, freeze it on the CPU
     device: str = "auto"
+    bf16: bool = True                       # bf16 autocast for training on CUDA (ignored on the CPU)
     seed: int = 43
     min_mrr_delta: float = 0.0              # candidate held-out MRR - serving held-out MRR must be >= this
     max_dev_h1_drop: float = 0.005          # serving base-dev H@1 - candidate base-dev H@1 must be <= this
@@ -931,10 +932,11 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
     train_dir = rdir / "train"
     tc = _training.TrainConfig(
         output=str(train_dir), backbone=cfg.backbone, init_checkpoint=serving.checkpoint, model=model_type, mode=mode,
-        lr=lr, adam_eps=1e-8, no_decay="standard", batch_size=cfg.batch_size, epochs=cfg.epochs,
+        lr=lr, adam_eps=1e-8, no_decay="standard", batch_size=cfg.batch_size, epochs=cfg.epochs, bf16=cfg.bf16,
         val_every=cfg.epochs + 1, patience=cfg.epochs + 1, seed=cfg.seed, freeze_backbone=freeze, device=str(device),
         eval_batch_size=cfg.eval_batch_size, eval_chunk_size=cfg.eval_chunk_size, progress=False, test_after=False)
     watcher = _EpochWatcher(prog, cfg.epochs, 0.1, 0.7)
+    t_train = time.perf_counter()
     logging.getLogger("mimic").addHandler(watcher)
     try:
         # No dev split on purpose: the judging sets must not pick the epoch (that would bias the
@@ -942,6 +944,7 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
         tsum = _training.train(tc, Dataset(kb, {"train": train_set}, name="retrain"))
     finally:
         logging.getLogger("mimic").removeHandler(watcher)
+    t_train = round(time.perf_counter() - t_train, 2)
     best_dir = train_dir / "best"
     candidate = load_checkpoint(best_dir, device, backbone=serving_model.backbone if freeze else None)
     candidate.eval()
@@ -953,8 +956,10 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
     sets = {"heldout": heldout}
     if base_dev:
         sets["base_dev"] = base_dev
+    t_eval = time.perf_counter()
     res = _evaluate_models({"serving": serving_model, "candidate": candidate},
                            set() if serving.checkpoint else {"serving"}, kb, sets, cfg)
+    t_eval = round(time.perf_counter() - t_eval, 2)
     write_json_atomic(rdir / "evaluation.json", {
         name: {s: {"ranks": m.get("ranks"), "mention_ids": [x.id for x in sets[s]]} for s, m in r.items()}
         for name, r in res.items()})
@@ -985,7 +990,11 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
                  "conflicts": exp.conflicts, "not_entity": exp.not_entity},
         "train": {"epochs": len(tsum.get("history", [])), "final_loss": (tsum.get("history") or [{}])[-1].get("train_loss"),
                   "lr": lr, "freeze_backbone": freeze, "device": str(device), "backbone": backbone_label,
-                  "feature_cache_seconds": tsum.get("feature_cache_seconds")},
+                  "feature_cache_seconds": tsum.get("feature_cache_seconds"), "input_cache": tsum.get("input_cache"),
+                  "bf16": bool(cfg.bf16 and device.type == "cuda"),
+                  "samples_per_second": [h.get("samples_per_second") for h in tsum.get("history", [])],
+                  "seconds": t_train},
+        "evaluate_seconds": t_eval,
     }
     prog("version", 0.93, f"writing {version_dir}")
     _write_version(best_dir, version_dir, candidate, resave_backbone=resave_backbone, metrics=metrics)
@@ -1090,6 +1099,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--holdout", type=float, help="fraction of corrections held out (default 0.2)")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast when training on CUDA (default on)")
     p.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
                    help="train the heads only (always on the CPU)")
     p.add_argument("--min-mrr-delta", type=float, help="promotion: held-out MRR gain required (default 0)")
@@ -1117,7 +1128,7 @@ def add_retrain_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(a) -> RetrainConfig:
     over = {"data_dir": a.data_dir, "base_data": a.base_data, "checkpoint": a.checkpoint, "backbone": a.backbone,
             "models_dir": a.models_dir, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
-            "holdout": a.holdout, "device": a.device, "freeze_backbone": a.freeze_backbone,
+            "holdout": a.holdout, "device": a.device, "freeze_backbone": a.freeze_backbone, "bf16": a.bf16,
             "min_mrr_delta": a.min_mrr_delta, "max_dev_h1_drop": a.max_dev_h1_drop,
             "min_new_annotations": a.min_new_annotations, "every_hours": a.every_hours}
     if a.ignore_promoted:

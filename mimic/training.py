@@ -65,6 +65,8 @@ class TrainConfig:
     val_max_mentions: int | None = None  # validate on the first K dev mentions (None: all)
     device: str = "auto"
     bf16: bool = True                    # autocast on CUDA only
+    check_every: int | None = None       # read the non-finite-loss flag every N steps (and before saving); None: 1 on the CPU, 25 on CUDA
+    input_cache_gib: float = 16.0        # trainable backbone: decode + resize images once up to this size (0: per batch)
     grad_clip: float | None = None
     progress: bool = True
     test_after: bool = True
@@ -190,10 +192,20 @@ class _LossModule(nn.Module):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             if "m_feats" in batch:
                 (m_text, m_img), (e_text, e_img) = batch["m_feats"], batch["e_feats"]
+            elif "m_inputs" in batch:
+                m_text, m_img = self.model.features_from_inputs(*batch["m_inputs"])
+                e_text, e_img = self.model.features_from_inputs(*batch["e_inputs"])
             else:
                 m_text, m_img = self.model.backbone_features(batch["m_texts"], batch["m_images"])
                 e_text, e_img = self.model.backbone_features(batch["e_texts"], batch["e_images"])
             return self.model.heads.training_loss(m_text, m_img, e_text, e_img, batch["gold"])
+
+
+def _check_finite(bad: torch.Tensor, parts, epoch: int, last_dir: Path) -> None:
+    if bool(bad):
+        terms = {k: round(float(v), 4) for k, v in (parts or {}).items()}
+        raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} (last step: {terms}); "
+                                 f"the last good checkpoint in {last_dir} is untouched")
 
 
 def _dist_info():
@@ -265,6 +277,26 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
                                256, cfg.progress and is_main, "cache KB")
     t_enc = time.perf_counter() - t_enc
 
+    gold_pos = torch.tensor([kb.position(m.answer) for m in train_m])
+    # Trainable backbone: its inputs (tokens, decoded and resized images) are prepared once, so a
+    # GPU step does not wait on JPEG decoding. Only the gold entities are ever encoded in training.
+    inputs, gold_row, input_cache_info = None, None, None
+    if not cfg.freeze_backbone and cfg.input_cache_gib > 0:
+        from .input_cache import InputCache
+        t_in = time.perf_counter()
+        golds = sorted(set(gold_pos.tolist()))
+        try:
+            inputs = InputCache(model, train_m, [kb[p] for p in golds], device, int(cfg.input_cache_gib * 2 ** 30))
+        except MemoryError as exc:
+            log.warning("%s; images are decoded per batch instead", exc)
+        else:
+            row_of = {p: i for i, p in enumerate(golds)}
+            gold_row = torch.tensor([row_of[p] for p in gold_pos.tolist()])
+            input_cache_info = {"images": len(inputs.pixels.paths), "bytes": inputs.pixels.nbytes,
+                                "on_device": inputs.pixels.on_device, "seconds": round(time.perf_counter() - t_in, 2),
+                                "image_stats": inputs.image_stats}
+            log.info("input cache: %s", input_cache_info)
+
     use_bf16 = cfg.bf16 and device.type == "cuda"
     loss_mod = _LossModule(model, model.config.mode, use_bf16).to(device)
     ddp = loss_mod
@@ -274,7 +306,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         # logit_scale, and the visual units on text-only data.
         ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
                   find_unused_parameters=True)
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
+    # fused: one kernel for the whole update on CUDA instead of several per parameter tensor.
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
+                            fused=device.type == "cuda")
 
     start_epoch, best_mrr, bad_checks, history = 0, -1.0, 0, []
     if resume_state:
@@ -285,10 +319,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         random.setstate(resume_state["py_rng"])
         np.random.set_state(resume_state["np_rng"])
 
-    gold_pos = torch.tensor([kb.position(m.answer) for m in train_m])
     pyrng = random.Random(cfg.seed)
+    check_every = cfg.check_every or (25 if device.type == "cuda" else 1)
     summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(kb),
-               "feature_cache_seconds": round(t_enc, 2), "device": str(device)}
+               "feature_cache_seconds": round(t_enc, 2), "device": str(device), "input_cache": input_cache_info}
     stop = False
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
@@ -303,11 +337,19 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         if cfg.progress and is_main:
             from tqdm.auto import tqdm
             it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        t_ep, seen, tot = time.perf_counter(), 0, 0.0
+        t_ep, seen, step = time.perf_counter(), 0, 0
+        tot = torch.zeros((), device=device)
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        parts = None
         for b in it:
             gold = gold_pos[b]
             if m_store is not None:
                 batch = {"m_feats": m_store.gather(b, device), "e_feats": e_store.gather(gold, device)}
+            elif inputs is not None:
+                # The same random image per entity as below (one draw per entity, same generator).
+                choice = [pyrng.choice(range(len(kb[i].images))) if kb[i].images else 0 for i in gold.tolist()]
+                batch = {"m_inputs": inputs.mention_inputs(b, model.backbone),
+                         "e_inputs": inputs.entity_inputs(gold_row[b], choice, model.backbone)}
             else:
                 ms = [train_m[i] for i in b.tolist()]
                 es: list[Entity] = [kb[i] for i in gold.tolist()]
@@ -316,21 +358,27 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
                          "m_images": load_images([m.image for m in ms], model.config.mode),
                          "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es],
                                                  model.config.mode)}
-            batch["gold"] = gold.to(device)
+            batch["gold"] = gold.to(device, non_blocking=True)
             loss, parts = ddp(batch)
-            if not torch.isfinite(loss):
-                # Stop before the optimizer step so no checkpoint ever holds poisoned weights.
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}: {parts}; "
-                                         f"the last good checkpoint in {last_dir} is untouched")
+            # A non-finite loss must never reach a checkpoint. On the CPU it is checked before every
+            # optimizer step; on a GPU reading the loss would make the host wait for the device at
+            # every step, so the flag stays on the device and is read every `check_every` steps and
+            # always before anything is saved.
+            bad = bad | ~torch.isfinite(loss.detach())
+            tot = tot + loss.detach().float() * len(b)
+            step += 1
+            if step % check_every == 0:
+                _check_finite(bad, parts, epoch, last_dir)
+                if cfg.progress and is_main:
+                    it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{(seen + len(b)) / (time.perf_counter() - t_ep):.0f}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             seen += len(b)
-            tot += float(loss.detach()) * len(b)
-            if cfg.progress and is_main:
-                it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{seen / (time.perf_counter() - t_ep):.0f}")
+        _check_finite(bad, parts, epoch, last_dir)
+        tot = float(tot)
         ep_time = time.perf_counter() - t_ep
         rec = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "epoch_seconds": round(ep_time, 2),
                "samples_per_second": round(seen * world / ep_time, 1)}

@@ -59,7 +59,8 @@ class BackboneDims:
 
 
 class Backbone(nn.Module):
-    """Base class. Subclasses implement `tokenize`, `encode_text`, `encode_pixels` and `pixels_from_images`.
+    """Base class. Subclasses implement `tokenize`, `encode_text`, `encode_pixels`, `resize_image` and
+    `normalize_pixels`, and set `image_size`.
 
     Images enter as already-decoded RGB PIL images (see `mimic.images`), or None for "no image".
     `pixels_from_images` turns them into the backbone's normalised pixel tensor [B, 3, H, W]; an
@@ -69,6 +70,7 @@ class Backbone(nn.Module):
 
     name: str = "backbone"
     dims: BackboneDims
+    image_size: int = 224
 
     # -- text -------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -79,26 +81,46 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- images -----------------------------------------------------------------------------
-    def pixels_from_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-        """images: list of PIL.Image (RGB) or None -> (pixel_values [B,3,H,W] float, has_image [B] bool).
+    def resize_image(self, image, resize: str = "default") -> torch.Tensor:
+        """One RGB PIL image -> uint8 [3, H, W]: the backbone's resize/crop, no normalisation.
 
         resize: "default" for the backbone's own preprocessing; "squash" for the official MIMIC
-        224x224 LANCZOS resize without crop (CLIP only).
+        224x224 LANCZOS resize without crop. Split from `normalize_pixels` so training can keep
+        decoded, resized images as uint8 (a quarter of float32) and normalise on the device.
         """
         raise NotImplementedError
+
+    def normalize_pixels(self, pixels: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] (any device) -> the float pixel tensor `encode_pixels` takes; rows
+        with has_image False become all zeros (in normalised space, the official behaviour)."""
+        raise NotImplementedError
+
+    def pixels_from_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+        """images: list of PIL.Image (RGB) or None -> (pixel_values [B,3,H,W] float, has_image [B] bool)."""
+        has = torch.tensor([img is not None for img in images], dtype=torch.bool)
+        size = self.image_size
+        u8 = torch.zeros(len(images), 3, size, size, dtype=torch.uint8)
+        for i, img in enumerate(images):
+            if img is not None:
+                u8[i] = self.resize_image(img, resize)
+        return self.normalize_pixels(u8, has), has
 
     def encode_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values [B,3,H,W] -> (global [B, D_vg], tokens [B, P, D_vt])."""
         raise NotImplementedError
 
     def encode_images(self, pixel_values: torch.Tensor, has_image: torch.Tensor,
-                      encode_missing: bool = False) -> ImageFeatures:
+                      encode_missing: bool = False, all_present: bool | None = None) -> ImageFeatures:
         """Encode a pixel batch. Rows without an image are skipped (left as zeros) unless
-        `encode_missing` (compat mode: the zero pixel tensor still gets a real embedding)."""
+        `encode_missing` (compat mode: the zero pixel tensor still gets a real embedding).
+        `all_present`: whether every row has an image, when the caller already knows it (reading
+        it off a GPU tensor would make the host wait for the device)."""
         B = pixel_values.shape[0]
         d = self.dims
         device = pixel_values.device
-        if encode_missing or bool(has_image.all()):
+        if all_present is None:
+            all_present = bool(has_image.all())
+        if encode_missing or all_present:
             g, t = self.encode_pixels(pixel_values)
             return ImageFeatures(g, t, has_image)
         g = torch.zeros(B, d.image_global, device=device)

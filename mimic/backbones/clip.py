@@ -59,22 +59,21 @@ class ClipBackbone(Backbone):
         g = out.pooler_output
         return g / g.norm(dim=-1, keepdim=True), out.last_hidden_state
 
-    def pixels_from_images(self, images, resize="default"):
+    def resize_image(self, image, resize="default"):
         # The official preprocessing squashes to 224x224 with LANCZOS (no crop) before CLIP's
         # mean/std; a checkpoint trained that way should be served that way, so it is the default.
         size = self.image_size
-        out = torch.zeros(len(images), 3, size, size)
-        has = torch.zeros(len(images), dtype=torch.bool)
-        for i, img in enumerate(images):
-            if img is None:
-                continue
-            if resize == "crop":
-                img = imaging.resize_center_crop(img, shorter=size, crop=size)
-            else:
-                img = imaging.squash_resize(img, size)
-            out[i] = imaging.to_tensor_normalized(img, imaging.CLIP_MEAN, imaging.CLIP_STD)
-            has[i] = True
-        return out, has
+        if resize == "crop":
+            image = imaging.resize_center_crop(image, shorter=size, crop=size)
+        else:
+            image = imaging.squash_resize(image, size)
+        return imaging.to_uint8_tensor(image)
+
+    def normalize_pixels(self, pixels, has_image):
+        mean = torch.tensor(imaging.CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(imaging.CLIP_STD, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        x = (pixels.float() / 255.0 - mean) / std
+        return x * has_image.to(x.device).view(-1, 1, 1, 1)
 
     def describe(self):
         return {"type": "clip", "name_or_path": self.name_or_path}

@@ -88,27 +88,24 @@ class OfflineBackbone(Backbone):
         return TextFeatures(F.normalize(mean, dim=-1), tokens, attention_mask.bool())
 
     # -- images -----------------------------------------------------------------------------
-    def pixels_from_images(self, images, resize="default"):
-        """PIL RGB images or None -> (pixels [B,3,224,224], has_image [B] bool).
+    image_size = IMAGE_SIZE
 
-        resize "default"/"crop": shorter side 256 bicubic + centre crop 224 (what the weights expect);
-        "squash": 224x224 LANCZOS ignoring aspect ratio. Pixels are (x - 127) / 128; a missing
-        image is an all-zero tensor (mid-grey) with has_image False.
-        """
+    def resize_image(self, image, resize="default"):
+        """resize "default"/"crop": shorter side 256 bicubic + centre crop 224 (what the weights expect);
+        "squash": 224x224 LANCZOS ignoring aspect ratio. -> uint8 [3, 224, 224]."""
         if resize not in ("default", "crop", "squash"):
             raise ValueError(f"unknown resize mode {resize!r} (expected 'default', 'crop' or 'squash')")
-        out = torch.zeros(len(images), 3, IMAGE_SIZE, IMAGE_SIZE)
-        has = torch.zeros(len(images), dtype=torch.bool)
-        for i, img in enumerate(images):
-            if img is None:
-                continue
-            if resize == "squash":
-                img = imaging.squash_resize(img, IMAGE_SIZE)
-            else:
-                img = imaging.resize_center_crop(img, shorter=256, crop=IMAGE_SIZE)
-            out[i] = imaging.to_tensor_affine(img, 127.0, 128.0)
-            has[i] = True
-        return out, has
+        if resize == "squash":
+            image = imaging.squash_resize(image, IMAGE_SIZE)
+        else:
+            image = imaging.resize_center_crop(image, shorter=256, crop=IMAGE_SIZE)
+        return imaging.to_uint8_tensor(image)
+
+    def normalize_pixels(self, pixels, has_image):
+        """uint8 -> (x - 127) / 128 (the EfficientNet-Lite normalisation); a missing image is all
+        zeros (mid-grey)."""
+        x = (pixels.float() - 127.0) / 128.0
+        return x * has_image.to(x.device).view(-1, 1, 1, 1)
 
     def encode_pixels(self, pixel_values):
         """[B,3,224,224] -> (global [B,1280] unit-norm, tokens [B,49,1280])."""
