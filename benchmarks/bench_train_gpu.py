@@ -7,8 +7,9 @@ fp32 vs bf16 autocast, the backbone trained (what `python -m mimic retrain` does
 The CLIP is randomly initialised (no weights exist offline) with the sizes of openai/clip-vit-base-patch32
 (text 512-d × 12 layers, vision 768-d × 12 layers, patch 32 at 224 px, projection 512); the tokenizer is
 trained on the spot. Data loading is kept out of the way on purpose: images are decoded and resized once
-into a uint8 cache [N, 3, 224, 224] (pinned memory), texts are tokenized once; each step copies a batch
-to the device, normalises it there and runs backbone + MIMIC heads + the in-batch loss + AdamW.
+into a uint8 cache [N, 3, 224, 224] kept on the device (as `mimic.input_cache` does when it fits), texts
+are tokenized once; each step gathers a batch there, normalises it and runs backbone + MIMIC heads +
+the in-batch loss + AdamW.
 A step is: B mentions (text + image) and their B gold entities (text + image), as in training.
 Prints one JSON object: per precision samples/s (mentions per second), ms per step, peak memory,
 and the bf16/fp32 speed ratio.
@@ -27,10 +28,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-
 
 def build_clip(path: Path, size: str) -> Path:
     """A random CLIP of the given size with a locally trained tokenizer, saved to `path`."""
@@ -52,7 +49,7 @@ def build_clip(path: Path, size: str) -> Path:
 
 
 def image_cache(n: int, seed: int = 0) -> torch.Tensor:
-    """n pre-decoded, pre-resized RGB images as uint8 [n, 3, 224, 224] (pinned when CUDA is there).
+    """n pre-decoded, pre-resized RGB images as uint8 [n, 3, 224, 224] (moved to the device by the caller).
     Real sample photos (scikit-image) cut into varied crops, so the data is not constant."""
     from PIL import Image
     from skimage import data as skdata
@@ -67,15 +64,14 @@ def image_cache(n: int, seed: int = 0) -> torch.Tensor:
         x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
         crop = p.crop((x, y, x + s, y + s)).resize((224, 224), Image.BICUBIC)
         out[i] = torch.from_numpy(np.asarray(crop)).permute(2, 0, 1)
-    return out.pin_memory() if torch.cuda.is_available() else out
+    return out
 
 
 def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warmup: int, device) -> dict:
     bf16 = precision == "bf16"
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")   # as mimic.training
     n = cache.shape[0]
-    mean, std = CLIP_MEAN.to(device), CLIP_STD.to(device)
     has = torch.ones(batch, dtype=torch.bool, device=device)
     gold = torch.arange(batch, device=device)
     if device.type == "cuda":
@@ -83,18 +79,18 @@ def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warm
         torch.cuda.synchronize(device)
     times = []
     for step in range(warmup + steps):
-        idx = torch.randint(0, n, (batch,))
+        idx = torch.randint(0, n, (batch,), device=device)
         t0 = time.perf_counter()
 
         def pixels(rows):
-            x = cache[rows].to(device, non_blocking=True).float().div_(255)
-            return (x - mean) / std
+            # What mimic.input_cache does in training: gather uint8 rows, normalise on the device.
+            return model.backbone.normalize_pixels(cache[rows], has)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            m_text = model.backbone.encode_text(m_tok["input_ids"][idx].to(device), m_tok["attention_mask"][idx].to(device))
-            e_text = model.backbone.encode_text(e_tok["input_ids"][idx].to(device), e_tok["attention_mask"][idx].to(device))
-            m_img = model.backbone.encode_images(pixels(idx), has)
-            e_img = model.backbone.encode_images(pixels((idx + 1) % n), has)
+            m_text = model.backbone.encode_text(m_tok["input_ids"][idx], m_tok["attention_mask"][idx])
+            e_text = model.backbone.encode_text(e_tok["input_ids"][idx], e_tok["attention_mask"][idx])
+            m_img = model.backbone.encode_images(pixels(idx), has, all_present=True)
+            e_img = model.backbone.encode_images(pixels((idx + 1) % n), has, all_present=True)
             loss, _ = model.heads.training_loss(m_text, m_img, e_text, e_img, gold)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,10 +142,10 @@ def main():
             model = MimicModel.build(ClipBackbone(str(clip_dir)), mode="fixed").to(device)
             for p in model.parameters():
                 p.requires_grad_(True)                     # the backbone is fine-tuned too
-            m_tok = model.backbone.tokenize(m_texts, model.config.text_max_length)
-            e_tok = model.backbone.tokenize(e_texts, model.config.text_max_length)
+            m_tok = {k: v.to(device) for k, v in model.backbone.tokenize(m_texts, model.config.text_max_length).items()}
+            e_tok = {k: v.to(device) for k, v in model.backbone.tokenize(e_texts, model.config.text_max_length).items()}
             results["params_millions"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
-            results[prec] = run(prec, model, cache, m_tok, e_tok, a.batch_size, a.steps, a.warmup, device)
+            results[prec] = run(prec, model, cache.to(device), m_tok, e_tok, a.batch_size, a.steps, a.warmup, device)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
