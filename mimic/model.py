@@ -10,6 +10,7 @@ converts to RGB and marks unreadable or absent images as missing (masked in the 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
@@ -40,7 +41,7 @@ class ImageLoadStats(Counter):
 
 
 def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | None = None,
-                allowed_dirs=None, workers: int = 4) -> list:
+                allowed_dirs=None, workers: int | None = None) -> list:
     """paths -> list of PIL RGB images or None. Never raises for a bad file: it is counted and
     logged, and the item is treated as having no image (as both modes do, see module docstring)."""
     stats = stats if stats is not None else ImageLoadStats()
@@ -63,6 +64,7 @@ def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | 
         stats["loaded"] += 1
         return img
 
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if len(paths) <= 1 or workers <= 1:
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:   # PIL decoding releases the GIL
@@ -96,10 +98,12 @@ class MimicModel(nn.Module):
         """texts: B strings; images: B PIL RGB images or None."""
         dev = self.device
         tok = self.backbone.tokenize(list(texts), self.config.text_max_length)
-        pixels, has = self.backbone.pixels_from_images(
-            list(images), resize="squash" if self.config.mode == "compat" else "default")
+        # uint8 to the device, normalised there: a quarter of the bytes of float pixels to copy.
+        u8, has = self.backbone.resize_images(list(images), resize="squash" if self.config.mode == "compat" else "default")
+        has_dev = has.to(dev)
         return self.features_from_inputs(tok["input_ids"].to(dev), tok["attention_mask"].to(dev),
-                                         pixels.to(dev), has.to(dev))
+                                         self.backbone.normalize_pixels(u8.to(dev), has_dev), has_dev,
+                                         all_present=bool(has.all()))
 
     def features_from_inputs(self, input_ids, attention_mask, pixels, has_image,
                              all_present: bool | None = None) -> tuple[TextFeatures, ImageFeatures]:

@@ -6,6 +6,9 @@ dimensions they are configured with.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +61,19 @@ class BackboneDims:
     num_image_tokens: int
 
 
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _resize_pool() -> ThreadPoolExecutor:
+    """One process-wide pool for image resizing (created on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="mimic-resize")
+        return _POOL
+
+
 class Backbone(nn.Module):
     """Base class. Subclasses implement `tokenize`, `encode_text`, `encode_pixels`, `resize_image` and
     `normalize_pixels`, and set `image_size`.
@@ -95,14 +111,27 @@ class Backbone(nn.Module):
         with has_image False become all zeros (in normalised space, the official behaviour)."""
         raise NotImplementedError
 
-    def pixels_from_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-        """images: list of PIL.Image (RGB) or None -> (pixel_values [B,3,H,W] float, has_image [B] bool)."""
+    def resize_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+        """images: list of PIL.Image (RGB) or None -> (uint8 [B,3,H,W], has_image [B] bool), resized
+        on a few threads (PIL's resize releases the GIL; it is the costly part of preparing a batch)."""
         has = torch.tensor([img is not None for img in images], dtype=torch.bool)
         size = self.image_size
         u8 = torch.zeros(len(images), 3, size, size, dtype=torch.uint8)
-        for i, img in enumerate(images):
-            if img is not None:
-                u8[i] = self.resize_image(img, resize)
+        todo = [i for i, img in enumerate(images) if img is not None]
+
+        def one(i: int) -> None:
+            u8[i] = self.resize_image(images[i], resize)
+
+        if len(todo) > 1:
+            list(_resize_pool().map(one, todo))
+        else:
+            for i in todo:
+                one(i)
+        return u8, has
+
+    def pixels_from_images(self, images: list, resize: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+        """images: list of PIL.Image (RGB) or None -> (pixel_values [B,3,H,W] float, has_image [B] bool)."""
+        u8, has = self.resize_images(images, resize)
         return self.normalize_pixels(u8, has), has
 
     def encode_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
