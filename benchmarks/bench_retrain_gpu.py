@@ -6,7 +6,7 @@ training loop with a trainable CLIP ViT-B/32-sized backbone, and the full-KB eva
         --batch-size 16 --epochs 1 --precisions fp32          # smoke test
 
 What it builds (in a temporary folder): a random CLIP of the chosen size (see bench_train_gpu.py), a KB
-of --entities entities (name, description, one 256x256 JPEG each: a tinted crop of a scikit-image
+of --entities entities (name, description, one --image-px square JPEG each, default 256: a tinted crop of a scikit-image
 sample photo), and --corrections accepted annotations by one annotator in an SQLite store, each mention
 a sentence naming its entity with another crop of the entity's photo. Then, per precision, one
 retraining run from the zero-shot serving model: export, hold-out, training (input cache: images decoded
@@ -37,7 +37,7 @@ WORDS = ("amber basalt cedar delta ember fjord garnet harbor indigo juniper kest
 FILLER = "the a of in at near with about from seen photo picture today yesterday visit".split()
 
 
-def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0):
+def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0, px: int = 256):
     """-> (KnowledgeBase, list of mention dicts for Store.import_mentions, {uid: entity id})."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -58,7 +58,7 @@ def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0):
         w, h = p.size
         s = int(r.integers(min(w, h) // 2, min(w, h)))
         x, y = int(r.integers(0, w - s + 1)), int(r.integers(0, h - s + 1))
-        img = p.crop((x, y, x + s, y + s)).resize((256, 256), Image.BICUBIC)
+        img = p.crop((x, y, x + s, y + s)).resize((px, px), Image.BICUBIC)
         tint = Image.new("RGB", img.size, tuple(int(c) for c in tints[e]))
         Image.blend(img, tint, 0.45).save(path, quality=90)
 
@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--precisions", default="bf16,fp32")
+    ap.add_argument("--image-px", type=int, default=256, help="side of the JPEGs written (real KB photos are larger)")
     ap.add_argument("--json")
     a = ap.parse_args()
     from bench_train_gpu import build_clip
@@ -115,14 +116,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        kb, mentions, gold = make_corpus(tmp / "corpus", a.entities, a.corrections)
+        kb, mentions, gold = make_corpus(tmp / "corpus", a.entities, a.corrections, px=a.image_px)
         store = open_store(tmp / "data")
         store.import_kb(kb)
         store.add_annotator("ana")
         store.import_mentions(mentions)
         store.submit_many([{"annotator": "ana", "mention": uid, "entity_id": eid} for uid, eid in gold.items()])
         store.close()
-        out["corpus"] = {"entities": a.entities, "corrections": a.corrections,
+        out["corpus"] = {"entities": a.entities, "corrections": a.corrections, "image_px": a.image_px,
                          "build_s": round(time.perf_counter() - t0, 1)}
         clip_dir = build_clip(tmp / "clip", a.size)
         for prec in [p.strip() for p in a.precisions.split(",") if p.strip()]:

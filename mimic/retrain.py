@@ -603,28 +603,39 @@ def zero_shot_scores(q: _Globals, e: _Globals, cross_modal: bool):
     return torch.nanmean(torch.stack(units), dim=0)
 
 
-def _kb_pass(encoder, heads_list: list, kb, batch_size: int, want_globals: bool):
-    """One backbone pass over the KB feeding every head that shares this backbone (their
-    `EntityCache`s, exactly what `MimicModel.entity_cache` computes) and, if asked, the global
-    vectors for zero-shot scoring. Saves one KB encoding per extra model."""
+def _kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[tuple[list, "_Globals | None"]]:
+    """One pass over the KB for several encoders: each KB chunk's images are decoded once and fed to
+    every (encoder, heads sharing that encoder's backbone, want zero-shot globals) group. -> per
+    group (its heads' `EntityCache`s, exactly what `MimicModel.entity_cache` computes; the global
+    vectors for zero-shot scoring or None). Decoding KB images is the costly part of the pass on
+    real data, so serving and candidate share it."""
     import torch
 
     from .model import entity_text, load_images
-    parts = [[] for _ in heads_list]
-    tg, ig, hs = [], [], []
+    parts = [[[] for _ in heads_list] for _enc, heads_list, _want in groups]
+    glob_parts = [([], [], []) for _ in groups]
     with torch.no_grad():
         for s in range(0, len(kb), batch_size):
             chunk = kb.entities[s:s + batch_size]
-            imgs = load_images([e.images[0] if e.images else None for e in chunk], encoder.config.mode)
-            text, image = encoder.backbone_features([entity_text(e) for e in chunk], imgs)
-            for p, h in zip(parts, heads_list):
-                p.append(h.entity_cache(h.side_features(text, image)))
-            if want_globals:
-                g = _globals_of(text, image)
-                tg.append(g.text); ig.append(g.image); hs.append(g.has)
-    caches = [type(p[0]).cat(p) for p in parts]
-    glob = _Globals(torch.cat(tg), torch.cat(ig), torch.cat(hs)) if want_globals else None
-    return caches, glob
+            texts = [entity_text(e) for e in chunk]
+            decoded: dict[str, list] = {}          # per mode: compat keeps non-RGB images out
+            for g, (encoder, heads_list, want_globals) in enumerate(groups):
+                mode = encoder.config.mode
+                if mode not in decoded:
+                    decoded[mode] = load_images([e.images[0] if e.images else None for e in chunk], mode)
+                text, image = encoder.backbone_features(texts, decoded[mode])
+                for p, h in zip(parts[g], heads_list):
+                    p.append(h.entity_cache(h.side_features(text, image)))
+                if want_globals:
+                    gl = _globals_of(text, image)
+                    for acc, t in zip(glob_parts[g], (gl.text, gl.image, gl.has)):
+                        acc.append(t)
+    out = []
+    for g, (_enc, _heads, want_globals) in enumerate(groups):
+        caches = [type(p[0]).cat(p) for p in parts[g]]
+        glob = _Globals(*(torch.cat(acc) for acc in glob_parts[g])) if want_globals else None
+        out.append((caches, glob))
+    return out
 
 
 def zero_shot_ranks(model, kb_globals: _Globals, kb, mentions, batch_size: int = 64) -> list[int]:
@@ -655,10 +666,11 @@ def _evaluate_models(models: dict[str, Any], zero_shot: set[str], kb, sets: dict
     results: dict[str, dict] = {name: {} for name in models}
     if not any(sets.values()):
         return results
-    for names in groups.values():
+    group_names = list(groups.values())
+    passes = _kb_pass([(models[names[0]], [models[n].heads for n in names if n not in zero_shot],
+                        any(n in zero_shot for n in names)) for names in group_names], kb, 64)
+    for names, (caches, glob) in zip(group_names, passes):
         trained = [n for n in names if n not in zero_shot]
-        enc = models[names[0]]
-        caches, glob = _kb_pass(enc, [models[n].heads for n in trained], kb, 64, any(n in zero_shot for n in names))
         for n, cache in zip(trained, caches):
             for set_name, mentions in sets.items():
                 if not mentions:

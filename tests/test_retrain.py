@@ -176,6 +176,29 @@ def test_run_registers_version_with_metrics_and_annotations(store, tmp_path, tin
     assert JobLock(cfg.lock_path).holder() is None
 
 
+def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_clip_dir, monkeypatch):
+    """Serving (zero-shot) and candidate (its own backbone) share one decode per KB chunk, and the
+    candidate's entity cache is exactly what MimicModel.entity_cache computes."""
+    import mimic.model as mm
+    from mimic.backbones.clip import ClipBackbone
+    from mimic.retrain import _kb_pass
+    from mimic.zeroshot import zero_shot_model
+    serving = zero_shot_model(tiny_clip)
+    torch.manual_seed(0)
+    candidate = MimicModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
+    kb = corpus.ds.kb
+    want = candidate.entity_cache(kb.entities, batch_size=7)
+    calls = []
+    real = mm.load_images
+    monkeypatch.setattr(mm, "load_images", lambda paths, mode, *a, **kw: calls.append(len(paths)) or real(paths, mode, *a, **kw))
+    (c_caches, c_glob), (s_caches, s_glob) = _kb_pass([(candidate, [candidate.heads], False), (serving, [], True)], kb, 7)
+    assert sum(calls) == len(kb) and len(calls) == -(-len(kb) // 7)      # one decode per chunk, both models
+    assert c_glob is None and s_caches == [] and s_glob.text.shape[0] == len(kb)
+    for name in ("t_cls", "q", "t_mask", "z"):
+        got, ref = getattr(c_caches[0], name), getattr(want, name)
+        assert torch.equal(got, ref), name
+
+
 def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
     """The vectorised full-KB zero-shot scorer against a per-pair transcription of mimic.zeroshot's rule."""
     import torch.nn.functional as F
@@ -185,7 +208,7 @@ def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
     from mimic.zeroshot import zero_shot_model
     model = zero_shot_model(tiny_clip)
     kb, mentions = corpus.ds.kb, corpus.corrections[:12]
-    _, glob = _kb_pass(model, [], kb, 7, True)
+    [(_, glob)] = _kb_pass([(model, [], True)], kb, 7)
     ranks = zero_shot_ranks(model, glob, kb, mentions, batch_size=5)
     with torch.no_grad():
         et, ei = model.backbone_features([entity_text(e) for e in kb], load_images([e.images[0] for e in kb], "fixed"))
