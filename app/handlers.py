@@ -452,14 +452,48 @@ def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None
 
 
 # -- Models & data --------------------------------------------------------------------------------
+VERSION_COLUMNS = ["version", "status", "backbone", "held-out MRR (serving → this)", "base dev H@1 (serving → this)",
+                   "trained", "decision", "created", "metrics"]
+
+
+def _get(d, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _pair(a, b) -> str:
+    return f"{a:.3f} → {b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+
+
+def version_summary(metrics: dict | None) -> list[str]:
+    """The figures a reviewer compares at a glance, from a retraining run's metrics (blank where a
+    version has none, e.g. one registered by hand)."""
+    m = metrics or {}
+    tr = m.get("train") if isinstance(m.get("train"), dict) else {}
+    trained = ""
+    if tr:
+        sps = [x for x in (tr.get("samples_per_second") or []) if isinstance(x, (int, float))]
+        trained = ", ".join(x for x in (
+            f"{_get(m, 'data', 'train_corrections') or 0} corrections + {_get(m, 'data', 'base_train') or 0} base",
+            f"{tr.get('epochs')} epoch(s) on {tr.get('device')}" + (" bf16" if tr.get("bf16") else ""),
+            "backbone frozen" if tr.get("freeze_backbone") else "backbone trained",
+            f"{tr['seconds']:.0f} s" if isinstance(tr.get("seconds"), (int, float)) else "",
+            f"{sps[-1]:.0f} samples/s" if sps else "") if x)
+    decision = _get(m, "decision", "reason") or ""
+    return [_pair(_get(m, "serving", "heldout", "MRR"), _get(m, "candidate", "heldout", "MRR")),
+            _pair(_get(m, "serving", "base_dev", "H@1"), _get(m, "candidate", "base_dev", "H@1")), trained, decision]
+
+
 def model_versions(ctx: AppContext) -> pd.DataFrame:
     serving = ctx.service.served.version
     rows = [[v.name, "serving" if v.name == serving else ("promoted" if v.promoted else ""), v.backbone or "",
-             json.dumps(v.metrics, sort_keys=True) if v.metrics else "", v.created_at.strftime("%Y-%m-%d %H:%M")]
+             *version_summary(v.metrics), v.created_at.strftime("%Y-%m-%d %H:%M"),
+             json.dumps(v.metrics, sort_keys=True) if v.metrics else ""]
             for v in ctx.store.list_model_versions()]
     if not any(r[0] == serving for r in rows):
-        rows.insert(0, [serving, "serving", ctx.service.served.backbone, "", ""])
-    return pd.DataFrame(rows, columns=["version", "status", "backbone", "metrics", "created"])
+        rows.insert(0, [serving, "serving", ctx.service.served.backbone, "", "", "", "", "", ""])
+    return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
 def corrections_summary(ctx: AppContext) -> tuple[pd.DataFrame, dict]:

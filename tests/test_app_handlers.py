@@ -242,6 +242,21 @@ def test_exports_and_model_tables(studio):
     assert set(corr["annotator"]) >= {"ana", "rev"} and ov["mentions"] >= 48 and "agreement" in ov
 
 
+def test_version_summary_reads_a_run_and_tolerates_anything_else():
+    m = {"serving": {"heldout": {"MRR": 0.5}, "base_dev": {"H@1": 0.7}},
+         "candidate": {"heldout": {"MRR": 0.75}, "base_dev": {"H@1": 0.69}},
+         "data": {"train_corrections": 30, "base_train": 100},
+         "train": {"epochs": 2, "device": "cuda", "bf16": True, "freeze_backbone": False, "seconds": 31.2,
+                   "samples_per_second": [500.0, 861.4]},
+         "decision": {"reason": "promoted: held-out MRR 0.500 -> 0.750"}}
+    mrr, dev, trained, decision = H.version_summary(m)
+    assert (mrr, dev) == ("0.500 → 0.750", "0.700 → 0.690")
+    assert trained == "30 corrections + 100 base, 2 epoch(s) on cuda bf16, backbone trained, 31 s, 861 samples/s"
+    assert decision.startswith("promoted")
+    assert H.version_summary(None) == ["", "", "", ""]
+    assert H.version_summary({"train": "odd", "serving": [], "decision": 3}) == ["", "", "", ""]
+
+
 def test_config_parsing():
     users = parse_users("ana:pw, rev:pw2:reviewer\n# comment\n", "MIMIC_USERS")
     assert [(u.name, u.role) for u in users] == [("ana", "annotator"), ("rev", "reviewer")]

@@ -3,6 +3,8 @@ process, the app serves the promoted version (hot swap, serving never interrupte
 is one action. Tiny random CLIP, synthetic corrections, CPU."""
 from __future__ import annotations
 
+import json
+
 import threading
 import time
 
@@ -87,7 +89,11 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
     assert ctx.service.served.version == new and ctx.service.served.scoring == "model"
     r = H.link(ctx, None, ds.splits[sorted(ds.splits)[0]][0].sentence, ds.splits[sorted(ds.splits)[0]][0].mention)
     assert r.scoring == "model" and r.top.explanation.kind == "attention"
-    assert new in H.model_versions(ctx).query("status == 'serving'")["version"].tolist()
+    mv = H.model_versions(ctx)
+    assert new in mv.query("status == 'serving'")["version"].tolist()
+    row = mv[mv["version"] == new].iloc[0]
+    assert " → " in row["held-out MRR (serving → this)"] and "corrections" in row["trained"]
+    assert row["decision"].startswith("promoted") and json.loads(row["metrics"])["version"] == new
     # rollback is one action (reviewers only)
     with pytest.raises(H.UserError, match="needs the role"):
         H.serve_version(ctx, "ana", zero)
