@@ -14,6 +14,7 @@ Images are deduplicated by path; an absent or unreadable image has row -1 (no im
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,7 +38,7 @@ class PixelCache:
     """uint8 [N, 3, H, W] rows for N distinct image paths, built once with a thread pool."""
 
     def __init__(self, backbone, paths: Sequence[str], resize: str, mode: str, device: torch.device,
-                 max_bytes: int, workers: int = 8):
+                 max_bytes: int, workers: int | None = None):
         size = backbone.image_size
         self.paths = list(paths)
         self.nbytes = len(self.paths) * 3 * size * size
@@ -60,7 +61,7 @@ class PixelCache:
             ok[i] = True
             return "loaded"
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             self.stats = ImageLoadStats(pool.map(one, range(len(self.paths))))
         self.ok = ok
         self.on_device = False
