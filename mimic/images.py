@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -186,18 +188,31 @@ def resize_center_crop(img: Image.Image, shorter: int = 256, crop: int = 224,
 
 # -- to tensors ------------------------------------------------------------------------------
 
-def _rgb_array(img: Image.Image) -> torch.Tensor:
-    """PIL image -> float tensor [3, H, W] with values 0..255."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-
-
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor [3, H, W] (what the training image cache stores)."""
+    """RGB PIL image -> uint8 tensor [3, H, W] (what the backbones' `resize_image` returns)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _rgb_array(img: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor [3, H, W] with values 0..255."""
+    return to_uint8_tensor(img).float()
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """One process-wide pool (min(8, CPUs) threads) for decoding and resizing images: PIL releases
+    the GIL in both, and a pool per call would cost its start-up on every batch. Tasks given to it
+    must not wait on other tasks of it."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="mimic-images")
+        return _POOL
 
 
 def to_tensor_normalized(img: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:

@@ -14,8 +14,6 @@ Images are deduplicated by path; an absent or unreadable image has row -1 (no im
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,7 +21,7 @@ import torch
 
 from . import images as imaging
 from .data.schema import Entity, Mention
-from .model import ImageLoadStats, MimicModel, entity_text, mention_text
+from .model import ImageLoadStats, MimicModel, entity_text, load_one_image, mention_text
 
 log = logging.getLogger("mimic")
 
@@ -35,10 +33,10 @@ class TextRows:
 
 
 class PixelCache:
-    """uint8 [N, 3, H, W] rows for N distinct image paths, built once with a thread pool."""
+    """uint8 [N, 3, H, W] rows for N distinct image paths, decoded and resized once on the image pool."""
 
     def __init__(self, backbone, paths: Sequence[str], resize: str, mode: str, device: torch.device,
-                 max_bytes: int, workers: int | None = None):
+                 max_bytes: int):
         size = backbone.image_size
         self.paths = list(paths)
         self.nbytes = len(self.paths) * 3 * size * size
@@ -49,20 +47,13 @@ class PixelCache:
         ok = torch.zeros(len(self.paths), dtype=torch.bool)
 
         def one(i: int) -> str:
-            # Same rules as mimic.model.load_images: a bad file is logged and becomes "no image".
-            try:
-                img = imaging.load_image(self.paths[i], convert_rgb=(mode == "fixed"))
-            except imaging.ImageError as exc:
-                log.warning("image treated as missing: %s", exc)
-                return "unreadable"
-            if mode == "compat" and img.mode != "RGB":
-                return "non_rgb_zeroed"
-            rows[i] = backbone.resize_image(img, resize)   # PIL decode and resize release the GIL
-            ok[i] = True
-            return "loaded"
+            img, outcome = load_one_image(self.paths[i], mode)
+            if img is not None:
+                rows[i] = backbone.resize_image(img, resize)
+                ok[i] = True
+            return outcome
 
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            self.stats = ImageLoadStats(pool.map(one, range(len(self.paths))))
+        self.stats = ImageLoadStats(imaging.thread_pool().map(one, range(len(self.paths))))
         self.ok = ok
         self.on_device = False
         if device.type == "cuda":

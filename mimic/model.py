@@ -10,9 +10,7 @@ converts to RGB and marks unreadable or absent images as missing (masked in the 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 import torch
@@ -40,35 +38,34 @@ class ImageLoadStats(Counter):
     """Counts of what happened to images (loaded, absent, unreadable, non_rgb_zeroed)."""
 
 
+def load_one_image(path: str | None, mode: str, allowed_dirs=None) -> tuple[object | None, str]:
+    """-> (PIL image or None, what happened: "loaded", "absent", "unreadable" or "non_rgb_zeroed").
+    Never raises for a bad file: it is logged and treated as no image (as both modes do)."""
+    if not path:
+        return None, "absent"
+    try:
+        img = imaging.load_image(path, allowed_dirs=allowed_dirs, convert_rgb=(mode == "fixed"))
+    except imaging.ImageError as exc:
+        log.warning("image treated as missing: %s", exc)
+        return None, "unreadable"
+    if mode == "compat" and img.mode != "RGB":
+        # transformers 4.18's feature extractor failed on non-RGB arrays and the official
+        # bare `except` turned them into zeros.
+        return None, "non_rgb_zeroed"
+    return img, "loaded"
+
+
 def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | None = None,
-                allowed_dirs=None, workers: int | None = None) -> list:
-    """paths -> list of PIL RGB images or None. Never raises for a bad file: it is counted and
-    logged, and the item is treated as having no image (as both modes do, see module docstring)."""
-    stats = stats if stats is not None else ImageLoadStats()
-
-    def one(p):
-        if not p:
-            stats["absent"] += 1
-            return None
-        try:
-            img = imaging.load_image(p, allowed_dirs=allowed_dirs, convert_rgb=(mode == "fixed"))
-        except imaging.ImageError as exc:
-            stats["unreadable"] += 1
-            log.warning("image treated as missing: %s", exc)
-            return None
-        if mode == "compat" and img.mode != "RGB":
-            # transformers 4.18's feature extractor failed on non-RGB arrays and the official
-            # bare `except` turned them into zeros.
-            stats["non_rgb_zeroed"] += 1
-            return None
-        stats["loaded"] += 1
-        return img
-
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    if len(paths) <= 1 or workers <= 1:
-        return [one(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers) as pool:   # PIL decoding releases the GIL
-        return list(pool.map(one, paths))
+                allowed_dirs=None) -> list:
+    """paths -> list of PIL RGB images or None (`load_one_image` for each, decoded on the shared
+    image thread pool); what happened is counted in `stats`."""
+    if len(paths) <= 1:
+        done = [load_one_image(p, mode, allowed_dirs) for p in paths]
+    else:
+        done = list(imaging.thread_pool().map(lambda p: load_one_image(p, mode, allowed_dirs), paths))
+    if stats is not None:
+        stats.update(outcome for _img, outcome in done)
+    return [img for img, _outcome in done]
 
 
 class MimicModel(nn.Module):

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ from torch import nn
 
 from .backbones import load_backbone
 from .backbones.base import ImageFeatures, TextFeatures
-from .checkpoint import load_checkpoint, read_config, save_checkpoint
-from .data.schema import Dataset, Entity, Mention
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.schema import Dataset, Entity
 from .evaluation import evaluate
 from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
 

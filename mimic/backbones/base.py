@@ -6,13 +6,12 @@ dimensions they are configured with.
 """
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .. import images as imaging
 
 
 @dataclass
@@ -59,19 +58,6 @@ class BackboneDims:
     image_global: int
     image_token: int
     num_image_tokens: int
-
-
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _resize_pool() -> ThreadPoolExecutor:
-    """One process-wide pool for image resizing (created on first use)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="mimic-resize")
-        return _POOL
 
 
 class Backbone(nn.Module):
@@ -123,7 +109,7 @@ class Backbone(nn.Module):
             u8[i] = self.resize_image(images[i], resize)
 
         if len(todo) > 1:
-            list(_resize_pool().map(one, todo))
+            list(imaging.thread_pool().map(one, todo))
         else:
             for i in todo:
                 one(i)

@@ -15,7 +15,6 @@ train(); a tower being fine-tuned follows the train() flag normally.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .. import images as imaging
