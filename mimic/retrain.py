@@ -66,6 +66,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .config_file import ConfigFile
+
 log = logging.getLogger("mimic.retrain")
 
 # db.export.split_of's default seed: with it the held-out slice agrees with the store's ordinary export.
@@ -94,7 +96,9 @@ class RetrainCancelled(BaseException):
 # Configuration
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class RetrainConfig:
+class RetrainConfig(ConfigFile):
+    _what = "retrain config"
+
     data_dir: str = "data"                  # the app's DATA_DIR; the store is db.open_store(data_dir)
     base_data: str | None = None            # optional base dataset (official / MELBench / JSONL)
     checkpoint: str | None = None           # serving checkpoint when no version is promoted
@@ -149,25 +153,6 @@ class RetrainConfig:
     # -- construction ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict, **overrides) -> "RetrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(f"unknown retrain config keys {unknown} (known: {sorted(names)})")
-        merged = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(**merged)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "RetrainConfig":
-        """YAML (or JSON, which is YAML) mapping of the fields above; `overrides` (not None) win."""
-        import yaml
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: the retrain config must be a mapping")
-        return cls.from_dict(raw, **overrides)
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "RetrainConfig":

@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch import nn
 from .backbones import load_backbone
 from .backbones.base import ImageFeatures, TextFeatures
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config_file import ConfigFile
 from .data.schema import Dataset, Entity
 from .evaluation import evaluate
 from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
@@ -34,7 +35,7 @@ log = logging.getLogger("mimic")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
     """Defaults are the paper's (configs/mimic_paper.yaml)."""
 
     data: str = ""
@@ -70,19 +71,6 @@ class TrainConfig:
     progress: bool = True
     test_after: bool = True
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        import yaml
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: the YAML config must be a mapping")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
 
 
 def set_seed(seed: int) -> None:
