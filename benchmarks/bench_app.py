@@ -13,7 +13,6 @@ Prints min / median / max per figure (ms or s).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -23,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from bench_common import write_json   # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -140,10 +141,7 @@ def main():
     finally:
         stop_app(proc)
     out["cpu_threads"] = os.cpu_count()
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    print(write_json(out, a.json))
 
 
 if __name__ == "__main__":

@@ -42,23 +42,18 @@ def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0, px:
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
-    from skimage import data as skdata
 
+    from bench_common import random_square_crop, sample_photos
     from mimic.data.schema import Entity, KnowledgeBase
     rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(f()).convert("RGB") for f in (skdata.astronaut, skdata.chelsea, skdata.coffee,
-                                                            skdata.rocket, skdata.horse)]
+    photos = sample_photos()
     (root / "kb").mkdir(parents=True)
     (root / "mentions").mkdir(parents=True)
     tints = rng.integers(0, 256, (n_entities, 3))
     photo_of = rng.integers(0, len(photos), n_entities)
 
     def picture(e: int, path: Path, r: np.random.Generator) -> None:
-        p = photos[photo_of[e]]
-        w, h = p.size
-        s = int(r.integers(min(w, h) // 2, min(w, h)))
-        x, y = int(r.integers(0, w - s + 1)), int(r.integers(0, h - s + 1))
-        img = p.crop((x, y, x + s, y + s)).resize((px, px), Image.BICUBIC)
+        img = random_square_crop(photos[photo_of[e]], r, px)
         tint = Image.new("RGB", img.size, tuple(int(c) for c in tints[e]))
         Image.blend(img, tint, 0.45).save(path, quality=90)
 
@@ -107,11 +102,10 @@ def main():
     out: dict = {"size": a.size, "device": str(device), "batch_size": a.batch_size, "epochs": a.epochs,
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
+    from bench_common import write_json
+
     def dump():
-        text = json.dumps(out, indent=2)
-        if a.json:
-            Path(a.json).write_text(text + "\n")
-        return text
+        return write_json(out, a.json)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -17,7 +17,6 @@ and the bf16/fp32 speed ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_common import random_square_crop, sample_photos, write_json  # noqa: E402
 
 def build_clip(path: Path, size: str) -> Path:
     """A random CLIP of the given size with a locally trained tokenizer, saved to `path`."""
@@ -51,19 +53,12 @@ def build_clip(path: Path, size: str) -> Path:
 def image_cache(n: int, seed: int = 0) -> torch.Tensor:
     """n pre-decoded, pre-resized RGB images as uint8 [n, 3, 224, 224] (moved to the device by the caller).
     Real sample photos (scikit-image) cut into varied crops, so the data is not constant."""
-    from PIL import Image
-    from skimage import data as skdata
     rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(f()) .convert("RGB") for f in (skdata.astronaut, skdata.chelsea, skdata.coffee,
-                                                             skdata.rocket, skdata.horse)]
+    photos = sample_photos()
     out = torch.empty((n, 3, 224, 224), dtype=torch.uint8)
     for i in range(n):
-        p = photos[i % len(photos)]
-        w, h = p.size
-        s = int(rng.integers(min(w, h) // 2, min(w, h)))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        crop = p.crop((x, y, x + s, y + s)).resize((224, 224), Image.BICUBIC)
-        out[i] = torch.from_numpy(np.asarray(crop)).permute(2, 0, 1)
+        crop = random_square_crop(photos[i % len(photos)], rng, 224)
+        out[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1)
     return out
 
 
@@ -151,10 +146,7 @@ def main():
                 torch.cuda.empty_cache()
         if "fp32" in results and "bf16" in results:
             results["bf16_speedup"] = round(results["bf16"]["samples_per_s"] / results["fp32"]["samples_per_s"], 2)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    print(write_json(results, a.json))
 
 
 if __name__ == "__main__":
