@@ -10,12 +10,20 @@ never computed; the numbers are the same.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 from .. import images as imaging
 from .base import Backbone, BackboneDims, TextFeatures
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std as [1, 3, 1, 1] on `device`, made once per device (normalising runs per batch)."""
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return as_t(imaging.CLIP_MEAN), as_t(imaging.CLIP_STD)
 
 
 class ClipBackbone(Backbone):
@@ -70,8 +78,7 @@ class ClipBackbone(Backbone):
         return imaging.to_uint8_tensor(image)
 
     def normalize_pixels(self, pixels, has_image):
-        mean = torch.tensor(imaging.CLIP_MEAN, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(imaging.CLIP_STD, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        mean, std = _clip_mean_std(pixels.device)
         x = (pixels.float() / 255.0 - mean) / std
         return x * has_image.to(x.device).view(-1, 1, 1, 1)
 
