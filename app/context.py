@@ -12,7 +12,7 @@ from pathlib import Path
 
 from db import AnnotationStore, open_store
 from mimic.data.schema import Entity, KnowledgeBase, Mention
-from mimic.serving import LinkingService
+from mimic.serving.service import LinkingService
 
 from .config import REPO, AppConfig
 
@@ -172,7 +172,7 @@ class AppContext:
         return self.follow_promotion()
 
     def retrain_config(self, **overrides):
-        from mimic.retrain import RetrainConfig
+        from retraining.job import RetrainConfig
         return RetrainConfig.from_env(data_dir=str(self.config.data_dir), backbone=self.config.backbone,
                                       checkpoint=self.config.checkpoint, **overrides)
 
@@ -182,7 +182,7 @@ class AppContext:
         in its own process). interval <= 0: no thread."""
         if interval <= 0:
             return None
-        from mimic.retrain import maybe_start_retrain
+        from retraining.job import maybe_start_retrain
 
         def loop():
             while not self._stop.wait(interval):
@@ -221,7 +221,7 @@ def knowledge_base(store: AnnotationStore, data_dir: Path) -> KnowledgeBase:
 
 
 def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
-    from mimic.kb import load_kb
+    from mimic.data.kb_files import load_kb
     kb, report = load_kb(config.kb_path)
     log.info("first start: loading %s into the database (%s)", config.kb_path, report.summary())
     portable = KnowledgeBase([replace(e, images=[_portable(p, config.data_dir) for p in e.images])
@@ -239,7 +239,7 @@ def _load_examples(config: AppConfig) -> list[Mention]:
 
 
 def candidates_for_store(candidates) -> list[dict]:
-    """Ranked candidates (`mimic.linker.Candidate`s or their dicts) as the store's prediction input."""
+    """Ranked candidates (`mimic.serving.linker.Candidate`s or their dicts) as the store's prediction input."""
     def get(c, k):
         return c[k] if isinstance(c, dict) else getattr(c, k)
     return [{k: get(c, k) for k in ("entity_id", "S", "S_T", "S_V", "S_C")} for c in candidates]

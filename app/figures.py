@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from mimic.linker import Candidate, Explanation
+from mimic.serving.linker import Candidate, Explanation
 
 UNIT_LABELS = {"S_T": "S_T text (TGLU)", "S_V": "S_V image (VDLU)", "S_C": "S_C cross-modal (CMFU)", "S": "S (mean)"}
 ZERO_SHOT_LABELS = {"S_T": "S_T text cosine", "S_V": "S_V image cosine", "S_C": "S_C text→image cosine",

@@ -19,8 +19,8 @@ import pandas as pd
 
 from db import StoreError
 from mimic.data.schema import Entity
-from mimic.linker import LinkInputError, LinkResult
-from mimic.serving import safe_name
+from mimic.serving.linker import LinkInputError, LinkResult
+from mimic.serving.service import safe_name
 
 from . import figures
 from .context import AppContext, WriteDenied, candidates_for_store, resolve_image
@@ -131,7 +131,7 @@ def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: 
             shared_scale: bool = True) -> InspectView:
     """Everything the Inspect tab draws for one candidate of the last link result. Candidates outside
     the explained top 3 are explained on demand (and cached in `result`)."""
-    from mimic.linker import Explanation
+    from mimic.serving.linker import Explanation
     if not result:
         raise UserError("link a mention first (Link tab), then pick a candidate here")
     cands = result["candidates"]
@@ -298,7 +298,7 @@ def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=No
     author = ctx.annotator(username)
     if not path:
         raise UserError("choose a KB file to import")
-    from mimic.kb import load_kb
+    from mimic.data.kb_files import load_kb
     try:
         kb, report = load_kb(path)
     except (ValueError, OSError) as exc:   # unreadable file, unknown format: nothing was imported
@@ -349,7 +349,7 @@ def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
 def analyze_corrections(ctx: AppContext, username: str | None = None, progress=None) -> str:
     """Analyse the served model on the corrections collected so far; the records are saved under
     DATA_DIR/analysis/ and the path returned (pick it later to compare versions). Signed-in users."""
-    from mimic.analysis import save_records
+    from mimic.analysis.error_analysis import save_records
     ctx.annotator(username)
     mentions, source = corrections_as_mentions(ctx)
     if not mentions:
@@ -386,7 +386,7 @@ def analysis_runs(ctx: AppContext) -> list[tuple[str, str]]:
 
 @_user_errors
 def load_analysis(ctx: AppContext, path: str) -> list:
-    from mimic.analysis import load_records
+    from mimic.analysis.error_analysis import load_records
     if not path:
         raise UserError("choose an analysis run (or analyse the corrections first)")
     if path not in _ANALYSIS_CACHE:
@@ -407,7 +407,7 @@ class AnalysisView:
 
 @_user_errors
 def analysis_view(ctx: AppContext, path: str, labels=None, dataset=None, has_image: str = "any") -> AnalysisView:
-    from mimic import analysis as A
+    from mimic.analysis import error_analysis as A
     records = load_analysis(ctx, path)
     summary = A.summarize(records)
     img = {"any": None, "with image": True, "without image": False}.get(has_image or "any")
@@ -423,7 +423,7 @@ def analysis_view(ctx: AppContext, path: str, labels=None, dataset=None, has_ima
 @_user_errors
 def analysis_compare(ctx: AppContext, path_a: str, path_b: str):
     """-> (comparison dict, table, csv path, figure): A is the baseline, B the newer run."""
-    from mimic import analysis as A
+    from mimic.analysis import error_analysis as A
     if not path_a or not path_b:
         raise UserError("choose two analysis runs to compare")
     try:
@@ -526,7 +526,7 @@ def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
 @_user_errors
 def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
     """Start `python -m mimic retrain` in its own process (one at a time). -> the training run id."""
-    from mimic.retrain import RetrainBusy, read_progress, start_retrain_process
+    from retraining.job import RetrainBusy, read_progress, start_retrain_process
     ctx.require_role(username)
     with _RETRAIN_START:
         # The job's own lock refuses a second run once the first process holds it; a run that is
@@ -548,7 +548,7 @@ _RETRAIN_START = threading.Lock()
 
 def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict, str, int]:
     """-> (progress {status, step, fraction, message, alive, ...}, new log text, next offset)."""
-    from mimic.retrain import read_log, read_progress
+    from retraining.job import read_log, read_progress
     prog = read_progress(ctx.config.data_dir, int(run_id)) or {"status": "unknown", "fraction": 0.0, "message": ""}
     text, nxt = read_log(ctx.config.data_dir, int(run_id), offset)
     return prog, text, nxt

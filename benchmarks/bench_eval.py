@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mimic.backbones.base import ImageFeatures, TextFeatures
-from mimic.modeling_mimic import EntityCache, MimicConfig, MimicHeads, SideFeatures
+from mimic.models.modeling_mimic import EntityCache, MimicConfig, MimicHeads, SideFeatures
 
 
 def random_side(heads, n, device, dtype, base=None):

@@ -7,7 +7,7 @@ fp32 vs bf16 autocast, the backbone trained (what `python -m mimic retrain` does
 The CLIP is randomly initialised (no weights exist offline) with the sizes of openai/clip-vit-base-patch32
 (text 512-d × 12 layers, vision 768-d × 12 layers, patch 32 at 224 px, projection 512); the tokenizer is
 trained on the spot. Data loading is kept out of the way on purpose: images are decoded and resized once
-into a uint8 cache [N, 3, 224, 224] kept on the device (as `mimic.input_cache` does when it fits), texts
+into a uint8 cache [N, 3, 224, 224] kept on the device (as `mimic.training.input_cache` does when it fits), texts
 are tokenized once; each step gathers a batch there, normalises it and runs backbone + MIMIC heads +
 the in-batch loss + AdamW.
 A step is: B mentions (text + image) and their B gold entities (text + image), as in training.
@@ -65,7 +65,7 @@ def image_cache(n: int, seed: int = 0) -> torch.Tensor:
 def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warmup: int, device) -> dict:
     bf16 = precision == "bf16"
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")   # as mimic.training
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")   # as mimic.training.trainer
     n = cache.shape[0]
     has = torch.ones(batch, dtype=torch.bool, device=device)
     gold = torch.arange(batch, device=device)
@@ -78,7 +78,7 @@ def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warm
         t0 = time.perf_counter()
 
         def pixels(rows):
-            # What mimic.input_cache does in training: gather uint8 rows, normalise on the device.
+            # What mimic.training.input_cache does in training: gather uint8 rows, normalise on the device.
             return model.backbone.normalize_pixels(cache[rows], has)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -119,7 +119,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False          # fp32 means fp32 (TF32 would blur the comparison)
     torch.backends.cudnn.allow_tf32 = False
     from mimic.backbones.clip import ClipBackbone
-    from mimic.model import MimicModel
+    from mimic.models.linking_model import LinkingModel
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cache = image_cache(a.images)
@@ -134,7 +134,7 @@ def main():
         e_texts = [" ".join(rng.choice(words, 30)) for _ in range(a.images)]
         for prec in [p.strip() for p in a.precisions.split(",") if p.strip()]:
             torch.manual_seed(0)
-            model = MimicModel.build(ClipBackbone(str(clip_dir)), mode="fixed").to(device)
+            model = LinkingModel.build(ClipBackbone(str(clip_dir)), mode="fixed").to(device)
             for p in model.parameters():
                 p.requires_grad_(True)                     # the backbone is fine-tuned too
             m_tok = {k: v.to(device) for k, v in model.backbone.tokenize(m_texts, model.config.text_max_length).items()}

@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimic.backbones.tiny import build_tiny_clip  # noqa: E402
-from mimic.checkpoint import load_checkpoint  # noqa: E402
+from mimic.models.checkpoint import load_checkpoint  # noqa: E402
 from mimic.data.synthetic import make_synthetic  # noqa: E402
-from mimic.evaluation import evaluate  # noqa: E402
-from mimic.training import TrainConfig, train  # noqa: E402
+from mimic.analysis.ranking import evaluate  # noqa: E402
+from mimic.training.trainer import TrainConfig, train  # noqa: E402
 
 
 def main():

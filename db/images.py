@@ -1,7 +1,7 @@
 """Content-addressed image files: each distinct image is stored once, named by its SHA-256.
 
 Layout: DATA_DIR/images/<sha256[:2]>/<sha256><ext>. The bytes are kept exactly as received (the
-hash is of those bytes), after `mimic.images.load_image` has fully decoded them with a pixel cap,
+hash is of those bytes), after `mimic.data.images.load_image` has fully decoded them with a pixel cap,
 so a corrupt, truncated, non-image or oversized file is refused with `InvalidImage` before
 anything is written. A file is written to a temporary name, fsynced and renamed into place, so a
 crash never leaves a half-written image under its final name; writing the same image twice (two
@@ -66,11 +66,11 @@ class ImageStore:
 
     def validate(self, data: bytes, field: str = "image") -> tuple[str, int, int]:
         """(extension, width, height) of fully decodable image bytes, else InvalidImage."""
-        # Imported here: mimic.images pulls in torch, which processes that never see an image
+        # Imported here: mimic.data.images pulls in torch, which processes that never see an image
         # (journal tools, exports, the tests' writer subprocesses) should not pay for.
         from PIL import Image
 
-        from mimic.images import ImageError, load_image
+        from mimic.data.images import ImageError, load_image
         try:
             img = load_image(data, max_pixels=self.max_pixels, convert_rgb=False, apply_exif=False)
         except ImageError as e:

@@ -20,7 +20,9 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,13 +31,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _json_out(obj, path: str | None):
     text = json.dumps(obj, indent=2)
     if path:
-        from .atomic import write_text_atomic
+        from mimic.atomic import write_text_atomic
         write_text_atomic(path, text + "\n")
     print(text)
 
 
 def cmd_train(a):
-    from .training import TrainConfig, train
+    from mimic.training.trainer import TrainConfig, train
     overrides = {"data": a.data, "output": a.output, "backbone": a.backbone, "mode": a.mode,
                  "model": a.model, "cross_modal": a.cross_modal, "text_field": a.text_field,
                  "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "device": a.device,
@@ -56,10 +58,10 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from .checkpoint import load_checkpoint
-    from .data.formats import load_dataset
-    from .evaluation import evaluate
-    from .training import pick_device
+    from mimic.models.checkpoint import load_checkpoint
+    from mimic.data.formats import load_dataset
+    from mimic.analysis.ranking import evaluate
+    from mimic.training.trainer import pick_device
     ds = load_dataset(a.data)
     model = load_checkpoint(a.checkpoint, pick_device(a.device))
     mentions = ds.split(a.split)
@@ -74,16 +76,16 @@ def cmd_evaluate(a):
 
 
 def cmd_import_official(a):
-    from .checkpoint import import_official
+    from mimic.models.checkpoint import import_official
     out = import_official(a.checkpoint, a.backbone, a.output, mode=a.mode, trust_pickle=a.trust_pickle)
     print(json.dumps({"output": str(out)}))
 
 
 def cmd_index(a):
-    from .checkpoint import load_checkpoint
-    from .index import KBIndex
-    from .kb import load_kb
-    from .training import pick_device
+    from mimic.models.checkpoint import load_checkpoint
+    from mimic.serving.index import KBIndex
+    from mimic.data.kb_files import load_kb
+    from mimic.training.trainer import pick_device
     kb, report = load_kb(a.kb)
     print(f"[mimic] {report.summary()}", file=sys.stderr)
     for r in report.rejected[:20]:
@@ -99,7 +101,7 @@ def cmd_index(a):
 
 
 def cmd_link(a):
-    from .linker import Linker
+    from mimic.serving.linker import Linker
     linker = Linker.from_paths(a.checkpoint, a.index, shortlist=a.shortlist,
                                allowed_image_dirs=a.allowed_image_dir or None)
     if a.batch:
@@ -128,27 +130,24 @@ def cmd_link(a):
 
 
 def cmd_calibrate_nil(a):
-    from .data.formats import load_dataset
-    from .linker import Linker
+    from mimic.data.formats import load_dataset
+    from mimic.serving.linker import Linker
     linker = Linker.from_paths(a.checkpoint, a.index)
     mentions = load_dataset(a.data).split(a.split)
     known = [m for m in mentions if m.answer in linker.index.position]
     print(json.dumps(linker.calibrate_nil(known[:a.limit] if a.limit else known), indent=2))
 
 
-def cmd_bench_link(a):
-    from .bench_link import main as bench_main
-    bench_main(a)
 
 
 def cmd_info(a):
     from pathlib import Path
     p = Path(a.path)
     if (p / "config.json").exists():
-        from .checkpoint import read_config, read_metrics
+        from mimic.models.checkpoint import read_config, read_metrics
         print(json.dumps({"checkpoint": read_config(p), "metrics": read_metrics(p)}, indent=2))
         return
-    from .data.formats import load_dataset
+    from mimic.data.formats import load_dataset
     ds = load_dataset(p)
     print(json.dumps({"dataset": ds.name, "entities": len(ds.kb),
                       "splits": {k: len(v) for k, v in ds.splits.items()}, "stats": ds.stats}, indent=2, default=str))
@@ -236,36 +235,46 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int)
     c.set_defaults(func=cmd_calibrate_nil)
 
-    b = sub.add_parser("bench-link", help="serving benchmark on a synthetic clustered KB")
-    b.add_argument("--entities", type=int, default=10000)
-    b.add_argument("--backbone", default="tiny-clip", help="tiny-clip | offline | a CLIP folder")
-    b.add_argument("--queries", type=int, default=200)
-    b.add_argument("--exhaustive-queries", type=int, default=30)
-    b.add_argument("--shortlist", type=int, default=64)
-    b.add_argument("--faiss", choices=["flat", "fp16", "hnsw", "ivf"], default="flat")
-    b.add_argument("--image-fraction", type=float, default=0.1)
-    b.add_argument("--epochs", type=int, default=8, help="training epochs of the benchmark's model")
-    b.add_argument("--train-mentions", type=int, default=10000)
-    b.add_argument("--json")
-    b.set_defaults(func=cmd_bench_link)
-
     n = sub.add_parser("info", help="describe a checkpoint folder or a dataset")
     n.add_argument("path")
     n.set_defaults(func=cmd_info)
 
-    from .analysis import add_analyze_parser
-    from .retrain import add_retrain_parser
+    from mimic.analysis.error_analysis import add_analyze_parser
     add_analyze_parser(sub)
-    add_retrain_parser(sub)
+    for name, (_, help_text) in FORWARDED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return ap
 
 
 def _index_errors():
-    from .index import IndexError_
+    from mimic.serving.index import IndexError_
     return IndexError_
 
 
+# Commands that live above the library and run as their own process, so that `mimic` never imports
+# them: `retrain` joins the library with the annotation store (package `retraining`), `bench-link`
+# is a benchmark script of the source checkout. Their arguments pass through unchanged.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+FORWARDED = {
+    "retrain": (["-m", "retraining"],
+                "corrections -> fine-tune -> evaluated model version -> promotion (python -m retraining)"),
+    "bench-link": ([str(_CHECKOUT / "benchmarks" / "bench_link.py")],
+                   "serving benchmark on a synthetic clustered KB (benchmarks/bench_link.py)"),
+}
+
+
+def _forward(name: str, args: list[str]) -> int:
+    target = FORWARDED[name][0]
+    if not target[0].startswith("-") and not Path(target[0]).is_file():
+        print(f"error: `{name}` needs a source checkout ({target[0]} not found)", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, *target, *args])
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        return _forward(argv[0], argv[1:])
     ap = build_parser()
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")

@@ -1,4 +1,4 @@
-"""Error analysis (mimic.analysis) on small hand-made evaluations whose every answer is known.
+"""Error analysis (mimic.analysis.error_analysis) on small hand-made evaluations whose every answer is known.
 
 Two synthetic runs over a 6-entity KB (E1..E6):
   * LINKED: 11 hand-made LinkResults (shortlists of 3, one of 6) with every label, NIL decisions
@@ -18,10 +18,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mimic import analysis as an
+from mimic.analysis import error_analysis as an
 from mimic.data.schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
-from mimic.evaluation import ranks_from_scores
-from mimic.linker import Candidate, LinkResult
+from mimic.analysis.ranking import ranks_from_scores
+from mimic.serving.linker import Candidate, LinkResult
 
 KB_IDS = ["E1", "E2", "E3", "E4", "E5", "E6"]
 NAMES = {e: f"Entity {e[1]}" for e in KB_IDS}

@@ -281,11 +281,11 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
     import torch
 
     from app.context import AppContext
-    from mimic.checkpoint import save_checkpoint
+    from mimic.models.checkpoint import save_checkpoint
     from mimic.data.formats import write_jsonl_dataset
-    from mimic.model import MimicModel
+    from mimic.models.linking_model import LinkingModel
     torch.manual_seed(0)
-    ckpt = save_checkpoint(MimicModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
+    ckpt = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
     data = write_jsonl_dataset(synthetic_dataset, tmp_path / "synthetic")
     split = next(iter(synthetic_dataset.splits))
     cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_CHECKPOINT": str(ckpt),
@@ -335,7 +335,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
 
 def test_analysis_of_the_corrections(studio):
     """The Analysis tab's handlers: analyse the served model on the corrections, filter, compare."""
-    from mimic.analysis import LABELS
+    from mimic.analysis.error_analysis import LABELS
     ctx = studio.ctx
     # two corrections with known golds: X01's gold (the cat) and a NIL for X03
     H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")

@@ -105,11 +105,11 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
 def test_restart_serves_the_promoted_version(retrain_app, tmp_path, tiny_clip):
     import torch
 
-    from mimic.checkpoint import save_checkpoint
-    from mimic.model import MimicModel
+    from mimic.models.checkpoint import save_checkpoint
+    from mimic.models.linking_model import LinkingModel
     ctx, _ = retrain_app
     torch.manual_seed(1)
-    ck = save_checkpoint(MimicModel.build(tiny_clip, mode="fixed"), ctx.config.data_dir / "models" / "v-test",
+    ck = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), ctx.config.data_dir / "models" / "v-test",
                          backbone_trained=False)
     ctx.store.register_model_version("v-test", checkpoint=str(ck), backbone="tiny CLIP")
     ctx.store.promote("v-test")

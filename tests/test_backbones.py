@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import mimic.backbones as backbones
-from mimic.model import ImageLoadStats, MimicModel, load_images
+from mimic.models.linking_model import ImageLoadStats, LinkingModel, load_images
 
 
 def test_auto_falls_back_to_offline_loudly(monkeypatch, capsys):
@@ -67,8 +67,8 @@ def test_image_handling_per_mode(tmp_path):
 
 def test_compat_encodes_the_zero_image_fixed_masks_it(tiny_clip):
     with torch.no_grad():
-        fixed = MimicModel.build(tiny_clip, mode="fixed").eval()
-        compat = MimicModel.build(tiny_clip, mode="compat").eval()
+        fixed = LinkingModel.build(tiny_clip, mode="fixed").eval()
+        compat = LinkingModel.build(tiny_clip, mode="compat").eval()
         _, img_f = fixed.backbone_features(["alder"], [None])
         _, img_c = compat.backbone_features(["alder"], [None])
     assert not bool(img_f.has_image[0]) and float(img_f.tokens.abs().sum()) == 0.0

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.checkpoint import CheckpointError, import_official, load_checkpoint, read_config, save_checkpoint
-from mimic.model import MimicModel
+from mimic.models.checkpoint import CheckpointError, import_official, load_checkpoint, read_config, save_checkpoint
+from mimic.models.linking_model import LinkingModel
 
 from test_modeling import reference_official, to_np
 
@@ -39,7 +39,7 @@ def _perturb(module, seed):
 def test_round_trip_frozen_and_trained_backbone(tiny_clip_dir, tmp_path):
     from mimic.backbones.clip import ClipBackbone
     torch.manual_seed(1)
-    model = MimicModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
+    model = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
     _perturb(model.heads, 1)
     want = _scores(model)
     # frozen: only heads saved, backbone rebuilt from its description
@@ -59,13 +59,13 @@ def test_round_trip_frozen_and_trained_backbone(tiny_clip_dir, tmp_path):
 
 
 def test_failed_write_leaves_previous_checkpoint_intact(tiny_clip, tmp_path, monkeypatch):
-    model = MimicModel.build(tiny_clip, mode="fixed").eval()
+    model = LinkingModel.build(tiny_clip, mode="fixed").eval()
     target = tmp_path / "best"
     save_checkpoint(model, target, backbone_trained=False, metrics={"v": 1})
     before = read_config(target)["fingerprint"]
     _perturb(model.heads, 3)
 
-    import mimic.checkpoint as ck
+    import mimic.models.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
@@ -85,7 +85,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def _official_lightning_checkpoint(model: MimicModel, path):
+def _official_lightning_checkpoint(model: LinkingModel, path):
     """What the official code saves: a Lightning dict whose state_dict has encoder.* / matcher.* keys."""
     sd = {f"encoder.clip.{k}": v for k, v in model.backbone.clip.state_dict().items()}
     for k, v in model.heads.state_dict().items():
@@ -97,7 +97,7 @@ def _official_lightning_checkpoint(model: MimicModel, path):
 def test_import_official_scores_identically(tiny_clip_dir, tmp_path):
     from mimic.backbones.clip import ClipBackbone
     torch.manual_seed(2)
-    src = MimicModel.build(ClipBackbone(str(tiny_clip_dir)), mode="compat").eval()
+    src = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="compat").eval()
     _perturb(src.heads, 4)
     _perturb(src.backbone, 5)     # fine-tuned CLIP weights must come from the checkpoint, not the folder
     ckpt = tmp_path / "epoch=13.ckpt"

@@ -1,5 +1,5 @@
 """The committed demo knowledge base (`assets/demo_kb`): loadable, ambiguous by name, decided by
-images, and reproducible by `mimic.demo.build_demo_assets`."""
+images, and reproducible by `assets.demo_builder.build.build_demo_assets`."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mimic.data.formats import load_jsonl_dataset
-from mimic.demo import (
+from assets.demo_builder.build import (
     ENTITIES,
     EXAMPLES,
     ambiguity_groups,
@@ -20,8 +20,8 @@ from mimic.demo import (
     demo_kb_path,
     load_demo_kb,
 )
-from mimic.images import load_image
-from mimic.kb import load_kb
+from mimic.data.images import load_image
+from mimic.data.kb_files import load_kb
 
 DEMO = demo_kb_path()
 

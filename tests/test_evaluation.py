@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mimic.evaluation import evaluate, metrics_from_ranks, ranks_from_scores
-from mimic.model import MimicModel
+from mimic.analysis.ranking import evaluate, metrics_from_ranks, ranks_from_scores
+from mimic.models.linking_model import LinkingModel
 
 
 def test_ranks_hand_computed_with_deterministic_ties():
@@ -32,7 +32,7 @@ def test_metrics_hand_computed():
 @pytest.fixture(scope="module")
 def model(tiny_clip):
     torch.manual_seed(0)
-    return MimicModel.build(tiny_clip, mode="fixed").eval()
+    return LinkingModel.build(tiny_clip, mode="fixed").eval()
 
 
 def test_strategies_chunks_and_batches_agree(model, synthetic_dataset, tmp_path):

@@ -1,4 +1,4 @@
-"""mimic.images: every bad or odd image is generated here with PIL, nothing is shipped."""
+"""mimic.data.images: every bad or odd image is generated here with PIL, nothing is shipped."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.images import (CLIP_MEAN, CLIP_STD, ImageError, load_image, resize_center_crop, squash_resize,
+from mimic.data.images import (CLIP_MEAN, CLIP_STD, ImageError, load_image, resize_center_crop, squash_resize,
                           to_tensor_affine, to_tensor_normalized)
 
 

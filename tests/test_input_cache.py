@@ -1,4 +1,4 @@
-"""The trainable-backbone input cache (mimic.input_cache): same pixels, same training, bad images."""
+"""The trainable-backbone input cache (mimic.training.input_cache): same pixels, same training, bad images."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +7,9 @@ import torch
 from mimic.backbones.clip import ClipBackbone
 from mimic.data.formats import load_dataset
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
-from mimic.input_cache import InputCache
-from mimic.model import MimicModel, load_images, mention_text
-from mimic.training import TrainConfig, train
+from mimic.training.input_cache import InputCache
+from mimic.models.linking_model import LinkingModel, load_images, mention_text
+from mimic.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def official_ds(synthetic_official):
 
 @pytest.mark.parametrize("mode", ["fixed", "compat"])
 def test_cached_inputs_equal_the_per_batch_path(official_ds, tiny_clip_dir, mode):
-    model = MimicModel.build(ClipBackbone(str(tiny_clip_dir)), mode=mode)
+    model = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode=mode)
     ms = list(official_ds.split("train"))[:12]
     ents = [official_ds.kb[official_ds.kb.position(m.answer)] for m in ms]
     cache = InputCache(model, ms, ents, torch.device("cpu"), max_bytes=1 << 30)
@@ -55,7 +55,7 @@ def test_too_big_cache_falls_back_and_bad_images_count_as_missing(tiny_clip_dir,
                                images=[str(good)] if i % 2 else []) for i in range(6)])
     ms = [Mention(id=f"m{i}", sentence=f"about entity {i}", mention=f"entity {i}", answer=f"Q{i}",
                   image=[str(good), str(bad), None][i % 3]) for i in range(6)]
-    model = MimicModel.build(ClipBackbone(str(tiny_clip_dir)))
+    model = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)))
     cache = InputCache(model, ms, list(kb.entities), torch.device("cpu"), max_bytes=1 << 30)
     assert cache.image_stats["unreadable"] == 1 and cache.image_stats["loaded"] == 1
     _, _, px, has, all_present = cache.mention_inputs(torch.arange(6), model.backbone)
@@ -80,7 +80,7 @@ def _digest(folder):
 def test_a_non_finite_loss_stops_training_before_any_save(official_ds, tiny_clip_dir, tmp_path, monkeypatch,
                                                          check_every):
     """check_every 3 exercises the deferred check used on CUDA: the poisoned steps are never saved."""
-    from mimic.modeling_mimic import MimicHeads
+    from mimic.models.modeling_mimic import MimicHeads
     ds = Dataset(official_ds.kb, {"train": list(official_ds.split("train"))[:40]}, name="small")
     cfg = dict(output=str(tmp_path / "run"), backbone=str(tiny_clip_dir), lr=1e-3, batch_size=8, progress=False,
                test_after=False, device="cpu", check_every=check_every, seed=0)

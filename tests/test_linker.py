@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.checkpoint import load_checkpoint, save_checkpoint
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.data.schema import Entity, KnowledgeBase
-from mimic.index import IndexMismatchError, KBIndex
-from mimic.kb import load_kb
-from mimic.linker import Linker, LinkInputError
-from mimic.model import MimicModel
-from mimic.training import TrainConfig, train
+from mimic.serving.index import IndexMismatchError, KBIndex
+from mimic.data.kb_files import load_kb
+from mimic.serving.linker import Linker, LinkInputError
+from mimic.models.linking_model import LinkingModel
+from mimic.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +129,14 @@ def test_incremental_updates_equal_a_rebuild(trained, synthetic_dataset, tmp_pat
 
 
 def test_index_refuses_another_model(index, tiny_clip, tmp_path):
-    other = MimicModel.build(tiny_clip, mode="fixed")
+    other = LinkingModel.build(tiny_clip, mode="fixed")
     save_checkpoint(other, tmp_path / "other", backbone_trained=False)
     with pytest.raises(IndexMismatchError, match="rebuild the index"):
         Linker(load_checkpoint(tmp_path / "other"), index)
 
 
 def test_interrupted_build_resumes_and_never_leaves_a_half_index(trained, synthetic_dataset, tmp_path, monkeypatch):
-    import mimic.index as mi
+    import mimic.serving.index as mi
     model = load_checkpoint(trained)
     calls = {"n": 0}
     real = mi.load_images

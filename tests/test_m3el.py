@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mimic.backbones.base import ImageFeatures, TextFeatures
-from mimic.modeling_m3el import (
+from mimic.models.modeling_m3el import (
     FIXED_MODE_DEVIATIONS_M3EL,
     M3ELConfig,
     M3ELEntityCache,
@@ -19,7 +19,7 @@ from mimic.modeling_m3el import (
     heads_state_dict_from_official,
     weighted_contrastive_loss,
 )
-from mimic.modeling_mimic import TGLU
+from mimic.models.modeling_mimic import TGLU
 
 DIMS = {"text_global_dim": 12, "text_token_dim": 10, "image_global_dim": 8, "image_token_dim": 6,
         "num_image_tokens": 5, "dv": 7, "timm_dim": 4, "iimm_dim": 4, "cmm_dim": 4, "text_max_length": 6}
@@ -564,12 +564,12 @@ def test_loss_is_finite_for_a_text_only_batch(mode, cross):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode,cross", [("fixed", "bidirectional"), ("compat", "t2v")])
 def test_training_on_synthetic_rises_far_above_chance(tiny_clip, synthetic_dataset, mode, cross):
-    from mimic.evaluation import evaluate
-    from mimic.model import MimicModel, entity_text, load_images, mention_text
+    from mimic.analysis.ranking import evaluate
+    from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 
     torch.manual_seed(0)
     heads_ = M3ELHeads(M3ELConfig.for_backbone(tiny_clip.dims, mode=mode, cross_modal=cross))
-    model = MimicModel(tiny_clip, heads_)          # the backbone stays frozen: features computed once
+    model = LinkingModel(tiny_clip, heads_)          # the backbone stays frozen: features computed once
     ds, kb = synthetic_dataset, synthetic_dataset.kb
     train_m = ds.split("train")
     with torch.no_grad():
@@ -617,10 +617,10 @@ def test_m3el_trains_saves_and_serves_through_the_linker(synthetic_dataset, tiny
     """The whole product path for the second family: train() -> checkpoint -> KB index -> Linker
     (bidirectional head; the t2v head's training is covered above)."""
     cross_modal = "bidirectional"
-    from mimic.checkpoint import load_checkpoint, read_config
-    from mimic.index import KBIndex
-    from mimic.linker import Linker
-    from mimic.training import TrainConfig, train
+    from mimic.models.checkpoint import load_checkpoint, read_config
+    from mimic.serving.index import KBIndex
+    from mimic.serving.linker import Linker
+    from mimic.training.trainer import TrainConfig, train
 
     s = train(TrainConfig(output=str(tmp_path / "run"), model="m3el", cross_modal=cross_modal,
                           backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=4, batch_size=16,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mimic.backbones.base import ImageFeatures, TextFeatures
-from mimic.modeling_mimic import MimicConfig, MimicHeads, in_batch_loss
+from mimic.models.modeling_mimic import MimicConfig, MimicHeads, in_batch_loss
 
 DIMS = dict(text_global_dim=12, text_token_dim=10, image_global_dim=8, image_token_dim=6, num_image_tokens=5,
             dv=7, tglu_dim=4, vdlu_dim=4, cmfu_dim=4, text_max_length=6)

@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 from mimic.backbones.base import Backbone  # noqa: E402
 from mimic.backbones.offline import OfflineBackbone  # noqa: E402
-from mimic.images import load_image  # noqa: E402
+from mimic.data.images import load_image  # noqa: E402
 
 # ImageNet class indices used below.
 ESPRESSO, DAISY, MISSILE, PROJECTILE = 967, 985, 657, 744

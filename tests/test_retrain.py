@@ -1,4 +1,4 @@
-"""Retraining from accepted corrections (`mimic.retrain`), on the CPU with the tiny random CLIP.
+"""Retraining from accepted corrections (`retraining.job`), on the CPU with the tiny random CLIP.
 
 The store holds the synthetic KB and, as "accepted corrections", the synthetic test split annotated
 by one annotator; the base dataset is the synthetic train + dev splits (JSONL layout).
@@ -22,13 +22,13 @@ import torch
 
 from db import open_store
 from db.export import split_of
-from mimic.checkpoint import load_checkpoint, save_checkpoint
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.data.formats import write_jsonl_dataset
 from mimic.data.schema import Dataset
 from mimic.data.synthetic import make_synthetic
-from mimic.evaluation import evaluate
-from mimic.model import MimicModel
-from mimic.retrain import (JobLock, RetrainBusy, RetrainConfig, RetrainFailed, accepted_annotation_ids,
+from mimic.analysis.ranking import evaluate
+from mimic.models.linking_model import LinkingModel
+from retraining.job import (JobLock, RetrainBusy, RetrainConfig, RetrainFailed, accepted_annotation_ids,
                            decide_promotion, read_log, read_progress, recover_stale_runs, run_retrain,
                            should_retrain, start_retrain_process, zero_shot_ranks)
 
@@ -68,7 +68,7 @@ def store(tmp_path, corpus):
 def untrained_ckpt(tmp_path, tiny_clip):
     """A served checkpoint whose units were never trained."""
     torch.manual_seed(0)
-    return save_checkpoint(MimicModel.build(tiny_clip, mode="fixed"), tmp_path / "serving_ckpt", backbone_trained=False)
+    return save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "serving_ckpt", backbone_trained=False)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def wrong_ckpt(tmp_path_factory, tiny_clip_dir, corpus):
     (Untrained units already rank this easy synthetic task well, so they make no clear baseline.)"""
     import dataclasses
 
-    from mimic.training import TrainConfig, train
+    from mimic.training.trainer import TrainConfig, train
     kb = corpus.ds.kb
     shifted = [dataclasses.replace(m, answer=kb[(kb.position(m.answer) + 3) % len(kb)].id)
                for m in corpus.ds.splits["train"]]
@@ -178,14 +178,14 @@ def test_run_registers_version_with_metrics_and_annotations(store, tmp_path, tin
 
 def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_clip_dir, monkeypatch):
     """Serving (zero-shot) and candidate (its own backbone) share one decode per KB chunk, and the
-    candidate's entity cache is exactly what MimicModel.entity_cache computes."""
-    import mimic.model as mm
+    candidate's entity cache is exactly what LinkingModel.entity_cache computes."""
+    import mimic.models.linking_model as mm
     from mimic.backbones.clip import ClipBackbone
-    from mimic.retrain import _kb_pass
-    from mimic.zeroshot import zero_shot_model
+    from retraining.job import _kb_pass
+    from mimic.serving.zeroshot import zero_shot_model
     serving = zero_shot_model(tiny_clip)
     torch.manual_seed(0)
-    candidate = MimicModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
+    candidate = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
     kb = corpus.ds.kb
     want = candidate.entity_cache(kb.entities, batch_size=7)
     calls = []
@@ -200,12 +200,12 @@ def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_
 
 
 def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
-    """The vectorised full-KB zero-shot scorer against a per-pair transcription of mimic.zeroshot's rule."""
+    """The vectorised full-KB zero-shot scorer against a per-pair transcription of mimic.serving.zeroshot's rule."""
     import torch.nn.functional as F
 
-    from mimic.model import entity_text, load_images, mention_text
-    from mimic.retrain import _kb_pass
-    from mimic.zeroshot import zero_shot_model
+    from mimic.models.linking_model import entity_text, load_images, mention_text
+    from retraining.job import _kb_pass
+    from mimic.serving.zeroshot import zero_shot_model
     model = zero_shot_model(tiny_clip)
     kb, mentions = corpus.ds.kb, corpus.corrections[:12]
     [(_, glob)] = _kb_pass([(model, [], True)], kb, 7)
@@ -389,7 +389,7 @@ def test_sigterm_cancels_the_run_cleanly(store, tmp_path, tiny_clip_dir, corpus)
 # ------------------------------------------------------------------------------------------------
 _HOLDER = """
 import sys, time
-from mimic.retrain import JobLock
+from retraining.job import JobLock
 lock = JobLock(sys.argv[1]).acquire()
 lock.update(run_id=99)
 print("locked", flush=True)
@@ -527,7 +527,7 @@ def test_should_retrain_policy(tmp_path, corpus):
 def test_command_line_if_due_and_parser(store, tmp_path, tiny_clip_dir, corpus, capsys):
     import argparse
 
-    from mimic.retrain import add_retrain_parser, main, maybe_start_retrain
+    from retraining.job import add_retrain_parser, main, maybe_start_retrain
     data = str(tmp_path / "data")
     assert main(["--data-dir", data, "--if-due", "--min-new-annotations", "100"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -539,7 +539,7 @@ def test_command_line_if_due_and_parser(store, tmp_path, tiny_clip_dir, corpus, 
     add_retrain_parser(sub)
     a = sub.choices["retrain"].parse_args(["--data-dir", data, "--backbone", str(tiny_clip_dir), "--epochs", "1",
                                            "--device", "cpu", "--wait", "--holdout", "0.25", "--no-freeze-backbone"])
-    from mimic.retrain import cmd_retrain, config_from_args
+    from retraining.job import cmd_retrain, config_from_args
     cfg = config_from_args(a)
     assert (a.func, a.wait, cfg.epochs, cfg.holdout, cfg.freeze_backbone, cfg.backbone) == (
         cmd_retrain, True, 1, 0.25, False, str(tiny_clip_dir))

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from mimic.checkpoint import load_checkpoint, read_config
+from mimic.models.checkpoint import load_checkpoint, read_config
 from mimic.data.formats import load_dataset
-from mimic.evaluation import evaluate
-from mimic.training import TrainConfig, train
+from mimic.analysis.ranking import evaluate
+from mimic.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .base import Backbone, BackboneDims, BackboneOutput, ImageFeatures, TextFeatures
+from mimic.backbones.base import Backbone, BackboneDims, BackboneOutput, ImageFeatures, TextFeatures
 
 log = logging.getLogger("mimic")
 
@@ -75,13 +75,13 @@ def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbon
     if isinstance(spec, dict):
         kind = spec.get("type")
         if kind == "offline":
-            from .offline import OfflineBackbone
+            from mimic.backbones.offline import OfflineBackbone
             return OfflineBackbone()
         if kind == "clip":
             path = spec["name_or_path"]
             if base_dir is not None and not os.path.isabs(path) and (Path(base_dir) / path).exists():
                 path = str(Path(base_dir) / path)
-            from .clip import ClipBackbone
+            from mimic.backbones.clip import ClipBackbone
             return ClipBackbone(path)
         raise ValueError(f"unknown backbone description {spec!r}")
     spec = str(spec)
@@ -94,7 +94,7 @@ def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbon
         print(f"[mimic] {msg}", file=sys.stderr)
         spec = choice
     if spec == "offline":
-        from .offline import OfflineBackbone
+        from mimic.backbones.offline import OfflineBackbone
         return OfflineBackbone()
-    from .clip import ClipBackbone
+    from mimic.backbones.clip import ClipBackbone
     return ClipBackbone(PAPER_CLIP if spec == "clip" else spec)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import images as imaging
+from mimic.data import images as imaging
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Backbone(nn.Module):
     """Base class. Subclasses implement `tokenize`, `encode_text`, `encode_pixels`, `resize_image` and
     `normalize_pixels`, and set `image_size`.
 
-    Images enter as already-decoded RGB PIL images (see `mimic.images`), or None for "no image".
+    Images enter as already-decoded RGB PIL images (see `mimic.data.images`), or None for "no image".
     `pixels_from_images` turns them into the backbone's normalised pixel tensor [B, 3, H, W]; an
     item with no image gets an all-zero tensor (which is the official MIMIC behaviour: zeros in
     normalised space) and has_image False.

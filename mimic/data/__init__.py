@@ -1,7 +1,7 @@
 """Dataset records (`schema`) and on-disk formats (`formats`): official MIMIC, MELBench, JSONL."""
-from .formats import (OFFICIAL_PREFIXES, load_dataset, load_jsonl_dataset, load_melbench, load_official,
+from mimic.data.formats import (OFFICIAL_PREFIXES, load_dataset, load_jsonl_dataset, load_melbench, load_official,
                       locate_mention, melbench_split, write_jsonl_dataset, write_official)
-from .schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
+from mimic.data.schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
 
 __all__ = [
     "DataFormatError", "Dataset", "Entity", "KnowledgeBase", "Mention",

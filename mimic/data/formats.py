@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, unquote
 
-from ..atomic import atomic_dir as _atomic_dir
-from .schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
+from mimic.atomic import atomic_dir as _atomic_dir
+from mimic.data.schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
 
 __all__ = [
     "OFFICIAL_PREFIXES", "load_official", "write_official", "load_melbench", "melbench_split",

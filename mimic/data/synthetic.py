@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import Dataset, Entity, KnowledgeBase, Mention
+from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
 
 NAMES = ["alder", "birch", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "iris", "juniper",
          "kestrel", "lumen", "maple", "nectar", "onyx", "prairie", "quartz", "raven", "sierra", "tundra"]

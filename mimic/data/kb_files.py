@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from .data.schema import DataFormatError, Entity, KnowledgeBase
+from mimic.data.schema import DataFormatError, Entity, KnowledgeBase
 
 TEXT_KEYS = ("text", "description", "desc", "attr")
 

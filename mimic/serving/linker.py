@@ -24,12 +24,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import images as imaging
-from .data.formats import locate_mention
-from .data.schema import Mention
-from .index import KBIndex
-from .model import MimicModel, entity_text, mention_text
-from .modeling_mimic import MentionCache
+from mimic.data import images as imaging
+from mimic.data.formats import locate_mention
+from mimic.data.schema import Mention
+from mimic.serving.index import KBIndex
+from mimic.models.linking_model import LinkingModel, entity_text, mention_text
+from mimic.models.modeling_mimic import MentionCache
 
 MAX_SENTENCE_CHARS = 10_000
 MAX_IMAGE_PIXELS = 40_000_000     # larger images are refused (decompression-bomb guard)
@@ -55,7 +55,7 @@ class Explanation:
     cmfu_mention_cls: float | None = None
     cmfu_entity_cls: float | None = None
     # "attention" (trained MIMIC units) or "similarity" (zero-shot: backbone token / region
-    # cosine similarities, see mimic.zeroshot); the UI titles the maps accordingly.
+    # cosine similarities, see mimic.serving.zeroshot); the UI titles the maps accordingly.
     kind: str = "attention"
 
 
@@ -87,7 +87,7 @@ class LinkResult:
     nil_threshold: float | None
     shortlist_size: int
     timings_ms: dict = field(default_factory=dict)
-    # "model": S is the trained model's score; "zero-shot": backbone similarities (mimic.zeroshot)
+    # "model": S is the trained model's score; "zero-shot": backbone similarities (mimic.serving.zeroshot)
     scoring: str = "model"
 
     @property
@@ -112,7 +112,7 @@ class Linker:
     # retrievers whose shortlist this linker uses (the zero-shot linker drops the untrained "model")
     retriever_names = ("model", "text", "image", "text→image", "lexical")
 
-    def __init__(self, model: MimicModel, index: KBIndex, *, shortlist: int = 64, allowed_image_dirs=None,
+    def __init__(self, model: LinkingModel, index: KBIndex, *, shortlist: int = 64, allowed_image_dirs=None,
                  nil_threshold: float | None = None, explain_top: int = 3):
         index.check_model(model)
         self.model = model.eval()
@@ -127,7 +127,7 @@ class Linker:
 
     @classmethod
     def from_paths(cls, checkpoint: str | Path, index: str | Path, **kw) -> "Linker":
-        from .checkpoint import load_checkpoint
+        from mimic.models.checkpoint import load_checkpoint
         return cls(load_checkpoint(checkpoint), KBIndex(index), **kw)
 
     # -- input validation ------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def _opt(t, j) -> float | None:
 
 
 def _entity_like(rec: dict):
-    from .data.schema import Entity
+    from mimic.data.schema import Entity
     return Entity(id=rec["id"], name=rec["name"], text=rec.get("text", ""))
 
 

@@ -9,7 +9,7 @@ gathers rows and normalises the pixels on the device (`Backbone.normalize_pixels
 exactly what `Backbone.pixels_from_images` computes, in the same order of operations.
 
 Images are deduplicated by path; an absent or unreadable image has row -1 (no image), as
-`mimic.model.load_images` treats it.
+`mimic.models.linking_model.load_images` treats it.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Sequence
 
 import torch
 
-from . import images as imaging
-from .data.schema import Entity, Mention
-from .model import ImageLoadStats, MimicModel, entity_text, load_one_image, mention_text
+from mimic.data import images as imaging
+from mimic.data.schema import Entity, Mention
+from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_one_image, mention_text
 
 log = logging.getLogger("mimic")
 
@@ -73,7 +73,7 @@ class InputCache:
     entity j   -> text row j of `entity_text` (j indexes `entities`), image rows `e_images[j]`
     """
 
-    def __init__(self, model: MimicModel, mentions: Sequence[Mention], entities: Sequence[Entity],
+    def __init__(self, model: LinkingModel, mentions: Sequence[Mention], entities: Sequence[Entity],
                  device: torch.device, max_bytes: int, token_batch: int = 4096):
         backbone, mode = model.backbone, model.config.mode
         L = model.config.text_max_length
@@ -108,7 +108,7 @@ class InputCache:
 
     def _side(self, text: TextRows, text_idx: torch.Tensor, image_rows: torch.Tensor, backbone):
         """-> (input_ids, attention_mask, pixels, has_image, all_present): the arguments of
-        `MimicModel.features_from_inputs`. Nothing here waits for the device."""
+        `LinkingModel.features_from_inputs`. Nothing here waits for the device."""
         dev = self.device
         has_cpu = self._ok[image_rows]                 # -1 indexes the appended False
         rows = image_rows.clamp(min=0)

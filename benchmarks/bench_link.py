@@ -1,4 +1,4 @@
-"""`python -m mimic bench-link`: serving latency and shortlist quality on a synthetic clustered KB.
+"""`python benchmarks/bench_link.py` (also `python -m mimic bench-link`): serving latency and shortlist quality on a synthetic clustered KB.
 
 Steps: write a KB of N entities in clusters of about 25 that share a name (so names are ambiguous
 within a cluster, and members differ by attribute words and image); train
@@ -9,9 +9,11 @@ shortlist keeps the exhaustive top-1 (top1_agreement) and the exhaustive top-k (
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.schema import Dataset, Entity, KnowledgeBase, Mention
-from .data.synthetic import ATTRS, FILLER, NAMES, _colour, _image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
+from mimic.data.synthetic import ATTRS, FILLER, NAMES, _colour, _image
 
 
 def make_clustered_kb(root: Path, n: int, n_clusters: int | None = None, image_fraction: float = 0.1,
@@ -75,11 +79,11 @@ def _pct(xs, q):
 def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhaustive_queries: int = 30,
         shortlist: int = 64, faiss_kind: str = "flat", train_mentions: int = 10000, epochs: int = 8,
         image_fraction: float = 0.1, workdir: str | None = None, seed: int = 0) -> dict:
-    from .backbones import load_backbone
-    from .checkpoint import load_checkpoint
-    from .index import KBIndex
-    from .linker import Linker
-    from .training import TrainConfig, train
+    from mimic.backbones import load_backbone
+    from mimic.models.checkpoint import load_checkpoint
+    from mimic.serving.index import KBIndex
+    from mimic.serving.linker import Linker
+    from mimic.training.trainer import TrainConfig, train
 
     torch.manual_seed(seed)
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bench-link-"))
@@ -90,7 +94,7 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
         qs = make_queries(kb, queries, tmp, seed=seed + 1)
         t_data = time.perf_counter() - t
         if backbone == "tiny-clip":
-            from .backbones.tiny import build_tiny_clip
+            from mimic.backbones.tiny import build_tiny_clip
             backbone_path = str(build_tiny_clip(tmp / "tiny_clip"))
         else:
             backbone_path = backbone
@@ -160,7 +164,27 @@ def main(a) -> dict:
               shortlist=a.shortlist, faiss_kind=a.faiss, image_fraction=a.image_fraction, epochs=a.epochs,
               train_mentions=a.train_mentions)
     if a.json:
-        from .atomic import write_json_atomic
+        from mimic.atomic import write_json_atomic
         write_json_atomic(a.json, res)
     print(json.dumps(res, indent=2))
     return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(prog="python benchmarks/bench_link.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--entities", type=int, default=10000)
+    b.add_argument("--backbone", default="tiny-clip", help="tiny-clip | offline | a CLIP folder")
+    b.add_argument("--queries", type=int, default=200)
+    b.add_argument("--exhaustive-queries", type=int, default=30)
+    b.add_argument("--shortlist", type=int, default=64)
+    b.add_argument("--faiss", choices=["flat", "fp16", "hnsw", "ivf"], default="flat")
+    b.add_argument("--image-fraction", type=float, default=0.1)
+    b.add_argument("--epochs", type=int, default=8, help="training epochs of the benchmark's model")
+    b.add_argument("--train-mentions", type=int, default=10000)
+    b.add_argument("--json")
+    return b
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -28,16 +28,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .atomic import write_json_atomic
-from .data.schema import Entity, KnowledgeBase
-from .model import ImageLoadStats, MimicModel, entity_text, load_images
+from mimic.atomic import write_json_atomic
+from mimic.data.schema import Entity, KnowledgeBase
+from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images
 
 FORMAT = "mimic-studio-index"
 BOOL_FIELDS = {"t_mask", "has_image"}
 
 
 def _cache_class(model_type: str):
-    from .families import family
+    from mimic.models.families import family
     return family(model_type)[2]
 
 
@@ -49,7 +49,7 @@ class IndexMismatchError(IndexError_):
     pass
 
 
-def model_fingerprint(model: MimicModel) -> str:
+def model_fingerprint(model: LinkingModel) -> str:
     """The checkpoint's fingerprint, or a hash of the weights for an unsaved model."""
     info = getattr(model, "checkpoint_info", None)
     if info and info.get("fingerprint"):
@@ -76,7 +76,7 @@ def _kb_hash(entities: Sequence[Entity]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Encoding one segment (resumable)
 # ------------------------------------------------------------------------------------------------
-def _encode_segment(model: MimicModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool,
+def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool,
                     stats: ImageLoadStats) -> None:
     """Encode `entities` into the segment folder `seg`, resuming from seg/progress.json."""
     seg.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ class KBIndex:
 
     # -- build ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: MimicModel, kb: KnowledgeBase, output: str | Path, *, batch_size: int = 64,
+    def build(cls, model: LinkingModel, kb: KnowledgeBase, output: str | Path, *, batch_size: int = 64,
               progress: bool = True, faiss_kind: str = "flat", overwrite: bool = False) -> "KBIndex":
         output = Path(output)
         if output.exists() and not overwrite:
@@ -226,7 +226,7 @@ class KBIndex:
         stats = ImageLoadStats()
         t0 = time.perf_counter()
         _encode_segment(model, kb.entities, building / "seg-0000", batch_size, progress, stats)
-        from .families import model_type_of
+        from mimic.models.families import model_type_of
         manifest = {"format": FORMAT, "version": 1, "fingerprint": fp, "backbone": model.backbone.describe(),
                     "model_type": model_type_of(model.heads),
                     "backbone_name": model.backbone.name, "model_config": model.config.to_dict(),
@@ -293,7 +293,7 @@ class KBIndex:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
-    def check_model(self, model: MimicModel) -> None:
+    def check_model(self, model: LinkingModel) -> None:
         fp = model_fingerprint(model)
         if fp != self.fingerprint:
             raise IndexMismatchError(
@@ -322,7 +322,7 @@ class KBIndex:
         return self.records[self.position[eid]]
 
     # -- incremental updates ---------------------------------------------------------------------
-    def upsert(self, model: MimicModel, entities: Sequence[Entity], progress: bool = False) -> None:
+    def upsert(self, model: LinkingModel, entities: Sequence[Entity], progress: bool = False) -> None:
         """Add new entities or replace existing ones (by id) without re-encoding the rest."""
         self.check_model(model)
         if not entities:

@@ -1,4 +1,4 @@
-"""`MimicModel`: a backbone plus MIMIC heads, and the input conventions of the official code.
+"""`LinkingModel`: a backbone plus MIMIC heads, and the input conventions of the official code.
 
 Inputs follow the paper's code in both modes:
   mention text  = "<mention> [SEP] <sentence>"        entity text = "<name> [SEP] <attributes>"
@@ -16,10 +16,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from . import images as imaging
-from .backbones.base import Backbone, ImageFeatures, TextFeatures
-from .data.schema import Entity, Mention
-from .modeling_mimic import EntityCache, MentionCache, MimicConfig, SideFeatures
+from mimic.data import images as imaging
+from mimic.backbones.base import Backbone, ImageFeatures, TextFeatures
+from mimic.data.schema import Entity, Mention
+from mimic.models.modeling_mimic import EntityCache, MentionCache, MimicConfig, SideFeatures
 
 log = logging.getLogger("mimic")
 
@@ -68,7 +68,7 @@ def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | 
     return [img for img, _outcome in done]
 
 
-class MimicModel(nn.Module):
+class LinkingModel(nn.Module):
     """Backbone + heads of any family (MIMIC or M3EL). `encode(texts, images)` -> `SideFeatures`."""
 
     def __init__(self, backbone: Backbone, heads: MimicHeads):
@@ -77,9 +77,9 @@ class MimicModel(nn.Module):
         self.heads = heads
 
     @classmethod
-    def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> "MimicModel":
+    def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> "LinkingModel":
         """A fresh model of family `model_type` ("mimic" or "m3el") on `backbone`."""
-        from .families import build_heads
+        from mimic.models.families import build_heads
         return cls(backbone, build_heads(model_type, backbone.dims, **config))
 
     @property
@@ -105,7 +105,7 @@ class MimicModel(nn.Module):
     def features_from_inputs(self, input_ids, attention_mask, pixels, has_image,
                              all_present: bool | None = None) -> tuple[TextFeatures, ImageFeatures]:
         """Backbone features from prepared inputs: ids/mask [B, L], normalised pixels [B, 3, H, W],
-        has_image [B] bool, all on the model's device (see `mimic.input_cache`); `all_present` as
+        has_image [B] bool, all on the model's device (see `mimic.training.input_cache`); `all_present` as
         `Backbone.encode_images`."""
         text = self.backbone.encode_text(input_ids, attention_mask)
         image = self.backbone.encode_images(pixels, has_image, encode_missing=(self.config.mode == "compat"),

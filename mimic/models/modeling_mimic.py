@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import BackboneDims, ImageFeatures, TextFeatures
+from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
 
 FIXED_MODE_DEVIATIONS = {
     "tglu_padding_mask": "TGLU masks padded mention tokens out of the softmax and averages the "

@@ -25,21 +25,21 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from .index import KBIndex
-from .linker import Candidate, Explanation, Linker, _entity_like, _token_strings
-from .model import MimicModel, entity_text, load_images
+from mimic.serving.index import KBIndex
+from mimic.serving.linker import Candidate, Explanation, Linker, _entity_like, _token_strings
+from mimic.models.linking_model import LinkingModel, entity_text, load_images
 
 ZERO_SHOT_SEED = 0
 
 
-def zero_shot_model(backbone, model_type: str = "mimic") -> MimicModel:
+def zero_shot_model(backbone, model_type: str = "mimic") -> LinkingModel:
     """Backbone + heads built from a fixed seed. The heads are never used to score: the index format
     stores head projections next to the backbone vectors, and a fixed seed keeps the model's
     fingerprint (hence the index folder) stable across restarts."""
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(ZERO_SHOT_SEED)
-        return MimicModel.build(backbone, model_type, mode="fixed").eval()
+        return LinkingModel.build(backbone, model_type, mode="fixed").eval()
     finally:
         torch.random.set_rng_state(state)
 
@@ -51,7 +51,7 @@ class ZeroShotLinker(Linker):
     ENTITY_CACHE_SIZE = 256        # entities whose explanation features are kept (~140 KB each, fp16)
     retriever_names = ("text", "image", "text→image", "lexical")   # no untrained "model" retriever
 
-    def __init__(self, model: MimicModel, index: KBIndex, **kw):
+    def __init__(self, model: LinkingModel, index: KBIndex, **kw):
         if not getattr(index, "keep_global", False):
             raise ValueError("ZeroShotLinker needs KBIndex(..., keep_global=True)")
         kw.setdefault("nil_threshold", None)

@@ -2,7 +2,7 @@
 
 Shapes: B mentions, N entities, L text tokens, P image tokens (patches, CLIP: 49 + CLS), d = 96.
 
-A second head family next to MIMIC (`mimic.modeling_mimic`) with exactly the same interface, so the
+A second head family next to MIMIC (`mimic.models.modeling_mimic`) with exactly the same interface, so the
 training loop, evaluation, KB index and linker drive either one:
   * `M3ELHeads.side_features(text, image)` -> `SideFeatures` (image projections + 4 input LNs);
   * `M3ELHeads.entity_cache(side)`          -> `M3ELEntityCache`, everything mention-independent;
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import BackboneDims, ImageFeatures, TextFeatures
-from .modeling_mimic import TGLU, MatchOutput, SideFeatures, _Cache, in_batch_loss
+from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
+from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, _Cache, in_batch_loss
 
 FIXED_MODE_DEVIATIONS_M3EL = {
     "token_branch_residual": "The degenerate token branches are repaired with a residual connection: "

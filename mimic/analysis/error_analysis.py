@@ -4,7 +4,7 @@ One record per mention (`MentionAnalysis`) holds everything the Analysis view sh
 summary, filter, table, figure and comparison below is computed from a list of such records, so
 they work the same for any source:
 
-  analyze_link_results   `mimic.linker.LinkResult`s (retrieve-then-rerank, the serving path)
+  analyze_link_results   `mimic.serving.linker.LinkResult`s (retrieve-then-rerank, the serving path)
   analyze_linker         runs a `Linker` over dataset mentions, then the above
   analyze_score_arrays   a full-KB evaluation dump (`python -m mimic evaluate --scores-out`)
   load_records           records saved earlier with `save_records` (JSONL, one record a line)
@@ -43,7 +43,7 @@ then the NIL decision), so the six labels partition the mentions and each error 
   missed_nil      gold is NIL, the system linked an entity
   correct_nil     gold is NIL, the system answered NIL
 
-Ties in a ranking are broken like `mimic.evaluation.ranks_from_scores`: a stable sort by
+Ties in a ranking are broken like `mimic.analysis.ranking.ranks_from_scores`: a stable sort by
 descending score, so among equal scores the earlier KB position (or earlier candidate) wins.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .atomic import write_json_atomic, write_text_atomic
-from .data.schema import DataFormatError, Mention
+from mimic.atomic import write_json_atomic, write_text_atomic
+from mimic.data.schema import DataFormatError, Mention
 
 LABELS = ("correct", "retrieval_miss", "outranked", "false_nil", "missed_nil", "correct_nil")
 CORRECT_LABELS = frozenset({"correct", "correct_nil"})
@@ -149,7 +149,7 @@ def _is_nil_gold(g) -> bool:
 def analyze_link_results(results: Sequence, gold_ids: Sequence[str | None], *, dataset: str = "",
                          mention_ids: Sequence[str] | None = None, model_version: str = "",
                          top_k: int = 10) -> list[MentionAnalysis]:
-    """Records from `mimic.linker.LinkResult`s (one per mention) and their golds.
+    """Records from `mimic.serving.linker.LinkResult`s (one per mention) and their golds.
 
     gold_ids[i]: the gold entity id of results[i], or None / "nil" for a NIL gold (pass None too for
     a gold that is not in the linker's KB: for this linker it is out of KB). The gold counts as
@@ -215,7 +215,7 @@ def analyze_linker(linker, mentions: Sequence[Mention], *, dataset: str = "", mo
     A gold id that is not in the linker's index is treated as NIL: for this KB it is out of KB.
     `model_version` defaults to the index's model fingerprint.
     """
-    from .linker import LinkInputError
+    from mimic.serving.linker import LinkInputError
 
     position = linker.index.position
     golds = [m.answer if (m.answer is not None and m.answer in position) else None for m in mentions]
@@ -298,7 +298,7 @@ def analyze_score_arrays(S, S_T, S_V, S_C, gold_positions, kb_ids: Sequence[str]
         before = pos < gp[:, None]       # entities placed before the gold in KB order (tie-break)
 
         def rank_of(a):
-            """Stable rank of the gold in each row of `a` (as mimic.evaluation.ranks_from_scores)."""
+            """Stable rank of the gold in each row of `a` (as mimic.analysis.ranking.ranks_from_scores)."""
             g = a[rows, gp][:, None]
             return (a > g).sum(1) + ((a == g) & before).sum(1) + 1
 
@@ -873,7 +873,7 @@ def _records_from_args(a) -> list[MentionAnalysis]:
         return load_records(a.records)
     if not a.data:
         raise ValueError(f"{sources[0]} needs --data DATA (and --split) for the mentions")
-    from .data.formats import load_dataset
+    from mimic.data.formats import load_dataset
     ds = load_dataset(a.data)
     mentions = ds.split(a.split)
     name = a.dataset_name or ds.name
@@ -881,7 +881,7 @@ def _records_from_args(a) -> list[MentionAnalysis]:
         return _records_from_dump(a, ds, mentions, name)
     if not a.index:
         raise ValueError("--checkpoint needs --index INDEX (build one with `python -m mimic index`)")
-    from .linker import Linker
+    from mimic.serving.linker import Linker
     kw = {"shortlist": a.shortlist}
     if a.nil_threshold is not None:
         kw["nil_threshold"] = a.nil_threshold
@@ -910,8 +910,8 @@ def _records_from_dump(a, ds, mentions: list[Mention], name: str) -> list[Mentio
                                 nil_threshold=a.nil_threshold, top_k=a.top_k)
 
 
-if __name__ == "__main__":  # pragma: no cover - convenience: python -m mimic.analysis ...
-    _ap = argparse.ArgumentParser(prog="python -m mimic.analysis")
+if __name__ == "__main__":  # pragma: no cover - convenience: python -m mimic.analysis.error_analysis ...
+    _ap = argparse.ArgumentParser(prog="python -m mimic.analysis.error_analysis")
     add_analyze_parser(_ap.add_subparsers(dest="command", required=True))
     _args = _ap.parse_args()
     try:

@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.schema import KnowledgeBase, Mention
-from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
-from .modeling_mimic import EntityCache, SideFeatures
+from mimic.data.schema import KnowledgeBase, Mention
+from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images, mention_text
+from mimic.models.modeling_mimic import EntityCache, SideFeatures
 
 HITS = (1, 3, 5, 10, 20)
 
@@ -87,7 +87,7 @@ class _ScoreWriter:
 
 
 @torch.no_grad()
-def encode_kb_sides(model: MimicModel, kb: KnowledgeBase, batch_size: int = 64, progress: bool = False,
+def encode_kb_sides(model: LinkingModel, kb: KnowledgeBase, batch_size: int = 64, progress: bool = False,
                     image_stats: ImageLoadStats | None = None) -> SideFeatures:
     """Raw (LayerNorm'd) entity features for the `official` strategy (what its KB cache holds)."""
     parts = []
@@ -100,7 +100,7 @@ def encode_kb_sides(model: MimicModel, kb: KnowledgeBase, batch_size: int = 64, 
 
 
 @torch.no_grad()
-def evaluate(model: MimicModel, kb: KnowledgeBase, mentions: Sequence[Mention], *, batch_size: int = 32,
+def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention], *, batch_size: int = 32,
              chunk_size: int = 1024, strategy: str = "precomputed", entity_cache: EntityCache | None = None,
              scores_out: str | Path | None = None, progress: bool = False, kb_batch_size: int = 64) -> dict:
     """Rank every mention against the whole KB. Returns metrics plus counts and timings."""

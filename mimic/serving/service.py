@@ -11,7 +11,7 @@ The app holds one service; every handler goes through it:
 Indexes live in DATA_DIR/indexes/<model fingerprint>/; the first start builds one (progress bar),
 later starts load it and bring it in line with the KB they are given (new, changed and removed
 entities only). A checkpoint serves with its trained MIMIC/M3EL units; without one the service is
-zero-shot (`mimic.zeroshot`): the scores are the backbone's similarities and say so
+zero-shot (`mimic.serving.zeroshot`): the scores are the backbone's similarities and say so
 (`LinkResult.scoring == "zero-shot"`).
 
 Thread safety: links run concurrently; KB edits and swaps take a write lock and replace the linker
@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .backbones import backbone_label
-from .data.schema import Entity, KnowledgeBase
-from .index import KBIndex, _entity_record, model_fingerprint
-from .linker import Explanation, Linker, LinkResult
-from .model import MimicModel
+from mimic.backbones import backbone_label
+from mimic.data.schema import Entity, KnowledgeBase
+from mimic.serving.index import KBIndex, _entity_record, model_fingerprint
+from mimic.serving.linker import Explanation, Linker, LinkResult
+from mimic.models.linking_model import LinkingModel
 
-log = logging.getLogger("mimic.serving")
+log = logging.getLogger("mimic.serving.service")
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LinkingService:
     @classmethod
     def start(cls, data_dir: str | Path, kb: KnowledgeBase, *, checkpoint: str | Path | None = None,
               backbone="offline", version: str | None = None, allowed_image_dirs=None,
-              progress: bool = True, model: MimicModel | None = None, device: str = "cpu") -> "LinkingService":
+              progress: bool = True, model: LinkingModel | None = None, device: str = "cpu") -> "LinkingService":
         """device: where the model runs ("cpu", "cuda", "auto"); the index stays in CPU RAM."""
         data_dir = Path(data_dir)
         linker, served = cls._load(data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
@@ -129,14 +129,14 @@ class LinkingService:
     @staticmethod
     def _load(data_dir: Path, kb: KnowledgeBase, *, checkpoint, backbone, version, allowed_image_dirs, progress,
               model=None, device: str = "cpu") -> tuple[Linker, ServedModel]:
-        from .families import model_type_of
-        from .zeroshot import ZeroShotLinker, zero_shot_model
+        from mimic.models.families import model_type_of
+        from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
         if model is None and checkpoint is not None:
-            from .checkpoint import load_checkpoint
+            from mimic.models.checkpoint import load_checkpoint
             model = load_checkpoint(checkpoint)
         zero_shot = checkpoint is None and (model is None or getattr(model, "checkpoint_info", None) is None)
         if model is None:
-            from .backbones import load_backbone
+            from mimic.backbones import load_backbone
             model = zero_shot_model(load_backbone(backbone))
         model.eval()
         fp = model_fingerprint(model)           # before moving: the fingerprint names the index folder
@@ -179,8 +179,8 @@ class LinkingService:
             return self._linker.explain(sentence, mention, entity_id, image)
 
     def analyze(self, mentions, *, dataset: str = "", model_version: str | None = None) -> list:
-        """Error analysis (`mimic.analysis`) of the served model on mentions with gold answers."""
-        from .analysis import analyze_linker
+        """Error analysis (`mimic.analysis.error_analysis`) of the served model on mentions with gold answers."""
+        from mimic.analysis.error_analysis import analyze_linker
         with self._lock.read():
             return analyze_linker(self._linker, mentions, dataset=dataset,
                                   model_version=model_version or self.served.version)
@@ -233,11 +233,11 @@ class LinkingService:
 
 
 def zero_shot_version(backbone) -> str:
-    """The model-version name of zero-shot serving on `backbone` (shared with mimic.retrain)."""
+    """The model-version name of zero-shot serving on `backbone` (shared with retraining.job)."""
     return f"zero-shot ({backbone if isinstance(backbone, str) else 'custom backbone'})"
 
 
-def _open_or_build_index(model: MimicModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool,
+def _open_or_build_index(model: LinkingModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool,
                          progress: bool) -> KBIndex:
     if not (index_dir / "index.json").exists():
         log.info("building the KB index for %d entities in %s (first start for this model)", len(kb), index_dir)
@@ -248,7 +248,7 @@ def _open_or_build_index(model: MimicModel, kb: KnowledgeBase, index_dir: Path, 
     return index
 
 
-def sync_index(index: KBIndex, model: MimicModel, kb: KnowledgeBase, progress: bool = False) -> dict:
+def sync_index(index: KBIndex, model: LinkingModel, kb: KnowledgeBase, progress: bool = False) -> dict:
     """Bring `index` in line with `kb`: encode new or changed entities, drop removed ones."""
     wanted = {e.id: e for e in kb.entities}
     changed = [e for e in kb.entities

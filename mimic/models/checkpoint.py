@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .atomic import recover_dir, write_dir_atomic
-from .backbones import load_backbone
-from .model import MimicModel
-from .modeling_mimic import MimicConfig, MimicHeads
+from mimic import __version__
+from mimic.atomic import recover_dir, write_dir_atomic
+from mimic.backbones import load_backbone
+from mimic.models.linking_model import LinkingModel
+from mimic.models.modeling_mimic import MimicConfig, MimicHeads
 
 FORMAT = "mimic-studio-checkpoint"
 FORMAT_VERSION = 1
@@ -62,10 +62,10 @@ def _weight_files(root: Path) -> list[Path]:
     return files
 
 
-def save_checkpoint(model: MimicModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
+def save_checkpoint(model: LinkingModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
                     training_state: dict | None = None, extra: dict | None = None) -> Path:
     """Write `model` to the folder `path` atomically. Returns the path."""
-    from .families import model_type_of
+    from mimic.models.families import model_type_of
     model_type = model_type_of(model.heads)
 
     def fill(tmp: Path):
@@ -108,12 +108,12 @@ def read_config(path: str | Path) -> dict:
     return cfg
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbone=None) -> MimicModel:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbone=None) -> LinkingModel:
     """Rebuild the model saved in `path`. `backbone` may be passed to reuse an already-loaded one
     (only valid when the checkpoint's backbone was frozen)."""
     path = Path(path)
     cfg = read_config(path)
-    from .families import family
+    from mimic.models.families import family
     try:
         cfg_cls, heads_cls, _ = family(cfg.get("model_type", "mimic"))
     except ValueError as exc:
@@ -127,7 +127,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbo
     if missing or unexpected:
         raise CheckpointError(f"{path}/heads.safetensors does not match the config: missing {missing}, "
                               f"unexpected {unexpected}")
-    model = MimicModel(backbone, heads).to(device)
+    model = LinkingModel(backbone, heads).to(device)
     model.eval()
     model.checkpoint_info = cfg
     return model
@@ -159,7 +159,7 @@ def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
 def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *,
                     mode: str = "compat", trust_pickle: bool = False) -> Path:
     """Convert an official Lightning checkpoint into this project's format (scores identical in compat)."""
-    from .backbones.clip import ClipBackbone
+    from mimic.backbones.clip import ClipBackbone
 
     sd = _load_lightning(ckpt_path, trust_pickle)
     backbone = ClipBackbone(str(clip_dir))
@@ -185,6 +185,6 @@ def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | P
     missing = [m for m in missing if m != "no_image_score"]  # fixed mode's own parameter starts at 0
     if missing or unexpected:
         raise CheckpointError(f"{ckpt_path}: head weights do not match MIMIC: missing {missing}, unexpected {unexpected}")
-    model = MimicModel(backbone, heads)
+    model = LinkingModel(backbone, heads)
     return save_checkpoint(model, output, backbone_trained=True,
                            extra={"imported_from": str(ckpt_path)}, metrics={})

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import load_backbone
-from .backbones.base import ImageFeatures, TextFeatures
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config_file import ConfigFile
-from .data.schema import Dataset, Entity
-from .evaluation import evaluate
-from .model import ImageLoadStats, MimicModel, entity_text, load_images, mention_text
+from mimic.backbones import load_backbone
+from mimic.backbones.base import ImageFeatures, TextFeatures
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
+from mimic.config_file import ConfigFile
+from mimic.data.schema import Dataset, Entity
+from mimic.analysis.ranking import evaluate
+from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images, mention_text
 
 log = logging.getLogger("mimic")
 
@@ -114,7 +114,7 @@ class FeatureStore:
     """Backbone outputs for many items, fp16 on the CPU. Images are stored only for items that have
     one (compat mode shares one row for the encoded all-zero placeholder)."""
 
-    def __init__(self, model: MimicModel, texts: list[str], image_paths: list[str | None], batch_size: int,
+    def __init__(self, model: LinkingModel, texts: list[str], image_paths: list[str | None], batch_size: int,
                  progress: bool, desc: str):
         mode = model.config.mode
         tg, tt, tm, img_idx, ig, it = [], [], [], [], [], []
@@ -169,7 +169,7 @@ class _LossModule(nn.Module):
     """What DDP wraps: a batch in, the loss out. The backbone runs inside (unless its features come
     from the frozen cache) so DDP sees and synchronises every gradient."""
 
-    def __init__(self, model: MimicModel, mode: str, bf16: bool):
+    def __init__(self, model: LinkingModel, mode: str, bf16: bool):
         super().__init__()
         self.model = model
         self.fixed = mode == "fixed"
@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if dataset is None:
-        from .data.formats import load_dataset
+        from mimic.data.formats import load_dataset
         kw = {"text_field": cfg.text_field} if cfg.text_field != "auto" else {}
         dataset = load_dataset(cfg.data, format=cfg.data_format, **kw)
     kb = dataset.kb
@@ -246,7 +246,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
             log.warning("init checkpoint mode %s kept (config asked %s)", model.config.mode, cfg.mode)
     else:
         extra = {"cross_modal": cfg.cross_modal} if (cfg.model == "m3el" and cfg.cross_modal) else {}
-        model = MimicModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
+        model = LinkingModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
                                  text_max_length=cfg.text_max_length, **extra).to(device)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     # GPU step does not wait on JPEG decoding. Only the gold entities are ever encoded in training.
     inputs, gold_row, input_cache_info = None, None, None
     if not cfg.freeze_backbone and cfg.input_cache_gib > 0:
-        from .input_cache import InputCache
+        from mimic.training.input_cache import InputCache
         t_in = time.perf_counter()
         golds = sorted(set(gold_pos.tolist()))
         try:
@@ -409,10 +409,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         summary["test"] = {k: v for k, v in res.items() if k != "ranks"}
         metrics = json.loads((best_dir / "metrics.json").read_text())
         metrics["test"] = summary["test"]
-        from .atomic import write_json_atomic
+        from mimic.atomic import write_json_atomic
         write_json_atomic(best_dir / "metrics.json", metrics)
     if is_main:
-        from .atomic import write_json_atomic
+        from mimic.atomic import write_json_atomic
         write_json_atomic(out_dir / "summary.json", summary)
     if world > 1:
         import torch.distributed as dist
@@ -422,7 +422,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
 
 
 @torch.no_grad()
-def _cache_from_store(model: MimicModel, store: FeatureStore, device, batch: int = 1024):
+def _cache_from_store(model: LinkingModel, store: FeatureStore, device, batch: int = 1024):
     """Entity caches from cached backbone features (no backbone pass needed when it is frozen)."""
     parts = []
     model.eval()

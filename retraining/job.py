@@ -18,13 +18,13 @@ DATA_DIR/runs/<run_id>/progress.json):
               training set, its dev split is the second judge. Nothing that is judged is trained on:
               training mentions with the (sentence, mention) of a held-out correction or of a base
               dev mention are dropped. Base entities missing from the store are appended to the KB.
- 5. train     Fine-tune the serving model (`mimic.training.train` with `init_checkpoint`) into
+ 5. train     Fine-tune the serving model (`mimic.training.trainer.train` with `init_checkpoint`) into
               runs/<id>/train/; a zero-shot serving model has no trained units to start from, so the
               candidate is then a fresh MIMIC model on the same backbone. Frozen backbone on the CPU.
               No epoch selection on the judging sets: the last epoch is the candidate.
  6. evaluate  Serving model and candidate on the SAME sets (held-out corrections, base dev) against
               the full KB; a zero-shot serving model is ranked by backbone similarities exactly as
-              `mimic.zeroshot` ranks (`zero_shot_ranks`).
+              `mimic.serving.zeroshot` ranks (`zero_shot_ranks`).
  7. version   Copy the candidate into models_dir/<version>/ (temporary folder, then rename; the
               serving checkpoint folder is only ever read), register the version with every number
               and the decision, link it to the run.
@@ -66,9 +66,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config_file import ConfigFile
+from mimic.config_file import ConfigFile
 
-log = logging.getLogger("mimic.retrain")
+log = logging.getLogger("mimic.retrain")   # under the product-wide "mimic" logger, so the run log gets it
 
 # db.export.split_of's default seed: with it the held-out slice agrees with the store's ordinary export.
 HOLDOUT_SEED = ""
@@ -342,7 +342,7 @@ def run_dir(data_dir: str | Path, run_id: int) -> Path:
 
 
 def _write_progress(data_dir, run_id: int, **fields_) -> dict:
-    from .atomic import write_json_atomic
+    from mimic.atomic import write_json_atomic
     path = run_dir(data_dir, run_id) / "progress.json"
     old = {}
     if path.exists():
@@ -402,7 +402,7 @@ class _Progress:
 
 
 class _EpochWatcher(logging.Handler):
-    """`mimic.training.train` logs one line per epoch; turn those into progress updates."""
+    """`mimic.training.trainer.train` logs one line per epoch; turn those into progress updates."""
 
     def __init__(self, progress: _Progress, epochs: int, lo: float, hi: float):
         super().__init__(logging.INFO)
@@ -575,7 +575,7 @@ def _globals_of(text, image) -> _Globals:
 
 
 def zero_shot_scores(q: _Globals, e: _Globals, cross_modal: bool):
-    """S [B, N] as `mimic.zeroshot.ZeroShotLinker` scores a pair: mean of the cosines that apply
+    """S [B, N] as `mimic.serving.zeroshot.ZeroShotLinker` scores a pair: mean of the cosines that apply
     (text-text always; image-image when both have an image; text-image for CLIP when the entity
     has an image), all B x N at once."""
     import torch
@@ -591,12 +591,12 @@ def zero_shot_scores(q: _Globals, e: _Globals, cross_modal: bool):
 def _kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[tuple[list, "_Globals | None"]]:
     """One pass over the KB for several encoders: each KB chunk's images are decoded once and fed to
     every (encoder, heads sharing that encoder's backbone, want zero-shot globals) group. -> per
-    group (its heads' `EntityCache`s, exactly what `MimicModel.entity_cache` computes; the global
+    group (its heads' `EntityCache`s, exactly what `LinkingModel.entity_cache` computes; the global
     vectors for zero-shot scoring or None). Decoding KB images is the costly part of the pass on
     real data, so serving and candidate share it."""
     import torch
 
-    from .model import entity_text, load_images
+    from mimic.models.linking_model import entity_text, load_images
     parts = [[[] for _ in heads_list] for _enc, heads_list, _want in groups]
     glob_parts = [([], [], []) for _ in groups]
     with torch.no_grad():
@@ -627,8 +627,8 @@ def zero_shot_ranks(model, kb_globals: _Globals, kb, mentions, batch_size: int =
     """Full-KB ranks of `mentions` under zero-shot scoring (ties by KB order, as `evaluate`)."""
     import torch
 
-    from .evaluation import ranks_from_scores
-    from .model import load_images, mention_text
+    from mimic.analysis.ranking import ranks_from_scores
+    from mimic.models.linking_model import load_images, mention_text
     cross = _cross_modal(model.backbone)
     out: list[int] = []
     with torch.no_grad():
@@ -644,7 +644,7 @@ def zero_shot_ranks(model, kb_globals: _Globals, kb, mentions, batch_size: int =
 
 def _evaluate_models(models: dict[str, Any], zero_shot: set[str], kb, sets: dict[str, list], cfg: RetrainConfig) -> dict:
     """{name: {set: metrics}} for every model on every set, the KB encoded once per backbone."""
-    from .evaluation import evaluate, metrics_from_ranks
+    from mimic.analysis.ranking import evaluate, metrics_from_ranks
     groups: dict[tuple, list[str]] = {}
     for name, m in models.items():
         groups.setdefault((id(m.backbone), m.config.mode, m.config.text_max_length), []).append(name)
@@ -691,7 +691,7 @@ def resolve_serving(store, cfg: RetrainConfig) -> _Serving:
             return _Serving(mv.name, True, mv.checkpoint)
     if cfg.checkpoint:
         return _Serving(Path(cfg.checkpoint).name, False, str(Path(cfg.checkpoint).absolute()))
-    from .serving import zero_shot_version
+    from mimic.serving.service import zero_shot_version
     return _Serving(zero_shot_version(cfg.backbone), False, None)
 
 
@@ -701,7 +701,7 @@ def _key(m) -> tuple[str, str]:
 
 def _merge_kb(store_kb, base_kb):
     """The store's KB, then base entities it lacks (appended: store positions do not move)."""
-    from .data.schema import KnowledgeBase
+    from mimic.data.schema import KnowledgeBase
     if base_kb is None:
         return store_kb, 0
     extra = [e for e in base_kb.entities if e.id not in store_kb]
@@ -713,8 +713,8 @@ def _write_version(best_dir: Path, version_dir: Path, candidate, *, resave_backb
     existing folder is never replaced). Normally a copy of train/best; when the serving checkpoint
     carried fine-tuned backbone weights and this run froze them, best/ only describes the backbone,
     so the version is re-saved with the weights to stay self-contained."""
-    from .atomic import write_dir_atomic
-    from .checkpoint import save_checkpoint
+    from mimic.atomic import write_dir_atomic
+    from mimic.models.checkpoint import save_checkpoint
     if resave_backbone:
         old = json.loads((best_dir / "metrics.json").read_text())
         return save_checkpoint(candidate, version_dir, backbone_trained=True, metrics={**old, "retrain": metrics})
@@ -850,12 +850,12 @@ def _attach_log(log_path: Path) -> Callable[[], None]:
 
 
 def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, prog: _Progress) -> dict:
-    from . import training as _training
-    from .backbones import load_backbone
-    from .checkpoint import load_checkpoint, read_config
-    from .data.formats import load_dataset
-    from .data.schema import Dataset
-    from .zeroshot import zero_shot_model
+    from mimic.training import trainer as _training
+    from mimic.backbones import load_backbone
+    from mimic.models.checkpoint import load_checkpoint, read_config
+    from mimic.data.formats import load_dataset
+    from mimic.data.schema import Dataset
+    from mimic.serving.zeroshot import zero_shot_model
 
     # -- export: the corrections, split by uid hash -----------------------------------------------
     prog("export", 0.02, "exporting the accepted annotations")
@@ -865,7 +865,7 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
     store.attach_annotations(rid, exp.annotation_ids)
     corr = load_dataset(export_dir, format="jsonl")
     train_c, heldout = list(corr.splits.get("train", [])), list(corr.splits.get("test", []))
-    from .atomic import write_json_atomic
+    from mimic.atomic import write_json_atomic
     write_json_atomic(rdir / "split.json", {
         "rule": f"db.export.split_of(uid, (1 - {cfg.holdout}, 0, {cfg.holdout}), seed={HOLDOUT_SEED!r}): "
                 "SHA-256 of the mention uid; 'test' = held out",
@@ -919,7 +919,7 @@ def _steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: _Serving, p
         model_type, mode, resave_backbone = cfg.model, "fixed", False
         lr = cfg.lr if cfg.lr is not None else (1e-3 if freeze else 1e-5)
     serving_model.eval()
-    from .backbones import backbone_label as _label
+    from mimic.backbones import backbone_label as _label
     backbone_label = _label(serving_model.backbone)
     prog("train", 0.1, f"serving: {serving.version}" + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
                        + f"; training {len(train_set)} mentions, {cfg.epochs} epoch(s), lr {lr:g}, "
@@ -1021,12 +1021,12 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def start_retrain_process(cfg: RetrainConfig, *, wait: bool = False, store=None,
                           python: str | None = None) -> subprocess.Popen:
-    """Queue a run and start `python -m mimic.retrain` (the same command as `python -m mimic
+    """Queue a run and start `python -m retraining.job` (the same command as `python -m mimic
     retrain`) for it in a new process and session, stdout/stderr appended to the run's log. The
     run id is `proc.run_id`; follow it with `read_progress` / `read_log`. Raises `RetrainBusy` at
     once if a run holds the lock (unless wait); should two starts race past that check, the later
     job process is refused by the lock and records its run as cancelled with the reason."""
-    from .atomic import write_json_atomic
+    from mimic.atomic import write_json_atomic
     if not wait:
         holder = JobLock(cfg.lock_path).holder()
         if holder is not None:
@@ -1042,7 +1042,7 @@ def start_retrain_process(cfg: RetrainConfig, *, wait: bool = False, store=None,
         rdir = run_dir(cfg.data_path, run.id)
         rdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(rdir / "retrain_config.json", cfg.to_dict())
-        cmd = [python or sys.executable, "-m", "mimic.retrain", "--config", str(rdir / "retrain_config.json"),
+        cmd = [python or sys.executable, "-m", "retraining", "--config", str(rdir / "retrain_config.json"),
                "--run-id", str(run.id), "--wait" if wait else "--no-wait"]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -1138,7 +1138,7 @@ def config_from_args(a) -> RetrainConfig:
 def _print_json(obj, path: str | None) -> None:
     text = json.dumps(obj, indent=2, default=str)
     if path and path != "-":
-        from .atomic import write_text_atomic
+        from mimic.atomic import write_text_atomic
         write_text_atomic(path, text + "\n")
     print(text, flush=True)
 
@@ -1193,7 +1193,7 @@ def _retrain_command(a, cfg: RetrainConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mimic.retrain", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m retraining", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(ap)
     a = ap.parse_args(argv)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 FAMILIES = {
-    "mimic": ("mimic.modeling_mimic", "MimicConfig", "MimicHeads", "EntityCache"),
-    "m3el": ("mimic.modeling_m3el", "M3ELConfig", "M3ELHeads", "M3ELEntityCache"),
+    "mimic": ("mimic.models.modeling_mimic", "MimicConfig", "MimicHeads", "EntityCache"),
+    "m3el": ("mimic.models.modeling_m3el", "M3ELConfig", "M3ELHeads", "M3ELEntityCache"),
 }
 
 

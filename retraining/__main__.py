@@ -1,0 +1,10 @@
+"""`python -m retraining` (also `python -m mimic retrain`): one retraining job."""
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from retraining.job import main  # noqa: E402  (the environment above must be set before transformers loads)
+
+sys.exit(main())
