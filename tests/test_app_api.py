@@ -68,6 +68,7 @@ def test_anonymous_client_cannot_reach_the_api(studio):
         Client(studio.url, verbose=False).predict(None, "Chelsea won again.", "Chelsea", api_name="/link")
 
 
+@pytest.mark.slow
 def test_many_tabs_at_once_lose_nothing(studio):
     """Six clients (two per user, like browser tabs) link and annotate concurrently through the
     queues: every annotation is stored exactly once, each (mention, annotator) keeps exactly one

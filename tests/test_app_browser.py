@@ -17,8 +17,9 @@ CHROMIUM = os.environ.get("MIMIC_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which(CHROMIUM)),
-                                reason=f"{CHROMIUM} not installed")
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which(CHROMIUM)),
+                                 reason=f"{CHROMIUM} not installed")]
 
 
 @pytest.fixture(scope="module")

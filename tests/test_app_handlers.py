@@ -27,6 +27,7 @@ def test_startup_loads_demo_kb_index_and_queue(studio):
     assert ctx.startup_seconds["total"] > 0
 
 
+@pytest.mark.slow
 def test_zero_shot_demo_rankings_are_meaningful(studio):
     """The demo shows meaningful rankings: zero-shot top-1 on the 48 examples far above chance (1/48)."""
     ctx = studio.ctx
@@ -333,6 +334,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
     assert username_of(NoSession()) is None
 
 
+@pytest.mark.slow
 def test_analysis_of_the_corrections(studio):
     """The Analysis tab's handlers: analyse the served model on the corrections, filter, compare."""
     from mimic.analysis.error_analysis import LABELS

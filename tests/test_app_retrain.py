@@ -40,6 +40,7 @@ def _wait_for_run(ctx, run_id, timeout=300):
     raise AssertionError(f"run {run_id} did not finish in {timeout} s; log:\n{log[-3000:]}")
 
 
+@pytest.mark.slow
 def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
     ctx, ds = retrain_app
     zero = ctx.service.served.version

@@ -94,6 +94,7 @@ def _official_lightning_checkpoint(model: LinkingModel, path):
                 "hyper_parameters": {"lr": 1e-5}}, path)
 
 
+@pytest.mark.slow
 def test_import_official_scores_identically(tiny_clip_dir, tmp_path):
     from mimic.backbones.clip import ClipBackbone
     torch.manual_seed(2)

@@ -34,6 +34,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+@pytest.mark.slow
 def test_8_threads_x_200_annotations(tmp_path):
     threads, per_thread = 8, 200
     store = open_store(tmp_path / "data")
@@ -118,6 +119,7 @@ def _request_ids_in_db(db_file: Path) -> list[str]:
         con.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["anywhere", "between_journal_and_commit"])
 def test_writer_killed_mid_batch_leaves_whole_transactions_and_a_matching_journal(tmp_path, where):
     """SIGKILL at a random point of a batch, or exactly after a batch's journal write and before its

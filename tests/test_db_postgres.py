@@ -12,7 +12,8 @@ import uuid
 import pytest
 
 URL = os.environ.get("MIMIC_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="MIMIC_TEST_POSTGRES_URL not set (no PostgreSQL server)")
+pytestmark = [pytest.mark.postgres,
+              pytest.mark.skipif(not URL, reason="MIMIC_TEST_POSTGRES_URL not set (no PostgreSQL server)")]
 
 
 @pytest.fixture

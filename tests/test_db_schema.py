@@ -127,6 +127,7 @@ def test_open_store_from_any_cwd_and_logs_where_data_lives(tmp_path, monkeypatch
         s.close()
 
 
+@pytest.mark.slow
 def test_concurrent_start_of_several_processes(tmp_path):
     code = "import sys; from db import open_store; s = open_store(sys.argv[1]); s.add_annotator(sys.argv[2])"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

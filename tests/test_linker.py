@@ -254,6 +254,7 @@ def test_kb_official_layout(synthetic_official):
     assert all(Path(p).exists() for e in kb for p in e.images)
 
 
+@pytest.mark.slow
 def test_cli_index_and_link(trained, synthetic_official, tmp_path):
     idx = tmp_path / "index"
     r = subprocess.run([sys.executable, "-m", "mimic", "index", "--checkpoint", str(trained), "--kb",

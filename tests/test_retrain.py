@@ -230,6 +230,7 @@ def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
 # ------------------------------------------------------------------------------------------------
 # (b) the promotion rule promotes and refuses
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_promotion_rule_promotes_then_refuses(store, tmp_path, tiny_clip_dir, corpus, wrong_ckpt):
     store.register_model_version("v0", checkpoint=str(wrong_ckpt), backbone="tiny")
     store.promote("v0")
@@ -327,6 +328,7 @@ def _wait_for_training(cfg, proc) -> dict:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigkilled_run_leaves_everything_and_is_recovered(store, tmp_path, tiny_clip_dir, corpus, untrained_ckpt):
     store.register_model_version("v0", checkpoint=str(untrained_ckpt))
     store.promote("v0")
@@ -365,6 +367,7 @@ def test_sigkilled_run_leaves_everything_and_is_recovered(store, tmp_path, tiny_
     assert store.get_training_run(nxt["run_id"]).status == "succeeded"
 
 
+@pytest.mark.slow
 def test_sigterm_cancels_the_run_cleanly(store, tmp_path, tiny_clip_dir, corpus):
     """What the app's stop button sends: the job records the run as cancelled and releases the lock."""
     cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=5000)
@@ -397,6 +400,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_while_one_holds_the_lock(store, tmp_path, tiny_clip_dir, corpus):
     cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=1, min_new_annotations=1)
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(cfg.lock_path)], stdout=subprocess.PIPE,
@@ -436,6 +440,7 @@ def test_waiting_run_starts_when_the_holder_finishes(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_two_job_processes_started_at_once(store, tmp_path, tiny_clip_dir, corpus):
     cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=1)
     procs = []

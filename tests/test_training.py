@@ -55,6 +55,7 @@ def test_fine_tuning_compat_mode_and_train_fraction(official_ds, tiny_clip_dir, 
     assert (tmp_path / "ft" / "best" / "backbone" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate(synthetic_official, tiny_clip_dir, tmp_path):
     run = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "mimic", "train", "--data", str(synthetic_official), "--backbone",
@@ -71,6 +72,7 @@ def test_cli_train_and_evaluate(synthetic_official, tiny_clip_dir, tmp_path):
     assert (tmp_path / "s.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["evaluate", "--checkpoint", "/nonexistent/ckpt", "--data", "/nonexistent/data"], "error:"),
     (["train", "--data", "/nonexistent/data.json", "--backbone", "offline"], "error:"),
@@ -81,6 +83,7 @@ def test_cli_bad_input_is_one_clear_line(args, needle):
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_processes(synthetic_official, tiny_clip_dir, tmp_path):
     """Multi-process training through torchrun (gloo on CPU): ranks shard the data, rank 0 reports."""
     import os
