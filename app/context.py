@@ -263,9 +263,11 @@ def knowledge_base(store: AnnotationStore, data_dir: Path) -> KnowledgeBase:
 
 def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
     """First start: the configured KB (the demo KB) into the database, its images copied into the
-    image store by content (so exports carry them), confined to the KB file's folder."""
+    image store by content (so exports carry them). MIMIC_KB is the operator's own setting, so its
+    images may lie anywhere the operator points (a written-out dataset names absolute paths); KB
+    files uploaded in the app are confined to their folder (`handlers.import_kb_file`)."""
     from mimic.kb import load_kb
-    kb, report = load_kb(config.kb_path)
+    kb, report = load_kb(config.kb_path, confine_images=False)
     log.info("first start: loading %s into the database (%s)", config.kb_path, report.summary())
     errors: list = []
     store.import_kb(kb, image_errors=errors)
