@@ -10,6 +10,7 @@
 | `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code) |
 | `MIMIC_USERS_FILE` | unset | the same, one `name:password[:role]` per line |
 | `MIMIC_ANONYMOUS_WRITES` | `auto` | may visitors who are not signed in save? auto = only for a local single-user app (no users configured, loopback address, not on Spaces) |
+| `MIMIC_KB_ROLES` | `reviewer,admin` | roles that may edit the KB and import KB files (app/permissions.py holds the whole table) |
 | `MIMIC_DEVICE` | `auto` | where the model runs: `cpu`, `cuda`, `auto` (CUDA when present) |
 | `MIMIC_INFERENCE_CONCURRENCY` | `1` | link/inspect requests run at once (the rest queue) |
 | `MIMIC_QUEUE_SIZE` | `64` | requests waiting at most per event before new ones are refused |
@@ -23,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+
+from .permissions import permission_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("annotator", "reviewer", "admin")
@@ -80,6 +83,7 @@ class AppConfig:
     queue_size: int = 64
     top_k: int = 10
     watch_seconds: float = 10.0
+    permissions: dict = field(default_factory=lambda: permission_table())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "AppConfig":
@@ -120,7 +124,7 @@ class AppConfig:
                   examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
                   users=users, anonymous_writes=anonymous_writes, oauth=oauth, on_spaces=on_spaces,
                   server_name=server_name, server_port=port, inference_concurrency=conc, queue_size=qsize,
-                  watch_seconds=watch)
+                  watch_seconds=watch, permissions=permission_table(env))
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise ConfigError(f"unknown setting {k!r}")

@@ -23,33 +23,68 @@ class WriteDenied(PermissionError):
     """The visitor may not write (not signed in, or the deployment does not allow it)."""
 
 
-def resolve_image(path: str, data_dir: Path) -> str:
-    """Entity image paths are stored relative to the repository (demo assets) or DATA_DIR (uploads).
-    (The store itself resolves relative paths against DATA_DIR; such a path that does not exist is
-    tried against the repository.)"""
+ASSETS = REPO / "assets"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    root = root.resolve()
+    return path == root or root in path.parents
+
+
+def resolve_image(path: str | None, data_dir: Path) -> str | None:
+    """The file behind a stored or served image path, or None: only files under DATA_DIR/images
+    (the content-addressed store; stored paths are relative to DATA_DIR) and the repository's
+    assets/ are ever handed to a component. Anything else (an absolute path elsewhere, a `..`
+    escape, a symlink leading out, a missing file) gives None and the caller drops the image."""
+    if not path or not isinstance(path, str) or "\x00" in path:
+        return None
     p = Path(path)
-    if p.is_absolute():
-        if p.exists():
-            return str(p)
+    images = Path(data_dir).resolve() / "images"
+    candidates = [p] if p.is_absolute() else [Path(data_dir) / p, REPO / p]
+    for c in candidates:
         try:
-            p = p.relative_to(Path(data_dir).resolve())
-        except ValueError:
-            return str(p)
-    for base in (REPO, data_dir):
-        if (base / p).exists():
-            return str((base / p).resolve())
-    return str(REPO / p)
-
-
-def _portable(path: str, data_dir: Path) -> str:
-    """An absolute image path as stored in the database: relative to the repo or DATA_DIR if inside."""
-    p = Path(path).resolve()
-    for base in (REPO, data_dir.resolve()):
-        try:
-            return str(p.relative_to(base))
-        except ValueError:
+            r = c.resolve()
+        except (OSError, RuntimeError):
             continue
-    return str(p)
+        if (_inside(r, images) or _inside(r, ASSETS)) and r.is_file():
+            return str(r)
+    return None
+
+
+def resolve_images(paths, data_dir: Path) -> list[str]:
+    """`resolve_image` over a list, dropping what may not be served."""
+    return [r for r in (resolve_image(p, data_dir) for p in paths or []) if r is not None]
+
+
+def browser_paths(config: AppConfig, store_settings=None) -> tuple[list[str], list[str]]:
+    """(allowed_paths, blocked_paths) for `launch()`: a browser may fetch files under DATA_DIR/images
+    and assets/ (plus Gradio's own upload/cache folders, which Gradio always allows); DATA_DIR's
+    database, WAL/SHM, journal, indexes and everything else in it, and the source tree, are blocked
+    (Gradio's blocklist wins over every allowance, including the cwd/temp rule for returned files)."""
+    data = Path(config.data_dir).resolve()
+    images = data / "images"
+    allowed = [str(images), str(ASSETS.resolve())]
+    blocked: set[str] = set()
+    for name in ("annotations.db", "annotations.db-wal", "annotations.db-shm", "annotations.db-journal",
+                 "journal", "indexes", "analysis", "retrain", "runs", "models"):
+        blocked.add(str(data / name))
+    if store_settings is not None:
+        for attr in ("sqlite_path", "journal_path"):
+            v = getattr(store_settings, attr, None)
+            if v:
+                v = Path(v).resolve()
+                blocked.update({str(v), str(v) + "-wal", str(v) + "-shm", str(v) + "-journal"})
+    if data.is_dir():
+        for child in data.iterdir():
+            if child.name != "images":
+                blocked.add(str(child.resolve()))
+    repo = REPO.resolve()
+    for child in repo.iterdir():
+        c = child.resolve()
+        if child.name == "assets" or _inside(data, c) or _inside(images, c):
+            continue
+        blocked.add(str(c))
+    return allowed, sorted(blocked)
 
 
 @dataclass
@@ -131,6 +166,19 @@ class AppContext:
     def can_write(self, username: str | None) -> bool:
         return bool(username) or self.config.anonymous_writes
 
+    def require(self, action: str, username: str | None) -> str:
+        """The one permission check (app/permissions.py): the name the action runs under, or
+        WriteDenied when the visitor is not signed in or their role may not do `action`."""
+        roles = self.config.permissions.get(action)
+        if roles is None:
+            raise WriteDenied(f"unknown action {action!r}")
+        name = self.annotator(username)
+        role = self.store.get_annotator(name).role
+        if role not in roles:
+            raise WriteDenied(f"{name} is {'an' if role[0] in 'aeiou' else 'a'} {role}: {action.replace('_', ' ')} "
+                              f"needs the role {' or '.join(roles)}")
+        return name
+
     # -- model versions: hot swap, rollback, retraining ------------------------------------------
     def follow_promotion(self) -> str | None:
         """Serve the promoted version if another one serves (a retraining run promoted it, or a
@@ -158,16 +206,9 @@ class AppContext:
         finally:
             self._swap_lock.release()
 
-    def require_role(self, username: str | None, roles=("reviewer", "admin")) -> str:
-        name = self.annotator(username)
-        role = self.store.get_annotator(name).role
-        if role not in roles:
-            raise WriteDenied(f"{name} is an {role}: this needs the role {' or '.join(roles)}")
-        return name
-
     def serve_version(self, name: str, username: str | None) -> str | None:
         """Roll back (or forward) to a registered version: promote it and swap to it."""
-        self.require_role(username)
+        self.require("serve", username)
         self.store.promote(name)
         return self.follow_promotion()
 
@@ -204,29 +245,34 @@ class AppContext:
 
     # -- KB ------------------------------------------------------------------------------------
     def save_entity(self, entity: Entity, author: str, note: str | None = None):
-        """Store an entity (new version) and update the served index without a rebuild."""
+        """Store an entity (new version; its images by content in DATA_DIR/images) and update the
+        served index without a rebuild. The caller checked the permission."""
         with self.kb_lock:
-            rec = self.store.upsert_entity(entity.id, entity.name, entity.text, entity.aliases,
-                                           [_portable(p, self.config.data_dir) for p in entity.images],
+            rec = self.store.upsert_entity(entity.id, entity.name, entity.text, entity.aliases, entity.images,
                                            author=author, note=note)
-            self.service.upsert_entities([replace(entity, images=[resolve_image(p, self.config.data_dir)
-                                                                  for p in entity.images])])
+            self.service.upsert_entities([replace(entity, images=resolve_images(rec.images, self.config.data_dir))])
         return rec
 
 
 def knowledge_base(store: AnnotationStore, data_dir: Path) -> KnowledgeBase:
-    """The database's KB with image paths resolved (what the index encodes)."""
+    """The database's KB with image paths resolved (what the index encodes): only images inside
+    DATA_DIR/images survive; a stored path elsewhere is dropped, never followed."""
     kb = store.knowledge_base()
-    return KnowledgeBase([replace(e, images=[resolve_image(p, data_dir) for p in e.images]) for e in kb.entities])
+    return KnowledgeBase([replace(e, images=resolve_images(e.images, data_dir)) for e in kb.entities])
 
 
 def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
+    """First start: the configured KB (the demo KB) into the database, its images copied into the
+    image store by content (so exports carry them). MIMIC_KB is the operator's own setting, so its
+    images may lie anywhere the operator points (a written-out dataset names absolute paths); KB
+    files uploaded in the app are confined to their folder (`handlers.import_kb_file`)."""
     from mimic.data.kb_files import load_kb
-    kb, report = load_kb(config.kb_path)
+    kb, report = load_kb(config.kb_path, confine_images=False)
     log.info("first start: loading %s into the database (%s)", config.kb_path, report.summary())
-    portable = KnowledgeBase([replace(e, images=[_portable(p, config.data_dir) for p in e.images])
-                              for e in kb.entities])
-    store.import_kb(portable)
+    errors: list = []
+    store.import_kb(kb, image_errors=errors)
+    if errors:
+        log.warning("KB images refused: %d (%s)", len(errors), errors[:3])
 
 
 def _load_examples(config: AppConfig) -> list[Mention]:

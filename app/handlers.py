@@ -1,7 +1,9 @@
 """What each UI event does, as plain functions of the AppContext (no Gradio objects in or out).
 
 The UI module (`app/ui.py`) wires these to components and turns `UserError` into a message; the
-tests call them directly. Every write takes the annotator name resolved by `AppContext.annotator`.
+tests call them directly. Every write and job checks `AppContext.require(action, username)` here, at
+the handler level (app/permissions.py is the table), so UI events, the documented API and raw queue
+calls meet the same check. Image paths handed out are only files under DATA_DIR/images or assets/.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import threading
 import time
 import uuid
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +25,7 @@ from mimic.serving.linker import LinkInputError, LinkResult
 from mimic.serving.service import safe_name
 
 from . import figures
-from .context import AppContext, WriteDenied, candidates_for_store, resolve_image
+from .context import AppContext, WriteDenied, candidates_for_store, resolve_image, resolve_images
 
 CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
 DECISIONS = ("entity", "nil", "ambiguous")
@@ -102,7 +104,7 @@ def parse_choice(choice: str | None) -> tuple[str, str | None]:
 def save_link(ctx: AppContext, username: str | None, result: dict, choice: str | None, *,
               image: str | None = None, request_id: str | None = None, seconds_spent: float | None = None):
     """Store the linked mention, the model's prediction and the user's decision (one annotation)."""
-    annotator = ctx.annotator(username)
+    annotator = ctx.require("annotate", username)
     if not result:
         raise UserError("link a mention first")
     decision, entity_id = parse_choice(choice)
@@ -159,8 +161,9 @@ def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: 
         m_ov = figures.overlay(image, e.cmfu_mention_grid, *gv)
         m_ov.save(tmp / f"mention_overlay_{safe_name(entity_id)}.png")
         files.append(str(tmp / f"mention_overlay_{safe_name(entity_id)}.png"))
-    if c.get("images") and e.cmfu_entity_grid is not None:
-        e_ov = figures.overlay(resolve_image(c["images"][0], ctx.config.data_dir), e.cmfu_entity_grid, *gv)
+    ent_img = resolve_image((c.get("images") or [None])[0], ctx.config.data_dir)
+    if ent_img and e.cmfu_entity_grid is not None:
+        e_ov = figures.overlay(ent_img, e.cmfu_entity_grid, *gv)
         e_ov.save(tmp / f"entity_overlay_{safe_name(entity_id)}.png")
         files.append(str(tmp / f"entity_overlay_{safe_name(entity_id)}.png"))
     data = {"sentence": result["sentence"], "mention": result["mention"], "entity_id": entity_id, "name": c["name"],
@@ -186,7 +189,7 @@ def inspect(ctx: AppContext, result: dict | None, image: str | None, entity_id: 
 @_user_errors
 def next_item(ctx: AppContext, username: str | None):
     """The annotator's current item (leased; asking again returns the same one) or None."""
-    return ctx.store.next_item(ctx.annotator(username))
+    return ctx.store.next_item(ctx.require("annotate", username))
 
 
 @_user_errors
@@ -202,7 +205,7 @@ def annotate(ctx: AppContext, username: str | None, mention_id: int, choice: str
              seconds_spent: float | None = None, request_id: str | None = None):
     """Store a decision for a queued mention. Returns the AnnotationRecord."""
     decision, entity_id = parse_choice(choice)
-    return ctx.store.submit(ctx.annotator(username), mention_id, decision, entity_id,
+    return ctx.store.submit(ctx.require("annotate", username), mention_id, decision, entity_id,
                             seconds_spent=seconds_spent, request_id=request_id or uuid.uuid4().hex)
 
 
@@ -210,7 +213,7 @@ def annotate(ctx: AppContext, username: str | None, mention_id: int, choice: str
 def annotate_api(ctx: AppContext, username: str | None, mention_id, decision: str, entity_id: str | None,
                  annotator: str | None = None) -> int:
     """/annotate: decision is entity | nil | ambiguous | skip. Returns the stored annotation id."""
-    name = ctx.annotator(username)
+    name = ctx.require("annotate", username)
     if annotator and annotator != name:
         raise UserError(f"signed in as {name!r}: cannot store annotations for {annotator!r}")
     if decision not in DECISIONS + ("skip",):
@@ -225,13 +228,13 @@ def annotate_api(ctx: AppContext, username: str | None, mention_id, decision: st
 
 @_user_errors
 def skip(ctx: AppContext, username: str | None, mention_id: int):
-    return ctx.store.skip(ctx.annotator(username), mention_id, request_id=uuid.uuid4().hex)
+    return ctx.store.skip(ctx.require("annotate", username), mention_id, request_id=uuid.uuid4().hex)
 
 
 @_user_errors
 def undo(ctx: AppContext, username: str | None):
     """Undo the annotator's last decision; returns the undone AnnotationRecord or None."""
-    return ctx.store.undo(ctx.annotator(username), request_id=uuid.uuid4().hex)
+    return ctx.store.undo(ctx.require("annotate", username), request_id=uuid.uuid4().hex)
 
 
 @_user_errors
@@ -263,14 +266,15 @@ def search_kb(ctx: AppContext, query: str, limit: int = 30) -> list:
 
 
 def entity_images(ctx: AppContext, rec) -> list[str]:
-    return [resolve_image(p, ctx.config.data_dir) for p in rec.images]
+    """The entity's images that may be shown (inside DATA_DIR/images or assets/); others dropped."""
+    return resolve_images(rec.images, ctx.config.data_dir)
 
 
 @_user_errors
 def save_entity(ctx: AppContext, username: str | None, entity_id: str, name: str, description: str,
                 aliases: str, images: list[str] | None, keep_images: bool = True):
     """Create or edit an entity; the index is updated in place (a new segment), not rebuilt."""
-    author = ctx.annotator(username)
+    author = ctx.require("kb_edit", username)
     entity_id, name = (entity_id or "").strip(), (name or "").strip()
     if not entity_id:
         raise UserError("the entity needs an id")
@@ -285,9 +289,8 @@ def save_entity(ctx: AppContext, username: str | None, entity_id: str, name: str
             pass
     for p in images or []:
         stored = ctx.store.images.put(p, "images")    # validated, content-addressed copy in DATA_DIR
-        paths.append(str(stored.path))
-    ent = Entity(entity_id, name, description or "", alias_list,
-                 [resolve_image(p, ctx.config.data_dir) for p in dict.fromkeys(paths)])
+        paths.append(ctx.store.store_relative(stored.path))
+    ent = Entity(entity_id, name, description or "", alias_list, list(dict.fromkeys(paths)))
     return ctx.save_entity(ent, author)
 
 
@@ -295,7 +298,7 @@ def save_entity(ctx: AppContext, username: str | None, entity_id: str, name: str
 def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=None) -> dict:
     """Import a KB file (official kb_entity.json, JSONL, CSV): valid rows are stored and indexed, the
     rest reported. Returns the loader's report plus counts."""
-    author = ctx.annotator(username)
+    author = ctx.require("kb_import", username)
     if not path:
         raise UserError("choose a KB file to import")
     from mimic.data.kb_files import load_kb
@@ -306,8 +309,12 @@ def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=No
     ents = kb.entities
     if progress:
         progress(0.1, desc=f"storing {len(ents)} entities")
+    image_errors: list = []
     with ctx.kb_lock:
-        ctx.store.import_kb(kb, author=author)
+        ctx.store.import_kb(kb, author=author, image_errors=image_errors)   # images copied in by content
+        stored = {e.id: e for e in ctx.store.knowledge_base()} if ents else {}
+        ents = [replace(stored[e.id], images=resolve_images(stored[e.id].images, ctx.config.data_dir))
+                for e in ents if e.id in stored]
         done = 0
         for s in range(0, len(ents), 64):
             chunk = ents[s:s + 64]
@@ -317,6 +324,7 @@ def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=No
                 progress(0.1 + 0.9 * done / max(1, len(ents)), desc=f"indexed {done}/{len(ents)}")
     out = report.to_dict()
     out["imported"] = len(ents)
+    out["rejected_images"] = [{**e, "image": Path(e["image"]).name} for e in image_errors]   # no server paths
     return out
 
 
@@ -350,7 +358,7 @@ def analyze_corrections(ctx: AppContext, username: str | None = None, progress=N
     """Analyse the served model on the corrections collected so far; the records are saved under
     DATA_DIR/analysis/ and the path returned (pick it later to compare versions). Signed-in users."""
     from mimic.analysis.error_analysis import save_records
-    ctx.annotator(username)
+    ctx.require("analyze", username)
     mentions, source = corrections_as_mentions(ctx)
     if not mentions:
         raise UserError("no corrections yet: annotate some mentions (Annotate tab) first")
@@ -513,7 +521,7 @@ def corrections_summary(ctx: AppContext) -> tuple[pd.DataFrame, dict]:
 @_user_errors
 def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
     """Serve a registered version (rollback is this one action): promote it, load it while the old
-    one keeps serving, switch. Reviewers and admins only."""
+    one keeps serving, switch. Admins only (app/permissions.py)."""
     if not name:
         raise UserError("choose a model version")
     ctx.serve_version(name, username)
@@ -527,7 +535,7 @@ def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
 def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
     """Start `python -m mimic retrain` in its own process (one at a time). -> the training run id."""
     from retraining.job import RetrainBusy, read_progress, start_retrain_process
-    ctx.require_role(username)
+    ctx.require("retrain", username)
     with _RETRAIN_START:
         # The job's own lock refuses a second run once the first process holds it; a run that is
         # queued but whose process has not started yet is caught here, so a double click never
@@ -571,7 +579,7 @@ def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
     """Write an export to a new temporary file; returns its path (JSONL, CSV, or a zip of the
     training layout that `python -m mimic train --data` reads). Signed-in users only: it carries
     every annotator's decisions."""
-    ctx.annotator(username)
+    ctx.require("export", username)
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
     out = Path(tempfile.mkdtemp(prefix="mimic-export-"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import handlers as H
-from .context import AppContext, resolve_image
+from .context import AppContext, browser_paths, resolve_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 PRIVATE = dict(api_visibility="private")
@@ -81,9 +81,9 @@ def _choices(cands: list[dict], keys: bool = True):
 def _gallery(ctx, cands: list[dict]):
     out = []
     for c in cands:
-        imgs = c.get("images") or []
-        if imgs:
-            out.append((resolve_image(imgs[0], ctx.config.data_dir), f"{c['rank']}. {c['name']} ({c['entity_id']})"))
+        img = resolve_image((c.get("images") or [None])[0], ctx.config.data_dir)   # None: not servable, dropped
+        if img:
+            out.append((img, f"{c['rank']}. {c['name']} ({c['entity_id']})"))
     return out
 
 
@@ -473,7 +473,7 @@ def build_ui(ctx: AppContext):
                 return show_item({"hist": -1}, request, _msg("nothing to undo", "info"))
             # show the mention whose decision was undone, so it can be decided again
             try:
-                ctx.store.release(ctx.annotator(username_of(request)))
+                ctx.store.release(ctx.require("annotate", username_of(request)))
             except Exception:  # noqa: BLE001 - releasing the old lease is best effort
                 pass
             m, pred = H.get_item(ctx, rec.mention_id)
@@ -533,7 +533,7 @@ def build_ui(ctx: AppContext):
             except H.UserError as exc:
                 return [], [], _msg(str(exc), "error")
             rows = [[r.id, r.name, " | ".join(r.aliases), r.text, len(r.images), r.version] for r in recs]
-            gal = [(H.entity_images(ctx, r)[0], f"{r.name} ({r.id})") for r in recs if r.images][:48]
+            gal = [(imgs[0], f"{r.name} ({r.id})") for r in recs for imgs in [H.entity_images(ctx, r)] if imgs][:48]
             return rows, gal, _msg(f"{len(recs)} entities" + (" (first 200)" if len(recs) == 200 else ""), "info")
 
         k_search.click(kb_rows, k_query, [k_table, k_gallery, k_msg], **PRIVATE)
@@ -751,11 +751,12 @@ def build_ui(ctx: AppContext):
         demo.load(lambda: kb_rows(""), None, [k_table, k_gallery, k_msg], **PRIVATE)
         demo.load(lambda: runs_update(), None, [y_run, y_a, y_b], **PRIVATE)
 
+    allowed, blocked = browser_paths(cfg, ctx.store.settings)   # only DATA_DIR/images and assets/ are served
     launch_kwargs = dict(auth=cfg.auth(), auth_message="MIMIC Studio: sign in to annotate",
                          head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
                          css=(STATIC / "studio.css").read_text(encoding="utf-8"),
                          server_name=cfg.server_name, server_port=cfg.server_port, footer_links=["api", "settings"],
-                         allowed_paths=[str(resolve_image("assets", ctx.config.data_dir))], show_error=True)
+                         allowed_paths=allowed, blocked_paths=blocked, show_error=True)
     return demo, launch_kwargs
 
 

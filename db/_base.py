@@ -241,10 +241,21 @@ class StoreBase:
             prediction_id=a.prediction_id, seconds_spent=a.seconds_spent, comment=a.comment, status=a.status,
             superseded_by=a.superseded_by, undone_at=a.undone_at, created_at=a.created_at, duplicate=duplicate)
 
-    def resolve_data_path(self, p: str) -> str:
-        """A stored path made absolute (relative paths are relative to DATA_DIR)."""
-        path = Path(p)
-        return str(path if path.is_absolute() else (self.settings.data_dir / path))
+    def resolve_data_path(self, p: str) -> str | None:
+        """A stored image path (relative to DATA_DIR) made absolute, or None when it does not resolve
+        inside DATA_DIR/images (an absolute path, a `..` escape, a symlink leading out): the store
+        never follows a path outside its own image folder."""
+        if not isinstance(p, str) or not p or "\x00" in p or Path(p).is_absolute():
+            return None
+        root = Path(self.settings.images_dir).resolve()
+        target = (Path(self.settings.data_dir) / p).resolve()
+        if root not in target.parents:
+            return None
+        return str(target)
+
+    def store_relative(self, path: str | Path) -> str:
+        """The DATA_DIR-relative name of a file of the image store (what the database holds)."""
+        return Path(path).resolve().relative_to(Path(self.settings.data_dir).resolve()).as_posix()
 
 
 def iso(dt: datetime | None) -> str | None:

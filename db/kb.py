@@ -1,15 +1,16 @@
 """Annotators and the knowledge base (entities with versioned edits)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from mimic.data.schema import KnowledgeBase
+from mimic.data.schema import Entity, KnowledgeBase
 
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_choice, check_text
-from .errors import InvalidInput
+from .errors import InvalidImage, InvalidInput
 from .models import ROLES, Annotator, KbEntity, KbEntityVersion, entity_search_text, utcnow
 from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
 
@@ -34,6 +35,34 @@ def _like_pattern(text: str) -> str:
 
 
 class KbMixin(StoreBase):
+
+    # -- entity images: only by content ------------------------------------------------------
+
+    def store_entity_images(self, images: Iterable[str], *, entity_id: str | None = None,
+                            errors: list | None = None) -> list[str]:
+        """Entity images as the database holds them: DATA_DIR-relative paths into the content-
+        addressed image store. A path that already names a file of the store is kept; any other
+        file is validated and copied in by content; what is not a readable image is dropped (and
+        reported in `errors` as {"id", "image", "reason"} when a list is given). The caller decides
+        which files may be read (the app confines KB files to their own folder)."""
+        out: list[str] = []
+        for p in images:
+            name = p if isinstance(p, str) else str(p)
+            inside = self.resolve_data_path(name)
+            try:
+                if inside is not None and Path(inside).is_file():
+                    rel = self.store_relative(inside)
+                else:
+                    if inside is None and not Path(name).is_absolute():
+                        raise InvalidImage(f"{name!r} is not a file of the image store", "images")
+                    rel = self.store_relative(self.images.put(name, "images").path)
+            except (InvalidImage, OSError, ValueError) as exc:
+                if errors is not None:
+                    errors.append({"id": entity_id, "image": name, "reason": str(exc)})
+                continue
+            if rel not in out:
+                out.append(rel)
+        return out
 
     # -- annotators ----------------------------------------------------------------------------
 
@@ -72,14 +101,16 @@ class KbMixin(StoreBase):
 
     def upsert_entity(self, entity_id: str, name: str, text: str = "", aliases: Iterable[str] = (),
                       images: Iterable[str] = (), *, author: str | None = None,
-                      note: str | None = None) -> EntityRecord:
+                      note: str | None = None, image_errors: list | None = None) -> EntityRecord:
         """Create or edit one entity. An edit that changes something bumps the version and keeps
-        the full previous state in `entity_history`; an edit that changes nothing stores nothing."""
+        the full previous state in `entity_history`; an edit that changes nothing stores nothing.
+        Images are stored by content (`store_entity_images`); unreadable ones are dropped."""
         check_text(entity_id, "entity_id", max_len=MAX_NAME)
         check_text(name, "name", max_len=MAX_SENTENCE)
         check_text(text, "text", max_len=_MAX_TEXT, allow_empty=True)
         aliases = _str_list(list(aliases), "aliases")
-        images = _str_list(list(images), "images", max_len=4096)
+        images = self.store_entity_images(_str_list(list(images), "images", max_len=4096), entity_id=entity_id,
+                                          errors=image_errors)
         if note is not None:
             check_text(note, "note", max_len=MAX_SENTENCE, allow_empty=True)
 
@@ -106,14 +137,19 @@ class KbMixin(StoreBase):
             return self._entity_record(s, row)
         return self._write(fn)
 
-    def import_kb(self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000) -> dict[str, int]:
+    def import_kb(self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000,
+                  image_errors: list | None = None) -> dict[str, int]:
         """Bulk-load a `mimic.data.schema.KnowledgeBase` with Core inserts (fast for 100k entities).
 
         New entities get version 1; an existing entity whose name/text/aliases/images differ gets a
-        new version; identical ones are left alone. Image paths are stored as given (absolute paths
-        from the loaders). Returns {"created", "updated", "unchanged"}.
+        new version; identical ones are left alone. Images are copied into the content-addressed
+        image store and the database holds only store-relative paths (`store_entity_images`; images
+        that cannot be stored are dropped and listed in `image_errors` when given). Returns
+        {"created", "updated", "unchanged"}.
         """
-        entities = list(kb)
+        entities = [Entity(e.id, e.name, e.text, list(e.aliases),
+                           self.store_entity_images(e.images, entity_id=e.id, errors=image_errors))
+                    for e in kb]
         for i, e in enumerate(entities):
             check_text(e.id, f"kb[{i}].id", max_len=MAX_NAME)
             check_text(e.name, f"kb[{i}].name", max_len=MAX_SENTENCE)
@@ -210,13 +246,14 @@ class KbMixin(StoreBase):
         return self._read(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
 
     def knowledge_base(self) -> KnowledgeBase:
-        """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths absolute)."""
-        from mimic.data.schema import Entity
+        """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths
+        absolute, only those inside DATA_DIR/images: any other stored path is never followed)."""
 
         def fn(s: Session) -> KnowledgeBase:
             rows = s.execute(select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images)
                              .order_by(KbEntity.id)).all()
             return KnowledgeBase([Entity(id=r.id, name=r.name, text=r.text or "", aliases=list(r.aliases or []),
-                                         images=[self.resolve_data_path(p) for p in (r.images or [])])
+                                         images=[q for q in map(self.resolve_data_path, r.images or [])
+                                                 if q is not None])
                                   for r in rows])
         return self._read(fn)

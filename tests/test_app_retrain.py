@@ -22,7 +22,7 @@ def retrain_app(tmp_path, tiny_clip_dir, synthetic_dataset):
     split = sorted(synthetic_dataset.splits)[0]
     cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_BACKBONE": str(tiny_clip_dir),
                               "MIMIC_KB": str(data / "kb.jsonl"), "MIMIC_EXAMPLES": str(data / f"{split}.jsonl"),
-                              "MIMIC_USERS": "rev:pw:reviewer,ana:pw", "MIMIC_WATCH_SECONDS": "0"})
+                              "MIMIC_USERS": "rev:pw:admin,ana:pw", "MIMIC_WATCH_SECONDS": "0"})
     ctx = AppContext.start(cfg, progress=False)
     yield ctx, synthetic_dataset
     ctx.stop()
@@ -95,7 +95,7 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
     row = mv[mv["version"] == new].iloc[0]
     assert " → " in row["held-out MRR (serving → this)"] and "corrections" in row["trained"]
     assert row["decision"].startswith("promoted") and json.loads(row["metrics"])["version"] == new
-    # rollback is one action (reviewers only)
+    # rollback is one action (admins only)
     with pytest.raises(H.UserError, match="needs the role"):
         H.serve_version(ctx, "ana", zero)
     assert H.serve_version(ctx, "rev", zero) == zero

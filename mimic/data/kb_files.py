@@ -11,7 +11,9 @@ was rejected and why. `load_kb` returns both.
   csv       header with id, name and optionally aliases, text|description|desc|attr, images;
             list fields separated by "|"
 Image paths are resolved relative to the file's folder (official: kb_image/); missing images are
-dropped from the entity and reported.
+dropped from the entity and reported. An image that does not stay inside the file's folder (an
+absolute path elsewhere, a `..` escape, a symlink leading out, a URL, /proc, ...) rejects its row
+with the reason: a KB file names images beside it, never other files of the machine.
 """
 from __future__ import annotations
 
@@ -70,6 +72,28 @@ def _text(rec: dict) -> str:
     return ""
 
 
+class UnsafeImagePath(ValueError):
+    """An image reference that does not resolve to a file inside the allowed folder."""
+
+
+def confined_path(name: str, base: str | Path) -> Path:
+    """`name` (relative to `base`, or absolute) resolved, symlinks followed, and required to lie
+    inside `base`; else `UnsafeImagePath`. The returned path may not exist."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafeImagePath("empty image name")
+    if "\x00" in name:
+        raise UnsafeImagePath(f"image {name!r} contains a NUL byte")
+    if "://" in name or name.lower().startswith(("data:", "file:", "http:", "https:", "ftp:")):
+        raise UnsafeImagePath(f"image {name!r} is a URL: images must be files beside the KB file")
+    root = Path(base).resolve()
+    p = Path(name)
+    target = (p if p.is_absolute() else root / p).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafeImagePath(f"image {name!r} is outside the KB folder (absolute path, '..' or a symlink "
+                              f"leading out): refused")
+    return target
+
+
 def _raw_records(path: Path, fmt: str) -> tuple[list[tuple[object, dict]], Path, dict | None]:
     """-> ([(row label, record dict)], image base folder, qid2id or None)."""
     if fmt == "official":
@@ -120,8 +144,10 @@ def detect_format(path: Path) -> str:
                                 ".jsonl or .csv")
 
 
-def load_kb(path: str | Path, format: str = "auto", check_images: bool = True) -> tuple[KnowledgeBase, KBReport]:
-    """Read a KB file leniently. Raises `DataFormatError` only when the file as a whole is unreadable."""
+def load_kb(path: str | Path, format: str = "auto", check_images: bool = True,
+            confine_images: bool = True) -> tuple[KnowledgeBase, KBReport]:
+    """Read a KB file leniently. Raises `DataFormatError` only when the file as a whole is unreadable.
+    confine_images (default): a row naming an image outside the KB file's folder is rejected."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"KB file not found: {path}")
@@ -166,7 +192,11 @@ def load_kb(path: str | Path, format: str = "auto", check_images: bool = True) -
                 raise ValueError(f"duplicate id {eid!r} (first occurrence kept)")
             resolved = []
             for im in images:
-                p = Path(im) if os.path.isabs(im) else img_base / im
+                if confine_images:
+                    p = confined_path(im, img_base if fmt != "official" or not os.path.isabs(im)
+                                      else img_base.parent)
+                else:
+                    p = Path(im) if os.path.isabs(im) else img_base / im
                 if check_images and not p.is_file():
                     report.missing_images.append({"id": eid, "image": str(p)})
                     continue
