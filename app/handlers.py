@@ -329,20 +329,11 @@ def analysis_dir(ctx: AppContext) -> Path:
 
 
 def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
-    """One gold per corrected mention: the latest reviewer/admin decision, else the latest decision
-    (NIL decisions give a NIL gold; "ambiguous" mentions are left out).
+    """One gold per corrected mention, by the store's gold rule (`AnnotationStore.resolved`, the
+    one training uses): a NIL gold has answer None; ambiguous and tied mentions are left out.
     -> (mentions with `answer`, {mention uid: its source})"""
-    from mimic.data.schema import Mention
-    chosen: dict[str, dict] = {}
-    for link_ in ctx.store.accepted_links():          # ordered by annotation id: later wins
-        if link_["decision"] == "ambiguous":
-            continue
-        prev = chosen.get(link_["mention_uid"])
-        if prev is None or link_["role"] in ("reviewer", "admin") or prev["role"] not in ("reviewer", "admin"):
-            chosen[link_["mention_uid"]] = link_
-    return [Mention(id=uid, sentence=r["sentence"], mention=r["mention"], start=r["start"], end=r["end"],
-                    image=r["image"], answer=r["entity_id"] if r["decision"] == "entity" else None,
-                    ) for uid, r in chosen.items()], {uid: (r["source"] or "corrections") for uid, r in chosen.items()}
+    gold = ctx.store.gold_mentions()
+    return [g.mention for g in gold], {g.mention.id: (g.source or "corrections") for g in gold}
 
 
 @_user_errors
