@@ -517,7 +517,7 @@ def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
 @_user_errors
 def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
     """Start `python -m mimic retrain` in its own process (one at a time). -> the training run id."""
-    from retraining.job import RetrainBusy, read_progress, start_retrain_process
+    from retraining import RetrainBusy, read_progress, start_retrain_process
     ctx.require_role(username)
     with _RETRAIN_START:
         # The job's own lock refuses a second run once the first process holds it; a run that is
@@ -539,7 +539,7 @@ _RETRAIN_START = threading.Lock()
 
 def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict, str, int]:
     """-> (progress {status, step, fraction, message, alive, ...}, new log text, next offset)."""
-    from retraining.job import read_log, read_progress
+    from retraining import read_log, read_progress
     prog = read_progress(ctx.config.data_dir, int(run_id)) or {"status": "unknown", "fraction": 0.0, "message": ""}
     text, nxt = read_log(ctx.config.data_dir, int(run_id), offset)
     return prog, text, nxt
