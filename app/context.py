@@ -213,7 +213,7 @@ class AppContext:
         return self.follow_promotion()
 
     def retrain_config(self, **overrides):
-        from retraining.job import RetrainConfig
+        from retraining import RetrainConfig
         return RetrainConfig.from_env(data_dir=str(self.config.data_dir), backbone=self.config.backbone,
                                       checkpoint=self.config.checkpoint, **overrides)
 
@@ -223,7 +223,7 @@ class AppContext:
         in its own process). interval <= 0: no thread."""
         if interval <= 0:
             return None
-        from retraining.job import maybe_start_retrain
+        from retraining import maybe_start_retrain
 
         def loop():
             while not self._stop.wait(interval):

@@ -337,20 +337,11 @@ def analysis_dir(ctx: AppContext) -> Path:
 
 
 def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
-    """One gold per corrected mention: the latest reviewer/admin decision, else the latest decision
-    (NIL decisions give a NIL gold; "ambiguous" mentions are left out).
+    """One gold per corrected mention, by the store's gold rule (`AnnotationStore.resolved`, the
+    one training uses): a NIL gold has answer None; ambiguous and tied mentions are left out.
     -> (mentions with `answer`, {mention uid: its source})"""
-    from mimic.data.schema import Mention
-    chosen: dict[str, dict] = {}
-    for link_ in ctx.store.accepted_links():          # ordered by annotation id: later wins
-        if link_["decision"] == "ambiguous":
-            continue
-        prev = chosen.get(link_["mention_uid"])
-        if prev is None or link_["role"] in ("reviewer", "admin") or prev["role"] not in ("reviewer", "admin"):
-            chosen[link_["mention_uid"]] = link_
-    return [Mention(id=uid, sentence=r["sentence"], mention=r["mention"], start=r["start"], end=r["end"],
-                    image=r["image"], answer=r["entity_id"] if r["decision"] == "entity" else None,
-                    ) for uid, r in chosen.items()], {uid: (r["source"] or "corrections") for uid, r in chosen.items()}
+    gold = ctx.store.gold_mentions()
+    return [g.mention for g in gold], {g.mention.id: (g.source or "corrections") for g in gold}
 
 
 @_user_errors
@@ -534,7 +525,7 @@ def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
 @_user_errors
 def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
     """Start `python -m mimic retrain` in its own process (one at a time). -> the training run id."""
-    from retraining.job import RetrainBusy, read_progress, start_retrain_process
+    from retraining import RetrainBusy, read_progress, start_retrain_process
     ctx.require("retrain", username)
     with _RETRAIN_START:
         # The job's own lock refuses a second run once the first process holds it; a run that is
@@ -556,7 +547,7 @@ _RETRAIN_START = threading.Lock()
 
 def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict, str, int]:
     """-> (progress {status, step, fraction, message, alive, ...}, new log text, next offset)."""
-    from retraining.job import read_log, read_progress
+    from retraining import read_log, read_progress
     prog = read_progress(ctx.config.data_dir, int(run_id)) or {"status": "unknown", "fraction": 0.0, "message": ""}
     text, nxt = read_log(ctx.config.data_dir, int(run_id), offset)
     return prog, text, nxt

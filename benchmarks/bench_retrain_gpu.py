@@ -1,4 +1,4 @@
-"""The whole retraining job (`retraining.job.run_retrain`) on a synthetic store: throughput of the real
+"""The whole retraining job (`retraining.run.run_retrain`) on a synthetic store: throughput of the real
 training loop with a trainable CLIP ViT-B/32-sized backbone, and the full-KB evaluation inside the job.
 
     python benchmarks/bench_retrain_gpu.py                      # CUDA, ViT-B/32 sizes, batch 128, bf16 and fp32
@@ -97,7 +97,8 @@ def main():
     from bench_train_gpu import build_clip
 
     from db import open_store
-    from retraining.job import RetrainConfig, run_retrain
+    from retraining import RetrainConfig
+    from retraining.run import run_retrain
     device = torch.device(a.device)
     out: dict = {"size": a.size, "device": str(device), "batch_size": a.batch_size, "epochs": a.epochs,
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}

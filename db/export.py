@@ -1,4 +1,9 @@
-"""Exports: accepted links as JSONL / CSV, and a training set that `python -m mimic train` reads.
+"""Exports: accepted links as JSONL / CSV, the gold mentions, and a training set that
+`python -m mimic train` reads (`ExportsMixin`, one of the store's mixins).
+
+The gold label of a mention is `AnnotationStore.resolved` (reports.py), the store's only rule:
+the training export, the retraining job and the app's Analysis tab all read it through
+`gold_mentions` / `build_training_dataset`, so a model is judged on the labels it is trained on.
 
 The training set is built as a `mimic.data.schema.Dataset` and written by the core library's own
 writers (`write_official` for the official MIMIC layout — kb_entity.json, qid2id.json,
@@ -12,20 +17,19 @@ import hashlib
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from mimic.data.formats import write_jsonl_dataset, write_official
 from mimic.data.schema import Dataset, Mention as CoreMention
 
+from ._base import StoreBase
 from .errors import InvalidInput
 from .models import Image, Mention
 from .records import TrainingExport
-
-if TYPE_CHECKING:
-    from .store import AnnotationStore
+from .reports import Resolution
 
 LINK_COLUMNS = ["annotation_id", "request_id", "mention_uid", "source", "sentence", "mention", "start", "end", "image",
                 "decision", "entity_id", "entity_name", "entity_version", "annotator", "role", "seconds_spent",
@@ -44,39 +48,6 @@ def _atomic_file(path: Path):
     return tmp, commit
 
 
-def export_links_jsonl(store: "AnnotationStore", path: str | Path) -> int:
-    """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count."""
-    path = Path(path)
-    rows = store.accepted_links()
-    tmp, commit = _atomic_file(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for r in rows:
-                f.write(json.dumps({k: r[k] for k in LINK_COLUMNS}, ensure_ascii=False) + "\n")
-        commit()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(rows)
-
-
-def export_links_csv(store: "AnnotationStore", path: str | Path) -> int:
-    """The same rows as `export_links_jsonl` as CSV (pandas quoting: commas, quotes and newlines safe).
-
-    Cells are written verbatim: a cell starting with "=" stays a formula to a spreadsheet program,
-    so open untrusted exports as text.
-    """
-    import pandas as pd
-    path = Path(path)
-    rows = store.accepted_links()
-    tmp, commit = _atomic_file(path)
-    try:
-        pd.DataFrame(rows, columns=LINK_COLUMNS).to_csv(tmp, index=False, encoding="utf-8")
-        commit()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(rows)
-
-
 def split_of(uid: str, fractions: tuple[float, float, float], seed: str = "") -> str:
     """Deterministic split of a mention: the SHA-256 of seed + uid, as a number in [0, 1), against
     the cumulative train/dev/test fractions. Adding mentions never moves existing ones."""
@@ -86,53 +57,111 @@ def split_of(uid: str, fractions: tuple[float, float, float], seed: str = "") ->
     return "dev" if u < fractions[0] + fractions[1] else "test"
 
 
-def build_training_dataset(store: "AnnotationStore", *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                           seed: str = "", name: str = "annotations") -> tuple[Dataset, list[int], int, int]:
-    """The annotated mentions as a core `Dataset` (KB = the entities table), plus the ids of the
-    annotations used, the number of conflicting mentions and of NIL / ambiguous ones (left out)."""
+def _check_fractions(fractions) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise InvalidInput(f"expected three non-negative numbers summing to 1, got {fractions}", "fractions")
-    resolutions, conflicts = store.resolved()
-    linked = {mid: r for mid, r in resolutions.items() if r.decision == "entity"}
-    kb = store.knowledge_base()
-
-    def fetch(s):
-        rows = []
-        ids = sorted(linked)
-        for i in range(0, len(ids), 500):
-            rows += s.execute(select(Mention, Image.ext).outerjoin(Image, Image.sha256 == Mention.image_sha256)
-                              .where(Mention.id.in_(ids[i:i + 500]))).all()
-        return rows
-    splits: dict[str, list[CoreMention]] = {"train": [], "dev": [], "test": []}
-    used: list[int] = []
-    for m, ext in sorted(store._read(fetch), key=lambda t: t[0].id):
-        r = linked[m.id]
-        image = store.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None
-        splits[split_of(m.uid, fractions, seed)].append(CoreMention(
-            id=m.uid, sentence=m.sentence, mention=m.mention, answer=r.entity_id, image=image,
-            start=m.start, end=m.end))
-        used.extend(r.annotation_ids)
-    dataset = Dataset(kb, splits, name=name, stats={"conflicts": conflicts})
-    return dataset, sorted(used), conflicts, len(resolutions) - len(linked)
 
 
-def export_training_set(store: "AnnotationStore", out_dir: str | Path, *, layout: str = "official",
-                        prefix: str = "WIKIMEL", fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                        seed: str = "", copy_images: bool = True, overwrite: bool = False) -> TrainingExport:
-    """Write the accepted entity links as a training set that `python -m mimic train --data out_dir`
-    reads directly. layout="official" (default) or "jsonl" (the project's kb.jsonl + <split>.jsonl).
+@dataclass(frozen=True)
+class GoldMention:
+    """A mention with its gold label (`mention.answer`: the entity id, None for NIL)."""
 
-    Labels follow `AnnotationStore.resolved` (reviewer wins, else majority; ties left out); NIL and
-    ambiguous decisions are not trainable links and are left out (counted in the result). The
-    returned `annotation_ids` are what `create_training_run(annotation_ids=...)` should record.
-    """
-    if layout not in ("official", "jsonl"):
-        raise InvalidInput(f"must be 'official' or 'jsonl', got {layout!r}", "layout")
-    dataset, used, conflicts, not_entity = build_training_dataset(store, fractions=fractions, seed=seed,
-                                                                  name=prefix)
-    if layout == "official":
-        path = write_official(dataset, out_dir, prefix=prefix, copy_images=copy_images, overwrite=overwrite)
-    else:
-        path = write_jsonl_dataset(dataset, out_dir, overwrite=overwrite)
-    return TrainingExport(path=str(path), splits={k: len(v) for k, v in dataset.splits.items()},
-                          entities=len(dataset.kb), annotation_ids=used, conflicts=conflicts, not_entity=not_entity)
+    mention: CoreMention
+    source: str
+    annotation_ids: tuple[int, ...]     # the current decisions that support the label
+
+
+class ExportsMixin(StoreBase):
+
+    def export_links_jsonl(self, path: str | Path) -> int:
+        """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count."""
+        path = Path(path)
+        rows = self.accepted_links()
+        tmp, commit = _atomic_file(path)
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                for r in rows:
+                    f.write(json.dumps({k: r[k] for k in LINK_COLUMNS}, ensure_ascii=False) + "\n")
+            commit()
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(rows)
+
+    def export_links_csv(self, path: str | Path) -> int:
+        """The same rows as `export_links_jsonl` as CSV (pandas quoting: commas, quotes and newlines safe).
+
+        Cells are written verbatim: a cell starting with "=" stays a formula to a spreadsheet program,
+        so open untrusted exports as text.
+        """
+        # Imported here: pandas is 0.6 s of `import db`'s 1.3 s (python -X importtime, this machine)
+        # and only this export needs it.
+        import pandas as pd
+        path = Path(path)
+        rows = self.accepted_links()
+        tmp, commit = _atomic_file(path)
+        try:
+            pd.DataFrame(rows, columns=LINK_COLUMNS).to_csv(tmp, index=False, encoding="utf-8")
+            commit()
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(rows)
+
+    def gold_mentions(self, *, nil: bool = True) -> list[GoldMention]:
+        """Every mention with a gold label under `resolved` (the store's one rule), in mention order:
+        entity links, and NIL golds unless nil=False. Ambiguous and tied mentions have no gold."""
+        resolutions, _ = self.resolved()
+        return self._gold_of(resolutions, nil=nil)
+
+    def _gold_of(self, resolutions: dict[int, Resolution], *, nil: bool) -> list[GoldMention]:
+        keep = ("entity", "nil") if nil else ("entity",)
+        chosen = {mid: r for mid, r in resolutions.items() if r.decision in keep}
+
+        def fetch(s):
+            rows, ids = [], sorted(chosen)
+            for i in range(0, len(ids), 500):   # bounded IN lists (SQLite's variable limit)
+                rows += s.execute(select(Mention, Image.ext).outerjoin(Image, Image.sha256 == Mention.image_sha256)
+                                  .where(Mention.id.in_(ids[i:i + 500]))).all()
+            return rows
+        out = []
+        for m, ext in sorted(self._read(fetch), key=lambda t: t[0].id):
+            r = chosen[m.id]
+            image = self.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None
+            core = CoreMention(id=m.uid, sentence=m.sentence, mention=m.mention, answer=r.entity_id, image=image,
+                               start=m.start, end=m.end)
+            out.append(GoldMention(core, m.source or "", r.annotation_ids))
+        return out
+
+    def build_training_dataset(self, *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: str = "",
+                               name: str = "annotations") -> tuple[Dataset, list[int], int, int]:
+        """The gold entity links as a core `Dataset` (KB = the entities table, splits by `split_of`),
+        plus the ids of the annotations used, the number of conflicting (tied) mentions and of NIL /
+        ambiguous ones (left out: not trainable links)."""
+        _check_fractions(fractions)
+        resolutions, conflicts = self.resolved()
+        gold = self._gold_of(resolutions, nil=False)
+        splits: dict[str, list[CoreMention]] = {"train": [], "dev": [], "test": []}
+        for g in gold:
+            splits[split_of(g.mention.id, fractions, seed)].append(g.mention)
+        used = sorted(a for g in gold for a in g.annotation_ids)
+        dataset = Dataset(self.knowledge_base(), splits, name=name, stats={"conflicts": conflicts})
+        return dataset, used, conflicts, len(resolutions) - len(gold)
+
+    def export_training_set(self, out_dir: str | Path, *, layout: str = "official", prefix: str = "WIKIMEL",
+                            fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: str = "",
+                            copy_images: bool = True, overwrite: bool = False) -> TrainingExport:
+        """Write the gold entity links as a training set that `python -m mimic train --data out_dir`
+        reads directly. layout="official" (default) or "jsonl" (the project's kb.jsonl + <split>.jsonl).
+
+        Labels follow `resolved` (see `build_training_dataset`). The returned `annotation_ids` are what
+        `create_training_run(annotation_ids=...)` should record.
+        """
+        if layout not in ("official", "jsonl"):
+            raise InvalidInput(f"must be 'official' or 'jsonl', got {layout!r}", "layout")
+        dataset, used, conflicts, not_entity = self.build_training_dataset(fractions=fractions, seed=seed, name=prefix)
+        if layout == "official":
+            path = write_official(dataset, out_dir, prefix=prefix, copy_images=copy_images, overwrite=overwrite)
+        else:
+            path = write_jsonl_dataset(dataset, out_dir, overwrite=overwrite)
+        return TrainingExport(path=str(path), splits={k: len(v) for k, v in dataset.splits.items()},
+                              entities=len(dataset.kb), annotation_ids=used, conflicts=conflicts,
+                              not_entity=not_entity)

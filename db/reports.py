@@ -1,5 +1,5 @@
 """Read-only views over the annotations: progress and speed, agreement, the accepted links and the
-one label per mention that training uses."""
+gold rule (`resolved`: one label per mention, for training and for analysis alike)."""
 from __future__ import annotations
 
 import statistics
@@ -28,7 +28,7 @@ def decision_label(decision: str, entity_id: str | None) -> str:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The label a mention gets for training, and the annotations that support it."""
+    """The gold label of a mention (see `ReportsMixin.resolved`), and the annotations that support it."""
 
     mention_id: int
     decision: str
@@ -109,10 +109,18 @@ class ReportsMixin(StoreBase):
         return self._read(fn)
 
     def resolved(self) -> tuple[dict[int, Resolution], int]:
-        """One label per decided mention, and how many mentions are in conflict.
+        """The gold rule, the store's only one: one label per decided mention, and how many
+        mentions are in conflict. Training exports, the retraining job and the app's Analysis tab
+        all use it (through `gold_mentions` / `build_training_dataset`).
 
-        Rule: the latest current decision of a reviewer or admin wins; otherwise the majority of
-        the annotators' current decisions; a tie is a conflict and gives no label.
+        1. A reviewer's or admin's decision wins; among several, the latest (highest annotation id).
+        2. Otherwise the majority of the annotators' current decisions, a decision being
+           (entity / nil / ambiguous, entity id).
+        3. Tie-break: a tie for the most votes is a conflict (counted) and gives no label; no
+           annotator's vote counts more than another's, and the order of the votes does not matter.
+        Only current final decisions count (skips, superseded and undone ones do not). An
+        "ambiguous" label is returned here but is no gold: `gold_mentions` leaves it out; "nil"
+        gives a NIL gold (answer None).
         """
         def fn(s: Session) -> tuple[dict[int, Resolution], int]:
             by_mention: dict[int, list] = defaultdict(list)

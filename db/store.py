@@ -7,7 +7,7 @@ The operations are grouped by concept in mixins (one module each):
   queue.py        next item per annotator (uncertainty order, leases), queue size, release
   reports.py      progress and speed, agreement, accepted links, one label per mention
   runs.py         model versions (promotion) and training runs
-and export.py writes the JSONL / CSV / training-set exports.
+  export.py       gold mentions; JSONL / CSV / training-set exports
 """
 from __future__ import annotations
 
@@ -17,22 +17,21 @@ from typing import Mapping
 
 from sqlalchemy import Engine, text
 
-from . import export as _export
 from .annotations import AnnotationsMixin
 from .config import Settings, describe_location
 from .engine import dispose_engine, get_engine
+from .export import ExportsMixin
 from .kb import KbMixin
 from .mentions import MentionsMixin
 from .migrate import upgrade
 from .queue import QueueMixin
-from .records import TrainingExport
 from .reports import ReportsMixin
 from .runs import RunsMixin
 
 log = logging.getLogger("mimic.db")
 
 
-class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, ReportsMixin, RunsMixin):
+class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, ReportsMixin, RunsMixin, ExportsMixin):
     """The annotation store over one database (see the mixins for the operations).
 
     Thread-safe: every call opens its own short session from the shared engine. Use `open_store`
@@ -41,17 +40,6 @@ class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, Repo
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         super().__init__(settings, engine)
-
-    # -- exports (export.py) ------------------------------------------------------------------
-
-    def export_links_jsonl(self, path: str | Path) -> int:
-        return _export.export_links_jsonl(self, path)
-
-    def export_links_csv(self, path: str | Path) -> int:
-        return _export.export_links_csv(self, path)
-
-    def export_training_set(self, out_dir: str | Path, **kw) -> TrainingExport:
-        return _export.export_training_set(self, out_dir, **kw)
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -5,6 +5,6 @@ import sys
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retraining.job import main  # noqa: E402  (the environment above must be set before transformers loads)
+from retraining.cli import main  # noqa: E402  (the environment above must be set before transformers loads)
 
 sys.exit(main())

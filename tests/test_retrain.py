@@ -1,4 +1,4 @@
-"""Retraining from accepted corrections (`retraining.job`), on the CPU with the tiny random CLIP.
+"""Retraining from accepted corrections (package `retraining`), on the CPU with the tiny random CLIP.
 
 The store holds the synthetic KB and, as "accepted corrections", the synthetic test split annotated
 by one annotator; the base dataset is the synthetic train + dev splits (JSONL layout).
@@ -28,9 +28,11 @@ from mimic.data.schema import Dataset
 from mimic.data.synthetic import make_synthetic
 from mimic.analysis.ranking import evaluate
 from mimic.models.linking_model import LinkingModel
-from retraining.job import (JobLock, RetrainBusy, RetrainConfig, RetrainFailed, accepted_annotation_ids,
-                           decide_promotion, read_log, read_progress, recover_stale_runs, run_retrain,
-                           should_retrain, start_retrain_process, zero_shot_ranks)
+from mimic.serving.zeroshot import zero_shot_ranks
+from retraining import (JobLock, RetrainBusy, RetrainConfig, RetrainFailed, accepted_annotation_ids,
+                        decide_promotion, read_log, read_progress, recover_stale_runs, should_retrain,
+                        start_retrain_process)
+from retraining.run import run_retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +183,7 @@ def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_
     candidate's entity cache is exactly what LinkingModel.entity_cache computes."""
     import mimic.models.linking_model as mm
     from mimic.backbones.clip import ClipBackbone
-    from retraining.job import _kb_pass
+    from retraining.evaluation import kb_pass as _kb_pass
     from mimic.serving.zeroshot import zero_shot_model
     serving = zero_shot_model(tiny_clip)
     torch.manual_seed(0)
@@ -204,7 +206,7 @@ def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
     import torch.nn.functional as F
 
     from mimic.models.linking_model import entity_text, load_images, mention_text
-    from retraining.job import _kb_pass
+    from retraining.evaluation import kb_pass as _kb_pass
     from mimic.serving.zeroshot import zero_shot_model
     model = zero_shot_model(tiny_clip)
     kb, mentions = corpus.ds.kb, corpus.corrections[:12]
@@ -392,7 +394,7 @@ def test_sigterm_cancels_the_run_cleanly(store, tmp_path, tiny_clip_dir, corpus)
 # ------------------------------------------------------------------------------------------------
 _HOLDER = """
 import sys, time
-from retraining.job import JobLock
+from retraining import JobLock
 lock = JobLock(sys.argv[1]).acquire()
 lock.update(run_id=99)
 print("locked", flush=True)
@@ -532,7 +534,8 @@ def test_should_retrain_policy(tmp_path, corpus):
 def test_command_line_if_due_and_parser(store, tmp_path, tiny_clip_dir, corpus, capsys):
     import argparse
 
-    from retraining.job import add_retrain_parser, main, maybe_start_retrain
+    from retraining import maybe_start_retrain
+    from retraining.cli import add_retrain_parser, main
     data = str(tmp_path / "data")
     assert main(["--data-dir", data, "--if-due", "--min-new-annotations", "100"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -544,7 +547,7 @@ def test_command_line_if_due_and_parser(store, tmp_path, tiny_clip_dir, corpus, 
     add_retrain_parser(sub)
     a = sub.choices["retrain"].parse_args(["--data-dir", data, "--backbone", str(tiny_clip_dir), "--epochs", "1",
                                            "--device", "cpu", "--wait", "--holdout", "0.25", "--no-freeze-backbone"])
-    from retraining.job import cmd_retrain, config_from_args
+    from retraining.cli import cmd_retrain, config_from_args
     cfg = config_from_args(a)
     assert (a.func, a.wait, cfg.epochs, cfg.holdout, cfg.freeze_backbone, cfg.backbone) == (
         cmd_retrain, True, 1, 0.25, False, str(tiny_clip_dir))

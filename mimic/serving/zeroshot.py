@@ -16,18 +16,23 @@ to the other image's mean region state.
     model = zero_shot_model(load_backbone("offline"))
     index = KBIndex.build(model, kb, "index/")            # the usual index format
     linker = ZeroShotLinker(model, KBIndex("index/", keep_global=True))
+
+`zero_shot_scores` / `zero_shot_ranks` apply the same rule to many queries against a whole KB at
+once (B x N), for evaluation (the retraining job judges a zero-shot serving model with them).
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from mimic.analysis.ranking import ranks_from_scores
 from mimic.serving.index import KBIndex
 from mimic.serving.linker import Candidate, Explanation, Linker, _entity_like, _token_strings
-from mimic.models.linking_model import LinkingModel, entity_text, load_images
+from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 
 ZERO_SHOT_SEED = 0
 
@@ -42,6 +47,58 @@ def zero_shot_model(backbone, model_type: str = "mimic") -> LinkingModel:
         return LinkingModel.build(backbone, model_type, mode="fixed").eval()
     finally:
         torch.random.set_rng_state(state)
+
+
+def is_joint_space(backbone) -> bool:
+    """As `Linker.cross_modal`: text->image similarity only in a joint space (CLIP, equal widths)."""
+    return backbone.describe().get("type") == "clip" and backbone.dims.text_global == backbone.dims.image_global
+
+
+@dataclass
+class BackboneVectors:
+    """Unit-norm backbone global vectors of many items, on the CPU: what zero-shot scoring compares."""
+
+    text: torch.Tensor       # [N, Dt]
+    image: torch.Tensor      # [N, Di]
+    has: torch.Tensor        # [N] bool: the item has an image
+
+    @classmethod
+    def of(cls, text, image) -> "BackboneVectors":
+        """From `LinkingModel.backbone_features` outputs."""
+        return cls(F.normalize(text.global_.float(), dim=-1).cpu(), F.normalize(image.global_.float(), dim=-1).cpu(),
+                   image.has_image.bool().cpu())
+
+    @classmethod
+    def cat(cls, parts: list["BackboneVectors"]) -> "BackboneVectors":
+        return cls(*(torch.cat([getattr(p, k) for p in parts]) for k in ("text", "image", "has")))
+
+
+def zero_shot_scores(q: BackboneVectors, e: BackboneVectors, cross_modal: bool) -> torch.Tensor:
+    """S [B, N]: `ZeroShotLinker`'s score of every (query, entity) pair, the mean of the cosines
+    that apply (text-text always; image-image when both have an image; text-image in a joint space
+    when the entity has an image)."""
+    nan = torch.tensor(float("nan"))
+    units = [q.text @ e.text.T]
+    units.append(torch.where(q.has[:, None] & e.has[None, :], q.image @ e.image.T, nan))
+    if cross_modal:
+        units.append(torch.where(e.has[None, :].expand(len(q.has), -1), q.text @ e.image.T, nan))
+    return torch.nanmean(torch.stack(units), dim=0)
+
+
+@torch.no_grad()
+def zero_shot_ranks(model: LinkingModel, kb_vectors: BackboneVectors, kb, mentions, batch_size: int = 64) -> list[int]:
+    """Full-KB ranks of `mentions` (gold = `answer`) under zero-shot scoring; ties by KB order, as
+    `mimic.analysis.ranking.evaluate`. `kb_vectors`: the KB's `BackboneVectors`, in KB order."""
+    cross = is_joint_space(model.backbone)
+    out: list[int] = []
+    for s in range(0, len(mentions), batch_size):
+        batch = mentions[s:s + batch_size]
+        text, image = model.backbone_features([mention_text(m) for m in batch],
+                                              load_images([m.image for m in batch], model.config.mode))
+        S = zero_shot_scores(BackboneVectors.of(text, image), kb_vectors, cross)
+        gold = torch.tensor([kb.position(m.answer) for m in batch])
+        out += ranks_from_scores(S, gold).tolist()
+    return out
 
 
 class ZeroShotLinker(Linker):
@@ -139,4 +196,5 @@ class ZeroShotLinker(Linker):
         return sim.reshape(self.patch_grid, self.patch_grid).tolist()
 
 
-__all__ = ["ZeroShotLinker", "zero_shot_model", "Explanation"]
+__all__ = ["ZeroShotLinker", "zero_shot_model", "Explanation", "BackboneVectors", "zero_shot_scores",
+           "zero_shot_ranks", "is_joint_space"]

@@ -16,20 +16,26 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
+from mimic.analysis.ranking import evaluate
+from mimic.atomic import write_json_atomic
 from mimic.backbones import load_backbone
 from mimic.backbones.base import ImageFeatures, TextFeatures
-from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.config_file import ConfigFile
-from mimic.data.schema import Dataset, Entity
-from mimic.analysis.ranking import evaluate
+from mimic.data.formats import load_dataset
+from mimic.data.schema import Dataset, Entity, KnowledgeBase
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images, mention_text
+from mimic.training.input_cache import InputCache
 
 log = logging.getLogger("mimic")
 
@@ -122,7 +128,6 @@ class FeatureStore:
         stats = ImageLoadStats()
         rng = range(0, len(texts), batch_size)
         if progress:
-            from tqdm.auto import tqdm
             rng = tqdm(rng, desc=desc, unit="batch")
         with torch.no_grad():
             for s in rng:
@@ -202,26 +207,61 @@ def _dist_info():
     return world, rank, local
 
 
-def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
-    """Train a MIMIC model; returns a summary dict (best dev metrics, test metrics, paths, timings)."""
+@dataclass
+class _Run:
+    """What the steps of one training run share."""
+
+    cfg: TrainConfig
+    device: torch.device
+    world: int
+    rank: int
+    out_dir: Path
+    kb: KnowledgeBase
+    train_m: list
+    dev_m: list
+    model: LinkingModel
+    gold_pos: torch.Tensor                   # KB position of each training mention's gold entity
+    m_store: FeatureStore | None = None      # frozen backbone: cached mention features
+    e_store: FeatureStore | None = None      # frozen backbone: cached KB features
+    inputs: InputCache | None = None         # trainable backbone: prepared inputs
+    gold_row: torch.Tensor | None = None     # gold entity's row in `inputs`
+    ddp: nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    start_epoch: int = 0
+    best_mrr: float = -1.0
+    bad_checks: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out_dir / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+
+def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """-> (world size, rank, device); under torchrun also joins the process group."""
     world, rank, local_rank = _dist_info()
     device = pick_device(cfg.device)
     if world > 1:
-        import torch.distributed as dist
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    is_main = rank == 0
-    set_seed(cfg.seed)
-    out_dir = Path(cfg.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return world, rank, device
 
+
+def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> tuple[Dataset, list, list]:
+    """The dataset (read from cfg.data unless given in memory) -> (dataset, train mentions, dev mentions)."""
     if dataset is None:
-        from mimic.data.formats import load_dataset
         kw = {"text_field": cfg.text_field} if cfg.text_field != "auto" else {}
         dataset = load_dataset(cfg.data, format=cfg.data_format, **kw)
-    kb = dataset.kb
     train_m = list(dataset.split("train"))
     if not 0 < cfg.train_fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
@@ -232,10 +272,13 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         dev_m = dev_m[:cfg.val_max_mentions]
     if len(train_m) < 2:
         raise ValueError("need at least 2 training mentions for in-batch negatives")
+    return dataset, train_m, dev_m
 
-    # Model: from a checkpoint, or a fresh head on a backbone.
+
+def _build_model(cfg: TrainConfig, device, last_dir: Path) -> tuple[LinkingModel, dict | None]:
+    """Resume from last/, else start from cfg.init_checkpoint, else a fresh head on a backbone.
+    -> (model, the saved training state when resuming)."""
     resume_state = None
-    last_dir, best_dir = out_dir / "last", out_dir / "best"
     if (last_dir / "config.json").exists() and (last_dir / "training_state.pt").exists():
         model = load_checkpoint(last_dir, device)
         resume_state = torch.load(last_dir / "training_state.pt", map_location="cpu", weights_only=False)
@@ -247,177 +290,223 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     else:
         extra = {"cross_modal": cfg.cross_modal} if (cfg.model == "m3el" and cfg.cross_modal) else {}
         model = LinkingModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
-                                 text_max_length=cfg.text_max_length, **extra).to(device)
+                                   text_max_length=cfg.text_max_length, **extra).to(device)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
         model.backbone.eval()
+    return model, resume_state
 
-    # Frozen backbone: encode everything once.
-    m_store = e_store = None
-    t_enc = time.perf_counter()
-    if cfg.freeze_backbone:
-        model.backbone.to(device)
-        m_store = FeatureStore(model, [mention_text(m) for m in train_m], [m.image for m in train_m],
-                               256, cfg.progress and is_main, "cache mentions")
-        e_store = FeatureStore(model, [entity_text(e) for e in kb.entities],
-                               [e.images[0] if e.images else None for e in kb.entities],
-                               256, cfg.progress and is_main, "cache KB")
-    t_enc = time.perf_counter() - t_enc
 
-    gold_pos = torch.tensor([kb.position(m.answer) for m in train_m])
-    # Trainable backbone: its inputs (tokens, decoded and resized images) are prepared once, so a
-    # GPU step does not wait on JPEG decoding. Only the gold entities are ever encoded in training.
-    inputs, gold_row, input_cache_info = None, None, None
-    if not cfg.freeze_backbone and cfg.input_cache_gib > 0:
-        from mimic.training.input_cache import InputCache
-        t_in = time.perf_counter()
-        golds = sorted(set(gold_pos.tolist()))
-        try:
-            inputs = InputCache(model, train_m, [kb[p] for p in golds], device, int(cfg.input_cache_gib * 2 ** 30))
-        except MemoryError as exc:
-            log.warning("%s; images are decoded per batch instead", exc)
-        else:
-            row_of = {p: i for i, p in enumerate(golds)}
-            gold_row = torch.tensor([row_of[p] for p in gold_pos.tolist()])
-            input_cache_info = {"images": len(inputs.pixels.paths), "bytes": inputs.pixels.nbytes,
-                                "on_device": inputs.pixels.on_device, "seconds": round(time.perf_counter() - t_in, 2),
-                                "image_stats": inputs.image_stats}
-            log.info("input cache: %s", input_cache_info)
+def _cache_features(run: _Run) -> float:
+    """Frozen backbone: encode every training mention and KB entity once. -> seconds."""
+    t0 = time.perf_counter()
+    if run.cfg.freeze_backbone:
+        model, kb, show = run.model, run.kb, run.cfg.progress and run.is_main
+        model.backbone.to(run.device)
+        run.m_store = FeatureStore(model, [mention_text(m) for m in run.train_m], [m.image for m in run.train_m],
+                                   256, show, "cache mentions")
+        run.e_store = FeatureStore(model, [entity_text(e) for e in kb.entities],
+                                   [e.images[0] if e.images else None for e in kb.entities], 256, show, "cache KB")
+    return time.perf_counter() - t0
 
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-    loss_mod = _LossModule(model, model.config.mode, use_bf16).to(device)
-    ddp = loss_mod
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+
+def _cache_inputs(run: _Run) -> dict | None:
+    """Trainable backbone: its inputs (tokens, decoded and resized images) are prepared once, so a
+    GPU step does not wait on JPEG decoding. Only the gold entities are ever encoded in training.
+    -> what the cache holds, or None without one."""
+    cfg = run.cfg
+    if cfg.freeze_backbone or cfg.input_cache_gib <= 0:
+        return None
+    t0 = time.perf_counter()
+    golds = sorted(set(run.gold_pos.tolist()))
+    try:
+        run.inputs = InputCache(run.model, run.train_m, [run.kb[p] for p in golds], run.device,
+                                int(cfg.input_cache_gib * 2 ** 30))
+    except MemoryError as exc:
+        log.warning("%s; images are decoded per batch instead", exc)
+        return None
+    row_of = {p: i for i, p in enumerate(golds)}
+    run.gold_row = torch.tensor([row_of[p] for p in run.gold_pos.tolist()])
+    pixels = run.inputs.pixels
+    info = {"images": len(pixels.paths), "bytes": pixels.nbytes, "on_device": pixels.on_device,
+            "seconds": round(time.perf_counter() - t0, 2), "image_stats": run.inputs.image_stats}
+    log.info("input cache: %s", info)
+    return info
+
+
+def _setup_optimisation(run: _Run, resume_state: dict | None) -> None:
+    """The loss module (DDP-wrapped under torchrun), AdamW, and the state to resume from."""
+    cfg, device = run.cfg, run.device
+    loss_mod = _LossModule(run.model, run.model.config.mode, cfg.bf16 and device.type == "cuda").to(device)
+    run.ddp = loss_mod
+    if run.world > 1:
         # Some parameters never get a gradient: the official unused CMFU context_layer_norm, CLIP's
         # logit_scale, and the visual units on text-only data.
-        ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=True)
+        run.ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=True)
     # fused: one kernel for the whole update on CUDA instead of several per parameter tensor.
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
-                            fused=device.type == "cuda")
-
-    start_epoch, best_mrr, bad_checks, history = 0, -1.0, 0, []
+    run.opt = torch.optim.AdamW(param_groups(run.model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
+                                fused=device.type == "cuda")
     if resume_state:
-        opt.load_state_dict(resume_state["optimizer"])
-        start_epoch, best_mrr = resume_state["epoch"], resume_state["best_mrr"]
-        bad_checks, history = resume_state["bad_checks"], resume_state["history"]
+        run.opt.load_state_dict(resume_state["optimizer"])
+        run.start_epoch, run.best_mrr = resume_state["epoch"], resume_state["best_mrr"]
+        run.bad_checks, run.history = resume_state["bad_checks"], resume_state["history"]
         torch.set_rng_state(resume_state["torch_rng"])
         random.setstate(resume_state["py_rng"])
         np.random.set_state(resume_state["np_rng"])
 
+
+def _make_batch(run: _Run, b: torch.Tensor, pyrng: random.Random) -> dict:
+    """The inputs of one batch of training-mention indices `b`, from whichever cache there is."""
+    gold, kb, model = run.gold_pos[b], run.kb, run.model
+    if run.m_store is not None:
+        batch = {"m_feats": run.m_store.gather(b, run.device), "e_feats": run.e_store.gather(gold, run.device)}
+    elif run.inputs is not None:
+        # The same random image per entity as below (one draw per entity, same generator).
+        choice = [pyrng.choice(range(len(kb[i].images))) if kb[i].images else 0 for i in gold.tolist()]
+        batch = {"m_inputs": run.inputs.mention_inputs(b, model.backbone),
+                 "e_inputs": run.inputs.entity_inputs(run.gold_row[b], choice, model.backbone)}
+    else:
+        ms = [run.train_m[i] for i in b.tolist()]
+        es: list[Entity] = [kb[i] for i in gold.tolist()]
+        # Training sees a random image of each entity, as the official collator.
+        batch = {"m_texts": [mention_text(m) for m in ms], "e_texts": [entity_text(e) for e in es],
+                 "m_images": load_images([m.image for m in ms], model.config.mode),
+                 "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es],
+                                         model.config.mode)}
+    batch["gold"] = gold.to(run.device, non_blocking=True)
+    return batch
+
+
+def _train_epoch(run: _Run, epoch: int, pyrng: random.Random, check_every: int) -> dict:
+    """One pass over this rank's shard of the epoch's permutation. -> the epoch's record."""
+    cfg, device = run.cfg, run.device
+    run.ddp.train()
+    if cfg.freeze_backbone:
+        run.model.backbone.eval()
+    g = torch.Generator().manual_seed(cfg.seed + epoch)
+    perm = torch.randperm(len(run.train_m), generator=g)[run.rank::run.world]
+    batches = [perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
+    it = batches = [b for b in batches if len(b) > 1]
+    if cfg.progress and run.is_main:
+        it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    t_ep, seen, step = time.perf_counter(), 0, 0
+    tot = torch.zeros((), device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    parts = None
+    for b in it:
+        loss, parts = run.ddp(_make_batch(run, b, pyrng))
+        # A non-finite loss must never reach a checkpoint. On the CPU it is checked before every
+        # optimizer step; on a GPU reading the loss would make the host wait for the device at
+        # every step, so the flag stays on the device and is read every `check_every` steps and
+        # always before anything is saved.
+        bad = bad | ~torch.isfinite(loss.detach())
+        tot = tot + loss.detach().float() * len(b)
+        step += 1
+        if step % check_every == 0:
+            _check_finite(bad, parts, epoch, run.last_dir)
+            if cfg.progress and run.is_main:
+                it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{(seen + len(b)) / (time.perf_counter() - t_ep):.0f}")
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.opt.step()
+        seen += len(b)
+    _check_finite(bad, parts, epoch, run.last_dir)
+    ep_time = time.perf_counter() - t_ep
+    return {"epoch": epoch + 1, "train_loss": float(tot) / max(seen, 1), "epoch_seconds": round(ep_time, 2),
+            "samples_per_second": round(seen * run.world / ep_time, 1)}
+
+
+def _validate(run: _Run, epoch: int, rec: dict) -> bool:
+    """Full-KB MRR on the dev mentions (main rank); best/ when it improves. -> stop early?"""
+    cfg, model = run.cfg, run.model
+    ecache = (model.entity_cache(run.kb.entities, batch_size=256) if run.m_store is None
+              else _cache_from_store(model, run.e_store, run.device))
+    res = evaluate(model, run.kb, run.dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size,
+                   entity_cache=ecache)
+    rec["dev"] = {k: v for k, v in res.items() if k != "ranks"}
+    if res["MRR"] > run.best_mrr:
+        run.best_mrr, run.bad_checks = res["MRR"], 0
+        save_checkpoint(model, run.best_dir, backbone_trained=not cfg.freeze_backbone,
+                        metrics={"dev": rec["dev"], "epoch": epoch + 1, "train_config": asdict(cfg)})
+    else:
+        run.bad_checks += 1
+    return run.bad_checks >= cfg.patience
+
+
+def _save_last(run: _Run, epoch: int) -> None:
+    """last/: the model with everything needed to resume after `epoch`."""
+    state = {"optimizer": run.opt.state_dict(), "epoch": epoch + 1, "best_mrr": run.best_mrr,
+             "bad_checks": run.bad_checks, "history": run.history, "torch_rng": torch.get_rng_state(),
+             "py_rng": random.getstate(), "np_rng": np.random.get_state()}
+    save_checkpoint(run.model, run.last_dir, backbone_trained=not run.cfg.freeze_backbone, training_state=state,
+                    metrics={"history": run.history})
+
+
+def _agree_to_stop(run: _Run, stop: bool) -> bool:
+    """Under torchrun every rank follows the main rank's early-stopping decision."""
+    if run.world == 1:
+        return stop
+    flag = torch.tensor([1 if stop else 0], device=run.device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _test_best(run: _Run, dataset: Dataset) -> dict:
+    """The best checkpoint on the test split; its metrics.json gets the result too."""
+    cfg = run.cfg
+    best = load_checkpoint(run.best_dir, run.device, backbone=run.model.backbone if cfg.freeze_backbone else None)
+    res = evaluate(best, run.kb, dataset.split("test"), batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size)
+    test = {k: v for k, v in res.items() if k != "ranks"}
+    metrics = json.loads((run.best_dir / "metrics.json").read_text())
+    write_json_atomic(run.best_dir / "metrics.json", {**metrics, "test": test})
+    return test
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
+    """Train a model on `dataset` (in memory) or, when None, on the dataset at cfg.data; returns a
+    summary dict (best dev metrics, test metrics, paths, timings)."""
+    world, rank, device = _setup_device(cfg)
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset, train_m, dev_m = _load_data(cfg, dataset)
+    model, resume_state = _build_model(cfg, device, out_dir / "last")
+    run = _Run(cfg, device, world, rank, out_dir, dataset.kb, train_m, dev_m, model, gold_pos=None)
+    t_enc = _cache_features(run)
+    run.gold_pos = torch.tensor([run.kb.position(m.answer) for m in train_m])
+    input_cache_info = _cache_inputs(run)
+    _setup_optimisation(run, resume_state)
+
     pyrng = random.Random(cfg.seed)
     check_every = cfg.check_every or (25 if device.type == "cuda" else 1)
-    summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(kb),
+    summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(run.kb),
                "feature_cache_seconds": round(t_enc, 2), "device": str(device), "input_cache": input_cache_info}
-    stop = False
-    for epoch in range(start_epoch, cfg.epochs):
-        ddp.train()
-        if cfg.freeze_backbone:
-            model.backbone.eval()
-        g = torch.Generator().manual_seed(cfg.seed + epoch)
-        perm = torch.randperm(len(train_m), generator=g)
-        perm = perm[rank::world]
-        batches = [perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
-        batches = [b for b in batches if len(b) > 1]
-        it = batches
-        if cfg.progress and is_main:
-            from tqdm.auto import tqdm
-            it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        t_ep, seen, step = time.perf_counter(), 0, 0
-        tot = torch.zeros((), device=device)
-        bad = torch.zeros((), dtype=torch.bool, device=device)
-        parts = None
-        for b in it:
-            gold = gold_pos[b]
-            if m_store is not None:
-                batch = {"m_feats": m_store.gather(b, device), "e_feats": e_store.gather(gold, device)}
-            elif inputs is not None:
-                # The same random image per entity as below (one draw per entity, same generator).
-                choice = [pyrng.choice(range(len(kb[i].images))) if kb[i].images else 0 for i in gold.tolist()]
-                batch = {"m_inputs": inputs.mention_inputs(b, model.backbone),
-                         "e_inputs": inputs.entity_inputs(gold_row[b], choice, model.backbone)}
-            else:
-                ms = [train_m[i] for i in b.tolist()]
-                es: list[Entity] = [kb[i] for i in gold.tolist()]
-                # Training sees a random image of each entity, as the official collator.
-                batch = {"m_texts": [mention_text(m) for m in ms], "e_texts": [entity_text(e) for e in es],
-                         "m_images": load_images([m.image for m in ms], model.config.mode),
-                         "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es],
-                                                 model.config.mode)}
-            batch["gold"] = gold.to(device, non_blocking=True)
-            loss, parts = ddp(batch)
-            # A non-finite loss must never reach a checkpoint. On the CPU it is checked before every
-            # optimizer step; on a GPU reading the loss would make the host wait for the device at
-            # every step, so the flag stays on the device and is read every `check_every` steps and
-            # always before anything is saved.
-            bad = bad | ~torch.isfinite(loss.detach())
-            tot = tot + loss.detach().float() * len(b)
-            step += 1
-            if step % check_every == 0:
-                _check_finite(bad, parts, epoch, last_dir)
-                if cfg.progress and is_main:
-                    it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{(seen + len(b)) / (time.perf_counter() - t_ep):.0f}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            seen += len(b)
-        _check_finite(bad, parts, epoch, last_dir)
-        tot = float(tot)
-        ep_time = time.perf_counter() - t_ep
-        rec = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "epoch_seconds": round(ep_time, 2),
-               "samples_per_second": round(seen * world / ep_time, 1)}
-        do_val = dev_m and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
-        if is_main and do_val:
-            ecache = model.entity_cache(kb.entities, batch_size=256) if m_store is None else _cache_from_store(model, e_store, device)
-            res = evaluate(model, kb, dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size,
-                           entity_cache=ecache)
-            rec["dev"] = {k: v for k, v in res.items() if k != "ranks"}
-            if res["MRR"] > best_mrr:
-                best_mrr, bad_checks = res["MRR"], 0
-                save_checkpoint(model, best_dir, backbone_trained=not cfg.freeze_backbone,
-                                metrics={"dev": rec["dev"], "epoch": epoch + 1, "train_config": asdict(cfg)})
-            else:
-                bad_checks += 1
-            if bad_checks >= cfg.patience:
-                stop = True
-        history.append(rec)
-        if is_main:
+    for epoch in range(run.start_epoch, cfg.epochs):
+        rec = _train_epoch(run, epoch, pyrng, check_every)
+        stop = False
+        if run.is_main and dev_m and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            stop = _validate(run, epoch, rec)
+        run.history.append(rec)
+        if run.is_main:
             log.warning("epoch %d: %s", epoch + 1, json.dumps(rec))
-            state = {"optimizer": opt.state_dict(), "epoch": epoch + 1, "best_mrr": best_mrr,
-                     "bad_checks": bad_checks, "history": history, "torch_rng": torch.get_rng_state(),
-                     "py_rng": random.getstate(), "np_rng": np.random.get_state()}
-            save_checkpoint(model, last_dir, backbone_trained=not cfg.freeze_backbone, training_state=state,
-                            metrics={"history": history})
-        if world > 1:
-            import torch.distributed as dist
-            flag = torch.tensor([1 if stop else 0], device=device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        if stop:
+            _save_last(run, epoch)
+        if _agree_to_stop(run, stop):
             break
 
-    summary["history"] = history
-    summary["best_dev_mrr"] = best_mrr
-    if is_main and not dev_m:  # nothing to select on: the last model is the best one
-        save_checkpoint(model, best_dir, backbone_trained=not cfg.freeze_backbone, metrics={"history": history})
-    if is_main and cfg.test_after and dataset.splits.get("test") and (best_dir / "config.json").exists():
-        best = load_checkpoint(best_dir, device, backbone=model.backbone if cfg.freeze_backbone else None)
-        res = evaluate(best, kb, dataset.split("test"), batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size)
-        summary["test"] = {k: v for k, v in res.items() if k != "ranks"}
-        metrics = json.loads((best_dir / "metrics.json").read_text())
-        metrics["test"] = summary["test"]
-        from mimic.atomic import write_json_atomic
-        write_json_atomic(best_dir / "metrics.json", metrics)
-    if is_main:
-        from mimic.atomic import write_json_atomic
+    summary["history"] = run.history
+    summary["best_dev_mrr"] = run.best_mrr
+    if run.is_main and not dev_m:  # nothing to select on: the last model is the best one
+        save_checkpoint(model, run.best_dir, backbone_trained=not cfg.freeze_backbone, metrics={"history": run.history})
+    if run.is_main and cfg.test_after and dataset.splits.get("test") and (run.best_dir / "config.json").exists():
+        summary["test"] = _test_best(run, dataset)
+    if run.is_main:
         write_json_atomic(out_dir / "summary.json", summary)
     if world > 1:
-        import torch.distributed as dist
         dist.destroy_process_group()
-    summary["best_checkpoint"] = str(best_dir)
+    summary["best_checkpoint"] = str(run.best_dir)
     return summary
 
 

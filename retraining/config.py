@@ -1,0 +1,111 @@
+"""`RetrainConfig`: what one retraining run (and the policy that starts runs) is told."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mimic.config_file import ConfigFile
+
+LOCK_NAME = "retrain.lock"   # in DATA_DIR/runs/
+
+
+@dataclass
+class RetrainConfig(ConfigFile):
+    _what = "retrain config"
+
+    data_dir: str = "data"                  # the app's DATA_DIR; the store is db.open_store(data_dir)
+    base_data: str | None = None            # optional base dataset (official / MELBench / JSONL)
+    checkpoint: str | None = None           # serving checkpoint when no version is promoted
+    prefer_promoted: bool = True            # the store's promoted version (if it has a checkpoint) serves
+    backbone: str = "offline"               # backbone of the zero-shot serving model (app: MIMIC_BACKBONE)
+    model: str = "mimic"                    # family of a fresh candidate (zero-shot serving only)
+    holdout: float = 0.2                    # fraction of corrections held out (by mention uid hash)
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float | None = None                 # None: 1e-3 fresh heads, 2e-4 heads from a checkpoint, 1e-5 full
+    freeze_backbone: bool | None = None     # None: fine-tune the backbone on CUDA, freeze it on the CPU
+    device: str = "auto"
+    bf16: bool = True                       # bf16 autocast for training on CUDA (ignored on the CPU)
+    seed: int = 43
+    min_mrr_delta: float = 0.0              # candidate held-out MRR - serving held-out MRR must be >= this
+    max_dev_h1_drop: float = 0.005          # serving base-dev H@1 - candidate base-dev H@1 must be <= this
+    min_heldout: int = 1                    # fewer held-out corrections: no judgement, no promotion
+    min_new_annotations: int | None = None  # policy N
+    every_hours: float | None = None        # policy T
+    retry_hours: float = 1.0                # after a failed or cancelled run, the policy waits this long
+    models_dir: str | None = None           # default DATA_DIR/models
+    eval_batch_size: int = 32
+    eval_chunk_size: int = 1024
+
+    def __post_init__(self):
+        if not 0 < float(self.holdout) < 1:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+        if int(self.epochs) < 1 or int(self.batch_size) < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (in-batch negatives)")
+        if self.min_new_annotations is not None and int(self.min_new_annotations) < 1:
+            raise ValueError("min_new_annotations must be >= 1 (or None)")
+        if self.every_hours is not None and float(self.every_hours) <= 0:
+            raise ValueError("every_hours must be > 0 (or None)")
+
+    # -- places ----------------------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).absolute()
+
+    @property
+    def runs_path(self) -> Path:
+        return self.data_path / "runs"
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).absolute() if self.models_dir else self.data_path / "models"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.runs_path / LOCK_NAME
+
+    # -- construction ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "RetrainConfig":
+        """DATA_DIR, MIMIC_CHECKPOINT and MIMIC_BACKBONE as the app reads them, then
+        MIMIC_RETRAIN_<FIELD> for any field (e.g. MIMIC_RETRAIN_EVERY_HOURS=24); `overrides` win."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        if env.get("DATA_DIR"):
+            raw["data_dir"] = env["DATA_DIR"]
+        if env.get("MIMIC_CHECKPOINT"):
+            raw["checkpoint"] = env["MIMIC_CHECKPOINT"]
+        if env.get("MIMIC_BACKBONE"):
+            raw["backbone"] = env["MIMIC_BACKBONE"]
+        for f in fields(cls):
+            v = env.get(f"MIMIC_RETRAIN_{f.name.upper()}")
+            if v is not None and v != "":
+                raw[f.name] = _parse_env(v, f.name)
+        return cls.from_dict(raw, **overrides)
+
+
+def _parse_env(value: str, name: str):
+    """An environment string as the type of field `name` ("none" for an optional one)."""
+    kind = {f.name: str(f.type) for f in fields(RetrainConfig)}[name]
+    v = value.strip()
+    if "None" in kind and v.lower() in ("none", "null", ""):
+        return None
+    if kind.startswith("bool"):
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"MIMIC_RETRAIN_{name.upper()}: expected true/false, got {value!r}")
+    try:
+        if kind.startswith("int"):
+            return int(v)
+        if kind.startswith("float"):
+            return float(v)
+    except ValueError:
+        raise ValueError(f"MIMIC_RETRAIN_{name.upper()}: expected a number, got {value!r}") from None
+    return value
