@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from mimic.data.formats import write_jsonl_dataset, write_official
+from mimic.data import write_jsonl_dataset, write_official
 from mimic.data.schema import Dataset, Mention as CoreMention
 
 from .errors import InvalidInput

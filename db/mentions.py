@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from mimic.data.formats import locate_mention
+from mimic.data.mentions import locate_mention
 
 from . import statements as Q
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_float, check_int, check_text

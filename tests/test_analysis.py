@@ -473,7 +473,7 @@ def test_analyze_linker_batches_and_golds():
 def jsonl_dataset(tmp_path):
     from PIL import Image
 
-    from mimic.data.formats import write_jsonl_dataset
+    from mimic.data.jsonl import write_jsonl_dataset
     img = tmp_path / "img.png"
     Image.new("RGB", (4, 4), "red").save(img)
     kb = KnowledgeBase([Entity(id=e, name=NAMES[e], text=f"about {e}") for e in KB_IDS])

@@ -282,7 +282,7 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
 
     from app.context import AppContext
     from mimic.models.checkpoint import save_checkpoint
-    from mimic.data.formats import write_jsonl_dataset
+    from mimic.data.jsonl import write_jsonl_dataset
     from mimic.models.linking_model import LinkingModel
     torch.manual_seed(0)
     ckpt = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)

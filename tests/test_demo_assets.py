@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimic.data.formats import load_jsonl_dataset
+from mimic.data.jsonl import load_jsonl_dataset
 from assets.demo_builder.build import (
     ENTITIES,
     EXAMPLES,

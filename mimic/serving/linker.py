@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mimic.data import images as imaging
-from mimic.data.formats import locate_mention
+from mimic.data.mentions import locate_mention
 from mimic.data.schema import Mention
 from mimic.serving.index import KBIndex
 from mimic.models.linking_model import LinkingModel, entity_text, mention_text
