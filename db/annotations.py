@@ -239,7 +239,7 @@ class AnnotationsMixin(StoreBase):
             if row is None:
                 raise NotFound(f"no annotation {annotation!r}", "annotation")
             return self._annotation_record(s, row)
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def history(self, mention: int | str) -> list[AnnotationRecord]:
         """Every annotation ever made on a mention (current, superseded, undone), oldest first."""
@@ -248,7 +248,7 @@ class AnnotationsMixin(StoreBase):
             rows = s.execute(select(Annotation, Annotator.name).join(Annotator, Annotator.id == Annotation.annotator_id)
                              .where(Annotation.mention_id == m.id).order_by(Annotation.id)).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=m.uid) for a, n in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def annotator_history(self, annotator: str, limit: int = 50) -> list[AnnotationRecord]:
         """The annotator's most recent annotations (any status), newest first."""
@@ -258,7 +258,7 @@ class AnnotationsMixin(StoreBase):
                              .where(Annotation.annotator_id == ann.id).order_by(Annotation.id.desc())
                              .limit(limit)).all()
             return [self._annotation_record(s, a, annotator_name=ann.name, mention_uid=u) for a, u in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def current_annotations(self) -> list[AnnotationRecord]:
         """Every current annotation (skips included), in id order."""
@@ -268,7 +268,7 @@ class AnnotationsMixin(StoreBase):
                              .join(Mention, Mention.id == Annotation.mention_id)
                              .where(Annotation.status == "current").order_by(Annotation.id)).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=u) for a, n, u in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     # -- journal events ---------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def build_training_dataset(store: "AnnotationStore", *, fractions: tuple[float, 
         return rows
     splits: dict[str, list[CoreMention]] = {"train": [], "dev": [], "test": []}
     used: list[int] = []
-    for m, ext in sorted(store._read(fetch), key=lambda t: t[0].id):
+    for m, ext in sorted(store.read_transaction(fetch), key=lambda t: t[0].id):
         r = linked[m.id]
         image = store.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None
         splits[split_of(m.uid, fractions, seed)].append(CoreMention(

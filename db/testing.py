@@ -43,5 +43,5 @@ def seed_store(store: AnnotationStore, *, entities: int = 20, mentions: int = 10
                         "candidates": [{"entity_id": f"Q{k}", "S": round(rng.random(), 6), "S_T": rng.random(),
                                         "S_V": rng.random(), "S_C": rng.random()} for k in ids]})
     store.import_mentions(records)
-    ids = dict(store._read(lambda s: s.execute(select(Mention.uid, Mention.id).where(Mention.source == "demo")).all()))
+    ids = dict(store.read_transaction(lambda s: s.execute(select(Mention.uid, Mention.id).where(Mention.source == "demo")).all()))
     return [ids[f"m{i}"] for i in range(mentions)]

@@ -335,7 +335,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
 
 def test_analysis_of_the_corrections(studio):
     """The Analysis tab's handlers: analyse the served model on the corrections, filter, compare."""
-    from mimic.analysis.error_analysis import LABELS
+    from mimic.analysis.records import LABELS
     ctx = studio.ctx
     # two corrections with known golds: X01's gold (the cat) and a NIL for X03
     H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
-from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, _Cache, in_batch_loss
+from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, TensorCache, in_batch_loss
 
 FIXED_MODE_DEVIATIONS_M3EL = {
     "token_branch_residual": "The degenerate token branches are repaired with a residual connection: "
@@ -171,7 +171,7 @@ class M3ELConfig:
 # Caches
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class M3ELEntityCache(_Cache):
+class M3ELEntityCache(TensorCache):
     """Everything mention-independent for N entities (dz = d for t2v, 2d for bidirectional).
 
     t_cls [N,Dtg]   LN'd text global (TIMM G2G)       q [N,L,d]   W_q E_tok (TIMM queries)
@@ -194,7 +194,7 @@ class M3ELEntityCache(_Cache):
 
 
 @dataclass
-class M3ELMentionCache(_Cache):
+class M3ELMentionCache(TensorCache):
     """Everything entity-independent for B mentions.
 
     t_cls [B,Dtg]; k, v [B,L,d] TIMM keys/values; t_mask [B,L]; v_cls [B,dv] LN'd image cls;
