@@ -30,8 +30,9 @@ from . import statements as Q
 from ._base import MAX_COMMENT, MAX_REQUEST_ID, StoreBase, check_choice, check_float, check_int, check_text, iso
 from .errors import Conflict, InvalidInput, NotFound
 from .journal import scan_journal
-from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, Mention, Prediction,
-                     entity_search_text, utcnow)
+from .mentions import CandidateInput
+from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, KbEntityVersion, Mention,
+                     Prediction, entity_search_text, utcnow)
 from .records import AnnotationRecord, ReconcileReport
 
 MAX_SECONDS = 24 * 3600.0
@@ -324,7 +325,6 @@ class AnnotationsMixin(StoreBase):
         `import_kb` turns the placeholder into the real record as a new version)."""
         row = s.get(KbEntity, entity_id)
         if row is None:
-            from .models import KbEntityVersion
             now = utcnow()
             row = KbEntity(id=entity_id, name=name or entity_id, text="", aliases=[], images=[], version=1,
                            updated_at=now, search_text=entity_search_text(entity_id, name or entity_id, []))
@@ -355,7 +355,6 @@ class AnnotationsMixin(StoreBase):
         row = s.scalar(select(Prediction).where(Prediction.uid == snap["uid"]))
         if row is not None:
             return row
-        from .mentions import CandidateInput
         cands = []
         for c in snap.get("candidates") or []:
             self._ensure_entity(s, c["entity_id"], c.get("name"))

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from mimic.data.schema import KnowledgeBase
+from mimic.data.schema import Entity, KnowledgeBase
 
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_choice, check_text
 from .errors import InvalidInput
@@ -211,7 +211,6 @@ class KbMixin(StoreBase):
 
     def knowledge_base(self) -> KnowledgeBase:
         """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths absolute)."""
-        from mimic.data.schema import Entity
 
         def fn(s: Session) -> KnowledgeBase:
             rows = s.execute(select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images)

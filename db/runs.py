@@ -8,6 +8,7 @@ and a partial unique index makes two promoted versions impossible even under con
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from sqlalchemy import func, insert, select, update
@@ -28,7 +29,6 @@ def _check_json_dict(value: Any, field: str) -> dict:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput(f"expected a dict, got {type(value).__name__}", field)
-    import json
     try:
         json.dumps(value)
     except (TypeError, ValueError) as e:

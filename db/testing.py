@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import random
 
+from PIL import Image
 from sqlalchemy import select
 
 from mimic.data.schema import Entity, KnowledgeBase
@@ -14,7 +15,6 @@ from .store import AnnotationStore
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8, 8)) -> bytes:
     """A valid PNG of one colour (different colours give different bytes, hence different hashes)."""
-    from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
