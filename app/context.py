@@ -279,7 +279,7 @@ def _load_examples(config: AppConfig) -> list[Mention]:
     p = config.examples_path
     if p is None or not Path(p).is_file():
         return []
-    from mimic.data.formats import load_jsonl_dataset
+    from mimic.data.jsonl import load_jsonl_dataset
     ds = load_jsonl_dataset(Path(p).parent)
     return ds.split(Path(p).stem)
 

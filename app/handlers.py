@@ -348,7 +348,7 @@ def corrections_as_mentions(ctx: AppContext) -> tuple[list, dict]:
 def analyze_corrections(ctx: AppContext, username: str | None = None, progress=None) -> str:
     """Analyse the served model on the corrections collected so far; the records are saved under
     DATA_DIR/analysis/ and the path returned (pick it later to compare versions). Signed-in users."""
-    from mimic.analysis.error_analysis import save_records
+    from mimic.analysis.records import save_records
     ctx.require("analyze", username)
     mentions, source = corrections_as_mentions(ctx)
     if not mentions:
@@ -385,7 +385,7 @@ def analysis_runs(ctx: AppContext) -> list[tuple[str, str]]:
 
 @_user_errors
 def load_analysis(ctx: AppContext, path: str) -> list:
-    from mimic.analysis.error_analysis import load_records
+    from mimic.analysis.records import load_records
     if not path:
         raise UserError("choose an analysis run (or analyse the corrections first)")
     if path not in _ANALYSIS_CACHE:
@@ -406,33 +406,37 @@ class AnalysisView:
 
 @_user_errors
 def analysis_view(ctx: AppContext, path: str, labels=None, dataset=None, has_image: str = "any") -> AnalysisView:
-    from mimic.analysis import error_analysis as A
+    from mimic.analysis.figures import label_counts_figure, recall_at_k_figure, reliability_figure, unit_accuracy_figure
+    from mimic.analysis.summary import filter_records, summarize
+    from mimic.analysis.tables import records_table, to_csv
     records = load_analysis(ctx, path)
-    summary = A.summarize(records)
+    summary = summarize(records)
     img = {"any": None, "with image": True, "without image": False}.get(has_image or "any")
-    shown = A.filter_records(records, label=labels or None, dataset=dataset or None, has_image=img)
-    table = A.records_table(shown)
+    shown = filter_records(records, label=labels or None, dataset=dataset or None, has_image=img)
+    table = records_table(shown)
     out = Path(tempfile.mkdtemp(prefix="mimic-analysis-")) / f"{Path(path).stem}.csv"
-    A.to_csv(table, out)
-    figs = {"labels": A.label_counts_figure(summary), "recall": A.recall_at_k_figure(summary),
-            "units": A.unit_accuracy_figure(summary), "reliability": A.reliability_figure(summary)}
+    to_csv(table, out)
+    figs = {"labels": label_counts_figure(summary), "recall": recall_at_k_figure(summary),
+            "units": unit_accuracy_figure(summary), "reliability": reliability_figure(summary)}
     return AnalysisView(summary, figs, table, str(out))
 
 
 @_user_errors
 def analysis_compare(ctx: AppContext, path_a: str, path_b: str):
     """-> (comparison dict, table, csv path, figure): A is the baseline, B the newer run."""
-    from mimic.analysis import error_analysis as A
+    from mimic.analysis.figures import comparison_figure
+    from mimic.analysis.summary import compare
+    from mimic.analysis.tables import comparison_table, to_csv
     if not path_a or not path_b:
         raise UserError("choose two analysis runs to compare")
     try:
-        cmp = A.compare(load_analysis(ctx, path_a), load_analysis(ctx, path_b))
+        cmp = compare(load_analysis(ctx, path_a), load_analysis(ctx, path_b))
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    table = A.comparison_table(cmp)
+    table = comparison_table(cmp)
     out = Path(tempfile.mkdtemp(prefix="mimic-compare-")) / "comparison.csv"
-    A.to_csv(table, out)
-    return cmp, table, str(out), A.comparison_figure(cmp)
+    to_csv(table, out)
+    return cmp, table, str(out), comparison_figure(cmp)
 
 
 def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None:

@@ -67,7 +67,7 @@ def stats(xs: list[float], nd: int = 1) -> dict:
 def browser_figures(url: str, runs: int) -> dict:
     from playwright.sync_api import sync_playwright
     sys.path.insert(0, str(REPO))
-    from mimic.data.formats import load_jsonl_dataset
+    from mimic.data.jsonl import load_jsonl_dataset
     examples = load_jsonl_dataset(REPO / "assets" / "demo_kb").split("examples")
     link_ms, inspect_top_ms, inspect_other_ms = [], [], []
     with sync_playwright() as p:

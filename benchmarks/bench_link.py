@@ -23,8 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from mimic.atomic import write_json_atomic
+from mimic.backbones.tiny import build_tiny_clip
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
-from mimic.data.synthetic import ATTRS, FILLER, NAMES, _colour, _image
+from mimic.data.synthetic import ATTRS, FILLER, NAMES, hue_colour, noisy_colour_image
+from mimic.models.checkpoint import load_checkpoint
+from mimic.serving.index import KBIndex
+from mimic.serving.linker import Linker
+from mimic.training.trainer import TrainConfig, train
 
 
 def make_clustered_kb(root: Path, n: int, n_clusters: int | None = None, image_fraction: float = 0.1,
@@ -45,7 +51,7 @@ def make_clustered_kb(root: Path, n: int, n_clusters: int | None = None, image_f
         images = []
         if pyrng.random() < image_fraction:
             p = root / "kb_img" / f"{i}.png"
-            _image(_colour(i % 360, 360), image_size, rng, noise=12).save(p)
+            noisy_colour_image(hue_colour(i % 360, 360), image_size, rng, noise=12).save(p)
             images = [str(p)]
         ents.append(Entity(id=f"Q{i}", name=name, text=text, aliases=[base] if i % 3 == 0 else [], images=images))
     return KnowledgeBase(ents)
@@ -65,7 +71,7 @@ def make_queries(kb: KnowledgeBase, count: int, root: Path, seed: int = 1) -> li
         img = None
         if e.images:
             p = root / "q_img" / f"{k}.png"
-            _image(_colour(int(e.id[1:]) % 360, 360), 32, rng, noise=25).save(p)
+            noisy_colour_image(hue_colour(int(e.id[1:]) % 360, 360), 32, rng, noise=25).save(p)
             img = str(p)
         out.append(Mention(id=f"q{k}", sentence=sentence, mention=mention, answer=e.id, image=img,
                            start=0, end=len(mention)))
@@ -79,12 +85,6 @@ def _pct(xs, q):
 def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhaustive_queries: int = 30,
         shortlist: int = 64, faiss_kind: str = "flat", train_mentions: int = 10000, epochs: int = 8,
         image_fraction: float = 0.1, workdir: str | None = None, seed: int = 0) -> dict:
-    from mimic.backbones import load_backbone
-    from mimic.models.checkpoint import load_checkpoint
-    from mimic.serving.index import KBIndex
-    from mimic.serving.linker import Linker
-    from mimic.training.trainer import TrainConfig, train
-
     torch.manual_seed(seed)
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bench-link-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,6 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
         qs = make_queries(kb, queries, tmp, seed=seed + 1)
         t_data = time.perf_counter() - t
         if backbone == "tiny-clip":
-            from mimic.backbones.tiny import build_tiny_clip
             backbone_path = str(build_tiny_clip(tmp / "tiny_clip"))
         else:
             backbone_path = backbone
@@ -164,7 +163,6 @@ def main(a) -> dict:
               shortlist=a.shortlist, faiss_kind=a.faiss, image_fraction=a.image_fraction, epochs=a.epochs,
               train_mentions=a.train_mentions)
     if a.json:
-        from mimic.atomic import write_json_atomic
         write_json_atomic(a.json, res)
     print(json.dumps(res, indent=2))
     return res

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimic.data.formats import load_melbench  # noqa: E402
+from mimic.data.melbench import load_melbench  # noqa: E402
 from mimic.analysis.ranking import metrics_from_ranks, ranks_from_scores  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "melbench" / "Wikidata-MEL.json"

@@ -17,6 +17,8 @@ from dataclasses import asdict
 import logging
 import sys
 
+from mimic.data.formats import load_dataset
+
 from . import open_store
 from .errors import StoreError
 from .migrate import current_revision
@@ -63,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "reconcile":
             out = store.reconcile(args.journal).to_dict()
         elif args.cmd == "import-kb":
-            from mimic.data.formats import load_dataset
             out = store.import_kb(load_dataset(args.dataset).kb)
         elif args.cmd == "import-mentions":
             out = store.import_mentions(args.file, model_version=args.model_version,

@@ -95,7 +95,7 @@ class StoreBase:
 
     # -- transactions ------------------------------------------------------------------------
 
-    def _read(self, fn: Callable[[Session], T]) -> T:
+    def read_transaction(self, fn: Callable[[Session], T]) -> T:
         """Run `fn(session)` in a read-only transaction (deferred BEGIN on SQLite)."""
         def run() -> T:
             with session_scope(self.engine, read_only=True) as s:

@@ -30,8 +30,9 @@ from . import statements as Q
 from ._base import MAX_COMMENT, MAX_REQUEST_ID, StoreBase, check_choice, check_float, check_int, check_text, iso
 from .errors import Conflict, InvalidInput, NotFound
 from .journal import scan_journal
-from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, Mention, Prediction,
-                     entity_search_text, utcnow)
+from .mentions import CandidateInput
+from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, KbEntityVersion, Mention,
+                     Prediction, entity_search_text, utcnow)
 from .records import AnnotationRecord, ReconcileReport
 
 MAX_SECONDS = 24 * 3600.0
@@ -239,7 +240,7 @@ class AnnotationsMixin(StoreBase):
             if row is None:
                 raise NotFound(f"no annotation {annotation!r}", "annotation")
             return self._annotation_record(s, row)
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def history(self, mention: int | str) -> list[AnnotationRecord]:
         """Every annotation ever made on a mention (current, superseded, undone), oldest first."""
@@ -248,7 +249,7 @@ class AnnotationsMixin(StoreBase):
             rows = s.execute(select(Annotation, Annotator.name).join(Annotator, Annotator.id == Annotation.annotator_id)
                              .where(Annotation.mention_id == m.id).order_by(Annotation.id)).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=m.uid) for a, n in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def annotator_history(self, annotator: str, limit: int = 50) -> list[AnnotationRecord]:
         """The annotator's most recent annotations (any status), newest first."""
@@ -258,7 +259,7 @@ class AnnotationsMixin(StoreBase):
                              .where(Annotation.annotator_id == ann.id).order_by(Annotation.id.desc())
                              .limit(limit)).all()
             return [self._annotation_record(s, a, annotator_name=ann.name, mention_uid=u) for a, u in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def current_annotations(self) -> list[AnnotationRecord]:
         """Every current annotation (skips included), in id order."""
@@ -268,7 +269,7 @@ class AnnotationsMixin(StoreBase):
                              .join(Mention, Mention.id == Annotation.mention_id)
                              .where(Annotation.status == "current").order_by(Annotation.id)).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=u) for a, n, u in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     # -- journal events ---------------------------------------------------------------------------
 
@@ -324,7 +325,6 @@ class AnnotationsMixin(StoreBase):
         `import_kb` turns the placeholder into the real record as a new version)."""
         row = s.get(KbEntity, entity_id)
         if row is None:
-            from .models import KbEntityVersion
             now = utcnow()
             row = KbEntity(id=entity_id, name=name or entity_id, text="", aliases=[], images=[], version=1,
                            updated_at=now, search_text=entity_search_text(entity_id, name or entity_id, []))
@@ -355,7 +355,6 @@ class AnnotationsMixin(StoreBase):
         row = s.scalar(select(Prediction).where(Prediction.uid == snap["uid"]))
         if row is not None:
             return row
-        from .mentions import CandidateInput
         cands = []
         for c in snap.get("candidates") or []:
             self._ensure_entity(s, c["entity_id"], c.get("name"))

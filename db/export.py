@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from mimic.data.formats import write_jsonl_dataset, write_official
+from mimic.data import write_jsonl_dataset, write_official
 from mimic.data.schema import Dataset, Mention as CoreMention
 
 from ._base import StoreBase
@@ -123,7 +123,7 @@ class ExportsMixin(StoreBase):
                                   .where(Mention.id.in_(ids[i:i + 500]))).all()
             return rows
         out = []
-        for m, ext in sorted(self._read(fetch), key=lambda t: t[0].id):
+        for m, ext in sorted(self.read_transaction(fetch), key=lambda t: t[0].id):
             r = chosen[m.id]
             image = self.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None
             core = CoreMention(id=m.uid, sentence=m.sentence, mention=m.mention, answer=r.entity_id, image=image,

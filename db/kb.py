@@ -85,10 +85,10 @@ class KbMixin(StoreBase):
         return self._write(fn)
 
     def get_annotator(self, name: str) -> AnnotatorRecord:
-        return self._read(lambda s: _annotator_record(self._annotator_row(s, name, "name")))
+        return self.read_transaction(lambda s: _annotator_record(self._annotator_row(s, name, "name")))
 
     def list_annotators(self) -> list[AnnotatorRecord]:
-        return self._read(lambda s: [_annotator_record(a)
+        return self.read_transaction(lambda s: [_annotator_record(a)
                                      for a in s.scalars(select(Annotator).order_by(Annotator.id))])
 
     # -- entities ------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class KbMixin(StoreBase):
         return totals
 
     def get_entity(self, entity_id: str) -> EntityRecord:
-        return self._read(lambda s: self._entity_record(s, self._entity_row(s, entity_id)))
+        return self.read_transaction(lambda s: self._entity_record(s, self._entity_row(s, entity_id)))
 
     def entity_history(self, entity_id: str) -> list[EntityVersionRecord]:
         """Every version of an entity, oldest first."""
@@ -209,7 +209,7 @@ class KbMixin(StoreBase):
             return [EntityVersionRecord(entity_id=v.entity_id, version=v.version, name=v.name, text=v.text,
                                         aliases=list(v.aliases or []), images=list(v.images or []), author=author,
                                         note=v.note, created_at=v.created_at) for v, author in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def search_entities(self, query: str, limit: int = 20) -> list[EntityRecord]:
         """Entities whose id, name or an alias contains `query` (case-insensitive), best first:
@@ -228,7 +228,7 @@ class KbMixin(StoreBase):
                 select(KbEntity).where(KbEntity.search_text.like(pattern, escape="\\"))
                 .order_by(rank, KbEntity.name, KbEntity.id).limit(limit)).all()
             return [self._entity_record(s, e) for e in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def list_entities(self, offset: int = 0, limit: int = 50) -> list[EntityRecord]:
         """A page of entities ordered by name then id (for browsing the KB)."""
@@ -240,10 +240,10 @@ class KbMixin(StoreBase):
         def fn(s: Session) -> list[EntityRecord]:
             rows = s.scalars(select(KbEntity).order_by(KbEntity.name, KbEntity.id).offset(offset).limit(limit)).all()
             return [self._entity_record(s, e) for e in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def count_entities(self) -> int:
-        return self._read(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
+        return self.read_transaction(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
 
     def knowledge_base(self) -> KnowledgeBase:
         """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths
@@ -256,4 +256,4 @@ class KbMixin(StoreBase):
                                          images=[q for q in map(self.resolve_data_path, r.images or [])
                                                  if q is not None])
                                   for r in rows])
-        return self._read(fn)
+        return self.read_transaction(fn)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from mimic.data.formats import locate_mention
+from mimic.data.mentions import locate_mention
 
 from . import statements as Q
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_float, check_int, check_text
@@ -168,10 +168,10 @@ class MentionsMixin(StoreBase):
 
     def get_mention(self, mention: int | str) -> MentionRecord:
         """A mention by integer id or uid."""
-        return self._read(lambda s: self._mention_record(s, self._mention_row(s, mention)))
+        return self.read_transaction(lambda s: self._mention_record(s, self._mention_row(s, mention)))
 
     def count_mentions(self) -> int:
-        return self._read(lambda s: s.scalar(select(func.count()).select_from(Mention)))
+        return self.read_transaction(lambda s: s.scalar(select(func.count()).select_from(Mention)))
 
     # -- predictions ---------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class MentionsMixin(StoreBase):
             rows = s.scalars(select(Prediction).where(Prediction.mention_id == m.id)
                              .order_by(Prediction.created_at.desc(), Prediction.id.desc())).all()
             return [self._prediction_record(s, p) for p in rows]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     # -- import ---------------------------------------------------------------------------------
 
@@ -368,7 +368,7 @@ class MentionsMixin(StoreBase):
             for i in range(0, len(ids), 500):
                 found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(ids[i:i + 500]))))
             return found
-        return self._read(fn) if ids else set()
+        return self.read_transaction(fn) if ids else set()
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:

@@ -167,7 +167,7 @@ class QueueMixin(StoreBase):
                     break
                 ids += self._pending(s, ann.id, now, group, limit)[:limit - len(ids)]
             return [self._mention_record(s, self._mention_row(s, i)) for i in ids]
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def queue_size(self, annotator: str) -> int:
         """How many mentions are pending for the annotator (skipped ones included)."""
@@ -176,7 +176,7 @@ class QueueMixin(StoreBase):
             now = utcnow()
             params = {"me": ann.id, "now": now, "overlap": self.settings.overlap}
             return sum(s.scalar(_count_query(g, self.settings.overlap == 1), params) for g in _GROUPS)
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def release(self, annotator: str, mention: int | str | None = None) -> int:
         """Give back the annotator's leases (all, or on one mention), e.g. at logout. Returns how many."""

@@ -71,7 +71,7 @@ class ReportsMixin(StoreBase):
                     items_per_hour=3600.0 / mean if mean else None,
                     first_at=min(p["times"]) if p["times"] else None, last_at=max(p["times"]) if p["times"] else None))
             return out
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def overview(self) -> dict:
         """Whole-project counts: mentions, how many are complete (decided by `overlap` annotators),
@@ -89,7 +89,7 @@ class ReportsMixin(StoreBase):
             return {"mentions": mentions, "complete": complete, "started": started, "pending": mentions - complete,
                     "overlap": self.settings.overlap, "annotations": by_status, "live_leases": leases,
                     "entities": s.scalar(select(func.count()).select_from(KbEntity))}
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def _current_final(self, s: Session) -> list:
         return s.execute(select(Annotation.id, Annotation.mention_id, Annotator.name, Annotator.role,
@@ -106,7 +106,7 @@ class ReportsMixin(StoreBase):
             for _, mid, name, _, decision, eid in self._current_final(s):
                 labels[mid][name] = decision_label(decision, eid)
             return agreement_report(labels)
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def resolved(self) -> tuple[dict[int, Resolution], int]:
         """The gold rule, the store's only one: one label per decided mention, and how many
@@ -141,7 +141,7 @@ class ReportsMixin(StoreBase):
                 ids = tuple(r.id for r in rows if (r.decision, r.entity_id) == label)
                 out[mid] = Resolution(mid, label[0], label[1], ids)
             return out, conflicts
-        return self._read(fn)
+        return self.read_transaction(fn)
 
     def accepted_links(self) -> list[dict]:
         """Every current decision (entity / NIL / ambiguous) with its mention, entity, annotator and
@@ -172,4 +172,4 @@ class ReportsMixin(StoreBase):
                     "model_version": mv, "predicted_entity_id": top_id, "predicted_score": top_s,
                     "corrected": None if top_id is None else (a.decision != "entity" or a.entity_id != top_id)})
             return out
-        return self._read(fn)
+        return self.read_transaction(fn)

@@ -8,6 +8,7 @@ and a partial unique index makes two promoted versions impossible even under con
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from sqlalchemy import func, insert, select, update
@@ -28,7 +29,6 @@ def _check_json_dict(value: Any, field: str) -> dict:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput(f"expected a dict, got {type(value).__name__}", field)
-    import json
     try:
         json.dumps(value)
     except (TypeError, ValueError) as e:
@@ -65,13 +65,13 @@ class RunsMixin(StoreBase):
         return self._write(fn)
 
     def get_model_version(self, name: str) -> ModelVersionRecord:
-        return self._read(lambda s: _mv_record(self._model_version_row(s, name, "name")))
+        return self.read_transaction(lambda s: _mv_record(self._model_version_row(s, name, "name")))
 
     def list_model_versions(self) -> list[ModelVersionRecord]:
-        return self._read(lambda s: [_mv_record(m) for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id))])
+        return self.read_transaction(lambda s: [_mv_record(m) for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id))])
 
     def promoted_model_version(self) -> ModelVersionRecord | None:
-        return self._read(lambda s: (lambda m: _mv_record(m) if m else None)(
+        return self.read_transaction(lambda s: (lambda m: _mv_record(m) if m else None)(
             s.scalar(select(ModelVersion).where(ModelVersion.promoted.is_(True)))))
 
     def promote(self, name: str) -> ModelVersionRecord:
@@ -190,10 +190,10 @@ class RunsMixin(StoreBase):
                                         output_model_version=output_model_version)
 
     def get_training_run(self, run_id: int) -> TrainingRunRecord:
-        return self._read(lambda s: self._run_record(s, self._run_row(s, run_id)))
+        return self.read_transaction(lambda s: self._run_record(s, self._run_row(s, run_id)))
 
     def list_training_runs(self) -> list[TrainingRunRecord]:
-        return self._read(lambda s: [self._run_record(s, r) for r in
+        return self.read_transaction(lambda s: [self._run_record(s, r) for r in
                                      s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()))])
 
     def training_run_annotations(self, run_id: int) -> list[int]:
@@ -201,4 +201,4 @@ class RunsMixin(StoreBase):
             self._run_row(s, run_id)
             tra = TrainingRunAnnotation
             return list(s.scalars(select(tra.annotation_id).where(tra.run_id == run_id).order_by(tra.annotation_id)))
-        return self._read(fn)
+        return self.read_transaction(fn)

@@ -47,7 +47,7 @@ class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, Repo
         """SQLite's `PRAGMA integrity_check` ("ok" when healthy); "ok" for other databases."""
         if not self.is_sqlite:
             return "ok"
-        return self._read(lambda s: "\n".join(r[0] for r in s.execute(text("PRAGMA integrity_check"))))
+        return self.read_transaction(lambda s: "\n".join(r[0] for r in s.execute(text("PRAGMA integrity_check"))))
 
     def close(self) -> None:
         """Close the journal file and this process's pooled connections."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import random
 
+from PIL import Image
 from sqlalchemy import select
 
 from mimic.data.schema import Entity, KnowledgeBase
@@ -14,7 +15,6 @@ from .store import AnnotationStore
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8, 8)) -> bytes:
     """A valid PNG of one colour (different colours give different bytes, hence different hashes)."""
-    from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
@@ -43,5 +43,5 @@ def seed_store(store: AnnotationStore, *, entities: int = 20, mentions: int = 10
                         "candidates": [{"entity_id": f"Q{k}", "S": round(rng.random(), 6), "S_T": rng.random(),
                                         "S_V": rng.random(), "S_C": rng.random()} for k in ids]})
     store.import_mentions(records)
-    ids = dict(store._read(lambda s: s.execute(select(Mention.uid, Mention.id).where(Mention.source == "demo")).all()))
+    ids = dict(store.read_transaction(lambda s: s.execute(select(Mention.uid, Mention.id).where(Mention.source == "demo")).all()))
     return [ids[f"m{i}"] for i in range(mentions)]

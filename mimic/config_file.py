@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+import yaml
+
 
 class ConfigFile:
     """Mixin for a config dataclass: `from_dict` and `from_yaml`; overrides that are not None win.
@@ -22,7 +24,6 @@ class ConfigFile:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides):
         """YAML (or JSON, which is YAML) mapping of the dataclass's fields."""
-        import yaml
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
         if not isinstance(raw, dict):

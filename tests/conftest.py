@@ -45,7 +45,7 @@ def synthetic_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_official(tmp_path_factory, synthetic_dataset) -> Path:
     """The synthetic dataset written in the official MIMIC layout."""
-    from mimic.data.formats import write_official
+    from mimic.data.official import write_official
     root = tmp_path_factory.mktemp("official") / "WikiMEL"
     write_official(synthetic_dataset, root, prefix="WIKIMEL")
     return root

@@ -18,7 +18,14 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mimic.analysis import error_analysis as an
+from mimic.analysis.records import LABELS, MentionAnalysis, UNITS, load_records, save_records
+from mimic.analysis.error_analysis import analyze_link_results, analyze_linker
+from mimic.analysis.score_dump import analyze_score_arrays, load_score_dump
+from mimic.analysis.summary import compare, filter_records, summarize
+from mimic.analysis.tables import RECORD_COLUMNS, comparison_table, records_table, to_csv
+from mimic.analysis.figures import (comparison_figure, label_counts_figure, recall_at_k_figure, reliability_figure,
+                                    unit_accuracy_figure)
+from mimic.analysis.cli import add_analyze_parser, cmd_analyze
 from mimic.data.schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
 from mimic.analysis.ranking import ranks_from_scores
 from mimic.serving.linker import Candidate, LinkResult
@@ -72,7 +79,7 @@ EXPECTED_LABELS = {"m1": "correct", "m2": "correct", "m3": "retrieval_miss", "m4
 def analyse(table, version="v1", dataset="synth"):
     ids = list(table)
     results = [link_result(table[i][3], nil=table[i][2], has_image=table[i][1], mention=i) for i in ids]
-    return an.analyze_link_results(results, [table[i][0] for i in ids], dataset=dataset, mention_ids=ids,
+    return analyze_link_results(results, [table[i][0] for i in ids], dataset=dataset, mention_ids=ids,
                                    model_version=version, top_k=3)
 
 
@@ -127,7 +134,7 @@ def test_truncated_link_results_are_refused():
     res = link_result(LINKED["m1"][3], nil=False, has_image=True)
     res.shortlist_size = 64                      # linked with top_k < shortlist
     with pytest.raises(ValueError, match="top_k >= the shortlist"):
-        an.analyze_link_results([res], ["E1"])
+        analyze_link_results([res], ["E1"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +142,7 @@ def test_truncated_link_results_are_refused():
 # ------------------------------------------------------------------------------------------------
 
 def test_summary_counts_and_ranking_metrics(records):
-    s = an.summarize(records, n_bins=5)
+    s = summarize(records, n_bins=5)
     assert s["labels"] == {"correct": 3, "retrieval_miss": 2, "outranked": 3, "false_nil": 1, "missed_nil": 1,
                            "correct_nil": 1}
     assert (s["mentions"], s["in_kb"], s["nil_gold"], s["nil_answers"], s["with_image"]) == (11, 9, 2, 4, 7)
@@ -159,7 +166,7 @@ def test_summary_counts_and_ranking_metrics(records):
 
 
 def test_reliability_bins_and_ece(records):
-    rel = an.summarize(records, n_bins=5)["reliability"]
+    rel = summarize(records, n_bins=5)["reliability"]
     # top S: m1 .90 ok, m2 .80 ok, m3 .85, m4 .80, m5 .75, m6 .45 ok, m7 .70, m8 .40, m9 .95 ok, m10 .30, m11 .45
     # normalised c = (S - .30) / .65; bin = floor(5c), 1.0 goes to the last bin
     assert rel["score_min"] == pytest.approx(.30) and rel["score_max"] == pytest.approx(.95)
@@ -174,7 +181,7 @@ def test_reliability_bins_and_ece(records):
     ece = sum(len(conf[b]) / 11 * abs(acc[b] - mean_conf[b]) for b in conf)
     assert rel["ece"] == pytest.approx(ece)
     assert rel["bins"][4]["score_hi"] == pytest.approx(.95) and rel["bins"][0]["lo"] == 0.0
-    assert an.summarize([], n_bins=5)["reliability"]["ece"] is None
+    assert summarize([], n_bins=5)["reliability"]["ece"] is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,16 +190,16 @@ def test_reliability_bins_and_ece(records):
 
 def test_filters(records):
     ids = lambda rs: [r.mention_id for r in rs]    # noqa: E731
-    assert ids(an.filter_records(records, label="outranked")) == ["m4", "m5", "m11"]
-    assert ids(an.filter_records(records, label=["false_nil", "missed_nil"])) == ["m6", "m7"]
-    assert ids(an.filter_records(records, label="outranked", has_image=True)) == ["m4", "m11"]
-    assert ids(an.filter_records(records, has_image=False)) == ["m2", "m5", "m7", "m10"]
+    assert ids(filter_records(records, label="outranked")) == ["m4", "m5", "m11"]
+    assert ids(filter_records(records, label=["false_nil", "missed_nil"])) == ["m6", "m7"]
+    assert ids(filter_records(records, label="outranked", has_image=True)) == ["m4", "m11"]
+    assert ids(filter_records(records, has_image=False)) == ["m2", "m5", "m7", "m10"]
     other = analyse({"x1": LINKED["m1"]}, dataset="other")
     both = records + other
-    assert ids(an.filter_records(both, dataset="other")) == ["x1"]
-    assert len(an.filter_records(both, dataset="synth", label="correct")) == 3
+    assert ids(filter_records(both, dataset="other")) == ["x1"]
+    assert len(filter_records(both, dataset="synth", label="correct")) == 3
     with pytest.raises(ValueError, match="unknown label"):
-        an.filter_records(records, label="wrong")
+        filter_records(records, label="wrong")
 
 
 def _version_b():
@@ -207,7 +214,7 @@ def _version_b():
 
 
 def test_compare_two_versions(records):
-    cmp = an.compare(records, _version_b())
+    cmp = compare(records, _version_b())
     assert cmp["counts"] == {"fixed": 3, "new_error": 1, "unchanged_correct": 3, "unchanged_error": 3,
                              "only_in_a": 1, "only_in_b": 1}
     status = {row["mention_id"]: row["status"] for row in cmp["rows"]}
@@ -220,21 +227,21 @@ def test_compare_two_versions(records):
     assert (m9["label_a"], m9["label_b"], m9["predicted_a"], m9["predicted_b"]) == ("correct", "outranked", "E1", "E2")
     assert (m9["gold_rank_a"], m9["gold_rank_b"], m9["outranked_by_b"]) == (1, 2, "")
     assert (cmp["version_a"], cmp["version_b"]) == ("v1", "v2")
-    table = an.comparison_table(cmp)
+    table = comparison_table(cmp)
     assert len(table) == 12
     assert table["status"].value_counts().to_dict() == {"unchanged_correct": 3, "fixed": 3, "unchanged_error": 3,
                                                         "new_error": 1, "only_in_a": 1, "only_in_b": 1}
     assert str(table["gold_rank_b"].dtype) == "Int64"
-    fig = an.comparison_figure(cmp)
+    fig = comparison_figure(cmp)
     assert isinstance(fig, go.Figure) and list(fig.data[0].y) == [3, 1, 3, 3, 1, 1]
 
 
 def test_compare_refuses_different_golds_and_duplicates(records):
     other = analyse({"m1": ("E2",) + LINKED["m1"][1:]})
     with pytest.raises(ValueError, match="gold 'E1' in A but 'E2' in B"):
-        an.compare(records, other)
+        compare(records, other)
     with pytest.raises(ValueError, match="twice"):
-        an.compare(records + records[:1], records)
+        compare(records + records[:1], records)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,8 +249,8 @@ def test_compare_refuses_different_golds_and_duplicates(records):
 # ------------------------------------------------------------------------------------------------
 
 def test_records_table_and_csv_round_trip(records, tmp_path):
-    df = an.records_table(records)
-    assert list(df.columns) == an.RECORD_COLUMNS and len(df) == 11
+    df = records_table(records)
+    assert list(df.columns) == RECORD_COLUMNS and len(df) == 11
     assert df.loc[df.mention_id == "m4", "outranked_by"].item() == "S_T, S_C"
     assert df.loc[df.mention_id == "m4", "gold_S_V"].item() == pytest.approx(.90)
     assert df.loc[df.mention_id == "m4", "margin"].item() == pytest.approx(.10)
@@ -252,9 +259,9 @@ def test_records_table_and_csv_round_trip(records, tmp_path):
     ranked = df.sort_values("gold_rank", na_position="last", kind="stable")
     assert ranked["mention_id"].tolist()[-4:] == ["m3", "m7", "m8", "m10"]
     assert ranked["gold_rank"].tolist()[:7] == [1, 1, 1, 1, 2, 2, 6]
-    path = an.to_csv(df, tmp_path / "out" / "records.csv")
+    path = to_csv(df, tmp_path / "out" / "records.csv")
     back = pd.read_csv(path, dtype={"mention_id": str})
-    assert list(back.columns) == an.RECORD_COLUMNS
+    assert list(back.columns) == RECORD_COLUMNS
     assert back["label"].tolist() == df["label"].tolist()
     assert back["gold_rank"].astype("Int64").tolist() == df["gold_rank"].tolist()
     assert np.allclose(back["top_S"], df["top_S"]) and back["has_image"].tolist() == df["has_image"].tolist()
@@ -263,11 +270,11 @@ def test_records_table_and_csv_round_trip(records, tmp_path):
 
 
 def test_jsonl_round_trip(records, tmp_path):
-    path = an.save_records(records, tmp_path / "run.jsonl")
+    path = save_records(records, tmp_path / "run.jsonl")
     assert len(path.read_text(encoding="utf-8").splitlines()) == 11
-    back = an.load_records(path)
+    back = load_records(path)
     assert [r.to_dict() for r in back] == [r.to_dict() for r in records]
-    assert an.summarize(back) == an.summarize(records)
+    assert summarize(back) == summarize(records)
 
 
 def test_malformed_jsonl_names_file_line_and_field(records, tmp_path):
@@ -277,7 +284,7 @@ def test_malformed_jsonl_names_file_line_and_field(records, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(good + "\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(DataFormatError) as exc:
-        an.load_records(path)
+        load_records(path)
     msg = str(exc.value)
     assert str(path) in msg and "line 3" in msg and "'gold_rank'" in msg
     assert isinstance(exc.value, ValueError)
@@ -295,12 +302,12 @@ def test_malformed_jsonl_names_file_line_and_field(records, tmp_path):
         mutate(d)
         path.write_text(json.dumps(d) + "\n", encoding="utf-8")
         with pytest.raises(DataFormatError, match=f"line 1, field '{fld}'".replace("[", r"\[").replace("]", r"\]")):
-            an.load_records(path)
+            load_records(path)
     path.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match="line 1: invalid JSON"):
-        an.load_records(path)
+        load_records(path)
     with pytest.raises(FileNotFoundError):
-        an.load_records(tmp_path / "missing.jsonl")
+        load_records(tmp_path / "missing.jsonl")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,17 +315,17 @@ def test_malformed_jsonl_names_file_line_and_field(records, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 def test_figures(records):
-    s = an.summarize(records, n_bins=5)
-    fig = an.label_counts_figure(s)
+    s = summarize(records, n_bins=5)
+    fig = label_counts_figure(s)
     assert isinstance(fig, go.Figure) and len(fig.data) == 1
-    assert list(fig.data[0].x) == list(an.LABELS) and list(fig.data[0].y) == [3, 2, 3, 1, 1, 1]
-    fig = an.recall_at_k_figure(s)
+    assert list(fig.data[0].x) == list(LABELS) and list(fig.data[0].y) == [3, 2, 3, 1, 1, 1]
+    fig = recall_at_k_figure(s)
     assert len(fig.data[0].x) == 6 and fig.data[0].y[-1] == pytest.approx(7 / 9)
-    fig = an.reliability_figure(s)
+    fig = reliability_figure(s)
     assert isinstance(fig.data[0], go.Bar) and len(fig.data[0].x) == 5
     assert fig.data[0].y[1] == pytest.approx(.5) and fig.data[0].y[2] is None
     assert isinstance(fig.data[1], go.Scatter) and list(fig.data[1].y) == [0, 1]     # the diagonal
-    fig = an.unit_accuracy_figure(records)                                            # records work too
+    fig = unit_accuracy_figure(records)                                            # records work too
     assert len(fig.data[0].x) == 4 and list(fig.data[0].y) == pytest.approx([4 / 9, 5 / 9, 3 / 9, 3 / 9])
 
 
@@ -363,7 +370,7 @@ def dump_mentions():
 
 
 def test_score_arrays_labels_ranks_units():
-    recs = an.analyze_score_arrays(DUMP_S, DUMP_ST, DUMP_SV, DUMP_SC, DUMP_GOLD, KB_IDS,
+    recs = analyze_score_arrays(DUMP_S, DUMP_ST, DUMP_SV, DUMP_SC, DUMP_GOLD, KB_IDS,
                                    kb_names=[NAMES[e] for e in KB_IDS], mentions=dump_mentions(), dataset="dump",
                                    model_version="v-dump", nil_threshold=.65, top_k=3)
     assert [r.label for r in recs] == ["correct", "outranked", "outranked", "false_nil", "missed_nil", "correct_nil"]
@@ -381,13 +388,13 @@ def test_score_arrays_labels_ranks_units():
     assert c[0]["name"] == "Entity 1" and c[0]["S_T"] == pytest.approx(.2) and c[0]["S_V"] == pytest.approx(.5)
     assert recs[1].candidates[0]["S_V"] is None and recs[1].gold_scores["S_V"] is None
     assert recs[1].gold_scores["S"] == pytest.approx(.9)
-    s = an.summarize(recs)
+    s = summarize(recs)
     assert s["labels"] == {"correct": 1, "retrieval_miss": 0, "outranked": 2, "false_nil": 1, "missed_nil": 1,
                            "correct_nil": 1}
     assert s["recall_at_k"]["shortlist"] == 1.0 and s["ranking"]["MRR"] == pytest.approx(.75)
     assert s["per_unit_accuracy"] == pytest.approx({"S": .5, "S_T": .5, "S_V": .5, "S_C": .25})
     # without a threshold nothing is NIL: the false NIL becomes correct, the NIL golds both missed
-    plain = an.analyze_score_arrays(DUMP_S, None, None, None, DUMP_GOLD, KB_IDS)
+    plain = analyze_score_arrays(DUMP_S, None, None, None, DUMP_GOLD, KB_IDS)
     assert [r.label for r in plain] == ["correct", "outranked", "outranked", "correct", "missed_nil", "missed_nil"]
     assert plain[0].unit_ranks == {"S_T": None, "S_V": None, "S_C": None} and plain[0].mention_id == "0"
 
@@ -399,10 +406,10 @@ def test_score_arrays_match_evaluation_ranks_in_chunks():
     units = [rng.normal(size=(M, N)).astype(np.float32) for _ in range(3)]
     gold = rng.integers(0, N, size=M)
     ids = [f"Q{j}" for j in range(N)]
-    recs = an.analyze_score_arrays(S, *units, gold, ids, rows_per_chunk=7, top_k=5)
+    recs = analyze_score_arrays(S, *units, gold, ids, rows_per_chunk=7, top_k=5)
     expected = ranks_from_scores(torch.from_numpy(S), torch.from_numpy(gold)).numpy()
     assert [r.gold_rank for r in recs] == expected.tolist()
-    for u, arr in zip(an.UNITS, units):
+    for u, arr in zip(UNITS, units):
         exp_u = ranks_from_scores(torch.from_numpy(arr), torch.from_numpy(gold)).numpy()
         assert [r.unit_ranks[u] for r in recs] == exp_u.tolist()
     for r, row in zip(recs, S):
@@ -412,27 +419,27 @@ def test_score_arrays_match_evaluation_ranks_in_chunks():
 
 def test_score_arrays_reject_bad_input():
     with pytest.raises(ValueError, match="S_T has shape"):
-        an.analyze_score_arrays(DUMP_S, DUMP_ST[:2], None, None, DUMP_GOLD, KB_IDS)
+        analyze_score_arrays(DUMP_S, DUMP_ST[:2], None, None, DUMP_GOLD, KB_IDS)
     with pytest.raises(ValueError, match="outside the KB"):
-        an.analyze_score_arrays(DUMP_S, None, None, None, [0, 1, 2, 3, 4, 6], KB_IDS)
+        analyze_score_arrays(DUMP_S, None, None, None, [0, 1, 2, 3, 4, 6], KB_IDS)
     bad = DUMP_S.copy()
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN for mention 3"):
-        an.analyze_score_arrays(bad, None, None, None, DUMP_GOLD, KB_IDS)
+        analyze_score_arrays(bad, None, None, None, DUMP_GOLD, KB_IDS)
 
 
 def test_load_score_dump_memory_maps(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, S=DUMP_S, S_T=DUMP_ST, gold=DUMP_GOLD, rank=np.ones(6, dtype=np.int64))
-    arrays = an.load_score_dump(p)
+    arrays = load_score_dump(p)
     assert isinstance(arrays["S"], np.memmap) and np.array_equal(arrays["S"], DUMP_S)
     assert np.array_equal(arrays["gold"], DUMP_GOLD) and np.array_equal(arrays["S_T"], DUMP_ST)
     np.savez_compressed(p, S=DUMP_S, gold=DUMP_GOLD)                  # compressed: read into memory
-    arrays = an.load_score_dump(p)
+    arrays = load_score_dump(p)
     assert not isinstance(arrays["S"], np.memmap) and np.array_equal(arrays["S"], DUMP_S)
     np.savez(p, S=DUMP_S)
     with pytest.raises(ValueError, match="no array gold"):
-        an.load_score_dump(p)
+        load_score_dump(p)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,7 +468,7 @@ def test_analyze_linker_batches_and_golds():
                         image="/x.png" if LINKED[i][1] else None, start=0 if i == "m1" else None,
                         end=2 if i == "m1" else None) for i in ids]
     lk = FakeLinker(LINKED)
-    recs = an.analyze_linker(lk, mentions, dataset="synth", batch_size=2, top_k=2)
+    recs = analyze_linker(lk, mentions, dataset="synth", batch_size=2, top_k=2)
     assert [c[:3] for c in lk.calls] == [(2, 3, False), (2, 3, False), (1, 3, False)]
     assert lk.calls[0][3] == [(0, 2), "m4"]             # a known span is passed as (start, end)
     assert [r.label for r in recs] == ["correct", "outranked", "false_nil", "missed_nil", "correct"]
@@ -473,7 +480,7 @@ def test_analyze_linker_batches_and_golds():
 def jsonl_dataset(tmp_path):
     from PIL import Image
 
-    from mimic.data.formats import write_jsonl_dataset
+    from mimic.data.jsonl import write_jsonl_dataset
     img = tmp_path / "img.png"
     Image.new("RGB", (4, 4), "red").save(img)
     kb = KnowledgeBase([Entity(id=e, name=NAMES[e], text=f"about {e}") for e in KB_IDS])
@@ -485,7 +492,7 @@ def jsonl_dataset(tmp_path):
 
 def parse(argv):
     ap = argparse.ArgumentParser()
-    an.add_analyze_parser(ap.add_subparsers(dest="command", required=True))
+    add_analyze_parser(ap.add_subparsers(dest="command", required=True))
     return ap.parse_args(argv)
 
 
@@ -497,8 +504,8 @@ def test_cli_on_a_score_dump(tmp_path, jsonl_dataset, capsys):
     args = parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset), "--split", "test",
                   "--nil-threshold", ".65", "--bins", "4", "--json", str(out / "summary.json"),
                   "--csv", str(out / "records.csv"), "--out-records", str(out / "records.jsonl")])
-    assert args.func is an.cmd_analyze
-    summary = an.cmd_analyze(args)
+    assert args.func is cmd_analyze
+    summary = cmd_analyze(args)
     printed = json.loads(capsys.readouterr().out)
     assert printed == summary == json.loads((out / "summary.json").read_text())
     assert summary["labels"] == {"correct": 1, "retrieval_miss": 0, "outranked": 2, "false_nil": 1,
@@ -507,17 +514,17 @@ def test_cli_on_a_score_dump(tmp_path, jsonl_dataset, capsys):
     assert summary["per_unit_accuracy"] == pytest.approx({"S": .5, "S_T": .5, "S_V": .5, "S_C": .25})
     assert summary["datasets"] == {"data": 4} and summary["model_versions"] == ["scores"]
     assert summary["with_image"] == 1 and summary["reliability"]["n_bins"] == 4
-    recs = an.load_records(out / "records.jsonl")
+    recs = load_records(out / "records.jsonl")
     assert [r.mention_id for r in recs] == ["d0", "d1", "d2", "d3"] and recs[0].mention == "mention 0"
     assert [r.gold_rank for r in recs] == [1, 2, 2, 1]           # the dump's own ranks
     assert pd.read_csv(out / "records.csv")["label"].tolist() == [r.label for r in recs]
 
     # the saved records compared against a baseline where d1 was right and d0 wrong
-    base = [an.MentionAnalysis(**{**r.to_dict(), "model_version": "old"}) for r in recs]
+    base = [MentionAnalysis(**{**r.to_dict(), "model_version": "old"}) for r in recs]
     base[0].label, base[0].gold_rank = "outranked", 2
     base[1].label, base[1].gold_rank = "correct", 1
-    an.save_records(base, tmp_path / "base.jsonl")
-    summary = an.cmd_analyze(parse(["analyze", "--records", str(out / "records.jsonl"), "--compare",
+    save_records(base, tmp_path / "base.jsonl")
+    summary = cmd_analyze(parse(["analyze", "--records", str(out / "records.jsonl"), "--compare",
                                     str(tmp_path / "base.jsonl"), "--compare-csv", str(out / "cmp.csv"),
                                     "--model-version", "new"]))
     assert summary["comparison"] == {"version_a": "old", "version_b": "new", "fixed": 1, "new_error": 1,
@@ -529,20 +536,20 @@ def test_cli_on_a_score_dump(tmp_path, jsonl_dataset, capsys):
 def test_cli_bad_input(tmp_path, jsonl_dataset):
     npz = tmp_path / "scores.npz"
     with pytest.raises(ValueError, match="exactly one input"):
-        an.cmd_analyze(parse(["analyze"]))
+        cmd_analyze(parse(["analyze"]))
     with pytest.raises(ValueError, match="exactly one input"):
-        an.cmd_analyze(parse(["analyze", "--records", "a.jsonl", "--scores", str(npz)]))
+        cmd_analyze(parse(["analyze", "--records", "a.jsonl", "--scores", str(npz)]))
     with pytest.raises(ValueError, match="needs --data"):
-        an.cmd_analyze(parse(["analyze", "--scores", str(npz)]))
+        cmd_analyze(parse(["analyze", "--scores", str(npz)]))
     with pytest.raises(FileNotFoundError, match="score dump not found"):
-        an.cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
+        cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
     gold = DUMP_GOLD[:4].copy()
     gold[2] = 3
     np.savez(npz, S=DUMP_S[:4], gold=gold)
     with pytest.raises(ValueError, match=r"does not match split 'test'.*'d2'"):
-        an.cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
+        cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
     np.savez(npz, S=DUMP_S[:4, :5], gold=DUMP_GOLD[:4])
     with pytest.raises(ValueError, match="5 entity columns"):
-        an.cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
+        cmd_analyze(parse(["analyze", "--scores", str(npz), "--data", str(jsonl_dataset)]))
     with pytest.raises(ValueError, match="needs --index"):
-        an.cmd_analyze(parse(["analyze", "--checkpoint", "ck", "--data", str(jsonl_dataset)]))
+        cmd_analyze(parse(["analyze", "--checkpoint", "ck", "--data", str(jsonl_dataset)]))

@@ -283,7 +283,7 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
 
     from app.context import AppContext
     from mimic.models.checkpoint import save_checkpoint
-    from mimic.data.formats import write_jsonl_dataset
+    from mimic.data.jsonl import write_jsonl_dataset
     from mimic.models.linking_model import LinkingModel
     torch.manual_seed(0)
     ckpt = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
@@ -337,7 +337,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
 @pytest.mark.slow
 def test_analysis_of_the_corrections(studio):
     """The Analysis tab's handlers: analyse the served model on the corrections, filter, compare."""
-    from mimic.analysis.error_analysis import LABELS
+    from mimic.analysis.records import LABELS
     ctx = studio.ctx
     # two corrections with known golds: X01's gold (the cat) and a NIL for X03
     H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")

@@ -17,7 +17,7 @@ from app.context import AppContext
 
 @pytest.fixture()
 def retrain_app(tmp_path, tiny_clip_dir, synthetic_dataset):
-    from mimic.data.formats import write_jsonl_dataset
+    from mimic.data.jsonl import write_jsonl_dataset
     data = write_jsonl_dataset(synthetic_dataset, tmp_path / "synthetic")
     split = sorted(synthetic_dataset.splits)[0]
     cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_BACKBONE": str(tiny_clip_dir),

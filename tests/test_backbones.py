@@ -14,7 +14,7 @@ def test_auto_falls_back_to_offline_loudly(monkeypatch, capsys):
     monkeypatch.setattr(backbones, "_clip_is_cached", lambda repo: False)
     assert backbones.resolve_auto_backbone() == "offline"
     built = []
-    monkeypatch.setattr("mimic.backbones.offline.OfflineBackbone", lambda: built.append("offline") or "OFFLINE")
+    monkeypatch.setattr("mimic.backbones.OfflineBackbone", lambda: built.append("offline") or "OFFLINE")
     assert backbones.load_backbone("auto") == "OFFLINE"
     assert "offline MiniLM-L6 + EfficientNet-Lite0" in capsys.readouterr().err
 

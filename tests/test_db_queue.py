@@ -156,4 +156,4 @@ def test_decided_counter_matches_the_annotations(make_store):
                 Annotation.decision.in_(["entity", "nil", "ambiguous"])))
             assert m.decided == n, m.uid
         return True
-    assert s._read(check)
+    assert s.read_transaction(check)

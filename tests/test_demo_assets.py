@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimic.data.formats import load_jsonl_dataset
-from assets.demo_builder.build import (
-    ENTITIES,
-    EXAMPLES,
-    ambiguity_groups,
-    build_demo_assets,
-    demo_kb_path,
-    load_demo_kb,
-)
+from mimic.data.jsonl import load_jsonl_dataset
+from assets.demo_builder.build import build_demo_assets, demo_kb_path, load_demo_kb
+from assets.demo_builder.entities import ENTITIES, EXAMPLES, ambiguity_groups
 from mimic.data.images import load_image
 from mimic.data.kb_files import load_kb
 

@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mimic.data import formats
-from mimic.data.formats import (load_dataset, load_jsonl_dataset, load_melbench, load_official, locate_mention,
-                                write_jsonl_dataset, write_official)
+from mimic.data import official
+from mimic.data.formats import load_dataset
+from mimic.data.jsonl import load_jsonl_dataset, write_jsonl_dataset
+from mimic.data.melbench import load_melbench
+from mimic.data.mentions import locate_mention
+from mimic.data.official import load_official, write_official
 from mimic.data.schema import DataFormatError, Dataset, Entity, KnowledgeBase, Mention
 
 MELBENCH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
@@ -408,14 +411,14 @@ def test_locate_mention():
 
 def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
     ds = _dataset(tmp_path / "src")
-    real = formats._write_json
+    real = official.write_json
 
     def failing(path, obj, **kw):
         if path.name.endswith("_test.json"):
             raise OSError("disk full")
         real(path, obj, **kw)
 
-    monkeypatch.setattr(formats, "_write_json", failing)
+    monkeypatch.setattr(official, "write_json", failing)
     with pytest.raises(OSError, match="disk full"):
         write_official(ds, tmp_path / "out" / "WikiMEL")
     assert not (tmp_path / "out" / "WikiMEL").exists() and _no_leftovers(tmp_path / "out") == []

@@ -23,7 +23,7 @@ import torch
 from db import open_store
 from db.export import split_of
 from mimic.models.checkpoint import load_checkpoint, save_checkpoint
-from mimic.data.formats import write_jsonl_dataset
+from mimic.data.jsonl import write_jsonl_dataset
 from mimic.data.schema import Dataset
 from mimic.data.synthetic import make_synthetic
 from mimic.analysis.ranking import evaluate

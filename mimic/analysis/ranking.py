@@ -15,7 +15,7 @@ intermediates; `--scores-out` streams [mentions, entities] arrays to disk throug
 """
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
 import time
 import zipfile
@@ -24,7 +24,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from mimic.atomic import atomic_file
 from mimic.data.schema import KnowledgeBase, Mention
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images, mention_text
 from mimic.models.modeling_mimic import EntityCache, SideFeatures
@@ -73,15 +75,12 @@ class _ScoreWriter:
         np.save(self.tmp / "rank.npy", self.rank)
         for a in self.arrays.values():
             a.flush()
-        part = self.path.with_name(self.path.name + ".part")
-        with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        with atomic_file(self.path) as part, zipfile.ZipFile(part, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             for k in (*self.NAMES, "gold", "rank"):
                 z.write(self.tmp / f"{k}.npy", arcname=f"{k}.npy")
-        os.replace(part, self.path)
         self.abort()
 
     def abort(self):
-        import shutil
         self.arrays = {}
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -137,7 +136,6 @@ def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention]
     m_order = sorted(range(M), key=lambda i: len(mention_text(mentions[i]))) if model.config.fixed else list(range(M))
     it = range(0, M, batch_size)
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(it, desc="evaluate", unit="batch")
     t1 = time.perf_counter()
     try:

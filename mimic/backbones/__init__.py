@@ -11,25 +11,29 @@ An explicit name or path always wins over "auto".
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import sys
 from pathlib import Path
 
-from mimic.backbones.base import Backbone, BackboneDims, BackboneOutput, ImageFeatures, TextFeatures
+from huggingface_hub import try_to_load_from_cache
+
+from mimic.backbones.base import Backbone, BackboneDims, ImageFeatures, TextFeatures
+from mimic.backbones.clip import ClipBackbone
+from mimic.backbones.offline import OfflineBackbone
 
 log = logging.getLogger("mimic")
 
 PAPER_CLIP = "openai/clip-vit-base-patch32"
 
-__all__ = ["Backbone", "BackboneDims", "BackboneOutput", "ImageFeatures", "TextFeatures",
+__all__ = ["Backbone", "BackboneDims", "ImageFeatures", "TextFeatures",
            "load_backbone", "resolve_auto_backbone", "backbone_label", "PAPER_CLIP"]
 
 
 def backbone_label(backbone: Backbone) -> str:
     """A short human-readable name of a backbone (app header, model-version records)."""
-    import json
     d = backbone.describe()
     if d.get("type") == "offline":
         return "offline: all-MiniLM-L6-v2 + EfficientNet-Lite0"
@@ -44,7 +48,6 @@ def _offline_env() -> bool:
 
 def _clip_is_cached(repo_id: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(repo_id, "config.json")
         return isinstance(hit, str) and os.path.exists(hit)
     except Exception:  # a missing or unusual cache layout just means "not cached"
@@ -75,13 +78,11 @@ def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbon
     if isinstance(spec, dict):
         kind = spec.get("type")
         if kind == "offline":
-            from mimic.backbones.offline import OfflineBackbone
             return OfflineBackbone()
         if kind == "clip":
             path = spec["name_or_path"]
             if base_dir is not None and not os.path.isabs(path) and (Path(base_dir) / path).exists():
                 path = str(Path(base_dir) / path)
-            from mimic.backbones.clip import ClipBackbone
             return ClipBackbone(path)
         raise ValueError(f"unknown backbone description {spec!r}")
     spec = str(spec)
@@ -94,7 +95,5 @@ def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbon
         print(f"[mimic] {msg}", file=sys.stderr)
         spec = choice
     if spec == "offline":
-        from mimic.backbones.offline import OfflineBackbone
         return OfflineBackbone()
-    from mimic.backbones.clip import ClipBackbone
     return ClipBackbone(PAPER_CLIP if spec == "clip" else spec)

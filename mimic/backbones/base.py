@@ -1,7 +1,7 @@
 """The backbone contract: what every encoder (CLIP, the offline MiniLM + EfficientNet pair) gives MIMIC.
 
 A backbone turns a batch of texts and a batch of (optional) images into five tensors. The MIMIC and
-M3EL heads only ever see a `BackboneOutput`, so they work unchanged on any backbone whose
+M3EL heads only ever see its `TextFeatures` and `ImageFeatures`, so they work unchanged on any backbone whose
 dimensions they are configured with.
 """
 from __future__ import annotations
@@ -41,12 +41,6 @@ class ImageFeatures:
     global_: torch.Tensor
     tokens: torch.Tensor
     has_image: torch.Tensor
-
-
-@dataclass
-class BackboneOutput:
-    text: TextFeatures
-    image: ImageFeatures
 
 
 @dataclass

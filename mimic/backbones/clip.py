@@ -29,6 +29,8 @@ def _clip_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 class ClipBackbone(Backbone):
     def __init__(self, name_or_path: str, *, model=None, tokenizer=None, local_files_only: bool | None = None):
         super().__init__()
+        # lazy: transformers' model classes cost seconds to import (5.1 s after torch, measured
+        # here); the package imports this module, and the offline and tiny paths never need CLIP
         from transformers import AutoTokenizer, CLIPModel
 
         if local_files_only is None:

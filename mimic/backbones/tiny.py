@@ -8,16 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+from mimic.data.synthetic import vocabulary
 
 
 def build_tiny_clip(path: Path, image_size: int = 64, patch_size: int = 16, hidden: int = 64,
                     projection_dim: int = 48, seed: int = 0) -> Path:
     """Save a random CLIPModel + a locally trained BPE tokenizer to `path` and return it."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
-
-    from mimic.data.synthetic import vocabulary
-
     specials = ["<|startoftext|>", "<|endoftext|>", "<|unk|>"]
     tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tok.normalizer = normalizers.Lowercase()

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
 
@@ -28,13 +29,12 @@ def vocabulary() -> list[str]:
     return NAMES + ATTRS + FILLER
 
 
-def _colour(i: int, n: int) -> tuple[int, int, int]:
+def hue_colour(i: int, n: int) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 0.9)
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _image(rgb, size: int, rng: np.random.Generator, noise: float = 25.0):
-    from PIL import Image
+def noisy_colour_image(rgb, size: int, rng: np.random.Generator, noise: float = 25.0):
     arr = np.empty((size, size, 3), dtype=np.float32)
     arr[:] = rgb
     arr += rng.normal(0, noise, arr.shape)
@@ -58,9 +58,9 @@ def make_synthetic(root: str | Path, n_names: int = 6, per_name: int = 3, mentio
         attrs = pyrng.sample(ATTRS, per_name)
         for k in range(per_name):
             idx = len(entities)
-            colour = _colour(idx, n)
+            colour = hue_colour(idx, n)
             path = root / "kb" / f"e{idx}.png"
-            _image(colour, image_size, rng, noise=10).save(path)
+            noisy_colour_image(colour, image_size, rng, noise=10).save(path)
             entities.append(Entity(id=f"Q{1000 + idx}", name=NAMES[gi], text=f"{attrs[k]} {NAMES[gi]}",
                                    images=[str(path)]))
             for j in range(mentions_per_entity):
@@ -74,7 +74,7 @@ def make_synthetic(root: str | Path, n_names: int = 6, per_name: int = 3, mentio
                 img = None
                 if pyrng.random() < p_image:
                     p = root / "mentions" / f"m{idx}_{j}.png"
-                    _image(colour, image_size, rng).save(p)
+                    noisy_colour_image(colour, image_size, rng).save(p)
                     img = str(p)
                 mentions.append(Mention(id=f"m{idx}_{j}", sentence=sentence, mention=NAMES[gi],
                                         answer=entities[-1].id, image=img, start=start,

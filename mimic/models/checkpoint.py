@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from mimic import __version__
 from mimic.atomic import recover_dir, write_dir_atomic
 from mimic.backbones import load_backbone
+from mimic.backbones.clip import ClipBackbone
+from mimic.models.families import family, model_type_of
 from mimic.models.linking_model import LinkingModel
 from mimic.models.modeling_mimic import MimicConfig, MimicHeads
 
@@ -65,7 +67,6 @@ def _weight_files(root: Path) -> list[Path]:
 def save_checkpoint(model: LinkingModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
                     training_state: dict | None = None, extra: dict | None = None) -> Path:
     """Write `model` to the folder `path` atomically. Returns the path."""
-    from mimic.models.families import model_type_of
     model_type = model_type_of(model.heads)
 
     def fill(tmp: Path):
@@ -113,7 +114,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbo
     (only valid when the checkpoint's backbone was frozen)."""
     path = Path(path)
     cfg = read_config(path)
-    from mimic.models.families import family
     try:
         cfg_cls, heads_cls, _ = family(cfg.get("model_type", "mimic"))
     except ValueError as exc:
@@ -159,8 +159,6 @@ def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
 def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *,
                     mode: str = "compat", trust_pickle: bool = False) -> Path:
     """Convert an official Lightning checkpoint into this project's format (scores identical in compat)."""
-    from mimic.backbones.clip import ClipBackbone
-
     sd = _load_lightning(ckpt_path, trust_pickle)
     backbone = ClipBackbone(str(clip_dir))
     clip_sd = {k[len("encoder.clip."):]: v for k, v in sd.items() if k.startswith("encoder.clip.")}

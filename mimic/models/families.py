@@ -6,11 +6,12 @@ a heads module with the same interface (`side_features`, `entity_cache`, `mentio
 """
 from __future__ import annotations
 
-import importlib
+from mimic.models.modeling_m3el import M3ELConfig, M3ELEntityCache, M3ELHeads
+from mimic.models.modeling_mimic import EntityCache, MimicConfig, MimicHeads
 
-FAMILIES = {
-    "mimic": ("mimic.models.modeling_mimic", "MimicConfig", "MimicHeads", "EntityCache"),
-    "m3el": ("mimic.models.modeling_m3el", "M3ELConfig", "M3ELHeads", "M3ELEntityCache"),
+FAMILIES = {  # name -> (config class, heads class, entity-cache class)
+    "mimic": (MimicConfig, MimicHeads, EntityCache),
+    "m3el": (M3ELConfig, M3ELHeads, M3ELEntityCache),
 }
 
 
@@ -18,9 +19,7 @@ def family(model_type: str):
     """-> (config class, heads class, entity-cache class) for a model type."""
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model type {model_type!r} (known: {sorted(FAMILIES)})")
-    mod, cfg, heads, cache = FAMILIES[model_type]
-    m = importlib.import_module(mod)
-    return getattr(m, cfg), getattr(m, heads), getattr(m, cache)
+    return FAMILIES[model_type]
 
 
 def model_type_of(heads) -> str:

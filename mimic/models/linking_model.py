@@ -15,11 +15,13 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mimic.data import images as imaging
 from mimic.backbones.base import Backbone, ImageFeatures, TextFeatures
 from mimic.data.schema import Entity, Mention
-from mimic.models.modeling_mimic import EntityCache, MentionCache, MimicConfig, SideFeatures
+from mimic.models.families import build_heads
+from mimic.models.modeling_mimic import EntityCache, MentionCache, MimicConfig, MimicHeads, SideFeatures
 
 log = logging.getLogger("mimic")
 
@@ -79,7 +81,6 @@ class LinkingModel(nn.Module):
     @classmethod
     def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> "LinkingModel":
         """A fresh model of family `model_type` ("mimic" or "m3el") on `backbone`."""
-        from mimic.models.families import build_heads
         return cls(backbone, build_heads(model_type, backbone.dims, **config))
 
     @property
@@ -137,7 +138,6 @@ class LinkingModel(nn.Module):
 def _batches(items: Sequence, size: int, progress: bool, desc: str) -> Iterable[Sequence]:
     starts = range(0, len(items), size)
     if progress:
-        from tqdm.auto import tqdm
         starts = tqdm(starts, desc=desc, unit="batch")
     for s in starts:
         yield items[s:s + size]

@@ -102,19 +102,19 @@ class SideFeatures:
 
 
 @dataclass
-class _Cache:
-    def apply(self, fn) -> "_Cache":
+class TensorCache:
+    def apply(self, fn) -> "TensorCache":
         """Return a copy with `fn` applied to every tensor (e.g. `.to(device)`, `.half()`, slicing)."""
         return type(self)(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.t_cls.shape[0]
 
-    def __getitem__(self, idx) -> "_Cache":
+    def __getitem__(self, idx) -> "TensorCache":
         return self.apply(lambda t: t[idx])
 
     @classmethod
-    def cat(cls, parts: list["_Cache"]) -> "_Cache":
+    def cat(cls, parts: list["TensorCache"]) -> "TensorCache":
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ class _Cache:
 
 
 @dataclass
-class EntityCache(_Cache):
+class EntityCache(TensorCache):
     """Everything mention-independent for N entities.
 
     t_cls [N,Dtg]  LN'd text global (TGLU G2G)      q [N,L,d]  W_q E_tok (TGLU queries)
@@ -147,7 +147,7 @@ class EntityCache(_Cache):
 
 
 @dataclass
-class MentionCache(_Cache):
+class MentionCache(TensorCache):
     """Everything entity-independent for B mentions.
 
     t_cls [B,Dtg]; k, v [B,L,d] TGLU keys/values; t_mask [B,L];

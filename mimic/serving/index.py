@@ -21,31 +21,29 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
+import faiss
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from mimic.atomic import write_json_atomic
+from mimic.atomic import atomic_file, write_json_atomic
 from mimic.data.schema import Entity, KnowledgeBase
+from mimic.models.families import family, model_type_of
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images
 
 FORMAT = "mimic-studio-index"
 BOOL_FIELDS = {"t_mask", "has_image"}
 
 
-def _cache_class(model_type: str):
-    from mimic.models.families import family
-    return family(model_type)[2]
-
-
-class IndexError_(RuntimeError):
+class IndexFileError(RuntimeError):
     """The index cannot serve this request (wrong model, missing files, ...)."""
 
 
-class IndexMismatchError(IndexError_):
+class IndexMismatchError(IndexFileError):
     pass
 
 
@@ -62,14 +60,14 @@ def model_fingerprint(model: LinkingModel) -> str:
     return "unsaved-" + h.hexdigest()[:16]
 
 
-def _entity_record(e: Entity) -> dict:
+def entity_record(e: Entity) -> dict:
     return {"id": e.id, "name": e.name, "text": e.text, "aliases": list(e.aliases), "images": list(e.images)}
 
 
 def _kb_hash(entities: Sequence[Entity]) -> str:
     h = hashlib.sha256()
     for e in entities:
-        h.update(json.dumps(_entity_record(e), sort_keys=True).encode())
+        h.update(json.dumps(entity_record(e), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -90,10 +88,8 @@ def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, 
             done = int(prog["done"])
     arrays: dict[str, np.ndarray] = {}
     model.eval()
-    dev = model.device
     it = range(done, n, batch_size)
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(it, desc="index KB", unit="batch", initial=done // batch_size, total=-(-n // batch_size))
     with torch.no_grad():
         for s in it:
@@ -119,7 +115,7 @@ def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, 
             write_json_atomic(prog_file, {"n": n, "done": s + len(chunk), "kb_hash": kb_hash})
     if n == 0:
         raise ValueError("cannot index an empty knowledge base")
-    (seg / "ids.json").write_text(json.dumps([_entity_record(e) for e in entities], ensure_ascii=False))
+    (seg / "ids.json").write_text(json.dumps([entity_record(e) for e in entities], ensure_ascii=False))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,7 +123,6 @@ def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, 
 # ------------------------------------------------------------------------------------------------
 def _faiss_index(vectors: np.ndarray, kind: str, path: Path | None = None):
     """Inner-product index over L2-normalised rows. kind: flat (exact) | fp16 | hnsw | ivf."""
-    import faiss
     d = vectors.shape[1]
     if path is not None and path.exists() and kind in ("hnsw", "ivf"):
         idx = faiss.read_index(str(path))
@@ -150,9 +145,8 @@ def _faiss_index(vectors: np.ndarray, kind: str, path: Path | None = None):
         idx.train(vectors)
     idx.add(vectors)
     if path is not None and kind in ("hnsw", "ivf"):
-        tmp = path.with_suffix(".tmp")
-        faiss.write_index(idx, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            faiss.write_index(idx, str(tmp))
     return idx
 
 
@@ -160,7 +154,9 @@ class LexicalIndex:
     """Character n-gram TF-IDF (char_wb, 2–4, sublinear tf) over names and aliases."""
 
     def __init__(self, entities: Sequence[dict]):
+        # lazy: sklearn adds 1.0 s to importing this module (python -X importtime), for lexical search only
         from sklearn.feature_extraction.text import TfidfVectorizer
+
         names, owner = [], []
         for i, e in enumerate(entities):
             for s in [e["name"], *e.get("aliases", [])]:
@@ -201,10 +197,10 @@ class KBIndex:
         self.keep_global = keep_global
         mf = self.root / "index.json"
         if not mf.exists():
-            raise IndexError_(f"{self.root} is not a KB index (no index.json); build one with `python -m mimic index`")
+            raise IndexFileError(f"{self.root} is not a KB index (no index.json); build one with `python -m mimic index`")
         self.manifest = json.loads(mf.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise IndexError_(f"{mf}: not a {FORMAT}")
+            raise IndexFileError(f"{mf}: not a {FORMAT}")
         self._load()
 
     # -- build ---------------------------------------------------------------------------------
@@ -226,7 +222,6 @@ class KBIndex:
         stats = ImageLoadStats()
         t0 = time.perf_counter()
         _encode_segment(model, kb.entities, building / "seg-0000", batch_size, progress, stats)
-        from mimic.models.families import model_type_of
         manifest = {"format": FORMAT, "version": 1, "fingerprint": fp, "backbone": model.backbone.describe(),
                     "model_type": model_type_of(model.heads),
                     "backbone_name": model.backbone.name, "model_config": model.config.to_dict(),
@@ -251,7 +246,7 @@ class KBIndex:
     def _load(self):
         segs = self.manifest["segments"]
         dead = set(self.manifest.get("tombstones", []))   # "seg:row" keys
-        cache_cls = _cache_class(self.manifest.get("model_type", "mimic"))
+        cache_cls = family(self.manifest.get("model_type", "mimic"))[2]
         cache_fields = [f.name for f in fields(cache_cls)]
         records, arrays, keep = [], {}, []
         for seg in segs:
@@ -306,7 +301,6 @@ class KBIndex:
 
     def ram_bytes(self) -> int:
         """Feature bytes + global vectors + faiss + lexical matrix (what serving holds in RAM)."""
-        import faiss
         total = self.feature_bytes()
         for idx in self.retrievers.values():
             if idx is not None:

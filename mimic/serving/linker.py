@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from mimic.data import images as imaging
-from mimic.data.formats import locate_mention
-from mimic.data.schema import Mention
-from mimic.serving.index import KBIndex
+from mimic.data.mentions import locate_mention
+from mimic.data.schema import Entity, Mention
+from mimic.models.checkpoint import load_checkpoint
 from mimic.models.linking_model import LinkingModel, entity_text, mention_text
 from mimic.models.modeling_mimic import MentionCache
+from mimic.serving.index import KBIndex
 
 MAX_SENTENCE_CHARS = 10_000
 MAX_IMAGE_PIXELS = 40_000_000     # larger images are refused (decompression-bomb guard)
@@ -127,7 +128,6 @@ class Linker:
 
     @classmethod
     def from_paths(cls, checkpoint: str | Path, index: str | Path, **kw) -> "Linker":
-        from mimic.models.checkpoint import load_checkpoint
         return cls(load_checkpoint(checkpoint), KBIndex(index), **kw)
 
     # -- input validation ------------------------------------------------------------------------
@@ -297,15 +297,15 @@ class Linker:
         L = self.model.config.text_max_length
         m_ids = tok([mtext], L)["input_ids"][0]
         m_len = int(mq.t_mask[0].sum())
-        m_tokens = _token_strings(self.model.backbone, m_ids[:m_len])
+        m_tokens = token_strings(self.model.backbone, m_ids[:m_len])
         m_grid, m_cls = self._grid(out.cmfu_mention_attention[0], bool(mq.has_image[0]))
         for j, c in enumerate(cands):
             rec = self.index.records[int(rows[j])]
-            e_ids = tok([entity_text(_entity_like(rec))], L)["input_ids"][0]
+            e_ids = tok([entity_text(entity_from_record(rec))], L)["input_ids"][0]
             e_len = int(ec.t_mask[j].sum())
             att = out.tglu_attention[j, 0, :e_len, :m_len]
             e_grid, e_cls = self._grid(out.cmfu_entity_attention[j], bool(ec.has_image[j]))
-            c.explanation = Explanation(m_tokens, _token_strings(self.model.backbone, e_ids[:e_len]),
+            c.explanation = Explanation(m_tokens, token_strings(self.model.backbone, e_ids[:e_len]),
                                         att.float().tolist(), m_grid, e_grid, m_cls, e_cls)
 
     def _grid(self, attn: torch.Tensor, has_image: bool):
@@ -369,8 +369,7 @@ def _opt(t, j) -> float | None:
     return None if v != v else v
 
 
-def _entity_like(rec: dict):
-    from mimic.data.schema import Entity
+def entity_from_record(rec: dict):
     return Entity(id=rec["id"], name=rec["name"], text=rec.get("text", ""))
 
 
@@ -387,7 +386,7 @@ def _unit_np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
-def _token_strings(backbone, ids) -> list[str]:
+def token_strings(backbone, ids) -> list[str]:
     tok = getattr(backbone, "tokenizer", None)
     if tok is None:
         return [str(int(i)) for i in ids]

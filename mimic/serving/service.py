@@ -28,11 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mimic.backbones import backbone_label
+import torch
+
+from mimic.analysis.error_analysis import analyze_linker
+from mimic.backbones import backbone_label, load_backbone
 from mimic.data.schema import Entity, KnowledgeBase
-from mimic.serving.index import KBIndex, _entity_record, model_fingerprint
+from mimic.serving.index import KBIndex, entity_record, model_fingerprint
 from mimic.serving.linker import Explanation, Linker, LinkResult
+from mimic.models.checkpoint import load_checkpoint
+from mimic.models.families import model_type_of
 from mimic.models.linking_model import LinkingModel
+from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
 
 log = logging.getLogger("mimic.serving.service")
 
@@ -129,21 +135,16 @@ class LinkingService:
     @staticmethod
     def _load(data_dir: Path, kb: KnowledgeBase, *, checkpoint, backbone, version, allowed_image_dirs, progress,
               model=None, device: str = "cpu") -> tuple[Linker, ServedModel]:
-        from mimic.models.families import model_type_of
-        from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
         if model is None and checkpoint is not None:
-            from mimic.models.checkpoint import load_checkpoint
             model = load_checkpoint(checkpoint)
         zero_shot = checkpoint is None and (model is None or getattr(model, "checkpoint_info", None) is None)
         if model is None:
-            from mimic.backbones import load_backbone
             model = zero_shot_model(load_backbone(backbone))
         model.eval()
         fp = model_fingerprint(model)           # before moving: the fingerprint names the index folder
         index_dir = data_dir / "indexes" / safe_name(("zs-" if zero_shot else "") + fp)
         index = _open_or_build_index(model, kb, index_dir, keep_global=zero_shot, progress=progress)
         if device == "auto":
-            import torch
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         lcls = ZeroShotLinker if zero_shot else Linker
@@ -180,7 +181,6 @@ class LinkingService:
 
     def analyze(self, mentions, *, dataset: str = "", model_version: str | None = None) -> list:
         """Error analysis (`mimic.analysis.error_analysis`) of the served model on mentions with gold answers."""
-        from mimic.analysis.error_analysis import analyze_linker
         with self._lock.read():
             return analyze_linker(self._linker, mentions, dataset=dataset,
                                   model_version=model_version or self.served.version)
@@ -206,10 +206,6 @@ class LinkingService:
         with self._lock.write():
             self._linker.index.upsert(self._linker.model, list(entities), progress=progress)
         return len(entities)
-
-    def delete_entities(self, ids: Sequence[str]) -> None:
-        with self._lock.write():
-            self._linker.index.delete(list(ids))
 
     # -- swaps -------------------------------------------------------------------------------------
     def swap(self, kb: KnowledgeBase, *, checkpoint: str | Path | None, version: str | None = None,
@@ -252,7 +248,7 @@ def sync_index(index: KBIndex, model: LinkingModel, kb: KnowledgeBase, progress:
     """Bring `index` in line with `kb`: encode new or changed entities, drop removed ones."""
     wanted = {e.id: e for e in kb.entities}
     changed = [e for e in kb.entities
-               if e.id not in index.position or index.records[index.position[e.id]] != _entity_record(e)]
+               if e.id not in index.position or index.records[index.position[e.id]] != entity_record(e)]
     removed = [i for i in index.ids if i not in wanted]
     if changed:
         index.upsert(model, changed, progress=progress)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from mimic.analysis.ranking import ranks_from_scores
 from mimic.serving.index import KBIndex
-from mimic.serving.linker import Candidate, Explanation, Linker, _entity_like, _token_strings
+from mimic.serving.linker import Candidate, Explanation, Linker, entity_from_record, token_strings
 from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 
 ZERO_SHOT_SEED = 0
@@ -143,7 +143,7 @@ class ZeroShotLinker(Linker):
         m_ids = self.model.backbone.tokenize([mtext], L)["input_ids"][0]
         m_mask = text.mask[qi]
         m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1).cpu()    # [Lm, D]
-        m_tokens = _token_strings(self.model.backbone, m_ids[m_mask.cpu()])
+        m_tokens = token_strings(self.model.backbone, m_ids[m_mask.cpu()])
         q_has = bool(image.has_image[qi])
         q_regions = self._regions(image.tokens[qi]).cpu() if q_has else None
         for c, (e_tokens, e_tok, e_regions) in zip(cands, feats):
@@ -167,12 +167,12 @@ class ZeroShotLinker(Linker):
         if missing:
             todo = [recs[i] for i in missing]
             imgs = load_images([r["images"][0] if r.get("images") else None for r in todo], self.model.config.mode)
-            e_text, e_img = self.model.backbone_features([entity_text(_entity_like(r)) for r in todo], imgs)
-            ids = self.model.backbone.tokenize([entity_text(_entity_like(r)) for r in todo],
+            e_text, e_img = self.model.backbone_features([entity_text(entity_from_record(r)) for r in todo], imgs)
+            ids = self.model.backbone.tokenize([entity_text(entity_from_record(r)) for r in todo],
                                                self.model.config.text_max_length)["input_ids"]
             for j, i in enumerate(missing):
                 mask = e_text.mask[j]
-                tokens = _token_strings(self.model.backbone, ids[j][mask.cpu()])
+                tokens = token_strings(self.model.backbone, ids[j][mask.cpu()])
                 tok = F.normalize(e_text.tokens[j][mask].float(), dim=-1).cpu().half()
                 regions = self._regions(e_img.tokens[j]).cpu().half() if bool(e_img.has_image[j]) else None
                 cached[keys[i]] = (tokens, tok, regions)
