@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2027-01-15
+Create Date: 2026-12-02
 
 Repairs databases written before KB images were stored by content. Every current entity row
 (`kb_entities`) whose `images` list holds a path that is not a DATA_DIR-relative path into the
