@@ -96,6 +96,10 @@ class AppContext:
     started_at: float = field(default_factory=time.time)
     startup_seconds: dict = field(default_factory=dict)
     kb_lock: threading.Lock = field(default_factory=threading.Lock)
+    # held while checking for a queued run and starting one, so a double click never queues two
+    retrain_start_lock: threading.Lock = field(default_factory=threading.Lock)
+    # analysis records by run file, read once per process (the Analysis tab's filters re-read them often)
+    analysis_records: dict[str, list] = field(default_factory=dict)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
