@@ -13,6 +13,9 @@ from .context import AppContext
 def build_app(config: AppConfig | None = None, *, progress: bool = True, model=None):
     """Start the context (store, KB, linking service) and build the Blocks.
     -> (demo, launch_kwargs, ctx)."""
+    # Here, not at the top: Gradio (13.8 s to import, measured on the shared 2-core machine) loads
+    # only when the UI is built, so `import app` stays light and app/launch.py sets Gradio's
+    # environment before it loads.
     from .ui import build_ui
     ctx = AppContext.start(config or AppConfig.from_env(), progress=progress, model=model)
     demo, launch_kwargs = build_ui(ctx)

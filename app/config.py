@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,6 @@ class AppConfig:
         """The `launch(auth=...)` callable, or None when nobody is configured to sign in."""
         if not self.users:
             return None
-        import hmac
         table = {u.name: u.password for u in self.users}
 
         def check(username: str, password: str) -> bool:

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from db import AnnotationStore, open_store
+from mimic.data.jsonl import load_jsonl_dataset
+from mimic.data.kb_files import load_kb
 from mimic.data.schema import Entity, KnowledgeBase, Mention
 from mimic.serving.service import LinkingService
+from retraining import RetrainConfig, maybe_start_retrain
 
 from .config import REPO, AppConfig
 
@@ -96,6 +99,10 @@ class AppContext:
     started_at: float = field(default_factory=time.time)
     startup_seconds: dict = field(default_factory=dict)
     kb_lock: threading.Lock = field(default_factory=threading.Lock)
+    # held while checking for a queued run and starting one, so a double click never queues two
+    retrain_start_lock: threading.Lock = field(default_factory=threading.Lock)
+    # analysis records by run file, read once per process (the Analysis tab's filters re-read them often)
+    analysis_records: dict[str, list] = field(default_factory=dict)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -213,7 +220,6 @@ class AppContext:
         return self.follow_promotion()
 
     def retrain_config(self, **overrides):
-        from retraining import RetrainConfig
         return RetrainConfig.from_env(data_dir=str(self.config.data_dir), backbone=self.config.backbone,
                                       checkpoint=self.config.checkpoint, **overrides)
 
@@ -223,7 +229,6 @@ class AppContext:
         in its own process). interval <= 0: no thread."""
         if interval <= 0:
             return None
-        from retraining import maybe_start_retrain
 
         def loop():
             while not self._stop.wait(interval):
@@ -265,8 +270,7 @@ def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
     """First start: the configured KB (the demo KB) into the database, its images copied into the
     image store by content (so exports carry them). MIMIC_KB is the operator's own setting, so its
     images may lie anywhere the operator points (a written-out dataset names absolute paths); KB
-    files uploaded in the app are confined to their folder (`handlers.import_kb_file`)."""
-    from mimic.data.kb_files import load_kb
+    files uploaded in the app are confined to their folder (`app.tabs.knowledge_base.import_kb_file`)."""
     kb, report = load_kb(config.kb_path, confine_images=False)
     log.info("first start: loading %s into the database (%s)", config.kb_path, report.summary())
     errors: list = []
@@ -279,7 +283,6 @@ def _load_examples(config: AppConfig) -> list[Mention]:
     p = config.examples_path
     if p is None or not Path(p).is_file():
         return []
-    from mimic.data.jsonl import load_jsonl_dataset
     ds = load_jsonl_dataset(Path(p).parent)
     return ds.split(Path(p).stem)
 

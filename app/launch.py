@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
+from . import build_app
+
 # On ZeroGPU `spaces` must be imported before torch (app.py does that); elsewhere the package may be
 # absent and the decorator is a no-op with the same call shapes.
 try:
@@ -24,7 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main():
-    from . import build_app
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     demo, launch_kwargs, ctx = build_app()
     ctx.service.wrap_inference(gpu(duration=60))      # ZeroGPU: a GPU slot per link; no-op elsewhere

@@ -31,7 +31,7 @@ def parse_roles(spec: str, source: str) -> tuple[str, ...]:
     roles = tuple(dict.fromkeys(r.strip() for r in spec.split(",") if r.strip()))
     bad = [r for r in roles if r not in ROLES]
     if not roles or bad:
-        from .config import ConfigError
+        from .config import ConfigError  # here: app/config.py imports this module
         raise ConfigError(f"{source} must be a comma-separated list of {', '.join(ROLES)} (got {spec!r})")
     return roles
 

@@ -181,7 +181,7 @@ def test_no_external_requests_from_the_server(studio):
 
 def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
     pg, ctx = page, studio.ctx
-    H_ = __import__("app.handlers", fromlist=["annotate_api"])
+    H_ = __import__("app.tabs.annotate", fromlist=["annotate_api"])
     H_.annotate_api(ctx, "rev", ctx.store.get_mention("example:X04").id, "entity", "D004")
     login(pg, studio, "rev")
     open_tab(pg, "Analysis")

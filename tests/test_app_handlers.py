@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers as H
+from app.common import CANDIDATE_COLUMNS, NIL, UserError, candidates_table
 from app.config import AppConfig, ConfigError, parse_users
 from app.context import WriteDenied
+from app.tabs import analysis as analysis_tab
+from app.tabs import annotate as annotate_tab
+from app.tabs import inspect_tab
+from app.tabs import knowledge_base as kb_tab
+from app.tabs import link as link_tab
+from app.tabs import models as models_tab
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
 
@@ -31,13 +37,14 @@ def test_startup_loads_demo_kb_index_and_queue(studio):
 def test_zero_shot_demo_rankings_are_meaningful(studio):
     """The demo shows meaningful rankings: zero-shot top-1 on the 48 examples far above chance (1/48)."""
     ctx = studio.ctx
-    hits = sum(H.link(ctx, m.image, m.sentence, (m.start, m.end)).top.entity_id == m.answer for m in ctx.examples)
+    hits = sum(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)).top.entity_id == m.answer
+               for m in ctx.examples)
     assert hits / len(ctx.examples) >= 0.85
 
 
 def test_link_returns_units_and_zero_shot_labels(studio):
-    r = H.link(studio.ctx, str(DEMO / "query_images" / "X01.jpg"), "Chelsea fell asleep on the windowsill again.",
-               "Chelsea")
+    r = link_tab.link(studio.ctx, str(DEMO / "query_images" / "X01.jpg"),
+                      "Chelsea fell asleep on the windowsill again.", "Chelsea")
     assert r.scoring == "zero-shot"
     top = r.top
     assert top.entity_id == "D001"
@@ -45,9 +52,9 @@ def test_link_returns_units_and_zero_shot_labels(studio):
     assert top.S_C is None                              # the offline pair has no joint space
     assert top.S == pytest.approx((top.S_T + top.S_V) / 2, abs=1e-5)
     assert top.explanation.kind == "similarity"
-    df = H.candidates_table(r)
-    assert list(df.columns) == H.CANDIDATE_COLUMNS and len(df) == len(r.candidates)
-    j = H.result_json(studio.ctx, r)
+    df = candidates_table(r)
+    assert list(df.columns) == CANDIDATE_COLUMNS and len(df) == len(r.candidates)
+    j = link_tab.result_json(studio.ctx, r)
     json.dumps(j)                                        # the /link answer is JSON-serialisable
     assert j["candidates"][0]["entity_id"] == "D001" and "explanation" not in j["candidates"][0]
 
@@ -59,27 +66,27 @@ def test_link_returns_units_and_zero_shot_labels(studio):
     ("Chelsea won again.", (5, 99), "out of range"),
 ])
 def test_link_bad_text_input(studio, sentence, mention, message):
-    with pytest.raises(H.UserError, match=message):
-        H.link(studio.ctx, None, sentence, mention)
+    with pytest.raises(UserError, match=message):
+        link_tab.link(studio.ctx, None, sentence, mention)
 
 
 def test_link_bad_images(studio, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
-    with pytest.raises(H.UserError, match="image rejected"):
-        H.link(studio.ctx, str(corrupt), "Chelsea won again.", "Chelsea")
+    with pytest.raises(UserError, match="image rejected"):
+        link_tab.link(studio.ctx, str(corrupt), "Chelsea won again.", "Chelsea")
     huge = tmp_path / "huge.png"
     Image.new("L", (8200, 6200)).save(huge)           # 50.8 megapixels, a small file
-    with pytest.raises(H.UserError, match="megapixel|pixels"):
-        H.link(studio.ctx, str(huge), "Chelsea won again.", "Chelsea")
+    with pytest.raises(UserError, match="megapixel|pixels"):
+        link_tab.link(studio.ctx, str(huge), "Chelsea won again.", "Chelsea")
 
 
 def test_save_link_stores_mention_prediction_and_annotation(studio):
     ctx = studio.ctx
     img = str(DEMO / "query_images" / "X02.jpg")
-    r = H.link(ctx, img, "We finally made it to Chelsea on Saturday.", "Chelsea")
+    r = link_tab.link(ctx, img, "We finally made it to Chelsea on Saturday.", "Chelsea")
     d = r.to_dict()
-    rec = H.save_link(ctx, "ana", d, r.top.entity_id, image=img)
+    rec = link_tab.save_link(ctx, "ana", d, r.top.entity_id, image=img)
     assert rec.annotator == "ana" and rec.decision == "entity" and rec.entity_id == r.top.entity_id
     m = ctx.store.get_mention(rec.mention_id)
     assert (m.sentence, m.mention, m.start, m.end) == (r.sentence, "Chelsea", r.start, r.end)
@@ -87,24 +94,24 @@ def test_save_link_stores_mention_prediction_and_annotation(studio):
     pred = ctx.store.predictions(rec.mention_id)[0]
     assert pred.model_version == ctx.service.served.version
     assert [c.entity_id for c in pred.candidates] == [c.entity_id for c in r.candidates]
-    nil = H.save_link(ctx, "ana", d, H.NIL, image=img)
+    nil = link_tab.save_link(ctx, "ana", d, NIL, image=img)
     assert nil.decision == "nil" and nil.mention_id == rec.mention_id
     assert ctx.store.get_annotation(rec.id).status == "superseded"
-    with pytest.raises(H.UserError, match="pick a candidate"):
-        H.save_link(ctx, "ana", d, None)
+    with pytest.raises(UserError, match="pick a candidate"):
+        link_tab.save_link(ctx, "ana", d, None)
 
 
 def test_anonymous_visitors_can_link_but_not_write(studio):
     ctx = studio.ctx
     assert not ctx.config.anonymous_writes             # users are configured: writes need a sign-in
-    r = H.link(ctx, None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea")
+    r = link_tab.link(ctx, None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea")
     assert r.candidates
     before = len(ctx.store.current_annotations())
-    for call in (lambda: H.save_link(ctx, None, r.to_dict(), r.top.entity_id),
-                 lambda: H.next_item(ctx, None), lambda: H.undo(ctx, None),
-                 lambda: H.save_entity(ctx, None, "X1", "x", "", "", None),
-                 lambda: H.annotate_api(ctx, None, 1, "nil", None)):
-        with pytest.raises(H.UserError, match="sign in"):
+    for call in (lambda: link_tab.save_link(ctx, None, r.to_dict(), r.top.entity_id),
+                 lambda: annotate_tab.next_item(ctx, None), lambda: annotate_tab.undo(ctx, None),
+                 lambda: kb_tab.save_entity(ctx, None, "X1", "x", "", "", None),
+                 lambda: annotate_tab.annotate_api(ctx, None, 1, "nil", None)):
+        with pytest.raises(UserError, match="sign in"):
             call()
     assert len(ctx.store.current_annotations()) == before
     with pytest.raises(WriteDenied):
@@ -113,49 +120,49 @@ def test_anonymous_visitors_can_link_but_not_write(studio):
 
 def test_annotate_queue_submit_skip_undo(studio):
     ctx = studio.ctx
-    decided_before = H.annotator_counts(ctx, "bob")["decided"]    # other tests may have annotated as bob
-    item = H.next_item(ctx, "bob")
+    decided_before = annotate_tab.annotator_counts(ctx, "bob")["decided"]    # other tests may have annotated as bob
+    item = annotate_tab.next_item(ctx, "bob")
     assert item is not None and item.prediction is not None
     margins = [m.margin for m in ctx.store.peek_queue("bob", 5) if m.margin is not None]
     assert item.mention.margin <= min(margins)         # most uncertain first
-    assert H.next_item(ctx, "bob").mention.id == item.mention.id   # leased: asking again returns it
+    assert annotate_tab.next_item(ctx, "bob").mention.id == item.mention.id   # leased: asking again returns it
     top = item.prediction.candidates[0].entity_id
-    rec = H.annotate(ctx, "bob", item.mention.id, top, seconds_spent=2.5)
+    rec = annotate_tab.annotate(ctx, "bob", item.mention.id, top, seconds_spent=2.5)
     assert rec.entity_id == top and rec.seconds_spent == 2.5
-    nxt = H.next_item(ctx, "bob")
+    nxt = annotate_tab.next_item(ctx, "bob")
     assert nxt.mention.id != item.mention.id
-    H.skip(ctx, "bob", nxt.mention.id)
-    assert H.next_item(ctx, "bob").mention.id != nxt.mention.id    # skipped items come back last
-    undone = H.undo(ctx, "bob")
+    annotate_tab.skip(ctx, "bob", nxt.mention.id)
+    assert annotate_tab.next_item(ctx, "bob").mention.id != nxt.mention.id    # skipped items come back last
+    undone = annotate_tab.undo(ctx, "bob")
     assert undone is not None and undone.decision == "skip"
-    undone = H.undo(ctx, "bob")
+    undone = annotate_tab.undo(ctx, "bob")
     assert undone.id == rec.id and ctx.store.get_annotation(rec.id).status == "undone"
-    counts = H.annotator_counts(ctx, "bob")
+    counts = annotate_tab.annotator_counts(ctx, "bob")
     assert counts["annotator"] == "bob" and counts["decided"] == decided_before and counts["mentions"] >= 48
-    with pytest.raises(H.UserError, match="pick a candidate"):
-        H.annotate(ctx, "bob", item.mention.id, "")
+    with pytest.raises(UserError, match="pick a candidate"):
+        annotate_tab.annotate(ctx, "bob", item.mention.id, "")
 
 
 def test_annotate_api_rules(studio):
     ctx = studio.ctx
     mid = ctx.store.get_mention("example:X05").id
-    ann_id = H.annotate_api(ctx, "ana", mid, "entity", "D008", "ana")
+    ann_id = annotate_tab.annotate_api(ctx, "ana", mid, "entity", "D008", "ana")
     a = ctx.store.get_annotation(ann_id)
     assert (a.annotator, a.decision, a.entity_id, a.mention_id) == ("ana", "entity", "D008", mid)
-    with pytest.raises(H.UserError, match="cannot store annotations for 'bob'"):
-        H.annotate_api(ctx, "ana", mid, "nil", None, "bob")
-    with pytest.raises(H.UserError, match="decision must be"):
-        H.annotate_api(ctx, "ana", mid, "maybe", None)
-    with pytest.raises(H.UserError, match="unknown entity|not in the knowledge base"):
-        H.annotate_api(ctx, "ana", mid, "entity", "NOPE")
+    with pytest.raises(UserError, match="cannot store annotations for 'bob'"):
+        annotate_tab.annotate_api(ctx, "ana", mid, "nil", None, "bob")
+    with pytest.raises(UserError, match="decision must be"):
+        annotate_tab.annotate_api(ctx, "ana", mid, "maybe", None)
+    with pytest.raises(UserError, match="unknown entity|not in the knowledge base"):
+        annotate_tab.annotate_api(ctx, "ana", mid, "entity", "NOPE")
 
 
 def test_inspect_top_and_on_demand_candidate(studio):
     ctx = studio.ctx
     img = str(DEMO / "query_images" / "X01.jpg")
-    r = H.link(ctx, img, "Chelsea fell asleep on the windowsill again.", "Chelsea")
+    r = link_tab.link(ctx, img, "Chelsea fell asleep on the windowsill again.", "Chelsea")
     d = r.to_dict()
-    v = H.inspect(ctx, d, img, "D001")
+    v = inspect_tab.inspect_candidate(ctx, d, img, "D001")
     e = d["candidates"][0]["explanation"]
     assert v.heatmap.data[0].z.shape == (len(e["entity_tokens"]), len(e["mention_tokens"]))
     assert "[PAD]" not in e["mention_tokens"] and "[PAD]" not in e["entity_tokens"]
@@ -169,13 +176,13 @@ def test_inspect_top_and_on_demand_candidate(studio):
     # a candidate beyond the explained top 3 is explained on demand, on the same colour scale
     far = d["candidates"][6]
     assert far.get("explanation") is None
-    v2 = H.inspect(ctx, d, img, far["entity_id"])
+    v2 = inspect_tab.inspect_candidate(ctx, d, img, far["entity_id"])
     assert d["candidates"][6]["explanation"] is not None
     assert v2.data["patch_map_range"] != [0.0, 1.0]
     bars = v2.bars.data[0]
     assert list(bars.y)[3] == pytest.approx(far["S"])
-    with pytest.raises(H.UserError, match="link a mention first"):
-        H.inspect(ctx, None, None, "D001")
+    with pytest.raises(UserError, match="link a mention first"):
+        inspect_tab.inspect_candidate(ctx, None, None, "D001")
 
 
 def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
@@ -185,25 +192,26 @@ def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
     n0 = len(ctx.service)
     photo = tmp_path / "zorblax.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(photo)
-    rec = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse on a basalt cliff.",
+    rec = kb_tab.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse on a basalt cliff.",
                         "Zorb | The Zorblax", [str(photo)])
     assert rec.version == 1 and rec.aliases == ["Zorb", "The Zorblax"] and len(rec.images) == 1
     assert len(ctx.service) == n0 + 1
     assert idx.manifest["segments"][:len(segments)] == segments and len(idx.manifest["segments"]) == len(segments) + 1
-    r = H.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")
+    r = link_tab.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")
     assert r.top.entity_id == "Z900"
-    rec2 = H.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb", None)
+    rec2 = kb_tab.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb",
+                              None)
     assert rec2.version == 2 and rec2.images == rec.images          # kept its image
     assert ctx.service.entity("Z900")["text"].endswith("now a museum.")
-    again = H.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")   # cached explanation features
+    again = link_tab.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")   # cached explanation features
     assert "museum" in again.top.explanation.entity_tokens                       # follow the edit
-    assert H.search_kb(ctx, "zorb")[0].id == "Z900"
-    with pytest.raises(H.UserError, match="needs a name"):
-        H.save_entity(ctx, "rev", "Z901", " ", "", "", None)
+    assert kb_tab.search_kb(ctx, "zorb")[0].id == "Z900"
+    with pytest.raises(UserError, match="needs a name"):
+        kb_tab.save_entity(ctx, "rev", "Z901", " ", "", "", None)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(H.UserError):
-        H.save_entity(ctx, "rev", "Z902", "Bad", "", "", [str(bad)])
+    with pytest.raises(UserError):
+        kb_tab.save_entity(ctx, "rev", "Z902", "Bad", "", "", [str(bad)])
     assert ctx.service.entity("Z902") is None
 
 
@@ -213,33 +221,33 @@ def test_kb_import_reports_rejected_rows(studio, tmp_path):
     csv.write_text("id,name,text\nQ1,Quokka Island,A small island\nQ2,,no name here\nQ1,Duplicate,again\n"
                    "Q3,Quill,A writing pen\n", encoding="utf-8")
     steps = []
-    rep = H.import_kb_file(ctx, "rev", str(csv), progress=lambda f, desc="": steps.append(f))
+    rep = kb_tab.import_kb_file(ctx, "rev", str(csv), progress=lambda f, desc="": steps.append(f))
     assert rep["imported"] == 2 and rep["loaded"] == 2
     assert rep["rejected"] and {r.get("id") for r in rep["rejected"]} >= {"Q1"}
     assert steps and steps[-1] == pytest.approx(1.0)
     assert ctx.service.entity("Q3")["name"] == "Quill" and ctx.store.get_entity("Q1").name == "Quokka Island"
-    with pytest.raises(H.UserError, match="cannot import"):
-        H.import_kb_file(ctx, "rev", str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match="cannot import"):
+        kb_tab.import_kb_file(ctx, "rev", str(tmp_path / "missing.jsonl"))
 
 
 def test_exports_and_model_tables(studio):
     ctx = studio.ctx
     mid = ctx.store.get_mention("example:X07").id
-    H.annotate_api(ctx, "rev", mid, "entity", "D010")
-    with pytest.raises(H.UserError, match="sign in"):
-        H.export(ctx, "jsonl")                                   # anonymous visitors get no data
-    p = H.export(ctx, "jsonl", "rev")
+    annotate_tab.annotate_api(ctx, "rev", mid, "entity", "D010")
+    with pytest.raises(UserError, match="sign in"):
+        models_tab.export(ctx, "jsonl")                                   # anonymous visitors get no data
+    p = models_tab.export(ctx, "jsonl", "rev")
     rows = [json.loads(line) for line in Path(p).read_text().splitlines()]
     assert any(r.get("annotator") == "rev" and r.get("entity_id") == "D010" for r in rows)
-    assert Path(H.export(ctx, "csv", "rev")).read_text().count("\n") == len(rows) + 1
-    z = zipfile.ZipFile(H.export(ctx, "training", "rev"))
+    assert Path(models_tab.export(ctx, "csv", "rev")).read_text().count("\n") == len(rows) + 1
+    z = zipfile.ZipFile(models_tab.export(ctx, "training", "rev"))
     assert any(n.endswith("kb_entity.json") for n in z.namelist())
-    with pytest.raises(H.UserError, match="export format"):
-        H.export(ctx, "xml", "rev")
-    mv = H.model_versions(ctx)
+    with pytest.raises(UserError, match="export format"):
+        models_tab.export(ctx, "xml", "rev")
+    mv = models_tab.model_versions(ctx)
     assert (mv["status"] == "serving").sum() == 1 and mv.loc[mv["status"] == "serving", "version"].iloc[0] == \
         ctx.service.served.version
-    corr, ov = H.corrections_summary(ctx)
+    corr, ov = models_tab.corrections_summary(ctx)
     assert set(corr["annotator"]) >= {"ana", "rev"} and ov["mentions"] >= 48 and "agreement" in ov
 
 
@@ -250,12 +258,12 @@ def test_version_summary_reads_a_run_and_tolerates_anything_else():
          "train": {"epochs": 2, "device": "cuda", "bf16": True, "freeze_backbone": False, "seconds": 31.2,
                    "samples_per_second": [500.0, 861.4]},
          "decision": {"reason": "promoted: held-out MRR 0.500 -> 0.750"}}
-    mrr, dev, trained, decision = H.version_summary(m)
+    mrr, dev, trained, decision = models_tab.version_summary(m)
     assert (mrr, dev) == ("0.500 → 0.750", "0.700 → 0.690")
     assert trained == "30 corrections + 100 base, 2 epoch(s) on cuda bf16, backbone trained, 31 s, 861 samples/s"
     assert decision.startswith("promoted")
-    assert H.version_summary(None) == ["", "", "", ""]
-    assert H.version_summary({"train": "odd", "serving": [], "decision": 3}) == ["", "", "", ""]
+    assert models_tab.version_summary(None) == ["", "", "", ""]
+    assert models_tab.version_summary({"train": "odd", "serving": [], "decision": 3}) == ["", "", "", ""]
 
 
 def test_config_parsing():
@@ -296,7 +304,7 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
         d = ctx.service.describe()
         assert d["scoring"] == "model" and d["version"] == "ckpt" and d["entities"] == len(synthetic_dataset.kb)
         m = next(x for x in synthetic_dataset.splits[split] if x.image)
-        r = H.link(ctx, m.image, m.sentence, m.mention)
+        r = link_tab.link(ctx, m.image, m.sentence, m.mention)
         assert r.scoring == "model"
         top = r.top
         assert None not in (top.S_T, top.S_V, top.S_C)
@@ -309,7 +317,7 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
         side = ctx.service.linker.patch_grid
         assert side > 1 and np.asarray(e.cmfu_mention_grid).shape == (side, side)
         assert np.asarray(e.cmfu_entity_grid).shape == (side, side)
-        v = H.inspect(ctx, r.to_dict(), m.image, top.entity_id)
+        v = inspect_tab.inspect_candidate(ctx, r.to_dict(), m.image, top.entity_id)
         assert "TGLU attention" in v.heatmap.layout.title.text and v.mention_overlay is not None
         assert "Unit scores" in v.bars.layout.title.text and "(TGLU)" in v.bars.data[0].x[0]
     finally:
@@ -340,37 +348,37 @@ def test_analysis_of_the_corrections(studio):
     from mimic.analysis.records import LABELS
     ctx = studio.ctx
     # two corrections with known golds: X01's gold (the cat) and a NIL for X03
-    H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")
-    H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X03").id, "nil", None)
-    mentions, source = H.corrections_as_mentions(ctx)
+    annotate_tab.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")
+    annotate_tab.annotate_api(ctx, "rev", ctx.store.get_mention("example:X03").id, "nil", None)
+    mentions, source = analysis_tab.corrections_as_mentions(ctx)
     by_id = {m.id: m for m in mentions}
     assert by_id["example:X01"].answer == "D001" and by_id["example:X03"].answer is None
     assert source["example:X01"] == "examples"
-    with pytest.raises(H.UserError, match="sign in"):
-        H.analyze_corrections(ctx)
-    path = H.analyze_corrections(ctx, "rev")
+    with pytest.raises(UserError, match="sign in"):
+        analysis_tab.analyze_corrections(ctx)
+    path = analysis_tab.analyze_corrections(ctx, "rev")
     assert Path(path).is_file() and Path(path).parent == ctx.config.data_dir / "analysis"
-    recs = {r.mention_id: r for r in H.load_analysis(ctx, path)}
+    recs = {r.mention_id: r for r in analysis_tab.load_analysis(ctx, path)}
     assert len(recs) == len(mentions)
     assert recs["example:X01"].label == "correct" and recs["example:X01"].gold_rank == 1
     assert recs["example:X03"].label == "missed_nil"            # zero-shot never answers NIL
     assert all(r.label in LABELS for r in recs.values())
-    v = H.analysis_view(ctx, path)
+    v = analysis_tab.analysis_view(ctx, path)
     assert v.summary["mentions"] == len(recs) and set(v.figures) == {"labels", "recall", "units", "reliability"}
     assert len(v.table) == len(recs) and Path(v.csv_path).read_text().count("\n") == len(recs) + 1
-    only = H.analysis_view(ctx, path, labels=["missed_nil"])
+    only = analysis_tab.analysis_view(ctx, path, labels=["missed_nil"])
     assert len(only.table) == v.summary["labels"]["missed_nil"] and set(only.table["label"]) == {"missed_nil"}
-    with_img = H.analysis_view(ctx, path, has_image="with image")
+    with_img = analysis_tab.analysis_view(ctx, path, has_image="with image")
     assert len(with_img.table) == sum(r.has_image for r in recs.values())
-    m = H.analysis_mention(ctx, path, "example:X01")
+    m = analysis_tab.analysis_mention(ctx, path, "example:X01")
     assert m["image"] and m["gold"] == "D001" and (m["start"], m["end"]) == (0, 7)
     # a second run after one more correction: the comparison matches mentions across runs
-    H.annotate_api(ctx, "rev", ctx.store.get_mention("example:X02").id, "entity", "D003")
-    path2 = H.analyze_corrections(ctx, "rev")
-    assert path2 != path and [p for _, p in H.analysis_runs(ctx)][:2] == sorted([path, path2], reverse=True)
-    cmp, table, csv, fig = H.analysis_compare(ctx, path, path2)
+    annotate_tab.annotate_api(ctx, "rev", ctx.store.get_mention("example:X02").id, "entity", "D003")
+    path2 = analysis_tab.analyze_corrections(ctx, "rev")
+    assert path2 != path and [p for _, p in analysis_tab.analysis_runs(ctx)][:2] == sorted([path, path2], reverse=True)
+    cmp, table, csv, fig = analysis_tab.analysis_compare(ctx, path, path2)
     assert cmp["counts"]["fixed"] == 0 and cmp["counts"]["new_error"] == 0     # same model both times
     assert [r["mention_id"] for r in cmp["only_in_b"]] == ["example:X02"] and not cmp["only_in_a"]
     assert Path(csv).is_file() and len(table) == sum(cmp["counts"].values())
-    with pytest.raises(H.UserError, match="choose two"):
-        H.analysis_compare(ctx, path, "")
+    with pytest.raises(UserError, match="choose two"):
+        analysis_tab.analysis_compare(ctx, path, "")

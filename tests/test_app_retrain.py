@@ -4,15 +4,17 @@ is one action. Tiny random CLIP, synthetic corrections, CPU."""
 from __future__ import annotations
 
 import json
-
 import threading
 import time
 
 import pytest
 
-from app import handlers as H
+from app.common import UserError
 from app.config import AppConfig
 from app.context import AppContext
+from app.tabs import annotate as annotate_tab
+from app.tabs import link as link_tab
+from app.tabs import models as models_tab
 
 
 @pytest.fixture()
@@ -32,7 +34,7 @@ def retrain_app(tmp_path, tiny_clip_dir, synthetic_dataset):
 def _wait_for_run(ctx, run_id, timeout=300):
     t0, offset, log = time.time(), 0, ""
     while time.time() - t0 < timeout:
-        prog, text, offset = H.retrain_status(ctx, run_id, offset)
+        prog, text, offset = models_tab.retrain_status(ctx, run_id, offset)
         log += text
         if prog.get("status") in ("succeeded", "failed", "cancelled") or prog.get("alive") is False:
             return prog, log
@@ -49,21 +51,21 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
     # corrections: the reviewer confirms the gold of every example mention
     examples = {m.id: m for m in ctx.examples}
     for mid, m in examples.items():
-        H.annotate_api(ctx, "rev", ctx.store.get_mention(f"example:{mid}").id, "entity", m.answer)
-    with pytest.raises(H.UserError, match="needs the role"):
-        H.start_retrain(ctx, "ana")                                # annotators cannot start a job
-    with pytest.raises(H.UserError, match="sign in"):
-        H.start_retrain(ctx, None)
+        annotate_tab.annotate_api(ctx, "rev", ctx.store.get_mention(f"example:{mid}").id, "entity", m.answer)
+    with pytest.raises(UserError, match="needs the role"):
+        models_tab.start_retrain(ctx, "ana")                                # annotators cannot start a job
+    with pytest.raises(UserError, match="sign in"):
+        models_tab.start_retrain(ctx, None)
     # promotion forced by the thresholds: the rule itself is tested in tests/test_retrain.py
-    run_id = H.start_retrain(ctx, "rev", epochs=2, batch_size=16, min_mrr_delta=-1.0, max_dev_h1_drop=1.0)
-    with pytest.raises(H.UserError, match="another retraining run"):
-        H.start_retrain(ctx, "rev")                                # one job at a time
+    run_id = models_tab.start_retrain(ctx, "rev", epochs=2, batch_size=16, min_mrr_delta=-1.0, max_dev_h1_drop=1.0)
+    with pytest.raises(UserError, match="another retraining run"):
+        models_tab.start_retrain(ctx, "rev")                                # one job at a time
     prog, log = _wait_for_run(ctx, run_id)
     assert prog["status"] == "succeeded", log[-3000:]
     run = ctx.store.get_training_run(run_id)
     new = run.output_model_version
     assert new and ctx.store.promoted_model_version().name == new
-    assert H.training_runs(ctx)["run"].iloc[0] == run_id
+    assert models_tab.training_runs(ctx)["run"].iloc[0] == run_id
     # hot swap: links keep being answered while the new model and its index load
     seen, errors = [], []
     stop = threading.Event()
@@ -72,7 +74,7 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
         m = next(iter(examples.values()))
         while not stop.is_set():
             try:
-                seen.append(H.link(ctx, m.image, m.sentence, m.mention).scoring)
+                seen.append(link_tab.link(ctx, m.image, m.sentence, m.mention).scoring)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
     t = threading.Thread(target=keep_linking)
@@ -88,17 +90,18 @@ def test_retrain_from_the_app_then_hot_swap_and_rollback(retrain_app):
     assert not errors and seen and seen[-1] == "model"
     assert seen == sorted(seen, key=lambda s: s == "model")        # old model until the switch, then new
     assert ctx.service.served.version == new and ctx.service.served.scoring == "model"
-    r = H.link(ctx, None, ds.splits[sorted(ds.splits)[0]][0].sentence, ds.splits[sorted(ds.splits)[0]][0].mention)
+    first = ds.splits[sorted(ds.splits)[0]][0]
+    r = link_tab.link(ctx, None, first.sentence, first.mention)
     assert r.scoring == "model" and r.top.explanation.kind == "attention"
-    mv = H.model_versions(ctx)
+    mv = models_tab.model_versions(ctx)
     assert new in mv.query("status == 'serving'")["version"].tolist()
     row = mv[mv["version"] == new].iloc[0]
     assert " → " in row["held-out MRR (serving → this)"] and "corrections" in row["trained"]
     assert row["decision"].startswith("promoted") and json.loads(row["metrics"])["version"] == new
     # rollback is one action (admins only)
-    with pytest.raises(H.UserError, match="needs the role"):
-        H.serve_version(ctx, "ana", zero)
-    assert H.serve_version(ctx, "rev", zero) == zero
+    with pytest.raises(UserError, match="needs the role"):
+        models_tab.serve_version(ctx, "ana", zero)
+    assert models_tab.serve_version(ctx, "rev", zero) == zero
     assert ctx.service.served.scoring == "zero-shot" and ctx.store.promoted_model_version().name == zero
     assert ctx.follow_promotion() is None                          # nothing to do: already serving it
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.handlers import corrections_as_mentions
+from app.tabs.analysis import corrections_as_mentions
 from db import open_store
 
 

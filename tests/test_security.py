@@ -16,9 +16,13 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from app import handlers as H
+from app.common import UserError
 from app.config import REPO, AppConfig, ConfigError, User
 from app.context import knowledge_base, resolve_image
+from app.tabs import inspect_tab
+from app.tabs import knowledge_base as kb_tab
+from app.tabs import link as link_tab
+from app.tabs import models as models_tab
 
 ASSET_IMAGE = REPO / "assets" / "demo_kb" / "images" / "chelsea.jpg"
 PASSWD = Path("/etc/passwd")
@@ -40,7 +44,7 @@ def _secret_bytes() -> list[bytes]:
 
 
 def _export_bytes(ctx) -> bytes:
-    z = zipfile.ZipFile(H.export(ctx, "training", "rev"))
+    z = zipfile.ZipFile(models_tab.export(ctx, "training", "rev"))
     return b"".join(z.read(n) for n in z.namelist())
 
 
@@ -60,7 +64,7 @@ def test_kb_import_refuses_images_outside_the_kb_folder(studio, tmp_path):
             {"id": "S_URL", "name": "x", "images": ["http://169.254.169.254/latest/meta-data"]},
             {"id": "S_OK", "name": "Safe entity", "images": ["ok.png"]}]
     (kbdir / "kb.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    rep = H.import_kb_file(ctx, "rev", str(kbdir / "kb.jsonl"))
+    rep = kb_tab.import_kb_file(ctx, "rev", str(kbdir / "kb.jsonl"))
     bad = {"S_ENV", "S_PW", "S_UP", "S_ABS", "S_LINK", "S_URL"}
     reasons = {r["id"]: r["reason"] for r in rep["rejected"]}
     assert set(reasons) == bad and rep["imported"] == 1
@@ -149,7 +153,7 @@ def test_file_route_serves_only_images_and_assets(studio):
     ctx = studio.ctx
     s = _login(studio, "ana")
     st = ctx.store.settings
-    refused = [st.sqlite_path, Path(str(st.sqlite_path) + "-wal"), st.journal_path, REPO / "app" / "handlers.py",
+    refused = [st.sqlite_path, Path(str(st.sqlite_path) + "-wal"), st.journal_path, REPO / "app" / "common.py",
                REPO / "db" / "store.py", PASSWD]
     for p in refused:
         r = s.get(studio.url + f"gradio_api/file={p}")
@@ -178,35 +182,35 @@ def test_planted_paths_never_reach_a_component(studio):
 
 # -- finding 3: a bad entity image does not break Link -------------------------------------------------
 def test_link_answers_with_a_planted_entity_in_the_top_10(studio):
-    from app.ui import _gallery
+    from app.common import candidate_gallery as _gallery
     ctx = studio.ctx
     _plant(ctx.store.engine, "Q_PLANT", [str(PASSWD), str(ctx.store.settings.sqlite_path)], name="Zqxplanted")
     with ctx.kb_lock:
         ctx.service.sync_kb(knowledge_base(ctx.store, ctx.config.data_dir))
-    r = H.link(ctx, str(ASSET_IMAGE), "We met Zqxplanted near Chelsea.", "Zqxplanted")
+    r = link_tab.link(ctx, str(ASSET_IMAGE), "We met Zqxplanted near Chelsea.", "Zqxplanted")
     d = r.to_dict()
     assert d["candidates"][0]["entity_id"] == "Q_PLANT" and d["candidates"][0]["images"] == []
     gal = _gallery(ctx, d["candidates"])
     assert gal and all(str(PASSWD) not in g[0] and "annotations.db" not in g[0] for g in gal)
-    view = H.inspect(ctx, d, str(ASSET_IMAGE), "Q_PLANT")
+    view = inspect_tab.inspect_candidate(ctx, d, str(ASSET_IMAGE), "Q_PLANT")
     assert view.entity_overlay is None
-    assert H.entity_images(ctx, ctx.store.get_entity("Q_PLANT")) == []
+    assert kb_tab.entity_images(ctx, ctx.store.get_entity("Q_PLANT")) == []
 
 
 # -- finding 4: roles ----------------------------------------------------------------------------------
 def test_annotators_cannot_edit_or_import_the_kb(studio, tmp_path):
     ctx = studio.ctx
-    with pytest.raises(H.UserError, match="needs the role reviewer or admin"):
-        H.save_entity(ctx, "ana", "D001", "Renamed by ana", "", "", None)
+    with pytest.raises(UserError, match="needs the role reviewer or admin"):
+        kb_tab.save_entity(ctx, "ana", "D001", "Renamed by ana", "", "", None)
     assert ctx.store.get_entity("D001").name == "Chelsea"
     kb = tmp_path / "kb.jsonl"
     kb.write_text(json.dumps({"id": "R_ANA", "name": "by ana"}) + "\n")
-    with pytest.raises(H.UserError, match="needs the role"):
-        H.import_kb_file(ctx, "ana", str(kb))
-    with pytest.raises(H.UserError, match="sign in"):
-        H.import_kb_file(ctx, None, str(kb))
-    assert H.import_kb_file(ctx, "rev", str(kb))["imported"] == 1                   # a reviewer may
-    rec = H.save_entity(ctx, "rev", "R_ANA", "by rev", "", "", None)
+    with pytest.raises(UserError, match="needs the role"):
+        kb_tab.import_kb_file(ctx, "ana", str(kb))
+    with pytest.raises(UserError, match="sign in"):
+        kb_tab.import_kb_file(ctx, None, str(kb))
+    assert kb_tab.import_kb_file(ctx, "rev", str(kb))["imported"] == 1                   # a reviewer may
+    rec = kb_tab.save_entity(ctx, "rev", "R_ANA", "by rev", "", "", None)
     assert rec.name == "by rev"
 
 
@@ -251,13 +255,13 @@ def test_retrain_and_serve_need_an_admin(studio):
     ctx = studio.ctx
     v = ctx.service.served.version
     for who in ("ana", "rev"):
-        with pytest.raises(H.UserError, match="needs the role admin"):
-            H.start_retrain(ctx, who)
-        with pytest.raises(H.UserError, match="needs the role admin"):
-            H.serve_version(ctx, who, v)
+        with pytest.raises(UserError, match="needs the role admin"):
+            models_tab.start_retrain(ctx, who)
+        with pytest.raises(UserError, match="needs the role admin"):
+            models_tab.serve_version(ctx, who, v)
     ctx.config.users.append(User("boss", "boss-pw", "admin"))
     try:
-        assert H.serve_version(ctx, "boss", v) == v
+        assert models_tab.serve_version(ctx, "boss", v) == v
     finally:
         ctx.config.users.pop()
 

@@ -1,0 +1,56 @@
+"""The documented API: `/link`, `/annotate` and `/export`, on hidden components (gradio_client and
+the API page call them by name). Their signatures and docstrings are the API's documentation."""
+from __future__ import annotations
+
+import gradio as gr
+
+from .common import Shared, UserError, username_of
+from .context import AppContext
+from .tabs import annotate as annotate_tab
+from .tabs import link as link_tab
+from .tabs import models as models_tab
+
+
+def build(ctx: AppContext, shared: Shared) -> None:
+    with gr.Column(visible=False):
+        image = link_tab.MentionImage(type="filepath")
+        sentence, mention = gr.Textbox(), gr.Textbox()
+        link_out = gr.JSON()
+        link_button = gr.Button()
+        mention_id, decision, entity, annotator = gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox()
+        annotate_out = gr.Number()
+        annotate_button = gr.Button()
+        fmt = gr.Textbox()
+        export_file = gr.File()
+        export_button = gr.Button()
+
+    def api_link(image: str | None, sentence: str, mention: str) -> dict:
+        """Link a mention. image: optional image file; sentence: the text; mention: the mention string
+        (it must occur in the sentence). Returns the ranked candidates with S, S_T, S_V, S_C, margin."""
+        try:
+            r = link_tab.link(ctx, image, sentence, mention)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return link_tab.result_json(ctx, r)
+
+    def api_annotate(mention_id: str, decision: str, entity_id: str, annotator: str,
+                     request: gr.Request) -> float:
+        """Store a decision (entity | nil | ambiguous | skip) for a stored mention (id or uid).
+        annotator must be the signed-in user (or empty). Returns the stored annotation id."""
+        try:
+            return annotate_tab.annotate_api(ctx, username_of(request), mention_id, decision, entity_id or None,
+                                             annotator or None)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def api_export(fmt: str, request: gr.Request) -> str:
+        """Export the current decisions: jsonl | csv | training (zip of the training layout)."""
+        try:
+            return models_tab.export(ctx, fmt, username_of(request))
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    link_button.click(api_link, [image, sentence, mention], link_out, api_name="link", **shared.inference)
+    annotate_button.click(api_annotate, [mention_id, decision, entity, annotator], annotate_out,
+                          api_name="annotate", **shared.db_queue)
+    export_button.click(api_export, fmt, export_file, api_name="export", **shared.db_queue)

@@ -1,0 +1,143 @@
+"""What the tabs share: the user-error rule, the signed-in name, status messages, the header, the
+candidate list (table, decision choices, gallery), the visibility of UI-only events, and `Shared`,
+the components and queues that more than one tab reads or writes.
+
+Layer rule: the app wires UI to `mimic` and `db`; model and storage logic stays there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import gradio as gr
+import pandas as pd
+
+from db import StoreError
+from mimic.serving.linker import LinkInputError, LinkResult
+
+from .context import AppContext, WriteDenied, resolve_image
+
+# UI-only events stay out of the API page and the client; `/link`, `/annotate` and `/export`
+# (app/api.py) are the documented endpoints.
+PRIVATE = dict(api_visibility="private")
+
+CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
+DECISIONS = ("entity", "nil", "ambiguous")
+NIL, AMBIGUOUS = "__NIL__", "__AMBIGUOUS__"
+
+
+class UserError(ValueError):
+    """Bad input or a refused action; the message is shown to the user as it is."""
+
+
+def user_errors(fn):
+    """Turn the library's input, store and permission errors into `UserError` (shown as they are)."""
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (LinkInputError, StoreError, WriteDenied) as exc:
+            raise UserError(str(exc)) from None
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+def rounded(v, nd=4):
+    """A score for display: rounded, None for a missing or NaN one."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), nd)
+
+
+@dataclass
+class Shared:
+    """What more than one tab uses; built by app/ui.py before the tabs."""
+    demo: gr.Blocks
+    header: gr.Markdown
+    tabs: gr.Tabs
+    link_state: gr.State           # last LinkResult as a dict (with explanations)
+    link_image_state: gr.State     # the image path of that link
+    candidate_picker: gr.Dropdown  # rendered in Inspect, filled by every link
+    inference: dict                # queue of link/inspect events (MIMIC_INFERENCE_CONCURRENCY at once)
+    db_queue: dict                 # queue of writes (one at a time)
+
+
+def username_of(request: gr.Request | None) -> str | None:
+    """The signed-in name: basic auth (`launch(auth=...)`) or Hugging Face OAuth."""
+    if request is None:
+        return None
+    if getattr(request, "username", None):
+        return request.username
+    try:
+        info = request.session.get("oauth_info") or {}
+        return (info.get("userinfo") or {}).get("preferred_username")
+    except (AssertionError, AttributeError, RuntimeError):   # no session middleware: OAuth is off
+        return None
+
+
+def message(text: str, kind: str = "info") -> str:
+    label = {"info": "", "ok": "**OK** · ", "error": "**Error:** "}[kind]
+    return f"{label}{text}"
+
+
+def upload_path(file) -> str | None:
+    """The server path of a gr.File value (a path, or a file object with `.name`)."""
+    return file if isinstance(file, str) else getattr(file, "name", None)
+
+
+def header_markdown(ctx: AppContext) -> str:
+    d = ctx.service.describe()
+    loc = ctx.store.location
+    parts = [f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
+             f"{d['entities']} entities · data in `{loc.data_dir}`"]
+    if d["scoring"] == "zero-shot":
+        parts.append("> **Zero-shot ranking.** No trained checkpoint is loaded: candidates are ranked by the "
+                     "backbone's own similarities (text cosine, image cosine), not by trained MIMIC units. "
+                     "S_T/S_V/S_C below are those similarities; maps in Inspect are similarities, not attention. "
+                     "Serve a trained checkpoint with `MIMIC_CHECKPOINT` for MIMIC's scores and attention.")
+    if loc.ephemeral or loc.warnings:
+        parts.append("> ⚠️ **Storage:** " + " ".join(loc.warnings or ["this location does not survive a restart"]))
+    return "\n\n".join(parts)
+
+
+# -- the candidate list (Link and Annotate) --------------------------------------------------------
+def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
+    if result is None:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    cands = result["candidates"] if isinstance(result, dict) else [asdict(c) for c in result.candidates]
+    rows = [[c["rank"], c["name"], c["entity_id"], rounded(c["S"]), rounded(c["S_T"]), rounded(c["S_V"]),
+             rounded(c["S_C"]), rounded(c["margin"]), ", ".join(c["retrievers"])] for c in cands]
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+
+
+def choice_value(decision: str, entity_id: str | None = None) -> str:
+    return {"nil": NIL, "ambiguous": AMBIGUOUS}.get(decision, entity_id or "")
+
+
+def parse_choice(choice: str | None) -> tuple[str, str | None]:
+    """Radio value -> (decision, entity_id)."""
+    if not choice:
+        raise UserError("pick a candidate, NIL (not in the list) or ambiguous first")
+    if choice == NIL:
+        return "nil", None
+    if choice == AMBIGUOUS:
+        return "ambiguous", None
+    return "entity", choice
+
+
+def candidate_label(i: int, c: dict) -> str:
+    key = f"{i + 1} · " if i < 9 else ""       # keys 1-9 pick a candidate (static/keyboard.html)
+    return f"{key}{c['name']} ({c['entity_id']}) S={c['S']:.3f}"
+
+
+def decision_choices(cands: list[dict]) -> list[tuple[str, str]]:
+    """The decision radio's choices: the candidates, then NIL and ambiguous."""
+    ch = [(candidate_label(i, c), c["entity_id"]) for i, c in enumerate(cands)]
+    return ch + [("0 / N · NIL: not in the list", NIL), ("A · ambiguous", AMBIGUOUS)]
+
+
+def candidate_gallery(ctx: AppContext, cands: list[dict]) -> list[tuple[str, str]]:
+    """(image, caption) of each candidate's first image that may be served; the others are dropped."""
+    out = []
+    for c in cands:
+        img = resolve_image((c.get("images") or [None])[0], ctx.config.data_dir)   # None: not servable, dropped
+        if img:
+            out.append((img, f"{c['rank']}. {c['name']} ({c['entity_id']})"))
+    return out
