@@ -1,9 +1,10 @@
 """MIMIC Studio's Gradio app: thin UI over `mimic` (linking) and `db` (annotations).
 
-    from app import build_app
-    demo, launch_kwargs, ctx = build_app()       # settings from the environment (app/config.py)
-    demo.queue().launch(**launch_kwargs)
+from app import build_app
+demo, launch_kwargs, ctx = build_app()       # settings from the environment (app/config.py)
+demo.queue().launch(**launch_kwargs)
 """
+
 from __future__ import annotations
 
 from .config import AppConfig, ConfigError
@@ -17,6 +18,7 @@ def build_app(config: AppConfig | None = None, *, progress: bool = True, model=N
     # only when the UI is built, so `import app` stays light and app/launch.py sets Gradio's
     # environment before it loads.
     from .ui import build_ui
+
     ctx = AppContext.start(config or AppConfig.from_env(), progress=progress, model=model)
     demo, launch_kwargs = build_ui(ctx)
     demo.queue(default_concurrency_limit=ctx.config.inference_concurrency, max_size=ctx.config.queue_size)

@@ -1,5 +1,6 @@
 """The documented API: `/link`, `/annotate` and `/export`, on hidden components (gradio_client and
 the API page call them by name). Their signatures and docstrings are the API's documentation."""
+
 from __future__ import annotations
 
 import gradio as gr
@@ -33,13 +34,13 @@ def build(ctx: AppContext, shared: Shared) -> None:
             raise gr.Error(str(exc)) from None
         return link_tab.result_json(ctx, r)
 
-    def api_annotate(mention_id: str, decision: str, entity_id: str, annotator: str,
-                     request: gr.Request) -> float:
+    def api_annotate(mention_id: str, decision: str, entity_id: str, annotator: str, request: gr.Request) -> float:
         """Store a decision (entity | nil | ambiguous | skip) for a stored mention (id or uid).
         annotator must be the signed-in user (or empty). Returns the stored annotation id."""
         try:
-            return annotate_tab.annotate_api(ctx, username_of(request), mention_id, decision, entity_id or None,
-                                             annotator or None)
+            return annotate_tab.annotate_api(
+                ctx, username_of(request), mention_id, decision, entity_id or None, annotator or None
+            )
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -51,6 +52,7 @@ def build(ctx: AppContext, shared: Shared) -> None:
             raise gr.Error(str(exc)) from None
 
     link_button.click(api_link, [image, sentence, mention], link_out, api_name="link", **shared.inference)
-    annotate_button.click(api_annotate, [mention_id, decision, entity, annotator], annotate_out,
-                          api_name="annotate", **shared.db_queue)
+    annotate_button.click(
+        api_annotate, [mention_id, decision, entity, annotator], annotate_out, api_name="annotate", **shared.db_queue
+    )
     export_button.click(api_export, fmt, export_file, api_name="export", **shared.db_queue)

@@ -4,6 +4,7 @@ the components and queues that more than one tab reads or writes.
 
 Layer rule: the app wires UI to `mimic` and `db`; model and storage logic stays there.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,11 +33,13 @@ class UserError(ValueError):
 
 def user_errors(fn):
     """Turn the library's input, store and permission errors into `UserError` (shown as they are)."""
+
     def wrapped(*a, **kw):
         try:
             return fn(*a, **kw)
         except (LinkInputError, StoreError, WriteDenied) as exc:
             raise UserError(str(exc)) from None
+
     wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
     return wrapped
 
@@ -49,14 +52,15 @@ def rounded(v, nd=4):
 @dataclass
 class Shared:
     """What more than one tab uses; built by app/ui.py before the tabs."""
+
     demo: gr.Blocks
     header: gr.Markdown
     tabs: gr.Tabs
-    link_state: gr.State           # last LinkResult as a dict (with explanations)
-    link_image_state: gr.State     # the image path of that link
+    link_state: gr.State  # last LinkResult as a dict (with explanations)
+    link_image_state: gr.State  # the image path of that link
     candidate_picker: gr.Dropdown  # rendered in Inspect, filled by every link
-    inference: dict                # queue of link/inspect events (MIMIC_INFERENCE_CONCURRENCY at once)
-    db_queue: dict                 # queue of writes (one at a time)
+    inference: dict  # queue of link/inspect events (MIMIC_INFERENCE_CONCURRENCY at once)
+    db_queue: dict  # queue of writes (one at a time)
 
 
 def username_of(request: gr.Request | None) -> str | None:
@@ -68,7 +72,7 @@ def username_of(request: gr.Request | None) -> str | None:
     try:
         info = request.session.get("oauth_info") or {}
         return (info.get("userinfo") or {}).get("preferred_username")
-    except (AssertionError, AttributeError, RuntimeError):   # no session middleware: OAuth is off
+    except (AssertionError, AttributeError, RuntimeError):  # no session middleware: OAuth is off
         return None
 
 
@@ -85,13 +89,17 @@ def upload_path(file) -> str | None:
 def header_markdown(ctx: AppContext) -> str:
     d = ctx.service.describe()
     loc = ctx.store.location
-    parts = [f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
-             f"{d['entities']} entities · data in `{loc.data_dir}`"]
+    parts = [
+        f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
+        f"{d['entities']} entities · data in `{loc.data_dir}`"
+    ]
     if d["scoring"] == "zero-shot":
-        parts.append("> **Zero-shot ranking.** No trained checkpoint is loaded: candidates are ranked by the "
-                     "backbone's own similarities (text cosine, image cosine), not by trained MIMIC units. "
-                     "S_T/S_V/S_C below are those similarities; maps in Inspect are similarities, not attention. "
-                     "Serve a trained checkpoint with `MIMIC_CHECKPOINT` for MIMIC's scores and attention.")
+        parts.append(
+            "> **Zero-shot ranking.** No trained checkpoint is loaded: candidates are ranked by the "
+            "backbone's own similarities (text cosine, image cosine), not by trained MIMIC units. "
+            "S_T/S_V/S_C below are those similarities; maps in Inspect are similarities, not attention. "
+            "Serve a trained checkpoint with `MIMIC_CHECKPOINT` for MIMIC's scores and attention."
+        )
     if loc.ephemeral or loc.warnings:
         parts.append("> ⚠️ **Storage:** " + " ".join(loc.warnings or ["this location does not survive a restart"]))
     return "\n\n".join(parts)
@@ -102,8 +110,20 @@ def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
     if result is None:
         return pd.DataFrame(columns=CANDIDATE_COLUMNS)
     cands = result["candidates"] if isinstance(result, dict) else [asdict(c) for c in result.candidates]
-    rows = [[c["rank"], c["name"], c["entity_id"], rounded(c["S"]), rounded(c["S_T"]), rounded(c["S_V"]),
-             rounded(c["S_C"]), rounded(c["margin"]), ", ".join(c["retrievers"])] for c in cands]
+    rows = [
+        [
+            c["rank"],
+            c["name"],
+            c["entity_id"],
+            rounded(c["S"]),
+            rounded(c["S_T"]),
+            rounded(c["S_V"]),
+            rounded(c["S_C"]),
+            rounded(c["margin"]),
+            ", ".join(c["retrievers"]),
+        ]
+        for c in cands
+    ]
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
 
 
@@ -123,7 +143,7 @@ def parse_choice(choice: str | None) -> tuple[str, str | None]:
 
 
 def candidate_label(i: int, c: dict) -> str:
-    key = f"{i + 1} · " if i < 9 else ""       # keys 1-9 pick a candidate (static/keyboard.html)
+    key = f"{i + 1} · " if i < 9 else ""  # keys 1-9 pick a candidate (static/keyboard.html)
     return f"{key}{c['name']} ({c['entity_id']}) S={c['S']:.3f}"
 
 
@@ -137,7 +157,7 @@ def candidate_gallery(ctx: AppContext, cands: list[dict]) -> list[tuple[str, str
     """(image, caption) of each candidate's first image that may be served; the others are dropped."""
     out = []
     for c in cands:
-        img = resolve_image((c.get("images") or [None])[0], ctx.config.data_dir)   # None: not servable, dropped
+        img = resolve_image((c.get("images") or [None])[0], ctx.config.data_dir)  # None: not servable, dropped
         if img:
             out.append((img, f"{c['rank']}. {c['name']} ({c['entity_id']})"))
     return out

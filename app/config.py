@@ -15,16 +15,17 @@
 | `MIMIC_INFERENCE_CONCURRENCY` | `1` | link/inspect requests run at once (the rest queue) |
 | `MIMIC_QUEUE_SIZE` | `64` | requests waiting at most per event before new ones are refused |
 | `MIMIC_WATCH_SECONDS` | `10` | how often the app checks for a newly promoted version (hot swap) and the retraining policy; 0: never |
-| `MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS` / `MIMIC_RETRAIN_EVERY_HOURS` | unset | retraining policy (see mimic/retrain.py; any `MIMIC_RETRAIN_<FIELD>`) |
+| `MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS` / `MIMIC_RETRAIN_EVERY_HOURS` | unset | retraining policy (see retraining/config.py; any `MIMIC_RETRAIN_<FIELD>`) |
 | `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` | `127.0.0.1` / `7860` | where to listen |
 """
+
 from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .permissions import permission_table
 
@@ -76,7 +77,7 @@ class AppConfig:
     examples_path: Path | None = REPO / "assets" / "demo_kb" / "examples.jsonl"
     users: list[User] = field(default_factory=list)
     anonymous_writes: bool = False
-    oauth: bool = False                 # "Sign in with Hugging Face" (a Space with hf_oauth: true)
+    oauth: bool = False  # "Sign in with Hugging Face" (a Space with hf_oauth: true)
     on_spaces: bool = False
     server_name: str = "127.0.0.1"
     server_port: int = 7860
@@ -87,7 +88,7 @@ class AppConfig:
     permissions: dict = field(default_factory=lambda: permission_table())
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "AppConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> AppConfig:
         env = os.environ if env is None else env
         users: list[User] = []
         if env.get("MIMIC_USERS"):
@@ -119,13 +120,24 @@ class AppConfig:
         else:
             raise ConfigError(f"MIMIC_ANONYMOUS_WRITES must be auto, 1 or 0, got {anon!r}")
         examples = env.get("MIMIC_EXAMPLES")
-        cfg = cls(data_dir=Path(env.get("DATA_DIR", "data")), checkpoint=env.get("MIMIC_CHECKPOINT") or None,
-                  backbone=env.get("MIMIC_BACKBONE", "offline"), device=env.get("MIMIC_DEVICE", "auto"),
-                  kb_path=Path(env["MIMIC_KB"]) if env.get("MIMIC_KB") else cls.kb_path,
-                  examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
-                  users=users, anonymous_writes=anonymous_writes, oauth=oauth, on_spaces=on_spaces,
-                  server_name=server_name, server_port=port, inference_concurrency=conc, queue_size=qsize,
-                  watch_seconds=watch, permissions=permission_table(env))
+        cfg = cls(
+            data_dir=Path(env.get("DATA_DIR", "data")),
+            checkpoint=env.get("MIMIC_CHECKPOINT") or None,
+            backbone=env.get("MIMIC_BACKBONE", "offline"),
+            device=env.get("MIMIC_DEVICE", "auto"),
+            kb_path=Path(env["MIMIC_KB"]) if env.get("MIMIC_KB") else cls.kb_path,
+            examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
+            users=users,
+            anonymous_writes=anonymous_writes,
+            oauth=oauth,
+            on_spaces=on_spaces,
+            server_name=server_name,
+            server_port=port,
+            inference_concurrency=conc,
+            queue_size=qsize,
+            watch_seconds=watch,
+            permissions=permission_table(env),
+        )
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise ConfigError(f"unknown setting {k!r}")
@@ -141,4 +153,5 @@ class AppConfig:
         def check(username: str, password: str) -> bool:
             want = table.get(username)
             return want is not None and hmac.compare_digest(want.encode(), (password or "").encode())
+
         return check

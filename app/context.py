@@ -2,6 +2,7 @@
 and how it starts: open the store, load the KB into an empty database, start the linking service
 (building the index on the first start), and fill an empty annotation queue with the examples.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,8 +69,18 @@ def browser_paths(config: AppConfig, store_settings=None) -> tuple[list[str], li
     images = data / "images"
     allowed = [str(images), str(ASSETS.resolve())]
     blocked: set[str] = set()
-    for name in ("annotations.db", "annotations.db-wal", "annotations.db-shm", "annotations.db-journal",
-                 "journal", "indexes", "analysis", "retrain", "runs", "models"):
+    for name in (
+        "annotations.db",
+        "annotations.db-wal",
+        "annotations.db-shm",
+        "annotations.db-journal",
+        "journal",
+        "indexes",
+        "analysis",
+        "retrain",
+        "runs",
+        "models",
+    ):
         blocked.add(str(data / name))
     if store_settings is not None:
         for attr in ("sqlite_path", "journal_path"):
@@ -108,7 +119,7 @@ class AppContext:
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
-    def start(cls, config: AppConfig | None = None, *, progress: bool = True, model=None) -> "AppContext":
+    def start(cls, config: AppConfig | None = None, *, progress: bool = True, model=None) -> AppContext:
         config = config or AppConfig.from_env()
         t0 = time.perf_counter()
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,37 +132,68 @@ class AppContext:
         kb = knowledge_base(store, config.data_dir)
         t2 = time.perf_counter()
         checkpoint, version = config.checkpoint, None
-        if checkpoint is None and model is None:     # a restart keeps serving the promoted version
+        if checkpoint is None and model is None:  # a restart keeps serving the promoted version
             mv = store.promoted_model_version()
             if mv is not None and mv.checkpoint and Path(mv.checkpoint).exists():
                 checkpoint, version = mv.checkpoint, mv.name
-        service = LinkingService.start(config.data_dir, kb, checkpoint=checkpoint, backbone=config.backbone,
-                                       version=version, allowed_image_dirs=None, progress=progress, model=model,
-                                       device=config.device)
+        service = LinkingService.start(
+            config.data_dir,
+            kb,
+            checkpoint=checkpoint,
+            backbone=config.backbone,
+            version=version,
+            allowed_image_dirs=None,
+            progress=progress,
+            model=model,
+            device=config.device,
+        )
         t3 = time.perf_counter()
         s = service.served
         store.register_model_version(s.version, checkpoint=s.checkpoint, backbone=s.backbone)
-        if store.promoted_model_version() is None:   # record what serves, so there is a version to roll back to
+        if store.promoted_model_version() is None:  # record what serves, so there is a version to roll back to
             store.promote(s.version)
         examples = _load_examples(config)
         ctx = cls(config, store, service, examples)
         if store.count_mentions() == 0 and examples:
             ctx.seed_queue(examples)
-        ctx.startup_seconds = {"store": round(t1 - t0, 3), "kb": round(t2 - t1, 3), "model+index": round(t3 - t2, 3),
-                               "total": round(time.perf_counter() - t0, 3)}
+        ctx.startup_seconds = {
+            "store": round(t1 - t0, 3),
+            "kb": round(t2 - t1, 3),
+            "model+index": round(t3 - t2, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        }
         log.info("app ready in %.1f s: %s", ctx.startup_seconds["total"], service.describe())
         return ctx
 
     def seed_queue(self, mentions: list[Mention]) -> int:
         """Store mentions with the serving model's predictions so the Annotate queue has work."""
         results = self.service.link_batch(
-            [{"sentence": m.sentence, "mention": (m.start, m.end) if m.start is not None else m.mention,
-              "image": m.image} for m in mentions], top_k=self.config.top_k, explain=False)
+            [
+                {
+                    "sentence": m.sentence,
+                    "mention": (m.start, m.end) if m.start is not None else m.mention,
+                    "image": m.image,
+                }
+                for m in mentions
+            ],
+            top_k=self.config.top_k,
+            explain=False,
+        )
         records = []
         for m, r in zip(mentions, results):
-            records.append({"uid": f"example:{m.id}", "source": "examples", "sentence": m.sentence,
-                            "mention": r.mention, "start": r.start, "end": r.end, "image": m.image,
-                            "candidates": candidates_for_store(r.candidates), "model_version": self.service.served.version})
+            records.append(
+                {
+                    "uid": f"example:{m.id}",
+                    "source": "examples",
+                    "sentence": m.sentence,
+                    "mention": r.mention,
+                    "start": r.start,
+                    "end": r.end,
+                    "image": m.image,
+                    "candidates": candidates_for_store(r.candidates),
+                    "model_version": self.service.served.version,
+                }
+            )
         rep = self.store.import_mentions(records, base_dir=REPO, on_error="skip")
         if rep.errors:
             log.warning("example queue: %d record(s) rejected: %s", len(rep.errors), rep.errors[:3])
@@ -167,8 +209,10 @@ class AppContext:
         if self.config.anonymous_writes:
             self.store.add_annotator("local", "admin")
             return "local"
-        raise WriteDenied("sign in to save: visitors who are not signed in can link but not write"
-                          + (" (use 'Sign in with Hugging Face')" if self.config.oauth else ""))
+        raise WriteDenied(
+            "sign in to save: visitors who are not signed in can link but not write"
+            + (" (use 'Sign in with Hugging Face')" if self.config.oauth else "")
+        )
 
     def can_write(self, username: str | None) -> bool:
         return bool(username) or self.config.anonymous_writes
@@ -182,8 +226,10 @@ class AppContext:
         name = self.annotator(username)
         role = self.store.get_annotator(name).role
         if role not in roles:
-            raise WriteDenied(f"{name} is {'an' if role[0] in 'aeiou' else 'a'} {role}: {action.replace('_', ' ')} "
-                              f"needs the role {' or '.join(roles)}")
+            raise WriteDenied(
+                f"{name} is {'an' if role[0] in 'aeiou' else 'a'} {role}: {action.replace('_', ' ')} "
+                f"needs the role {' or '.join(roles)}"
+            )
         return name
 
     # -- model versions: hot swap, rollback, retraining ------------------------------------------
@@ -197,16 +243,20 @@ class AppContext:
         if mv is None or mv.name == self.service.served.version:
             return None
         if mv.checkpoint and not Path(mv.checkpoint).exists():
-            log.error("promoted version %s: checkpoint %s is missing; still serving %s", mv.name, mv.checkpoint,
-                      self.service.served.version)
+            log.error(
+                "promoted version %s: checkpoint %s is missing; still serving %s",
+                mv.name,
+                mv.checkpoint,
+                self.service.served.version,
+            )
             return None
-        if not self._swap_lock.acquire(blocking=False):   # a swap is already under way
+        if not self._swap_lock.acquire(blocking=False):  # a swap is already under way
             return None
         try:
             kb = knowledge_base(self.store, self.config.data_dir)
             log.info("loading model version %s (serving %s meanwhile)", mv.name, self.service.served.version)
             self.service.swap(kb, checkpoint=mv.checkpoint, version=mv.name, backbone=self.config.backbone)
-            with self.kb_lock:                            # KB edits made during the load
+            with self.kb_lock:  # KB edits made during the load
                 self.service.sync_kb(knowledge_base(self.store, self.config.data_dir))
             log.info("now serving %s", mv.name)
             return mv.name
@@ -220,8 +270,12 @@ class AppContext:
         return self.follow_promotion()
 
     def retrain_config(self, **overrides):
-        return RetrainConfig.from_env(data_dir=str(self.config.data_dir), backbone=self.config.backbone,
-                                      checkpoint=self.config.checkpoint, **overrides)
+        return RetrainConfig.from_env(
+            data_dir=str(self.config.data_dir),
+            backbone=self.config.backbone,
+            checkpoint=self.config.checkpoint,
+            **overrides,
+        )
 
     def start_watcher(self, interval: float) -> threading.Thread | None:
         """Background thread: follow promotions (hot swap) and start retraining when the policy in
@@ -239,8 +293,9 @@ class AppContext:
                         proc, reason = maybe_start_retrain(rcfg, store=self.store)
                         if proc is not None:
                             log.info("retraining started (run %s): %s", getattr(proc, "run_id", "?"), reason)
-                except Exception:  # noqa: BLE001 - the watcher must outlive one bad check
+                except Exception:
                     log.exception("model watcher")
+
         t = threading.Thread(target=loop, name="mimic-model-watcher", daemon=True)
         t.start()
         return t
@@ -253,8 +308,9 @@ class AppContext:
         """Store an entity (new version; its images by content in DATA_DIR/images) and update the
         served index without a rebuild. The caller checked the permission."""
         with self.kb_lock:
-            rec = self.store.upsert_entity(entity.id, entity.name, entity.text, entity.aliases, entity.images,
-                                           author=author, note=note)
+            rec = self.store.upsert_entity(
+                entity.id, entity.name, entity.text, entity.aliases, entity.images, author=author, note=note
+            )
             self.service.upsert_entities([replace(entity, images=resolve_images(rec.images, self.config.data_dir))])
         return rec
 
@@ -289,6 +345,8 @@ def _load_examples(config: AppConfig) -> list[Mention]:
 
 def candidates_for_store(candidates) -> list[dict]:
     """Ranked candidates (`mimic.serving.linker.Candidate`s or their dicts) as the store's prediction input."""
+
     def get(c, k):
         return c[k] if isinstance(c, dict) else getattr(c, k)
+
     return [{k: get(c, k) for k in ("entity_id", "S", "S_T", "S_V", "S_C")} for c in candidates]

@@ -5,6 +5,7 @@ Conventions (see shared spec, attention maps): real tokens only (padding is neve
 positions as the axes so repeated tokens stay distinct, raw values on hover, one colour scale
 shared by every candidate of a mention (the caller passes vmin/vmax).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,12 +15,27 @@ from PIL import Image
 from mimic.serving.linker import Candidate, Explanation
 
 UNIT_LABELS = {"S_T": "S_T text (TGLU)", "S_V": "S_V image (VDLU)", "S_C": "S_C cross-modal (CMFU)", "S": "S (mean)"}
-ZERO_SHOT_LABELS = {"S_T": "S_T text cosine", "S_V": "S_V image cosine", "S_C": "S_C text→image cosine",
-                    "S": "S (mean of units)"}
+ZERO_SHOT_LABELS = {
+    "S_T": "S_T text cosine",
+    "S_V": "S_V image cosine",
+    "S_C": "S_C text→image cosine",
+    "S": "S (mean of units)",
+}
 
 # A perceptually ordered map (dark purple -> orange -> pale yellow), sampled from inferno.
-_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
-                     [250, 193, 39], [252, 255, 164]], dtype=np.float32)
+_INFERNO = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float32,
+)
 
 
 def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
@@ -27,33 +43,62 @@ def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
     labels = ZERO_SHOT_LABELS if zero_shot else UNIT_LABELS
     keys = ["S_T", "S_V", "S_C", "S"]
     vals = [get(k) for k in keys]
-    fig = go.Figure(go.Bar(
-        x=[labels[k] for k in keys], y=[v if v is not None else 0 for v in vals],
-        text=[f"{v:.4f}" if v is not None else "n/a" for v in vals], textposition="outside",
-        marker_color=["#4C78A8", "#F58518", "#54A24B", "#333333"],
-        hovertemplate="%{x}: %{text}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=[labels[k] for k in keys],
+            y=[v if v is not None else 0 for v in vals],
+            text=[f"{v:.4f}" if v is not None else "n/a" for v in vals],
+            textposition="outside",
+            marker_color=["#4C78A8", "#F58518", "#54A24B", "#333333"],
+            hovertemplate="%{x}: %{text}<extra></extra>",
+        )
+    )
     name = get("name")
-    fig.update_layout(title=f"Unit scores: {name} ({get('entity_id')})", height=320, margin=dict(l=40, r=20, t=50, b=40),
-                      yaxis_title="cosine" if zero_shot else "raw unit score")
+    fig.update_layout(
+        title=f"Unit scores: {name} ({get('entity_id')})",
+        height=320,
+        margin=dict(l=40, r=20, t=50, b=40),
+        yaxis_title="cosine" if zero_shot else "raw unit score",
+    )
     present = [v for v in vals if v is not None] or [0.0]
     lo, hi = min(0.0, min(present)), max(0.0, max(present))
     pad = 0.15 * ((hi - lo) or 1.0)
-    fig.update_yaxes(range=[lo - (pad if lo < 0 else 0), hi + pad])   # room for the value labels
+    fig.update_yaxes(range=[lo - (pad if lo < 0 else 0), hi + pad])  # room for the value labels
     return fig
 
 
 def token_heatmap(e: Explanation, title: str, vmin: float | None = None, vmax: float | None = None) -> go.Figure:
     z = np.asarray(e.tglu_attention, dtype=np.float32)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(len(e.mention_tokens))), y=list(range(len(e.entity_tokens))), colorscale="Inferno",
-        zmin=vmin, zmax=vmax, customdata=[[f"{et} → {mt}" for mt in e.mention_tokens] for et in e.entity_tokens],
-        hovertemplate="%{customdata}: %{z:.4f}<extra></extra>",
-        colorbar=dict(title="attention" if e.kind == "attention" else "cosine")))
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(e.mention_tokens))), ticktext=e.mention_tokens,
-                     tickangle=-60, title="mention tokens")
-    fig.update_yaxes(tickmode="array", tickvals=list(range(len(e.entity_tokens))), ticktext=e.entity_tokens,
-                     autorange="reversed", title="entity tokens")
-    fig.update_layout(title=title, height=max(320, 22 * len(e.entity_tokens) + 160), margin=dict(l=90, r=20, t=50, b=90))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(len(e.mention_tokens))),
+            y=list(range(len(e.entity_tokens))),
+            colorscale="Inferno",
+            zmin=vmin,
+            zmax=vmax,
+            customdata=[[f"{et} → {mt}" for mt in e.mention_tokens] for et in e.entity_tokens],
+            hovertemplate="%{customdata}: %{z:.4f}<extra></extra>",
+            colorbar=dict(title="attention" if e.kind == "attention" else "cosine"),
+        )
+    )
+    fig.update_xaxes(
+        tickmode="array",
+        tickvals=list(range(len(e.mention_tokens))),
+        ticktext=e.mention_tokens,
+        tickangle=-60,
+        title="mention tokens",
+    )
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=list(range(len(e.entity_tokens))),
+        ticktext=e.entity_tokens,
+        autorange="reversed",
+        title="entity tokens",
+    )
+    fig.update_layout(
+        title=title, height=max(320, 22 * len(e.entity_tokens) + 160), margin=dict(l=90, r=20, t=50, b=90)
+    )
     return fig
 
 

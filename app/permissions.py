@@ -6,9 +6,10 @@ names the roles allowed to do it. A local single-user app (no users configured, 
 `MIMIC_KB_ROLES` (default `reviewer,admin`): an annotator's edit changes the served index for
 everyone.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 ROLES = ("annotator", "reviewer", "admin")
 ALL = ROLES
@@ -17,13 +18,13 @@ ADMIN = ("admin",)
 
 #: action -> roles allowed to do it
 PERMISSIONS: dict[str, tuple[str, ...]] = {
-    "annotate": ALL,        # save a link decision, queue submit / skip / undo, /annotate
-    "export": ALL,          # JSONL / CSV / training exports (/export): every annotator's decisions
-    "analyze": ALL,         # error analysis of the corrections (writes DATA_DIR/analysis)
-    "kb_edit": REVIEW,      # add or edit an entity (changes the served index)
-    "kb_import": REVIEW,    # import a KB file
-    "retrain": ADMIN,       # start a retraining job
-    "serve": ADMIN,         # promote / roll back the served model version
+    "annotate": ALL,  # save a link decision, queue submit / skip / undo, /annotate
+    "export": ALL,  # JSONL / CSV / training exports (/export): every annotator's decisions
+    "analyze": ALL,  # error analysis of the corrections (writes DATA_DIR/analysis)
+    "kb_edit": REVIEW,  # add or edit an entity (changes the served index)
+    "kb_import": REVIEW,  # import a KB file
+    "retrain": ADMIN,  # start a retraining job
+    "serve": ADMIN,  # promote / roll back the served model version
 }
 
 
@@ -32,6 +33,7 @@ def parse_roles(spec: str, source: str) -> tuple[str, ...]:
     bad = [r for r in roles if r not in ROLES]
     if not roles or bad:
         from .config import ConfigError  # here: app/config.py imports this module
+
         raise ConfigError(f"{source} must be a comma-separated list of {', '.join(ROLES)} (got {spec!r})")
     return roles
 

@@ -8,6 +8,7 @@ Queues: link/inspect run in the "inference" queue (MIMIC_INFERENCE_CONCURRENCY a
 write in the "db" queue (one at a time, on top of the store's own transaction safety). UI-only
 events are private; `/link`, `/annotate` and `/export` are the documented API.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,10 +34,16 @@ def build_ui(ctx: AppContext):
         # created here, rendered in Inspect: every link fills it, and the Link tab is built first
         picker = gr.Dropdown(label="Candidate", choices=[], elem_id="inspect_candidate", scale=3, render=False)
         with gr.Tabs(elem_id="tabs") as tabs:
-            shared = Shared(demo=demo, header=header, tabs=tabs, link_state=link_state,
-                            link_image_state=link_image_state, candidate_picker=picker,
-                            inference=dict(concurrency_id="inference", concurrency_limit=cfg.inference_concurrency),
-                            db_queue=dict(concurrency_id="db", concurrency_limit=1))
+            shared = Shared(
+                demo=demo,
+                header=header,
+                tabs=tabs,
+                link_state=link_state,
+                link_image_state=link_image_state,
+                candidate_picker=picker,
+                inference=dict(concurrency_id="inference", concurrency_limit=cfg.inference_concurrency),
+                db_queue=dict(concurrency_id="db", concurrency_limit=1),
+            )
             link_tab = link.build(ctx, shared)
             annotate_tab = annotate.build(ctx, shared)
             inspect = inspect_tab.build(ctx, shared)
@@ -46,27 +53,46 @@ def build_ui(ctx: AppContext):
         api.build(ctx, shared)
         _wire_across_tabs(ctx, shared, who, link_tab, annotate_tab, inspect, analysis_tab)
 
-    allowed, blocked = browser_paths(cfg, ctx.store.settings)   # only DATA_DIR/images and assets/ are served
-    launch_kwargs = dict(auth=cfg.auth(), auth_message="MIMIC Studio: sign in to annotate",
-                         head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
-                         css=(STATIC / "studio.css").read_text(encoding="utf-8"),
-                         server_name=cfg.server_name, server_port=cfg.server_port, footer_links=["api", "settings"],
-                         allowed_paths=allowed, blocked_paths=blocked, show_error=True)
+    allowed, blocked = browser_paths(cfg, ctx.store.settings)  # only DATA_DIR/images and assets/ are served
+    launch_kwargs = dict(
+        auth=cfg.auth(),
+        auth_message="MIMIC Studio: sign in to annotate",
+        head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
+        css=(STATIC / "studio.css").read_text(encoding="utf-8"),
+        server_name=cfg.server_name,
+        server_port=cfg.server_port,
+        footer_links=["api", "settings"],
+        allowed_paths=allowed,
+        blocked_paths=blocked,
+        show_error=True,
+    )
     return demo, launch_kwargs
 
 
-def _wire_across_tabs(ctx: AppContext, shared: Shared, who: gr.Markdown, link_tab: link.LinkTab,
-                      annotate_tab: annotate.AnnotateTab, inspect: inspect_tab.InspectTab,
-                      analysis_tab: analysis.AnalysisTab) -> None:
+def _wire_across_tabs(
+    ctx: AppContext,
+    shared: Shared,
+    who: gr.Markdown,
+    link_tab: link.LinkTab,
+    annotate_tab: annotate.AnnotateTab,
+    inspect: inspect_tab.InspectTab,
+    analysis_tab: analysis.AnalysisTab,
+) -> None:
     """Events that join tabs: Link → Inspect, an Analysis row → Link and Inspect, the page load (who
     is signed in, their Annotate item) and the header's refresh."""
     cfg, inference = ctx.config, shared.inference
 
     def on_load(pos, request: gr.Request):
         name = username_of(request)
-        who_md = (f"Signed in as **{name}**" if name else
-                  ("Not signed in: saving as **local** (single-user local app)" if cfg.anonymous_writes
-                   else "Not signed in: you can link and inspect; sign in to save annotations"))
+        who_md = (
+            f"Signed in as **{name}**"
+            if name
+            else (
+                "Not signed in: saving as **local** (single-user local app)"
+                if cfg.anonymous_writes
+                else "Not signed in: you can link and inspect; sign in to save annotations"
+            )
+        )
         return (who_md,) + annotate_tab.show_item(pos, request)
 
     def go_inspect(result):
@@ -79,7 +105,7 @@ def _wire_across_tabs(ctx: AppContext, shared: Shared, who: gr.Markdown, link_ta
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         try:
             mid = str(table.iloc[row]["mention_id"])
-        except Exception:  # noqa: BLE001 - a click outside the data rows
+        except Exception:
             return (gr.update(),) * 11
         m = analysis.analysis_mention(ctx, path, mid)
         if m is None:
@@ -94,14 +120,17 @@ def _wire_across_tabs(ctx: AppContext, shared: Shared, who: gr.Markdown, link_ta
         picker = gr.update(choices=out[7]["choices"] if isinstance(out[7], dict) else [], value=target)
         return out[:7] + (picker, gr.Tabs(selected="inspect"), m["sentence"], m["mention"])
 
-    link_tab.inspect_button.click(go_inspect, shared.link_state, [shared.tabs, shared.candidate_picker],
-                                  **PRIVATE).then(inspect.show, inspect.show_inputs, inspect.show_outputs,
-                                                  **inference, **PRIVATE)
+    link_tab.inspect_button.click(
+        go_inspect, shared.link_state, [shared.tabs, shared.candidate_picker], **PRIVATE
+    ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
     # do_link's outputs less the last (the "saved" note), then the tab switch and the Link inputs
-    analysis_tab.table.select(open_in_inspect, [analysis_tab.run, analysis_tab.table],
-                              link_tab.link_outputs[:8] + [shared.tabs, link_tab.sentence, link_tab.mention],
-                              **inference, **PRIVATE).then(
-        inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
+    analysis_tab.table.select(
+        open_in_inspect,
+        [analysis_tab.run, analysis_tab.table],
+        link_tab.link_outputs[:8] + [shared.tabs, link_tab.sentence, link_tab.mention],
+        **inference,
+        **PRIVATE,
+    ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
     shared.demo.load(on_load, [annotate_tab.position], [who] + annotate_tab.item_outputs, **PRIVATE)
     header_timer = gr.Timer(15.0)
     header_timer.tick(lambda: header_markdown(ctx), None, shared.header, **PRIVATE)

@@ -10,6 +10,7 @@ reports the candidates and the table shows them. Inspect: from choosing a candid
 tab until its heatmap is drawn (top candidates carry their explanation; others are computed then).
 Prints min / median / max per figure (ms or s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,20 +24,41 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_common import write_json   # benchmarks/ is on sys.path when run as a script
+from bench_common import write_json  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def start_app(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
-    env = dict(os.environ, DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_SSR_MODE="False")
+    env = dict(
+        os.environ,
+        DATA_DIR=str(data_dir),
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        GRADIO_SSR_MODE="False",
+    )
     env.pop("MIMIC_USERS", None)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     while True:
         if proc.poll() is not None:
@@ -60,14 +82,21 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 def stats(xs: list[float], nd: int = 1) -> dict:
-    return {"min": round(min(xs), nd), "median": round(statistics.median(xs), nd), "max": round(max(xs), nd),
-            "n": len(xs), "values": [round(x, nd) for x in xs]}
+    return {
+        "min": round(min(xs), nd),
+        "median": round(statistics.median(xs), nd),
+        "max": round(max(xs), nd),
+        "n": len(xs),
+        "values": [round(x, nd) for x in xs],
+    }
 
 
 def browser_figures(url: str, runs: int) -> dict:
     from playwright.sync_api import sync_playwright
+
     sys.path.insert(0, str(REPO))
     from mimic.data.jsonl import load_jsonl_dataset
+
     examples = load_jsonl_dataset(REPO / "assets" / "demo_kb").split("examples")
     link_ms, inspect_top_ms, inspect_other_ms = [], [], []
     with sync_playwright() as p:
@@ -91,9 +120,11 @@ def browser_figures(url: str, runs: int) -> dict:
             t = time.perf_counter()
             pg.click("#link_btn")
             pg.wait_for_function(
-                "b => { const e = document.querySelector('#link_status'); if (!e) return false; const t = e.innerText.trim();"
+                "b => { const e = document.querySelector('#link_status'); if (!e) return false;"
+                " const t = e.innerText.trim();"
                 " return t !== b && /^(OK ·|Error:)/.test(t) && !/processing/.test(t); }",
-                arg=before)
+                arg=before,
+            )
             link_ms.append((time.perf_counter() - t) * 1000)
             status = pg.inner_text("#link_status").strip()
             if not status.startswith("OK"):
@@ -108,14 +139,20 @@ def browser_figures(url: str, runs: int) -> dict:
                 opts.locator("input").click()
                 pg.locator("ul[role=listbox] li").nth(which).click()
                 pg.wait_for_function(
-                    "b => { const e = document.querySelector('#inspect_note'); if (!e) return false; const t = e.innerText.trim();"
+                    "b => { const e = document.querySelector('#inspect_note'); if (!e) return false;"
+                    " const t = e.innerText.trim();"
                     " return t !== b && t.includes('rank') && !/processing/.test(t) && "
-                    "document.querySelector('#inspect_heatmap .js-plotly-plot'); }", arg=note_before)
+                    "document.querySelector('#inspect_heatmap .js-plotly-plot'); }",
+                    arg=note_before,
+                )
                 sink.append((time.perf_counter() - t) * 1000)
             pg.get_by_role("tab", name="Link").click()
         b.close()
-    return {"link_click_to_candidates_ms": stats(link_ms), "inspect_top3_candidate_ms": stats(inspect_top_ms),
-            "inspect_candidate_7_ms (explained on demand)": stats(inspect_other_ms)}
+    return {
+        "link_click_to_candidates_ms": stats(link_ms),
+        "inspect_top3_candidate_ms": stats(inspect_top_ms),
+        "inspect_candidate_7_ms (explained on demand)": stats(inspect_other_ms),
+    }
 
 
 def main():
@@ -135,8 +172,10 @@ def main():
         if _ < a.starts - 1:
             stop_app(proc)
     try:
-        out = {"first_start_s (fresh DATA_DIR: KB import, index build, example queue)": round(first, 2),
-               "start_to_serving_s (index exists)": stats(starts, 2)}
+        out = {
+            "first_start_s (fresh DATA_DIR: KB import, index build, example queue)": round(first, 2),
+            "start_to_serving_s (index exists)": stats(starts, 2),
+        }
         out.update(browser_figures(f"http://127.0.0.1:{a.port}/", a.runs))
     finally:
         stop_app(proc)

@@ -12,6 +12,7 @@ trimming gives no help and the comparison is conservative.
 
   python benchmarks/bench_eval.py --entities 10000 100000 --json bench_eval.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,28 @@ def random_side(heads, n, device, dtype, base=None):
     cfg = heads.config
     b = min(n, 2000)
     g = torch.Generator().manual_seed(n)
-    text = TextFeatures(torch.randn(b, cfg.text_global_dim, generator=g), torch.randn(b, cfg.text_max_length, cfg.text_token_dim, generator=g),
-                        torch.ones(b, cfg.text_max_length, dtype=torch.bool))
-    image = ImageFeatures(torch.randn(b, cfg.image_global_dim, generator=g), torch.randn(b, cfg.num_image_tokens, cfg.image_token_dim, generator=g),
-                          torch.ones(b, dtype=torch.bool))
+    text = TextFeatures(
+        torch.randn(b, cfg.text_global_dim, generator=g),
+        torch.randn(b, cfg.text_max_length, cfg.text_token_dim, generator=g),
+        torch.ones(b, cfg.text_max_length, dtype=torch.bool),
+    )
+    image = ImageFeatures(
+        torch.randn(b, cfg.image_global_dim, generator=g),
+        torch.randn(b, cfg.num_image_tokens, cfg.image_token_dim, generator=g),
+        torch.ones(b, dtype=torch.bool),
+    )
     with torch.no_grad():
         s = heads.side_features(text, image)
     reps = -(-n // b)
-    return SideFeatures(**{k: getattr(s, k).to(device).repeat(reps, *([1] * (getattr(s, k).dim() - 1)))[:n]
-                           .to(dtype if getattr(s, k).is_floating_point() else getattr(s, k).dtype)
-                           for k in SideFeatures.__dataclass_fields__})
+    return SideFeatures(
+        **{
+            k: getattr(s, k)
+            .to(device)
+            .repeat(reps, *([1] * (getattr(s, k).dim() - 1)))[:n]
+            .to(dtype if getattr(s, k).is_floating_point() else getattr(s, k).dtype)
+            for k in SideFeatures.__dataclass_fields__
+        }
+    )
 
 
 @torch.no_grad()
@@ -54,8 +67,12 @@ def run(heads, n_entities, n_mentions, strategy, device, dtype):
     t0 = time.perf_counter()
     if strategy == "precomputed":
         chunk, bs = 1024, 64
-        parts = [heads.entity_cache(SideFeatures(**{k: getattr(ent, k)[s:s + chunk] for k in SideFeatures.__dataclass_fields__}))
-                 for s in range(0, n_entities, chunk)]
+        parts = [
+            heads.entity_cache(
+                SideFeatures(**{k: getattr(ent, k)[s : s + chunk] for k in SideFeatures.__dataclass_fields__})
+            )
+            for s in range(0, n_entities, chunk)
+        ]
         ecache = EntityCache.cat(parts)
         sync()
     else:
@@ -63,22 +80,31 @@ def run(heads, n_entities, n_mentions, strategy, device, dtype):
     t_cache = time.perf_counter() - t0
     t1 = time.perf_counter()
     for s in range(0, n_mentions, bs):
-        mside = SideFeatures(**{k: getattr(men, k)[s:s + bs] for k in SideFeatures.__dataclass_fields__})
+        mside = SideFeatures(**{k: getattr(men, k)[s : s + bs] for k in SideFeatures.__dataclass_fields__})
         mc = heads.mention_cache(mside)
         best = None
         for c in range(0, n_entities, chunk):
             if strategy == "precomputed":
-                ec = ecache[c:c + chunk]
+                ec = ecache[c : c + chunk]
             else:
-                ec = heads.entity_cache(SideFeatures(**{k: getattr(ent, k)[c:c + chunk] for k in SideFeatures.__dataclass_fields__}))
+                ec = heads.entity_cache(
+                    SideFeatures(**{k: getattr(ent, k)[c : c + chunk] for k in SideFeatures.__dataclass_fields__})
+                )
             S = heads.score(mc, ec).S
             m = S.max(1).values
             best = m if best is None else torch.maximum(best, m)
         sync()
     t_rank = time.perf_counter() - t1
-    return {"strategy": strategy, "entities": n_entities, "mentions": n_mentions, "mention_batch": bs, "kb_chunk": chunk,
-            "cache_build_seconds": round(t_cache, 3), "rank_seconds": round(t_rank, 3),
-            "mentions_per_second": round(n_mentions / t_rank, 3)}
+    return {
+        "strategy": strategy,
+        "entities": n_entities,
+        "mentions": n_mentions,
+        "mention_batch": bs,
+        "kb_chunk": chunk,
+        "cache_build_seconds": round(t_cache, 3),
+        "rank_seconds": round(t_rank, 3),
+        "mentions_per_second": round(n_mentions / t_rank, 3),
+    }
 
 
 def main():
@@ -91,8 +117,9 @@ def main():
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16/float16 (GPU default bf16)")
     ap.add_argument("--json")
     a = ap.parse_args()
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     n_m = a.mentions or (5000 if device.type == "cuda" else 64)
     torch.manual_seed(0)
@@ -101,13 +128,23 @@ def main():
     for n in a.entities:
         for strat in a.strategies:
             h = heads.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
-            r = run(h, n, n_m if strat == "precomputed" else min(n_m, 40 if device.type == "cpu" else n_m), strat, device,
-                    dtype if device.type == "cuda" else torch.float32)
+            r = run(
+                h,
+                n,
+                n_m if strat == "precomputed" else min(n_m, 40 if device.type == "cpu" else n_m),
+                strat,
+                device,
+                dtype if device.type == "cuda" else torch.float32,
+            )
             r.update({"device": str(device), "dtype": str(dtype).replace("torch.", ""), "mode": a.mode})
             rows.append(r)
             print(json.dumps(r), flush=True)
-    out = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-           "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "results": rows}
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "results": rows,
+    }
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -1,4 +1,6 @@
-"""`python benchmarks/bench_link.py` (also `python -m mimic bench-link`): serving latency and shortlist quality on a synthetic clustered KB.
+"""Serving latency and shortlist quality on a synthetic clustered KB.
+
+`python benchmarks/bench_link.py` (also `python -m mimic bench-link`).
 
 Steps: write a KB of N entities in clusters of about 25 that share a name (so names are ambiguous
 within a cluster, and members differ by attribute words and image); train
@@ -7,6 +9,7 @@ head would make "agreement with exhaustive scoring" meaningless); build the inde
 and time each stage; score a subset of the queries against the whole KB to measure how often the
 shortlist keeps the exhaustive top-1 (top1_agreement) and the exhaustive top-k (recall_at_k).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +36,9 @@ from mimic.serving.linker import Linker
 from mimic.training.trainer import TrainConfig, train
 
 
-def make_clustered_kb(root: Path, n: int, n_clusters: int | None = None, image_fraction: float = 0.1,
-                      image_size: int = 32, seed: int = 0) -> KnowledgeBase:
+def make_clustered_kb(
+    root: Path, n: int, n_clusters: int | None = None, image_fraction: float = 0.1, image_size: int = 32, seed: int = 0
+) -> KnowledgeBase:
     rng = np.random.default_rng(seed)
     pyrng = random.Random(seed)
     n_clusters = n_clusters or max(1, n // 25)
@@ -65,7 +69,7 @@ def make_queries(kb: KnowledgeBase, count: int, root: Path, seed: int = 1) -> li
     for k in range(count):
         e = kb[pyrng.randrange(len(kb))]
         words = e.name.split()
-        mention = " ".join(words[:3])     # the cluster's name: ambiguous among its ~25 members
+        mention = " ".join(words[:3])  # the cluster's name: ambiguous among its ~25 members
         ctx = pyrng.sample(e.text.split()[:4], 2) + pyrng.sample(FILLER, 2)
         sentence = " ".join([mention, *ctx])
         img = None
@@ -73,8 +77,9 @@ def make_queries(kb: KnowledgeBase, count: int, root: Path, seed: int = 1) -> li
             p = root / "q_img" / f"{k}.png"
             noisy_colour_image(hue_colour(int(e.id[1:]) % 360, 360), 32, rng, noise=25).save(p)
             img = str(p)
-        out.append(Mention(id=f"q{k}", sentence=sentence, mention=mention, answer=e.id, image=img,
-                           start=0, end=len(mention)))
+        out.append(
+            Mention(id=f"q{k}", sentence=sentence, mention=mention, answer=e.id, image=img, start=0, end=len(mention))
+        )
     return out
 
 
@@ -82,9 +87,19 @@ def _pct(xs, q):
     return round(float(np.percentile(np.asarray(xs), q)), 3) if xs else None
 
 
-def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhaustive_queries: int = 30,
-        shortlist: int = 64, faiss_kind: str = "flat", train_mentions: int = 10000, epochs: int = 8,
-        image_fraction: float = 0.1, workdir: str | None = None, seed: int = 0) -> dict:
+def run(
+    entities: int,
+    backbone: str = "tiny-clip",
+    queries: int = 200,
+    exhaustive_queries: int = 30,
+    shortlist: int = 64,
+    faiss_kind: str = "flat",
+    train_mentions: int = 10000,
+    epochs: int = 8,
+    image_fraction: float = 0.1,
+    workdir: str | None = None,
+    seed: int = 0,
+) -> dict:
     torch.manual_seed(seed)
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bench-link-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -101,9 +116,19 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
         train_q = make_queries(kb, train_mentions, tmp / "train", seed=seed + 2)
         sub_ids = sorted({m.answer for m in train_q}, key=lambda x: int(x[1:]))
         sub_kb = KnowledgeBase([kb[kb.position(i)] for i in sub_ids])
-        cfg = TrainConfig(output=str(tmp / "run"), backbone=backbone_path, freeze_backbone=True, lr=3e-3,
-                          epochs=epochs, batch_size=64, progress=False, test_after=False, seed=seed,
-                          adam_eps=1e-8, no_decay="standard")
+        cfg = TrainConfig(
+            output=str(tmp / "run"),
+            backbone=backbone_path,
+            freeze_backbone=True,
+            lr=3e-3,
+            epochs=epochs,
+            batch_size=64,
+            progress=False,
+            test_after=False,
+            seed=seed,
+            adam_eps=1e-8,
+            no_decay="standard",
+        )
         t = time.perf_counter()
         train(cfg, Dataset(sub_kb, {"train": train_q}))
         t_train = time.perf_counter() - t
@@ -113,7 +138,7 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
         build_seconds = time.perf_counter() - t
         linker = Linker(model, index, shortlist=shortlist)
         lat = {"encode": [], "retrieve": [], "rerank": [], "total": []}
-        linker.link(qs[0].sentence, qs[0].mention, qs[0].image, explain=False)   # warm-up
+        linker.link(qs[0].sentence, qs[0].mention, qs[0].image, explain=False)  # warm-up
         hits = 0
         for m in qs:
             t0 = time.perf_counter()
@@ -136,19 +161,30 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
             recall.append(len(set(got) & set(ex_top)) / len(ex_top))
         fp16 = index.feature_bytes()
         res = {
-            "entities": entities, "backbone": backbone, "faiss": faiss_kind, "shortlist": shortlist,
-            "queries": len(qs), "images_fraction": image_fraction, "train_mentions": train_mentions,
+            "entities": entities,
+            "backbone": backbone,
+            "faiss": faiss_kind,
+            "shortlist": shortlist,
+            "queries": len(qs),
+            "images_fraction": image_fraction,
+            "train_mentions": train_mentions,
             "train_epochs": epochs,
-            "build_seconds": round(build_seconds, 2), "train_seconds": round(t_train, 2),
+            "build_seconds": round(build_seconds, 2),
+            "train_seconds": round(t_train, 2),
             "data_seconds": round(t_data, 2),
-            "index_bytes_ram": index.ram_bytes(), "index_bytes_disk": index.disk_bytes(),
-            "feature_bytes_fp16": fp16, "ram_over_fp16_features": round(index.ram_bytes() / fp16, 3),
+            "index_bytes_ram": index.ram_bytes(),
+            "index_bytes_disk": index.disk_bytes(),
+            "feature_bytes_fp16": fp16,
+            "ram_over_fp16_features": round(index.ram_bytes() / fp16, 3),
             "latency_ms": {k: {"p50": _pct(v, 50), "p95": _pct(v, 95)} for k, v in lat.items()},
             "retrieve_plus_rerank_ms_p50": _pct([a + b for a, b in zip(lat["retrieve"], lat["rerank"])], 50),
             "exhaustive_ms_p50": _pct(ex_ms, 50),
             "top1_agreement": round(agree / max(len(sub), 1), 4),
-            "recall_at_k": {"k": 10, "value": round(float(np.mean(recall)), 4) if recall else None,
-                            "queries": len(sub)},
+            "recall_at_k": {
+                "k": 10,
+                "value": round(float(np.mean(recall)), 4) if recall else None,
+                "queries": len(sub),
+            },
             "top1_accuracy_vs_gold": round(hits / len(qs), 4),
             "torch_threads": torch.get_num_threads(),
         }
@@ -159,9 +195,17 @@ def run(entities: int, backbone: str = "tiny-clip", queries: int = 200, exhausti
 
 
 def main(a) -> dict:
-    res = run(a.entities, backbone=a.backbone, queries=a.queries, exhaustive_queries=a.exhaustive_queries,
-              shortlist=a.shortlist, faiss_kind=a.faiss, image_fraction=a.image_fraction, epochs=a.epochs,
-              train_mentions=a.train_mentions)
+    res = run(
+        a.entities,
+        backbone=a.backbone,
+        queries=a.queries,
+        exhaustive_queries=a.exhaustive_queries,
+        shortlist=a.shortlist,
+        faiss_kind=a.faiss,
+        image_fraction=a.image_fraction,
+        epochs=a.epochs,
+        train_mentions=a.train_mentions,
+    )
     if a.json:
         write_json_atomic(a.json, res)
     print(json.dumps(res, indent=2))
@@ -169,8 +213,11 @@ def main(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    b = argparse.ArgumentParser(prog="python benchmarks/bench_link.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = argparse.ArgumentParser(
+        prog="python benchmarks/bench_link.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--entities", type=int, default=10000)
     b.add_argument("--backbone", default="tiny-clip", help="tiny-clip | offline | a CLIP folder")
     b.add_argument("--queries", type=int, default=200)

@@ -14,6 +14,7 @@ once, see mimic/input_cache.py), evaluation of serving and candidate on the held
 the full KB, version written and registered. Prints one JSON object with the job's own figures
 (samples/s per epoch from the training loop, seconds per phase) and the peak GPU memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-WORDS = ("amber basalt cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon marble nectar "
-         "onyx prairie quartz raven saffron tundra umber violet willow xenon yarrow zephyr atlas beacon "
-         "cobalt dune").split()
+WORDS = (
+    "amber basalt cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon marble nectar "
+    "onyx prairie quartz raven saffron tundra umber violet willow xenon yarrow zephyr atlas beacon "
+    "cobalt dune"
+).split()
 FILLER = "the a of in at near with about from seen photo picture today yesterday visit".split()
 
 
@@ -41,10 +44,11 @@ def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0, px:
     """-> (KnowledgeBase, list of mention dicts for Store.import_mentions, {uid: entity id})."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from bench_common import random_square_crop, sample_photos
     from PIL import Image
 
-    from bench_common import random_square_crop, sample_photos
     from mimic.data.schema import Entity, KnowledgeBase
+
     rng = np.random.default_rng(seed)
     photos = sample_photos()
     (root / "kb").mkdir(parents=True)
@@ -61,9 +65,15 @@ def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0, px:
     for e in range(n_entities):
         a, b = rng.choice(len(WORDS), 2, replace=False)
         names.append(f"{WORDS[a]} {WORDS[b]} {e}")
-    ents = [Entity(id=f"Q{e}", name=names[e],
-                   text=" ".join(rng.choice(WORDS, 8)) + f" entity {e}", images=[str(root / "kb" / f"e{e}.jpg")])
-            for e in range(n_entities)]
+    ents = [
+        Entity(
+            id=f"Q{e}",
+            name=names[e],
+            text=" ".join(rng.choice(WORDS, 8)) + f" entity {e}",
+            images=[str(root / "kb" / f"e{e}.jpg")],
+        )
+        for e in range(n_entities)
+    ]
     gold = rng.integers(0, n_entities, n_mentions)
     mentions = []
     for i in range(n_mentions):
@@ -73,12 +83,22 @@ def make_corpus(root: Path, n_entities: int, n_mentions: int, seed: int = 0, px:
         name = names[gold[i]]
         sentence = " ".join([*words[:pos], name, *words[pos:]])
         start = len(left) + (1 if left else 0)
-        mentions.append({"uid": f"m{i}", "sentence": sentence, "start": start, "end": start + len(name),
-                         "mention": name, "image": str(root / "mentions" / f"m{i}.jpg")})
+        mentions.append(
+            {
+                "uid": f"m{i}",
+                "sentence": sentence,
+                "start": start,
+                "end": start + len(name),
+                "mention": name,
+                "image": str(root / "mentions" / f"m{i}.jpg"),
+            }
+        )
     jobs = [(e, root / "kb" / f"e{e}.jpg") for e in range(n_entities)]
     jobs += [(int(gold[i]), root / "mentions" / f"m{i}.jpg") for i in range(n_mentions)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda j: picture(j[0], j[1], np.random.default_rng([seed, zlib.crc32(str(j[1]).encode())])), jobs))
+        list(
+            pool.map(lambda j: picture(j[0], j[1], np.random.default_rng([seed, zlib.crc32(str(j[1]).encode())])), jobs)
+        )
     return KnowledgeBase(ents), mentions, {f"m{i}": f"Q{int(gold[i])}" for i in range(n_mentions)}
 
 
@@ -99,9 +119,15 @@ def main():
     from db import open_store
     from retraining import RetrainConfig
     from retraining.run import run_retrain
+
     device = torch.device(a.device)
-    out: dict = {"size": a.size, "device": str(device), "batch_size": a.batch_size, "epochs": a.epochs,
-                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    out: dict = {
+        "size": a.size,
+        "device": str(device),
+        "batch_size": a.batch_size,
+        "epochs": a.epochs,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
 
     from bench_common import write_json
 
@@ -118,13 +144,25 @@ def main():
         store.import_mentions(mentions)
         store.submit_many([{"annotator": "ana", "mention": uid, "entity_id": eid} for uid, eid in gold.items()])
         store.close()
-        out["corpus"] = {"entities": a.entities, "corrections": a.corrections, "image_px": a.image_px,
-                         "build_s": round(time.perf_counter() - t0, 1)}
+        out["corpus"] = {
+            "entities": a.entities,
+            "corrections": a.corrections,
+            "image_px": a.image_px,
+            "build_s": round(time.perf_counter() - t0, 1),
+        }
         clip_dir = build_clip(tmp / "clip", a.size)
         for prec in [p.strip() for p in a.precisions.split(",") if p.strip()]:
-            cfg = RetrainConfig(data_dir=str(tmp / "data"), backbone=str(clip_dir), epochs=a.epochs,
-                                batch_size=a.batch_size, device=str(device), bf16=(prec == "bf16"),
-                                freeze_backbone=False, prefer_promoted=False, eval_batch_size=128)
+            cfg = RetrainConfig(
+                data_dir=str(tmp / "data"),
+                backbone=str(clip_dir),
+                epochs=a.epochs,
+                batch_size=a.batch_size,
+                device=str(device),
+                bf16=(prec == "bf16"),
+                freeze_backbone=False,
+                prefer_promoted=False,
+                eval_batch_size=128,
+            )
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
@@ -134,19 +172,25 @@ def main():
             m = res["metrics"]
             out[prec] = {
                 "job_seconds": round(wall, 1),
-                "train": m["train"], "evaluate_seconds": m["evaluate_seconds"], "data": m["data"],
-                "heldout": {"serving_zero_shot": {k: m["serving"]["heldout"][k] for k in ("H@1", "H@5", "MRR")},
-                            "candidate": {k: m["candidate"]["heldout"][k] for k in ("H@1", "H@5", "MRR")}},
+                "train": m["train"],
+                "evaluate_seconds": m["evaluate_seconds"],
+                "data": m["data"],
+                "heldout": {
+                    "serving_zero_shot": {k: m["serving"]["heldout"][k] for k in ("H@1", "H@5", "MRR")},
+                    "candidate": {k: m["candidate"]["heldout"][k] for k in ("H@1", "H@5", "MRR")},
+                },
                 "promoted": res["promoted"],
             }
             if device.type == "cuda":
-                out[prec]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+                out[prec]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             print(f"{prec}: {json.dumps(out[prec])}", flush=True)
             dump()
         if "bf16" in out and "fp32" in out:
-            def steady(p):   # the epochs after the first (which carries the warm-up)
+
+            def steady(p):  # the epochs after the first (which carries the warm-up)
                 sps = out[p]["train"]["samples_per_second"]
                 return float(np.mean(sps[1:] or sps))
+
             out["bf16_speedup_train"] = round(steady("bf16") / steady("fp32"), 2)
     print(dump())
 

@@ -14,6 +14,7 @@ A step is: B mentions (text + image) and their B gold entities (text + image), a
 Prints one JSON object: per precision samples/s (mentions per second), ms per step, peak memory,
 and the bf16/fp32 speed ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,22 +30,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_common import random_square_crop, sample_photos, write_json  # noqa: E402
+from bench_common import random_square_crop, sample_photos, write_json
+
 
 def build_clip(path: Path, size: str) -> Path:
     """A random CLIP of the given size with a locally trained tokenizer, saved to `path`."""
     from transformers import CLIPConfig, CLIPModel
 
     from mimic.backbones.tiny import build_tiny_clip
-    build_tiny_clip(path, image_size=224, patch_size=32)        # tokenizer (and a tiny model, replaced below)
+
+    build_tiny_clip(path, image_size=224, patch_size=32)  # tokenizer (and a tiny model, replaced below)
     if size == "vit-b-32":
         from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(path)
         eos = tok.eos_token_id
-        cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=eos,
-                                          pad_token_id=eos),       # hidden 512, 12 layers, 8 heads (defaults)
-                         vision_config=dict(image_size=224, patch_size=32),   # hidden 768, 12 layers, 12 heads
-                         projection_dim=512)
+        cfg = CLIPConfig(
+            text_config=dict(
+                vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=eos
+            ),  # hidden 512, 12 layers, 8 heads (defaults)
+            vision_config=dict(image_size=224, patch_size=32),  # hidden 768, 12 layers, 12 heads
+            projection_dim=512,
+        )
         torch.manual_seed(0)
         CLIPModel(cfg).save_pretrained(path)
     return path
@@ -65,7 +72,7 @@ def image_cache(n: int, seed: int = 0) -> torch.Tensor:
 def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warmup: int, device) -> dict:
     bf16 = precision == "bf16"
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")   # as mimic.training.trainer
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")  # as mimic.training.trainer
     n = cache.shape[0]
     has = torch.ones(batch, dtype=torch.bool, device=device)
     gold = torch.arange(batch, device=device)
@@ -97,10 +104,15 @@ def run(precision: str, model, cache, m_tok, e_tok, batch: int, steps: int, warm
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{precision}: non-finite loss at step {step}")
     ms = 1000 * float(np.median(times))
-    out = {"samples_per_s": round(batch / (ms / 1000), 1), "ms_per_step_median": round(ms, 1),
-           "ms_per_step_min": round(1000 * min(times), 1), "steps": steps, "final_loss": round(float(loss.detach()), 4)}
+    out = {
+        "samples_per_s": round(batch / (ms / 1000), 1),
+        "ms_per_step_median": round(ms, 1),
+        "ms_per_step_min": round(1000 * min(times), 1),
+        "steps": steps,
+        "final_loss": round(float(loss.detach()), 4),
+    }
     if device.type == "cuda":
-        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return out
 
 
@@ -116,18 +128,23 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     device = torch.device(a.device)
-    torch.backends.cuda.matmul.allow_tf32 = False          # fp32 means fp32 (TF32 would blur the comparison)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (TF32 would blur the comparison)
     torch.backends.cudnn.allow_tf32 = False
     from mimic.backbones.clip import ClipBackbone
     from mimic.models.linking_model import LinkingModel
+
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cache = image_cache(a.images)
         prep_s = time.perf_counter() - t0
         clip_dir = build_clip(Path(tmp) / "clip", a.size)
-        results = {"size": a.size, "device": str(device), "batch_size": a.batch_size,
-                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                   "image_cache": {"images": a.images, "bytes": int(cache.numel()), "build_s": round(prep_s, 1)}}
+        results = {
+            "size": a.size,
+            "device": str(device),
+            "batch_size": a.batch_size,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "image_cache": {"images": a.images, "bytes": int(cache.numel()), "build_s": round(prep_s, 1)},
+        }
         words = ["chelsea", "football", "club", "cat", "district", "river", "coffee", "cafe", "planet", "god"]
         rng = np.random.default_rng(0)
         m_texts = [" ".join(rng.choice(words, 12)) for _ in range(a.images)]
@@ -136,7 +153,7 @@ def main():
             torch.manual_seed(0)
             model = LinkingModel.build(ClipBackbone(str(clip_dir)), mode="fixed").to(device)
             for p in model.parameters():
-                p.requires_grad_(True)                     # the backbone is fine-tuned too
+                p.requires_grad_(True)  # the backbone is fine-tuned too
             m_tok = {k: v.to(device) for k, v in model.backbone.tokenize(m_texts, model.config.text_max_length).items()}
             e_tok = {k: v.to(device) for k, v in model.backbone.tokenize(e_texts, model.config.text_max_length).items()}
             results["params_millions"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)

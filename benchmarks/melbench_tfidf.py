@@ -6,6 +6,7 @@ sublinear tf), cosine ranking over the 17,391-entity text KB. Prints H@1/5, MRR 
 
   python benchmarks/melbench_tfidf.py [--data ../shared/data/melbench/Wikidata-MEL.json] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimic.data.melbench import load_melbench  # noqa: E402
-from mimic.analysis.ranking import metrics_from_ranks, ranks_from_scores  # noqa: E402
+from mimic.analysis.ranking import metrics_from_ranks, ranks_from_scores
+from mimic.data.melbench import load_melbench
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 
@@ -32,6 +33,7 @@ def main():
     if not Path(a.data).exists():
         sys.exit(f"MELBench file not found at {a.data}")
     from sklearn.feature_extraction.text import TfidfVectorizer
+
     ds = load_melbench(a.data)
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
     E = vec.fit_transform([e.name for e in ds.kb])
@@ -40,7 +42,7 @@ def main():
         ms = [m for s in ds.splits.values() for m in s] if split == "all" else ds.split(split)
         ranks = []
         for s in range(0, len(ms), 512):
-            batch = ms[s:s + 512]
+            batch = ms[s : s + 512]
             S = torch.from_numpy((vec.transform([m.mention for m in batch]) @ E.T).toarray().astype(np.float32))
             gold = torch.tensor([ds.kb.position(m.answer) for m in batch])
             ranks += ranks_from_scores(S, gold).tolist()

@@ -14,25 +14,69 @@ SQLite by default (WAL, or the rollback journal on network file systems), any SQ
 configuration. Every decision is also appended to DATA_DIR/journal/annotations.jsonl before it
 commits, so the database can be rebuilt from the journal (`AnnotationStore.reconcile`).
 """
+
 from .agreement import agreement_report, cohen_kappa, fleiss_kappa, fleiss_kappa_from_counts
 from .config import Settings, StorageReport, describe_location
 from .engine import get_engine, make_engine, session_scope
-from .errors import (Conflict, InvalidImage, InvalidInput, InvalidSpan, NotFound, StoreBusy, StoreError,
-                     UnknownEntity)
+from .errors import Conflict, InvalidImage, InvalidInput, InvalidSpan, NotFound, StoreBusy, StoreError, UnknownEntity
 from .journal import Journal, scan_journal
 from .migrate import current_revision, head_revision, upgrade
-from .records import (AnnotationRecord, AnnotatorRecord, CandidateRecord, EntityRecord, EntityVersionRecord,
-                      ImportReport, MentionRecord, ModelVersionRecord, PredictionRecord, ProgressRecord, QueueItem,
-                      ReconcileReport, TrainingExport, TrainingRunRecord)
+from .records import (
+    AnnotationRecord,
+    AnnotatorRecord,
+    CandidateRecord,
+    EntityRecord,
+    EntityVersionRecord,
+    ImportReport,
+    MentionRecord,
+    ModelVersionRecord,
+    PredictionRecord,
+    ProgressRecord,
+    QueueItem,
+    ReconcileReport,
+    TrainingExport,
+    TrainingRunRecord,
+)
 from .store import AnnotationStore, open_store
 
 __all__ = [
-    "open_store", "AnnotationStore", "Settings", "StorageReport", "describe_location",
-    "get_engine", "make_engine", "session_scope", "upgrade", "current_revision", "head_revision",
-    "Journal", "scan_journal",
-    "cohen_kappa", "fleiss_kappa", "fleiss_kappa_from_counts", "agreement_report",
-    "StoreError", "NotFound", "UnknownEntity", "InvalidInput", "InvalidSpan", "InvalidImage", "Conflict", "StoreBusy",
-    "AnnotationRecord", "AnnotatorRecord", "CandidateRecord", "EntityRecord", "EntityVersionRecord", "ImportReport",
-    "MentionRecord", "ModelVersionRecord", "PredictionRecord", "ProgressRecord", "QueueItem", "ReconcileReport",
-    "TrainingExport", "TrainingRunRecord",
+    "open_store",
+    "AnnotationStore",
+    "Settings",
+    "StorageReport",
+    "describe_location",
+    "get_engine",
+    "make_engine",
+    "session_scope",
+    "upgrade",
+    "current_revision",
+    "head_revision",
+    "Journal",
+    "scan_journal",
+    "cohen_kappa",
+    "fleiss_kappa",
+    "fleiss_kappa_from_counts",
+    "agreement_report",
+    "StoreError",
+    "NotFound",
+    "UnknownEntity",
+    "InvalidInput",
+    "InvalidSpan",
+    "InvalidImage",
+    "Conflict",
+    "StoreBusy",
+    "AnnotationRecord",
+    "AnnotatorRecord",
+    "CandidateRecord",
+    "EntityRecord",
+    "EntityVersionRecord",
+    "ImportReport",
+    "MentionRecord",
+    "ModelVersionRecord",
+    "PredictionRecord",
+    "ProgressRecord",
+    "QueueItem",
+    "ReconcileReport",
+    "TrainingExport",
+    "TrainingRunRecord",
 ]

@@ -9,13 +9,14 @@ or --data-dir / --url).
   export-links FILE [--csv]     accepted links as JSONL (or CSV)
   export-training DIR           training set in the official MIMIC layout (`python -m mimic train --data DIR`)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import logging
 import sys
+from dataclasses import asdict
 
 from mimic.data.formats import load_dataset
 
@@ -60,23 +61,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.cmd == "info":
-            out = {"location": asdict(store.location), "revision": current_revision(store.engine),
-                   "overview": store.overview(), "progress": [p.to_dict() for p in store.progress()]}
+            out = {
+                "location": asdict(store.location),
+                "revision": current_revision(store.engine),
+                "overview": store.overview(),
+                "progress": [p.to_dict() for p in store.progress()],
+            }
         elif args.cmd == "reconcile":
             out = store.reconcile(args.journal).to_dict()
         elif args.cmd == "import-kb":
             out = store.import_kb(load_dataset(args.dataset).kb)
         elif args.cmd == "import-mentions":
-            out = store.import_mentions(args.file, model_version=args.model_version,
-                                        on_error="skip" if args.skip_errors else "raise").to_dict()
+            out = store.import_mentions(
+                args.file, model_version=args.model_version, on_error="skip" if args.skip_errors else "raise"
+            ).to_dict()
         elif args.cmd == "export-links":
             n = store.export_links_csv(args.file) if args.csv else store.export_links_jsonl(args.file)
             out = {"path": args.file, "links": n}
         else:
-            exp = store.export_training_set(args.dir, layout=args.layout, prefix=args.prefix,
-                                            overwrite=args.overwrite)
-            out = {k: v for k, v in exp.to_dict().items() if k != "annotation_ids"} | \
-                {"annotations": len(exp.annotation_ids)}
+            exp = store.export_training_set(args.dir, layout=args.layout, prefix=args.prefix, overwrite=args.overwrite)
+            out = {k: v for k, v in exp.to_dict().items() if k != "annotation_ids"} | {
+                "annotations": len(exp.annotation_ids)
+            }
         print(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return 0
     except (StoreError, FileExistsError, FileNotFoundError) as e:

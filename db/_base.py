@@ -2,14 +2,16 @@
 conversions from rows to records. The operations live in the mixins (kb, mentions, annotations,
 queue, runs, reports) that `store.AnnotationStore` combines.
 """
+
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Row, select
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +42,7 @@ MAX_REQUEST_ID = 100
 # Input checks (each raises InvalidInput naming the field)
 # ------------------------------------------------------------------------------------------------
 
+
 def check_text(value: Any, field: str, *, max_len: int, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"expected a string, got {type(value).__name__}", field)
@@ -58,8 +61,9 @@ def check_int(value: Any, field: str) -> int:
     return value
 
 
-def check_float(value: Any, field: str, *, optional: bool = False, minimum: float | None = None,
-                maximum: float | None = None) -> float | None:
+def check_float(
+    value: Any, field: str, *, optional: bool = False, minimum: float | None = None, maximum: float | None = None
+) -> float | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -88,8 +92,9 @@ class StoreBase:
         self.engine = engine if engine is not None else get_engine(settings)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = write_lock(settings.database_url) if self.is_sqlite else None
-        self.images = ImageStore(settings.images_dir, max_bytes=settings.max_image_bytes,
-                                 max_pixels=settings.max_image_pixels)
+        self.images = ImageStore(
+            settings.images_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
         self.journal = Journal(settings.journal_path, fsync=settings.journal_fsync)
         self.location = None  # the StorageReport, set by open_store
 
@@ -97,9 +102,11 @@ class StoreBase:
 
     def read_transaction(self, fn: Callable[[Session], T]) -> T:
         """Run `fn(session)` in a read-only transaction (deferred BEGIN on SQLite)."""
+
         def run() -> T:
             with session_scope(self.engine, read_only=True) as s:
                 return fn(s)
+
         return retry_on_lock(run, self.settings.write_retries)
 
     def _write(self, fn: Callable[[Session, list[dict]], T]) -> T:
@@ -111,6 +118,7 @@ class StoreBase:
         reruns the whole transaction with backoff; so does a unique-key race (possible on
         PostgreSQL, where writers are not serialised), which the rerun then sees as a duplicate.
         """
+
         def attempt() -> T:
             session = Session(self.engine, expire_on_commit=False)
             txn = None
@@ -189,8 +197,9 @@ class StoreBase:
             raise UnknownEntity(f"unknown entity {entity_id!r} (not in the knowledge base)", field)
         return row
 
-    def _model_version_row(self, s: Session, name: Any, field: str = "model_version",
-                           create: bool = False) -> ModelVersion:
+    def _model_version_row(
+        self, s: Session, name: Any, field: str = "model_version", create: bool = False
+    ) -> ModelVersion:
         check_text(name, field, max_len=MAX_NAME)
         row = s.scalar(select(ModelVersion).where(ModelVersion.name == name))
         if row is None:
@@ -212,34 +221,72 @@ class StoreBase:
         return str(self.images.path_for(sha256, ext or ""))
 
     def _mention_record(self, s: Session, m: Mention | Row) -> MentionRecord:
-        return MentionRecord(id=m.id, uid=m.uid, source=m.source, sentence=m.sentence, mention=m.mention,
-                             start=m.start, end=m.end, image_sha256=m.image_sha256,
-                             image_path=self.image_path(m.image_sha256, s, getattr(m, "ext", None)),
-                             margin=m.margin, created_at=m.created_at)
+        return MentionRecord(
+            id=m.id,
+            uid=m.uid,
+            source=m.source,
+            sentence=m.sentence,
+            mention=m.mention,
+            start=m.start,
+            end=m.end,
+            image_sha256=m.image_sha256,
+            image_path=self.image_path(m.image_sha256, s, getattr(m, "ext", None)),
+            margin=m.margin,
+            created_at=m.created_at,
+        )
 
     def _prediction_record(self, s: Session, p: Prediction) -> PredictionRecord:
         rows = s.execute(Q.candidates_with_names(), {"pid": p.id}).all()
         mv = s.connection().execute(Q.model_version_name(), {"id": p.model_version_id}).scalar()
         return PredictionRecord(
-            id=p.id, uid=p.uid, mention_id=p.mention_id, model_version=mv or "", margin=p.margin,
+            id=p.id,
+            uid=p.uid,
+            mention_id=p.mention_id,
+            model_version=mv or "",
+            margin=p.margin,
             created_at=p.created_at,
-            candidates=[CandidateRecord(rank=c.rank, entity_id=c.entity_id, entity_name=name, s=c.s, s_t=c.s_t,
-                                        s_v=c.s_v, s_c=c.s_c) for c, name in rows])
+            candidates=[
+                CandidateRecord(
+                    rank=c.rank, entity_id=c.entity_id, entity_name=name, s=c.s, s_t=c.s_t, s_v=c.s_v, s_c=c.s_c
+                )
+                for c, name in rows
+            ],
+        )
 
     def _latest_prediction(self, s: Session, mention_id: int) -> Prediction | None:
         return s.scalar(Q.latest_prediction(), {"mid": mention_id})
 
-    def _annotation_record(self, s: Session, a: Annotation, *, duplicate: bool = False,
-                           annotator_name: str | None = None, mention_uid: str | None = None) -> AnnotationRecord:
+    def _annotation_record(
+        self,
+        s: Session,
+        a: Annotation,
+        *,
+        duplicate: bool = False,
+        annotator_name: str | None = None,
+        mention_uid: str | None = None,
+    ) -> AnnotationRecord:
         if annotator_name is None:
             annotator_name = s.scalar(select(Annotator.name).where(Annotator.id == a.annotator_id))
         if mention_uid is None:
             mention_uid = self._mention_row(s, a.mention_id).uid
         return AnnotationRecord(
-            id=a.id, request_id=a.request_id, mention_id=a.mention_id, mention_uid=mention_uid,
-            annotator=annotator_name, decision=a.decision, entity_id=a.entity_id, entity_version=a.entity_version,
-            prediction_id=a.prediction_id, seconds_spent=a.seconds_spent, comment=a.comment, status=a.status,
-            superseded_by=a.superseded_by, undone_at=a.undone_at, created_at=a.created_at, duplicate=duplicate)
+            id=a.id,
+            request_id=a.request_id,
+            mention_id=a.mention_id,
+            mention_uid=mention_uid,
+            annotator=annotator_name,
+            decision=a.decision,
+            entity_id=a.entity_id,
+            entity_version=a.entity_version,
+            prediction_id=a.prediction_id,
+            seconds_spent=a.seconds_spent,
+            comment=a.comment,
+            status=a.status,
+            superseded_by=a.superseded_by,
+            undone_at=a.undone_at,
+            created_at=a.created_at,
+            duplicate=duplicate,
+        )
 
     def resolve_data_path(self, p: str) -> str | None:
         """A stored image path (relative to DATA_DIR) made absolute, or None when it does not resolve

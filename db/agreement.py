@@ -7,11 +7,12 @@ Both kappas compare the observed agreement P_o with the agreement P_e expected b
 label frequencies: kappa = (P_o - P_e) / (1 - P_e). When P_e = 1 (everyone used one single label)
 kappa is undefined and the functions return None rather than inventing a number.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
-from typing import Hashable, Iterable, Mapping, Sequence
 
 
 def cohen_kappa(pairs: Iterable[tuple[Hashable, Hashable]]) -> float | None:
@@ -87,8 +88,15 @@ def agreement_report(labels: Mapping[Hashable, Mapping[str, Hashable]]) -> dict:
     for a, b in combinations(annotators, 2):
         both = [(by[a], by[b]) for by in multi.values() if a in by and b in by]
         if both:
-            pairs.append({"a": a, "b": b, "items": len(both), "kappa": cohen_kappa(both),
-                          "observed_agreement": sum(x == y for x, y in both) / len(both)})
+            pairs.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "items": len(both),
+                    "kappa": cohen_kappa(both),
+                    "observed_agreement": sum(x == y for x, y in both) / len(both),
+                }
+            )
     observed = None
     if multi:
         shares = []
@@ -97,5 +105,9 @@ def agreement_report(labels: Mapping[Hashable, Mapping[str, Hashable]]) -> dict:
             n = len(by)
             shares.append(sum(c * (c - 1) for c in counts.values()) / (n * (n - 1)))
         observed = sum(shares) / len(shares)
-    return {"items": len(multi), "fleiss_kappa": fleiss_kappa(list(by.values()) for by in multi.values()),
-            "observed_agreement": observed, "pairs": pairs}
+    return {
+        "items": len(multi),
+        "fleiss_kappa": fleiss_kappa(list(by.values()) for by in multi.values()),
+        "observed_agreement": observed,
+        "pairs": pairs,
+    }

@@ -14,6 +14,7 @@ Rules (all enforced inside one write transaction per call):
 * Each write appends its journal events before committing; `reconcile` makes journal and
   database equal again after a crash (see journal.py).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -31,8 +32,20 @@ from ._base import MAX_COMMENT, MAX_REQUEST_ID, StoreBase, check_choice, check_f
 from .errors import Conflict, InvalidInput, NotFound
 from .journal import scan_journal
 from .mentions import CandidateInput
-from .models import (DECISIONS, FINAL_DECISIONS, ROLES, Annotation, Annotator, Image, KbEntity, KbEntityVersion, Mention,
-                     Prediction, entity_search_text, utcnow)
+from .models import (
+    DECISIONS,
+    FINAL_DECISIONS,
+    ROLES,
+    Annotation,
+    Annotator,
+    Image,
+    KbEntity,
+    KbEntityVersion,
+    Mention,
+    Prediction,
+    entity_search_text,
+    utcnow,
+)
 from .records import AnnotationRecord, ReconcileReport
 
 MAX_SECONDS = 24 * 3600.0
@@ -52,9 +65,18 @@ class Submission:
     request_id: str
 
 
-def check_submission(annotator: Any, mention: Any, decision: Any = None, entity_id: Any = None, *,
-                     prediction_id: Any = None, seconds_spent: Any = None, comment: Any = None,
-                     request_id: Any = None, field: str = "") -> Submission:
+def check_submission(
+    annotator: Any,
+    mention: Any,
+    decision: Any = None,
+    entity_id: Any = None,
+    *,
+    prediction_id: Any = None,
+    seconds_spent: Any = None,
+    comment: Any = None,
+    request_id: Any = None,
+    field: str = "",
+) -> Submission:
     p = f"{field}." if field else ""
     check_text(annotator, f"{p}annotator", max_len=200)
     if isinstance(mention, str):
@@ -80,8 +102,16 @@ def check_submission(annotator: Any, mention: Any, decision: Any = None, entity_
     if request_id is None:
         request_id = uuid.uuid4().hex
     check_text(request_id, f"{p}request_id", max_len=MAX_REQUEST_ID)
-    return Submission(annotator=annotator, mention=mention, decision=decision, entity_id=entity_id,
-                      prediction_id=prediction_id, seconds_spent=seconds, comment=comment, request_id=request_id)
+    return Submission(
+        annotator=annotator,
+        mention=mention,
+        decision=decision,
+        entity_id=entity_id,
+        prediction_id=prediction_id,
+        seconds_spent=seconds,
+        comment=comment,
+        request_id=request_id,
+    )
 
 
 def _parse_time(value: str) -> datetime:
@@ -89,18 +119,34 @@ def _parse_time(value: str) -> datetime:
 
 
 class AnnotationsMixin(StoreBase):
-
     # -- submit / skip ----------------------------------------------------------------------
 
-    def submit(self, annotator: str, mention: int | str, decision: str | None = None, entity_id: str | None = None,
-               *, prediction_id: int | None = None, seconds_spent: float | None = None,
-               comment: str | None = None, request_id: str | None = None) -> AnnotationRecord:
+    def submit(
+        self,
+        annotator: str,
+        mention: int | str,
+        decision: str | None = None,
+        entity_id: str | None = None,
+        *,
+        prediction_id: int | None = None,
+        seconds_spent: float | None = None,
+        comment: str | None = None,
+        request_id: str | None = None,
+    ) -> AnnotationRecord:
         """Record a decision: decision="entity" with `entity_id`, or "nil" (not in the list),
         "ambiguous", or "skip". `decision` may be left out when `entity_id` is given.
         `prediction_id` is the prediction the annotator was shown (default: the mention's latest).
         Returns the stored annotation (`duplicate=True` when nothing new was stored)."""
-        sub = check_submission(annotator, mention, decision, entity_id, prediction_id=prediction_id,
-                               seconds_spent=seconds_spent, comment=comment, request_id=request_id)
+        sub = check_submission(
+            annotator,
+            mention,
+            decision,
+            entity_id,
+            prediction_id=prediction_id,
+            seconds_spent=seconds_spent,
+            comment=comment,
+            request_id=request_id,
+        )
         return self._write(lambda s, events: self._apply_submission(s, sub, events))
 
     def skip(self, annotator: str, mention: int | str, **kw) -> AnnotationRecord:
@@ -120,8 +166,11 @@ class AnnotationsMixin(StoreBase):
                 annotator, mention = it.pop("annotator"), it.pop("mention")
             except KeyError as e:
                 raise InvalidInput("missing", f"items[{i}].{e.args[0]}") from None
-            subs.append(check_submission(annotator, mention, it.pop("decision", None), it.pop("entity_id", None),
-                                         field=f"items[{i}]", **it))
+            subs.append(
+                check_submission(
+                    annotator, mention, it.pop("decision", None), it.pop("entity_id", None), field=f"items[{i}]", **it
+                )
+            )
         return self._write(lambda s, events: [self._apply_submission(s, sub, events) for sub in subs])
 
     def _apply_submission(self, s: Session, sub: Submission, events: list[dict]) -> AnnotationRecord:
@@ -129,10 +178,16 @@ class AnnotationsMixin(StoreBase):
         m = self._mention_row(s, sub.mention, "mention")
         same = s.connection().execute(Q.annotation_by_request(), {"rid": sub.request_id}).first()
         if same is not None:
-            if (same.annotator_id, same.mention_id, same.decision, same.entity_id) != \
-                    (ann.id, m.id, sub.decision, sub.entity_id):
-                raise Conflict(f"request_id {sub.request_id!r} was already used for a different submission "
-                               f"(annotation {same.id})", "request_id")
+            if (same.annotator_id, same.mention_id, same.decision, same.entity_id) != (
+                ann.id,
+                m.id,
+                sub.decision,
+                sub.entity_id,
+            ):
+                raise Conflict(
+                    f"request_id {sub.request_id!r} was already used for a different submission (annotation {same.id})",
+                    "request_id",
+                )
             return self._annotation_record(s, same, duplicate=True, annotator_name=ann.name, mention_uid=m.uid)
         entity = self._entity_row(s, sub.entity_id) if sub.decision == "entity" else None
         if sub.prediction_id is not None:
@@ -147,18 +202,28 @@ class AnnotationsMixin(StoreBase):
         if current is not None and (current.decision, current.entity_id) == (sub.decision, sub.entity_id):
             return self._annotation_record(s, current, duplicate=True, annotator_name=ann.name, mention_uid=m.uid)
         row = self._insert_annotation(
-            s, ann=ann, m=m, current=current, request_id=sub.request_id, decision=sub.decision,
-            entity_id=entity.id if entity else None, entity_version=entity.version if entity else None,
-            prediction_id=pred.id if pred else None, seconds_spent=sub.seconds_spent, comment=sub.comment,
-            created_at=utcnow())
+            s,
+            ann=ann,
+            m=m,
+            current=current,
+            request_id=sub.request_id,
+            decision=sub.decision,
+            entity_id=entity.id if entity else None,
+            entity_version=entity.version if entity else None,
+            prediction_id=pred.id if pred else None,
+            seconds_spent=sub.seconds_spent,
+            comment=sub.comment,
+            created_at=utcnow(),
+        )
         events.append(self._annotation_event(s, row, ann, m))
         return self._annotation_record(s, row, annotator_name=ann.name, mention_uid=m.uid)
 
     def _current(self, s: Session, mention_id: int, annotator_id: int) -> Row | None:
         return s.connection().execute(Q.current_annotation(), {"mid": mention_id, "aid": annotator_id}).first()
 
-    def _insert_annotation(self, s: Session, *, ann: Annotator | Row, m: Mention | Row, current: Row | None,
-                           **values) -> SimpleNamespace:
+    def _insert_annotation(
+        self, s: Session, *, ann: Annotator | Row, m: Mention | Row, current: Row | None, **values
+    ) -> SimpleNamespace:
         """Insert a current annotation, superseding `current`, and release the annotator's lease.
 
         Core statements, not the ORM unit of work: this is the hottest write (about half the cost
@@ -167,8 +232,15 @@ class AnnotationsMixin(StoreBase):
         if current is not None:
             # Demote first: the partial unique index allows one current row per (mention, annotator).
             conn.execute(Q.set_annotation_status(), {"aid_": current.id, "status_": "superseded", "by_": None})
-        params = dict(mention_id=m.id, annotator_id=ann.id, status="current", superseded_by=None, undone_at=None,
-                      undo_request_id=None, **values)
+        params = dict(
+            mention_id=m.id,
+            annotator_id=ann.id,
+            status="current",
+            superseded_by=None,
+            undone_at=None,
+            undo_request_id=None,
+            **values,
+        )
         row = SimpleNamespace(id=conn.execute(Q.insert_annotation(), params).inserted_primary_key[0], **params)
         if current is not None:
             conn.execute(Q.set_annotation_status(), {"aid_": current.id, "status_": "superseded", "by_": row.id})
@@ -191,8 +263,9 @@ class AnnotationsMixin(StoreBase):
 
     # -- undo ---------------------------------------------------------------------------------
 
-    def undo(self, annotator: str, *, request_id: str | None = None,
-             annotation_id: int | None = None) -> AnnotationRecord | None:
+    def undo(
+        self, annotator: str, *, request_id: str | None = None, annotation_id: int | None = None
+    ) -> AnnotationRecord | None:
         """Undo the annotator's latest current annotation (or `annotation_id`, which must be one of
         their current ones). The row stays, with status "undone"; the mention returns to the front
         of their queue. Returns the undone annotation, or None when there is nothing to undo."""
@@ -213,12 +286,17 @@ class AnnotationsMixin(StoreBase):
                 if target.annotator_id != ann.id:
                     raise Conflict(f"annotation {annotation_id} belongs to another annotator", "annotation_id")
                 if target.status != "current":
-                    raise Conflict(f"annotation {annotation_id} is {target.status}; only a current one can be undone",
-                                   "annotation_id")
+                    raise Conflict(
+                        f"annotation {annotation_id} is {target.status}; only a current one can be undone",
+                        "annotation_id",
+                    )
             else:
-                target = s.scalar(select(Annotation).where(Annotation.annotator_id == ann.id,
-                                                           Annotation.status == "current")
-                                  .order_by(Annotation.id.desc()).limit(1))
+                target = s.scalar(
+                    select(Annotation)
+                    .where(Annotation.annotator_id == ann.id, Annotation.status == "current")
+                    .order_by(Annotation.id.desc())
+                    .limit(1)
+                )
                 if target is None:
                     return None
             now = utcnow()
@@ -226,12 +304,14 @@ class AnnotationsMixin(StoreBase):
             self._claim(s, target.mention_id, ann.id, now)  # back to this annotator first (queue.py)
             events.append(self._undo_event(target, ann.name))
             return self._annotation_record(s, target, annotator_name=ann.name)
+
         return self._write(fn)
 
     # -- reading --------------------------------------------------------------------------------
 
     def get_annotation(self, annotation: int | str) -> AnnotationRecord:
         """An annotation by id or by request_id."""
+
         def fn(s: Session) -> AnnotationRecord:
             if isinstance(annotation, str):
                 row = s.scalar(select(Annotation).where(Annotation.request_id == annotation))
@@ -240,41 +320,60 @@ class AnnotationsMixin(StoreBase):
             if row is None:
                 raise NotFound(f"no annotation {annotation!r}", "annotation")
             return self._annotation_record(s, row)
+
         return self.read_transaction(fn)
 
     def history(self, mention: int | str) -> list[AnnotationRecord]:
         """Every annotation ever made on a mention (current, superseded, undone), oldest first."""
+
         def fn(s: Session) -> list[AnnotationRecord]:
             m = self._mention_row(s, mention, "mention")
-            rows = s.execute(select(Annotation, Annotator.name).join(Annotator, Annotator.id == Annotation.annotator_id)
-                             .where(Annotation.mention_id == m.id).order_by(Annotation.id)).all()
+            rows = s.execute(
+                select(Annotation, Annotator.name)
+                .join(Annotator, Annotator.id == Annotation.annotator_id)
+                .where(Annotation.mention_id == m.id)
+                .order_by(Annotation.id)
+            ).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=m.uid) for a, n in rows]
+
         return self.read_transaction(fn)
 
     def annotator_history(self, annotator: str, limit: int = 50) -> list[AnnotationRecord]:
         """The annotator's most recent annotations (any status), newest first."""
+
         def fn(s: Session) -> list[AnnotationRecord]:
             ann = self._annotator_row(s, annotator)
-            rows = s.execute(select(Annotation, Mention.uid).join(Mention, Mention.id == Annotation.mention_id)
-                             .where(Annotation.annotator_id == ann.id).order_by(Annotation.id.desc())
-                             .limit(limit)).all()
+            rows = s.execute(
+                select(Annotation, Mention.uid)
+                .join(Mention, Mention.id == Annotation.mention_id)
+                .where(Annotation.annotator_id == ann.id)
+                .order_by(Annotation.id.desc())
+                .limit(limit)
+            ).all()
             return [self._annotation_record(s, a, annotator_name=ann.name, mention_uid=u) for a, u in rows]
+
         return self.read_transaction(fn)
 
     def current_annotations(self) -> list[AnnotationRecord]:
         """Every current annotation (skips included), in id order."""
+
         def fn(s: Session) -> list[AnnotationRecord]:
-            rows = s.execute(select(Annotation, Annotator.name, Mention.uid)
-                             .join(Annotator, Annotator.id == Annotation.annotator_id)
-                             .join(Mention, Mention.id == Annotation.mention_id)
-                             .where(Annotation.status == "current").order_by(Annotation.id)).all()
+            rows = s.execute(
+                select(Annotation, Annotator.name, Mention.uid)
+                .join(Annotator, Annotator.id == Annotation.annotator_id)
+                .join(Mention, Mention.id == Annotation.mention_id)
+                .where(Annotation.status == "current")
+                .order_by(Annotation.id)
+            ).all()
             return [self._annotation_record(s, a, annotator_name=n, mention_uid=u) for a, n, u in rows]
+
         return self.read_transaction(fn)
 
     # -- journal events ---------------------------------------------------------------------------
 
-    def _annotation_event(self, s: Session, a: Annotation, ann: Annotator | None = None,
-                          m: Mention | None = None) -> dict:
+    def _annotation_event(
+        self, s: Session, a: Annotation, ann: Annotator | None = None, m: Mention | None = None
+    ) -> dict:
         """A self-contained journal record of annotation `a`: enough to rebuild it in an empty database."""
         ann = ann or s.get(Annotator, a.annotator_id)
         m = m or self._mention_row(s, a.mention_id)
@@ -294,20 +393,46 @@ class AnnotationsMixin(StoreBase):
             p = s.get(Prediction, a.prediction_id)
             mv = s.connection().execute(Q.model_version_name(), {"id": p.model_version_id}).scalar()
             cands = s.execute(Q.candidates_with_names(), {"pid": p.id}).all()
-            prediction = {"uid": p.uid, "model_version": mv, "created_at": iso(p.created_at),
-                          "candidates": [{"entity_id": c.entity_id, "name": n, "S": c.s, "S_T": c.s_t,
-                                          "S_V": c.s_v, "S_C": c.s_c} for c, n in cands]}
-        return {"type": "annotation", "request_id": a.request_id, "created_at": iso(a.created_at),
-                "annotation_id": a.id, "annotator": {"name": ann.name, "role": ann.role},
-                "mention": {"uid": m.uid, "source": m.source, "sentence": m.sentence, "mention": m.mention,
-                            "start": m.start, "end": m.end, "image": image},
-                "decision": a.decision, "entity": entity, "prediction": prediction,
-                "seconds_spent": a.seconds_spent, "comment": a.comment}
+            prediction = {
+                "uid": p.uid,
+                "model_version": mv,
+                "created_at": iso(p.created_at),
+                "candidates": [
+                    {"entity_id": c.entity_id, "name": n, "S": c.s, "S_T": c.s_t, "S_V": c.s_v, "S_C": c.s_c}
+                    for c, n in cands
+                ],
+            }
+        return {
+            "type": "annotation",
+            "request_id": a.request_id,
+            "created_at": iso(a.created_at),
+            "annotation_id": a.id,
+            "annotator": {"name": ann.name, "role": ann.role},
+            "mention": {
+                "uid": m.uid,
+                "source": m.source,
+                "sentence": m.sentence,
+                "mention": m.mention,
+                "start": m.start,
+                "end": m.end,
+                "image": image,
+            },
+            "decision": a.decision,
+            "entity": entity,
+            "prediction": prediction,
+            "seconds_spent": a.seconds_spent,
+            "comment": a.comment,
+        }
 
     @staticmethod
     def _undo_event(a: Annotation, annotator_name: str) -> dict:
-        return {"type": "undo", "request_id": a.undo_request_id, "target": a.request_id,
-                "annotator": annotator_name, "created_at": iso(a.undone_at)}
+        return {
+            "type": "undo",
+            "request_id": a.undo_request_id,
+            "target": a.request_id,
+            "annotator": annotator_name,
+            "created_at": iso(a.undone_at),
+        }
 
     # -- replay (reconcile / rebuild) --------------------------------------------------------------
 
@@ -326,12 +451,30 @@ class AnnotationsMixin(StoreBase):
         row = s.get(KbEntity, entity_id)
         if row is None:
             now = utcnow()
-            row = KbEntity(id=entity_id, name=name or entity_id, text="", aliases=[], images=[], version=1,
-                           updated_at=now, search_text=entity_search_text(entity_id, name or entity_id, []))
+            row = KbEntity(
+                id=entity_id,
+                name=name or entity_id,
+                text="",
+                aliases=[],
+                images=[],
+                version=1,
+                updated_at=now,
+                search_text=entity_search_text(entity_id, name or entity_id, []),
+            )
             s.add(row)
             s.flush()
-            s.add(KbEntityVersion(entity_id=entity_id, version=1, name=row.name, text="", aliases=[], images=[],
-                                  note="placeholder rebuilt from the journal", created_at=now))
+            s.add(
+                KbEntityVersion(
+                    entity_id=entity_id,
+                    version=1,
+                    name=row.name,
+                    text="",
+                    aliases=[],
+                    images=[],
+                    note="placeholder rebuilt from the journal",
+                    created_at=now,
+                )
+            )
         return row
 
     def _ensure_mention(self, s: Session, snap: dict) -> Mention:
@@ -341,12 +484,26 @@ class AnnotationsMixin(StoreBase):
         image = snap.get("image")
         if image and s.get(Image, image["sha256"]) is None:
             path = self.images.path_for(image["sha256"], image.get("ext", ""))
-            s.add(Image(sha256=image["sha256"], ext=image.get("ext", ""),
-                        size_bytes=path.stat().st_size if path.is_file() else None, created_at=utcnow()))
+            s.add(
+                Image(
+                    sha256=image["sha256"],
+                    ext=image.get("ext", ""),
+                    size_bytes=path.stat().st_size if path.is_file() else None,
+                    created_at=utcnow(),
+                )
+            )
             s.flush()
-        row = Mention(uid=snap["uid"], source=snap.get("source") or "", sentence=snap["sentence"],
-                      mention=snap["mention"], start=snap["start"], end=snap["end"],
-                      image_sha256=image["sha256"] if image else None, margin=None, created_at=utcnow())
+        row = Mention(
+            uid=snap["uid"],
+            source=snap.get("source") or "",
+            sentence=snap["sentence"],
+            mention=snap["mention"],
+            start=snap["start"],
+            end=snap["end"],
+            image_sha256=image["sha256"] if image else None,
+            margin=None,
+            created_at=utcnow(),
+        )
         s.add(row)
         s.flush()
         return row
@@ -359,8 +516,14 @@ class AnnotationsMixin(StoreBase):
         for c in snap.get("candidates") or []:
             self._ensure_entity(s, c["entity_id"], c.get("name"))
             cands.append(CandidateInput(c["entity_id"], c["S"], c.get("S_T"), c.get("S_V"), c.get("S_C")))
-        return self._insert_prediction(s, m, snap["model_version"], cands, uid=snap["uid"],
-                                       created_at=_parse_time(snap["created_at"]) if snap.get("created_at") else None)
+        return self._insert_prediction(
+            s,
+            m,
+            snap["model_version"],
+            cands,
+            uid=snap["uid"],
+            created_at=_parse_time(snap["created_at"]) if snap.get("created_at") else None,
+        )
 
     def _replay_annotation(self, s: Session, ev: dict) -> bool:
         if s.scalar(select(Annotation.id).where(Annotation.request_id == ev["request_id"])) is not None:
@@ -372,11 +535,19 @@ class AnnotationsMixin(StoreBase):
             self._ensure_entity(s, entity["id"], entity.get("name"))
         pred = self._ensure_prediction(s, ev["prediction"], m) if ev.get("prediction") else None
         self._insert_annotation(
-            s, ann=ann, m=m, current=self._current(s, m.id, ann.id), request_id=ev["request_id"],
-            decision=ev["decision"], entity_id=entity["id"] if entity else None,
-            entity_version=entity.get("version") if entity else None, prediction_id=pred.id if pred else None,
-            seconds_spent=ev.get("seconds_spent"), comment=ev.get("comment"),
-            created_at=_parse_time(ev["created_at"]))
+            s,
+            ann=ann,
+            m=m,
+            current=self._current(s, m.id, ann.id),
+            request_id=ev["request_id"],
+            decision=ev["decision"],
+            entity_id=entity["id"] if entity else None,
+            entity_version=entity.get("version") if entity else None,
+            prediction_id=pred.id if pred else None,
+            seconds_spent=ev.get("seconds_spent"),
+            comment=ev.get("comment"),
+            created_at=_parse_time(ev["created_at"]),
+        )
         return True
 
     def _replay_undo(self, s: Session, ev: dict) -> bool:
@@ -431,8 +602,9 @@ class AnnotationsMixin(StoreBase):
             journaled = {ev["request_id"] for ev in own_scan.events()}
             missing: list[tuple[Any, int, dict]] = []
             # Compare keys first; load full rows only for what is missing (usually nothing).
-            keys = s.execute(select(Annotation.id, Annotation.request_id, Annotation.undo_request_id)
-                             .order_by(Annotation.id)).all()
+            keys = s.execute(
+                select(Annotation.id, Annotation.request_id, Annotation.undo_request_id).order_by(Annotation.id)
+            ).all()
             for aid, rid, urid in keys:
                 if rid in journaled and (urid is None or urid in journaled):
                     continue
@@ -445,4 +617,5 @@ class AnnotationsMixin(StoreBase):
             events.extend(ev for _, _, ev in missing)
             report.events_rejournaled = len(missing)
             return report
+
         return self._write(fn)

@@ -20,12 +20,13 @@ Environment variables (all optional):
 recognises a Hugging Face Space without a mounted storage bucket, temporary folders (/tmp, tmpfs)
 and container overlay file systems, which all lose their content.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 from sqlalchemy.engine import make_url
 
@@ -35,8 +36,29 @@ DB_FILE_NAME = "mimic_studio.sqlite3"
 JOURNAL_MODES = ("wal", "delete", "truncate", "persist")
 
 # File systems on which SQLite's WAL (shared memory, mmap) and POSIX locks are unreliable.
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-               "gpfs", "afs", "beegfs", "davfs", "sshfs", "s3fs", "gcsfuse", "ossfs", "juicefs", "virtiofs"}
+_NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb",
+    "smb2",
+    "smb3",
+    "smbfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "afs",
+    "beegfs",
+    "davfs",
+    "sshfs",
+    "s3fs",
+    "gcsfuse",
+    "ossfs",
+    "juicefs",
+    "virtiofs",
+}
 # File systems whose content disappears with the machine / container.
 _VOLATILE_FS = {"tmpfs", "ramfs"}
 _OVERLAY_FS = {"overlay", "overlayfs", "aufs"}
@@ -74,19 +96,24 @@ class Settings:
 
     data_dir: Path
     database_url: str
-    network_fs: bool | None = None        # None: detect from the mount table
-    journal_mode: str | None = None       # None: "delete" on a network FS, else "wal"
+    network_fs: bool | None = None  # None: detect from the mount table
+    journal_mode: str | None = None  # None: "delete" on a network FS, else "wal"
     busy_timeout_ms: int = 10_000
     overlap: int = 1
     lease_seconds: int = 900
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     journal_fsync: bool = True
-    write_retries: int = 8                # retries of a whole transaction on "database is locked"
+    write_retries: int = 8  # retries of a whole transaction on "database is locked"
 
     @classmethod
-    def from_env(cls, data_dir: str | Path | None = None, url: str | None = None,
-                 env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(
+        cls,
+        data_dir: str | Path | None = None,
+        url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides,
+    ) -> Settings:
         """Settings from `env` (default os.environ); explicit arguments win over the environment."""
         env = os.environ if env is None else env
         data = Path(data_dir if data_dir is not None else env.get("DATA_DIR") or "./data").expanduser().absolute()
@@ -114,8 +141,9 @@ class Settings:
         if self.overlap < 1:
             raise InvalidInput(f"must be >= 1, got {self.overlap}", "overlap")
         if self.is_sqlite and self.sqlite_path is None:
-            raise InvalidInput("an in-memory SQLite database cannot be shared between connections; "
-                               "give a file path", "DATABASE_URL")
+            raise InvalidInput(
+                "an in-memory SQLite database cannot be shared between connections; give a file path", "DATABASE_URL"
+            )
 
     # -- derived locations ----------------------------------------------------------------------
 
@@ -127,8 +155,12 @@ class Settings:
     def sqlite_path(self) -> Path | None:
         """The SQLite file, or None for another database (or an in-memory SQLite)."""
         u = make_url(self.database_url)
-        if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
-                or u.database.startswith("file::memory:"):
+        if (
+            u.get_backend_name() != "sqlite"
+            or not u.database
+            or u.database == ":memory:"
+            or u.database.startswith("file::memory:")
+        ):
             return None
         return Path(u.database).expanduser().absolute()
 
@@ -145,7 +177,7 @@ class Settings:
         """The database URL with any password masked, for logs."""
         return make_url(self.database_url).render_as_string(hide_password=True)
 
-    def resolved_network_fs(self, mounts: list["Mount"] | None = None) -> bool:
+    def resolved_network_fs(self, mounts: list[Mount] | None = None) -> bool:
         """The MIMIC_DB_NETWORK_FS setting, or what the mount table says about the SQLite file."""
         if self.network_fs is not None:
             return self.network_fs
@@ -155,7 +187,7 @@ class Settings:
         m = mount_of(path.parent, read_mounts() if mounts is None else mounts)
         return m is not None and is_network_fs(m.fstype)
 
-    def resolved_journal_mode(self, mounts: list["Mount"] | None = None) -> str:
+    def resolved_journal_mode(self, mounts: list[Mount] | None = None) -> str:
         if self.journal_mode:
             return self.journal_mode
         return "delete" if self.resolved_network_fs(mounts) else "wal"
@@ -164,6 +196,7 @@ class Settings:
 # ------------------------------------------------------------------------------------------------
 # Mount table and the "is it durable?" report
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -176,8 +209,8 @@ def _unescape(s: str) -> str:
     """/proc/mounts writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(s[i])
@@ -231,7 +264,7 @@ class StorageReport:
     mount_point: str | None
     fstype: str | None
     network_fs: bool
-    journal_mode: str | None       # SQLite only
+    journal_mode: str | None  # SQLite only
     ephemeral: bool
     warnings: list[str] = field(default_factory=list)
 
@@ -245,8 +278,9 @@ class StorageReport:
         return text + f"; journal {self.journal}; images {self.images}"
 
 
-def describe_location(settings: Settings, env: Mapping[str, str] | None = None,
-                      mounts: list[Mount] | None = None) -> StorageReport:
+def describe_location(
+    settings: Settings, env: Mapping[str, str] | None = None, mounts: list[Mount] | None = None
+) -> StorageReport:
     """Say where the data lives and warn when that place is known to be ephemeral.
 
     `env` and `mounts` default to the real environment and /proc/self/mounts (tests pass their own).
@@ -266,21 +300,28 @@ def describe_location(settings: Settings, env: Mapping[str, str] | None = None,
         warnings.append(
             f"running on a Hugging Face Space (SPACE_ID={env.get('SPACE_ID')}) and DATA_DIR={data_dir} is not on "
             "a mounted storage bucket: every annotation is lost when the Space restarts. Attach a bucket volume "
-            "(hf spaces volumes set <space> -v hf://buckets/<ns>/<bucket>:/data) and set DATA_DIR=/data.")
+            "(hf spaces volumes set <space> -v hf://buckets/<ns>/<bucket>:/data) and set DATA_DIR=/data."
+        )
     if any(real == t or real.startswith(t + "/") for t in _TEMP_DIRS) or fstype in _VOLATILE_FS:
         ephemeral = True
-        warnings.append(f"DATA_DIR={data_dir} is a temporary location ({fstype or 'temp folder'}): its content "
-                        "can be deleted at reboot or by the system's temp cleaner.")
+        warnings.append(
+            f"DATA_DIR={data_dir} is a temporary location ({fstype or 'temp folder'}): its content "
+            "can be deleted at reboot or by the system's temp cleaner."
+        )
     elif fstype in _OVERLAY_FS and not env.get("SPACE_ID"):
         ephemeral = True
-        warnings.append(f"DATA_DIR={data_dir} is on a container's writable overlay layer: it is lost when the "
-                        "container is recreated. Mount a volume there.")
+        warnings.append(
+            f"DATA_DIR={data_dir} is on a container's writable overlay layer: it is lost when the "
+            "container is recreated. Mount a volume there."
+        )
 
     network = settings.resolved_network_fs(mounts) if settings.is_sqlite else bool(m and is_network_fs(m.fstype))
     mode = settings.resolved_journal_mode(mounts) if settings.is_sqlite else None
     if settings.is_sqlite and network and mode == "wal":
-        warnings.append("the SQLite file is on a network / bucket file system but journal_mode=wal was forced: "
-                        "WAL needs shared memory and is unsafe there (set MIMIC_DB_JOURNAL_MODE=delete).")
+        warnings.append(
+            "the SQLite file is on a network / bucket file system but journal_mode=wal was forced: "
+            "WAL needs shared memory and is unsafe there (set MIMIC_DB_JOURNAL_MODE=delete)."
+        )
     if settings.is_sqlite:
         db_path = settings.sqlite_path
         if db_path is not None and not str(db_path).startswith(str(data_dir)):
@@ -290,6 +331,14 @@ def describe_location(settings: Settings, env: Mapping[str, str] | None = None,
                 ephemeral = True
                 warnings.append(f"the SQLite file {db_path} is on {dm.fstype}: it is lost at reboot.")
     return StorageReport(
-        data_dir=str(data_dir), database=settings.safe_url, journal=str(settings.journal_path),
-        images=str(settings.images_dir), mount_point=m.mount_point if m else None, fstype=fstype,
-        network_fs=network, journal_mode=mode, ephemeral=ephemeral, warnings=warnings)
+        data_dir=str(data_dir),
+        database=settings.safe_url,
+        journal=str(settings.journal_path),
+        images=str(settings.images_dir),
+        mount_point=m.mount_point if m else None,
+        fstype=fstype,
+        network_fs=network,
+        journal_mode=mode,
+        ephemeral=ephemeral,
+        warnings=warnings,
+    )

@@ -23,6 +23,7 @@ SQLite specifics (nothing here runs for PostgreSQL or other databases):
 `is_lock_error` and `retry_on_lock` are the last line of defence: a whole transaction that still
 hits "database is locked" is rolled back and run again with backoff; callers never see the error.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -53,8 +55,12 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def _engine_key(settings: Settings) -> tuple:
-    return (settings.database_url, settings.resolved_journal_mode() if settings.is_sqlite else None,
-            settings.busy_timeout_ms, settings.resolved_network_fs() if settings.is_sqlite else None)
+    return (
+        settings.database_url,
+        settings.resolved_journal_mode() if settings.is_sqlite else None,
+        settings.busy_timeout_ms,
+        settings.resolved_network_fs() if settings.is_sqlite else None,
+    )
 
 
 def get_engine(settings: Settings) -> Engine:
@@ -88,12 +94,17 @@ def make_engine(settings: Settings) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     network = settings.resolved_network_fs()
     mode = settings.resolved_journal_mode()
-    pool = dict(pool_size=1, max_overflow=0, pool_timeout=600) if network else \
-        dict(pool_size=8, max_overflow=24, pool_timeout=120)
+    pool = (
+        dict(pool_size=1, max_overflow=0, pool_timeout=600)
+        if network
+        else dict(pool_size=8, max_overflow=24, pool_timeout=120)
+    )
     engine = create_engine(
         settings.database_url,
         connect_args={"check_same_thread": False, "timeout": settings.busy_timeout_ms / 1000},
-        json_serializer=_json_dumps, **pool)
+        json_serializer=_json_dumps,
+        **pool,
+    )
     install_sqlite_hooks(engine, journal_mode=mode, busy_timeout_ms=settings.busy_timeout_ms, network_fs=network)
     return engine
 
@@ -182,13 +193,21 @@ def is_lock_error(exc: BaseException) -> bool:
     if not isinstance(exc, (OperationalError, DBAPIError)):
         return False
     msg = str(getattr(exc, "orig", exc)).lower()
-    return any(s in msg for s in ("database is locked", "database table is locked", "database is busy",
-                                  "deadlock detected", "could not serialize"))
+    return any(
+        s in msg
+        for s in (
+            "database is locked",
+            "database table is locked",
+            "database is busy",
+            "deadlock detected",
+            "could not serialize",
+        )
+    )
 
 
 def backoff_delay(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
     """Exponential backoff with full jitter, so retrying writers do not collide again in step."""
-    return random.uniform(0, min(cap, base * (2 ** attempt)))
+    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 def retry_on_lock(fn: Callable[[], T], retries: int = 8) -> T:
@@ -200,7 +219,8 @@ def retry_on_lock(fn: Callable[[], T], retries: int = 8) -> T:
             if not is_lock_error(e):
                 raise
             if attempt == retries:
-                raise StoreBusy(f"the database stayed locked after {retries + 1} attempts; nothing was "
-                                "written, try again") from e
+                raise StoreBusy(
+                    f"the database stayed locked after {retries + 1} attempts; nothing was written, try again"
+                ) from e
             time.sleep(backoff_delay(attempt))
     raise AssertionError("unreachable")

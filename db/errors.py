@@ -4,6 +4,7 @@ Every error is a `StoreError` (a `ValueError`) whose message names the offending
 so an app can show it as is. An operation that raises has written nothing: each one runs in a
 single database transaction that is rolled back on error.
 """
+
 from __future__ import annotations
 
 

@@ -11,6 +11,7 @@ writers (`write_official` for the official MIMIC layout — kb_entity.json, qid2
 the loaders accept is by construction what we produce. Every write is atomic (temporary file or
 folder renamed into place).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mimic.data import write_jsonl_dataset, write_official
-from mimic.data.schema import Dataset, Mention as CoreMention
+from mimic.data.schema import Dataset
+from mimic.data.schema import Mention as CoreMention
 
 from ._base import StoreBase
 from .errors import InvalidInput
@@ -31,9 +33,30 @@ from .models import Image, Mention
 from .records import TrainingExport
 from .reports import Resolution
 
-LINK_COLUMNS = ["annotation_id", "request_id", "mention_uid", "source", "sentence", "mention", "start", "end", "image",
-                "decision", "entity_id", "entity_name", "entity_version", "annotator", "role", "seconds_spent",
-                "comment", "created_at", "model_version", "predicted_entity_id", "predicted_score", "corrected"]
+LINK_COLUMNS = [
+    "annotation_id",
+    "request_id",
+    "mention_uid",
+    "source",
+    "sentence",
+    "mention",
+    "start",
+    "end",
+    "image",
+    "decision",
+    "entity_id",
+    "entity_name",
+    "entity_version",
+    "annotator",
+    "role",
+    "seconds_spent",
+    "comment",
+    "created_at",
+    "model_version",
+    "predicted_entity_id",
+    "predicted_score",
+    "corrected",
+]
 
 
 def _atomic_file(path: Path):
@@ -45,13 +68,14 @@ def _atomic_file(path: Path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
     return tmp, commit
 
 
 def split_of(uid: str, fractions: tuple[float, float, float], seed: str = "") -> str:
     """Deterministic split of a mention: the SHA-256 of seed + uid, as a number in [0, 1), against
     the cumulative train/dev/test fractions. Adding mentions never moves existing ones."""
-    u = int(hashlib.sha256((seed + uid).encode("utf-8")).hexdigest()[:15], 16) / float(16 ** 15)
+    u = int(hashlib.sha256((seed + uid).encode("utf-8")).hexdigest()[:15], 16) / float(16**15)
     if u < fractions[0]:
         return "train"
     return "dev" if u < fractions[0] + fractions[1] else "test"
@@ -68,11 +92,10 @@ class GoldMention:
 
     mention: CoreMention
     source: str
-    annotation_ids: tuple[int, ...]     # the current decisions that support the label
+    annotation_ids: tuple[int, ...]  # the current decisions that support the label
 
 
 class ExportsMixin(StoreBase):
-
     def export_links_jsonl(self, path: str | Path) -> int:
         """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count."""
         path = Path(path)
@@ -96,6 +119,7 @@ class ExportsMixin(StoreBase):
         # Imported here: pandas is 0.6 s of `import db`'s 1.3 s (python -X importtime, this machine)
         # and only this export needs it.
         import pandas as pd
+
         path = Path(path)
         rows = self.accepted_links()
         tmp, commit = _atomic_file(path)
@@ -118,21 +142,33 @@ class ExportsMixin(StoreBase):
 
         def fetch(s):
             rows, ids = [], sorted(chosen)
-            for i in range(0, len(ids), 500):   # bounded IN lists (SQLite's variable limit)
-                rows += s.execute(select(Mention, Image.ext).outerjoin(Image, Image.sha256 == Mention.image_sha256)
-                                  .where(Mention.id.in_(ids[i:i + 500]))).all()
+            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+                rows += s.execute(
+                    select(Mention, Image.ext)
+                    .outerjoin(Image, Image.sha256 == Mention.image_sha256)
+                    .where(Mention.id.in_(ids[i : i + 500]))
+                ).all()
             return rows
+
         out = []
         for m, ext in sorted(self.read_transaction(fetch), key=lambda t: t[0].id):
             r = chosen[m.id]
             image = self.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None
-            core = CoreMention(id=m.uid, sentence=m.sentence, mention=m.mention, answer=r.entity_id, image=image,
-                               start=m.start, end=m.end)
+            core = CoreMention(
+                id=m.uid,
+                sentence=m.sentence,
+                mention=m.mention,
+                answer=r.entity_id,
+                image=image,
+                start=m.start,
+                end=m.end,
+            )
             out.append(GoldMention(core, m.source or "", r.annotation_ids))
         return out
 
-    def build_training_dataset(self, *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: str = "",
-                               name: str = "annotations") -> tuple[Dataset, list[int], int, int]:
+    def build_training_dataset(
+        self, *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: str = "", name: str = "annotations"
+    ) -> tuple[Dataset, list[int], int, int]:
         """The gold entity links as a core `Dataset` (KB = the entities table, splits by `split_of`),
         plus the ids of the annotations used, the number of conflicting (tied) mentions and of NIL /
         ambiguous ones (left out: not trainable links)."""
@@ -146,9 +182,17 @@ class ExportsMixin(StoreBase):
         dataset = Dataset(self.knowledge_base(), splits, name=name, stats={"conflicts": conflicts})
         return dataset, used, conflicts, len(resolutions) - len(gold)
 
-    def export_training_set(self, out_dir: str | Path, *, layout: str = "official", prefix: str = "WIKIMEL",
-                            fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: str = "",
-                            copy_images: bool = True, overwrite: bool = False) -> TrainingExport:
+    def export_training_set(
+        self,
+        out_dir: str | Path,
+        *,
+        layout: str = "official",
+        prefix: str = "WIKIMEL",
+        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        seed: str = "",
+        copy_images: bool = True,
+        overwrite: bool = False,
+    ) -> TrainingExport:
         """Write the gold entity links as a training set that `python -m mimic train --data out_dir`
         reads directly. layout="official" (default) or "jsonl" (the project's kb.jsonl + <split>.jsonl).
 
@@ -162,6 +206,11 @@ class ExportsMixin(StoreBase):
             path = write_official(dataset, out_dir, prefix=prefix, copy_images=copy_images, overwrite=overwrite)
         else:
             path = write_jsonl_dataset(dataset, out_dir, overwrite=overwrite)
-        return TrainingExport(path=str(path), splits={k: len(v) for k, v in dataset.splits.items()},
-                              entities=len(dataset.kb), annotation_ids=used, conflicts=conflicts,
-                              not_entity=not_entity)
+        return TrainingExport(
+            path=str(path),
+            splits={k: len(v) for k, v in dataset.splits.items()},
+            entities=len(dataset.kb),
+            annotation_ids=used,
+            conflicts=conflicts,
+            not_entity=not_entity,
+        )

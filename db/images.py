@@ -7,6 +7,7 @@ anything is written. A file is written to a temporary name, fsynced and renamed 
 crash never leaves a half-written image under its final name; writing the same image twice (two
 processes, a retry) is harmless because both produce the same bytes under the same name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,17 @@ from pathlib import Path
 from .errors import InvalidImage
 
 # PIL format name -> file extension. Anything else keeps a generic extension.
-_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
-        "MPO": ".jpg", "ICO": ".ico", "PPM": ".ppm"}
+_EXT = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "MPO": ".jpg",
+    "ICO": ".ico",
+    "PPM": ".ppm",
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class ImageStore:
         from PIL import Image
 
         from mimic.data.images import ImageError, load_image
+
         try:
             img = load_image(data, max_pixels=self.max_pixels, convert_rgb=False, apply_exif=False)
         except ImageError as e:

@@ -24,15 +24,16 @@ The journal names everything by stable keys (request ids, mention uids, entity i
 names) and carries enough of the mention, entity and prediction to rebuild the annotations into
 an empty database.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 JOURNAL_VERSION = 1
 
@@ -93,9 +94,16 @@ class Journal:
         """Write `events` as one group (one write + fsync); return the group's transaction id."""
         txn = uuid.uuid4().hex
         n = len(events)
-        lines = [json.dumps({"v": JOURNAL_VERSION, "txn": txn, "k": k, "n": n, **ev},
-                            ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-                 for k, ev in enumerate(events)]
+        lines = [
+            json.dumps(
+                {"v": JOURNAL_VERSION, "txn": txn, "k": k, "n": n, **ev},
+                ensure_ascii=False,
+                separators=(",", ":"),
+                default=str,
+            )
+            + "\n"
+            for k, ev in enumerate(events)
+        ]
         with self._lock:
             self._write("".join(lines).encode("utf-8"))
         return txn

@@ -1,8 +1,10 @@
 """Annotators and the knowledge base (entities with versioned edits)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -35,11 +37,11 @@ def _like_pattern(text: str) -> str:
 
 
 class KbMixin(StoreBase):
-
     # -- entity images: only by content ------------------------------------------------------
 
-    def store_entity_images(self, images: Iterable[str], *, entity_id: str | None = None,
-                            errors: list | None = None) -> list[str]:
+    def store_entity_images(
+        self, images: Iterable[str], *, entity_id: str | None = None, errors: list | None = None
+    ) -> list[str]:
         """Entity images as the database holds them: DATA_DIR-relative paths into the content-
         addressed image store. A path that already names a file of the store is kept; any other
         file is validated and copied in by content; what is not a readable image is dropped (and
@@ -82,26 +84,44 @@ class KbMixin(StoreBase):
             elif row.role != role:
                 row.role = role
             return _annotator_record(row)
+
         return self._write(fn)
 
     def get_annotator(self, name: str) -> AnnotatorRecord:
         return self.read_transaction(lambda s: _annotator_record(self._annotator_row(s, name, "name")))
 
     def list_annotators(self) -> list[AnnotatorRecord]:
-        return self.read_transaction(lambda s: [_annotator_record(a)
-                                     for a in s.scalars(select(Annotator).order_by(Annotator.id))])
+        return self.read_transaction(
+            lambda s: [_annotator_record(a) for a in s.scalars(select(Annotator).order_by(Annotator.id))]
+        )
 
     # -- entities ------------------------------------------------------------------------------
 
     def _entity_record(self, s: Session, e: KbEntity) -> EntityRecord:
         author = s.get(Annotator, e.updated_by).name if e.updated_by else None
-        return EntityRecord(id=e.id, name=e.name, text=e.text, aliases=list(e.aliases or []),
-                            images=list(e.images or []), version=e.version, updated_at=e.updated_at,
-                            updated_by=author)
+        return EntityRecord(
+            id=e.id,
+            name=e.name,
+            text=e.text,
+            aliases=list(e.aliases or []),
+            images=list(e.images or []),
+            version=e.version,
+            updated_at=e.updated_at,
+            updated_by=author,
+        )
 
-    def upsert_entity(self, entity_id: str, name: str, text: str = "", aliases: Iterable[str] = (),
-                      images: Iterable[str] = (), *, author: str | None = None,
-                      note: str | None = None, image_errors: list | None = None) -> EntityRecord:
+    def upsert_entity(
+        self,
+        entity_id: str,
+        name: str,
+        text: str = "",
+        aliases: Iterable[str] = (),
+        images: Iterable[str] = (),
+        *,
+        author: str | None = None,
+        note: str | None = None,
+        image_errors: list | None = None,
+    ) -> EntityRecord:
         """Create or edit one entity. An edit that changes something bumps the version and keeps
         the full previous state in `entity_history`; an edit that changes nothing stores nothing.
         Images are stored by content (`store_entity_images`); unreadable ones are dropped."""
@@ -109,8 +129,9 @@ class KbMixin(StoreBase):
         check_text(name, "name", max_len=MAX_SENTENCE)
         check_text(text, "text", max_len=_MAX_TEXT, allow_empty=True)
         aliases = _str_list(list(aliases), "aliases")
-        images = self.store_entity_images(_str_list(list(images), "images", max_len=4096), entity_id=entity_id,
-                                          errors=image_errors)
+        images = self.store_entity_images(
+            _str_list(list(images), "images", max_len=4096), entity_id=entity_id, errors=image_errors
+        )
         if note is not None:
             check_text(note, "note", max_len=MAX_SENTENCE, allow_empty=True)
 
@@ -119,12 +140,19 @@ class KbMixin(StoreBase):
             now = utcnow()
             row = s.get(KbEntity, entity_id)
             if row is None:
-                row = KbEntity(id=entity_id, name=name, text=text, aliases=aliases, images=images, version=1,
-                               updated_at=now, updated_by=author_id,
-                               search_text=entity_search_text(entity_id, name, aliases))
+                row = KbEntity(
+                    id=entity_id,
+                    name=name,
+                    text=text,
+                    aliases=aliases,
+                    images=images,
+                    version=1,
+                    updated_at=now,
+                    updated_by=author_id,
+                    search_text=entity_search_text(entity_id, name, aliases),
+                )
                 s.add(row)
-            elif (row.name, row.text, list(row.aliases or []), list(row.images or [])) == \
-                    (name, text, aliases, images):
+            elif (row.name, row.text, list(row.aliases or []), list(row.images or [])) == (name, text, aliases, images):
                 return self._entity_record(s, row)
             else:
                 row.version += 1
@@ -132,13 +160,26 @@ class KbMixin(StoreBase):
                 row.updated_at, row.updated_by = now, author_id
                 row.search_text = entity_search_text(entity_id, name, aliases)
             s.flush()
-            s.add(KbEntityVersion(entity_id=entity_id, version=row.version, name=name, text=text, aliases=aliases,
-                                  images=images, author_id=author_id, note=note, created_at=now))
+            s.add(
+                KbEntityVersion(
+                    entity_id=entity_id,
+                    version=row.version,
+                    name=name,
+                    text=text,
+                    aliases=aliases,
+                    images=images,
+                    author_id=author_id,
+                    note=note,
+                    created_at=now,
+                )
+            )
             return self._entity_record(s, row)
+
         return self._write(fn)
 
-    def import_kb(self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000,
-                  image_errors: list | None = None) -> dict[str, int]:
+    def import_kb(
+        self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000, image_errors: list | None = None
+    ) -> dict[str, int]:
         """Bulk-load a `mimic.data.schema.KnowledgeBase` with Core inserts (fast for 100k entities).
 
         New entities get version 1; an existing entity whose name/text/aliases/images differ gets a
@@ -147,15 +188,22 @@ class KbMixin(StoreBase):
         that cannot be stored are dropped and listed in `image_errors` when given). Returns
         {"created", "updated", "unchanged"}.
         """
-        entities = [Entity(e.id, e.name, e.text, list(e.aliases),
-                           self.store_entity_images(e.images, entity_id=e.id, errors=image_errors))
-                    for e in kb]
+        entities = [
+            Entity(
+                e.id,
+                e.name,
+                e.text,
+                list(e.aliases),
+                self.store_entity_images(e.images, entity_id=e.id, errors=image_errors),
+            )
+            for e in kb
+        ]
         for i, e in enumerate(entities):
             check_text(e.id, f"kb[{i}].id", max_len=MAX_NAME)
             check_text(e.name, f"kb[{i}].name", max_len=MAX_SENTENCE)
         totals = {"created": 0, "updated": 0, "unchanged": 0}
         for start in range(0, len(entities), chunk_size):
-            chunk = entities[start:start + chunk_size]
+            chunk = entities[start : start + chunk_size]
 
             def fn(s: Session, events: list, chunk=chunk) -> dict[str, int]:
                 # counts are returned, not accumulated here: a retried transaction must not count twice
@@ -163,35 +211,68 @@ class KbMixin(StoreBase):
                 author_id = self._annotator_row(s, author, "author").id if author is not None else None
                 now = utcnow()
                 ids = [e.id for e in chunk]
-                existing = {r.id: r for r in s.execute(
-                    select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images,
-                           KbEntity.version).where(KbEntity.id.in_(ids)))}
+                existing = {
+                    r.id: r
+                    for r in s.execute(
+                        select(
+                            KbEntity.id,
+                            KbEntity.name,
+                            KbEntity.text,
+                            KbEntity.aliases,
+                            KbEntity.images,
+                            KbEntity.version,
+                        ).where(KbEntity.id.in_(ids))
+                    )
+                }
                 new_rows, new_versions = [], []
                 for e in chunk:
                     rec = dict(name=e.name, text=e.text or "", aliases=list(e.aliases), images=list(e.images))
                     old = existing.get(e.id)
                     if old is None:
-                        new_rows.append(dict(id=e.id, version=1, updated_at=now, updated_by=author_id,
-                                             search_text=entity_search_text(e.id, e.name, e.aliases), **rec))
-                        new_versions.append(dict(entity_id=e.id, version=1, author_id=author_id, created_at=now,
-                                                 note="import", **rec))
+                        new_rows.append(
+                            dict(
+                                id=e.id,
+                                version=1,
+                                updated_at=now,
+                                updated_by=author_id,
+                                search_text=entity_search_text(e.id, e.name, e.aliases),
+                                **rec,
+                            )
+                        )
+                        new_versions.append(
+                            dict(entity_id=e.id, version=1, author_id=author_id, created_at=now, note="import", **rec)
+                        )
                         counts["created"] += 1
-                    elif (old.name, old.text, list(old.aliases or []), list(old.images or [])) == \
-                            (rec["name"], rec["text"], rec["aliases"], rec["images"]):
+                    elif (old.name, old.text, list(old.aliases or []), list(old.images or [])) == (
+                        rec["name"],
+                        rec["text"],
+                        rec["aliases"],
+                        rec["images"],
+                    ):
                         counts["unchanged"] += 1
                     else:
                         v = old.version + 1
-                        s.execute(update(KbEntity).where(KbEntity.id == e.id).values(
-                            version=v, updated_at=now, updated_by=author_id,
-                            search_text=entity_search_text(e.id, e.name, e.aliases), **rec))
-                        new_versions.append(dict(entity_id=e.id, version=v, author_id=author_id, created_at=now,
-                                                 note="import", **rec))
+                        s.execute(
+                            update(KbEntity)
+                            .where(KbEntity.id == e.id)
+                            .values(
+                                version=v,
+                                updated_at=now,
+                                updated_by=author_id,
+                                search_text=entity_search_text(e.id, e.name, e.aliases),
+                                **rec,
+                            )
+                        )
+                        new_versions.append(
+                            dict(entity_id=e.id, version=v, author_id=author_id, created_at=now, note="import", **rec)
+                        )
                         counts["updated"] += 1
                 if new_rows:
                     s.execute(insert(KbEntity), new_rows)
                 if new_versions:
                     s.execute(insert(KbEntityVersion), new_versions)
                 return counts
+
             for k, v in self._write(fn).items():
                 totals[k] += v
         return totals
@@ -201,14 +282,30 @@ class KbMixin(StoreBase):
 
     def entity_history(self, entity_id: str) -> list[EntityVersionRecord]:
         """Every version of an entity, oldest first."""
+
         def fn(s: Session) -> list[EntityVersionRecord]:
             self._entity_row(s, entity_id)
-            rows = s.execute(select(KbEntityVersion, Annotator.name)
-                             .outerjoin(Annotator, Annotator.id == KbEntityVersion.author_id)
-                             .where(KbEntityVersion.entity_id == entity_id).order_by(KbEntityVersion.version)).all()
-            return [EntityVersionRecord(entity_id=v.entity_id, version=v.version, name=v.name, text=v.text,
-                                        aliases=list(v.aliases or []), images=list(v.images or []), author=author,
-                                        note=v.note, created_at=v.created_at) for v, author in rows]
+            rows = s.execute(
+                select(KbEntityVersion, Annotator.name)
+                .outerjoin(Annotator, Annotator.id == KbEntityVersion.author_id)
+                .where(KbEntityVersion.entity_id == entity_id)
+                .order_by(KbEntityVersion.version)
+            ).all()
+            return [
+                EntityVersionRecord(
+                    entity_id=v.entity_id,
+                    version=v.version,
+                    name=v.name,
+                    text=v.text,
+                    aliases=list(v.aliases or []),
+                    images=list(v.images or []),
+                    author=author,
+                    note=v.note,
+                    created_at=v.created_at,
+                )
+                for v, author in rows
+            ]
+
         return self.read_transaction(fn)
 
     def search_entities(self, query: str, limit: int = 20) -> list[EntityRecord]:
@@ -222,12 +319,20 @@ class KbMixin(StoreBase):
 
         def fn(s: Session) -> list[EntityRecord]:
             name = func.lower(KbEntity.name)
-            rank = case((func.lower(KbEntity.id) == q, 0), (name == q, 0),
-                        (name.like(_like_pattern(q)[1:], escape="\\"), 1), else_=2)
+            rank = case(
+                (func.lower(KbEntity.id) == q, 0),
+                (name == q, 0),
+                (name.like(_like_pattern(q)[1:], escape="\\"), 1),
+                else_=2,
+            )
             rows = s.scalars(
-                select(KbEntity).where(KbEntity.search_text.like(pattern, escape="\\"))
-                .order_by(rank, KbEntity.name, KbEntity.id).limit(limit)).all()
+                select(KbEntity)
+                .where(KbEntity.search_text.like(pattern, escape="\\"))
+                .order_by(rank, KbEntity.name, KbEntity.id)
+                .limit(limit)
+            ).all()
             return [self._entity_record(s, e) for e in rows]
+
         return self.read_transaction(fn)
 
     def list_entities(self, offset: int = 0, limit: int = 50) -> list[EntityRecord]:
@@ -240,6 +345,7 @@ class KbMixin(StoreBase):
         def fn(s: Session) -> list[EntityRecord]:
             rows = s.scalars(select(KbEntity).order_by(KbEntity.name, KbEntity.id).offset(offset).limit(limit)).all()
             return [self._entity_record(s, e) for e in rows]
+
         return self.read_transaction(fn)
 
     def count_entities(self) -> int:
@@ -250,10 +356,22 @@ class KbMixin(StoreBase):
         absolute, only those inside DATA_DIR/images: any other stored path is never followed)."""
 
         def fn(s: Session) -> KnowledgeBase:
-            rows = s.execute(select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images)
-                             .order_by(KbEntity.id)).all()
-            return KnowledgeBase([Entity(id=r.id, name=r.name, text=r.text or "", aliases=list(r.aliases or []),
-                                         images=[q for q in map(self.resolve_data_path, r.images or [])
-                                                 if q is not None])
-                                  for r in rows])
+            rows = s.execute(
+                select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images).order_by(
+                    KbEntity.id
+                )
+            ).all()
+            return KnowledgeBase(
+                [
+                    Entity(
+                        id=r.id,
+                        name=r.name,
+                        text=r.text or "",
+                        aliases=list(r.aliases or []),
+                        images=[q for q in map(self.resolve_data_path, r.images or []) if q is not None],
+                    )
+                    for r in rows
+                ]
+            )
+
         return self.read_transaction(fn)

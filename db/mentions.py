@@ -1,14 +1,16 @@
 """Mentions (with their stored image), model predictions, and the import of pre-annotated mentions."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -66,14 +68,17 @@ def check_span(sentence: Any, mention: Any, start: Any, end: Any, field: str = "
     check_int(start, f"{p}start")
     check_int(end, f"{p}end")
     if not 0 <= start < end <= len(sentence):
-        raise InvalidSpan(f"span {start}..{end} is outside the sentence (length {len(sentence)}) or empty",
-                          f"{p}start" if not 0 <= start < len(sentence) else f"{p}end")
+        raise InvalidSpan(
+            f"span {start}..{end} is outside the sentence (length {len(sentence)}) or empty",
+            f"{p}start" if not 0 <= start < len(sentence) else f"{p}end",
+        )
     covered = sentence[start:end]
     if mention is None:
         mention = covered
     elif covered != mention:
-        raise InvalidSpan(f"sentence[{start}:{end}] is {covered!r:.80}, not the mention text {mention!r:.80}",
-                          f"{p}start")
+        raise InvalidSpan(
+            f"sentence[{start}:{end}] is {covered!r:.80}, not the mention text {mention!r:.80}", f"{p}start"
+        )
     return sentence, mention, start, end
 
 
@@ -92,19 +97,29 @@ def check_candidates(candidates: Any, field: str = "candidates") -> list[Candida
     for i, c in enumerate(candidates):
         f = f"{field}[{i}]"
         if isinstance(c, dict):
-            get = lambda *keys, c=c: next((c[k] for k in keys if k in c), None)  # noqa: E731
-            eid, s, st, sv, sc = (get("entity_id", "id", "qid"), get("S", "s", "score"), get("S_T", "s_t"),
-                                  get("S_V", "s_v"), get("S_C", "s_c"))
+            get = lambda *keys, c=c: next((c[k] for k in keys if k in c), None)
+            eid, s, st, sv, sc = (
+                get("entity_id", "id", "qid"),
+                get("S", "s", "score"),
+                get("S_T", "s_t"),
+                get("S_V", "s_v"),
+                get("S_C", "s_c"),
+            )
         elif isinstance(c, (list, tuple)) and 2 <= len(c) <= 5:
             eid, s, st, sv, sc = (list(c) + [None] * 3)[:5]
         else:
             raise InvalidInput("expected {entity_id, S, S_T, S_V, S_C} or (entity_id, S, ...)", f)
         if isinstance(eid, int) and not isinstance(eid, bool):
             eid = str(eid)
-        out.append(CandidateInput(entity_id=check_text(eid, f"{f}.entity_id", max_len=MAX_NAME),
-                                  s=check_float(s, f"{f}.S"), s_t=check_float(st, f"{f}.S_T", optional=True),
-                                  s_v=check_float(sv, f"{f}.S_V", optional=True),
-                                  s_c=check_float(sc, f"{f}.S_C", optional=True)))
+        out.append(
+            CandidateInput(
+                entity_id=check_text(eid, f"{f}.entity_id", max_len=MAX_NAME),
+                s=check_float(s, f"{f}.S"),
+                s_t=check_float(st, f"{f}.S_T", optional=True),
+                s_v=check_float(sv, f"{f}.S_V", optional=True),
+                s_c=check_float(sc, f"{f}.S_C", optional=True),
+            )
+        )
     ids = [c.entity_id for c in out]
     if len(set(ids)) != len(ids):
         raise InvalidInput("the same entity appears twice", field)
@@ -112,12 +127,20 @@ def check_candidates(candidates: Any, field: str = "candidates") -> list[Candida
 
 
 class MentionsMixin(StoreBase):
-
     # -- mentions ----------------------------------------------------------------------------
 
-    def prepare_mention(self, sentence: Any, mention: Any = None, start: Any = None, end: Any = None, *,
-                        image: str | Path | bytes | None = None, source: Any = "", uid: Any = None,
-                        field: str = "") -> MentionInput:
+    def prepare_mention(
+        self,
+        sentence: Any,
+        mention: Any = None,
+        start: Any = None,
+        end: Any = None,
+        *,
+        image: str | Path | bytes | None = None,
+        source: Any = "",
+        uid: Any = None,
+        field: str = "",
+    ) -> MentionInput:
         """Validate a mention and store its image (outside any transaction: an image file without a
         row is harmless, it is content-addressed and reused)."""
         p = f"{field}." if field else ""
@@ -129,13 +152,22 @@ class MentionsMixin(StoreBase):
         elif isinstance(uid, int) and not isinstance(uid, bool):
             uid = str(uid)
         check_text(uid, f"{p}uid", max_len=255)
-        return MentionInput(uid=uid, source=source, sentence=sentence, mention=mention, start=start, end=end,
-                            image=stored)
+        return MentionInput(
+            uid=uid, source=source, sentence=sentence, mention=mention, start=start, end=end, image=stored
+        )
 
     def _ensure_image_row(self, s: Session, img: StoredImage) -> None:
         if s.get(Image, img.sha256) is None:
-            s.add(Image(sha256=img.sha256, ext=img.ext, width=img.width, height=img.height,
-                        size_bytes=img.size_bytes, created_at=utcnow()))
+            s.add(
+                Image(
+                    sha256=img.sha256,
+                    ext=img.ext,
+                    width=img.width,
+                    height=img.height,
+                    size_bytes=img.size_bytes,
+                    created_at=utcnow(),
+                )
+            )
             s.flush()
 
     def _insert_mention(self, s: Session, m: MentionInput, field: str = "") -> tuple[Mention, bool]:
@@ -147,20 +179,39 @@ class MentionsMixin(StoreBase):
         sha = m.image.sha256 if m.image else None
         if row is not None:
             if (row.sentence, row.start, row.end, row.image_sha256) != (m.sentence, m.start, m.end, sha):
-                raise Conflict(f"mention uid {m.uid!r} already exists with a different sentence, span or image",
-                               f"{field}.uid" if field else "uid")
+                raise Conflict(
+                    f"mention uid {m.uid!r} already exists with a different sentence, span or image",
+                    f"{field}.uid" if field else "uid",
+                )
             return row, False
         if m.image is not None:
             self._ensure_image_row(s, m.image)
-        row = Mention(uid=m.uid, source=m.source, sentence=m.sentence, mention=m.mention, start=m.start, end=m.end,
-                      image_sha256=sha, margin=None, created_at=utcnow())
+        row = Mention(
+            uid=m.uid,
+            source=m.source,
+            sentence=m.sentence,
+            mention=m.mention,
+            start=m.start,
+            end=m.end,
+            image_sha256=sha,
+            margin=None,
+            created_at=utcnow(),
+        )
         s.add(row)
         s.flush()
         return row, True
 
-    def add_mention(self, sentence: str, mention: str | None = None, start: int | None = None,
-                    end: int | None = None, *, image: str | Path | bytes | None = None, source: str = "",
-                    uid: str | None = None) -> MentionRecord:
+    def add_mention(
+        self,
+        sentence: str,
+        mention: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        image: str | Path | bytes | None = None,
+        source: str = "",
+        uid: str | None = None,
+    ) -> MentionRecord:
         """Add one mention (idempotent per uid). Without start/end the mention text is located in
         the sentence; without a uid one is derived from the content."""
         m = self.prepare_mention(sentence, mention, start, end, image=image, source=source, uid=uid)
@@ -175,30 +226,47 @@ class MentionsMixin(StoreBase):
 
     # -- predictions ---------------------------------------------------------------------------
 
-    def _insert_prediction(self, s: Session, mention: Mention, model_version: str, cands: list[CandidateInput],
-                           *, created_at: datetime | None = None, uid: str | None = None,
-                           field: str = "candidates") -> Prediction:
+    def _insert_prediction(
+        self,
+        s: Session,
+        mention: Mention,
+        model_version: str,
+        cands: list[CandidateInput],
+        *,
+        created_at: datetime | None = None,
+        uid: str | None = None,
+        field: str = "candidates",
+    ) -> Prediction:
         known = set(s.scalars(select(KbEntity.id).where(KbEntity.id.in_([c.entity_id for c in cands]))))
         for i, c in enumerate(cands):
             if c.entity_id not in known:
-                raise UnknownEntity(f"unknown entity {c.entity_id!r} (not in the knowledge base)",
-                                    f"{field}[{i}].entity_id")
+                raise UnknownEntity(
+                    f"unknown entity {c.entity_id!r} (not in the knowledge base)", f"{field}[{i}].entity_id"
+                )
         mv = self._model_version_row(s, model_version, create=True)
         margin = cands[0].s - cands[1].s if len(cands) >= 2 else None
         now = created_at or utcnow()
-        pred = Prediction(uid=uid or uuid.uuid4().hex, mention_id=mention.id, model_version_id=mv.id,
-                          margin=margin, created_at=now)
+        pred = Prediction(
+            uid=uid or uuid.uuid4().hex, mention_id=mention.id, model_version_id=mv.id, margin=margin, created_at=now
+        )
         s.add(pred)
         s.flush()
-        s.add_all([PredictionCandidate(prediction_id=pred.id, rank=r, entity_id=c.entity_id, s=c.s, s_t=c.s_t,
-                                       s_v=c.s_v, s_c=c.s_c) for r, c in enumerate(cands)])
+        s.add_all(
+            [
+                PredictionCandidate(
+                    prediction_id=pred.id, rank=r, entity_id=c.entity_id, s=c.s, s_t=c.s_t, s_v=c.s_v, s_c=c.s_c
+                )
+                for r, c in enumerate(cands)
+            ]
+        )
         # The queue orders by the margin of the *latest* prediction; keep the cached copy in step.
         latest = self._latest_prediction(s, mention.id)
         s.execute(Q.set_margin(), {"mid": mention.id, "margin": latest.margin if latest is not None else margin})
         return pred
 
-    def add_prediction(self, mention: int | str, model_version: str, candidates: list, *,
-                       created_at: datetime | None = None) -> PredictionRecord:
+    def add_prediction(
+        self, mention: int | str, model_version: str, candidates: list, *, created_at: datetime | None = None
+    ) -> PredictionRecord:
         """Store a model's ranked candidates for a mention; the model version is created if new.
 
         Candidates are ranked by S (highest first). The mention's queue priority becomes the margin
@@ -211,22 +279,35 @@ class MentionsMixin(StoreBase):
             m = self._mention_row(s, mention)
             pred = self._insert_prediction(s, m, model_version, cands, created_at=created_at)
             return self._prediction_record(s, pred)
+
         return self._write(fn)
 
     def predictions(self, mention: int | str) -> list[PredictionRecord]:
         """All predictions for a mention, newest first."""
+
         def fn(s: Session) -> list[PredictionRecord]:
             m = self._mention_row(s, mention)
-            rows = s.scalars(select(Prediction).where(Prediction.mention_id == m.id)
-                             .order_by(Prediction.created_at.desc(), Prediction.id.desc())).all()
+            rows = s.scalars(
+                select(Prediction)
+                .where(Prediction.mention_id == m.id)
+                .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+            ).all()
             return [self._prediction_record(s, p) for p in rows]
+
         return self.read_transaction(fn)
 
     # -- import ---------------------------------------------------------------------------------
 
-    def import_mentions(self, source: str | Path | Iterable[dict], *, default_source: str = "",
-                        model_version: str | None = None, on_error: str = "raise",
-                        base_dir: str | Path | None = None, batch_size: int = 500) -> ImportReport:
+    def import_mentions(
+        self,
+        source: str | Path | Iterable[dict],
+        *,
+        default_source: str = "",
+        model_version: str | None = None,
+        on_error: str = "raise",
+        base_dir: str | Path | None = None,
+        batch_size: int = 500,
+    ) -> ImportReport:
         """Import pre-annotated mentions from a JSONL file (or an iterable of dicts).
 
         Each record: {"uid" or "id", "source", "sentence", "mention", "start", "end", "image"
@@ -261,14 +342,22 @@ class MentionsMixin(StoreBase):
                 if image is not None:
                     check_text(image, f"{where}.image", max_len=4096)
                     image = Path(image) if Path(image).is_absolute() else base / image
-                m = self.prepare_mention(rec.get("sentence"), rec.get("mention"), rec.get("start"), rec.get("end"),
-                                         image=image, source=rec.get("source", default_source),
-                                         uid=rec.get("uid", rec.get("id")), field=where)
+                m = self.prepare_mention(
+                    rec.get("sentence"),
+                    rec.get("mention"),
+                    rec.get("start"),
+                    rec.get("end"),
+                    image=image,
+                    source=rec.get("source", default_source),
+                    uid=rec.get("uid", rec.get("id")),
+                    field=where,
+                )
                 cands = check_candidates(rec.get("candidates") or [], f"{where}.candidates")
                 mv = rec.get("model_version", model_version)
                 if cands and mv is None:
-                    raise InvalidInput("candidates need a model_version (in the record or as an argument)",
-                                       f"{where}.model_version")
+                    raise InvalidInput(
+                        "candidates need a model_version (in the record or as an argument)", f"{where}.model_version"
+                    )
                 prepared.append((lineno, where, m, cands, mv))
             except StoreError as e:
                 errors.append((lineno, e))
@@ -280,14 +369,21 @@ class MentionsMixin(StoreBase):
             if bad is None:
                 kept.append((where, m, cands, mv))
             else:
-                errors.append((lineno, UnknownEntity(f"unknown entity {cands[bad].entity_id!r} (not in the "
-                                                     "knowledge base)", f"{where}.candidates[{bad}].entity_id")))
+                errors.append(
+                    (
+                        lineno,
+                        UnknownEntity(
+                            f"unknown entity {cands[bad].entity_id!r} (not in the knowledge base)",
+                            f"{where}.candidates[{bad}].entity_id",
+                        ),
+                    )
+                )
         errors.sort(key=lambda t: t[0])
         if errors and on_error == "raise":
             raise errors[0][1]  # the first bad line, before anything was written
         report.errors = [str(e) for _, e in errors]
         for start in range(0, len(kept), batch_size):
-            batch = kept[start:start + batch_size]
+            batch = kept[start : start + batch_size]
             c, e, p = self._write(lambda s, events, batch=batch: self._bulk_insert(s, batch))
             report.created += c
             report.existing += e
@@ -299,14 +395,24 @@ class MentionsMixin(StoreBase):
         statements: a few multi-row INSERTs instead of thousands of ORM round trips."""
         now = utcnow()
         uids = list(dict.fromkeys(m.uid for _, m, _, _ in batch))
-        known = {r.uid: r for r in s.execute(
-            select(Mention.id, Mention.uid, Mention.sentence, Mention.start, Mention.end, Mention.image_sha256)
-            .where(Mention.uid.in_(uids)))}
+        known = {
+            r.uid: r
+            for r in s.execute(
+                select(
+                    Mention.id, Mention.uid, Mention.sentence, Mention.start, Mention.end, Mention.image_sha256
+                ).where(Mention.uid.in_(uids))
+            )
+        }
         images = {m.image.sha256: m.image for _, m, _, _ in batch if m.image is not None}
         if images:
             have = set(s.scalars(select(Image.sha256).where(Image.sha256.in_(list(images)))))
-            rows = [dict(sha256=i.sha256, ext=i.ext, width=i.width, height=i.height, size_bytes=i.size_bytes,
-                         created_at=now) for sha, i in images.items() if sha not in have]
+            rows = [
+                dict(
+                    sha256=i.sha256, ext=i.ext, width=i.width, height=i.height, size_bytes=i.size_bytes, created_at=now
+                )
+                for sha, i in images.items()
+                if sha not in have
+            ]
             if rows:
                 s.execute(insert(Image), rows)
         new_rows, seen = [], {}
@@ -315,12 +421,25 @@ class MentionsMixin(StoreBase):
             old = known.get(m.uid) or seen.get(m.uid)
             if old is not None:
                 if (old.sentence, old.start, old.end, old.image_sha256) != (m.sentence, m.start, m.end, sha):
-                    raise Conflict(f"mention uid {m.uid!r} already exists with a different sentence, span or image",
-                                   f"{where}.uid")
+                    raise Conflict(
+                        f"mention uid {m.uid!r} already exists with a different sentence, span or image", f"{where}.uid"
+                    )
                 continue
             seen[m.uid] = SimpleNamespace(sentence=m.sentence, start=m.start, end=m.end, image_sha256=sha)
-            new_rows.append(dict(uid=m.uid, source=m.source, sentence=m.sentence, mention=m.mention, start=m.start,
-                                 end=m.end, image_sha256=sha, margin=None, decided=0, created_at=now))
+            new_rows.append(
+                dict(
+                    uid=m.uid,
+                    source=m.source,
+                    sentence=m.sentence,
+                    mention=m.mention,
+                    start=m.start,
+                    end=m.end,
+                    image_sha256=sha,
+                    margin=None,
+                    decided=0,
+                    created_at=now,
+                )
+            )
         ids = {r.uid: r.id for r in known.values()}
         returning = s.get_bind().dialect.insert_executemany_returning  # SQLite >= 3.35, PostgreSQL
         if new_rows and returning:
@@ -336,28 +455,56 @@ class MentionsMixin(StoreBase):
             if mv not in versions:
                 versions[mv] = self._model_version_row(s, mv, f"{where}.model_version", create=True).id
             margin = cands[0].s - cands[1].s if len(cands) >= 2 else None
-            preds.append((dict(uid=uuid.uuid4().hex, mention_id=ids[m.uid], model_version_id=versions[mv],
-                               margin=margin, created_at=now), cands))
+            preds.append(
+                (
+                    dict(
+                        uid=uuid.uuid4().hex,
+                        mention_id=ids[m.uid],
+                        model_version_id=versions[mv],
+                        margin=margin,
+                        created_at=now,
+                    ),
+                    cands,
+                )
+            )
         if preds:
             if returning:
-                pred_ids = dict(s.execute(insert(Prediction).returning(Prediction.uid, Prediction.id),
-                                          [p for p, _ in preds]).all())
+                pred_ids = dict(
+                    s.execute(insert(Prediction).returning(Prediction.uid, Prediction.id), [p for p, _ in preds]).all()
+                )
             else:
                 s.execute(insert(Prediction), [p for p, _ in preds])
                 pred_ids = self._ids_by_uid(s, Prediction, [p["uid"] for p, _ in preds])
-            s.execute(insert(PredictionCandidate), [
-                dict(prediction_id=pred_ids[p["uid"]], rank=r, entity_id=c.entity_id, s=c.s, s_t=c.s_t, s_v=c.s_v,
-                     s_c=c.s_c) for p, cands in preds for r, c in enumerate(cands)])
+            s.execute(
+                insert(PredictionCandidate),
+                [
+                    dict(
+                        prediction_id=pred_ids[p["uid"]],
+                        rank=r,
+                        entity_id=c.entity_id,
+                        s=c.s,
+                        s_t=c.s_t,
+                        s_v=c.s_v,
+                        s_c=c.s_c,
+                    )
+                    for p, cands in preds
+                    for r, c in enumerate(cands)
+                ],
+            )
             # These predictions are the newest of their mentions: their margins order the queue.
-            s.execute(update(Mention.__table__).where(Mention.__table__.c.id == bindparam("mid"))
-                      .values(margin=bindparam("mg")), [{"mid": p["mention_id"], "mg": p["margin"]} for p, _ in preds])
+            s.execute(
+                update(Mention.__table__)
+                .where(Mention.__table__.c.id == bindparam("mid"))
+                .values(margin=bindparam("mg")),
+                [{"mid": p["mention_id"], "mg": p["margin"]} for p, _ in preds],
+            )
         return len(new_rows), len(batch) - len(new_rows), len(preds)
 
     @staticmethod
     def _ids_by_uid(s: Session, model, uids: list[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         for i in range(0, len(uids), 500):
-            out.update(dict(s.execute(select(model.uid, model.id).where(model.uid.in_(uids[i:i + 500]))).all()))
+            out.update(dict(s.execute(select(model.uid, model.id).where(model.uid.in_(uids[i : i + 500]))).all()))
         return out
 
     def _existing_entity_ids(self, ids: set[str]) -> set[str]:
@@ -366,8 +513,9 @@ class MentionsMixin(StoreBase):
         def fn(s: Session) -> set[str]:
             found: set[str] = set()
             for i in range(0, len(ids), 500):
-                found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(ids[i:i + 500]))))
+                found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(ids[i : i + 500]))))
             return found
+
         return self.read_transaction(fn) if ids else set()
 
 

@@ -1,4 +1,5 @@
 """Apply the Alembic migrations programmatically (no alembic.ini; works from any cwd)."""
+
 from __future__ import annotations
 
 from pathlib import Path

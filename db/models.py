@@ -15,13 +15,29 @@ Design rules that the operations in `store.py` rely on:
   after the edit), so any past state can be shown and each annotation records the version it saw.
 * Times are stored as naive UTC and returned as aware UTC datetimes (`UTCDateTime`).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Text, UniqueConstraint, false, text, true)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -43,7 +59,7 @@ NAMING = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -56,11 +72,11 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 def _choice(column: str, values: tuple[str, ...]) -> str:
@@ -142,9 +158,11 @@ class Mention(Base):
     `decided` caches the number of current final decisions on it."""
 
     __tablename__ = "mentions"
-    __table_args__ = (CheckConstraint("start >= 0 AND start < \"end\"", name="span"),
-                      # The queue reads pending mentions (decided below overlap) in margin order.
-                      Index("ix_mentions_decided_margin_id", "decided", "margin", "id"))
+    __table_args__ = (
+        CheckConstraint('start >= 0 AND start < "end"', name="span"),
+        # The queue reads pending mentions (decided below overlap) in margin order.
+        Index("ix_mentions_decided_margin_id", "decided", "margin", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid: Mapped[str] = mapped_column(String(255), unique=True)
@@ -164,8 +182,15 @@ class Mention(Base):
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     # At most one promoted version: a unique index over the rows where promoted is true.
-    __table_args__ = (Index("uq_model_versions_one_promoted", "promoted", unique=True,
-                            sqlite_where=text("promoted = 1"), postgresql_where=text("promoted")),)
+    __table_args__ = (
+        Index(
+            "uq_model_versions_one_promoted",
+            "promoted",
+            unique=True,
+            sqlite_where=text("promoted = 1"),
+            postgresql_where=text("promoted"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -212,8 +237,14 @@ class Annotation(Base):
         CheckConstraint(_choice("decision", DECISIONS), name="decision"),
         CheckConstraint(_choice("status", ANNOTATION_STATUSES), name="status"),
         CheckConstraint("(decision = 'entity') = (entity_id IS NOT NULL)", name="entity_iff_decision"),
-        Index("uq_annotations_one_current", "mention_id", "annotator_id", unique=True,
-              sqlite_where=text("status = 'current'"), postgresql_where=text("status = 'current'")),
+        Index(
+            "uq_annotations_one_current",
+            "mention_id",
+            "annotator_id",
+            unique=True,
+            sqlite_where=text("status = 'current'"),
+            postgresql_where=text("status = 'current'"),
+        ),
         Index("ix_annotations_annotator_status", "annotator_id", "status"),
         Index("ix_annotations_mention_status", "mention_id", "status"),
     )

@@ -17,6 +17,7 @@ concurrent claim of the same slot fails on the key and the next candidate is tri
 (`lease_seconds`) so an abandoned item comes back; asking again before the lease expires returns
 the same item (a page refresh does not lose your place).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,22 +43,38 @@ def _pending_query(group: str, limit: int | None, single: bool = False) -> Selec
     which the (decided, margin, id) index serves in queue order without a sort."""
     me, now, overlap = bindparam("me"), bindparam("now", type_=UTCDateTime()), bindparam("overlap")
     mine, skip = aliased(Annotation, name="mine"), aliased(Annotation, name="skip")
-    decided_by_me = exists().where(mine.mention_id == Mention.id, mine.annotator_id == me,
-                                   mine.status == "current", mine.decision != "skip")
-    n_leased = (select(func.count()).select_from(Lease)
-                .where(Lease.mention_id == Mention.id, Lease.expires_at > now, Lease.annotator_id != me)
-                .scalar_subquery())
+    decided_by_me = exists().where(
+        mine.mention_id == Mention.id, mine.annotator_id == me, mine.status == "current", mine.decision != "skip"
+    )
+    n_leased = (
+        select(func.count())
+        .select_from(Lease)
+        .where(Lease.mention_id == Mention.id, Lease.expires_at > now, Lease.annotator_id != me)
+        .scalar_subquery()
+    )
     # Mention.decided (a plain column) first: finished mentions are rejected without subqueries.
     # When I have not decided a mention, `decided` counts only the others' decisions.
     unfinished = Mention.decided == 0 if single else Mention.decided < overlap
     available = and_(unfinished, ~decided_by_me, Mention.decided + n_leased < overlap)
     if group == "skipped":
-        q = (select(Mention.id).join(skip, and_(skip.mention_id == Mention.id, skip.annotator_id == me,
-                                                skip.status == "current", skip.decision == "skip"))
-             .where(available).order_by(skip.created_at, Mention.id))
+        q = (
+            select(Mention.id)
+            .join(
+                skip,
+                and_(
+                    skip.mention_id == Mention.id,
+                    skip.annotator_id == me,
+                    skip.status == "current",
+                    skip.decision == "skip",
+                ),
+            )
+            .where(available)
+            .order_by(skip.created_at, Mention.id)
+        )
     else:
-        skipped_by_me = exists().where(skip.mention_id == Mention.id, skip.annotator_id == me,
-                                       skip.status == "current", skip.decision == "skip")
+        skipped_by_me = exists().where(
+            skip.mention_id == Mention.id, skip.annotator_id == me, skip.status == "current", skip.decision == "skip"
+        )
         q = select(Mention.id).where(available, ~skipped_by_me)
         if group == "uncertain":
             q = q.where(Mention.margin.is_not(None)).order_by(Mention.margin, Mention.id)
@@ -72,7 +89,6 @@ def _count_query(group: str, single: bool) -> Select:
 
 
 class QueueMixin(StoreBase):
-
     def _lease_delta(self, lease_seconds: int | None) -> timedelta:
         seconds = self.settings.lease_seconds if lease_seconds is None else check_int(lease_seconds, "lease_seconds")
         return timedelta(seconds=max(1, seconds))
@@ -82,15 +98,17 @@ class QueueMixin(StoreBase):
         overlap = self.settings.overlap
         return list(s.scalars(_pending_query(group, limit, overlap == 1), {"me": me, "now": now, "overlap": overlap}))
 
-    def _claim(self, s: Session, mention_id: int, me: int, now: datetime,
-               lease_seconds: int | None = None) -> datetime | None:
+    def _claim(
+        self, s: Session, mention_id: int, me: int, now: datetime, lease_seconds: int | None = None
+    ) -> datetime | None:
         """Lease `mention_id` to annotator `me` (or extend their lease); the expiry, or None if full."""
         expires = now + self._lease_delta(lease_seconds)
         held = s.execute(Q.leases_on(), {"mid": mention_id}).all()
         for slot, who, _ in held:
             if who == me:
-                s.execute(update(Lease).where(Lease.mention_id == mention_id, Lease.slot == slot)
-                          .values(expires_at=expires))
+                s.execute(
+                    update(Lease).where(Lease.mention_id == mention_id, Lease.slot == slot).values(expires_at=expires)
+                )
                 return expires
         live = {slot for slot, _, exp in held if exp > now}
         decided = s.connection().execute(Q.count_current(mine=False), {"mid": mention_id, "aid": me}).scalar()
@@ -101,14 +119,17 @@ class QueueMixin(StoreBase):
             if slot in live:
                 continue
             if slot in expired:  # take over an abandoned lease, only if it is still expired
-                res = s.execute(update(Lease).where(Lease.mention_id == mention_id, Lease.slot == slot,
-                                                    Lease.expires_at <= now)
-                                .values(annotator_id=me, expires_at=expires, created_at=now))
+                res = s.execute(
+                    update(Lease)
+                    .where(Lease.mention_id == mention_id, Lease.slot == slot, Lease.expires_at <= now)
+                    .values(annotator_id=me, expires_at=expires, created_at=now)
+                )
                 if res.rowcount == 1:
                     return expires
                 continue
-            stmt = insert(Lease).values(mention_id=mention_id, slot=slot, annotator_id=me, expires_at=expires,
-                                        created_at=now)
+            stmt = insert(Lease).values(
+                mention_id=mention_id, slot=slot, annotator_id=me, expires_at=expires, created_at=now
+            )
             if self.is_sqlite:  # serialised writers: nobody can take the slot between check and insert
                 s.execute(stmt)
                 return expires
@@ -123,23 +144,31 @@ class QueueMixin(StoreBase):
     def _queue_item(self, s: Session, mention_id: int, me: int, expires: datetime) -> QueueItem:
         m = self._mention_row(s, mention_id)
         pred = self._latest_prediction(s, mention_id)
-        skipped = s.connection().execute(Q.count_current(mine=True, skips=True),
-                                         {"mid": mention_id, "aid": me}).scalar() > 0
-        return QueueItem(mention=self._mention_record(s, m),
-                         prediction=self._prediction_record(s, pred) if pred is not None else None,
-                         lease_expires_at=expires, previously_skipped=skipped)
+        skipped = (
+            s.connection().execute(Q.count_current(mine=True, skips=True), {"mid": mention_id, "aid": me}).scalar() > 0
+        )
+        return QueueItem(
+            mention=self._mention_record(s, m),
+            prediction=self._prediction_record(s, pred) if pred is not None else None,
+            lease_expires_at=expires,
+            previously_skipped=skipped,
+        )
 
     def next_item(self, annotator: str, *, lease_seconds: int | None = None) -> QueueItem | None:
         """The annotator's next mention, leased to them; None when their queue is empty.
 
         If they already hold a live lease on a mention they have not decided, that one is returned
         again (lease renewed), so asking twice never skips an item."""
+
         def fn(s: Session, events: list) -> QueueItem | None:
             ann = self._annotator_row(s, annotator)
             now = utcnow()
             for lease in s.scalars(Q.live_leases_of(), {"aid": ann.id, "now": now}).all():
-                mine = s.connection().execute(Q.count_current(mine=True),
-                                              {"mid": lease.mention_id, "aid": ann.id}).scalar()
+                mine = (
+                    s.connection()
+                    .execute(Q.count_current(mine=True), {"mid": lease.mention_id, "aid": ann.id})
+                    .scalar()
+                )
                 # Drop leases on mentions that are finished for me, or finished by others meanwhile
                 # (an expired lease taken over, then decided by its first holder).
                 if mine or self._mention_row(s, lease.mention_id).decided >= self.settings.overlap:
@@ -153,6 +182,7 @@ class QueueMixin(StoreBase):
                     if expires is not None:
                         return self._queue_item(s, mid, ann.id, expires)
             return None
+
         return self._write(fn)
 
     def peek_queue(self, annotator: str, limit: int = 20) -> list[MentionRecord]:
@@ -165,26 +195,30 @@ class QueueMixin(StoreBase):
             for group in _GROUPS:
                 if len(ids) >= limit:
                     break
-                ids += self._pending(s, ann.id, now, group, limit)[:limit - len(ids)]
+                ids += self._pending(s, ann.id, now, group, limit)[: limit - len(ids)]
             return [self._mention_record(s, self._mention_row(s, i)) for i in ids]
+
         return self.read_transaction(fn)
 
     def queue_size(self, annotator: str) -> int:
         """How many mentions are pending for the annotator (skipped ones included)."""
+
         def fn(s: Session) -> int:
             ann = self._annotator_row(s, annotator)
             now = utcnow()
             params = {"me": ann.id, "now": now, "overlap": self.settings.overlap}
             return sum(s.scalar(_count_query(g, self.settings.overlap == 1), params) for g in _GROUPS)
+
         return self.read_transaction(fn)
 
     def release(self, annotator: str, mention: int | str | None = None) -> int:
         """Give back the annotator's leases (all, or on one mention), e.g. at logout. Returns how many."""
+
         def fn(s: Session, events: list) -> int:
             ann = self._annotator_row(s, annotator)
             stmt = delete(Lease).where(Lease.annotator_id == ann.id)
             if mention is not None:
                 stmt = stmt.where(Lease.mention_id == self._mention_row(s, mention, "mention").id)
             return s.execute(stmt).rowcount
-        return self._write(fn)
 
+        return self._write(fn)

@@ -3,6 +3,7 @@
 The store never hands out ORM objects: they are tied to a session that is closed when the call
 returns, and a caller touching one later would trigger lazy loads or DetachedInstanceError.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 class _Record:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (datetimes as ISO 8601 strings)."""
+
         def conv(v):
             if isinstance(v, datetime):
                 return v.isoformat()
@@ -22,6 +24,7 @@ class _Record:
             if isinstance(v, (list, tuple)):
                 return [conv(x) for x in v]
             return v
+
         return {k: conv(v) for k, v in asdict(self).items()}
 
 
@@ -69,7 +72,7 @@ class MentionRecord(_Record):
     start: int
     end: int
     image_sha256: str | None
-    image_path: str | None   # absolute path of the stored image file
+    image_path: str | None  # absolute path of the stored image file
     margin: float | None
     created_at: datetime
 
@@ -119,29 +122,29 @@ class AnnotationRecord(_Record):
     mention_id: int
     mention_uid: str
     annotator: str
-    decision: str             # entity | nil | ambiguous | skip
+    decision: str  # entity | nil | ambiguous | skip
     entity_id: str | None
     entity_version: int | None
     prediction_id: int | None
     seconds_spent: float | None
     comment: str | None
-    status: str               # current | superseded | undone
+    status: str  # current | superseded | undone
     superseded_by: int | None
     undone_at: datetime | None
     created_at: datetime
-    duplicate: bool = False   # True when this call stored nothing: the same submission was already there
+    duplicate: bool = False  # True when this call stored nothing: the same submission was already there
 
 
 @dataclass(frozen=True)
 class ProgressRecord(_Record):
     annotator: str
     role: str
-    decided: int              # current entity / nil / ambiguous decisions
+    decided: int  # current entity / nil / ambiguous decisions
     entity: int
     nil: int
     ambiguous: int
-    skipped: int              # mentions whose current state is "skipped"
-    changed: int              # decisions later replaced by a new one (superseded)
+    skipped: int  # mentions whose current state is "skipped"
+    changed: int  # decisions later replaced by a new one (superseded)
     undone: int
     total_seconds: float
     mean_seconds: float | None
@@ -176,7 +179,7 @@ class TrainingRunRecord(_Record):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    annotations: int          # how many annotations went in
+    annotations: int  # how many annotations went in
 
 
 @dataclass
@@ -190,10 +193,10 @@ class ImportReport(_Record):
 @dataclass
 class ReconcileReport(_Record):
     journal_lines: int = 0
-    groups_reapplied: int = 0        # journal groups missing from the database, now applied
+    groups_reapplied: int = 0  # journal groups missing from the database, now applied
     events_reapplied: int = 0
-    events_rejournaled: int = 0      # database rows missing from the journal, now appended
-    incomplete_groups: int = 0       # torn writes of crashed transactions, ignored
+    events_rejournaled: int = 0  # database rows missing from the journal, now appended
+    incomplete_groups: int = 0  # torn writes of crashed transactions, ignored
     aborted_groups: int = 0
     bad_lines: list[int] = field(default_factory=list)
 
@@ -204,5 +207,5 @@ class TrainingExport(_Record):
     splits: dict[str, int]
     entities: int
     annotation_ids: list[int]
-    conflicts: int                   # mentions whose annotators disagree with no reviewer decision
-    not_entity: int                  # mentions resolved to NIL / ambiguous (not trainable)
+    conflicts: int  # mentions whose annotators disagree with no reviewer decision
+    not_entity: int  # mentions resolved to NIL / ambiguous (not trainable)

@@ -1,5 +1,6 @@
 """Read-only views over the annotations: progress and speed, agreement, the accepted links and the
 gold rule (`resolved`: one label per mention, for training and for analysis alike)."""
+
 from __future__ import annotations
 
 import statistics
@@ -11,8 +12,19 @@ from sqlalchemy.orm import Session, aliased
 
 from ._base import StoreBase
 from .agreement import agreement_report
-from .models import (FINAL_DECISIONS, Annotation, Annotator, Image, KbEntity, Lease, Mention, ModelVersion, Prediction,
-                     PredictionCandidate, utcnow)
+from .models import (
+    FINAL_DECISIONS,
+    Annotation,
+    Annotator,
+    Image,
+    KbEntity,
+    Lease,
+    Mention,
+    ModelVersion,
+    Prediction,
+    PredictionCandidate,
+    utcnow,
+)
 from .records import ProgressRecord
 
 NIL_LABEL = "<NIL>"
@@ -37,13 +49,22 @@ class Resolution:
 
 
 class ReportsMixin(StoreBase):
-
     def progress(self, annotator: str | None = None) -> list[ProgressRecord]:
         """Per-annotator counts and speed (from the seconds spent on their current decisions)."""
+
         def fn(s: Session) -> list[ProgressRecord]:
-            q = (select(Annotator.name, Annotator.role, Annotation.status, Annotation.decision,
-                        Annotation.seconds_spent, Annotation.created_at)
-                 .join(Annotation, Annotation.annotator_id == Annotator.id, isouter=True).order_by(Annotator.id))
+            q = (
+                select(
+                    Annotator.name,
+                    Annotator.role,
+                    Annotation.status,
+                    Annotation.decision,
+                    Annotation.seconds_spent,
+                    Annotation.created_at,
+                )
+                .join(Annotation, Annotation.annotator_id == Annotator.id, isouter=True)
+                .order_by(Annotator.id)
+            )
             if annotator is not None:
                 self._annotator_row(s, annotator)
                 q = q.where(Annotator.name == annotator)
@@ -63,49 +84,85 @@ class ReportsMixin(StoreBase):
             for name, p in per.items():
                 c, secs = p["counts"], p["seconds"]
                 mean = statistics.fmean(secs) if secs else None
-                out.append(ProgressRecord(
-                    annotator=name, role=p["role"], decided=sum(c[d] for d in FINAL_DECISIONS), entity=c["entity"],
-                    nil=c["nil"], ambiguous=c["ambiguous"], skipped=c["skip"], changed=c["superseded"],
-                    undone=c["undone"], total_seconds=float(sum(secs)), mean_seconds=mean,
-                    median_seconds=statistics.median(secs) if secs else None,
-                    items_per_hour=3600.0 / mean if mean else None,
-                    first_at=min(p["times"]) if p["times"] else None, last_at=max(p["times"]) if p["times"] else None))
+                out.append(
+                    ProgressRecord(
+                        annotator=name,
+                        role=p["role"],
+                        decided=sum(c[d] for d in FINAL_DECISIONS),
+                        entity=c["entity"],
+                        nil=c["nil"],
+                        ambiguous=c["ambiguous"],
+                        skipped=c["skip"],
+                        changed=c["superseded"],
+                        undone=c["undone"],
+                        total_seconds=float(sum(secs)),
+                        mean_seconds=mean,
+                        median_seconds=statistics.median(secs) if secs else None,
+                        items_per_hour=3600.0 / mean if mean else None,
+                        first_at=min(p["times"]) if p["times"] else None,
+                        last_at=max(p["times"]) if p["times"] else None,
+                    )
+                )
             return out
+
         return self.read_transaction(fn)
 
     def overview(self) -> dict:
         """Whole-project counts: mentions, how many are complete (decided by `overlap` annotators),
         started, pending; annotation rows by status; live leases."""
+
         def fn(s: Session) -> dict:
             mentions = s.scalar(select(func.count()).select_from(Mention))
-            per_mention = (select(Annotation.mention_id, func.count().label("n")).where(
-                Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
-                .group_by(Annotation.mention_id).subquery())
+            per_mention = (
+                select(Annotation.mention_id, func.count().label("n"))
+                .where(Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
+                .group_by(Annotation.mention_id)
+                .subquery()
+            )
             started = s.scalar(select(func.count()).select_from(per_mention))
-            complete = s.scalar(select(func.count()).select_from(per_mention)
-                                .where(per_mention.c.n >= self.settings.overlap))
+            complete = s.scalar(
+                select(func.count()).select_from(per_mention).where(per_mention.c.n >= self.settings.overlap)
+            )
             by_status = dict(s.execute(select(Annotation.status, func.count()).group_by(Annotation.status)).all())
             leases = s.scalar(select(func.count()).select_from(Lease).where(Lease.expires_at > utcnow()))
-            return {"mentions": mentions, "complete": complete, "started": started, "pending": mentions - complete,
-                    "overlap": self.settings.overlap, "annotations": by_status, "live_leases": leases,
-                    "entities": s.scalar(select(func.count()).select_from(KbEntity))}
+            return {
+                "mentions": mentions,
+                "complete": complete,
+                "started": started,
+                "pending": mentions - complete,
+                "overlap": self.settings.overlap,
+                "annotations": by_status,
+                "live_leases": leases,
+                "entities": s.scalar(select(func.count()).select_from(KbEntity)),
+            }
+
         return self.read_transaction(fn)
 
     def _current_final(self, s: Session) -> list:
-        return s.execute(select(Annotation.id, Annotation.mention_id, Annotator.name, Annotator.role,
-                                Annotation.decision, Annotation.entity_id)
-                         .join(Annotator, Annotator.id == Annotation.annotator_id)
-                         .where(Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
-                         .order_by(Annotation.id)).all()
+        return s.execute(
+            select(
+                Annotation.id,
+                Annotation.mention_id,
+                Annotator.name,
+                Annotator.role,
+                Annotation.decision,
+                Annotation.entity_id,
+            )
+            .join(Annotator, Annotator.id == Annotation.annotator_id)
+            .where(Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
+            .order_by(Annotation.id)
+        ).all()
 
     def agreement(self) -> dict:
         """Cohen's kappa per annotator pair and Fleiss' kappa over the mentions that have current
         decisions (entity / NIL / ambiguous; skips excluded) from two or more annotators."""
+
         def fn(s: Session) -> dict:
             labels: dict[int, dict[str, str]] = defaultdict(dict)
             for _, mid, name, _, decision, eid in self._current_final(s):
                 labels[mid][name] = decision_label(decision, eid)
             return agreement_report(labels)
+
         return self.read_transaction(fn)
 
     def resolved(self) -> tuple[dict[int, Resolution], int]:
@@ -122,6 +179,7 @@ class ReportsMixin(StoreBase):
         "ambiguous" label is returned here but is no gold: `gold_mentions` leaves it out; "nil"
         gives a NIL gold (answer None).
         """
+
         def fn(s: Session) -> tuple[dict[int, Resolution], int]:
             by_mention: dict[int, list] = defaultdict(list)
             for row in self._current_final(s):
@@ -141,16 +199,27 @@ class ReportsMixin(StoreBase):
                 ids = tuple(r.id for r in rows if (r.decision, r.entity_id) == label)
                 out[mid] = Resolution(mid, label[0], label[1], ids)
             return out, conflicts
+
         return self.read_transaction(fn)
 
     def accepted_links(self) -> list[dict]:
         """Every current decision (entity / NIL / ambiguous) with its mention, entity, annotator and
         the prediction it answered (top-1 entity and score, and whether the annotator changed it)."""
+
         def fn(s: Session) -> list[dict]:
             top = aliased(PredictionCandidate)
             rows = s.execute(
-                select(Annotation, Mention, Annotator.name, Annotator.role, KbEntity.name, Image.ext,
-                       ModelVersion.name, top.entity_id, top.s)
+                select(
+                    Annotation,
+                    Mention,
+                    Annotator.name,
+                    Annotator.role,
+                    KbEntity.name,
+                    Image.ext,
+                    ModelVersion.name,
+                    top.entity_id,
+                    top.s,
+                )
                 .join(Mention, Mention.id == Annotation.mention_id)
                 .join(Annotator, Annotator.id == Annotation.annotator_id)
                 .outerjoin(KbEntity, KbEntity.id == Annotation.entity_id)
@@ -159,17 +228,36 @@ class ReportsMixin(StoreBase):
                 .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
                 .outerjoin(top, (top.prediction_id == Prediction.id) & (top.rank == 0))
                 .where(Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
-                .order_by(Annotation.id)).all()
+                .order_by(Annotation.id)
+            ).all()
             out = []
             for a, m, who, role, ename, ext, mv, top_id, top_s in rows:
-                out.append({
-                    "annotation_id": a.id, "request_id": a.request_id, "mention_uid": m.uid, "source": m.source,
-                    "sentence": m.sentence, "mention": m.mention, "start": m.start, "end": m.end,
-                    "image": self.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None,
-                    "decision": a.decision, "entity_id": a.entity_id, "entity_name": ename,
-                    "entity_version": a.entity_version, "annotator": who, "role": role,
-                    "seconds_spent": a.seconds_spent, "comment": a.comment, "created_at": a.created_at.isoformat(),
-                    "model_version": mv, "predicted_entity_id": top_id, "predicted_score": top_s,
-                    "corrected": None if top_id is None else (a.decision != "entity" or a.entity_id != top_id)})
+                out.append(
+                    {
+                        "annotation_id": a.id,
+                        "request_id": a.request_id,
+                        "mention_uid": m.uid,
+                        "source": m.source,
+                        "sentence": m.sentence,
+                        "mention": m.mention,
+                        "start": m.start,
+                        "end": m.end,
+                        "image": self.image_path(m.image_sha256, ext=ext) if m.image_sha256 else None,
+                        "decision": a.decision,
+                        "entity_id": a.entity_id,
+                        "entity_name": ename,
+                        "entity_version": a.entity_version,
+                        "annotator": who,
+                        "role": role,
+                        "seconds_spent": a.seconds_spent,
+                        "comment": a.comment,
+                        "created_at": a.created_at.isoformat(),
+                        "model_version": mv,
+                        "predicted_entity_id": top_id,
+                        "predicted_score": top_s,
+                        "corrected": None if top_id is None else (a.decision != "entity" or a.entity_id != top_id),
+                    }
+                )
             return out
+
         return self.read_transaction(fn)

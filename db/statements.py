@@ -9,14 +9,25 @@ bind parameters. Two more measured choices (SQLite, 2 cores):
 * "a final decision" is spelled decision != 'skip' (the CHECK constraint allows four values),
   not decision IN (...): an IN list is an "expanding" parameter, re-rendered at every execution.
 """
+
 from __future__ import annotations
 
 from functools import cache
 
 from sqlalchemy import Delete, Insert, Select, Update, bindparam, delete, func, insert, select, update
 
-from .models import Annotation, Annotator, Image, KbEntity, Lease, Mention, ModelVersion, Prediction, \
-    PredictionCandidate, UTCDateTime
+from .models import (
+    Annotation,
+    Annotator,
+    Image,
+    KbEntity,
+    Lease,
+    Mention,
+    ModelVersion,
+    Prediction,
+    PredictionCandidate,
+    UTCDateTime,
+)
 
 #: SQL condition "this annotation is a final decision" (entity / nil / ambiguous), see above.
 IS_FINAL = Annotation.decision != "skip"
@@ -36,8 +47,7 @@ def entity_by_id() -> Select:
 def mention_by(key: str) -> Select:
     """:key -> the mention row (plus its image extension), key "id" or "uid"."""
     t = Mention.__table__
-    return (select(t, Image.ext).outerjoin(Image, Image.sha256 == t.c.image_sha256)
-            .where(t.c[key] == bindparam("key")))
+    return select(t, Image.ext).outerjoin(Image, Image.sha256 == t.c.image_sha256).where(t.c[key] == bindparam("key"))
 
 
 @cache
@@ -47,8 +57,12 @@ def model_version_name() -> Select:
 
 @cache
 def set_margin() -> Update:
-    return (update(Mention).where(Mention.id == bindparam("mid")).values(margin=bindparam("margin"))
-            .execution_options(synchronize_session=False))
+    return (
+        update(Mention)
+        .where(Mention.id == bindparam("mid"))
+        .values(margin=bindparam("margin"))
+        .execution_options(synchronize_session=False)
+    )
 
 
 @cache
@@ -59,9 +73,11 @@ def annotation_by_request() -> Select:
 @cache
 def current_annotation() -> Select:
     """:mid, :aid -> the annotator's current annotation on the mention (at most one)."""
-    return select(Annotation.__table__).where(Annotation.mention_id == bindparam("mid"),
-                                              Annotation.annotator_id == bindparam("aid"),
-                                              Annotation.status == "current")
+    return select(Annotation.__table__).where(
+        Annotation.mention_id == bindparam("mid"),
+        Annotation.annotator_id == bindparam("aid"),
+        Annotation.status == "current",
+    )
 
 
 @cache
@@ -72,20 +88,31 @@ def insert_annotation() -> Insert:
 @cache
 def set_annotation_status() -> Update:
     t = Annotation.__table__
-    return t.update().where(t.c.id == bindparam("aid_")).values(status=bindparam("status_"),
-                                                                superseded_by=bindparam("by_"))
+    return (
+        t.update()
+        .where(t.c.id == bindparam("aid_"))
+        .values(status=bindparam("status_"), superseded_by=bindparam("by_"))
+    )
 
 
 @cache
 def latest_prediction() -> Select:
-    return (select(Prediction).where(Prediction.mention_id == bindparam("mid"))
-            .order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(1))
+    return (
+        select(Prediction)
+        .where(Prediction.mention_id == bindparam("mid"))
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(1)
+    )
 
 
 @cache
 def candidates_with_names() -> Select:
-    return (select(PredictionCandidate, KbEntity.name).join(KbEntity, KbEntity.id == PredictionCandidate.entity_id)
-            .where(PredictionCandidate.prediction_id == bindparam("pid")).order_by(PredictionCandidate.rank))
+    return (
+        select(PredictionCandidate, KbEntity.name)
+        .join(KbEntity, KbEntity.id == PredictionCandidate.entity_id)
+        .where(PredictionCandidate.prediction_id == bindparam("pid"))
+        .order_by(PredictionCandidate.rank)
+    )
 
 
 @cache
@@ -95,16 +122,22 @@ def delete_lease_of() -> Delete:
 
 @cache
 def bump_decided() -> Update:
-    return (update(Mention).where(Mention.id == bindparam("mid"))
-            .values(decided=Mention.decided + bindparam("delta")).execution_options(synchronize_session=False))
+    return (
+        update(Mention)
+        .where(Mention.id == bindparam("mid"))
+        .values(decided=Mention.decided + bindparam("delta"))
+        .execution_options(synchronize_session=False)
+    )
 
 
 @cache
 def live_leases_of() -> Select:
     """:aid, :now -> the annotator's live leases, newest first."""
-    return (select(Lease).where(Lease.annotator_id == bindparam("aid"),
-                                Lease.expires_at > bindparam("now", type_=UTCDateTime()))
-            .order_by(Lease.created_at.desc(), Lease.mention_id))
+    return (
+        select(Lease)
+        .where(Lease.annotator_id == bindparam("aid"), Lease.expires_at > bindparam("now", type_=UTCDateTime()))
+        .order_by(Lease.created_at.desc(), Lease.mention_id)
+    )
 
 
 @cache
@@ -117,6 +150,13 @@ def count_current(mine: bool, skips: bool = False) -> Select:
     """:mid, :aid -> how many current final decisions (or skips, with skips=True) the annotator
     (mine=True) or everybody else (mine=False) has on the mention."""
     who = Annotation.annotator_id == bindparam("aid") if mine else Annotation.annotator_id != bindparam("aid")
-    return select(func.count()).select_from(Annotation).where(
-        Annotation.mention_id == bindparam("mid"), who, Annotation.status == "current",
-        Annotation.decision == "skip" if skips else IS_FINAL)
+    return (
+        select(func.count())
+        .select_from(Annotation)
+        .where(
+            Annotation.mention_id == bindparam("mid"),
+            who,
+            Annotation.status == "current",
+            Annotation.decision == "skip" if skips else IS_FINAL,
+        )
+    )

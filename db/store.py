@@ -9,11 +9,12 @@ The operations are grouped by concept in mixins (one module each):
   runs.py         model versions (promotion) and training runs
   export.py       gold mentions; JSONL / CSV / training-set exports
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from sqlalchemy import Engine, text
 
@@ -54,15 +55,22 @@ class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, Repo
         self.journal.close()
         dispose_engine(self.settings)
 
-    def __enter__(self) -> "AnnotationStore":
+    def __enter__(self) -> AnnotationStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def open_store(data_dir: str | Path | None = None, url: str | None = None, *, settings: Settings | None = None,
-               reconcile: bool = True, env: Mapping[str, str] | None = None, **overrides) -> AnnotationStore:
+def open_store(
+    data_dir: str | Path | None = None,
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    reconcile: bool = True,
+    env: Mapping[str, str] | None = None,
+    **overrides,
+) -> AnnotationStore:
     """Start the store: create DATA_DIR, migrate the schema to head, reconcile the journal, and log
     where the data lives (a warning when that place is ephemeral).
 
@@ -86,7 +94,12 @@ def open_store(data_dir: str | Path | None = None, url: str | None = None, *, se
     if reconcile:
         r = store.reconcile()
         if r.events_reapplied or r.events_rejournaled or r.incomplete_groups or r.bad_lines:
-            log.warning("journal reconciliation: %d event(s) re-applied to the database, %d appended to the "
-                        "journal, %d incomplete group(s) and %d unreadable line(s) ignored", r.events_reapplied,
-                        r.events_rejournaled, r.incomplete_groups, len(r.bad_lines))
+            log.warning(
+                "journal reconciliation: %d event(s) re-applied to the database, %d appended to the "
+                "journal, %d incomplete group(s) and %d unreadable line(s) ignored",
+                r.events_reapplied,
+                r.events_rejournaled,
+                r.incomplete_groups,
+                len(r.bad_lines),
+            )
     return store

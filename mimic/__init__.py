@@ -2,4 +2,5 @@
 
 No UI code lives here (the Gradio app is in `app/`).
 """
+
 __version__ = "0.1.0"

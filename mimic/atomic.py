@@ -4,6 +4,7 @@ A folder is filled in a temporary sibling and renamed into place, so a reader (o
 ever sees the old complete folder or the new complete one. Replacing an existing folder takes two
 renames (old away, new in); if a crash falls between them `recover_dir` puts the old one back.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 
 def _fsync_tree(root: Path) -> None:

@@ -14,6 +14,7 @@
 Errors that come from bad input (missing files, malformed data, wrong checkpoints) are printed as
 one line `error: ...` with exit status 2, never as a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,46 +45,77 @@ def _json_out(obj, path: str | None):
 def cmd_train(a):
     # lazy: torch-backed, 1.6 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.training.trainer import TrainConfig, train
-    overrides = {"data": a.data, "output": a.output, "backbone": a.backbone, "mode": a.mode,
-                 "model": a.model, "cross_modal": a.cross_modal, "text_field": a.text_field,
-                 "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "device": a.device,
-                 "train_fraction": a.train_fraction, "init_checkpoint": a.init_checkpoint,
-                 "val_max_mentions": a.val_max_mentions}
+
+    overrides = {
+        "data": a.data,
+        "output": a.output,
+        "backbone": a.backbone,
+        "mode": a.mode,
+        "model": a.model,
+        "cross_modal": a.cross_modal,
+        "text_field": a.text_field,
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "device": a.device,
+        "train_fraction": a.train_fraction,
+        "init_checkpoint": a.init_checkpoint,
+        "val_max_mentions": a.val_max_mentions,
+    }
     if a.freeze_backbone:
         overrides["freeze_backbone"] = True
     if a.no_progress:
         overrides["progress"] = False
-    cfg = TrainConfig.from_yaml(a.config, **overrides) if a.config else TrainConfig(
-        **{k: v for k, v in overrides.items() if v is not None})
+    cfg = (
+        TrainConfig.from_yaml(a.config, **overrides)
+        if a.config
+        else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    )
     if not cfg.data:
         raise ValueError("no data: give --data or 'data:' in the config")
     summary = train(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     _json_out({k: v for k, v in summary.items() if k != "history"} | {"epochs_run": len(summary["history"])}, None)
 
 
 def cmd_evaluate(a):
     # lazy: torch-backed, 1.6 s by python -X importtime; `python -m mimic --help` must stay fast
-    from mimic.models.checkpoint import load_checkpoint
     from mimic.analysis.ranking import evaluate
+    from mimic.models.checkpoint import load_checkpoint
     from mimic.training.trainer import pick_device
+
     ds = load_dataset(a.data)
     model = load_checkpoint(a.checkpoint, pick_device(a.device))
     mentions = ds.split(a.split)
     if a.limit:
-        mentions = mentions[:a.limit]
-    res = evaluate(model, ds.kb, mentions, batch_size=a.batch_size, chunk_size=a.chunk_size,
-                   strategy=a.strategy, scores_out=a.scores_out, progress=not a.no_progress)
+        mentions = mentions[: a.limit]
+    res = evaluate(
+        model,
+        ds.kb,
+        mentions,
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        strategy=a.strategy,
+        scores_out=a.scores_out,
+        progress=not a.no_progress,
+    )
     res.pop("ranks")
-    res.update({"split": a.split, "checkpoint": a.checkpoint, "mode": model.config.mode,
-                "tie_breaking": "stable: equal scores ranked by KB position"})
+    res.update(
+        {
+            "split": a.split,
+            "checkpoint": a.checkpoint,
+            "mode": model.config.mode,
+            "tie_breaking": "stable: equal scores ranked by KB position",
+        }
+    )
     _json_out(res, a.json)
 
 
 def cmd_import_official(a):
     # lazy: torch-backed, 1.2 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.models.checkpoint import import_official
+
     out = import_official(a.checkpoint, a.backbone, a.output, mode=a.mode, trust_pickle=a.trust_pickle)
     print(json.dumps({"output": str(out)}))
 
@@ -93,6 +125,7 @@ def cmd_index(a):
     from mimic.models.checkpoint import load_checkpoint
     from mimic.serving.index import KBIndex
     from mimic.training.trainer import pick_device
+
     kb, report = load_kb(a.kb)
     print(f"[mimic] {report.summary()}", file=sys.stderr)
     for r in report.rejected[:20]:
@@ -100,18 +133,37 @@ def cmd_index(a):
     if len(kb) == 0:
         raise ValueError(f"{a.kb}: no usable entity")
     model = load_checkpoint(a.checkpoint, pick_device(a.device))
-    idx = KBIndex.build(model, kb, a.output, batch_size=a.batch_size, progress=not a.no_progress,
-                        faiss_kind=a.faiss, overwrite=a.overwrite)
-    print(json.dumps({"output": str(idx.root), "entities": len(idx), "fingerprint": idx.fingerprint,
-                      "build_seconds": idx.manifest["build_seconds"], "index_bytes_disk": idx.disk_bytes(),
-                      "kb_report": report.to_dict()}, indent=2))
+    idx = KBIndex.build(
+        model,
+        kb,
+        a.output,
+        batch_size=a.batch_size,
+        progress=not a.no_progress,
+        faiss_kind=a.faiss,
+        overwrite=a.overwrite,
+    )
+    print(
+        json.dumps(
+            {
+                "output": str(idx.root),
+                "entities": len(idx),
+                "fingerprint": idx.fingerprint,
+                "build_seconds": idx.manifest["build_seconds"],
+                "index_bytes_disk": idx.disk_bytes(),
+                "kb_report": report.to_dict(),
+            },
+            indent=2,
+        )
+    )
 
 
 def cmd_link(a):
     # lazy: torch-backed, 1.4 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.serving.linker import Linker
-    linker = Linker.from_paths(a.checkpoint, a.index, shortlist=a.shortlist,
-                               allowed_image_dirs=a.allowed_image_dir or None)
+
+    linker = Linker.from_paths(
+        a.checkpoint, a.index, shortlist=a.shortlist, allowed_image_dirs=a.allowed_image_dir or None
+    )
     if a.batch:
         queries = []
         for _, q in read_jsonl(Path(a.batch)):
@@ -134,12 +186,11 @@ def cmd_link(a):
 def cmd_calibrate_nil(a):
     # lazy: torch-backed, 1.4 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.serving.linker import Linker
+
     linker = Linker.from_paths(a.checkpoint, a.index)
     mentions = load_dataset(a.data).split(a.split)
     known = [m for m in mentions if m.answer in linker.index.position]
-    print(json.dumps(linker.calibrate_nil(known[:a.limit] if a.limit else known), indent=2))
-
-
+    print(json.dumps(linker.calibrate_nil(known[: a.limit] if a.limit else known), indent=2))
 
 
 def cmd_info(a):
@@ -147,16 +198,28 @@ def cmd_info(a):
     if (p / "config.json").exists():
         # lazy: torch-backed, 1.2 s by python -X importtime; not needed to describe a dataset
         from mimic.models.checkpoint import read_config, read_metrics
+
         print(json.dumps({"checkpoint": read_config(p), "metrics": read_metrics(p)}, indent=2))
         return
     ds = load_dataset(p)
-    print(json.dumps({"dataset": ds.name, "entities": len(ds.kb),
-                      "splits": {k: len(v) for k, v in ds.splits.items()}, "stats": ds.stats}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "dataset": ds.name,
+                "entities": len(ds.kb),
+                "splits": {k: len(v) for k, v in ds.splits.items()},
+                "stats": ds.stats,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m mimic", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m mimic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -199,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backbone", required=True, help="folder of the CLIP the checkpoint was trained from")
     i.add_argument("--output", required=True)
     i.add_argument("--mode", choices=["compat", "fixed"], default="compat")
-    i.add_argument("--trust-pickle", action="store_true",
-                   help="allow arbitrary pickled objects in the file (only for files you trust)")
+    i.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in the file (only for files you trust)",
+    )
     i.set_defaults(func=cmd_import_official)
 
     x = sub.add_parser("index", help="build a KB index for serving")
@@ -249,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _index_errors():
     # lazy: the index module pulls in torch and faiss, 1.4 s by python -X importtime, for --help too
     from mimic.serving.index import IndexFileError
+
     return IndexFileError
 
 
@@ -257,10 +324,14 @@ def _index_errors():
 # is a benchmark script of the source checkout. Their arguments pass through unchanged.
 _CHECKOUT = Path(__file__).resolve().parents[1]
 FORWARDED = {
-    "retrain": (["-m", "retraining"],
-                "corrections -> fine-tune -> evaluated model version -> promotion (python -m retraining)"),
-    "bench-link": ([str(_CHECKOUT / "benchmarks" / "bench_link.py")],
-                   "serving benchmark on a synthetic clustered KB (benchmarks/bench_link.py)"),
+    "retrain": (
+        ["-m", "retraining"],
+        "corrections -> fine-tune -> evaluated model version -> promotion (python -m retraining)",
+    ),
+    "bench-link": (
+        [str(_CHECKOUT / "benchmarks" / "bench_link.py")],
+        "serving benchmark on a synthetic clustered KB (benchmarks/bench_link.py)",
+    ),
 }
 
 
@@ -281,8 +352,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")
     try:
         a.func(a)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError, FloatingPointError,
-            _index_errors()) as exc:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        PermissionError,
+        FloatingPointError,
+        _index_errors(),
+    ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

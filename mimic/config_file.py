@@ -1,4 +1,5 @@
 """Config dataclasses read from a mapping or a YAML file, with unknown keys named in the error."""
+
 from __future__ import annotations
 
 from dataclasses import fields

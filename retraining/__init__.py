@@ -53,6 +53,7 @@ serves now), policy (when to start), process (the job's own process), recovery (
 pipeline (the steps), evaluation (both models on shared KB features), promotion (the rule),
 run (run_retrain: the run recorded around the steps), cli.
 """
+
 from .config import RetrainConfig
 from .errors import RetrainBusy, RetrainCancelled, RetrainFailed
 from .lock import JobLock
@@ -64,6 +65,18 @@ from .recovery import recover_stale_runs
 
 # run_retrain (and the pipeline) load torch and the trainer: import them from retraining.run, so
 # that the app and `python -m retraining --help` do not pay for them (see cli.py).
-__all__ = ["RetrainConfig", "RetrainBusy", "RetrainCancelled", "RetrainFailed", "JobLock", "accepted_annotation_ids",
-           "maybe_start_retrain", "should_retrain", "start_retrain_process", "read_log", "read_progress",
-           "decide_promotion", "recover_stale_runs"]
+__all__ = [
+    "RetrainConfig",
+    "RetrainBusy",
+    "RetrainCancelled",
+    "RetrainFailed",
+    "JobLock",
+    "accepted_annotation_ids",
+    "maybe_start_retrain",
+    "should_retrain",
+    "start_retrain_process",
+    "read_log",
+    "read_progress",
+    "decide_promotion",
+    "recover_stale_runs",
+]

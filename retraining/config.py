@@ -1,4 +1,5 @@
 """`RetrainConfig`: what one retraining run (and the policy that starts runs) is told."""
+
 from __future__ import annotations
 
 import os
@@ -8,34 +9,34 @@ from typing import Any
 
 from mimic.config_file import ConfigFile
 
-LOCK_NAME = "retrain.lock"   # in DATA_DIR/runs/
+LOCK_NAME = "retrain.lock"  # in DATA_DIR/runs/
 
 
 @dataclass
 class RetrainConfig(ConfigFile):
     _what = "retrain config"
 
-    data_dir: str = "data"                  # the app's DATA_DIR; the store is db.open_store(data_dir)
-    base_data: str | None = None            # optional base dataset (official / MELBench / JSONL)
-    checkpoint: str | None = None           # serving checkpoint when no version is promoted
-    prefer_promoted: bool = True            # the store's promoted version (if it has a checkpoint) serves
-    backbone: str = "offline"               # backbone of the zero-shot serving model (app: MIMIC_BACKBONE)
-    model: str = "mimic"                    # family of a fresh candidate (zero-shot serving only)
-    holdout: float = 0.2                    # fraction of corrections held out (by mention uid hash)
+    data_dir: str = "data"  # the app's DATA_DIR; the store is db.open_store(data_dir)
+    base_data: str | None = None  # optional base dataset (official / MELBench / JSONL)
+    checkpoint: str | None = None  # serving checkpoint when no version is promoted
+    prefer_promoted: bool = True  # the store's promoted version (if it has a checkpoint) serves
+    backbone: str = "offline"  # backbone of the zero-shot serving model (app: MIMIC_BACKBONE)
+    model: str = "mimic"  # family of a fresh candidate (zero-shot serving only)
+    holdout: float = 0.2  # fraction of corrections held out (by mention uid hash)
     epochs: int = 4
     batch_size: int = 64
-    lr: float | None = None                 # None: 1e-3 fresh heads, 2e-4 heads from a checkpoint, 1e-5 full
-    freeze_backbone: bool | None = None     # None: fine-tune the backbone on CUDA, freeze it on the CPU
+    lr: float | None = None  # None: 1e-3 fresh heads, 2e-4 heads from a checkpoint, 1e-5 full
+    freeze_backbone: bool | None = None  # None: fine-tune the backbone on CUDA, freeze it on the CPU
     device: str = "auto"
-    bf16: bool = True                       # bf16 autocast for training on CUDA (ignored on the CPU)
+    bf16: bool = True  # bf16 autocast for training on CUDA (ignored on the CPU)
     seed: int = 43
-    min_mrr_delta: float = 0.0              # candidate held-out MRR - serving held-out MRR must be >= this
-    max_dev_h1_drop: float = 0.005          # serving base-dev H@1 - candidate base-dev H@1 must be <= this
-    min_heldout: int = 1                    # fewer held-out corrections: no judgement, no promotion
+    min_mrr_delta: float = 0.0  # candidate held-out MRR - serving held-out MRR must be >= this
+    max_dev_h1_drop: float = 0.005  # serving base-dev H@1 - candidate base-dev H@1 must be <= this
+    min_heldout: int = 1  # fewer held-out corrections: no judgement, no promotion
     min_new_annotations: int | None = None  # policy N
-    every_hours: float | None = None        # policy T
-    retry_hours: float = 1.0                # after a failed or cancelled run, the policy waits this long
-    models_dir: str | None = None           # default DATA_DIR/models
+    every_hours: float | None = None  # policy T
+    retry_hours: float = 1.0  # after a failed or cancelled run, the policy waits this long
+    models_dir: str | None = None  # default DATA_DIR/models
     eval_batch_size: int = 32
     eval_chunk_size: int = 1024
 
@@ -71,7 +72,7 @@ class RetrainConfig(ConfigFile):
         return asdict(self)
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **overrides) -> "RetrainConfig":
+    def from_env(cls, env: dict | None = None, **overrides) -> RetrainConfig:
         """DATA_DIR, MIMIC_CHECKPOINT and MIMIC_BACKBONE as the app reads them, then
         MIMIC_RETRAIN_<FIELD> for any field (e.g. MIMIC_RETRAIN_EVERY_HOURS=24); `overrides` win."""
         env = os.environ if env is None else env

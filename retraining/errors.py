@@ -1,4 +1,5 @@
 """How a retraining run can end other than with a summary."""
+
 from __future__ import annotations
 
 

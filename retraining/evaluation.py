@@ -3,6 +3,7 @@
 A trained model is ranked by `mimic.analysis.ranking.evaluate`; a zero-shot serving model by
 `mimic.serving.zeroshot.zero_shot_ranks`, exactly as it ranks when serving.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,9 +28,9 @@ def kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[t
     caches = [[[] for _ in heads_list] for _enc, heads_list, _want in groups]
     vectors: list[list[BackboneVectors]] = [[] for _ in groups]
     for s in range(0, len(kb), batch_size):
-        chunk = kb.entities[s:s + batch_size]
+        chunk = kb.entities[s : s + batch_size]
         texts = [entity_text(e) for e in chunk]
-        decoded: dict[str, list] = {}          # per mode: compat keeps non-RGB images out
+        decoded: dict[str, list] = {}  # per mode: compat keeps non-RGB images out
         for g, (encoder, heads_list, want_vectors) in enumerate(groups):
             mode = encoder.config.mode
             if mode not in decoded:
@@ -40,12 +41,15 @@ def kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[t
                 parts.append(heads.entity_cache(heads.side_features(text, image)))
             if want_vectors:
                 vectors[g].append(BackboneVectors.of(text, image))
-    return [([type(p[0]).cat(p) for p in caches[g]], BackboneVectors.cat(vectors[g]) if want else None)
-            for g, (_enc, _heads, want) in enumerate(groups)]
+    return [
+        ([type(p[0]).cat(p) for p in caches[g]], BackboneVectors.cat(vectors[g]) if want else None)
+        for g, (_enc, _heads, want) in enumerate(groups)
+    ]
 
 
-def evaluate_models(models: dict[str, Any], zero_shot: set[str], kb, sets: dict[str, list], *,
-                    batch_size: int, chunk_size: int) -> dict:
+def evaluate_models(
+    models: dict[str, Any], zero_shot: set[str], kb, sets: dict[str, list], *, batch_size: int, chunk_size: int
+) -> dict:
     """{name: {set: metrics}} for every model on every non-empty set; models sharing a backbone
     share one KB pass. Names in `zero_shot` are scored zero-shot (their ranks kept)."""
     results: dict[str, dict] = {name: {} for name in models}
@@ -55,15 +59,26 @@ def evaluate_models(models: dict[str, Any], zero_shot: set[str], kb, sets: dict[
     for name, m in models.items():
         by_backbone.setdefault((id(m.backbone), m.config.mode, m.config.text_max_length), []).append(name)
     groups = list(by_backbone.values())
-    passes = kb_pass([(models[names[0]], [models[n].heads for n in names if n not in zero_shot],
-                       any(n in zero_shot for n in names)) for names in groups], kb, KB_BATCH)
+    passes = kb_pass(
+        [
+            (
+                models[names[0]],
+                [models[n].heads for n in names if n not in zero_shot],
+                any(n in zero_shot for n in names),
+            )
+            for names in groups
+        ],
+        kb,
+        KB_BATCH,
+    )
     for names, (caches, kb_vectors) in zip(groups, passes):
         trained = [n for n in names if n not in zero_shot]
         for name, cache in zip(trained, caches):
             for set_name, mentions in sets.items():
                 if mentions:
-                    res = evaluate(models[name], kb, mentions, batch_size=batch_size, chunk_size=chunk_size,
-                                   entity_cache=cache)
+                    res = evaluate(
+                        models[name], kb, mentions, batch_size=batch_size, chunk_size=chunk_size, entity_cache=cache
+                    )
                     results[name][set_name] = {k: v for k, v in res.items() if k != "images"}
         for name in (n for n in names if n in zero_shot):
             for set_name, mentions in sets.items():

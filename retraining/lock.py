@@ -1,5 +1,6 @@
 """`JobLock`: one retraining job at a time across processes (an flock the kernel drops when its
 holder dies), and `RetrainBusy`, the refusal that names the holder."""
+
 from __future__ import annotations
 
 import errno
@@ -8,9 +9,9 @@ import json
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from .errors import RetrainBusy
 
@@ -62,7 +63,7 @@ class JobLock:
             text = self.path.read_text(encoding="utf-8")
             return json.loads(text) if text.strip() else {}
         except (OSError, ValueError):
-            return {}   # being rewritten by its holder this instant: "unknown" is the honest answer
+            return {}  # being rewritten by its holder this instant: "unknown" is the honest answer
 
     def holder(self) -> dict | None:
         """Who holds the lock ({} if not yet known), or None when it is free. Never blocks."""
@@ -88,11 +89,14 @@ class JobLock:
             who += f" on {info['host']}"
         if info.get("run_id") is not None:
             who += f", run {info['run_id']}"
-        return (f"another retraining run ({who}, started at {info.get('started_at', '?')}) holds the lock "
-                f"{self.path}; wait for it to finish, or retry with wait (--wait)")
+        return (
+            f"another retraining run ({who}, started at {info.get('started_at', '?')}) holds the lock "
+            f"{self.path}; wait for it to finish, or retry with wait (--wait)"
+        )
 
-    def acquire(self, wait: bool | float = False, *, poll: float = 0.25,
-                on_wait: Callable[[dict], None] | None = None) -> "JobLock":
+    def acquire(
+        self, wait: bool | float = False, *, poll: float = 0.25, on_wait: Callable[[dict], None] | None = None
+    ) -> JobLock:
         """Take the lock. wait=False: refuse at once (after a 0.5 s grace, so a reader's brief probe
         never causes a refusal); True: wait as long as it takes; a number: at most that many seconds.
         Refusal raises `RetrainBusy` naming the holder."""
@@ -119,8 +123,12 @@ class JobLock:
                 on_wait(self.read_info())
             time.sleep(poll)
         self._fd = fd
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": None}
+        self.info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "run_id": None,
+        }
         self._write_info()
         return self
 
@@ -140,11 +148,11 @@ class JobLock:
             return
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)        # nobody holds it: no holder to name
+            os.ftruncate(fd, 0)  # nobody holds it: no holder to name
         finally:
-            os.close(fd)               # closing drops the flock
+            os.close(fd)  # closing drops the flock
 
-    def __enter__(self) -> "JobLock":
+    def __enter__(self) -> JobLock:
         return self.acquire() if not self.held else self
 
     def __exit__(self, *exc) -> None:

@@ -1,6 +1,7 @@
 """The steps of one run, in order: corrections -> base data -> serving model -> train -> evaluate
 -> version -> promote (see the package docstring for what each guarantees). `run_steps` calls
 them; run.py records the run around it."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -38,15 +39,15 @@ class RunData:
     """What a run trains on and is judged on."""
 
     kb: KnowledgeBase
-    train: list                      # corrections trained on
-    heldout: list                    # corrections held out (judged on)
-    annotation_ids: list[int]        # every annotation used, trained on or held out
+    train: list  # corrections trained on
+    heldout: list  # corrections held out (judged on)
+    annotation_ids: list[int]  # every annotation used, trained on or held out
     conflicts: int
     not_entity: int
     base_train: list = field(default_factory=list)
     base_dev: list = field(default_factory=list)
     base_entities_added: int = 0
-    excluded_uids: list[str] = field(default_factory=list)   # corrections identical to a judged mention
+    excluded_uids: list[str] = field(default_factory=list)  # corrections identical to a judged mention
 
 
 @dataclass
@@ -59,7 +60,7 @@ class StartModel:
     lr: float
     model_type: str
     mode: str
-    resave_backbone: bool            # serving carried fine-tuned backbone weights that this run freezes
+    resave_backbone: bool  # serving carried fine-tuned backbone weights that this run freezes
     backbone_label: str
 
 
@@ -71,12 +72,17 @@ def load_corrections(cfg: RetrainConfig, store, rid: int, prog: Progress) -> Run
     """The store's gold entity links, in memory, split by uid hash: the "test" part is held out."""
     prog("export", 0.02, "reading the accepted annotations")
     dataset, used, conflicts, not_entity = store.build_training_dataset(
-        fractions=(1 - cfg.holdout, 0.0, cfg.holdout), seed=HOLDOUT_SEED, name="corrections")
+        fractions=(1 - cfg.holdout, 0.0, cfg.holdout), seed=HOLDOUT_SEED, name="corrections"
+    )
     store.attach_annotations(rid, used)
     data = RunData(dataset.kb, list(dataset.split("train")), list(dataset.split("test")), used, conflicts, not_entity)
-    prog("export", 0.05, f"{len(used)} annotations: {len(data.train)} corrections to train on, "
-                         f"{len(data.heldout)} held out; {conflicts} conflicting and {not_entity} NIL/ambiguous "
-                         "mentions left out")
+    prog(
+        "export",
+        0.05,
+        f"{len(used)} annotations: {len(data.train)} corrections to train on, "
+        f"{len(data.heldout)} held out; {conflicts} conflicting and {not_entity} NIL/ambiguous "
+        "mentions left out",
+    )
     return data
 
 
@@ -90,9 +96,13 @@ def add_base_dataset(cfg: RetrainConfig, data: RunData, prog: Progress) -> None:
     data.base_train = [m for m in all_train if _key(m) not in judged]
     data.excluded_uids = [m.id for m in data.train if _key(m) in judged]
     data.train = [m for m in data.train if _key(m) not in judged]
-    prog("base", 0.07, f"base dataset {cfg.base_data}: {len(data.base_train)} train mentions, {len(data.base_dev)} "
-                       f"dev mentions; {len(all_train) - len(data.base_train)} base train mentions and "
-                       f"{len(data.excluded_uids)} corrections identical to a judged mention left out of training")
+    prog(
+        "base",
+        0.07,
+        f"base dataset {cfg.base_data}: {len(data.base_train)} train mentions, {len(data.base_dev)} "
+        f"dev mentions; {len(all_train) - len(data.base_train)} base train mentions and "
+        f"{len(data.excluded_uids)} corrections identical to a judged mention left out of training",
+    )
     # store positions do not move: the base entities the store lacks go after them
     extra = [e for e in base.kb.entities if e.id not in data.kb]
     if extra:
@@ -102,10 +112,13 @@ def add_base_dataset(cfg: RetrainConfig, data: RunData, prog: Progress) -> None:
 
 def write_split_record(cfg: RetrainConfig, data: RunData, rdir: Path) -> None:
     """split.json: which uid went where (a record for people; training reads the data in memory)."""
-    record = {"rule": f"db.export.split_of(uid, (1 - {cfg.holdout}, 0, {cfg.holdout}), seed={HOLDOUT_SEED!r}): "
-                      "SHA-256 of the mention uid; 'test' = held out",
-              "train_uids": [m.id for m in data.train], "heldout_uids": [m.id for m in data.heldout],
-              "annotation_ids": data.annotation_ids}
+    record = {
+        "rule": f"db.export.split_of(uid, (1 - {cfg.holdout}, 0, {cfg.holdout}), seed={HOLDOUT_SEED!r}): "
+        "SHA-256 of the mention uid; 'test' = held out",
+        "train_uids": [m.id for m in data.train],
+        "heldout_uids": [m.id for m in data.heldout],
+        "annotation_ids": data.annotation_ids,
+    }
     if data.excluded_uids:
         record["excluded_uids"] = data.excluded_uids
     write_json_atomic(rdir / "split.json", record)
@@ -134,15 +147,32 @@ def load_start_model(cfg: RetrainConfig, serving: Serving) -> StartModel:
     return StartModel(model, device, freeze, lr, model_type, mode, resave_backbone, backbone_label(model.backbone))
 
 
-def train_candidate(cfg: RetrainConfig, serving: Serving, start: StartModel, data: RunData, train_dir: Path,
-                    prog: Progress) -> tuple[torch.nn.Module, dict, float]:
+def train_candidate(
+    cfg: RetrainConfig, serving: Serving, start: StartModel, data: RunData, train_dir: Path, prog: Progress
+) -> tuple[torch.nn.Module, dict, float]:
     """Fine-tune into train_dir on the in-memory training set. -> (candidate, train summary, seconds)."""
     tc = TrainConfig(
-        output=str(train_dir), backbone=cfg.backbone, init_checkpoint=serving.checkpoint, model=start.model_type,
-        mode=start.mode, lr=start.lr, adam_eps=1e-8, no_decay="standard", batch_size=cfg.batch_size,
-        epochs=cfg.epochs, bf16=cfg.bf16, val_every=cfg.epochs + 1, patience=cfg.epochs + 1, seed=cfg.seed,
-        freeze_backbone=start.freeze, device=str(start.device), eval_batch_size=cfg.eval_batch_size,
-        eval_chunk_size=cfg.eval_chunk_size, progress=False, test_after=False)
+        output=str(train_dir),
+        backbone=cfg.backbone,
+        init_checkpoint=serving.checkpoint,
+        model=start.model_type,
+        mode=start.mode,
+        lr=start.lr,
+        adam_eps=1e-8,
+        no_decay="standard",
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        bf16=cfg.bf16,
+        val_every=cfg.epochs + 1,
+        patience=cfg.epochs + 1,
+        seed=cfg.seed,
+        freeze_backbone=start.freeze,
+        device=str(start.device),
+        eval_batch_size=cfg.eval_batch_size,
+        eval_chunk_size=cfg.eval_chunk_size,
+        progress=False,
+        test_after=False,
+    )
     watcher = EpochWatcher(prog, cfg.epochs, 0.1, 0.7)
     t0 = time.perf_counter()
     logging.getLogger("mimic").addHandler(watcher)
@@ -153,27 +183,44 @@ def train_candidate(cfg: RetrainConfig, serving: Serving, start: StartModel, dat
     finally:
         logging.getLogger("mimic").removeHandler(watcher)
     seconds = round(time.perf_counter() - t0, 2)
-    candidate = load_checkpoint(train_dir / "best", start.device, backbone=start.model.backbone if start.freeze else None)
+    candidate = load_checkpoint(
+        train_dir / "best", start.device, backbone=start.model.backbone if start.freeze else None
+    )
     return candidate.eval(), summary, seconds
 
 
-def judge(cfg: RetrainConfig, serving: Serving, start: StartModel, candidate, data: RunData, rdir: Path,
-          prog: Progress) -> tuple[dict, float]:
+def judge(
+    cfg: RetrainConfig, serving: Serving, start: StartModel, candidate, data: RunData, rdir: Path, prog: Progress
+) -> tuple[dict, float]:
     """Serving and candidate on the SAME sets (held-out corrections, base dev) against the full KB;
     the ranks go to evaluation.json. -> ({"serving"|"candidate": {set: metrics}}, seconds)."""
-    prog("evaluate", 0.72, f"evaluating serving and candidate on {len(data.heldout)} held-out corrections"
-                           + (f" and {len(data.base_dev)} base dev mentions" if data.base_dev else "")
-                           + f" against {len(data.kb)} entities")
+    prog(
+        "evaluate",
+        0.72,
+        f"evaluating serving and candidate on {len(data.heldout)} held-out corrections"
+        + (f" and {len(data.base_dev)} base dev mentions" if data.base_dev else "")
+        + f" against {len(data.kb)} entities",
+    )
     sets = {"heldout": data.heldout}
     if data.base_dev:
         sets["base_dev"] = data.base_dev
     t0 = time.perf_counter()
-    res = evaluate_models({"serving": start.model, "candidate": candidate}, set() if serving.checkpoint else {"serving"},
-                          data.kb, sets, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size)
+    res = evaluate_models(
+        {"serving": start.model, "candidate": candidate},
+        set() if serving.checkpoint else {"serving"},
+        data.kb,
+        sets,
+        batch_size=cfg.eval_batch_size,
+        chunk_size=cfg.eval_chunk_size,
+    )
     seconds = round(time.perf_counter() - t0, 2)
-    write_json_atomic(rdir / "evaluation.json", {
-        name: {s: {"ranks": m.get("ranks"), "mention_ids": [x.id for x in sets[s]]} for s, m in r.items()}
-        for name, r in res.items()})
+    write_json_atomic(
+        rdir / "evaluation.json",
+        {
+            name: {s: {"ranks": m.get("ranks"), "mention_ids": [x.id for x in sets[s]]} for s, m in r.items()}
+            for name, r in res.items()
+        },
+    )
     return res, seconds
 
 
@@ -187,32 +234,69 @@ def _delta(res: dict, set_name: str, metric: str) -> float | None:
     return res["candidate"][set_name][metric] - res["serving"][set_name][metric]
 
 
-def version_metrics(cfg: RetrainConfig, rid: int, version: str, version_dir: Path, serving: Serving,
-                    start: StartModel, data: RunData, res: dict, decision: tuple[bool, str], tsum: dict,
-                    seconds: dict) -> dict:
+def version_metrics(
+    cfg: RetrainConfig,
+    rid: int,
+    version: str,
+    version_dir: Path,
+    serving: Serving,
+    start: StartModel,
+    data: RunData,
+    res: dict,
+    decision: tuple[bool, str],
+    tsum: dict,
+    seconds: dict,
+) -> dict:
     """Everything recorded on the version and the run: both models' numbers, the decision, the data."""
     history = tsum.get("history", [])
     return {
-        "run_id": rid, "version": version,
-        "serving": {"version": serving.version, "checkpoint": serving.checkpoint,
-                    "scoring": "model" if serving.checkpoint else "zero-shot", **_strip_ranks(res["serving"])},
+        "run_id": rid,
+        "version": version,
+        "serving": {
+            "version": serving.version,
+            "checkpoint": serving.checkpoint,
+            "scoring": "model" if serving.checkpoint else "zero-shot",
+            **_strip_ranks(res["serving"]),
+        },
         "candidate": {"checkpoint": str(version_dir), **_strip_ranks(res["candidate"])},
-        "delta": {"heldout_MRR": _delta(res, "heldout", "MRR") if data.heldout else None,
-                  "base_dev_H@1": _delta(res, "base_dev", "H@1") if data.base_dev else None},
-        "decision": {"promote": decision[0], "reason": decision[1],
-                     "rule": {"min_mrr_delta": cfg.min_mrr_delta, "max_dev_h1_drop": cfg.max_dev_h1_drop,
-                              "min_heldout": cfg.min_heldout}},
-        "data": {"annotations": len(data.annotation_ids), "train_corrections": len(data.train),
-                 "heldout_corrections": len(data.heldout), "base_train": len(data.base_train),
-                 "base_dev": len(data.base_dev), "entities": len(data.kb),
-                 "base_entities_added": data.base_entities_added, "holdout": cfg.holdout,
-                 "conflicts": data.conflicts, "not_entity": data.not_entity},
-        "train": {"epochs": len(history), "final_loss": (history or [{}])[-1].get("train_loss"),
-                  "lr": start.lr, "freeze_backbone": start.freeze, "device": str(start.device),
-                  "backbone": start.backbone_label, "feature_cache_seconds": tsum.get("feature_cache_seconds"),
-                  "input_cache": tsum.get("input_cache"), "bf16": bool(cfg.bf16 and start.device.type == "cuda"),
-                  "samples_per_second": [h.get("samples_per_second") for h in history],
-                  "seconds": seconds["train"]},
+        "delta": {
+            "heldout_MRR": _delta(res, "heldout", "MRR") if data.heldout else None,
+            "base_dev_H@1": _delta(res, "base_dev", "H@1") if data.base_dev else None,
+        },
+        "decision": {
+            "promote": decision[0],
+            "reason": decision[1],
+            "rule": {
+                "min_mrr_delta": cfg.min_mrr_delta,
+                "max_dev_h1_drop": cfg.max_dev_h1_drop,
+                "min_heldout": cfg.min_heldout,
+            },
+        },
+        "data": {
+            "annotations": len(data.annotation_ids),
+            "train_corrections": len(data.train),
+            "heldout_corrections": len(data.heldout),
+            "base_train": len(data.base_train),
+            "base_dev": len(data.base_dev),
+            "entities": len(data.kb),
+            "base_entities_added": data.base_entities_added,
+            "holdout": cfg.holdout,
+            "conflicts": data.conflicts,
+            "not_entity": data.not_entity,
+        },
+        "train": {
+            "epochs": len(history),
+            "final_loss": (history or [{}])[-1].get("train_loss"),
+            "lr": start.lr,
+            "freeze_backbone": start.freeze,
+            "device": str(start.device),
+            "backbone": start.backbone_label,
+            "feature_cache_seconds": tsum.get("feature_cache_seconds"),
+            "input_cache": tsum.get("input_cache"),
+            "bf16": bool(cfg.bf16 and start.device.type == "cuda"),
+            "samples_per_second": [h.get("samples_per_second") for h in history],
+            "seconds": seconds["train"],
+        },
         "evaluate_seconds": seconds["evaluate"],
     }
 
@@ -233,13 +317,17 @@ def write_version(best_dir: Path, version_dir: Path, candidate, *, resave_backbo
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
         m = json.loads((tmp / "metrics.json").read_text()) if (tmp / "metrics.json").exists() else {}
         (tmp / "metrics.json").write_text(json.dumps({**m, "retrain": metrics}, indent=2) + "\n")
+
     return write_dir_atomic(version_dir, fill, overwrite=False)
 
 
 def new_version_dir(cfg: RetrainConfig, rid: int, serving: Serving) -> tuple[str, Path]:
-    version = f"r{rid}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    version = f"r{rid}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     version_dir = cfg.models_path / version
-    if serving.checkpoint and Path(serving.checkpoint).resolve() in (version_dir.resolve(), *version_dir.resolve().parents):
+    if serving.checkpoint and Path(serving.checkpoint).resolve() in (
+        version_dir.resolve(),
+        *version_dir.resolve().parents,
+    ):
         raise ValueError(f"refusing to write {version_dir}: it is (inside) the serving checkpoint")
     return version, version_dir
 
@@ -251,13 +339,20 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         add_base_dataset(cfg, data, prog)
     write_split_record(cfg, data, rdir)
     if len(data.train) + len(data.base_train) < 2:
-        raise ValueError(f"only {len(data.train) + len(data.base_train)} training mention(s) (after holding out "
-                         f"{len(data.heldout)}): need at least 2 accepted corrections or a base dataset")
+        raise ValueError(
+            f"only {len(data.train) + len(data.base_train)} training mention(s) (after holding out "
+            f"{len(data.heldout)}): need at least 2 accepted corrections or a base dataset"
+        )
 
     start = load_start_model(cfg, serving)
-    prog("train", 0.1, f"serving: {serving.version}" + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
-                       + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
-                       f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}")
+    prog(
+        "train",
+        0.1,
+        f"serving: {serving.version}"
+        + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
+        + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
+        f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
+    )
     train_dir = rdir / "train"
     candidate, tsum, t_train = train_candidate(cfg, serving, start, data, train_dir, prog)
 
@@ -266,8 +361,19 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
     prog("evaluate", 0.9, reason)
 
     version, version_dir = new_version_dir(cfg, rid, serving)
-    metrics = version_metrics(cfg, rid, version, version_dir, serving, start, data, res, (promote, reason), tsum,
-                              {"train": t_train, "evaluate": t_eval})
+    metrics = version_metrics(
+        cfg,
+        rid,
+        version,
+        version_dir,
+        serving,
+        start,
+        data,
+        res,
+        (promote, reason),
+        tsum,
+        {"train": t_train, "evaluate": t_eval},
+    )
     prog("version", 0.93, f"writing {version_dir}")
     write_version(train_dir / "best", version_dir, candidate, resave_backbone=start.resave_backbone, metrics=metrics)
     # train/last only serves to resume a run, which a retraining run never does; it holds the
@@ -281,7 +387,19 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         prog("promote", 0.97, f"{version} promoted (was {serving.version})")
     else:
         prog("promote", 0.97, f"{version} registered, not promoted; {serving.version} keeps serving")
-    return {"run_id": rid, "version": version, "promoted": promote, "reason": reason, "metrics": metrics,
-            "serving": serving.version,
-            "paths": {"run_dir": str(rdir), "log": str(rdir / "log.txt"), "progress": str(rdir / "progress.json"),
-                      "split": str(rdir / "split.json"), "train": str(train_dir), "checkpoint": str(version_dir)}}
+    return {
+        "run_id": rid,
+        "version": version,
+        "promoted": promote,
+        "reason": reason,
+        "metrics": metrics,
+        "serving": serving.version,
+        "paths": {
+            "run_dir": str(rdir),
+            "log": str(rdir / "log.txt"),
+            "progress": str(rdir / "progress.json"),
+            "split": str(rdir / "split.json"),
+            "train": str(train_dir),
+            "checkpoint": str(version_dir),
+        },
+    }

@@ -1,9 +1,10 @@
 """When to retrain (`should_retrain`), and the periodic check that starts a due run
 (`maybe_start_retrain`)."""
+
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from db import open_store
 
@@ -24,9 +25,9 @@ def should_retrain(store, cfg: RetrainConfig, now: datetime | None = None) -> tu
     last successful run, and/or `every_hours` have passed since it finished and something is new
     (retraining on unchanged data would only reproduce the last candidate). With both set, either
     trigger suffices. Never due while a run holds the lock."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     n, t = cfg.min_new_annotations, cfg.every_hours
     if n is None and t is None:
         return False, "no retraining policy configured (set min_new_annotations and/or every_hours)"
@@ -39,11 +40,13 @@ def should_retrain(store, cfg: RetrainConfig, now: datetime | None = None) -> tu
         # back off: a run that fails for a lasting reason must not be restarted at every check
         ended = latest.finished_at or latest.created_at
         if ended.tzinfo is None:
-            ended = ended.replace(tzinfo=timezone.utc)
+            ended = ended.replace(tzinfo=UTC)
         waited = (now - ended).total_seconds() / 3600
         if waited < float(cfg.retry_hours):
-            return False, (f"run {latest.id} {latest.status} {waited:.2f} h ago: the policy retries after "
-                           f"{float(cfg.retry_hours):g} h")
+            return False, (
+                f"run {latest.id} {latest.status} {waited:.2f} h ago: the policy retries after "
+                f"{float(cfg.retry_hours):g} h"
+            )
     last = next((r for r in runs if r.status == "succeeded"), None)
     used = set(store.training_run_annotations(last.id)) if last else set()
     new = len(accepted_annotation_ids(store) - used)
@@ -60,12 +63,17 @@ def should_retrain(store, cfg: RetrainConfig, now: datetime | None = None) -> tu
                 return True, f"{hours:.1f} h since run {last.id} >= {t:g} h, {new} new accepted annotation(s)"
             if hours >= t:
                 return False, f"{hours:.1f} h since run {last.id} but no new accepted annotation"
-            return False, (f"not due: {new} new accepted annotation(s) {since}"
-                           + (f" (< {n})" if n is not None else "") + f", {hours:.1f} h of {t:g} h")
+            return False, (
+                f"not due: {new} new accepted annotation(s) {since}"
+                + (f" (< {n})" if n is not None else "")
+                + f", {hours:.1f} h of {t:g} h"
+            )
     return False, f"not due: {new} new accepted annotation(s) {since}" + (f" (< {n})" if n is not None else "")
 
 
-def maybe_start_retrain(cfg: RetrainConfig, store=None, now: datetime | None = None) -> tuple[subprocess.Popen | None, str]:
+def maybe_start_retrain(
+    cfg: RetrainConfig, store=None, now: datetime | None = None
+) -> tuple[subprocess.Popen | None, str]:
     """For a periodic timer: start a job process if `should_retrain` says so. -> (process or None, reason)."""
     own = store is None
     if own:

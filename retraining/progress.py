@@ -1,20 +1,21 @@
 """A run's progress file (runs/<id>/progress.json) and log (runs/<id>/log.txt): the job writes
 them, the app reads them (`read_progress`, `read_log`)."""
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from mimic.atomic import write_json_atomic
 
 from .lock import pid_alive
 
-log = logging.getLogger("mimic.retrain")   # under the product-wide "mimic" logger, so the run log gets it
+log = logging.getLogger("mimic.retrain")  # under the product-wide "mimic" logger, so the run log gets it
 
 
 def run_dir(data_dir: str | Path, run_id: int) -> Path:
@@ -29,9 +30,13 @@ def write_progress(data_dir, run_id: int, **fields_) -> dict:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = {}
-    rec = {**old, "run_id": int(run_id), **fields_,
-           "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(path, rec)   # atomic: a reader never sees half a file
+    rec = {
+        **old,
+        "run_id": int(run_id),
+        **fields_,
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(path, rec)  # atomic: a reader never sees half a file
     return rec
 
 
@@ -71,12 +76,19 @@ class Progress:
 
     def __call__(self, step: str, fraction: float, message: str, status: str = "running") -> None:
         log.info("[%s %3.0f%%] %s", step, 100 * fraction, message)
-        rec = write_progress(self.data_dir, self.run_id, status=status, step=step,
-                              fraction=round(float(fraction), 4), message=message, pid=os.getpid())
+        rec = write_progress(
+            self.data_dir,
+            self.run_id,
+            status=status,
+            step=step,
+            fraction=round(float(fraction), 4),
+            message=message,
+            pid=os.getpid(),
+        )
         if self.callback:
             try:
                 self.callback(dict(rec))
-            except Exception:   # a broken UI callback must not fail the run
+            except Exception:  # a broken UI callback must not fail the run
                 log.exception("progress callback failed")
 
 
@@ -122,4 +134,5 @@ def attach_run_log(log_path: Path) -> Callable[[], None]:
         handler.close()
         root.setLevel(old_level)
         root.propagate = old_prop
+
     return restore

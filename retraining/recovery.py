@@ -1,9 +1,10 @@
 """Runs whose process died: recorded as failed, and half-copied version folders removed."""
+
 from __future__ import annotations
 
 import logging
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .config import LOCK_NAME
@@ -28,7 +29,7 @@ def recover_stale_runs(store, *, _lock_held: bool = False, _current_run: int | N
             return []
     marked = []
     try:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         for r in store.list_training_runs():
             if r.id == _current_run or r.status not in ("running", "queued"):
                 continue
@@ -36,15 +37,17 @@ def recover_stale_runs(store, *, _lock_held: bool = False, _current_run: int | N
             if r.status == "queued":
                 # A queued run's job process may still be starting or waiting for the lock; without
                 # a recorded process (its starter died before spawning it) give it 10 minutes.
-                age = datetime.now(timezone.utc) - r.created_at
+                age = datetime.now(UTC) - r.created_at
                 if pid_alive(pid) or (pid is None and age < timedelta(minutes=10)):
                     continue
             what = "was killed or crashed" if r.status == "running" else "ended before it started"
-            err = (f"the retraining process (pid {pid if pid is not None else '?'}) {what} without finishing "
-                   f"the run; found at {now} while no process held the job lock. Log: {r.log_path or '-'}")
+            err = (
+                f"the retraining process (pid {pid if pid is not None else '?'}) {what} without finishing "
+                f"the run; found at {now} while no process held the job lock. Log: {r.log_path or '-'}"
+            )
             try:
                 store.finish_training_run(r.id, "failed", error=err)
-            except Exception as exc:   # e.g. another recoverer finished it first
+            except Exception as exc:  # e.g. another recoverer finished it first
                 log.warning("could not mark run %d failed: %s", r.id, exc)
                 continue
             if (run_dir(data_dir, r.id) / "progress.json").exists():

@@ -1,5 +1,6 @@
 """`run_retrain`: one run under the job lock, recorded in the store from start to end (succeeded,
 failed or cancelled) whatever happens in the steps (pipeline.py)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from db import open_store
 
@@ -23,8 +24,14 @@ from .serving import resolve_serving
 log = logging.getLogger("mimic.retrain")
 
 
-def run_retrain(cfg: RetrainConfig, progress: Callable[[dict], None] | None = None, *, wait: bool | float = False,
-                run_id: int | None = None, store=None) -> dict:
+def run_retrain(
+    cfg: RetrainConfig,
+    progress: Callable[[dict], None] | None = None,
+    *,
+    wait: bool | float = False,
+    run_id: int | None = None,
+    store=None,
+) -> dict:
     """One retraining run (see the package docstring). Returns {run_id, status, version, promoted,
     reason, metrics, serving, paths, ...}. Raises `RetrainBusy` (nothing recorded) when another run
     holds the lock, `RetrainFailed` (run recorded failed/cancelled, log kept) when a step fails.
@@ -49,15 +56,30 @@ def run_retrain(cfg: RetrainConfig, progress: Callable[[dict], None] | None = No
 def _acquire(lock: JobLock, cfg: RetrainConfig, store, wait: bool | float, run_id: int | None) -> None:
     def waiting(info):
         if run_id is not None:
-            write_progress(cfg.data_path, run_id, status="waiting", step="lock", fraction=0.0,
-                           message="waiting: " + lock.busy_message(info), pid=os.getpid())
+            write_progress(
+                cfg.data_path,
+                run_id,
+                status="waiting",
+                step="lock",
+                fraction=0.0,
+                message="waiting: " + lock.busy_message(info),
+                pid=os.getpid(),
+            )
+
     try:
         lock.acquire(wait, on_wait=waiting)
     except RetrainBusy as busy:
-        if run_id is not None:   # a queued run that cannot start: say so on the run itself
+        if run_id is not None:  # a queued run that cannot start: say so on the run itself
             store.finish_training_run(run_id, "cancelled", error=f"refused: {busy}")
-            write_progress(cfg.data_path, run_id, status="cancelled", step="lock", fraction=0.0,
-                           message=f"refused: {busy}", pid=os.getpid())
+            write_progress(
+                cfg.data_path,
+                run_id,
+                status="cancelled",
+                step="lock",
+                fraction=0.0,
+                message=f"refused: {busy}",
+                pid=os.getpid(),
+            )
         raise
 
 
@@ -66,7 +88,9 @@ def _locked_run(cfg: RetrainConfig, store, lock: JobLock, callback, run_id: int 
     clean_partial_versions(cfg.models_path)
     serving = resolve_serving(store, cfg)
     if run_id is None:
-        run = store.create_training_run(cfg.to_dict(), base_model_version=serving.version if serving.registered else None)
+        run = store.create_training_run(
+            cfg.to_dict(), base_model_version=serving.version if serving.registered else None
+        )
     else:
         run = store.get_training_run(run_id)
         if run.status != "queued":
@@ -89,8 +113,9 @@ def _locked_run(cfg: RetrainConfig, store, lock: JobLock, callback, run_id: int 
             log.warning("the promoted version changed while this run was queued: serving is now %s", serving.version)
         summary = run_steps(cfg, store, rid, rdir, serving, prog)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
-        store.finish_training_run(rid, "succeeded", metrics={"promoted": summary["promoted"],
-                                                             "seconds": summary["seconds"]})
+        store.finish_training_run(
+            rid, "succeeded", metrics={"promoted": summary["promoted"], "seconds": summary["seconds"]}
+        )
         prog("done", 1.0, summary["reason"], status="succeeded")
         summary["status"] = "succeeded"
         return summary
@@ -99,8 +124,9 @@ def _locked_run(cfg: RetrainConfig, store, lock: JobLock, callback, run_id: int 
         _record_end(cfg, store, rid, exc, cancelled, round(time.perf_counter() - t0, 1))
         if cancelled:
             raise
-        raise RetrainFailed(f"retraining run {rid} failed: {type(exc).__name__}: {exc} (log: {log_path})",
-                            rid, str(log_path)) from exc
+        raise RetrainFailed(
+            f"retraining run {rid} failed: {type(exc).__name__}: {exc} (log: {log_path})", rid, str(log_path)
+        ) from exc
     finally:
         restore()
 
@@ -112,7 +138,7 @@ def _record_end(cfg: RetrainConfig, store, rid: int, exc: BaseException, cancell
     log.error("run %d %s: %s", rid, status, err, exc_info=not cancelled)
     try:
         store.finish_training_run(rid, status, error=err[:4000], metrics={"seconds": seconds})
-    except Exception:   # the database itself failing: the next run's recovery will mark it
+    except Exception:  # the database itself failing: the next run's recovery will mark it
         log.exception("could not record run %d as %s", rid, status)
     try:
         write_progress(cfg.data_path, rid, status=status, step="done", fraction=1.0, message=err, pid=os.getpid())

@@ -1,4 +1,5 @@
 """What serves now, i.e. what a retraining run's candidate must beat."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,9 +10,9 @@ from .config import RetrainConfig
 
 @dataclass
 class Serving:
-    version: str                 # promoted version name, checkpoint folder name, or "zero-shot (...)"
-    registered: bool             # a model version row exists (and is promoted)
-    checkpoint: str | None       # None: zero-shot
+    version: str  # promoted version name, checkpoint folder name, or "zero-shot (...)"
+    registered: bool  # a model version row exists (and is promoted)
+    checkpoint: str | None  # None: zero-shot
 
 
 def resolve_serving(store, cfg: RetrainConfig) -> Serving:
@@ -26,4 +27,5 @@ def resolve_serving(store, cfg: RetrainConfig) -> Serving:
     # Imported here: mimic.serving.service loads torch, 1.5-3.4 s on top of `import retraining`
     # (time.perf_counter, this shared machine), which `python -m retraining --if-due` never needs.
     from mimic.serving.service import zero_shot_version
+
     return Serving(zero_shot_version(cfg.backbone), False, None)

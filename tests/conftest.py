@@ -2,6 +2,7 @@
 
 The tiny CLIP uses a BPE tokenizer trained here on the synthetic vocabulary, so nothing is fetched.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,17 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MELBENCH = REPO.parent / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from mimic.backbones.tiny import build_tiny_clip  # noqa: E402
+from mimic.backbones.tiny import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +34,14 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_clip_dir):
     from mimic.backbones.clip import ClipBackbone
+
     return ClipBackbone(str(tiny_clip_dir)).eval()
 
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
     from mimic.data.synthetic import make_synthetic
+
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), n_names=6, per_name=3, mentions_per_entity=8)
 
 
@@ -46,6 +49,7 @@ def synthetic_dataset(tmp_path_factory):
 def synthetic_official(tmp_path_factory, synthetic_dataset) -> Path:
     """The synthetic dataset written in the official MIMIC layout."""
     from mimic.data.official import write_official
+
     root = tmp_path_factory.mktemp("official") / "WikiMEL"
     write_official(synthetic_dataset, root, prefix="WIKIMEL")
     return root
@@ -62,6 +66,7 @@ class _NetworkRecorder:
 
     def __init__(self):
         import socket
+
         self.calls: list[str] = []
         self._socket = socket
         self._connect, self._getaddrinfo = socket.socket.connect, socket.getaddrinfo
@@ -84,6 +89,7 @@ class _NetworkRecorder:
             if host is not None and not rec._local(host if not isinstance(host, bytes) else host.decode()):
                 rec.calls.append(f"getaddrinfo {host}")
             return rec._getaddrinfo(host, *a, **kw)
+
         self._socket.socket.connect = connect
         self._socket.getaddrinfo = getaddrinfo
 
@@ -94,6 +100,7 @@ class _NetworkRecorder:
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -103,10 +110,12 @@ def _free_port() -> int:
 def studio(tmp_path_factory):
     """SimpleNamespace(demo, url, ctx, users, network, shots): the app serving on 127.0.0.1."""
     from types import SimpleNamespace
+
     os.environ["GRADIO_SSR_MODE"] = "False"
     net = _NetworkRecorder()
     net.install()
     from app import AppConfig, build_app
+
     data = tmp_path_factory.mktemp("studio_data")
     users = ",".join(f"{u}:{p}" + (":reviewer" if u == "rev" else "") for u, p in STUDIO_USERS.items())
     cfg = AppConfig.from_env({"DATA_DIR": str(data), "MIMIC_USERS": users}, server_port=_free_port())

@@ -1,6 +1,7 @@
 """A real browser (Debian's Chromium driven by Playwright) through the app, checking the database
 after each step and saving screenshots. Skips when /usr/bin/chromium or playwright is missing
 (`.ci/run` installs both; never `playwright install`)."""
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,22 @@ from PIL import Image
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
 CHROMIUM = os.environ.get("MIMIC_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which(CHROMIUM)),
-                                 reason=f"{CHROMIUM} not installed")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which(CHROMIUM)), reason=f"{CHROMIUM} not installed"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +48,14 @@ def page(browser, studio):
     pg = ctx.new_page()
     pg.set_default_timeout(30_000)
     external = []
-    pg.on("request", lambda r: external.append(r.url)
-          if not re.match(r"^(https?://(127\.0\.0\.1|localhost)[:/]|data:|blob:)", r.url) else None)
+    pg.on(
+        "request",
+        lambda r: (
+            external.append(r.url)
+            if not re.match(r"^(https?://(127\.0\.0\.1|localhost)[:/]|data:|blob:)", r.url)
+            else None
+        ),
+    )
     pg.external_requests = external
     yield pg
     ctx.close()
@@ -62,9 +79,12 @@ def link(pg, sentence, mention, image=None):
     # on trimmed text because the status tracker briefly adds whitespace and a timer around the old one
     before = pg.inner_text("#link_status").strip()
     pg.click("#link_btn")
-    pg.wait_for_function("b => { const e = document.querySelector('#link_status'); if (!e) return false; "
-                         "const t = e.innerText.trim(); return t !== b && /^(OK ·|Error:)/.test(t) "
-                         "&& !/processing|[\\d.]+s\\b/.test(t.slice(0, 30)); }", arg=before)
+    pg.wait_for_function(
+        "b => { const e = document.querySelector('#link_status'); if (!e) return false; "
+        "const t = e.innerText.trim(); return t !== b && /^(OK ·|Error:)/.test(t) "
+        "&& !/processing|[\\d.]+s\\b/.test(t.slice(0, 30)); }",
+        arg=before,
+    )
     return pg.inner_text("#link_status")
 
 
@@ -93,9 +113,9 @@ def test_link_inspect_annotate_undo_in_a_browser(page, studio):
     assert "candidates for Chelsea" in status
     table = pg.inner_text("#link_candidates")
     assert len(re.findall(r"\bD0\d\d\b", table)) == 10
-    assert table.index("D001") < min(table.index(f"D00{i}") for i in (2, 3, 4))   # the cat, decided by the image
+    assert table.index("D001") < min(table.index(f"D00{i}") for i in (2, 3, 4))  # the cat, decided by the image
     pg.screenshot(path=str(shots / "01_link.png"), full_page=True)
-    assert len(ctx.store.current_annotations()) == n0              # linking writes nothing
+    assert len(ctx.store.current_annotations()) == n0  # linking writes nothing
 
     # 2. open Inspect for the top candidate
     pg.click("#link_inspect")
@@ -111,23 +131,27 @@ def test_link_inspect_annotate_undo_in_a_browser(page, studio):
     open_tab(pg, "Annotate")
     mid = current_item_id(pg)
     pred = ctx.store.predictions(mid)[0]
-    pg.locator("#annot_item").click()                             # focus outside any text field
+    pg.locator("#annot_item").click()  # focus outside any text field
     pg.keyboard.press("1")
     pg.wait_for_timeout(200)
     pg.keyboard.press("Enter")
-    pg.wait_for_function("m => { const e = document.querySelector('#annot_msg'); return e && "
-                         "e.innerText.includes('Saved') && e.innerText.includes('mention ' + m); }", arg=mid)
+    pg.wait_for_function(
+        "m => { const e = document.querySelector('#annot_msg'); return e && "
+        "e.innerText.includes('Saved') && e.innerText.includes('mention ' + m); }",
+        arg=mid,
+    )
     cur = [a for a in ctx.store.current_annotations() if a.mention_id == mid and a.annotator == "ana"]
     assert len(cur) == 1 and cur[0].decision == "entity" and cur[0].entity_id == pred.candidates[0].entity_id
     ann_id = cur[0].id
     assert cur[0].seconds_spent is not None and cur[0].seconds_spent >= 0
-    assert current_item_id(pg) != mid                             # moved on to the next item
+    assert current_item_id(pg) != mid  # moved on to the next item
     pg.screenshot(path=str(shots / "03_annotated.png"), full_page=True)
 
     # 4. undo with Z: the decision is marked undone and the mention is back on screen
     pg.keyboard.press("z")
-    pg.wait_for_function("() => { const e = document.querySelector('#annot_msg'); return e && "
-                         "e.innerText.includes('Undid'); }")
+    pg.wait_for_function(
+        "() => { const e = document.querySelector('#annot_msg'); return e && e.innerText.includes('Undid'); }"
+    )
     assert ctx.store.get_annotation(ann_id).status == "undone"
     assert current_item_id(pg) == mid
     pg.screenshot(path=str(shots / "04_undone.png"), full_page=True)
@@ -158,16 +182,16 @@ def test_bad_input_shows_a_clear_message_and_the_app_stays_usable(page, studio, 
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 200)
     assert "image rejected" in link(pg, "Chelsea won again.", "Chelsea", corrupt)
     huge = tmp_path / "huge.png"
-    Image.new("L", (8200, 6200)).save(huge)                     # 50.8 megapixels
+    Image.new("L", (8200, 6200)).save(huge)  # 50.8 megapixels
     t = time.perf_counter()
     msg = link(pg, "Chelsea won again.", "Chelsea", huge)
     assert "image rejected" in msg and "pixels" in msg and time.perf_counter() - t < 20
-    assert "/tmp" not in msg and "huge.png" in msg                 # no server paths in messages
+    assert "/tmp" not in msg and "huge.png" in msg  # no server paths in messages
     pg.screenshot(path=str(shots_path(studio) / "05_bad_image.png"), full_page=True)
     clear_image(pg)
     ok = link(pg, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea")
     assert "candidates for Chelsea" in ok
-    assert ctx.store.count_mentions() == n0                      # nothing half-written
+    assert ctx.store.count_mentions() == n0  # nothing half-written
     assert pg.external_requests == [], pg.external_requests
 
 
@@ -186,9 +210,13 @@ def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
     login(pg, studio, "rev")
     open_tab(pg, "Analysis")
     pg.click("#analysis_run")
-    pg.wait_for_function("() => /Analysed \\d+ corrected mentions/.test(document.querySelector('#analysis_msg').innerText)")
-    pg.wait_for_function("() => document.querySelector('#analysis_table') && "
-                         "document.querySelector('#analysis_table').innerText.includes('example:X04')")
+    pg.wait_for_function(
+        "() => /Analysed \\d+ corrected mentions/.test(document.querySelector('#analysis_msg').innerText)"
+    )
+    pg.wait_for_function(
+        "() => document.querySelector('#analysis_table') && "
+        "document.querySelector('#analysis_table').innerText.includes('example:X04')"
+    )
     pg.wait_for_selector("#analysis_fig_labels .js-plotly-plot")
     pg.screenshot(path=str(studio.shots / "06_analysis.png"), full_page=True)
     # the grid draws its visible rows as div cells (a virtual table); the <table> is for sizing
@@ -206,19 +234,24 @@ def test_knowledge_base_tab_edit_and_import(page, studio, tmp_path):
     open_tab(pg, "Knowledge base")
     pg.fill("#kb_query input, #kb_query textarea", "mercury")
     pg.click("#kb_search")
-    pg.wait_for_function("() => /\\d+ entities/.test(document.querySelector('#kb_msg').innerText) && "
-                         "document.querySelector('#kb_table').innerText.includes('D014')")
+    pg.wait_for_function(
+        "() => /\\d+ entities/.test(document.querySelector('#kb_msg').innerText) && "
+        "document.querySelector('#kb_table').innerText.includes('D014')"
+    )
     before = ctx.store.get_entity("D014")
-    pg.locator("#kb_table span.text", has_text="D014").first.click()      # a row loads into the form
-    pg.wait_for_function("t => document.querySelector('#kb_id input, #kb_id textarea')?.value === 'D014' && "
-                         "document.querySelector('#kb_text textarea')?.value === t", arg=before.text)
+    pg.locator("#kb_table span.text", has_text="D014").first.click()  # a row loads into the form
+    pg.wait_for_function(
+        "t => document.querySelector('#kb_id input, #kb_id textarea')?.value === 'D014' && "
+        "document.querySelector('#kb_text textarea')?.value === t",
+        arg=before.text,
+    )
     pg.fill("#kb_text textarea", before.text + " Edited in the browser test.")
-    pg.wait_for_timeout(300)          # let the textbox hand its new value to the app (a typist is slower)
+    pg.wait_for_timeout(300)  # let the textbox hand its new value to the app (a typist is slower)
     pg.click("#kb_save")
     pg.wait_for_function("() => document.querySelector('#kb_msg').innerText.includes('Saved D014')")
     after = ctx.store.get_entity("D014")
     assert after.version == before.version + 1 and after.text.endswith("Edited in the browser test.")
-    assert ctx.service.entity("D014")["text"] == after.text                # the index serves the edit
+    assert ctx.service.entity("D014")["text"] == after.text  # the index serves the edit
     csv = tmp_path / "more.csv"
     csv.write_text("id,name,text\nB1,Borealis,A fictional ferry\nB2,,no name\n", encoding="utf-8")
     pg.get_by_text("Import a KB file").click()

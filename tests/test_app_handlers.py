@@ -1,4 +1,5 @@
 """The app's handler functions, called directly on the session's app context (zero-shot, demo KB)."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def test_startup_loads_demo_kb_index_and_queue(studio):
     # (other test files share this app and may have added entities: count the demo ones)
     assert d["scoring"] == "zero-shot" and d["entities"] == ctx.store.count_entities() >= 48
     assert sum(eid.startswith("D0") for eid in ctx.service.linker.index.ids) == 48
-    assert ctx.store.count_mentions() >= 48            # the examples fill the first queue
+    assert ctx.store.count_mentions() >= 48  # the examples fill the first queue
     assert len(ctx.examples) == 48
     assert ctx.startup_seconds["total"] > 0
 
@@ -37,34 +38,39 @@ def test_startup_loads_demo_kb_index_and_queue(studio):
 def test_zero_shot_demo_rankings_are_meaningful(studio):
     """The demo shows meaningful rankings: zero-shot top-1 on the 48 examples far above chance (1/48)."""
     ctx = studio.ctx
-    hits = sum(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)).top.entity_id == m.answer
-               for m in ctx.examples)
+    hits = sum(
+        link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)).top.entity_id == m.answer for m in ctx.examples
+    )
     assert hits / len(ctx.examples) >= 0.85
 
 
 def test_link_returns_units_and_zero_shot_labels(studio):
-    r = link_tab.link(studio.ctx, str(DEMO / "query_images" / "X01.jpg"),
-                      "Chelsea fell asleep on the windowsill again.", "Chelsea")
+    r = link_tab.link(
+        studio.ctx, str(DEMO / "query_images" / "X01.jpg"), "Chelsea fell asleep on the windowsill again.", "Chelsea"
+    )
     assert r.scoring == "zero-shot"
     top = r.top
     assert top.entity_id == "D001"
     assert top.S_T is not None and top.S_V is not None
-    assert top.S_C is None                              # the offline pair has no joint space
+    assert top.S_C is None  # the offline pair has no joint space
     assert top.S == pytest.approx((top.S_T + top.S_V) / 2, abs=1e-5)
     assert top.explanation.kind == "similarity"
     df = candidates_table(r)
     assert list(df.columns) == CANDIDATE_COLUMNS and len(df) == len(r.candidates)
     j = link_tab.result_json(studio.ctx, r)
-    json.dumps(j)                                        # the /link answer is JSON-serialisable
+    json.dumps(j)  # the /link answer is JSON-serialisable
     assert j["candidates"][0]["entity_id"] == "D001" and "explanation" not in j["candidates"][0]
 
 
-@pytest.mark.parametrize("sentence, mention, message", [
-    ("", "x", "sentence is empty"),
-    ("Chelsea won again.", "Arsenal", "does not occur in the sentence"),
-    ("Chelsea won again.", "", "mark the mention"),
-    ("Chelsea won again.", (5, 99), "out of range"),
-])
+@pytest.mark.parametrize(
+    "sentence, mention, message",
+    [
+        ("", "x", "sentence is empty"),
+        ("Chelsea won again.", "Arsenal", "does not occur in the sentence"),
+        ("Chelsea won again.", "", "mark the mention"),
+        ("Chelsea won again.", (5, 99), "out of range"),
+    ],
+)
 def test_link_bad_text_input(studio, sentence, mention, message):
     with pytest.raises(UserError, match=message):
         link_tab.link(studio.ctx, None, sentence, mention)
@@ -76,7 +82,7 @@ def test_link_bad_images(studio, tmp_path):
     with pytest.raises(UserError, match="image rejected"):
         link_tab.link(studio.ctx, str(corrupt), "Chelsea won again.", "Chelsea")
     huge = tmp_path / "huge.png"
-    Image.new("L", (8200, 6200)).save(huge)           # 50.8 megapixels, a small file
+    Image.new("L", (8200, 6200)).save(huge)  # 50.8 megapixels, a small file
     with pytest.raises(UserError, match="megapixel|pixels"):
         link_tab.link(studio.ctx, str(huge), "Chelsea won again.", "Chelsea")
 
@@ -103,14 +109,17 @@ def test_save_link_stores_mention_prediction_and_annotation(studio):
 
 def test_anonymous_visitors_can_link_but_not_write(studio):
     ctx = studio.ctx
-    assert not ctx.config.anonymous_writes             # users are configured: writes need a sign-in
+    assert not ctx.config.anonymous_writes  # users are configured: writes need a sign-in
     r = link_tab.link(ctx, None, "Chelsea won 2-1 after a late goal in the second half.", "Chelsea")
     assert r.candidates
     before = len(ctx.store.current_annotations())
-    for call in (lambda: link_tab.save_link(ctx, None, r.to_dict(), r.top.entity_id),
-                 lambda: annotate_tab.next_item(ctx, None), lambda: annotate_tab.undo(ctx, None),
-                 lambda: kb_tab.save_entity(ctx, None, "X1", "x", "", "", None),
-                 lambda: annotate_tab.annotate_api(ctx, None, 1, "nil", None)):
+    for call in (
+        lambda: link_tab.save_link(ctx, None, r.to_dict(), r.top.entity_id),
+        lambda: annotate_tab.next_item(ctx, None),
+        lambda: annotate_tab.undo(ctx, None),
+        lambda: kb_tab.save_entity(ctx, None, "X1", "x", "", "", None),
+        lambda: annotate_tab.annotate_api(ctx, None, 1, "nil", None),
+    ):
         with pytest.raises(UserError, match="sign in"):
             call()
     assert len(ctx.store.current_annotations()) == before
@@ -120,19 +129,19 @@ def test_anonymous_visitors_can_link_but_not_write(studio):
 
 def test_annotate_queue_submit_skip_undo(studio):
     ctx = studio.ctx
-    decided_before = annotate_tab.annotator_counts(ctx, "bob")["decided"]    # other tests may have annotated as bob
+    decided_before = annotate_tab.annotator_counts(ctx, "bob")["decided"]  # other tests may have annotated as bob
     item = annotate_tab.next_item(ctx, "bob")
     assert item is not None and item.prediction is not None
     margins = [m.margin for m in ctx.store.peek_queue("bob", 5) if m.margin is not None]
-    assert item.mention.margin <= min(margins)         # most uncertain first
-    assert annotate_tab.next_item(ctx, "bob").mention.id == item.mention.id   # leased: asking again returns it
+    assert item.mention.margin <= min(margins)  # most uncertain first
+    assert annotate_tab.next_item(ctx, "bob").mention.id == item.mention.id  # leased: asking again returns it
     top = item.prediction.candidates[0].entity_id
     rec = annotate_tab.annotate(ctx, "bob", item.mention.id, top, seconds_spent=2.5)
     assert rec.entity_id == top and rec.seconds_spent == 2.5
     nxt = annotate_tab.next_item(ctx, "bob")
     assert nxt.mention.id != item.mention.id
     annotate_tab.skip(ctx, "bob", nxt.mention.id)
-    assert annotate_tab.next_item(ctx, "bob").mention.id != nxt.mention.id    # skipped items come back last
+    assert annotate_tab.next_item(ctx, "bob").mention.id != nxt.mention.id  # skipped items come back last
     undone = annotate_tab.undo(ctx, "bob")
     assert undone is not None and undone.decision == "skip"
     undone = annotate_tab.undo(ctx, "bob")
@@ -192,19 +201,27 @@ def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
     n0 = len(ctx.service)
     photo = tmp_path / "zorblax.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(photo)
-    rec = kb_tab.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse on a basalt cliff.",
-                        "Zorb | The Zorblax", [str(photo)])
+    rec = kb_tab.save_entity(
+        ctx,
+        "rev",
+        "Z900",
+        "Zorblax",
+        "A fictional purple lighthouse on a basalt cliff.",
+        "Zorb | The Zorblax",
+        [str(photo)],
+    )
     assert rec.version == 1 and rec.aliases == ["Zorb", "The Zorblax"] and len(rec.images) == 1
     assert len(ctx.service) == n0 + 1
-    assert idx.manifest["segments"][:len(segments)] == segments and len(idx.manifest["segments"]) == len(segments) + 1
+    assert idx.manifest["segments"][: len(segments)] == segments and len(idx.manifest["segments"]) == len(segments) + 1
     r = link_tab.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")
     assert r.top.entity_id == "Z900"
-    rec2 = kb_tab.save_entity(ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb",
-                              None)
-    assert rec2.version == 2 and rec2.images == rec.images          # kept its image
+    rec2 = kb_tab.save_entity(
+        ctx, "rev", "Z900", "Zorblax", "A fictional purple lighthouse, now a museum.", "Zorb", None
+    )
+    assert rec2.version == 2 and rec2.images == rec.images  # kept its image
     assert ctx.service.entity("Z900")["text"].endswith("now a museum.")
-    again = link_tab.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")   # cached explanation features
-    assert "museum" in again.top.explanation.entity_tokens                       # follow the edit
+    again = link_tab.link(ctx, None, "We walked up to the Zorblax at dusk.", "Zorblax")  # cached explanation features
+    assert "museum" in again.top.explanation.entity_tokens  # follow the edit
     assert kb_tab.search_kb(ctx, "zorb")[0].id == "Z900"
     with pytest.raises(UserError, match="needs a name"):
         kb_tab.save_entity(ctx, "rev", "Z901", " ", "", "", None)
@@ -218,8 +235,10 @@ def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
 def test_kb_import_reports_rejected_rows(studio, tmp_path):
     ctx = studio.ctx
     csv = tmp_path / "kb.csv"
-    csv.write_text("id,name,text\nQ1,Quokka Island,A small island\nQ2,,no name here\nQ1,Duplicate,again\n"
-                   "Q3,Quill,A writing pen\n", encoding="utf-8")
+    csv.write_text(
+        "id,name,text\nQ1,Quokka Island,A small island\nQ2,,no name here\nQ1,Duplicate,again\nQ3,Quill,A writing pen\n",
+        encoding="utf-8",
+    )
     steps = []
     rep = kb_tab.import_kb_file(ctx, "rev", str(csv), progress=lambda f, desc="": steps.append(f))
     assert rep["imported"] == 2 and rep["loaded"] == 2
@@ -235,7 +254,7 @@ def test_exports_and_model_tables(studio):
     mid = ctx.store.get_mention("example:X07").id
     annotate_tab.annotate_api(ctx, "rev", mid, "entity", "D010")
     with pytest.raises(UserError, match="sign in"):
-        models_tab.export(ctx, "jsonl")                                   # anonymous visitors get no data
+        models_tab.export(ctx, "jsonl")  # anonymous visitors get no data
     p = models_tab.export(ctx, "jsonl", "rev")
     rows = [json.loads(line) for line in Path(p).read_text().splitlines()]
     assert any(r.get("annotator") == "rev" and r.get("entity_id") == "D010" for r in rows)
@@ -245,19 +264,28 @@ def test_exports_and_model_tables(studio):
     with pytest.raises(UserError, match="export format"):
         models_tab.export(ctx, "xml", "rev")
     mv = models_tab.model_versions(ctx)
-    assert (mv["status"] == "serving").sum() == 1 and mv.loc[mv["status"] == "serving", "version"].iloc[0] == \
-        ctx.service.served.version
+    assert (mv["status"] == "serving").sum() == 1 and mv.loc[mv["status"] == "serving", "version"].iloc[
+        0
+    ] == ctx.service.served.version
     corr, ov = models_tab.corrections_summary(ctx)
     assert set(corr["annotator"]) >= {"ana", "rev"} and ov["mentions"] >= 48 and "agreement" in ov
 
 
 def test_version_summary_reads_a_run_and_tolerates_anything_else():
-    m = {"serving": {"heldout": {"MRR": 0.5}, "base_dev": {"H@1": 0.7}},
-         "candidate": {"heldout": {"MRR": 0.75}, "base_dev": {"H@1": 0.69}},
-         "data": {"train_corrections": 30, "base_train": 100},
-         "train": {"epochs": 2, "device": "cuda", "bf16": True, "freeze_backbone": False, "seconds": 31.2,
-                   "samples_per_second": [500.0, 861.4]},
-         "decision": {"reason": "promoted: held-out MRR 0.500 -> 0.750"}}
+    m = {
+        "serving": {"heldout": {"MRR": 0.5}, "base_dev": {"H@1": 0.7}},
+        "candidate": {"heldout": {"MRR": 0.75}, "base_dev": {"H@1": 0.69}},
+        "data": {"train_corrections": 30, "base_train": 100},
+        "train": {
+            "epochs": 2,
+            "device": "cuda",
+            "bf16": True,
+            "freeze_backbone": False,
+            "seconds": 31.2,
+            "samples_per_second": [500.0, 861.4],
+        },
+        "decision": {"reason": "promoted: held-out MRR 0.500 -> 0.750"},
+    }
     mrr, dev, trained, decision = models_tab.version_summary(m)
     assert (mrr, dev) == ("0.500 → 0.750", "0.700 → 0.690")
     assert trained == "30 corrections + 100 base, 2 epoch(s) on cuda bf16, backbone trained, 31 s, 861 samples/s"
@@ -290,15 +318,22 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
     import torch
 
     from app.context import AppContext
-    from mimic.models.checkpoint import save_checkpoint
     from mimic.data.jsonl import write_jsonl_dataset
+    from mimic.models.checkpoint import save_checkpoint
     from mimic.models.linking_model import LinkingModel
+
     torch.manual_seed(0)
     ckpt = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
     data = write_jsonl_dataset(synthetic_dataset, tmp_path / "synthetic")
     split = next(iter(synthetic_dataset.splits))
-    cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_CHECKPOINT": str(ckpt),
-                              "MIMIC_KB": str(data / "kb.jsonl"), "MIMIC_EXAMPLES": str(data / f"{split}.jsonl")})
+    cfg = AppConfig.from_env(
+        {
+            "DATA_DIR": str(tmp_path / "data"),
+            "MIMIC_CHECKPOINT": str(ckpt),
+            "MIMIC_KB": str(data / "kb.jsonl"),
+            "MIMIC_EXAMPLES": str(data / f"{split}.jsonl"),
+        }
+    )
     ctx = AppContext.start(cfg, progress=False)
     try:
         d = ctx.service.describe()
@@ -313,7 +348,7 @@ def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip
         assert e.kind == "attention"
         att = np.asarray(e.tglu_attention)
         assert att.shape == (len(e.entity_tokens), len(e.mention_tokens))
-        assert np.allclose(att.sum(1), 1.0, atol=1e-3)        # softmax over the real mention tokens
+        assert np.allclose(att.sum(1), 1.0, atol=1e-3)  # softmax over the real mention tokens
         side = ctx.service.linker.patch_grid
         assert side > 1 and np.asarray(e.cmfu_mention_grid).shape == (side, side)
         assert np.asarray(e.cmfu_entity_grid).shape == (side, side)
@@ -328,6 +363,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
     from types import SimpleNamespace
 
     from app.ui import username_of
+
     assert username_of(None) is None
     assert username_of(SimpleNamespace(username="ana")) == "ana"
     oauth = SimpleNamespace(username=None, session={"oauth_info": {"userinfo": {"preferred_username": "hf-user"}}})
@@ -339,6 +375,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
         @property
         def session(self):
             raise AssertionError("SessionMiddleware must be installed to access request.session")
+
     assert username_of(NoSession()) is None
 
 
@@ -346,6 +383,7 @@ def test_username_from_basic_auth_or_hugging_face_oauth():
 def test_analysis_of_the_corrections(studio):
     """The Analysis tab's handlers: analyse the served model on the corrections, filter, compare."""
     from mimic.analysis.records import LABELS
+
     ctx = studio.ctx
     # two corrections with known golds: X01's gold (the cat) and a NIL for X03
     annotate_tab.annotate_api(ctx, "rev", ctx.store.get_mention("example:X01").id, "entity", "D001")
@@ -361,7 +399,7 @@ def test_analysis_of_the_corrections(studio):
     recs = {r.mention_id: r for r in analysis_tab.load_analysis(ctx, path)}
     assert len(recs) == len(mentions)
     assert recs["example:X01"].label == "correct" and recs["example:X01"].gold_rank == 1
-    assert recs["example:X03"].label == "missed_nil"            # zero-shot never answers NIL
+    assert recs["example:X03"].label == "missed_nil"  # zero-shot never answers NIL
     assert all(r.label in LABELS for r in recs.values())
     v = analysis_tab.analysis_view(ctx, path)
     assert v.summary["mentions"] == len(recs) and set(v.figures) == {"labels", "recall", "units", "reliability"}
@@ -377,7 +415,7 @@ def test_analysis_of_the_corrections(studio):
     path2 = analysis_tab.analyze_corrections(ctx, "rev")
     assert path2 != path and [p for _, p in analysis_tab.analysis_runs(ctx)][:2] == sorted([path, path2], reverse=True)
     cmp, table, csv, fig = analysis_tab.analysis_compare(ctx, path, path2)
-    assert cmp["counts"]["fixed"] == 0 and cmp["counts"]["new_error"] == 0     # same model both times
+    assert cmp["counts"]["fixed"] == 0 and cmp["counts"]["new_error"] == 0  # same model both times
     assert [r["mention_id"] for r in cmp["only_in_b"]] == ["example:X02"] and not cmp["only_in_a"]
     assert Path(csv).is_file() and len(table) == sum(cmp["counts"].values())
     with pytest.raises(UserError, match="choose two"):

@@ -1,4 +1,5 @@
 """Backbone selection ("auto" and explicit), the CLIP backbone's outputs, and per-mode image handling."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,7 +45,7 @@ def test_clip_outputs_follow_the_paper(tiny_clip):
     torch.testing.assert_close(text.tokens, ref.text_model_output.last_hidden_state)
     torch.testing.assert_close(g, ref.image_embeds)
     torch.testing.assert_close(t, ref.vision_model_output.last_hidden_state)
-    assert float(pixels[1].abs().sum()) == 0.0        # missing image -> all-zero pixels
+    assert float(pixels[1].abs().sum()) == 0.0  # missing image -> all-zero pixels
 
 
 def test_image_handling_per_mode(tmp_path):
@@ -72,7 +73,7 @@ def test_compat_encodes_the_zero_image_fixed_masks_it(tiny_clip):
         _, img_f = fixed.backbone_features(["alder"], [None])
         _, img_c = compat.backbone_features(["alder"], [None])
     assert not bool(img_f.has_image[0]) and float(img_f.tokens.abs().sum()) == 0.0
-    assert float(img_c.tokens.abs().sum()) > 0.0      # the mean-colour image gets a real embedding
+    assert float(img_c.tokens.abs().sum()) > 0.0  # the mean-colour image gets a real embedding
 
 
 def test_unknown_backbone_description_is_an_error():

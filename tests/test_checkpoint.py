@@ -1,4 +1,5 @@
 """Checkpoint folders (round trip, atomicity, fingerprint) and import of official Lightning checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,10 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from test_modeling import reference_official
 
 from mimic.models.checkpoint import CheckpointError, import_official, load_checkpoint, read_config, save_checkpoint
 from mimic.models.linking_model import LinkingModel
-
-from test_modeling import reference_official, to_np
 
 
 def _inputs():
@@ -38,6 +38,7 @@ def _perturb(module, seed):
 
 def test_round_trip_frozen_and_trained_backbone(tiny_clip_dir, tmp_path):
     from mimic.backbones.clip import ClipBackbone
+
     torch.manual_seed(1)
     model = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
     _perturb(model.heads, 1)
@@ -69,6 +70,7 @@ def test_failed_write_leaves_previous_checkpoint_intact(tiny_clip, tmp_path, mon
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
+
     monkeypatch.setattr(ck, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(model, target, backbone_trained=False, metrics={"v": 2})
@@ -90,25 +92,53 @@ def _official_lightning_checkpoint(model: LinkingModel, path):
     sd = {f"encoder.clip.{k}": v for k, v in model.backbone.clip.state_dict().items()}
     for k, v in model.heads.state_dict().items():
         sd[k if k.startswith("matcher.") else f"encoder.{k}"] = v
-    torch.save({"epoch": 13, "global_step": 1846, "pytorch-lightning_version": "1.7.7", "state_dict": sd,
-                "hyper_parameters": {"lr": 1e-5}}, path)
+    torch.save(
+        {
+            "epoch": 13,
+            "global_step": 1846,
+            "pytorch-lightning_version": "1.7.7",
+            "state_dict": sd,
+            "hyper_parameters": {"lr": 1e-5},
+        },
+        path,
+    )
 
 
 @pytest.mark.slow
 def test_import_official_scores_identically(tiny_clip_dir, tmp_path):
     from mimic.backbones.clip import ClipBackbone
+
     torch.manual_seed(2)
     src = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="compat").eval()
     _perturb(src.heads, 4)
-    _perturb(src.backbone, 5)     # fine-tuned CLIP weights must come from the checkpoint, not the folder
+    _perturb(src.backbone, 5)  # fine-tuned CLIP weights must come from the checkpoint, not the folder
     ckpt = tmp_path / "epoch=13.ckpt"
     _official_lightning_checkpoint(src, ckpt)
     assert set(k.split(".")[1] for k in torch.load(ckpt)["state_dict"] if k.startswith("matcher.")) == {
-        "tglu", "vdlu", "cmfu", "text_cls_layernorm", "text_tokens_layernorm", "image_cls_layernorm",
-        "image_tokens_layernorm"}
+        "tglu",
+        "vdlu",
+        "cmfu",
+        "text_cls_layernorm",
+        "text_tokens_layernorm",
+        "image_cls_layernorm",
+        "image_tokens_layernorm",
+    }
     # through the CLI, as a user would
-    r = subprocess.run([sys.executable, "-m", "mimic", "import-official", str(ckpt), "--backbone", str(tiny_clip_dir),
-                        "--output", str(tmp_path / "imported")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mimic",
+            "import-official",
+            str(ckpt),
+            "--backbone",
+            str(tiny_clip_dir),
+            "--output",
+            str(tmp_path / "imported"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     imported = load_checkpoint(tmp_path / "imported")
     assert imported.config.mode == "compat"
@@ -122,6 +152,7 @@ def test_import_official_scores_identically(tiny_clip_dir, tmp_path):
         et, ei = imported.backbone_features(te, ie)
     h = imported.heads.double()
     from test_modeling import as_double
+
     ref = reference_official(h, *as_double(mt, mi), *as_double(et, ei))
     torch.testing.assert_close(got.S.double(), torch.from_numpy(ref[0]), rtol=1e-4, atol=1e-4)
 

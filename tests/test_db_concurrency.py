@@ -9,6 +9,7 @@
   transactions, every committed transaction is in the journal, and after the start-up
   reconciliation journal and database hold exactly the same annotations.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,13 +54,16 @@ def test_8_threads_x_200_annotations(tmp_path):
                 for i in range(per_thread):
                     item = store.next_item(name)
                     given[name].append(item.mention.id)
-                    kw = dict(entity_id=item.prediction.candidates[0].entity_id, request_id=f"{name}-{i}",
-                              seconds_spent=1.0 + i % 7)
+                    kw = dict(
+                        entity_id=item.prediction.candidates[0].entity_id,
+                        request_id=f"{name}-{i}",
+                        seconds_spent=1.0 + i % 7,
+                    )
                     a = store.submit(name, item.mention.id, **kw)
                     if i % 10 == 0:  # a client retrying after a timeout: must be idempotent
                         again = store.submit(name, item.mention.id, **kw)
                         assert again.id == a.id and again.duplicate
-            except Exception as e:  # noqa: BLE001 - any error reaching the caller fails the test
+            except Exception as e:
                 errors.append(f"{name}: {e!r}")
 
         t0 = time.perf_counter()
@@ -74,14 +78,16 @@ def test_8_threads_x_200_annotations(tmp_path):
         assert len(rows) == threads * per_thread
         assert Counter(r.request_id for r in rows) == Counter({f"{n}-{i}": 1 for n in names for i in range(per_thread)})
         handed_out = [m for ms in given.values() for m in ms]
-        assert len(set(handed_out)) == len(handed_out) == threads * per_thread      # no item given twice
+        assert len(set(handed_out)) == len(handed_out) == threads * per_thread  # no item given twice
         assert len({r.mention_id for r in rows}) == threads * per_thread
         events = list(scan_journal(store.settings.journal_path).events())
         assert sorted(e["request_id"] for e in events) == sorted(r.request_id for r in rows)
         assert store.integrity_check() == "ok"
         transactions = threads * per_thread * 2 + threads * per_thread // 10
-        print(f"\n8x200: {elapsed:.1f} s, {transactions / elapsed:.0f} write transactions/s "
-              f"({threads * per_thread / elapsed:.0f} annotations/s with queue + journal fsync)")
+        print(
+            f"\n8x200: {elapsed:.1f} s, {transactions / elapsed:.0f} write transactions/s "
+            f"({threads * per_thread / elapsed:.0f} annotations/s with queue + journal fsync)"
+        )
     finally:
         store.close()
 
@@ -132,11 +138,16 @@ def test_writer_killed_mid_batch_leaves_whole_transactions_and_a_matching_journa
     store.close()
 
     pause = ["26"] if where == "between_journal_and_commit" else []
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(data), "b", "300", str(size), "0"] + pause,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(data), "b", "300", str(size), "0"] + pause,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     done = -1
     try:
-        for line in proc.stdout:          # let it commit some batches, then kill it mid-flight
+        for line in proc.stdout:  # let it commit some batches, then kill it mid-flight
             if not line.strip().isdigit():  # "journaled": batch 26 is written but not committed
                 break
             done = int(line)
@@ -154,15 +165,15 @@ def test_writer_killed_mid_batch_leaves_whole_transactions_and_a_matching_journa
     in_db = _request_ids_in_db(db_file)
     per_batch = Counter(r.split("-")[0] for r in in_db)
     assert set(per_batch.values()) <= {size}
-    assert len(per_batch) >= 26                                   # 0..25 were reported committed
+    assert len(per_batch) >= 26  # 0..25 were reported committed
     # 2. Write-ahead invariant: every committed transaction is in the journal, as a whole group.
     scan = scan_journal(journal)
     journaled = {e["request_id"] for e in scan.events()}
     assert set(in_db) <= journaled
     assert all(len(g) == size for g in scan.groups)
-    assert len(journaled - set(in_db)) in (0, size)                # at most the one batch in flight
-    if pause:                                                      # killed inside the window:
-        assert len(per_batch) == 26 and len(journaled - set(in_db)) == size   # batch 26 journaled only
+    assert len(journaled - set(in_db)) in (0, size)  # at most the one batch in flight
+    if pause:  # killed inside the window:
+        assert len(per_batch) == 26 and len(journaled - set(in_db)) == size  # batch 26 journaled only
     # 3. Start-up reconciliation: journal and database now hold exactly the same annotations.
     store = open_store(data)
     try:
@@ -180,9 +191,16 @@ def test_several_processes_write_to_one_database(tmp_path):
     seed_store(store, entities=5, mentions=procs * batches * size, candidates=2)
     store.add_annotator("writer")
     store.close()
-    runs = [subprocess.Popen([sys.executable, "-c", WRITER, str(data), f"p{k}x", str(batches), str(size),
-                              str(k * batches * size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=_env()) for k in range(procs)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(data), f"p{k}x", str(batches), str(size), str(k * batches * size)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for k in range(procs)
+    ]
     for p in runs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

@@ -1,5 +1,6 @@
 """Import of pre-annotated mentions, exports of accepted links (JSONL, CSV) and of a training set in
 the official MIMIC layout that the core loader and `python -m mimic train` read directly."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,24 @@ def _write_jsonl(path, records):
 def test_import_pre_annotated_mentions_with_candidates(store, tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "eiffel.png").write_bytes(png_bytes((10, 20, 30)))
-    src = _write_jsonl(tmp_path / "pre.jsonl", [
-        {"id": "s1", "source": "news", "sentence": "Paris is lovely in spring.", "mention": "Paris",
-         "image": "img/eiffel.png", "model_version": "clip-v1",
-         "candidates": [{"entity_id": "Q1", "S": 0.8, "S_T": 0.7, "S_V": 0.9, "S_C": 0.6},
-                        {"entity_id": "Q2", "S": 0.75, "S_T": 0.8, "S_V": 0.1, "S_C": 0.2}]},
-        {"id": "s2", "sentence": "Paris Hilton arrived.", "mention": "Paris Hilton", "start": 0, "end": 12},
-    ])
+    src = _write_jsonl(
+        tmp_path / "pre.jsonl",
+        [
+            {
+                "id": "s1",
+                "source": "news",
+                "sentence": "Paris is lovely in spring.",
+                "mention": "Paris",
+                "image": "img/eiffel.png",
+                "model_version": "clip-v1",
+                "candidates": [
+                    {"entity_id": "Q1", "S": 0.8, "S_T": 0.7, "S_V": 0.9, "S_C": 0.6},
+                    {"entity_id": "Q2", "S": 0.75, "S_T": 0.8, "S_V": 0.1, "S_C": 0.2},
+                ],
+            },
+            {"id": "s2", "sentence": "Paris Hilton arrived.", "mention": "Paris Hilton", "start": 0, "end": 12},
+        ],
+    )
     r = store.import_mentions(src)
     assert (r.created, r.existing, r.predictions, r.errors) == (2, 0, 1, [])
     m = store.get_mention("s1")
@@ -46,17 +58,27 @@ def test_import_pre_annotated_mentions_with_candidates(store, tmp_path):
     assert open(m.image_path, "rb").read() == png_bytes((10, 20, 30))
     p = store.predictions("s1")[0]
     assert (p.model_version, [c.entity_id for c in p.candidates], p.candidates[1].s_v) == ("clip-v1", ["Q1", "Q2"], 0.1)
-    again = store.import_mentions(src)              # re-import: mentions found, new predictions added
+    again = store.import_mentions(src)  # re-import: mentions found, new predictions added
     assert (again.created, again.existing, again.predictions) == (0, 2, 1)
     assert store.count_mentions() == 2
 
 
 def test_import_checks_everything_before_writing(store, tmp_path):
-    good = {"id": "ok", "sentence": "Paris again.", "mention": "Paris", "model_version": "v",
-            "candidates": [{"entity_id": "Q1", "S": 1.0}]}
+    good = {
+        "id": "ok",
+        "sentence": "Paris again.",
+        "mention": "Paris",
+        "model_version": "v",
+        "candidates": [{"entity_id": "Q1", "S": 1.0}],
+    }
     bad = [
-        {"id": "b1", "sentence": "Paris.", "mention": "Paris", "model_version": "v",
-         "candidates": [{"entity_id": "Q404", "S": 1.0}]},
+        {
+            "id": "b1",
+            "sentence": "Paris.",
+            "mention": "Paris",
+            "model_version": "v",
+            "candidates": [{"entity_id": "Q404", "S": 1.0}],
+        },
         {"id": "b2", "sentence": "short", "mention": "short", "start": 2, "end": 40},
         {"id": "b3", "sentence": "Paris.", "mention": "Paris", "candidates": [{"entity_id": "Q1", "S": 1}]},
     ]
@@ -65,7 +87,7 @@ def test_import_checks_everything_before_writing(store, tmp_path):
         f.write("{not json\n")
     with pytest.raises(UnknownEntity, match=r"line 2\.candidates\[0\]\.entity_id"):
         store.import_mentions(path)
-    assert store.count_mentions() == 0              # nothing written, not even the good line
+    assert store.count_mentions() == 0  # nothing written, not even the good line
     r = store.import_mentions(path, on_error="skip")
     assert r.created == 1 and len(r.errors) == 4
     assert any("line 3.end" in e for e in r.errors) and any("model_version" in e for e in r.errors)
@@ -76,36 +98,47 @@ def test_import_checks_everything_before_writing(store, tmp_path):
 
 def _annotate(store):
     ids = {}
-    for i, (sent, men) in enumerate([("Paris is big.", "Paris"), ("I love Paris.", "Paris"),
-                                     ("Paris Hilton sings.", "Paris Hilton"), ("Paris, Texas is a film.", "Paris"),
-                                     ("Visit Paris now.", "Paris"), ("Where is Paris?", "Paris")]):
+    for i, (sent, men) in enumerate(
+        [
+            ("Paris is big.", "Paris"),
+            ("I love Paris.", "Paris"),
+            ("Paris Hilton sings.", "Paris Hilton"),
+            ("Paris, Texas is a film.", "Paris"),
+            ("Visit Paris now.", "Paris"),
+            ("Where is Paris?", "Paris"),
+        ]
+    ):
         ids[i] = store.add_mention(sent, men, uid=f"u{i}", image=png_bytes((i * 30, 5, 5)) if i % 2 else None).id
         store.add_prediction(ids[i], "v0", [{"entity_id": "Q1", "S": 0.6}, {"entity_id": "Q2", "S": 0.5}])
     store.submit("ana", ids[0], entity_id="Q1", seconds_spent=3)
     store.submit("ana", ids[1], entity_id="Q1")
-    store.submit("bob", ids[1], entity_id="Q2")                 # tie between ana and bob ...
+    store.submit("bob", ids[1], entity_id="Q2")  # tie between ana and bob ...
     store.submit("ana", ids[2], entity_id="Q2")
     store.submit("bob", ids[2], entity_id="Q2")
     store.submit("ana", ids[3], entity_id="Q1")
     store.submit("bob", ids[3], entity_id="Q1")
-    store.submit("rita", ids[3], entity_id="Q3")                # ... a reviewer overrides the majority
-    store.submit("ana", ids[4], "nil")                           # not in the list: no training link
+    store.submit("rita", ids[3], entity_id="Q3")  # ... a reviewer overrides the majority
+    store.submit("ana", ids[4], "nil")  # not in the list: no training link
     store.skip("ana", ids[5])
     return ids
 
 
 def test_links_export_jsonl_and_csv_verbatim(store, tmp_path):
     ids = _annotate(store)
-    hostile = 'He said "Paris", =cmd|\' /C calc\'!A0, <img src=x onerror=alert(1)>\nnew line'
+    hostile = "He said \"Paris\", =cmd|' /C calc'!A0, <img src=x onerror=alert(1)>\nnew line"
     m = store.add_mention(hostile, "Paris", uid="hostile")
     store.submit("bob", m.id, entity_id="Q1", comment=hostile)
     n = store.export_links_jsonl(tmp_path / "out" / "links.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "out" / "links.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert n == len(rows) == 10                                  # current decisions; the skip is not a link
+    assert n == len(rows) == 10  # current decisions; the skip is not a link
     by = {(r["mention_uid"], r["annotator"]): r for r in rows}
     first = by[("u0", "ana")]
-    assert (first["entity_name"], first["decision"], first["predicted_entity_id"], first["corrected"]) == \
-        ("Paris", "entity", "Q1", False)
+    assert (first["entity_name"], first["decision"], first["predicted_entity_id"], first["corrected"]) == (
+        "Paris",
+        "entity",
+        "Q1",
+        False,
+    )
     assert by[("u2", "bob")]["corrected"] is True and by[("u4", "ana")]["decision"] == "nil"
     assert by[("u1", "ana")]["image"].endswith(".png")
     assert by[("hostile", "bob")]["sentence"] == hostile and by[("hostile", "bob")]["comment"] == hostile
@@ -120,17 +153,17 @@ def test_training_set_in_the_official_layout_loads_with_the_core_loader(store, t
     _annotate(store)
     out = tmp_path / "export"
     exp = store.export_training_set(out)
-    assert exp.conflicts == 1 and exp.not_entity == 1             # u1 tied, u4 NIL
+    assert exp.conflicts == 1 and exp.not_entity == 1  # u1 tied, u4 NIL
     assert sum(exp.splits.values()) == 3 and exp.entities == 3
     for f in ("kb_entity.json", "qid2id.json", "WIKIMEL_train.json", "WIKIMEL_dev.json", "WIKIMEL_test.json"):
         assert (out / f).is_file(), f
     ds = load_dataset(out)
     got = {m.id: m.answer for split in ds.splits.values() for m in split}
-    assert got == {"u0": "Q1", "u2": "Q2", "u3": "Q3"}            # reviewer wins on u3
+    assert got == {"u0": "Q1", "u2": "Q2", "u3": "Q3"}  # reviewer wins on u3
     assert [e.id for e in ds.kb] == ["Q1", "Q2", "Q3"] and ds.kb[0].name == "Paris"
     for split in ds.splits.values():
         for m in split:
-            assert (split_of(m.id, (0.8, 0.1, 0.1)) == [k for k, v in ds.splits.items() if m in v][0])
+            assert split_of(m.id, (0.8, 0.1, 0.1)) == [k for k, v in ds.splits.items() if m in v][0]
     # the annotations that went in: every supporting current decision
     used = {store.get_annotation(a).mention_uid for a in exp.annotation_ids}
     assert used == {"u0", "u2", "u3"}
@@ -145,6 +178,7 @@ def test_export_then_train_with_python_m_mimic_train(tmp_path, synthetic_dataset
     """The synthetic dataset goes through the store (KB import, mentions with images, one decision per
     mention), is exported, reloaded with the core loader (same links) and trained on by the CLI."""
     from mimic.cli import main
+
     s = open_store(tmp_path / "data")
     try:
         s.import_kb(synthetic_dataset.kb)
@@ -153,24 +187,48 @@ def test_export_then_train_with_python_m_mimic_train(tmp_path, synthetic_dataset
         records = []
         for split in synthetic_dataset.splits.values():
             for m in split:
-                records.append({"uid": m.id, "sentence": m.sentence, "mention": m.mention, "start": m.start,
-                                "end": m.end, "image": m.image})
+                records.append(
+                    {
+                        "uid": m.id,
+                        "sentence": m.sentence,
+                        "mention": m.mention,
+                        "start": m.start,
+                        "end": m.end,
+                        "image": m.image,
+                    }
+                )
                 gold[m.id] = m.answer
         assert s.import_mentions(records).created == len(gold)
-        s.submit_many([{"annotator": "ana", "mention": uid, "entity_id": q, "seconds_spent": 2.0}
-                       for uid, q in gold.items()])
+        s.submit_many(
+            [{"annotator": "ana", "mention": uid, "entity_id": q, "seconds_spent": 2.0} for uid, q in gold.items()]
+        )
         exp = s.export_training_set(tmp_path / "export", fractions=(0.7, 0.3, 0.0))
         ds = load_dataset(exp.path)
         assert {m.id: m.answer for sp in ds.splits.values() for m in sp} == gold
         with_image = {m.id for sp in synthetic_dataset.splits.values() for m in sp if m.image}
         assert {m.id for sp in ds.splits.values() for m in sp if m.image} == with_image
         import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a smoke run: one thread is robust on a busy 2-core machine
         try:
-            rc = main(["train", "--data", exp.path, "--output", str(tmp_path / "run"), "--backbone",
-                       str(tiny_clip_dir), "--freeze-backbone", "--epochs", "1", "--batch-size", "8",
-                       "--no-progress"])
+            rc = main(
+                [
+                    "train",
+                    "--data",
+                    exp.path,
+                    "--output",
+                    str(tmp_path / "run"),
+                    "--backbone",
+                    str(tiny_clip_dir),
+                    "--freeze-backbone",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    "--no-progress",
+                ]
+            )
         finally:
             torch.set_num_threads(threads)
         assert rc in (0, None)
@@ -182,8 +240,17 @@ def test_export_then_train_with_python_m_mimic_train(tmp_path, synthetic_dataset
 def test_bulk_import_works_without_insert_returning(store, monkeypatch):
     """SQLite before 3.35 has no RETURNING: the import falls back to reading the new ids back."""
     monkeypatch.setattr(store.engine.dialect, "insert_executemany_returning", False)
-    r = store.import_mentions([{"uid": f"old{i}", "sentence": f"Paris {i}", "mention": "Paris", "model_version": "v",
-                                "candidates": [{"entity_id": "Q1", "S": 0.9}, {"entity_id": "Q2", "S": 0.1 * i}]}
-                               for i in range(5)])
+    r = store.import_mentions(
+        [
+            {
+                "uid": f"old{i}",
+                "sentence": f"Paris {i}",
+                "mention": "Paris",
+                "model_version": "v",
+                "candidates": [{"entity_id": "Q1", "S": 0.9}, {"entity_id": "Q2", "S": 0.1 * i}],
+            }
+            for i in range(5)
+        ]
+    )
     assert (r.created, r.predictions) == (5, 5)
     assert store.predictions("old3")[0].margin == pytest.approx(0.6)

@@ -1,5 +1,6 @@
 """The JSONL journal: every decision is in it before it commits, and the database can be rebuilt
 from it (lost database file, lost journal, torn last line, crash between journal and commit)."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,30 @@ from db.testing import png_bytes, seed_store
 
 def links(store):
     """What must survive: every current decision with its mention, entity and prediction."""
-    keys = ("request_id", "mention_uid", "sentence", "start", "end", "decision", "entity_id", "entity_name",
-            "entity_version", "annotator", "role", "seconds_spent", "comment", "created_at", "model_version",
-            "predicted_entity_id", "predicted_score")
+    keys = (
+        "request_id",
+        "mention_uid",
+        "sentence",
+        "start",
+        "end",
+        "decision",
+        "entity_id",
+        "entity_name",
+        "entity_version",
+        "annotator",
+        "role",
+        "seconds_spent",
+        "comment",
+        "created_at",
+        "model_version",
+        "predicted_entity_id",
+        "predicted_score",
+    )
     return sorted(tuple(r[k] for k in keys) for r in store.accepted_links())
 
 
 def histories(store, uids):
-    return {u: [(h.request_id, h.annotator, h.decision, h.entity_id, h.status) for h in store.history(u)]
-            for u in uids}
+    return {u: [(h.request_id, h.annotator, h.decision, h.entity_id, h.status) for h in store.history(u)] for u in uids}
 
 
 def busy_day(store):
@@ -34,18 +50,22 @@ def busy_day(store):
     img = store.add_mention("a red thing on a photo", "red thing", image=png_bytes((250, 10, 10)), uid="img1")
     store.submit("ana", ids[0], entity_id="Q1", seconds_spent=3.5, comment="easy")
     store.submit("ana", ids[1], entity_id="Q2", seconds_spent=8)
-    store.submit("ana", ids[1], entity_id="Q3", seconds_spent=2)        # change of mind
+    store.submit("ana", ids[1], entity_id="Q3", seconds_spent=2)  # change of mind
     store.submit("ana", ids[2], "nil")
     store.skip("ana", ids[3])
     store.submit("ana", ids[4], "ambiguous", comment="<b>needs context</b>")
     store.submit("ana", ids[5], entity_id="Q5")
-    store.undo("ana")                                                   # undoes ids[5]
+    store.undo("ana")  # undoes ids[5]
     store.submit("bob", ids[0], entity_id="Q2")
     store.submit("rita", ids[0], entity_id="Q1")
     store.submit("bob", img.id, entity_id="Q4", request_id="client-42")
-    store.submit_many([{"annotator": "bob", "mention": ids[6], "entity_id": "Q6"},
-                       {"annotator": "bob", "mention": ids[7], "decision": "nil"}])
-    return [f"m{i}" for i in range(8)] + ["img1"]   # the annotated mentions (m8, m9 never were)
+    store.submit_many(
+        [
+            {"annotator": "bob", "mention": ids[6], "entity_id": "Q6"},
+            {"annotator": "bob", "mention": ids[7], "decision": "nil"},
+        ]
+    )
+    return [f"m{i}" for i in range(8)] + ["img1"]  # the annotated mentions (m8, m9 never were)
 
 
 def test_every_decision_is_in_the_journal_before_the_call_returns(tmp_path):
@@ -59,7 +79,7 @@ def test_every_decision_is_in_the_journal_before_the_call_returns(tmp_path):
         assert [(x["type"], x["request_id"], x["annotation_id"]) for x in lines] == [("annotation", "r1", a.id)]
         assert lines[0]["mention"]["uid"] == "m0" and lines[0]["entity"]["id"] == "Q1"
         assert lines[0]["prediction"]["candidates"][0]["S"] is not None
-        s.submit("ana", ids[0], entity_id="Q1", request_id="r1")      # duplicate: nothing new journaled
+        s.submit("ana", ids[0], entity_id="Q1", request_id="r1")  # duplicate: nothing new journaled
         s.undo("ana", request_id="u1")
         events = list(scan_journal(s.settings.journal_path).events())
         assert [(e["type"], e["request_id"]) for e in events] == [("annotation", "r1"), ("undo", "u1")]
@@ -73,7 +93,7 @@ def test_rebuild_from_journal_into_an_empty_database_gives_the_same_links(tmp_pa
     expected, expected_hist = links(a), histories(a, uids)
     a.close()
     assert len(expected) == 9
-    b = open_store(tmp_path / "b")                        # an empty DATA_DIR (no KB imported)
+    b = open_store(tmp_path / "b")  # an empty DATA_DIR (no KB imported)
     try:
         r = b.reconcile(tmp_path / "a" / "journal" / "annotations.jsonl")
         assert r.events_reapplied == 13 and r.incomplete_groups == 0
@@ -99,11 +119,11 @@ def test_lost_database_file_is_rebuilt_at_start(tmp_path):
         p = db_file.with_name(db_file.name + suffix)
         if p.exists():
             p.unlink()
-    s = open_store(tmp_path / "data")                   # migrates an empty file, replays the journal
+    s = open_store(tmp_path / "data")  # migrates an empty file, replays the journal
     try:
         assert links(s) == expected and histories(s, uids) == expected_hist
         assert s.get_mention("img1").image_path.endswith(".png")
-        assert s.reconcile().events_reapplied == 0        # idempotent
+        assert s.reconcile().events_reapplied == 0  # idempotent
     finally:
         s.close()
 
@@ -137,10 +157,10 @@ def test_torn_last_line_is_ignored_and_the_next_write_starts_a_new_line(tmp_path
     s.close()
     path = tmp_path / "data" / "journal" / "annotations.jsonl"
     with open(path, "ab") as f:
-        f.write(b'{"v":1,"txn":"dead","k":0,"n":2,"type":"annot')     # a crash mid-write
+        f.write(b'{"v":1,"txn":"dead","k":0,"n":2,"type":"annot')  # a crash mid-write
     s = open_store(tmp_path / "data")
     try:
-        assert s.reconcile().bad_lines                    # reported, not fatal
+        assert s.reconcile().bad_lines  # reported, not fatal
         s.submit("ana", ids[1], entity_id="Q2")
         scan = scan_journal(path)
         assert len(scan.bad_lines) == 1 and sum(1 for _ in scan.events()) == 2
@@ -158,6 +178,7 @@ def test_crash_between_journal_write_and_commit(tmp_path, monkeypatch):
 
     def boom(self):
         raise OSError("simulated crash at COMMIT")
+
     monkeypatch.setattr(Session, "commit", boom)
     with pytest.raises(OSError):
         s.submit("ana", ids[0], entity_id="Q1", request_id="aborted")  # failed commit: abort line
@@ -165,7 +186,7 @@ def test_crash_between_journal_write_and_commit(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         s.submit("ana", ids[1], entity_id="Q2", request_id="died")
     monkeypatch.undo()
-    assert s.current_annotations() == []                  # nothing committed
+    assert s.current_annotations() == []  # nothing committed
     r = s.reconcile()
     assert (r.groups_reapplied, r.aborted_groups) == (1, 1)
     assert [(a.request_id, a.entity_id) for a in s.current_annotations()] == [("died", "Q2")]
@@ -174,6 +195,7 @@ def test_crash_between_journal_write_and_commit(tmp_path, monkeypatch):
 
 def test_cli_rebuilds_a_database_from_a_journal_and_exports(tmp_path, capsys):
     from db.__main__ import main
+
     a = open_store(tmp_path / "a")
     busy_day(a)
     expected = links(a)

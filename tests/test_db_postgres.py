@@ -3,6 +3,7 @@
 Runs when MIMIC_TEST_POSTGRES_URL points at a server whose user may create databases (CI starts
 Debian's PostgreSQL and sets it); otherwise skips. Each test gets a fresh database.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,13 +13,16 @@ import uuid
 import pytest
 
 URL = os.environ.get("MIMIC_TEST_POSTGRES_URL")
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not URL, reason="MIMIC_TEST_POSTGRES_URL not set (no PostgreSQL server)")]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not URL, reason="MIMIC_TEST_POSTGRES_URL not set (no PostgreSQL server)"),
+]
 
 
 @pytest.fixture
 def pg_url():
     import sqlalchemy as sa
+
     admin = sa.create_engine(URL, isolation_level="AUTOCOMMIT")
     name = f"mimic_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -36,6 +40,7 @@ def pg_url():
 @pytest.fixture
 def store(pg_url, tmp_path):
     from db import open_store
+
     s = open_store(tmp_path / "pgdata", url=pg_url)
     for name in ("ana", "bob"):
         s.add_annotator(name)
@@ -46,13 +51,14 @@ def store(pg_url, tmp_path):
 def test_migrations_and_core_operations(store):
     from db import UnknownEntity
     from db.testing import seed_store
+
     assert store.engine.dialect.name == "postgresql"
     ids = seed_store(store, entities=8, mentions=10)
     item = store.next_item("ana")
     assert item is not None
     a = store.submit("ana", item.mention.id, entity_id="Q1", request_id="r-1", seconds_spent=3.0)
-    assert store.submit("ana", item.mention.id, entity_id="Q1", request_id="r-1").id == a.id   # idempotent
-    store.submit("ana", item.mention.id, decision="nil")                                        # supersedes
+    assert store.submit("ana", item.mention.id, entity_id="Q1", request_id="r-1").id == a.id  # idempotent
+    store.submit("ana", item.mention.id, decision="nil")  # supersedes
     hist = store.history(item.mention.id)
     assert [h.decision for h in hist][-2:] == ["entity", "nil"]
     store.undo("ana")
@@ -65,6 +71,7 @@ def test_migrations_and_core_operations(store):
 
 def test_concurrent_submissions_are_stored_exactly_once(store):
     from db.testing import seed_store
+
     seed_store(store, entities=5, mentions=120, seed=1)
     names = [f"w{i}" for i in range(4)]
     for n in names:
@@ -93,6 +100,7 @@ def test_concurrent_submissions_are_stored_exactly_once(store):
 def test_export_training_set_loads(store, tmp_path):
     from db.testing import seed_store
     from mimic.data.formats import load_dataset
+
     ids = seed_store(store, entities=6, mentions=20, seed=2)
     for i, mid in enumerate(ids):
         store.submit("ana", mid, entity_id=f"Q{1 + i % 6}")

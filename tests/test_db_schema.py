@@ -1,4 +1,5 @@
 """Engine, pragmas, migrations and settings: what `open_store` sets up before any operation."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _pragmas(store) -> dict:
     with store.engine.connect() as c:
-        return {p: c.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
-                ("foreign_keys", "busy_timeout", "journal_mode", "synchronous")}
+        return {
+            p: c.exec_driver_sql(f"PRAGMA {p}").scalar()
+            for p in ("foreign_keys", "busy_timeout", "journal_mode", "synchronous")
+        }
 
 
 def test_migrations_build_exactly_the_models_schema(tmp_path):
@@ -41,7 +44,7 @@ def test_migrations_build_exactly_the_models_schema(tmp_path):
         assert diff == []
     finally:
         s.close()
-    again = open_store(tmp_path / "data")       # second start: migrations are a no-op
+    again = open_store(tmp_path / "data")  # second start: migrations are a no-op
     assert current_revision(again.engine) == head_revision()
     again.close()
 
@@ -55,8 +58,10 @@ def test_postgresql_ddl_is_generated_from_the_same_migrations():
     command.upgrade(cfg, "head", sql=True)
     sql = buf.getvalue()
     assert "CREATE TABLE annotations" in sql and "BOOLEAN DEFAULT false" in sql
-    assert "CREATE UNIQUE INDEX uq_annotations_one_current ON annotations (mention_id, annotator_id) " \
-           "WHERE status = 'current'" in sql
+    assert (
+        "CREATE UNIQUE INDEX uq_annotations_one_current ON annotations (mention_id, annotator_id) "
+        "WHERE status = 'current'" in sql
+    )
     assert "PRAGMA" not in sql and "IMMEDIATE" not in sql
 
 
@@ -73,7 +78,7 @@ def test_sqlite_pragmas_network_file_system(tmp_path, monkeypatch):
     s = open_store(tmp_path / "data")
     try:
         assert _pragmas(s)["journal_mode"] == "delete" and _pragmas(s)["synchronous"] == 2  # FULL
-        assert s.engine.pool.size() == 1                         # one connection: writes serialised
+        assert s.engine.pool.size() == 1  # one connection: writes serialised
         assert s.location.network_fs and s.location.journal_mode == "delete"
         # the whole workflow runs on that single connection (nothing holds two at once)
         ids = seed_store(s, entities=3, mentions=4)
@@ -92,12 +97,12 @@ def test_write_sessions_take_the_lock_at_begin_and_readers_do_not(tmp_path):
     other = sqlite3.connect(s.settings.sqlite_path, timeout=0, isolation_level=None)
     try:
         with session_scope(s.engine) as sess:
-            sess.connection()                                   # nothing executed yet, only BEGIN
+            sess.connection()  # nothing executed yet, only BEGIN
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")
         with session_scope(s.engine, read_only=True) as sess:
             sess.execute(text("SELECT count(*) FROM mentions"))
-            other.execute("BEGIN IMMEDIATE")                    # a reader never blocks a writer
+            other.execute("BEGIN IMMEDIATE")  # a reader never blocks a writer
             other.execute("COMMIT")
     finally:
         other.close()
@@ -118,7 +123,7 @@ def test_open_store_from_any_cwd_and_logs_where_data_lives(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATA_DIR", raising=False)
     with caplog.at_level(logging.INFO, logger="mimic.db"):
-        s = open_store()                                          # default ./data, relative to the cwd
+        s = open_store()  # default ./data, relative to the cwd
     try:
         assert s.settings.data_dir == tmp_path / "data" and (tmp_path / "data" / "mimic_studio.sqlite3").exists()
         assert any("data lives in" in r.message and str(tmp_path / "data") in r.message for r in caplog.records)
@@ -131,8 +136,12 @@ def test_open_store_from_any_cwd_and_logs_where_data_lives(tmp_path, monkeypatch
 def test_concurrent_start_of_several_processes(tmp_path):
     code = "import sys; from db import open_store; s = open_store(sys.argv[1]); s.add_annotator(sys.argv[2])"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data"), f"p{i}"], env=env,
-                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "data"), f"p{i}"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -146,13 +155,18 @@ def test_concurrent_start_of_several_processes(tmp_path):
 
 # -- settings and the storage report ---------------------------------------------------------------
 
+
 def test_settings_from_environment_and_errors_name_the_variable(tmp_path):
-    env = {"DATA_DIR": str(tmp_path / "d"), "MIMIC_ANNOTATION_OVERLAP": "2", "MIMIC_LEASE_SECONDS": "30",
-           "MIMIC_DB_JOURNAL_MODE": "DELETE"}
+    env = {
+        "DATA_DIR": str(tmp_path / "d"),
+        "MIMIC_ANNOTATION_OVERLAP": "2",
+        "MIMIC_LEASE_SECONDS": "30",
+        "MIMIC_DB_JOURNAL_MODE": "DELETE",
+    }
     s = Settings.from_env(env=env)
     assert (s.data_dir, s.overlap, s.lease_seconds, s.resolved_journal_mode()) == (tmp_path / "d", 2, 30, "delete")
     assert s.database_url == f"sqlite:///{tmp_path / 'd' / 'mimic_studio.sqlite3'}"
-    assert Settings.from_env(tmp_path / "x", env=env).data_dir == tmp_path / "x"      # argument wins
+    assert Settings.from_env(tmp_path / "x", env=env).data_dir == tmp_path / "x"  # argument wins
     with pytest.raises(InvalidInput, match="MIMIC_ANNOTATION_OVERLAP"):
         Settings.from_env(env={"MIMIC_ANNOTATION_OVERLAP": "0"})
     with pytest.raises(InvalidInput, match="MIMIC_DB_NETWORK_FS"):
@@ -187,13 +201,15 @@ def test_storage_report_bucket_mount_is_durable_and_switches_off_wal():
 def test_storage_report_temp_and_overlay_locations():
     tmp = describe_location(Settings.from_env("/tmp/x", env={}), env={}, mounts=[Mount("/", "ext4")])
     assert tmp.ephemeral and "temporary" in tmp.warnings[0]
-    shm = describe_location(Settings.from_env("/mnt/ram/x", env={}), env={},
-                            mounts=[Mount("/", "ext4"), Mount("/mnt/ram", "tmpfs")])
+    shm = describe_location(
+        Settings.from_env("/mnt/ram/x", env={}), env={}, mounts=[Mount("/", "ext4"), Mount("/mnt/ram", "tmpfs")]
+    )
     assert shm.ephemeral
     over = describe_location(Settings.from_env("/app/data", env={}), env={}, mounts=ROOT_ONLY)
     assert over.ephemeral and "overlay" in over.warnings[0]
-    disk = describe_location(Settings.from_env("/srv/mimic", env={}), env={},
-                             mounts=[Mount("/", "overlay"), Mount("/srv", "ext4")])
+    disk = describe_location(
+        Settings.from_env("/srv/mimic", env={}), env={}, mounts=[Mount("/", "overlay"), Mount("/srv", "ext4")]
+    )
     assert not disk.ephemeral and disk.journal_mode == "wal"
     forced = Settings.from_env("/data", env={"MIMIC_DB_JOURNAL_MODE": "wal"})
     assert "unsafe" in describe_location(forced, env={}, mounts=WITH_BUCKET).warnings[0]

@@ -1,12 +1,13 @@
 """Annotation store: annotators, versioned KB, mentions and images, predictions, submit / skip /
 undo with history, idempotency, bad input, progress, model versions and training runs."""
+
 from __future__ import annotations
 
 import html
 
 import pytest
 
-from db import (Conflict, InvalidImage, InvalidInput, InvalidSpan, NotFound, UnknownEntity, open_store)
+from db import Conflict, InvalidImage, InvalidInput, InvalidSpan, NotFound, UnknownEntity, open_store
 from db.testing import png_bytes, seed_store
 
 
@@ -28,6 +29,7 @@ def seeded(store):
 
 # -- annotators and entities ---------------------------------------------------------------------
 
+
 def test_annotators_roles_and_idempotent_creation(store):
     assert store.add_annotator("ana").id == store.get_annotator("ana").id
     assert store.add_annotator("ana", role="admin").role == "admin"
@@ -44,19 +46,22 @@ def test_entity_edits_are_versioned_and_searchable(store):
     store.upsert_entity("Q42", "Douglas Adams", "English writer", aliases=["DNA"], author="ana")
     again = store.upsert_entity("Q42", "Douglas Adams", "English writer", aliases=["DNA"], author="ana")
     assert again.version == 1  # no change, no new version
-    e = store.upsert_entity("Q42", "Douglas Adams", "English writer and humorist", aliases=["DNA"], author="rita",
-                            note="more precise")
+    e = store.upsert_entity(
+        "Q42", "Douglas Adams", "English writer and humorist", aliases=["DNA"], author="rita", note="more precise"
+    )
     assert (e.version, e.updated_by) == (2, "rita")
     hist = store.entity_history("Q42")
     assert [(v.version, v.text, v.author) for v in hist] == [
-        (1, "English writer", "ana"), (2, "English writer and humorist", "rita")]
+        (1, "English writer", "ana"),
+        (2, "English writer and humorist", "rita"),
+    ]
     store.upsert_entity("Q1", "Adams River", aliases=["Rivière Adams"])
     store.upsert_entity("Q5", "100% juice_brand")
-    assert [x.id for x in store.search_entities("adams")] == ["Q1", "Q42"]   # name prefix first
-    assert [x.id for x in store.search_entities("DNA")] == ["Q42"]           # alias
-    assert [x.id for x in store.search_entities("rivière")] == ["Q1"]        # non-ASCII alias, any case
-    assert [x.id for x in store.search_entities("q42")] == ["Q42"]           # id
-    assert [x.id for x in store.search_entities("0% j")] == ["Q5"]           # LIKE wildcards are literal
+    assert [x.id for x in store.search_entities("adams")] == ["Q1", "Q42"]  # name prefix first
+    assert [x.id for x in store.search_entities("DNA")] == ["Q42"]  # alias
+    assert [x.id for x in store.search_entities("rivière")] == ["Q1"]  # non-ASCII alias, any case
+    assert [x.id for x in store.search_entities("q42")] == ["Q42"]  # id
+    assert [x.id for x in store.search_entities("0% j")] == ["Q5"]  # LIKE wildcards are literal
     # wildcards match only themselves (a raw LIKE '%%%' would return every entity)
     assert [x.id for x in store.search_entities("%")] == ["Q5"] == [x.id for x in store.search_entities("_")]
     with pytest.raises(UnknownEntity):
@@ -65,6 +70,7 @@ def test_entity_edits_are_versioned_and_searchable(store):
 
 def test_bulk_kb_import_creates_then_versions_changes(store):
     from mimic.data.schema import Entity, KnowledgeBase
+
     kb = KnowledgeBase([Entity(f"Q{i}", f"name {i}") for i in range(2500)])
     assert store.import_kb(kb) == {"created": 2500, "updated": 0, "unchanged": 0}
     kb2 = KnowledgeBase([Entity("Q0", "renamed"), Entity("Q1", "name 1"), Entity("Q9999", "new")])
@@ -75,6 +81,7 @@ def test_bulk_kb_import_creates_then_versions_changes(store):
 
 
 # -- mentions, images, predictions ------------------------------------------------------------------
+
 
 def test_mention_span_is_located_checked_and_idempotent(store):
     m = store.add_mention("I met Douglas Adams in London.", "Douglas Adams", source="demo")
@@ -137,7 +144,7 @@ def test_predictions_rank_by_score_and_check_entities(seeded):
     store, ids = seeded
     p = store.add_prediction(ids[0], "v1", [("Q1", 0.2, 0.1, 0.0, 0.1), {"entity_id": "Q2", "S": 0.9}])
     assert [c.entity_id for c in p.candidates] == ["Q2", "Q1"] and p.margin == pytest.approx(0.7)
-    assert store.get_mention(ids[0]).margin == pytest.approx(0.7)   # latest prediction drives the queue
+    assert store.get_mention(ids[0]).margin == pytest.approx(0.7)  # latest prediction drives the queue
     assert store.predictions(ids[0])[0].model_version == "v1"
     with pytest.raises(UnknownEntity, match=r"candidates\[1\].entity_id"):
         store.add_prediction(ids[0], "v1", [{"entity_id": "Q1", "S": 1.0}, {"entity_id": "NOPE", "S": 0.5}])
@@ -148,6 +155,7 @@ def test_predictions_rank_by_score_and_check_entities(seeded):
 
 # -- decisions ------------------------------------------------------------------------------------------
 
+
 def test_submit_supersede_undo_keep_full_history(seeded):
     store, ids = seeded
     m = ids[0]
@@ -157,7 +165,7 @@ def test_submit_supersede_undo_keep_full_history(seeded):
     assert store.get_annotation(a1.id).superseded_by == a2.id
     undone = store.undo("ana")
     assert undone.id == a2.id and undone.status == "undone" and undone.undone_at is not None
-    assert store.undo("ana") is None            # nothing current left: undo never revives a1
+    assert store.undo("ana") is None  # nothing current left: undo never revives a1
     assert store.get_annotation(a1.id).status == "superseded"
     a3 = store.submit("ana", m, entity_id="Q3")
     hist = store.history(m)
@@ -173,7 +181,7 @@ def test_undo_is_idempotent_and_targets_only_own_current_annotations(seeded):
     a = store.submit("ana", ids[0], entity_id="Q1")
     b = store.submit("ana", ids[1], entity_id="Q2")
     first = store.undo("ana", request_id="undo-1")
-    again = store.undo("ana", request_id="undo-1")   # a double-pressed Z
+    again = store.undo("ana", request_id="undo-1")  # a double-pressed Z
     assert first.id == again.id == b.id and again.duplicate
     assert store.get_annotation(a.id).status == "current"
     bob = store.submit("bob", ids[2], "ambiguous")
@@ -215,8 +223,12 @@ def test_bad_submissions_raise_clear_errors_and_store_nothing(seeded):
         store.submit("ana", ids[0], entity_id="Q1", prediction_id=store.predictions(ids[1])[0].id)
     # a batch with one bad item stores none of them
     with pytest.raises(UnknownEntity, match="entity_id"):
-        store.submit_many([{"annotator": "ana", "mention": ids[0], "entity_id": "Q1"},
-                           {"annotator": "ana", "mention": ids[1], "entity_id": "Q404"}])
+        store.submit_many(
+            [
+                {"annotator": "ana", "mention": ids[0], "entity_id": "Q1"},
+                {"annotator": "ana", "mention": ids[1], "entity_id": "Q404"},
+            ]
+        )
     assert store.history(ids[0]) == [] and store.current_annotations() == []
     assert not store.settings.journal_path.exists() or "Q404" not in store.settings.journal_path.read_text()
 
@@ -235,7 +247,7 @@ def test_metacharacters_are_stored_and_returned_verbatim(store, text):
     sentence = f"before {text} after"
     m = store.add_mention(sentence, text, uid=f"uid {text}")
     assert store.get_mention(m.uid).sentence == sentence and store.get_mention(m.id).mention == text
-    shown = store.get_mention(m.id).html()                  # display helper: escaped, span in <mark>
+    shown = store.get_mention(m.id).html()  # display helper: escaped, span in <mark>
     assert "<script>" not in shown and "<b>" not in shown
     assert html.unescape(shown.replace("<mark>", "").replace("</mark>", "")) == sentence
     a = store.submit("ana", m.id, entity_id="E1", comment=text, request_id=text[:100])
@@ -249,12 +261,13 @@ def test_metacharacters_are_stored_and_returned_verbatim(store, text):
 
 # -- reports, model versions, training runs ------------------------------------------------------------
 
+
 def test_progress_counts_and_speed(seeded):
     store, ids = seeded
     store.submit("ana", ids[0], entity_id="Q1", seconds_spent=10)
     store.submit("ana", ids[1], "nil", seconds_spent=20)
     store.submit("ana", ids[2], "ambiguous", seconds_spent=60)
-    store.submit("ana", ids[2], entity_id="Q2", seconds_spent=30)     # changed its mind
+    store.submit("ana", ids[2], entity_id="Q2", seconds_spent=30)  # changed its mind
     store.skip("ana", ids[3])
     store.submit("ana", ids[4], entity_id="Q5", seconds_spent=5)
     store.undo("ana")
@@ -284,8 +297,7 @@ def test_training_run_lifecycle_records_its_annotations(seeded):
     store, ids = seeded
     a = [store.submit("ana", m, entity_id="Q1").id for m in ids[:3]]
     store.register_model_version("v0")
-    run = store.create_training_run({"epochs": 1}, export_dir="exports/r1", base_model_version="v0",
-                                    annotation_ids=a)
+    run = store.create_training_run({"epochs": 1}, export_dir="exports/r1", base_model_version="v0", annotation_ids=a)
     assert run.status == "queued" and run.annotations == 3
     run = store.start_training_run(run.id, log_path="runs/r1/train.log")
     assert run.status == "running" and run.started_at is not None

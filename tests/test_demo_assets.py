@@ -1,5 +1,6 @@
 """The committed demo knowledge base (`assets/demo_kb`): loadable, ambiguous by name, decided by
 images, and reproducible by `assets.demo_builder.build.build_demo_assets`."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimic.data.jsonl import load_jsonl_dataset
 from assets.demo_builder.build import build_demo_assets, demo_kb_path, load_demo_kb
 from assets.demo_builder.entities import ENTITIES, EXAMPLES, ambiguity_groups
 from mimic.data.images import load_image
+from mimic.data.jsonl import load_jsonl_dataset
 from mimic.data.kb_files import load_kb
 
 DEMO = demo_kb_path()
@@ -89,7 +90,7 @@ def test_examples_load_as_a_split(dataset, kb):
     with_image = 0
     for m in mentions:
         assert m.answer in kb
-        assert m.sentence[m.start:m.end] == m.mention, m.id
+        assert m.sentence[m.start : m.end] == m.mention, m.id
         if m.image:
             with_image += 1
             load_image(m.image, allowed_dirs=[DEMO])

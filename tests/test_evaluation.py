@@ -1,5 +1,6 @@
 """Full-KB evaluation: ranks and metrics against hand-computed values, strategies agree, chunking and
 batch size do not change results, --scores-out arrays."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,7 @@ from mimic.models.linking_model import LinkingModel
 
 
 def test_ranks_hand_computed_with_deterministic_ties():
-    scores = torch.tensor([[0.1, 0.9, 0.5, 0.5],
-                           [0.3, 0.3, 0.3, 0.3],
-                           [1.0, 0.0, 2.0, 3.0]])
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.5], [0.3, 0.3, 0.3, 0.3], [1.0, 0.0, 2.0, 3.0]])
     gold = torch.tensor([2, 2, 0])
     # row 0: one higher (0.9), one tie at position 3 (after gold) -> rank 2
     # row 1: all tied, gold at position 2 -> two ties before it -> rank 3
@@ -39,8 +38,9 @@ def test_strategies_chunks_and_batches_agree(model, synthetic_dataset, tmp_path)
     kb, mentions = synthetic_dataset.kb, synthetic_dataset.split("dev")[:10]
     base = evaluate(model, kb, mentions, batch_size=32, chunk_size=4096)
     small = evaluate(model, kb, mentions, batch_size=1, chunk_size=1)
-    official = evaluate(model, kb, mentions, batch_size=3, chunk_size=5, strategy="official",
-                        scores_out=tmp_path / "scores.npz")
+    official = evaluate(
+        model, kb, mentions, batch_size=3, chunk_size=5, strategy="official", scores_out=tmp_path / "scores.npz"
+    )
     assert base["ranks"] == small["ranks"] == official["ranks"]
     assert base["count"] == 10 and base["entities"] == len(kb)
     z = np.load(tmp_path / "scores.npz")
@@ -55,6 +55,7 @@ def test_strategies_chunks_and_batches_agree(model, synthetic_dataset, tmp_path)
 
 def test_unknown_gold_is_a_clear_error(model, synthetic_dataset):
     from mimic.data.schema import Mention
+
     bad = [Mention(id="x", sentence="alder river", mention="alder", answer="Q_NOT_THERE")]
     with pytest.raises(ValueError, match="not in the KB"):
         evaluate(model, synthetic_dataset.kb, bad)

@@ -1,4 +1,5 @@
 """Tests for mimic.data.formats: the official release, MELBench, JSONL, dispatch and atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ MELBENCH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 # Builders
 # ------------------------------------------------------------------------------------------------
 
+
 def _img(path: Path, colour=(200, 30, 30)) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
@@ -32,8 +34,13 @@ def _img(path: Path, colour=(200, 30, 30)) -> str:
 def _dataset(src: Path) -> Dataset:
     """A small in-memory dataset with images (png and jpg), aliases, a dotted image name, no-image mentions."""
     ents = [
-        Entity("Q10", "Paris", "capital of France", aliases=["Paree"],
-               images=[_img(src / "e" / "paris.png"), _img(src / "e" / "paris2.jpg")]),
+        Entity(
+            "Q10",
+            "Paris",
+            "capital of France",
+            aliases=["Paree"],
+            images=[_img(src / "e" / "paris.png"), _img(src / "e" / "paris2.jpg")],
+        ),
         Entity("Q2", "Paris Hilton", "media personality", images=[]),
         Entity("Q7", "Tom & Jerry 100%", "cartoon", images=[_img(src / "e" / "tj.png")]),
     ]
@@ -46,22 +53,38 @@ def _dataset(src: Path) -> Dataset:
     return Dataset(KnowledgeBase(ents), {"train": m[:2], "dev": m[2:3], "test": m[3:]}, name="tiny")
 
 
-def _official_raw(root: Path, *, kb=None, qid2id=None, splits=None, prefix="WIKIMEL_",
-                  mention_dir="mention_image") -> Path:
+def _official_raw(
+    root: Path, *, kb=None, qid2id=None, splits=None, prefix="WIKIMEL_", mention_dir="mention_image"
+) -> Path:
     """Write an official-layout directory from raw records (so tests control every byte)."""
     root.mkdir(parents=True, exist_ok=True)
     if kb is None:
-        kb = [{"id": 1, "type": "entity", "entity_name": "Tom%20Hanks", "attr": "actor",
-               "image_list": ["th.png", "gone.png"]},
-              {"id": 0, "type": "entity", "entity_name": "Paris", "attr": "city", "image_list": []}]
+        kb = [
+            {
+                "id": 1,
+                "type": "entity",
+                "entity_name": "Tom%20Hanks",
+                "attr": "actor",
+                "image_list": ["th.png", "gone.png"],
+            },
+            {"id": 0, "type": "entity", "entity_name": "Paris", "attr": "city", "image_list": []},
+        ]
     if qid2id is None:
         qid2id = {"Q90": 0, "Q2": 1}
     if splits is None:
         splits = {
-            "train": [{"id": "t0", "mentions": "Tom%20Hanks", "sentence": "tom hanks smiles", "imgPath": "x.png",
-                       "answer": "Q2", "entities": "Tom Hanks"},
-                      {"mentions": "Paris", "sentence": "In Paris.", "imgPath": "", "answer": "Q90"},
-                      {"mentions": "who", "sentence": "who is it", "imgPath": "", "answer": "nil"}],
+            "train": [
+                {
+                    "id": "t0",
+                    "mentions": "Tom%20Hanks",
+                    "sentence": "tom hanks smiles",
+                    "imgPath": "x.png",
+                    "answer": "Q2",
+                    "entities": "Tom Hanks",
+                },
+                {"mentions": "Paris", "sentence": "In Paris.", "imgPath": "", "answer": "Q90"},
+                {"mentions": "who", "sentence": "who is it", "imgPath": "", "answer": "nil"},
+            ],
             "dev": [{"mentions": "Paris", "sentence": "Paris again", "imgPath": "nothere.jpg", "answer": "Q90"}],
             "test": [{"mentions": "Paris", "sentence": "Paris", "imgPath": "", "answer": "NIL"}],
         }
@@ -77,8 +100,9 @@ def _official_raw(root: Path, *, kb=None, qid2id=None, splits=None, prefix="WIKI
 def _summary(ds: Dataset):
     """What a round trip must preserve."""
     kb = [(e.id, e.name, e.text, e.aliases, len(e.images)) for e in ds.kb]
-    splits = {s: [(m.id, m.mention, m.sentence, m.answer, m.image is not None) for m in ms]
-              for s, ms in ds.splits.items()}
+    splits = {
+        s: [(m.id, m.mention, m.sentence, m.answer, m.image is not None) for m in ms] for s, ms in ds.splits.items()
+    }
     return kb, splits
 
 
@@ -90,11 +114,19 @@ def _no_leftovers(parent: Path) -> list[str]:
 # Official release
 # ------------------------------------------------------------------------------------------------
 
+
 def test_official_round_trip(tmp_path):
     ds = _dataset(tmp_path / "src")
     root = write_official(ds, tmp_path / "out" / "WikiMEL", prefix="WIKIMEL")
-    assert sorted(p.name for p in root.iterdir()) == ["WIKIMEL_dev.json", "WIKIMEL_test.json", "WIKIMEL_train.json",
-                                                      "kb_entity.json", "kb_image", "mention_image", "qid2id.json"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "WIKIMEL_dev.json",
+        "WIKIMEL_test.json",
+        "WIKIMEL_train.json",
+        "kb_entity.json",
+        "kb_image",
+        "mention_image",
+        "qid2id.json",
+    ]
     assert len((root / "qid2id.json").read_text().strip().splitlines()) == 1
     kb = json.loads((root / "kb_entity.json").read_text())
     assert [r["id"] for r in kb] == [0, 1, 2] and all(r["type"] == "entity" for r in kb)
@@ -151,8 +183,10 @@ def test_mention_images_plural_folder(tmp_path):
 
 
 def test_dotted_mention_image_names(tmp_path):
-    rows = [{"mentions": "Paris", "sentence": "Paris", "imgPath": p, "answer": "Q90"}
-            for p in ("lit.a.b.png", "dir/st.a.b.png", "cut.x.y.png", "absent.a.png")]
+    rows = [
+        {"mentions": "Paris", "sentence": "Paris", "imgPath": p, "answer": "Q90"}
+        for p in ("lit.a.b.png", "dir/st.a.b.png", "cut.x.y.png", "absent.a.png")
+    ]
     root = _official_raw(tmp_path / "d", splits={"test": rows})
     for name in ("lit.a.b.png", "st.a.b.jpg", "cut.jpg"):
         _img(root / "mention_image" / name)
@@ -185,6 +219,7 @@ def test_prefix_ambiguity_and_explicit(tmp_path):
 # Malformed files: each error names the file, the record and the field
 # ------------------------------------------------------------------------------------------------
 
+
 def _kb(**changes):
     rec = {"id": 0, "type": "entity", "entity_name": "Paris", "attr": "city", "image_list": []}
     rec.update(changes)
@@ -199,24 +234,52 @@ def _mentions(at=0, **changes):
 
 
 OFFICIAL_CASES = {
-    "missing_field": (dict(kb=_kb(entity_name=...)), "kb_entity.json", "record 0, field 'entity_name'",
-                      "missing required field"),
+    "missing_field": (
+        dict(kb=_kb(entity_name=...)),
+        "kb_entity.json",
+        "record 0, field 'entity_name'",
+        "missing required field",
+    ),
     "wrong_type": (dict(kb=_kb(id="0")), "kb_entity.json", "record 0, field 'id'", "expected an integer"),
     "empty_name": (dict(kb=_kb(entity_name="%20")), "kb_entity.json", "record 0, field 'entity_name'", "empty"),
     "not_entity": (dict(kb=_kb(type="relation")), "kb_entity.json", "record 0, field 'type'", "relation"),
-    "bad_image_list": (dict(kb=_kb(image_list="a.png")), "kb_entity.json", "record 0, field 'image_list'",
-                       "expected a list"),
-    "duplicate_id": (dict(kb=_kb() * 2, qid2id={"Q1": 0, "Q2": 1}), "kb_entity.json", "record 1, field 'id'",
-                     "duplicate entity id 0"),
+    "bad_image_list": (
+        dict(kb=_kb(image_list="a.png")),
+        "kb_entity.json",
+        "record 0, field 'image_list'",
+        "expected a list",
+    ),
+    "duplicate_id": (
+        dict(kb=_kb() * 2, qid2id={"Q1": 0, "Q2": 1}),
+        "kb_entity.json",
+        "record 1, field 'id'",
+        "duplicate entity id 0",
+    ),
     "qid2id_mismatch": (dict(qid2id={"Q1": 1}), "qid2id.json", "", "Q1 -> 1 is outside 0..0"),
-    "unknown_answer": (dict(splits={"train": _mentions(answer="Q404")}), "WIKIMEL_train.json",
-                       "record 0, field 'answer'", "unknown entity 'Q404'"),
-    "empty_sentence": (dict(splits={"dev": _mentions(sentence=" ")}), "WIKIMEL_dev.json",
-                       "record 0, field 'sentence'", "non-empty"),
-    "missing_mention": (dict(splits={"test": _mentions(at=1, mentions=...)}), "WIKIMEL_test.json",
-                        "record 1, field 'mentions'", "missing required field"),
-    "mention_wrong_type": (dict(splits={"test": _mentions(imgPath=3)}), "WIKIMEL_test.json",
-                           "record 0, field 'imgPath'", "expected a string"),
+    "unknown_answer": (
+        dict(splits={"train": _mentions(answer="Q404")}),
+        "WIKIMEL_train.json",
+        "record 0, field 'answer'",
+        "unknown entity 'Q404'",
+    ),
+    "empty_sentence": (
+        dict(splits={"dev": _mentions(sentence=" ")}),
+        "WIKIMEL_dev.json",
+        "record 0, field 'sentence'",
+        "non-empty",
+    ),
+    "missing_mention": (
+        dict(splits={"test": _mentions(at=1, mentions=...)}),
+        "WIKIMEL_test.json",
+        "record 1, field 'mentions'",
+        "missing required field",
+    ),
+    "mention_wrong_type": (
+        dict(splits={"test": _mentions(imgPath=3)}),
+        "WIKIMEL_test.json",
+        "record 0, field 'imgPath'",
+        "expected a string",
+    ),
     "record_not_object": (dict(splits={"test": ["oops"]}), "WIKIMEL_test.json", "record 0", "JSON object"),
 }
 
@@ -282,14 +345,18 @@ def test_melbench_malformed(tmp_path):
     path = tmp_path / "mel.json"
     ok = {"id": "1", "sentence": "s", "mentions": "s", "entities": "S", "answer": "Q1"}
     cases = [
-        ({"1": {**ok, "mentions": ["a", "b"], "entities": ["A"], "answer": ["Q1", "Q2"]}},
-         "mel.json, record 1, field 'mentions': parallel lists have different lengths"),
+        (
+            {"1": {**ok, "mentions": ["a", "b"], "entities": ["A"], "answer": ["Q1", "Q2"]}},
+            "mel.json, record 1, field 'mentions': parallel lists have different lengths",
+        ),
         ({"1": {**ok, "id": "x1"}}, "record 1, field 'id': expected an integer id"),
         ({"1": {**ok, "sentence": ""}}, "record 1, field 'sentence'"),
         ({"1": {**ok, "entities": ""}}, "record 1, field 'entities': item 0: empty entity name"),
         ({"1": {k: v for k, v in ok.items() if k != "answer"}}, "record 1, field 'answer': missing required field"),
-        ({"1": {**ok, "answer": ["Q1", 2], "mentions": ["a", "b"], "entities": ["A", "B"]}},
-         "record 1, field 'answer': item 1 must be a string"),
+        (
+            {"1": {**ok, "answer": ["Q1", 2], "mentions": ["a", "b"], "entities": ["A", "B"]}},
+            "record 1, field 'answer': item 1 must be a string",
+        ),
         ([ok], "mel.json: expected a JSON object keyed by sample id, got list"),
     ]
     for raw, message in cases:
@@ -306,22 +373,41 @@ def test_melbench_malformed(tmp_path):
 # MELBench
 # ------------------------------------------------------------------------------------------------
 
+
 def test_melbench_string_and_list_forms(tmp_path):
     raw = {
-        "10": {"id": "10", "sentence": "Powers with Noel Harrison", "mentions": ["Noel Harrison", "Powers"],
-               "entities": ["Noel Harrison", "Stefanie Powers"], "answer": ["Q532915", "Q256474"]},
-        "17": {"id": 17, "sentence": "noel harrison sings", "mentions": "Noel Harrison",
-               "entities": "Noel J. Harrison", "answer": "Q532915"},
+        "10": {
+            "id": "10",
+            "sentence": "Powers with Noel Harrison",
+            "mentions": ["Noel Harrison", "Powers"],
+            "entities": ["Noel Harrison", "Stefanie Powers"],
+            "answer": ["Q532915", "Q256474"],
+        },
+        "17": {
+            "id": 17,
+            "sentence": "noel harrison sings",
+            "mentions": "Noel Harrison",
+            "entities": "Noel J. Harrison",
+            "answer": "Q532915",
+        },
         "28": {"id": "28", "sentence": "Someone", "mentions": "Someone", "entities": "x", "answer": "nil"},
-        "39": {"id": "39", "sentence": "Q2 vs Q10", "mentions": ["Q10", "Q2"], "entities": ["Ten", "Two"],
-               "answer": ["Q10", "Q2"]},
+        "39": {
+            "id": "39",
+            "sentence": "Q2 vs Q10",
+            "mentions": ["Q10", "Q2"],
+            "entities": ["Ten", "Two"],
+            "answer": ["Q10", "Q2"],
+        },
     }
     path = tmp_path / "Mini-MEL.json"
     path.write_text(json.dumps(raw))
     ds = load_melbench(path)
     assert ds.name == "Mini-MEL"
     assert {s: [m.id for m in ms] for s, ms in ds.splits.items()} == {
-        "train": ["10-0", "10-1"], "dev": ["17-0"], "test": ["39-0", "39-1"]}
+        "train": ["10-0", "10-1"],
+        "dev": ["17-0"],
+        "test": ["39-0", "39-1"],
+    }
     assert [e.id for e in ds.kb] == ["Q2", "Q10", "Q256474", "Q532915"]  # numeric QID order
     harrison = ds.kb[ds.kb.position("Q532915")]
     assert harrison.name == "Noel Harrison" and harrison.aliases == ["Noel J. Harrison"] and harrison.text == ""
@@ -350,6 +436,7 @@ def test_melbench_real_file():
 # JSONL
 # ------------------------------------------------------------------------------------------------
 
+
 def test_jsonl_round_trip(tmp_path):
     ds = _dataset(tmp_path / "src")
     ds.splits["train"].append(Mention("n1", "nil here", "nil", None))
@@ -368,11 +455,15 @@ def test_jsonl_round_trip(tmp_path):
 def test_jsonl_relative_images_and_synonyms(tmp_path):
     root = tmp_path / "ds"
     img = _img(root / "img" / "e.png")
-    (root / "kb.jsonl").write_text(json.dumps({"id": 5, "name": "E", "description": "about E",
-                                               "images": ["img/e.png", "img/missing.png"]}) + "\n")
-    (root / "extra.jsonl").write_text(json.dumps({"id": 1, "sentence": "see E", "mention": "E",
-                                                  "image": img, "answer": "5"}) + "\n"
-                                      + json.dumps({"id": 2, "sentence": "x", "mention": "x", "answer": "nil"}) + "\n")
+    (root / "kb.jsonl").write_text(
+        json.dumps({"id": 5, "name": "E", "description": "about E", "images": ["img/e.png", "img/missing.png"]}) + "\n"
+    )
+    (root / "extra.jsonl").write_text(
+        json.dumps({"id": 1, "sentence": "see E", "mention": "E", "image": img, "answer": "5"})
+        + "\n"
+        + json.dumps({"id": 2, "sentence": "x", "mention": "x", "answer": "nil"})
+        + "\n"
+    )
     ds = load_jsonl_dataset(root)
     assert ds.kb[0].id == "5" and ds.kb[0].text == "about E" and ds.kb[0].images == [img]
     assert ds.stats["missing_entity_images"] == 1 and ds.stats["nil_dropped"] == {"extra": 1}
@@ -387,6 +478,7 @@ def test_jsonl_relative_images_and_synonyms(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Dispatch, spans, atomic writes
 # ------------------------------------------------------------------------------------------------
+
 
 def test_load_dataset_dispatch(tmp_path):
     assert load_dataset(_official_raw(tmp_path / "o")).name == "WIKIMEL"

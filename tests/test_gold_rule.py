@@ -1,5 +1,6 @@
 """One gold-label rule (`AnnotationStore.resolved`): the app's Analysis tab, the training export and
 the retraining job's in-memory training set give every mention the same gold."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -28,10 +29,10 @@ def _decide(store, uid, *votes):
 
 
 def test_analysis_and_training_share_the_gold_when_latest_is_not_majority(store):
-    _decide(store, "majority", ("ana", "Q1"), ("bob", "Q1"), ("cid", "Q2"))   # latest Q2, majority Q1
+    _decide(store, "majority", ("ana", "Q1"), ("bob", "Q1"), ("cid", "Q2"))  # latest Q2, majority Q1
     _decide(store, "reviewed", ("ana", "Q1"), ("bob", "Q1"), ("rita", "Q3"))  # the reviewer wins
-    _decide(store, "tied", ("ana", "Q1"), ("bob", "Q2"))                     # a tie: no gold
-    _decide(store, "nil", ("ana", "Q1"), ("bob", None), ("cid", None))       # NIL majority, latest NIL
+    _decide(store, "tied", ("ana", "Q1"), ("bob", "Q2"))  # a tie: no gold
+    _decide(store, "nil", ("ana", "Q1"), ("bob", None), ("cid", None))  # NIL majority, latest NIL
     _decide(store, "nil_late", ("ana", None), ("bob", None), ("cid", "Q2"))  # NIL majority, latest Q2
 
     analysis, source = corrections_as_mentions(SimpleNamespace(store=store))
@@ -41,7 +42,7 @@ def test_analysis_and_training_share_the_gold_when_latest_is_not_majority(store)
 
     dataset, used, conflicts, not_entity = store.build_training_dataset(fractions=(1.0, 0.0, 0.0))
     training_gold = {m.id: m.answer for m in dataset.split("train")}
-    assert training_gold == {"majority": "Q1", "reviewed": "Q3"}     # NIL golds are no training links
+    assert training_gold == {"majority": "Q1", "reviewed": "Q3"}  # NIL golds are no training links
     assert (conflicts, not_entity) == (1, 2)
     # every entity gold the Analysis tab judges on is the label training used
     assert {k: v for k, v in analysis_gold.items() if v is not None} == training_gold

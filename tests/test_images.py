@@ -1,4 +1,5 @@
 """mimic.data.images: every bad or odd image is generated here with PIL, nothing is shipped."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.data.images import (CLIP_MEAN, CLIP_STD, ImageError, load_image, resize_center_crop, squash_resize,
-                          to_tensor_affine, to_tensor_normalized)
+from mimic.data.images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageError,
+    load_image,
+    resize_center_crop,
+    squash_resize,
+    to_tensor_affine,
+    to_tensor_normalized,
+)
 
 
 def _save(img: Image.Image, path, **kw):
@@ -26,14 +35,15 @@ def _png_with_header_size(path, width: int, height: int):
     Image.new("L", (1, 1)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
     ihdr = 8 + 8  # signature, then chunk length + type
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])) & 0xFFFFFFFF
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])) & 0xFFFFFFFF
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
     path.write_bytes(bytes(data))
     return path
 
 
 # -- errors ------------------------------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found") as e:
@@ -138,6 +148,7 @@ def test_symlink_escaping_allowed_dirs(tmp_path):
 
 # -- odd but valid images ------------------------------------------------------------------------
 
+
 def test_cmyk_jpeg(tmp_path):
     p = _save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), tmp_path / "cmyk.jpg")  # red in CMYK
     img = load_image(p)
@@ -234,6 +245,7 @@ def test_sources_bytes_and_pil(tmp_path):
 
 
 # -- resizing and tensors ------------------------------------------------------------------------
+
 
 def test_squash_and_center_crop():
     img = Image.new("RGB", (400, 200), (0, 0, 0))

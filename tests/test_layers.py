@@ -6,6 +6,7 @@ demo builder; `db` (the store) uses only `mimic`'s data records and never import
 every import statement (including those inside functions) and, at run time, on what importing
 every library module actually loads.
 """
+
 from __future__ import annotations
 
 import ast

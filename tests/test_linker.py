@@ -1,5 +1,6 @@
 """Linking engine: KB files, index (build, resume, incremental updates, fingerprint), retrieve-then-rerank
 against exhaustive scoring, explanations, NIL, bad input, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -13,21 +14,34 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.models.checkpoint import load_checkpoint, save_checkpoint
-from mimic.data.schema import Entity, KnowledgeBase
-from mimic.serving.index import IndexMismatchError, KBIndex
 from mimic.data.kb_files import load_kb
-from mimic.serving.linker import Linker, LinkInputError
+from mimic.data.schema import KnowledgeBase
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.models.linking_model import LinkingModel
+from mimic.serving.index import IndexMismatchError, KBIndex
+from mimic.serving.linker import Linker, LinkInputError
 from mimic.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synthetic_dataset, tiny_clip_dir):
     out = tmp_path_factory.mktemp("linker_run")
-    train(TrainConfig(output=str(out), backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=6,
-                      batch_size=16, progress=False, test_after=False, seed=0, adam_eps=1e-8, no_decay="standard"),
-          synthetic_dataset)
+    train(
+        TrainConfig(
+            output=str(out),
+            backbone=str(tiny_clip_dir),
+            freeze_backbone=True,
+            lr=3e-3,
+            epochs=6,
+            batch_size=16,
+            progress=False,
+            test_after=False,
+            seed=0,
+            adam_eps=1e-8,
+            no_decay="standard",
+        ),
+        synthetic_dataset,
+    )
     return out / "best"
 
 
@@ -52,8 +66,10 @@ def test_rerank_equals_exhaustive_scoring(linker, synthetic_dataset):
             assert s == pytest.approx(float(S[linker.index.position[eid]]), rel=1e-4, abs=1e-3)
         assert r.top.entity_id == linker.index.ids[int(torch.argsort(-S, stable=True)[0])]
         assert [c.rank for c in r.candidates] == list(range(1, len(r.candidates) + 1))
-        assert all(r.candidates[i].margin == pytest.approx(r.candidates[i].S - r.candidates[i + 1].S)
-                   for i in range(len(r.candidates) - 1))
+        assert all(
+            r.candidates[i].margin == pytest.approx(r.candidates[i].S - r.candidates[i + 1].S)
+            for i in range(len(r.candidates) - 1)
+        )
 
 
 def test_small_shortlist_keeps_the_exhaustive_top1(trained, index, synthetic_dataset):
@@ -75,17 +91,17 @@ def test_explanations_have_real_tokens_and_patch_grids(linker, synthetic_dataset
     m = next(x for x in synthetic_dataset.split("test") if x.image)
     r = linker.link(m.sentence, m.mention, m.image, top_k=5)
     assert r.has_image
-    for c in r.candidates[:linker.explain_top]:
+    for c in r.candidates[: linker.explain_top]:
         e = c.explanation
         assert e is not None and e.mention_tokens[0] == "<|startoftext|>" and e.mention_tokens[-1] == "<|endoftext|>"
         assert m.mention in "".join(e.mention_tokens)
-        assert len(e.tglu_attention) == len(e.entity_tokens)          # rows: entity tokens (no padding)
+        assert len(e.tglu_attention) == len(e.entity_tokens)  # rows: entity tokens (no padding)
         assert all(len(row) == len(e.mention_tokens) for row in e.tglu_attention)
         np.testing.assert_allclose([sum(row) for row in e.tglu_attention], 1.0, atol=1e-4)
-        assert np.array(e.cmfu_mention_grid).shape == (4, 4)          # 64 px / 16 px patches; CLS apart
+        assert np.array(e.cmfu_mention_grid).shape == (4, 4)  # 64 px / 16 px patches; CLS apart
         grid_sum = np.array(e.cmfu_mention_grid).sum() + e.cmfu_mention_cls
         assert grid_sum == pytest.approx(1.0, abs=1e-3)
-    assert r.candidates[-1].explanation is None                      # only the top ones are explained
+    assert r.candidates[-1].explanation is None  # only the top ones are explained
     # any entity can be explained on demand
     other = linker.index.ids[-1]
     e = linker.explain(m.sentence, m.mention, other, m.image)
@@ -100,7 +116,7 @@ def test_nil_threshold_and_calibration(trained, index, synthetic_dataset):
     assert Linker(lk.model, index, nil_threshold=top + 1).link(m.sentence, m.mention, m.image).nil
     details = lk.calibrate_nil(synthetic_dataset.split("dev"))
     assert 0.5 <= details["accuracy"] <= 1.0 and details["in_kb"] == len(synthetic_dataset.split("dev"))
-    assert KBIndex(index.root).manifest["nil_threshold"] == details["threshold"]    # persisted
+    assert KBIndex(index.root).manifest["nil_threshold"] == details["threshold"]  # persisted
     index.set_nil_threshold(None)
 
 
@@ -110,7 +126,7 @@ def test_incremental_updates_equal_a_rebuild(trained, synthetic_dataset, tmp_pat
     base = KnowledgeBase(ents[:-3])
     idx = KBIndex.build(model, base, tmp_path / "inc", progress=False)
     changed = replace(ents[0], text=ents[0].text + " painter")
-    idx.upsert(model, [ents[-3], ents[-2], ents[-1], changed])       # three added, one updated
+    idx.upsert(model, [ents[-3], ents[-2], ents[-1], changed])  # three added, one updated
     idx.delete([ents[5].id])
     final = KnowledgeBase([changed] + [e for e in ents[1:] if e.id != ents[5].id])
     fresh = KBIndex.build(model, final, tmp_path / "fresh", progress=False)
@@ -122,8 +138,13 @@ def test_incremental_updates_equal_a_rebuild(trained, synthetic_dataset, tmp_pat
             torch.testing.assert_close(getattr(a.cache, name)[pa], t)
     la, lb = Linker(model, reloaded), Linker(model, fresh)
     for m in synthetic_dataset.split("test")[:8]:
-        ra, rb = la.link(m.sentence, m.mention, m.image, explain=False), lb.link(m.sentence, m.mention, m.image, explain=False)
-        assert [(c.entity_id, round(c.S, 4)) for c in ra.candidates] == [(c.entity_id, round(c.S, 4)) for c in rb.candidates]
+        ra, rb = (
+            la.link(m.sentence, m.mention, m.image, explain=False),
+            lb.link(m.sentence, m.mention, m.image, explain=False),
+        )
+        assert [(c.entity_id, round(c.S, 4)) for c in ra.candidates] == [
+            (c.entity_id, round(c.S, 4)) for c in rb.candidates
+        ]
     with pytest.raises(KeyError):
         idx.delete(["Q_unknown"])
 
@@ -137,6 +158,7 @@ def test_index_refuses_another_model(index, tiny_clip, tmp_path):
 
 def test_interrupted_build_resumes_and_never_leaves_a_half_index(trained, synthetic_dataset, tmp_path, monkeypatch):
     import mimic.serving.index as mi
+
     model = load_checkpoint(trained)
     calls = {"n": 0}
     real = mi.load_images
@@ -146,18 +168,19 @@ def test_interrupted_build_resumes_and_never_leaves_a_half_index(trained, synthe
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated interruption")
         return real(*a, **k)
+
     monkeypatch.setattr(mi, "load_images", flaky)
     with pytest.raises(KeyboardInterrupt):
         KBIndex.build(model, synthetic_dataset.kb, tmp_path / "idx", batch_size=4, progress=False)
     assert not (tmp_path / "idx").exists()
     prog = json.loads((tmp_path / ".idx.building" / "seg-0000" / "progress.json").read_text())
-    assert prog["done"] == 8                                   # two batches of 4 were on disk
+    assert prog["done"] == 8  # two batches of 4 were on disk
     monkeypatch.setattr(mi, "load_images", real)
     calls["n"] = 0
     counted = []
     monkeypatch.setattr(mi, "load_images", lambda *a, **k: counted.append(1) or real(*a, **k))
     resumed = KBIndex.build(model, synthetic_dataset.kb, tmp_path / "idx", batch_size=4, progress=False)
-    assert len(counted) == -(-(len(synthetic_dataset.kb) - 8) // 4)   # only the remaining batches
+    assert len(counted) == -(-(len(synthetic_dataset.kb) - 8) // 4)  # only the remaining batches
     fresh = KBIndex.build(model, synthetic_dataset.kb, tmp_path / "fresh", batch_size=4, progress=False)
     for name, t in fresh.cache.tensors().items():
         torch.testing.assert_close(getattr(resumed.cache, name), t)
@@ -188,7 +211,7 @@ def test_bad_inputs_get_clear_errors(linker, tmp_path):
         with pytest.raises(LinkInputError, match=needle):
             linker.link(*args)
     bad = _bad_images(tmp_path)
-    for kind, p in bad.items():
+    for p in bad.values():
         with pytest.raises(LinkInputError, match="image rejected"):
             linker.link(s, "alder", str(p))
     # a decompression bomb: header says 60 megapixels
@@ -200,7 +223,7 @@ def test_bad_inputs_get_clear_errors(linker, tmp_path):
     (tmp_path / "allowed").mkdir()
     guarded = Linker(linker.model, linker.index, allowed_image_dirs=[str(tmp_path / "allowed")])
     with pytest.raises(LinkInputError, match="outside"):
-        guarded.link(s, "alder", str(tmp_path / "full.jpg"))      # a valid image, but not in an allowed folder
+        guarded.link(s, "alder", str(tmp_path / "full.jpg"))  # a valid image, but not in an allowed folder
     Image.new("RGB", (8, 8)).save(tmp_path / "allowed" / "ok.png")
     assert guarded.link(s, "alder", str(tmp_path / "allowed" / "ok.png"), explain=False).has_image
     # the linker still works afterwards
@@ -212,7 +235,7 @@ def test_odd_but_valid_images_are_converted(linker, tmp_path):
     cmyk = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (40, 30), (0, 200, 200, 0)).save(cmyk)
     i16 = tmp_path / "i16.png"
-    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)).save(i16)
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(i16)
     pal = tmp_path / "pal.png"
     Image.new("P", (20, 20), 5).save(pal, transparency=5)
     gif = tmp_path / "anim.gif"
@@ -227,23 +250,31 @@ def test_odd_but_valid_images_are_converted(linker, tmp_path):
 def test_kb_files_report_problems(tmp_path):
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(img)
-    (tmp_path / "kb.jsonl").write_text("\n".join([
-        json.dumps({"id": "Q1", "name": "Alder", "text": "a painter", "images": ["a.png"], "aliases": ["Al"]}),
-        json.dumps({"id": "Q2", "name": "", "text": "no name"}),
-        json.dumps({"id": "Q1", "name": "Alder again"}),
-        "{broken json",
-        json.dumps({"id": "Q3", "name": "Birch", "images": ["missing.png"]}),
-    ]) + "\n")
+    (tmp_path / "kb.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "Q1", "name": "Alder", "text": "a painter", "images": ["a.png"], "aliases": ["Al"]}),
+                json.dumps({"id": "Q2", "name": "", "text": "no name"}),
+                json.dumps({"id": "Q1", "name": "Alder again"}),
+                "{broken json",
+                json.dumps({"id": "Q3", "name": "Birch", "images": ["missing.png"]}),
+            ]
+        )
+        + "\n"
+    )
     kb, rep = load_kb(tmp_path / "kb.jsonl")
     assert [e.id for e in kb] == ["Q1", "Q3"]
     assert rep.duplicates == ["Q1"] and rep.empty_names == ["Q2"] and len(rep.rejected) == 3
     assert rep.missing_images[0]["id"] == "Q3" and kb[1].images == []
     assert any("invalid JSON" in r["reason"] for r in rep.rejected)
-    (tmp_path / "kb.csv").write_text("id,name,description,aliases,images\nQ1,Alder,a painter,Al|Big Al,a.png\nQ1,Dup,,,\n,NoId,,,\n")
+    (tmp_path / "kb.csv").write_text(
+        "id,name,description,aliases,images\nQ1,Alder,a painter,Al|Big Al,a.png\nQ1,Dup,,,\n,NoId,,,\n"
+    )
     kb, rep = load_kb(tmp_path / "kb.csv")
     assert len(kb) == 1 and kb[0].aliases == ["Al", "Big Al"] and len(rep.rejected) == 2
     (tmp_path / "bad.csv").write_text("title,desc\nx,y\n")
     from mimic.data.schema import DataFormatError
+
     with pytest.raises(DataFormatError, match="'id' and 'name'"):
         load_kb(tmp_path / "bad.csv")
 
@@ -257,17 +288,69 @@ def test_kb_official_layout(synthetic_official):
 @pytest.mark.slow
 def test_cli_index_and_link(trained, synthetic_official, tmp_path):
     idx = tmp_path / "index"
-    r = subprocess.run([sys.executable, "-m", "mimic", "index", "--checkpoint", str(trained), "--kb",
-                        str(synthetic_official), "--output", str(idx), "--no-progress"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mimic",
+            "index",
+            "--checkpoint",
+            str(trained),
+            "--kb",
+            str(synthetic_official),
+            "--output",
+            str(idx),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["entities"] == 18
-    r = subprocess.run([sys.executable, "-m", "mimic", "link", "--checkpoint", str(trained), "--index", str(idx),
-                        "--sentence", "the alder painter near the river", "--mention", "alder", "--top-k", "3"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mimic",
+            "link",
+            "--checkpoint",
+            str(trained),
+            "--index",
+            str(idx),
+            "--sentence",
+            "the alder painter near the river",
+            "--mention",
+            "alder",
+            "--top-k",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert len(res["candidates"]) == 3 and {"S", "S_T", "S_V", "S_C", "rank", "margin", "retrievers"} <= set(res["candidates"][0])
-    r = subprocess.run([sys.executable, "-m", "mimic", "link", "--checkpoint", str(trained), "--index", str(idx),
-                        "--sentence", "the alder painter", "--mention", "oak"], capture_output=True, text=True, timeout=300)
+    assert len(res["candidates"]) == 3 and {"S", "S_T", "S_V", "S_C", "rank", "margin", "retrievers"} <= set(
+        res["candidates"][0]
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mimic",
+            "link",
+            "--checkpoint",
+            str(trained),
+            "--index",
+            str(idx),
+            "--sentence",
+            "the alder painter",
+            "--mention",
+            "oak",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "does not occur" in r.stderr and "Traceback" not in r.stderr

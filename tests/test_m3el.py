@@ -1,6 +1,7 @@
 """M3EL heads: shapes (batch and chunk size 1), compat numerics against a per-pair reference written
 from the spec equations (docs: /work/shared/spec/models.md §2), fixed-mode repairs, the retrieval
 identity, the losses, and learning on the synthetic dataset through the shared training/eval code."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,18 @@ from mimic.models.modeling_m3el import (
 )
 from mimic.models.modeling_mimic import TGLU
 
-DIMS = {"text_global_dim": 12, "text_token_dim": 10, "image_global_dim": 8, "image_token_dim": 6,
-        "num_image_tokens": 5, "dv": 7, "timm_dim": 4, "iimm_dim": 4, "cmm_dim": 4, "text_max_length": 6}
+DIMS = {
+    "text_global_dim": 12,
+    "text_token_dim": 10,
+    "image_global_dim": 8,
+    "image_token_dim": 6,
+    "num_image_tokens": 5,
+    "dv": 7,
+    "timm_dim": 4,
+    "iimm_dim": 4,
+    "cmm_dim": 4,
+    "text_max_length": 6,
+}
 CROSS = ("t2v", "bidirectional")
 
 
@@ -31,13 +42,19 @@ def features(n, seed, lengths=None, has_image=None, dims=DIMS):
     L, P = dims["text_max_length"], dims["num_image_tokens"]
     mask = torch.ones(n, L, dtype=torch.bool)
     if lengths is not None:
-        for i, l in enumerate(lengths):
-            mask[i, l:] = False
-    text = TextFeatures(torch.randn(n, dims["text_global_dim"], generator=g, dtype=torch.double),
-                        torch.randn(n, L, dims["text_token_dim"], generator=g, dtype=torch.double), mask)
+        for i, n in enumerate(lengths):
+            mask[i, n:] = False
+    text = TextFeatures(
+        torch.randn(n, dims["text_global_dim"], generator=g, dtype=torch.double),
+        torch.randn(n, L, dims["text_token_dim"], generator=g, dtype=torch.double),
+        mask,
+    )
     hi = torch.ones(n, dtype=torch.bool) if has_image is None else torch.tensor(has_image)
-    image = ImageFeatures(torch.randn(n, dims["image_global_dim"], generator=g, dtype=torch.double),
-                          torch.randn(n, P, dims["image_token_dim"], generator=g, dtype=torch.double), hi)
+    image = ImageFeatures(
+        torch.randn(n, dims["image_global_dim"], generator=g, dtype=torch.double),
+        torch.randn(n, P, dims["image_token_dim"], generator=g, dtype=torch.double),
+        hi,
+    )
     return text, image
 
 
@@ -76,11 +93,14 @@ def reference(h: M3ELHeads, m_text, m_img, e_text, e_img):
     fixed, bi = cfg.fixed, cfg.bidirectional
 
     def side(text, img):
-        return {"c": ln(mt.text_cls_layernorm, to_np(text.global_)),
-                "tok": ln(mt.text_tokens_layernorm, to_np(text.tokens)), "mask": text.mask.numpy(),
-                "v": ln(mt.image_cls_layernorm, lin(h.image_cls_fc, to_np(img.global_))),
-                "vt": ln(mt.image_tokens_layernorm, lin(h.image_tokens_fc, to_np(img.tokens))),
-                "has": img.has_image.numpy()}
+        return {
+            "c": ln(mt.text_cls_layernorm, to_np(text.global_)),
+            "tok": ln(mt.text_tokens_layernorm, to_np(text.tokens)),
+            "mask": text.mask.numpy(),
+            "v": ln(mt.image_cls_layernorm, lin(h.image_cls_fc, to_np(img.global_))),
+            "vt": ln(mt.image_tokens_layernorm, lin(h.image_tokens_fc, to_np(img.tokens))),
+            "has": img.has_image.numpy(),
+        }
 
     M, E = side(m_text, m_img), side(e_text, e_img)
     B, N = M["c"].shape[0], E["c"].shape[0]
@@ -157,13 +177,16 @@ def reference(h: M3ELHeads, m_text, m_img, e_text, e_img):
         for n in range(N):
             q_mask = E["mask"][n] if fixed else np.ones_like(E["mask"][n])
             k_mask = M["mask"][b] if fixed else np.ones_like(M["mask"][b])
-            S_T[b, n] = (float(M["c"][b] @ E["c"][n])
-                         + g2l(mt.timm, E["tok"][n], M["tok"][b], E["c"][n], q_mask, k_mask)) / 2
+            S_T[b, n] = (
+                float(M["c"][b] @ E["c"][n]) + g2l(mt.timm, E["tok"][n], M["tok"][b], E["c"][n], q_mask, k_mask)
+            ) / 2
             if fixed and not (M["has"][b] and E["has"][n]):
                 S_V[b, n] = float(h.no_image_score.detach())
             else:
                 ones = np.ones(P, dtype=bool)
-                S_V[b, n] = (float(M["v"][b] @ E["v"][n]) + g2l(mt.iimm, E["vt"][n], M["vt"][b], E["v"][n], ones, ones)) / 2
+                S_V[b, n] = (
+                    float(M["v"][b] @ E["v"][n]) + g2l(mt.iimm, E["vt"][n], M["vt"][b], E["v"][n], ones, ones)
+                ) / 2
             s_tv[b, n] = float(zm[b][0] @ ze[n][0])
             if bi:
                 s_vt[b, n] = float(zm[b][1] @ ze[n][1])
@@ -182,13 +205,13 @@ def test_shapes_and_reference_numerics(B, N, cross, mode):
     h = heads(mode, cross)
     m_has = [True, False, True, True][:B] if mode == "fixed" else None
     e_has = [True, True, False, True, True][:N] if mode == "fixed" else None
-    mt, mi = features(B, 1, lengths=[3, 6, 2, 4][:B], has_image=m_has)   # padding present
+    mt, mi = features(B, 1, lengths=[3, 6, 2, 4][:B], has_image=m_has)  # padding present
     et, ei = features(N, 2, lengths=[4, 1, 6, 5, 2][:N], has_image=e_has)
     with torch.no_grad():
         ms, es = h.side_features(mt, mi), h.side_features(et, ei)
         mc, ec = h.mention_cache(ms), h.entity_cache(es)
         out = h.score(mc, ec, return_attention=True)
-        fast = h.score(mc, ec)                  # the in-place inference path (fixed: trimmed)
+        fast = h.score(mc, ec)  # the in-place inference path (fixed: trimmed)
     assert isinstance(mc, M3ELMentionCache) and isinstance(ec, M3ELEntityCache)
     L, P = DIMS["text_max_length"], DIMS["num_image_tokens"]
     for s in (out.S, out.S_T, out.S_V, out.S_C, fast.S, out.extras["s_tv"]):
@@ -210,7 +233,11 @@ def test_shapes_and_reference_numerics(B, N, cross, mode):
     np.testing.assert_allclose(to_np(fast.S), ref[0], rtol=1e-9, atol=1e-9)
     # attention rows are distributions (fixed: over real mention tokens; pairs lacking an image: zeros)
     torch.testing.assert_close(out.tglu_attention.sum(-1), torch.ones(N, B, L, dtype=torch.double))
-    both = (mi.has_image[None, :] & ei.has_image[:, None]).double() if mode == "fixed" else torch.ones(N, B, dtype=torch.double)
+    both = (
+        (mi.has_image[None, :] & ei.has_image[:, None]).double()
+        if mode == "fixed"
+        else torch.ones(N, B, dtype=torch.double)
+    )
     torch.testing.assert_close(out.extras["image_g2l_attention"].sum(-1), both[..., None].expand(N, B, P))
 
 
@@ -222,7 +249,7 @@ def test_image_tiles_are_exact():
     with torch.no_grad():
         mc, ec = h.mention_cache(h.side_features(mt, mi)), h.entity_cache(h.side_features(et, ei))
         full = h.score(mc, ec).S
-        h.matcher.iimm.max_tile_elements = 2 * 3 * 5 * 5      # 2 entities per tile
+        h.matcher.iimm.max_tile_elements = 2 * 3 * 5 * 5  # 2 entities per tile
         tiled = h.score(mc, ec).S
     torch.testing.assert_close(full, tiled, rtol=1e-12, atol=1e-12)
 
@@ -231,11 +258,19 @@ def test_timm_is_mimics_tglu_and_names_follow_the_official_code():
     h = heads("compat", "bidirectional", dims=dict(DIMS, text_token_dim=DIMS["text_global_dim"]))
     assert type(h.matcher.timm) is TGLU
     keys = set(h.state_dict())
-    for k in ("image_cls_fc.weight", "image_tokens_fc.weight", "matcher.timm.fc_query.weight",
-              "matcher.iimm.fc_cls.weight", "matcher.cmmb.text_fc.weight", "matcher.cmmb.image_fc.weight",
-              "matcher.cmmb.match_module.trans_linear.weight", "matcher.cmmb.multi_head_module.weight",
-              "matcher.cmmb.gate_layer_norm.weight", "matcher.text_cls_layernorm.weight",
-              "matcher.image_tokens_layernorm.bias"):
+    for k in (
+        "image_cls_fc.weight",
+        "image_tokens_fc.weight",
+        "matcher.timm.fc_query.weight",
+        "matcher.iimm.fc_cls.weight",
+        "matcher.cmmb.text_fc.weight",
+        "matcher.cmmb.image_fc.weight",
+        "matcher.cmmb.match_module.trans_linear.weight",
+        "matcher.cmmb.multi_head_module.weight",
+        "matcher.cmmb.gate_layer_norm.weight",
+        "matcher.text_cls_layernorm.weight",
+        "matcher.image_tokens_layernorm.bias",
+    ):
         assert k in keys, k
     # the official module applies text_fc to the text tokens too (same width): no extra Linear
     assert not any("text_token_fc" in k for k in keys)
@@ -248,12 +283,16 @@ def test_timm_is_mimics_tglu_and_names_follow_the_official_code():
 @pytest.mark.parametrize("cross", CROSS)
 def test_official_state_dict_loads_by_renaming(cross):
     """An official M3ELMatcher checkpoint holds cmm AND cmmb, dead loss modules and `encoder.*` keys."""
-    same = dict(DIMS, text_token_dim=DIMS["text_global_dim"])      # CLIP: text_fc serves cls and tokens
+    same = dict(DIMS, text_token_dim=DIMS["text_global_dim"])  # CLIP: text_fc serves cls and tokens
     src = {"t2v": heads("compat", "t2v", seed=1, dims=same), "bi": heads("compat", "bidirectional", seed=2, dims=same)}
-    official = {"encoder.clip.logit_scale": torch.zeros(()), "matcher.weight_cl_loss.logit_scale": torch.ones(()),
-                "matcher.mclet_text_loss.cl_fc.0.weight": torch.zeros(2, 2), "matcher.text_fc.weight": torch.zeros(4, 12),
-                "matcher.scale_text_cls_layernorm.weight": torch.ones(4),
-                "matcher.cmm.mclet_text_loss.cl_fc.0.weight": torch.zeros(2, 2)}
+    official = {
+        "encoder.clip.logit_scale": torch.zeros(()),
+        "matcher.weight_cl_loss.logit_scale": torch.ones(()),
+        "matcher.mclet_text_loss.cl_fc.0.weight": torch.zeros(2, 2),
+        "matcher.text_fc.weight": torch.zeros(4, 12),
+        "matcher.scale_text_cls_layernorm.weight": torch.ones(4),
+        "matcher.cmm.mclet_text_loss.cl_fc.0.weight": torch.zeros(2, 2),
+    }
     # one shared part (encoder fcs, LNs, timm, iimm) and both cross-modal modules
     shared = {k: v for k, v in src["t2v"].state_dict().items() if not k.startswith("matcher.cmm.")}
     src["bi"].load_state_dict(shared, strict=False)
@@ -267,15 +306,18 @@ def test_official_state_dict_loads_by_renaming(cross):
     mt, mi = features(2, 20, dims=same)
     et, ei = features(3, 21, dims=same)
     with torch.no_grad():
-        torch.testing.assert_close(target(target.side_features(mt, mi), target.side_features(et, ei)).S,
-                                   want(want.side_features(mt, mi), want.side_features(et, ei)).S)
+        torch.testing.assert_close(
+            target(target.side_features(mt, mi), target.side_features(et, ei)).S,
+            want(want.side_features(mt, mi), want.side_features(et, ei)).S,
+        )
 
 
 def test_config_round_trip_and_validation():
     cfg = M3ELConfig(mode="compat", cross_modal="bidirectional", **DIMS)
     d = cfg.to_dict()
     import json
-    d2 = json.loads(json.dumps(d))          # strict JSON (the max head is written as "max")
+
+    d2 = json.loads(json.dumps(d))  # strict JSON (the max head is written as "max")
     assert d2["model_type"] == "m3el" and d2["temperatures"][-1] == "max"
     assert M3ELConfig.from_dict(d2) == cfg and math.isinf(M3ELConfig.from_dict(d2).temperatures[-1])
     assert cfg.fixed is False and M3ELConfig().fixed and M3ELConfig.model_type == M3ELHeads.model_type == "m3el"
@@ -286,8 +328,13 @@ def test_config_round_trip_and_validation():
         M3ELConfig(cross_modal="v2t")
     with pytest.raises(ValueError):
         M3ELConfig(head_num=4)
-    assert set(FIXED_MODE_DEVIATIONS_M3EL) >= {"token_branch_residual", "text_padding_mask", "image_masking",
-                                                "no_squeeze", "dedup_negatives"}
+    assert set(FIXED_MODE_DEVIATIONS_M3EL) >= {
+        "token_branch_residual",
+        "text_padding_mask",
+        "image_masking",
+        "no_squeeze",
+        "dedup_negatives",
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,6 +349,7 @@ def test_fixed_padding_invariance(cross):
     def repad(t):
         noise = torch.randn_like(t.tokens) * 9
         return TextFeatures(t.global_, torch.where(t.mask[..., None], t.tokens, noise), t.mask)
+
     with torch.no_grad():
         a = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
         b = h(h.side_features(repad(mt), mi), h.side_features(repad(et), ei))
@@ -309,7 +357,7 @@ def test_fixed_padding_invariance(cross):
         torch.testing.assert_close(getattr(a, k), getattr(b, k))
     pad = ~mt.mask
     assert float(a.tglu_attention.transpose(2, 3)[:, pad].abs().max()) == 0.0
-    hc = heads("compat", cross)     # the quirk is real: compat depends on what sits in the pads
+    hc = heads("compat", cross)  # the quirk is real: compat depends on what sits in the pads
     with torch.no_grad():
         sa = hc(hc.side_features(mt, mi), hc.side_features(et, ei)).S
         sb = hc(hc.side_features(repad(mt), mi), hc.side_features(repad(et), ei)).S
@@ -324,8 +372,8 @@ def test_fixed_masks_missing_images(cross):
     with torch.no_grad():
         out = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
     sv = out.S_V
-    assert float(sv[1].add(0.7).abs().max()) < 1e-12          # mention without image: constant row
-    assert float(sv[:, 1].add(0.7).abs().max()) < 1e-12       # entity without image: constant column
+    assert float(sv[1].add(0.7).abs().max()) < 1e-12  # mention without image: constant row
+    assert float(sv[:, 1].add(0.7).abs().max()) < 1e-12  # entity without image: constant column
     assert abs(float(sv[0, 0]) + 0.7) > 1e-6 and abs(float(sv[0, 2]) + 0.7) > 1e-6
     assert float(out.cmfu_mention_attention[1].abs().sum()) == 0.0
     assert float(out.cmfu_entity_attention[1].abs().sum()) == 0.0
@@ -374,7 +422,9 @@ def test_repaired_token_branch_carries_the_other_modality(cross):
     """compat: V' = Match(V, t) is a softmax over ONE key, so V' = ReLU(W t) row by row and ignores the
     image (and in V2T, T' = ReLU(W v) ignores the text tokens). fixed: V' = V + Match(V, t) does not."""
     mt, mi = features(2, 11)
-    mi2 = ImageFeatures(mi.global_ + torch.randn_like(mi.global_), mi.tokens + torch.randn_like(mi.tokens), mi.has_image)
+    mi2 = ImageFeatures(
+        mi.global_ + torch.randn_like(mi.global_), mi.tokens + torch.randn_like(mi.tokens), mi.has_image
+    )
     mt2 = TextFeatures(mt.global_, mt.tokens + torch.randn_like(mt.tokens), mt.mask)
     for mode in ("compat", "fixed"):
         h = heads(mode, cross)
@@ -385,13 +435,13 @@ def test_repaired_token_branch_carries_the_other_modality(cross):
             if mode == "compat":
                 want = torch.relu(W(b0["t"]))[:, None, :].expand_as(b0["V_prime"])
                 torch.testing.assert_close(b0["V_prime"], want)
-                torch.testing.assert_close(b0["V_prime"], b_img["V_prime"])        # no image information
+                torch.testing.assert_close(b0["V_prime"], b_img["V_prime"])  # no image information
                 torch.testing.assert_close(U.multi_head_module(b0["V_prime"]), 2 * torch.relu(W(b0["t"])))
             else:
-                assert not torch.allclose(b0["V_prime"], b_img["V_prime"])         # image information
+                assert not torch.allclose(b0["V_prime"], b_img["V_prime"])  # image information
             if cross == "bidirectional":
                 if mode == "compat":
-                    torch.testing.assert_close(b0["T_prime"], b_txt["T_prime"])    # no text-token information
+                    torch.testing.assert_close(b0["T_prime"], b_txt["T_prime"])  # no text-token information
                 else:
                     assert not torch.allclose(b0["T_prime"], b_txt["T_prime"])
             # the text→patch branch t' sees the image in both modes
@@ -419,7 +469,10 @@ def test_retrieval_vector_is_the_bi_encoder_part_of_S(mode, cross):
     pairwise = w / 2 * g2l_t + w / 2 * g2l_v
     torch.testing.assert_close(rm @ re_.T + pairwise, out.S, rtol=1e-10, atol=1e-10)
     # fp16 caches (the index) give float32 vectors
-    assert h.retrieval_vector(ec.apply(lambda t: t.half() if t.is_floating_point() else t), "entity").dtype == torch.float32
+    assert (
+        h.retrieval_vector(ec.apply(lambda t: t.half() if t.is_floating_point() else t), "entity").dtype
+        == torch.float32
+    )
     with pytest.raises(ValueError):
         h.retrieval_vector(ec, "kb")
 
@@ -429,7 +482,7 @@ def test_retrieval_vector_is_the_bi_encoder_part_of_S(mode, cross):
 # ------------------------------------------------------------------------------------------------
 def test_contrastive_loss_hand_computed():
     E = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.double)
-    M = torch.tensor([[2.0, 0.0], [0.6, 0.8]], dtype=torch.double)      # row 0 gets L2-normalised
+    M = torch.tensor([[2.0, 0.0], [0.6, 0.8]], dtype=torch.double)  # row 0 gets L2-normalised
     kw = {"temperature": 0.5, "inter_weight": 1.0, "intra_weight": 0.8}
     e = math.exp
     # entity rows: inter E·M^T/τ = [[2, 1.2], [0, 1.6]]; intra E·E^T/τ with the diagonal times 0 = 0
@@ -478,7 +531,7 @@ def _loop_contrastive(E, M, tau, wi, wa, fixed, gold=None, ev=None, mv=None):
 def test_contrastive_loss_default_weights_and_fixed_masks_against_loops():
     g = torch.Generator().manual_seed(0)
     E, M = torch.randn(5, 6, generator=g, dtype=torch.double), torch.randn(5, 6, generator=g, dtype=torch.double)
-    E[3] = E[1]                                  # mentions 1 and 3 share their gold entity
+    E[3] = E[1]  # mentions 1 and 3 share their gold entity
     gold = torch.tensor([4, 9, 2, 9, 0])
     ev, mv = torch.tensor([True, True, False, True, True]), torch.tensor([True, True, True, True, False])
     for fixed in (False, True):
@@ -499,11 +552,12 @@ def test_training_loss_terms_and_duplicate_gold_masking(cross):
     et, ei = features(4, 15, has_image=[True, True, True, False])
     gold = torch.tensor([7, 7, 3, 5])
     et = TextFeatures(et.global_.clone(), et.tokens.clone(), et.mask.clone())
-    et.global_[1], et.tokens[1], et.mask[1] = et.global_[0], et.tokens[0], et.mask[0]   # same entity twice
+    et.global_[1], et.tokens[1], et.mask[1] = et.global_[0], et.tokens[0], et.mask[0]  # same entity twice
     ei.global_[1], ei.tokens[1] = ei.global_[0], ei.tokens[0]
     loss, parts = h.training_loss(mt, mi, et, ei, gold)
     names = {"L_O", "L_T", "L_V", "L_CL", "L_CL_text", "L_CL_image"} | (
-        {"L_TV", "L_VT"} if cross == "bidirectional" else {"L_C"})
+        {"L_TV", "L_VT"} if cross == "bidirectional" else {"L_C"}
+    )
     assert set(parts) == names
     ce_terms = [v for k, v in parts.items() if not k.startswith("L_CL")]
     assert abs(float(loss.detach()) - sum(ce_terms) - parts["L_CL"]) < 1e-9
@@ -519,6 +573,7 @@ def test_training_loss_terms_and_duplicate_gold_masking(cross):
         s = s.clone()
         s[0, 1] = s[1, 0] = float("-inf")
         return s
+
     assert abs(parts["L_O"] - float(ce(masked(out.S), lab))) < 1e-9
     rows = torch.tensor([0, 1, 3])
     assert abs(parts["L_V"] - float(ce(masked(out.S_V)[rows], lab[rows]))) < 1e-9
@@ -526,10 +581,13 @@ def test_training_loss_terms_and_duplicate_gold_masking(cross):
         assert abs(parts["L_VT"] - float(ce(masked(out.extras["s_vt"]), lab))) < 1e-9
         assert abs(parts["L_TV"] - float(ce(masked(out.extras["s_tv"]), lab))) < 1e-9
     v_raw = lambda i: h.image_cls_fc(i.global_)
-    want_img = weighted_contrastive_loss(v_raw(ei), v_raw(mi), fixed=True, gold=gold,
-                                         entity_valid=ei.has_image, mention_valid=mi.has_image)
+    want_img = weighted_contrastive_loss(
+        v_raw(ei), v_raw(mi), fixed=True, gold=gold, entity_valid=ei.has_image, mention_valid=mi.has_image
+    )
     assert abs(parts["L_CL_image"] - float(want_img.detach())) < 1e-9
-    assert abs(parts["L_CL_text"] - float(weighted_contrastive_loss(et.global_, mt.global_, fixed=True, gold=gold))) < 1e-9
+    assert (
+        abs(parts["L_CL_text"] - float(weighted_contrastive_loss(et.global_, mt.global_, fixed=True, gold=gold))) < 1e-9
+    )
     # compat: no de-duplication, the placeholder images take part
     hc = heads("compat", cross)
     _, pc = hc.training_loss(mt, mi, et, ei, gold)
@@ -545,8 +603,10 @@ def test_loss_is_finite_for_a_text_only_batch(mode, cross):
     h = heads(mode, cross).float().train()
     mt, mi = features(3, 16, lengths=[2, 3, 6], has_image=[False, False, False])
     et, ei = features(3, 17, lengths=[1, 6, 4], has_image=[False, False, False])
-    cast = lambda t, i: (TextFeatures(t.global_.float(), t.tokens.float(), t.mask),
-                         ImageFeatures(i.global_.float() * 0, i.tokens.float() * 0, i.has_image))
+    cast = lambda t, i: (
+        TextFeatures(t.global_.float(), t.tokens.float(), t.mask),
+        ImageFeatures(i.global_.float() * 0, i.tokens.float() * 0, i.has_image),
+    )
     mt, mi = cast(mt, mi)
     et, ei = cast(et, ei)
     loss, parts = h.training_loss(mt, mi, et, ei, torch.tensor([1, 1, 2]))
@@ -569,29 +629,34 @@ def test_training_on_synthetic_rises_far_above_chance(tiny_clip, synthetic_datas
 
     torch.manual_seed(0)
     heads_ = M3ELHeads(M3ELConfig.for_backbone(tiny_clip.dims, mode=mode, cross_modal=cross))
-    model = LinkingModel(tiny_clip, heads_)          # the backbone stays frozen: features computed once
+    model = LinkingModel(tiny_clip, heads_)  # the backbone stays frozen: features computed once
     ds, kb = synthetic_dataset, synthetic_dataset.kb
     train_m = ds.split("train")
     with torch.no_grad():
-        m_text, m_img = model.backbone_features([mention_text(m) for m in train_m],
-                                                load_images([m.image for m in train_m], mode))
-        e_text, e_img = model.backbone_features([entity_text(e) for e in kb.entities],
-                                                load_images([e.images[0] if e.images else None for e in kb.entities], mode))
+        m_text, m_img = model.backbone_features(
+            [mention_text(m) for m in train_m], load_images([m.image for m in train_m], mode)
+        )
+        e_text, e_img = model.backbone_features(
+            [entity_text(e) for e in kb.entities],
+            load_images([e.images[0] if e.images else None for e in kb.entities], mode),
+        )
 
     def take(text, image, idx):
-        return (TextFeatures(text.global_[idx], text.tokens[idx], text.mask[idx]),
-                ImageFeatures(image.global_[idx], image.tokens[idx], image.has_image[idx]))
+        return (
+            TextFeatures(text.global_[idx], text.tokens[idx], text.mask[idx]),
+            ImageFeatures(image.global_[idx], image.tokens[idx], image.has_image[idx]),
+        )
 
     gold = torch.tensor([kb.position(m.answer) for m in train_m])
     opt = torch.optim.AdamW([p for p in heads_.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
     heads_.train()
-    for epoch in range(3):
+    for _ in range(3):
         perm = torch.randperm(len(train_m), generator=g)
         tot = 0.0
         for s in range(0, len(perm), 16):
-            b = perm[s:s + 16]
+            b = perm[s : s + 16]
             if len(b) < 2:
                 continue
             loss, _ = heads_.training_loss(*take(m_text, m_img, b), *take(e_text, e_img, gold[b]), gold[b])
@@ -622,9 +687,23 @@ def test_m3el_trains_saves_and_serves_through_the_linker(synthetic_dataset, tiny
     from mimic.serving.linker import Linker
     from mimic.training.trainer import TrainConfig, train
 
-    s = train(TrainConfig(output=str(tmp_path / "run"), model="m3el", cross_modal=cross_modal,
-                          backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=4, batch_size=16,
-                          progress=False, seed=0, adam_eps=1e-8, no_decay="standard"), synthetic_dataset)
+    s = train(
+        TrainConfig(
+            output=str(tmp_path / "run"),
+            model="m3el",
+            cross_modal=cross_modal,
+            backbone=str(tiny_clip_dir),
+            freeze_backbone=True,
+            lr=3e-3,
+            epochs=4,
+            batch_size=16,
+            progress=False,
+            seed=0,
+            adam_eps=1e-8,
+            no_decay="standard",
+        ),
+        synthetic_dataset,
+    )
     assert s["test"]["H@1"] >= 0.6
     conf = read_config(tmp_path / "run" / "best")
     assert conf["model_type"] == "m3el" and conf["model_config"]["cross_modal"] == cross_modal

@@ -1,5 +1,6 @@
 """MIMIC units: shapes (batch and chunk size 1), compat numerics against a per-pair reference written
 straight from the paper's equations / the official code's order of operations, and fixed-mode fixes."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,18 @@ import torch
 from mimic.backbones.base import ImageFeatures, TextFeatures
 from mimic.models.modeling_mimic import MimicConfig, MimicHeads, in_batch_loss
 
-DIMS = dict(text_global_dim=12, text_token_dim=10, image_global_dim=8, image_token_dim=6, num_image_tokens=5,
-            dv=7, tglu_dim=4, vdlu_dim=4, cmfu_dim=4, text_max_length=6)
+DIMS = dict(
+    text_global_dim=12,
+    text_token_dim=10,
+    image_global_dim=8,
+    image_token_dim=6,
+    num_image_tokens=5,
+    dv=7,
+    tglu_dim=4,
+    vdlu_dim=4,
+    cmfu_dim=4,
+    text_max_length=6,
+)
 
 
 def features(n, seed, lengths=None, has_image=None):
@@ -20,13 +31,19 @@ def features(n, seed, lengths=None, has_image=None):
     L, P = DIMS["text_max_length"], DIMS["num_image_tokens"]
     mask = torch.ones(n, L, dtype=torch.bool)
     if lengths is not None:
-        for i, l in enumerate(lengths):
-            mask[i, l:] = False
-    text = TextFeatures(torch.randn(n, DIMS["text_global_dim"], generator=g),
-                        torch.randn(n, L, DIMS["text_token_dim"], generator=g), mask)
+        for i, n in enumerate(lengths):
+            mask[i, n:] = False
+    text = TextFeatures(
+        torch.randn(n, DIMS["text_global_dim"], generator=g),
+        torch.randn(n, L, DIMS["text_token_dim"], generator=g),
+        mask,
+    )
     hi = torch.ones(n, dtype=torch.bool) if has_image is None else torch.tensor(has_image)
-    image = ImageFeatures(torch.randn(n, DIMS["image_global_dim"], generator=g),
-                          torch.randn(n, P, DIMS["image_token_dim"], generator=g), hi)
+    image = ImageFeatures(
+        torch.randn(n, DIMS["image_global_dim"], generator=g),
+        torch.randn(n, P, DIMS["image_token_dim"], generator=g),
+        hi,
+    )
     return text, image
 
 
@@ -64,11 +81,16 @@ def softmax(x):
 def reference_official(h: MimicHeads, m_text, m_img, e_text, e_img):
     """Per-pair loops over the official MIMICMatcher equations (compat: no masks). Returns S, S_T, S_V, S_C."""
     mt = h.matcher
+
     # encoder projections + four input LayerNorms
     def side(text, img):
-        return (ln(mt.text_cls_layernorm, to_np(text.global_)), ln(mt.text_tokens_layernorm, to_np(text.tokens)),
-                ln(mt.image_cls_layernorm, lin(h.image_cls_fc, to_np(img.global_))),
-                ln(mt.image_tokens_layernorm, lin(h.image_tokens_fc, to_np(img.tokens))))
+        return (
+            ln(mt.text_cls_layernorm, to_np(text.global_)),
+            ln(mt.text_tokens_layernorm, to_np(text.tokens)),
+            ln(mt.image_cls_layernorm, lin(h.image_cls_fc, to_np(img.global_))),
+            ln(mt.image_tokens_layernorm, lin(h.image_tokens_fc, to_np(img.tokens))),
+        )
+
     mc, mtok, mv, mvt = side(m_text, m_img)
     ec, etok, ev, evt = side(e_text, e_img)
     B, N = mc.shape[0], ec.shape[0]
@@ -87,7 +109,7 @@ def reference_official(h: MimicHeads, m_text, m_img, e_text, e_img):
     def cmfu_side(t_cls, toks):
         t = lin(cm.text_fc, t_cls)
         V = lin(cm.image_fc, toks)
-        a = softmax(V @ t)                       # no 1/sqrt(d)
+        a = softmax(V @ t)  # no 1/sqrt(d)
         return ln(cm.gate_layer_norm, t * math.tanh(float(lin(cm.gate_fc, t)[0])) + a @ V)
 
     for b in range(B):
@@ -104,19 +126,21 @@ def reference_official(h: MimicHeads, m_text, m_img, e_text, e_img):
 
 
 def as_double(text, img):
-    return (TextFeatures(text.global_.double(), text.tokens.double(), text.mask),
-            ImageFeatures(img.global_.double(), img.tokens.double(), img.has_image))
+    return (
+        TextFeatures(text.global_.double(), text.tokens.double(), text.mask),
+        ImageFeatures(img.global_.double(), img.tokens.double(), img.has_image),
+    )
 
 
 @pytest.mark.parametrize("B,N", [(3, 4), (1, 1), (1, 5), (4, 1)])
 def test_compat_matches_reference(B, N):
     h = heads("compat")
-    mt, mi = as_double(*features(B, 1, lengths=[3] * B))     # padding present: compat must ignore the mask
+    mt, mi = as_double(*features(B, 1, lengths=[3] * B))  # padding present: compat must ignore the mask
     et, ei = as_double(*features(N, 2, lengths=[4] * N))
     with torch.no_grad():
         out = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
     ref = reference_official(h, mt, mi, et, ei)
-    with torch.no_grad():   # the in-place inference path
+    with torch.no_grad():  # the in-place inference path
         fast = h(h.side_features(mt, mi), h.side_features(et, ei))
     np.testing.assert_allclose(to_np(fast.S), ref[0], rtol=1e-9, atol=1e-9)
     for got, want in zip((out.S, out.S_T, out.S_V, out.S_C), ref):
@@ -136,14 +160,18 @@ def test_fixed_mode_shapes_and_padding_invariance(B, N):
     with torch.no_grad():
         out = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
         # Changing what sits at padded positions must not change any fixed-mode score.
-        mt2 = TextFeatures(mt.global_, torch.where(mt.mask[..., None], mt.tokens, torch.randn_like(mt.tokens) * 9), mt.mask)
-        et2 = TextFeatures(et.global_, torch.where(et.mask[..., None], et.tokens, torch.randn_like(et.tokens) * 9), et.mask)
+        mt2 = TextFeatures(
+            mt.global_, torch.where(mt.mask[..., None], mt.tokens, torch.randn_like(mt.tokens) * 9), mt.mask
+        )
+        et2 = TextFeatures(
+            et.global_, torch.where(et.mask[..., None], et.tokens, torch.randn_like(et.tokens) * 9), et.mask
+        )
         out2 = h(h.side_features(mt2, mi), h.side_features(et2, ei))
     assert out.S.shape == (B, N)
     torch.testing.assert_close(out.S, out2.S)
     # padded mention tokens receive no attention
     pad = ~mt.mask
-    assert float(out.tglu_attention.transpose(2, 3)[:, pad].abs().max()) == 0.0   # [N,B,Lm,Le] indexed by [B,Lm]
+    assert float(out.tglu_attention.transpose(2, 3)[:, pad].abs().max()) == 0.0  # [N,B,Lm,Le] indexed by [B,Lm]
     # and compat DOES depend on padding (the quirk is real)
     hc = heads("compat")
     with torch.no_grad():
@@ -172,8 +200,8 @@ def test_fixed_mode_masks_missing_images():
     with torch.no_grad():
         out = h(h.side_features(mt, mi), h.side_features(et, ei), return_attention=True)
     sv = out.S_V
-    assert float(sv[1].sub(-3.0).abs().max()) == 0.0          # mention without image: constant row
-    assert float(sv[:, 1].sub(-3.0).abs().max()) == 0.0       # entity without image: constant column
+    assert float(sv[1].sub(-3.0).abs().max()) == 0.0  # mention without image: constant row
+    assert float(sv[:, 1].sub(-3.0).abs().max()) == 0.0  # entity without image: constant column
     assert abs(float(sv[0, 0]) + 3.0) > 1e-6 and abs(float(sv[0, 2]) + 3.0) > 1e-6
     assert float(out.cmfu_mention_attention[1].abs().sum()) == 0.0
     assert float(out.cmfu_entity_attention[1].abs().sum()) == 0.0
@@ -192,9 +220,10 @@ def test_loss_terms_and_duplicate_masking():
 
     class Out:
         pass
+
     out = Out()
     out.S, out.S_T, out.S_V, out.S_C = S
-    gold = torch.tensor([7, 7, 3, 5])        # mentions 0 and 1 share their gold entity
+    gold = torch.tensor([7, 7, 3, 5])  # mentions 0 and 1 share their gold entity
     has = torch.tensor([True, True, False, True])
     compat, parts_c = in_batch_loss(out, gold, has, fixed=False)
     fixed, parts_f = in_batch_loss(out, gold, has, fixed=True)
@@ -202,11 +231,13 @@ def test_loss_terms_and_duplicate_masking():
     lab = torch.arange(4)
     want_c = sum(ce(s, lab) for s in S)
     torch.testing.assert_close(compat, want_c)
+
     # fixed: column 1 is no negative for row 0 and column 0 none for row 1; row 2 leaves L_V
     def masked(s):
         s = s.clone()
         s[0, 1] = s[1, 0] = float("-inf")
         return s
+
     rows = torch.tensor([0, 1, 3])
     want_f = ce(masked(S[0]), lab) + ce(masked(S[1]), lab) + ce(masked(S[2])[rows], lab[rows]) + ce(masked(S[3]), lab)
     torch.testing.assert_close(fixed, want_f)
@@ -215,8 +246,19 @@ def test_loss_terms_and_duplicate_masking():
 
 def test_hand_computed_cmfu_attention_has_no_scaling():
     """Tiny example computed by hand: identity weights, so the logits are plain dot products."""
-    cfg = MimicConfig(mode="compat", text_global_dim=2, text_token_dim=2, image_global_dim=2, image_token_dim=2,
-                      num_image_tokens=2, dv=2, tglu_dim=2, vdlu_dim=2, cmfu_dim=2, text_max_length=2)
+    cfg = MimicConfig(
+        mode="compat",
+        text_global_dim=2,
+        text_token_dim=2,
+        image_global_dim=2,
+        image_token_dim=2,
+        num_image_tokens=2,
+        dv=2,
+        tglu_dim=2,
+        vdlu_dim=2,
+        cmfu_dim=2,
+        text_max_length=2,
+    )
     h = MimicHeads(cfg).double()
     with torch.no_grad():
         for m in h.modules():
@@ -228,9 +270,12 @@ def test_hand_computed_cmfu_attention_has_no_scaling():
                     m.weight.zero_()
     # CMFU attention: t = [2, 0], patches [1, 0] and [0, 1]: logits 2 and 0 (no /sqrt(2)).
     with torch.no_grad():
-        z, attn = h.matcher.cmfu.side(torch.tensor([[2.0, 0.0]], dtype=torch.double),
-                                      torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.double),
-                                      torch.tensor([True]), fixed=False)
+        z, attn = h.matcher.cmfu.side(
+            torch.tensor([[2.0, 0.0]], dtype=torch.double),
+            torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.double),
+            torch.tensor([True]),
+            fixed=False,
+        )
     e2 = math.exp(2)
     np.testing.assert_allclose(attn.numpy(), [[e2 / (e2 + 1), 1 / (e2 + 1)]], rtol=1e-12)
     assert z.shape == (1, 2)
@@ -238,8 +283,10 @@ def test_hand_computed_cmfu_attention_has_no_scaling():
 
 def test_loss_is_finite_for_a_text_only_batch_with_duplicate_golds():
     """Regression: with no mention image L_V must be 0, not NaN (−inf masked logits times 0)."""
+
     class Out:
         pass
+
     out = Out()
     out.S, out.S_T, out.S_V, out.S_C = (torch.randn(3, 3, requires_grad=True) for _ in range(4))
     loss, parts = in_batch_loss(out, torch.tensor([1, 1, 2]), torch.tensor([False, False, False]), fixed=True)

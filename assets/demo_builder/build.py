@@ -25,6 +25,7 @@ which is fictional too.
 scikit-image and scikit-learn are needed only to *regenerate* the assets (they are dev
 dependencies); loading the committed assets needs neither.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,22 +106,32 @@ def _readme(used_photos: list[str], drawn: list[tuple[str, str]]) -> str:
         "`python -m assets.demo_builder`;",
         "needs scikit-image and scikit-learn for the sample photos). Do not edit by hand.",
         "",
-        (f"* `kb.jsonl`: {len(ENTITIES)} entities in {len(ambiguity_groups())} groups that share a name "
-         "(project JSONL KB format, `mimic.data.kb_files.load_kb`)."),
-        (f"* `examples.jsonl`: {len(EXAMPLES)} example mentions; the folder also loads as a dataset with a "
-         "split named `examples` (`mimic.data.jsonl.load_jsonl_dataset`)."),
-        ("* `images/`: entity images; `query_images/`: the examples' query images, other views (crop, "
-         "mirror, rotation, colour change) of the gold entity's image."),
+        (
+            f"* `kb.jsonl`: {len(ENTITIES)} entities in {len(ambiguity_groups())} groups that share a name "
+            "(project JSONL KB format, `mimic.data.kb_files.load_kb`)."
+        ),
+        (
+            f"* `examples.jsonl`: {len(EXAMPLES)} example mentions; the folder also loads as a dataset with a "
+            "split named `examples` (`mimic.data.jsonl.load_jsonl_dataset`)."
+        ),
+        (
+            "* `images/`: entity images; `query_images/`: the examples' query images, other views (crop, "
+            "mirror, rotation, colour change) of the gold entity's image."
+        ),
         "",
-        ("All entity descriptions were written for this project. Named organisations and products "
-         "(cafés, clubs, cinemas, vehicles, the town of Northbridge) are fictional unless the "
-         "description says otherwise."),
+        (
+            "All entity descriptions were written for this project. Named organisations and products "
+            "(cafés, clubs, cinemas, vehicles, the town of Northbridge) are fictional unless the "
+            "description says otherwise."
+        ),
         "",
         "## Photographs (public sample images shipped with scikit-image and scikit-learn)",
         "",
-        ("Resized to at most 320 px on the long side and saved as JPEG (quality 85). Licence and "
-         "source notes as given in the packages' own documentation (`skimage.data` docstrings, "
-         "scikit-learn's `datasets/images/README.txt`)."),
+        (
+            "Resized to at most 320 px on the long side and saved as JPEG (quality 85). Licence and "
+            "source notes as given in the packages' own documentation (`skimage.data` docstrings, "
+            "scikit-learn's `datasets/images/README.txt`)."
+        ),
         "",
         "| file | package | loaded with | licence / source note |",
         "|---|---|---|---|",
@@ -143,8 +154,10 @@ def _readme(used_photos: list[str], drawn: list[tuple[str, str]]) -> str:
         "",
         "## Query images",
         "",
-        ("`query_images/X??.jpg` are derived by `assets.demo_builder.build` from the gold entity's image above and carry "
-         "that image's licence."),
+        (
+            "`query_images/X??.jpg` are derived by `assets.demo_builder.build` from the gold entity's image "
+            "above and carry that image's licence."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -169,8 +182,19 @@ def build_demo_assets(out_dir: str | Path = "assets/demo_kb", overwrite: bool = 
     with atomic_dir(out, overwrite) as tmp:
         for (kind, key), img in rendered.items():
             _save(img, tmp / _image_file(kind, key))
-        _jsonl(tmp / "kb.jsonl", ({"id": e["id"], "name": e["name"], "aliases": e["aliases"], "text": e["text"],
-                                   "images": [_image_file(k, v) for k, v in e["images"]]} for e in ENTITIES))
+        _jsonl(
+            tmp / "kb.jsonl",
+            (
+                {
+                    "id": e["id"],
+                    "name": e["name"],
+                    "aliases": e["aliases"],
+                    "text": e["text"],
+                    "images": [_image_file(k, v) for k, v in e["images"]],
+                }
+                for e in ENTITIES
+            ),
+        )
         rows = []
         for n, (sentence, mention, answer, query) in enumerate(EXAMPLES, 1):
             xid = f"X{n:02d}"
@@ -183,11 +207,21 @@ def build_demo_assets(out_dir: str | Path = "assets/demo_kb", overwrite: bool = 
                 src = rendered[tuple(by_id[answer]["images"][idx])]
                 image = f"query_images/{xid}.jpg"
                 _save(_apply(src, ops), tmp / image)
-            rows.append({"id": xid, "sentence": sentence, "mention": mention, "start": start,
-                         "end": start + len(mention), "image": image, "answer": answer})
+            rows.append(
+                {
+                    "id": xid,
+                    "sentence": sentence,
+                    "mention": mention,
+                    "start": start,
+                    "end": start + len(mention),
+                    "image": image,
+                    "answer": answer,
+                }
+            )
         _jsonl(tmp / "examples.jsonl", rows)
         photos = [k for kind, k in rendered if kind == "photo"]
-        drawn = [(k, next(e["id"] for e in ENTITIES if ("draw", k) in e["images"]))
-                 for kind, k in rendered if kind == "draw"]
+        drawn = [
+            (k, next(e["id"] for e in ENTITIES if ("draw", k) in e["images"])) for kind, k in rendered if kind == "draw"
+        ]
         (tmp / "README.md").write_text(_readme(photos, drawn), encoding="utf-8", newline="\n")
     return out

@@ -3,6 +3,7 @@
 Each is drawn at 512 x 512 and downsampled (anti-aliasing without randomness), so the output is
 byte-for-byte reproducible. `DRAWINGS` maps an image key (its file name) to its function.
 """
+
 from __future__ import annotations
 
 import math
@@ -130,8 +131,11 @@ def draw_lyre_sun():  # Apollo, the god: golden sun rays and a lyre on deep blue
     img, d = _canvas((20, 30, 95))
     for k in range(16):
         a = k * math.pi / 8
-        d.line([(256 + 150 * math.cos(a), 256 + 150 * math.sin(a)),
-                (256 + 240 * math.cos(a), 256 + 240 * math.sin(a))], fill=(240, 190, 40), width=14)
+        d.line(
+            [(256 + 150 * math.cos(a), 256 + 150 * math.sin(a)), (256 + 240 * math.cos(a), 256 + 240 * math.sin(a))],
+            fill=(240, 190, 40),
+            width=14,
+        )
     d.ellipse([116, 116, 396, 396], fill=(250, 215, 80))
     d.arc([176, 150, 336, 380], 0, 180, fill=(120, 70, 10), width=18)
     d.line([(176, 265), (160, 150)], fill=(120, 70, 10), width=18)
@@ -147,8 +151,7 @@ def draw_butterfly():  # Apollo butterfly: white wings, black spots, red eye-spo
     rng = np.random.default_rng(11)
     for _ in range(60):  # grass blades
         x = int(rng.integers(0, 512))
-        d.line([(x, 512), (x + int(rng.integers(-30, 30)), int(rng.integers(380, 470)))],
-               fill=(70, 130, 50), width=5)
+        d.line([(x, 512), (x + int(rng.integers(-30, 30)), int(rng.integers(380, 470)))], fill=(70, 130, 50), width=5)
     d.ellipse([60, 90, 250, 280], fill=(248, 248, 240), outline=(40, 40, 40), width=5)
     d.ellipse([262, 90, 452, 280], fill=(248, 248, 240), outline=(40, 40, 40), width=5)
     d.ellipse([100, 260, 250, 410], fill=(248, 248, 240), outline=(40, 40, 40), width=5)
@@ -216,8 +219,11 @@ def draw_winged_helmet():  # Mercury, the god: a golden winged helmet on red
         base = 256 + side * 110
         for k in range(4):
             tip = (base + side * (90 + 25 * k), 110 + 35 * k)
-            d.polygon([(base, 200 + 12 * k), tip, (base + side * 30, 230 + 12 * k)], fill=(250, 250, 245),
-                      outline=(200, 200, 200))
+            d.polygon(
+                [(base, 200 + 12 * k), tip, (base + side * 30, 230 + 12 * k)],
+                fill=(250, 250, 245),
+                outline=(200, 200, 200),
+            )
     d.line([(256, 150), (256, 260)], fill=(190, 140, 20), width=8)
     return _done(img)
 
@@ -259,8 +265,18 @@ def draw_green_car():  # Jaguar (fictional sports car): a low green coupé
     img = _vgrad((512, 512), (250, 250, 252), (205, 205, 210))
     d = ImageDraw.Draw(img)
     d.rectangle([0, 370, 512, 512], fill=(170, 170, 175))
-    body = [(30, 330), (60, 280), (170, 260), (230, 200), (340, 200), (400, 258), (480, 275), (495, 330),
-            (470, 355), (40, 355)]
+    body = [
+        (30, 330),
+        (60, 280),
+        (170, 260),
+        (230, 200),
+        (340, 200),
+        (400, 258),
+        (480, 275),
+        (495, 330),
+        (470, 355),
+        (40, 355),
+    ]
     d.polygon(body, fill=(10, 80, 45))
     d.polygon([(240, 212), (330, 212), (375, 258), (200, 262)], fill=(170, 200, 215))
     d.line([(287, 212), (287, 260)], fill=(10, 80, 45), width=8)
@@ -370,7 +386,7 @@ def draw_storm_eye():  # eye of a storm: white spiral cloud bands over dark ocea
 def draw_mint_leaves():  # mint, the herb: serrated green leaves on white
     img, d = _canvas((250, 252, 248))
     d.line([(256, 500), (256, 60)], fill=(70, 120, 50), width=12)
-    for y, side in (((380, -1), (380, 1), (270, -1), (270, 1), (160, -1), (160, 1))):
+    for y, side in ((380, -1), (380, 1), (270, -1), (270, 1), (160, -1), (160, 1)):
         leaf = Image.new("RGBA", (200, 110), (0, 0, 0, 0))
         ld = ImageDraw.Draw(leaf)
         ld.ellipse([0, 0, 199, 109], fill=(60, 150, 60, 255))
@@ -536,8 +552,9 @@ def draw_pagoda_coin():  # pagoda, the gold coin: a small gold coin on dark velv
     d.ellipse([146, 146, 366, 366], outline=(240, 200, 80), width=5)
     for k, w in enumerate((150, 110, 70)):  # an embossed tiered tower
         y = 310 - k * 50
-        d.polygon([(256 - w // 2, y), (256 + w // 2, y), (256 + w // 3, y - 30), (256 - w // 3, y - 30)],
-                  fill=(185, 140, 30))
+        d.polygon(
+            [(256 - w // 2, y), (256 + w // 2, y), (256 + w // 3, y - 30), (256 - w // 3, y - 30)], fill=(185, 140, 30)
+        )
     d.polygon([(246, 180), (266, 180), (256, 160)], fill=(185, 140, 30))
     return _done(img)
 

@@ -9,6 +9,7 @@ nothing); on PostgreSQL an advisory lock gives the same effect.
 Used from the `alembic` command line (with `-x url=...` or DATABASE_URL / DATA_DIR set), it builds
 the engine from `db.config.Settings` itself.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,7 @@ try:
 except ImportError:  # run by the alembic CLI from elsewhere: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from db.models import Base  # noqa: E402
+from db.models import Base
 
 target_metadata = Base.metadata
 _PG_LOCK_KEY = 7420131  # arbitrary constant shared by every process of this app
@@ -48,6 +49,7 @@ def run_migrations_online() -> None:
         return
     from db.config import Settings
     from db.engine import make_engine
+
     url = context.get_x_argument(as_dictionary=True).get("url")
     engine = make_engine(Settings.from_env(url=url))
     try:
@@ -59,8 +61,13 @@ def run_migrations_online() -> None:
 
 def run_migrations_offline() -> None:
     url = context.get_x_argument(as_dictionary=True).get("url") or "sqlite:///data/mimic_studio.sqlite3"
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"}, render_as_batch=url.startswith("sqlite"))
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.startswith("sqlite"),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,4 +1,5 @@
 """The `analyze` command: `python -m mimic analyze ...` (or `python -m mimic.analysis.cli ...`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,13 @@ from mimic.data.schema import Mention
 def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `analyze` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
-        "analyze", help="error analysis of a run (labels, H@k, recall@K, per-unit accuracy, calibration)",
+        "analyze",
+        help="error analysis of a run (labels, H@k, recall@K, per-unit accuracy, calibration)",
         description="Error analysis of one run. Input: --records FILE.jsonl (analysed before), or "
-                    "--scores FILE.npz --data DATA --split SPLIT (an `evaluate --scores-out` dump), or "
-                    "--checkpoint CKPT --index INDEX --data DATA --split SPLIT (runs the linker). "
-                    "Prints the summary as JSON.")
+        "--scores FILE.npz --data DATA --split SPLIT (an `evaluate --scores-out` dump), or "
+        "--checkpoint CKPT --index INDEX --data DATA --split SPLIT (runs the linker). "
+        "Prints the summary as JSON.",
+    )
     p.add_argument("--records", help="records JSONL written by --out-records")
     p.add_argument("--scores", help="full-KB score dump (.npz) from `evaluate --scores-out`")
     p.add_argument("--checkpoint", help="checkpoint folder (with --index: analyse the linker)")
@@ -32,13 +35,19 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--dataset-name", help="dataset label of the records (default: the dataset's name)")
     p.add_argument("--model-version", help="tag of this run (default: dump file name / index fingerprint)")
-    p.add_argument("--nil-threshold", type=float,
-                   help="answer NIL when the top S is below this (--scores; --checkpoint: overrides the index's)")
+    p.add_argument(
+        "--nil-threshold",
+        type=float,
+        help="answer NIL when the top S is below this (--scores; --checkpoint: overrides the index's)",
+    )
     p.add_argument("--shortlist", type=int, default=64, help="linker shortlist size (--checkpoint)")
     p.add_argument("--top-k", type=int, default=10, help="candidates kept per record")
     p.add_argument("--bins", type=int, default=10, help="reliability diagram bins")
-    p.add_argument("--compare", metavar="BASELINE.jsonl",
-                   help="records of an earlier version: fixed = wrong there, right in this run")
+    p.add_argument(
+        "--compare",
+        metavar="BASELINE.jsonl",
+        help="records of an earlier version: fixed = wrong there, right in this run",
+    )
     p.add_argument("--compare-csv", help="write the side-by-side comparison table here")
     p.add_argument("--out-records", help="write this run's records (JSONL) here")
     p.add_argument("--csv", help="write the per-mention table (CSV) here")
@@ -75,11 +84,16 @@ def cmd_analyze(args) -> dict:
 
 
 def _records_from_args(a) -> list[MentionAnalysis]:
-    sources = [name for name, given in (("--records", a.records), ("--scores", a.scores),
-                                        ("--checkpoint", a.checkpoint)) if given]
+    sources = [
+        name
+        for name, given in (("--records", a.records), ("--scores", a.scores), ("--checkpoint", a.checkpoint))
+        if given
+    ]
     if len(sources) != 1:
-        raise ValueError("give exactly one input: --records FILE.jsonl, --scores FILE.npz --data DATA, or "
-                         f"--checkpoint CKPT --index INDEX --data DATA (got {', '.join(sources) or 'none'})")
+        raise ValueError(
+            "give exactly one input: --records FILE.jsonl, --scores FILE.npz --data DATA, or "
+            f"--checkpoint CKPT --index INDEX --data DATA (got {', '.join(sources) or 'none'})"
+        )
     if a.records:
         return load_records(a.records)
     if not a.data:
@@ -115,12 +129,24 @@ def _records_from_dump(a, ds, mentions: list[Mention], name: str) -> list[Mentio
     expected = np.array([ds.kb.position(m.answer) for m in mentions], dtype=np.int64)
     if not np.array_equal(expected, gold):
         i = int(np.flatnonzero(expected != gold)[0])
-        raise ValueError(f"{a.scores} does not match split {a.split!r} of {a.data}: mention {mentions[i].id!r} "
-                         f"(row {i}) has gold position {int(gold[i])} in the dump, {int(expected[i])} in the data")
-    return analyze_score_arrays(S, arrays.get("S_T"), arrays.get("S_V"), arrays.get("S_C"), gold,
-                                [e.id for e in ds.kb], kb_names=[e.name for e in ds.kb], mentions=mentions,
-                                dataset=name, model_version=a.model_version or Path(a.scores).stem,
-                                nil_threshold=a.nil_threshold, top_k=a.top_k)
+        raise ValueError(
+            f"{a.scores} does not match split {a.split!r} of {a.data}: mention {mentions[i].id!r} "
+            f"(row {i}) has gold position {int(gold[i])} in the dump, {int(expected[i])} in the data"
+        )
+    return analyze_score_arrays(
+        S,
+        arrays.get("S_T"),
+        arrays.get("S_V"),
+        arrays.get("S_C"),
+        gold,
+        [e.id for e in ds.kb],
+        kb_names=[e.name for e in ds.kb],
+        mentions=mentions,
+        dataset=name,
+        model_version=a.model_version or Path(a.scores).stem,
+        nil_threshold=a.nil_threshold,
+        top_k=a.top_k,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m mimic.analysis.cli ...

@@ -11,9 +11,10 @@ from a list of such records, so they work the same for any source. The builders:
 Records saved earlier are read back with `mimic.analysis.records.load_records`, where the record's
 fields and its labels are described.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mimic.analysis.records import SCORES, UNITS, MentionAnalysis, classify, finite_or_none, outranked_by_units
 from mimic.data.schema import Mention
@@ -24,9 +25,15 @@ def _is_nil_gold(g) -> bool:
     return g is None or (isinstance(g, str) and g.strip().lower() in ("", "nil"))
 
 
-def analyze_link_results(results: Sequence, gold_ids: Sequence[str | None], *, dataset: str = "",
-                         mention_ids: Sequence[str] | None = None, model_version: str = "",
-                         top_k: int = 10) -> list[MentionAnalysis]:
+def analyze_link_results(
+    results: Sequence,
+    gold_ids: Sequence[str | None],
+    *,
+    dataset: str = "",
+    mention_ids: Sequence[str] | None = None,
+    model_version: str = "",
+    top_k: int = 10,
+) -> list[MentionAnalysis]:
     """Records from `mimic.serving.linker.LinkResult`s (one per mention) and their golds.
 
     gold_ids[i]: the gold entity id of results[i], or None / "nil" for a NIL gold (pass None too for
@@ -46,9 +53,11 @@ def analyze_link_results(results: Sequence, gold_ids: Sequence[str | None], *, d
     for mid, res, gold in zip(mention_ids, results, gold_ids):
         gold = None if _is_nil_gold(gold) else gold
         if len(res.candidates) < res.shortlist_size:
-            raise ValueError(f"mention {mid!r}: the result holds {len(res.candidates)} of its "
-                             f"{res.shortlist_size} shortlisted candidates; link with top_k >= the "
-                             "shortlist so that a retrieval miss can be told apart")
+            raise ValueError(
+                f"mention {mid!r}: the result holds {len(res.candidates)} of its "
+                f"{res.shortlist_size} shortlisted candidates; link with top_k >= the "
+                "shortlist so that a retrieval miss can be told apart"
+            )
         # Sorted by the final rank; the linker already returns them so, but records from
         # elsewhere may not, and the tie order below relies on it.
         cands = sorted((_candidate_dict(c) for c in res.candidates), key=lambda c: c["rank"])
@@ -58,22 +67,41 @@ def analyze_link_results(results: Sequence, gold_ids: Sequence[str | None], *, d
         unit_ranks = {u: _rank_among(cands, gi, u) for u in UNITS}
         top = cands[0] if cands else None
         nil = bool(res.nil) or top is None
-        records.append(MentionAnalysis(
-            mention_id=str(mid), dataset=dataset, sentence=res.sentence, mention=res.mention,
-            has_image=bool(res.has_image), gold=gold, retrieved=gi is not None,
-            shortlist_size=int(res.shortlist_size), gold_rank=gold_rank,
-            predicted=None if nil else top["entity_id"], nil_predicted=nil, candidates=cands[:top_k],
-            gold_scores=gold_scores, label=classify(gold, gi is not None, gold_rank, nil),
-            outranked_by=outranked_by_units(top, gold_scores, gold_rank), unit_ranks=unit_ranks,
-            model_version=model_version))
+        records.append(
+            MentionAnalysis(
+                mention_id=str(mid),
+                dataset=dataset,
+                sentence=res.sentence,
+                mention=res.mention,
+                has_image=bool(res.has_image),
+                gold=gold,
+                retrieved=gi is not None,
+                shortlist_size=int(res.shortlist_size),
+                gold_rank=gold_rank,
+                predicted=None if nil else top["entity_id"],
+                nil_predicted=nil,
+                candidates=cands[:top_k],
+                gold_scores=gold_scores,
+                label=classify(gold, gi is not None, gold_rank, nil),
+                outranked_by=outranked_by_units(top, gold_scores, gold_rank),
+                unit_ranks=unit_ranks,
+                model_version=model_version,
+            )
+        )
     return records
 
 
 def _candidate_dict(c) -> dict:
     get = c.get if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
-    return {"entity_id": get("entity_id"), "name": get("name", ""), "S": float(get("S")),
-            **{u: finite_or_none(get(u)) for u in UNITS}, "rank": int(get("rank")),
-            "margin": finite_or_none(get("margin")), "retrievers": list(get("retrievers", None) or [])}
+    return {
+        "entity_id": get("entity_id"),
+        "name": get("name", ""),
+        "S": float(get("S")),
+        **{u: finite_or_none(get(u)) for u in UNITS},
+        "rank": int(get("rank")),
+        "margin": finite_or_none(get("margin")),
+        "retrievers": list(get("retrievers", None) or []),
+    }
 
 
 def _rank_among(cands: list[dict], gi: int | None, unit: str) -> int | None:
@@ -86,8 +114,15 @@ def _rank_among(cands: list[dict], gi: int | None, unit: str) -> int | None:
     return 1 + higher + tied_before
 
 
-def analyze_linker(linker, mentions: Sequence[Mention], *, dataset: str = "", model_version: str = "",
-                   top_k: int = 10, batch_size: int = 32) -> list[MentionAnalysis]:
+def analyze_linker(
+    linker,
+    mentions: Sequence[Mention],
+    *,
+    dataset: str = "",
+    model_version: str = "",
+    top_k: int = 10,
+    batch_size: int = 32,
+) -> list[MentionAnalysis]:
     """Link dataset mentions with `linker` (shortlist fully kept, no explanations) and analyse them.
 
     A gold id that is not in the linker's index is treated as NIL: for this KB it is out of KB.
@@ -98,10 +133,15 @@ def analyze_linker(linker, mentions: Sequence[Mention], *, dataset: str = "", mo
     golds = [m.answer if (m.answer is not None and m.answer in position) else None for m in mentions]
     results = []
     for s in range(0, len(mentions), batch_size):
-        chunk = mentions[s:s + batch_size]
-        queries = [{"sentence": m.sentence, "image": m.image,
-                    "mention": (m.start, m.end) if m.start is not None and m.end is not None else m.mention}
-                    for m in chunk]
+        chunk = mentions[s : s + batch_size]
+        queries = [
+            {
+                "sentence": m.sentence,
+                "image": m.image,
+                "mention": (m.start, m.end) if m.start is not None and m.end is not None else m.mention,
+            }
+            for m in chunk
+        ]
         try:
             results += linker.link_batch(queries, top_k=linker.shortlist, explain=False)
         except LinkInputError:
@@ -112,5 +152,6 @@ def analyze_linker(linker, mentions: Sequence[Mention], *, dataset: str = "", mo
                 except LinkInputError as exc:
                     raise ValueError(f"mention {m.id!r}: {exc}") from None
     version = model_version or str(getattr(linker.index, "fingerprint", "") or "")
-    return analyze_link_results(results, golds, dataset=dataset, mention_ids=[m.id for m in mentions],
-                                model_version=version, top_k=top_k)
+    return analyze_link_results(
+        results, golds, dataset=dataset, mention_ids=[m.id for m in mentions], model_version=version, top_k=top_k
+    )

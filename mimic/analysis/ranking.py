@@ -13,14 +13,15 @@ Two strategies:
 Peak memory is bounded by batch × KB for one score row buffer and batch × chunk for the pairwise
 intermediates; `--scores-out` streams [mentions, entities] arrays to disk through memory maps.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,9 +60,13 @@ class _ScoreWriter:
 
     def __init__(self, path: str | Path, m: int, n: int):
         self.path = Path(path)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".scores-", dir=self.path.parent if self.path.parent.exists() else None))
-        self.arrays = {k: np.lib.format.open_memmap(self.tmp / f"{k}.npy", mode="w+", dtype=np.float32, shape=(m, n))
-                       for k in self.NAMES}
+        self.tmp = Path(
+            tempfile.mkdtemp(prefix=".scores-", dir=self.path.parent if self.path.parent.exists() else None)
+        )
+        self.arrays = {
+            k: np.lib.format.open_memmap(self.tmp / f"{k}.npy", mode="w+", dtype=np.float32, shape=(m, n))
+            for k in self.NAMES
+        }
         self.gold = np.zeros(m, dtype=np.int64)
         self.rank = np.zeros(m, dtype=np.int64)
 
@@ -86,22 +91,37 @@ class _ScoreWriter:
 
 
 @torch.no_grad()
-def encode_kb_sides(model: LinkingModel, kb: KnowledgeBase, batch_size: int = 64, progress: bool = False,
-                    image_stats: ImageLoadStats | None = None) -> SideFeatures:
+def encode_kb_sides(
+    model: LinkingModel,
+    kb: KnowledgeBase,
+    batch_size: int = 64,
+    progress: bool = False,
+    image_stats: ImageLoadStats | None = None,
+) -> SideFeatures:
     """Raw (LayerNorm'd) entity features for the `official` strategy (what its KB cache holds)."""
     parts = []
     ents = kb.entities
     for s in range(0, len(ents), batch_size):
-        chunk = ents[s:s + batch_size]
+        chunk = ents[s : s + batch_size]
         imgs = load_images([e.images[0] if e.images else None for e in chunk], model.config.mode, image_stats)
         parts.append(model.encode([entity_text(e) for e in chunk], imgs))
     return SideFeatures(**{k: torch.cat([getattr(p, k) for p in parts]) for k in SideFeatures.__dataclass_fields__})
 
 
 @torch.no_grad()
-def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention], *, batch_size: int = 32,
-             chunk_size: int = 1024, strategy: str = "precomputed", entity_cache: EntityCache | None = None,
-             scores_out: str | Path | None = None, progress: bool = False, kb_batch_size: int = 64) -> dict:
+def evaluate(
+    model: LinkingModel,
+    kb: KnowledgeBase,
+    mentions: Sequence[Mention],
+    *,
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    strategy: str = "precomputed",
+    entity_cache: EntityCache | None = None,
+    scores_out: str | Path | None = None,
+    progress: bool = False,
+    kb_batch_size: int = 64,
+) -> dict:
     """Rank every mention against the whole KB. Returns metrics plus counts and timings."""
     model.eval()
     device = model.device
@@ -111,8 +131,11 @@ def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention]
     stats = ImageLoadStats()
     t0 = time.perf_counter()
     if strategy == "precomputed":
-        ecache = entity_cache if entity_cache is not None else model.entity_cache(
-            kb.entities, batch_size=kb_batch_size, progress=progress, image_stats=stats)
+        ecache = (
+            entity_cache
+            if entity_cache is not None
+            else model.entity_cache(kb.entities, batch_size=kb_batch_size, progress=progress, image_stats=stats)
+        )
         ecache = ecache.apply(lambda t: t.to(device))
         raw = None
     elif strategy == "official":
@@ -140,7 +163,7 @@ def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention]
     t1 = time.perf_counter()
     try:
         for s in it:
-            idx = np.asarray(m_order[s:s + batch_size])
+            idx = np.asarray(m_order[s : s + batch_size])
             batch = [mentions[i] for i in idx]
             mc = model.mention_cache(batch, image_stats=stats)
             gold = torch.tensor([kb.position(m.answer) for m in batch], device=device)
@@ -149,7 +172,7 @@ def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention]
                 sl = slice(c, min(c + chunk_size, N))
                 if raw is not None:
                     side = SideFeatures(**{k: getattr(raw, k)[sl] for k in SideFeatures.__dataclass_fields__})
-                    ec = model.heads.entity_cache(side)          # recomputed for every batch (official)
+                    ec = model.heads.entity_cache(side)  # recomputed for every batch (official)
                 else:
                     ec = ecache[sl]
                 out = model.heads.score(mc, ec)
@@ -168,9 +191,15 @@ def evaluate(model: LinkingModel, kb: KnowledgeBase, mentions: Sequence[Mention]
         raise
     t_rank = time.perf_counter() - t1
     res = metrics_from_ranks(ranks)
-    res.update({"entities": N, "strategy": strategy, "kb_encode_seconds": round(t_kb, 3),
-                "rank_seconds": round(t_rank, 3),
-                "mentions_per_second": round(M / t_rank, 2) if t_rank > 0 else None,
-                "images": dict(stats)})
+    res.update(
+        {
+            "entities": N,
+            "strategy": strategy,
+            "kb_encode_seconds": round(t_kb, 3),
+            "rank_seconds": round(t_rank, 3),
+            "mentions_per_second": round(M / t_rank, 2) if t_rank > 0 else None,
+            "images": dict(stats),
+        }
+    )
     res["ranks"] = ranks.tolist()
     return res

@@ -39,13 +39,14 @@ descending score, so among equal scores the earlier KB position (or earlier cand
 
 Saved files hold one record per line (`save_records` / `load_records`).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
 from mimic.atomic import write_text_atomic
 from mimic.data.json_files import read_jsonl
@@ -134,15 +135,34 @@ def save_records(records: Sequence[MentionAnalysis], path: str | Path) -> Path:
 
 _STR, _INT, _BOOL, _NUM = (str,), (int,), (bool,), (int, float)
 _FIELD_TYPES = {  # name -> (accepted types, null allowed)
-    "mention_id": (_STR, False), "dataset": (_STR, False), "sentence": (_STR, False), "mention": (_STR, False),
-    "has_image": (_BOOL, False), "gold": (_STR, True), "retrieved": (_BOOL, False),
-    "shortlist_size": (_INT, False), "gold_rank": (_INT, True), "predicted": (_STR, True),
-    "nil_predicted": (_BOOL, False), "candidates": ((list,), False), "gold_scores": ((dict,), True),
-    "label": (_STR, False), "outranked_by": ((list,), False), "unit_ranks": ((dict,), False),
+    "mention_id": (_STR, False),
+    "dataset": (_STR, False),
+    "sentence": (_STR, False),
+    "mention": (_STR, False),
+    "has_image": (_BOOL, False),
+    "gold": (_STR, True),
+    "retrieved": (_BOOL, False),
+    "shortlist_size": (_INT, False),
+    "gold_rank": (_INT, True),
+    "predicted": (_STR, True),
+    "nil_predicted": (_BOOL, False),
+    "candidates": ((list,), False),
+    "gold_scores": ((dict,), True),
+    "label": (_STR, False),
+    "outranked_by": ((list,), False),
+    "unit_ranks": ((dict,), False),
     "model_version": (_STR, False),
 }
-_CANDIDATE_TYPES = {"entity_id": (_STR, False), "name": (_STR, False), "S": (_NUM, False), "S_T": (_NUM, True),
-                    "S_V": (_NUM, True), "S_C": (_NUM, True), "rank": (_INT, False), "margin": (_NUM, True)}
+_CANDIDATE_TYPES = {
+    "entity_id": (_STR, False),
+    "name": (_STR, False),
+    "S": (_NUM, False),
+    "S_T": (_NUM, True),
+    "S_V": (_NUM, True),
+    "S_C": (_NUM, True),
+    "rank": (_INT, False),
+    "margin": (_NUM, True),
+}
 
 
 def _check(value, types, nullable: bool) -> bool:
@@ -150,7 +170,7 @@ def _check(value, types, nullable: bool) -> bool:
         return nullable
     if bool in types:
         return isinstance(value, bool)
-    return isinstance(value, types) and not isinstance(value, bool)   # JSON true is not a number
+    return isinstance(value, types) and not isinstance(value, bool)  # JSON true is not a number
 
 
 def load_records(path: str | Path) -> list[MentionAnalysis]:
@@ -170,8 +190,11 @@ def _parse_record(obj: dict, path: Path, lineno: int) -> MentionAnalysis:
         if name not in obj:
             raise err("missing field", name)
         if not _check(obj[name], types, nullable):
-            raise err(f"expected {' or '.join(t.__name__ for t in types)}{' or null' if nullable else ''}, "
-                      f"got {json.dumps(obj[name])[:40]}", name)
+            raise err(
+                f"expected {' or '.join(t.__name__ for t in types)}{' or null' if nullable else ''}, "
+                f"got {json.dumps(obj[name])[:40]}",
+                name,
+            )
     if obj["label"] not in LABELS:
         raise err(f"unknown label {obj['label']!r} (known: {', '.join(LABELS)})", "label")
     for i, c in enumerate(obj["candidates"]):
@@ -193,8 +216,10 @@ def _parse_record(obj: dict, path: Path, lineno: int) -> MentionAnalysis:
     # The label is derived, so it must agree with the facts it is derived from.
     expected = classify(obj["gold"], obj["retrieved"], obj["gold_rank"], obj["nil_predicted"])
     if obj["label"] != expected:
-        raise err(f"label {obj['label']!r} contradicts gold/retrieved/gold_rank/nil_predicted "
-                  f"(they give {expected!r})", "label")
+        raise err(
+            f"label {obj['label']!r} contradicts gold/retrieved/gold_rank/nil_predicted (they give {expected!r})",
+            "label",
+        )
     kw = {f.name: obj[f.name] for f in fields(MentionAnalysis)}
     kw["candidates"] = [{**c, "retrievers": list(c.get("retrievers") or [])} for c in obj["candidates"]]
     kw["unit_ranks"] = {u: obj["unit_ranks"].get(u) for u in UNITS}

@@ -4,12 +4,13 @@ Every mention was scored against every entity, so there is no retrieval stage: t
 block by block (memory-mapped) and each row's ranking, top candidates and unit ranks are computed
 with numpy, tie-broken like `mimic.analysis.ranking.ranks_from_scores`.
 """
+
 from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -17,11 +18,30 @@ from mimic.analysis.records import UNITS, MentionAnalysis, classify, finite_or_n
 from mimic.data.schema import Mention
 
 
-def analyze_score_arrays(S, S_T, S_V, S_C, gold_positions, kb_ids: Sequence[str], *,
-                         mentions: Sequence[Mention] | None = None, mention_ids: Sequence[str] | None = None,
-                         kb_names: Sequence[str] | None = None, dataset: str = "", model_version: str = "",
-                         nil_threshold: float | None = None, top_k: int = 10,
-                         rows_per_chunk: int | None = None) -> list[MentionAnalysis]:
+def _gold_rank(a: np.ndarray, rows: np.ndarray, gold_pos: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Stable rank of the gold in each row of `a` (as mimic.analysis.ranking.ranks_from_scores):
+    1 + entities scored higher + equal-scored entities placed before the gold in KB order."""
+    g = a[rows, gold_pos][:, None]
+    return (a > g).sum(1) + ((a == g) & before).sum(1) + 1
+
+
+def analyze_score_arrays(
+    S,
+    S_T,
+    S_V,
+    S_C,
+    gold_positions,
+    kb_ids: Sequence[str],
+    *,
+    mentions: Sequence[Mention] | None = None,
+    mention_ids: Sequence[str] | None = None,
+    kb_names: Sequence[str] | None = None,
+    dataset: str = "",
+    model_version: str = "",
+    nil_threshold: float | None = None,
+    top_k: int = 10,
+    rows_per_chunk: int | None = None,
+) -> list[MentionAnalysis]:
     """Records from a full-KB score dump (every mention scored against every entity).
 
     S, S_T, S_V, S_C: [M, N] arrays (numpy or memory maps, see `load_score_dump`); a unit may be
@@ -59,7 +79,7 @@ def analyze_score_arrays(S, S_T, S_V, S_C, gold_positions, kb_ids: Sequence[str]
         raise ValueError("top_k must be at least 1")
     names = list(kb_names) if kb_names is not None else [""] * N
     chunk = rows_per_chunk or max(1, (1 << 24) // max(N, 1))
-    kk = min(top_k + 1, N)          # one more than shown, so the last shown candidate has a margin
+    kk = min(top_k + 1, N)  # one more than shown, so the last shown candidate has a margin
     pos = np.arange(N)[None, :]
     records = []
     for start in range(0, M, chunk):
@@ -73,21 +93,18 @@ def analyze_score_arrays(S, S_T, S_V, S_C, gold_positions, kb_ids: Sequence[str]
         g_pos = gold[start:stop]
         in_kb = g_pos >= 0
         gp = np.where(in_kb, g_pos, 0)
-        before = pos < gp[:, None]       # entities placed before the gold in KB order (tie-break)
+        before = pos < gp[:, None]  # entities placed before the gold in KB order (tie-break)
 
-        def rank_of(a):
-            """Stable rank of the gold in each row of `a` (as mimic.analysis.ranking.ranks_from_scores)."""
-            g = a[rows, gp][:, None]
-            return (a > g).sum(1) + ((a == g) & before).sum(1) + 1
-
-        gold_rank = rank_of(s)
+        gold_rank = _gold_rank(s, rows, gp, before)
         unit_vals, unit_rank = {}, {}
         for u, arr in units.items():
             if arr is None:
                 continue
             ua = np.asarray(arr[start:stop])
             unit_vals[u] = ua
-            unit_rank[u] = rank_of(ua)      # NaN compares false, so inapplicable entities never outrank
+            unit_rank[u] = _gold_rank(
+                ua, rows, gp, before
+            )  # NaN compares false, so inapplicable entities never outrank
 
         # Top kk per row: the kk-th largest value bounds them; sorting the (few) entities at or above
         # it by (-score, position) gives the exact stable order even through ties at the boundary.
@@ -98,31 +115,54 @@ def analyze_score_arrays(S, S_T, S_V, S_C, gold_positions, kb_ids: Sequence[str]
             cands = []
             for r, j in enumerate(order[:top_k]):
                 nxt = float(s[i, order[r + 1]]) if r + 1 < len(order) else None
-                cands.append({"entity_id": kb_ids[j], "name": names[j], "S": float(s[i, j]),
-                              **{u: (finite_or_none(unit_vals[u][i, j]) if u in unit_vals else None) for u in UNITS},
-                              "rank": r + 1, "margin": float(s[i, j]) - nxt if nxt is not None else None,
-                              "retrievers": []})
+                cands.append(
+                    {
+                        "entity_id": kb_ids[j],
+                        "name": names[j],
+                        "S": float(s[i, j]),
+                        **{u: (finite_or_none(unit_vals[u][i, j]) if u in unit_vals else None) for u in UNITS},
+                        "rank": r + 1,
+                        "margin": float(s[i, j]) - nxt if nxt is not None else None,
+                        "retrievers": [],
+                    }
+                )
             g = int(gp[i])
             if in_kb[i]:
                 gold_id = kb_ids[g]
-                gold_scores = {"S": float(s[i, g]),
-                               **{u: (finite_or_none(unit_vals[u][i, g]) if u in unit_vals else None) for u in UNITS}}
+                gold_scores = {
+                    "S": float(s[i, g]),
+                    **{u: (finite_or_none(unit_vals[u][i, g]) if u in unit_vals else None) for u in UNITS},
+                }
                 rank = int(gold_rank[i])
-                u_ranks = {u: (int(unit_rank[u][i]) if u in unit_vals and gold_scores[u] is not None else None)
-                           for u in UNITS}
+                u_ranks = {
+                    u: (int(unit_rank[u][i]) if u in unit_vals and gold_scores[u] is not None else None) for u in UNITS
+                }
             else:
                 gold_id, gold_scores, rank, u_ranks = None, None, None, {u: None for u in UNITS}
             top = cands[0]
             nil = nil_threshold is not None and top["S"] < nil_threshold
             m = mentions[start + i] if mentions is not None else None
-            records.append(MentionAnalysis(
-                mention_id=str(mention_ids[start + i]), dataset=dataset,
-                sentence=m.sentence if m else "", mention=m.mention if m else "",
-                has_image=bool(m and m.image), gold=gold_id, retrieved=bool(in_kb[i]), shortlist_size=N,
-                gold_rank=rank, predicted=None if nil else top["entity_id"], nil_predicted=nil,
-                candidates=cands, gold_scores=gold_scores, label=classify(gold_id, bool(in_kb[i]), rank, nil),
-                outranked_by=outranked_by_units(top, gold_scores, rank), unit_ranks=u_ranks,
-                model_version=model_version))
+            records.append(
+                MentionAnalysis(
+                    mention_id=str(mention_ids[start + i]),
+                    dataset=dataset,
+                    sentence=m.sentence if m else "",
+                    mention=m.mention if m else "",
+                    has_image=bool(m and m.image),
+                    gold=gold_id,
+                    retrieved=bool(in_kb[i]),
+                    shortlist_size=N,
+                    gold_rank=rank,
+                    predicted=None if nil else top["entity_id"],
+                    nil_predicted=nil,
+                    candidates=cands,
+                    gold_scores=gold_scores,
+                    label=classify(gold_id, bool(in_kb[i]), rank, nil),
+                    outranked_by=outranked_by_units(top, gold_scores, rank),
+                    unit_ranks=u_ranks,
+                    model_version=model_version,
+                )
+            )
     return records
 
 
@@ -158,8 +198,9 @@ def load_score_dump(path: str | Path) -> dict[str, np.ndarray]:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = read(f)
                 if not dtype.hasobject and int(np.prod(shape)) > 0:
-                    arr = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                                    order="F" if fortran else "C")
+                    arr = np.memmap(
+                        path, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order="F" if fortran else "C"
+                    )
             if arr is None:
                 with np.load(path, allow_pickle=False) as z:
                     arr = z[name]

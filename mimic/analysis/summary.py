@@ -1,8 +1,9 @@
 """What a list of error-analysis records adds up to: counts and metrics of a run (`summarize`), the
 reliability of its top score, filters, and the comparison of two runs on the mentions they share."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -35,9 +36,15 @@ def summarize(records: Sequence[MentionAnalysis], n_bins: int = 10) -> dict:
     ranks = np.array([r.gold_rank if r.gold_rank is not None else np.inf for r in in_kb], dtype=np.float64)
     ranked = ranks[np.isfinite(ranks)]
     ranking = {f"H@{k}": float((ranks <= k).mean()) if len(ranks) else None for k in HITS}
-    ranking.update({"MRR": float((1.0 / ranks).mean()) if len(ranks) else None,
-                    "MR": float(ranked.mean()) if len(ranked) else None,
-                    "count": len(in_kb), "ranked": int(len(ranked)), "unranked": int(len(ranks) - len(ranked))})
+    ranking.update(
+        {
+            "MRR": float((1.0 / ranks).mean()) if len(ranks) else None,
+            "MR": float(ranked.mean()) if len(ranked) else None,
+            "count": len(in_kb),
+            "ranked": int(len(ranked)),
+            "unranked": int(len(ranks) - len(ranked)),
+        }
+    )
     recall = {str(k): float((ranks <= k).mean()) if len(ranks) else None for k in RECALL_KS}
     recall["shortlist"] = float(np.mean([r.retrieved for r in in_kb])) if in_kb else None
     unit_first = {"S": [r.gold_rank == 1 for r in in_kb]}
@@ -81,8 +88,15 @@ def reliability_table(records: Sequence[MentionAnalysis], n_bins: int = 10) -> d
     with it loosely).
     """
     top = [(r.candidates[0]["S"], r.candidates[0]["entity_id"] == r.gold) for r in records if r.candidates]
-    table = {"n_bins": n_bins, "binning": "equal-width over min-max normalised top S", "count": len(top),
-             "score_min": None, "score_max": None, "ece": None, "bins": []}
+    table = {
+        "n_bins": n_bins,
+        "binning": "equal-width over min-max normalised top S",
+        "count": len(top),
+        "score_min": None,
+        "score_max": None,
+        "ece": None,
+        "bins": [],
+    }
     if not top:
         return table
     s = np.array([t[0] for t in top], dtype=np.float64)
@@ -98,10 +112,19 @@ def reliability_table(records: Sequence[MentionAnalysis], n_bins: int = 10) -> d
         mc = float(conf[m].mean()) if k else None
         if k:
             ece += k / len(s) * abs(acc - mc)
-        table["bins"].append({"bin": b, "lo": b / n_bins, "hi": (b + 1) / n_bins,
-                              "score_lo": lo + (hi - lo) * b / n_bins, "score_hi": lo + (hi - lo) * (b + 1) / n_bins,
-                              "count": k, "accuracy": acc, "mean_confidence": mc,
-                              "mean_score": float(s[m].mean()) if k else None})
+        table["bins"].append(
+            {
+                "bin": b,
+                "lo": b / n_bins,
+                "hi": (b + 1) / n_bins,
+                "score_lo": lo + (hi - lo) * b / n_bins,
+                "score_hi": lo + (hi - lo) * (b + 1) / n_bins,
+                "count": k,
+                "accuracy": acc,
+                "mean_confidence": mc,
+                "mean_score": float(s[m].mean()) if k else None,
+            }
+        )
     table.update(score_min=lo, score_max=hi, ece=ece)
     return table
 
@@ -115,15 +138,22 @@ def _as_set(value, allowed: Sequence[str] | None, what: str) -> set | None:
     return values
 
 
-def filter_records(records: Sequence[MentionAnalysis], label: str | Iterable[str] | None = None,
-                   dataset: str | Iterable[str] | None = None,
-                   has_image: bool | None = None) -> list[MentionAnalysis]:
+def filter_records(
+    records: Sequence[MentionAnalysis],
+    label: str | Iterable[str] | None = None,
+    dataset: str | Iterable[str] | None = None,
+    has_image: bool | None = None,
+) -> list[MentionAnalysis]:
     """Records matching every given criterion (None = any); label and dataset take one or several."""
     labels = _as_set(label, LABELS, "label")
     datasets = _as_set(dataset, None, "dataset")
-    return [r for r in records
-            if (labels is None or r.label in labels) and (datasets is None or r.dataset in datasets)
-            and (has_image is None or r.has_image == bool(has_image))]
+    return [
+        r
+        for r in records
+        if (labels is None or r.label in labels)
+        and (datasets is None or r.dataset in datasets)
+        and (has_image is None or r.has_image == bool(has_image))
+    ]
 
 
 def compare(records_a: Sequence[MentionAnalysis], records_b: Sequence[MentionAnalysis]) -> dict:
@@ -142,19 +172,41 @@ def compare(records_a: Sequence[MentionAnalysis], records_b: Sequence[MentionAna
         if rb is None:
             continue
         if ra.gold != rb.gold:
-            raise ValueError(f"mention {key[1]!r} of dataset {key[0]!r} has gold {ra.gold!r} in A but "
-                             f"{rb.gold!r} in B: compare runs on the same annotations")
-        status = {(False, True): "fixed", (True, False): "new_error", (True, True): "unchanged_correct",
-                  (False, False): "unchanged_error"}[(ra.is_correct, rb.is_correct)]
+            raise ValueError(
+                f"mention {key[1]!r} of dataset {key[0]!r} has gold {ra.gold!r} in A but "
+                f"{rb.gold!r} in B: compare runs on the same annotations"
+            )
+        status = {
+            (False, True): "fixed",
+            (True, False): "new_error",
+            (True, True): "unchanged_correct",
+            (False, False): "unchanged_error",
+        }[(ra.is_correct, rb.is_correct)]
         counts[status] += 1
-        rows.append({"dataset": key[0], "mention_id": key[1], "mention": ra.mention, "sentence": ra.sentence,
-                     "has_image": ra.has_image, "gold": ra.gold, "status": status,
-                     **_side(ra, "a"), **_side(rb, "b")})
+        rows.append(
+            {
+                "dataset": key[0],
+                "mention_id": key[1],
+                "mention": ra.mention,
+                "sentence": ra.sentence,
+                "has_image": ra.has_image,
+                "gold": ra.gold,
+                "status": status,
+                **_side(ra, "a"),
+                **_side(rb, "b"),
+            }
+        )
     only_a = [{"dataset": k[0], "mention_id": k[1], "label": r.label} for k, r in a.items() if k not in b]
     only_b = [{"dataset": k[0], "mention_id": k[1], "label": r.label} for k, r in b.items() if k not in a]
     counts.update(only_in_a=len(only_a), only_in_b=len(only_b))
-    return {"version_a": _versions(records_a), "version_b": _versions(records_b), "counts": counts,
-            "rows": rows, "only_in_a": only_a, "only_in_b": only_b}
+    return {
+        "version_a": _versions(records_a),
+        "version_b": _versions(records_b),
+        "counts": counts,
+        "rows": rows,
+        "only_in_a": only_a,
+        "only_in_b": only_b,
+    }
 
 
 def _by_key(records: Sequence[MentionAnalysis], side: str) -> dict:
@@ -172,7 +224,12 @@ def _versions(records: Sequence[MentionAnalysis]) -> str:
 
 def _side(r: MentionAnalysis, s: str) -> dict:
     top = r.top or {}
-    return {f"label_{s}": r.label, f"predicted_{s}": r.predicted, f"gold_rank_{s}": r.gold_rank,
-            f"top_{s}": top.get("entity_id"), f"top_S_{s}": top.get("S"),
-            f"gold_S_{s}": r.gold_scores["S"] if r.gold_scores else None,
-            f"outranked_by_{s}": ", ".join(r.outranked_by)}
+    return {
+        f"label_{s}": r.label,
+        f"predicted_{s}": r.predicted,
+        f"gold_rank_{s}": r.gold_rank,
+        f"top_{s}": top.get("entity_id"),
+        f"top_S_{s}": top.get("S"),
+        f"gold_S_{s}": r.gold_scores["S"] if r.gold_scores else None,
+        f"outranked_by_{s}": ", ".join(r.outranked_by),
+    }

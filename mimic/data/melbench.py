@@ -1,8 +1,10 @@
 """The raw MELBench annotation file (one JSON dict keyed by sample id): `load_melbench`."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mimic.data.json_files import read_json
 from mimic.data.json_record import JsonRecord, count_per_split, is_nil, split_order
@@ -72,8 +74,9 @@ def load_melbench(path: str | Path, *, split_rule: str | Callable[[int], str] = 
                 known.append(name)  # later spellings become aliases
             start, end = locate_mention(text, sentence)
             stats["spans_not_found"] += start is None
-            splits.setdefault(split, []).append(Mention(id=f"{sid}-{k}", sentence=sentence, mention=text,
-                                                        answer=answer, start=start, end=end))
+            splits.setdefault(split, []).append(
+                Mention(id=f"{sid}-{k}", sentence=sentence, mention=text, answer=answer, start=start, end=end)
+            )
     entities = [Entity(id=q, name=n[0], text="", aliases=n[1:]) for q, n in sorted(names.items(), key=_qid_key)]
     splits = {s: splits[s] for s in split_order(splits)}
     stats["mentions"] = {s: len(m) for s, m in splits.items()}

@@ -1,4 +1,5 @@
 """Where a mention sits in its sentence, when a dataset gives only the mention text."""
+
 from __future__ import annotations
 
 import re

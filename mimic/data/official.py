@@ -6,6 +6,7 @@ what it reads and counts what it drops (nil answers, missing images, mentions no
 their sentence) in `Dataset.stats`; the writer fills a temporary sibling directory and renames it
 into place, so a failure never leaves a half-written dataset behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,20 @@ def _detect_prefix(root: Path, dataset: str | None) -> str:
         if not any(root.glob(f"{_glob_escape(prefix)}*.json")):
             raise DataFormatError(root, f"no split files named {prefix}<split>.json")
         return prefix
-    found = [p for p in OFFICIAL_PREFIXES
-             if any((root / f"{p}{s}.json").is_file() for s in STANDARD_SPLITS)]
+    found = [p for p in OFFICIAL_PREFIXES if any((root / f"{p}{s}.json").is_file() for s in STANDARD_SPLITS)]
     if not found:  # a prefix of our own (write_official(prefix=...)): look for *_train.json etc.
-        found = sorted({f.name[: -len(f"{s}.json")] for s in STANDARD_SPLITS
-                        for f in root.glob(f"*_{s}.json") if f.is_file()})
+        found = sorted(
+            {f.name[: -len(f"{s}.json")] for s in STANDARD_SPLITS for f in root.glob(f"*_{s}.json") if f.is_file()}
+        )
     if not found:
-        raise DataFormatError(root, "no split files found (expected e.g. WIKIMEL_train.json; "
-                                    f"known prefixes: {', '.join(OFFICIAL_PREFIXES)})")
+        raise DataFormatError(
+            root,
+            f"no split files found (expected e.g. WIKIMEL_train.json; known prefixes: {', '.join(OFFICIAL_PREFIXES)})",
+        )
     if len(found) > 1:
-        raise DataFormatError(root, f"several split-file prefixes found ({', '.join(found)}): "
-                                    "pass dataset=<prefix> to choose one")
+        raise DataFormatError(
+            root, f"several split-file prefixes found ({', '.join(found)}): pass dataset=<prefix> to choose one"
+        )
     return found[0]
 
 
@@ -94,8 +98,11 @@ def _check_qid2id(path: Path, qid2id: dict[str, int], n_entities: int) -> list[s
         problems.append(f"no QID for positions {missing[:10]}{' ...' if len(missing) > 10 else ''}")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
-        raise DataFormatError(path, "does not match the kb_entity.json order (the index must be the "
-                                    f"entity's position when sorted by 'id', 0..N-1): {shown}")
+        raise DataFormatError(
+            path,
+            "does not match the kb_entity.json order (the index must be the "
+            f"entity's position when sorted by 'id', 0..N-1): {shown}",
+        )
     return [by_pos[i] for i in range(n_entities)]
 
 
@@ -155,8 +162,14 @@ def _load_official_kb(root: Path, text_field: str, kb_dir: Path, stats: dict) ->
                 images.append(str(kb_dir / fname))
             else:
                 stats["missing_entity_images"] += 1
-        rows.append((kid, Entity(id="", name=name, text=_entity_text(rec, text_field),
-                                 aliases=rec.str_list("aliases"), images=images)))
+        rows.append(
+            (
+                kid,
+                Entity(
+                    id="", name=name, text=_entity_text(rec, text_field), aliases=rec.str_list("aliases"), images=images
+                ),
+            )
+        )
     rows.sort(key=lambda r: r[0])
     qid2id_path = root / "qid2id.json"
     qids = _check_qid2id(qid2id_path, _read_qid2id(qid2id_path), len(rows))
@@ -182,8 +195,9 @@ def _mention_image_candidates(img_path: str) -> list[str]:
     return out
 
 
-def _load_official_split(path: Path, split: str, qid2id: dict[str, int], img_dir: Path,
-                         available: set[str], stats: dict) -> list[Mention]:
+def _load_official_split(
+    path: Path, split: str, qid2id: dict[str, int], img_dir: Path, available: set[str], stats: dict
+) -> list[Mention]:
     raw = read_json(path)
     if not isinstance(raw, list):
         raise DataFormatError(path, f"expected a JSON list of mentions, got {type(raw).__name__}")
@@ -205,9 +219,17 @@ def _load_official_split(path: Path, split: str, qid2id: dict[str, int], img_dir
         start, end = locate_mention(text, sentence)
         if start is None:
             stats["spans_not_found"] += 1
-        mentions.append(Mention(id=mid if mid is not None else f"{split}-{i}", sentence=sentence,
-                                mention=text, answer=answer, image=image,
-                                start=start, end=end))
+        mentions.append(
+            Mention(
+                id=mid if mid is not None else f"{split}-{i}",
+                sentence=sentence,
+                mention=text,
+                answer=answer,
+                image=image,
+                start=start,
+                end=end,
+            )
+        )
     count_per_split(stats, "mentions", split, len(mentions))
     return mentions
 
@@ -224,8 +246,14 @@ def _resolve_mention_image(img_path: str, img_dir: Path, available: set[str], st
     return None
 
 
-def load_official(root: str | Path, *, dataset: str | None = None, text_field: str = "auto",
-                  mention_image_dir: str | Path | None = None, kb_image_dir: str | Path = "kb_image") -> Dataset:
+def load_official(
+    root: str | Path,
+    *,
+    dataset: str | None = None,
+    text_field: str = "auto",
+    mention_image_dir: str | Path | None = None,
+    kb_image_dir: str | Path = "kb_image",
+) -> Dataset:
     """Load the official MIMIC "cleaned" release from its directory.
 
     `dataset` is the split-file prefix (e.g. "WIKIMEL" or "RichpediaMEL_"); by default it is
@@ -239,21 +267,30 @@ def load_official(root: str | Path, *, dataset: str | None = None, text_field: s
         raise FileNotFoundError(f"official dataset directory not found: {root}")
     if text_field not in ("auto", "attr", "desc"):
         raise ValueError(f"text_field must be 'auto', 'attr' or 'desc', got {text_field!r}")
-    stats: dict = {"missing_entity_images": 0, "missing_mention_images": 0, "mention_image_renamed": 0,
-                   "missing_mention_image_examples": [], "spans_not_found": 0, "nil_dropped": {},
-                   "mentions": {}}
+    stats: dict = {
+        "missing_entity_images": 0,
+        "missing_mention_images": 0,
+        "mention_image_renamed": 0,
+        "missing_mention_image_examples": [],
+        "spans_not_found": 0,
+        "nil_dropped": {},
+        "mentions": {},
+    }
     prefix = _detect_prefix(root, dataset)  # cheap, so a wrong directory fails before the big read
     kb_dir = _resolve_dir(root, kb_image_dir, ("kb_image",))
     entities = _load_official_kb(root, text_field, kb_dir, stats)
     qid2id = {e.id: i for i, e in enumerate(entities)}
     img_dir = _resolve_dir(root, mention_image_dir, _MENTION_IMAGE_DIRS)
     available = _listdir(img_dir)
-    split_files = {f.name[len(prefix):-len(".json")]: f for f in root.glob(f"{_glob_escape(prefix)}*.json")
-                   if f.is_file() and len(f.name) > len(prefix) + len(".json")}
-    splits = {s: _load_official_split(split_files[s], s, qid2id, img_dir, available, stats)
-              for s in split_order(split_files)}
-    stats.update(entities=len(entities), prefix=prefix, kb_image_dir=str(kb_dir),
-                 mention_image_dir=str(img_dir))
+    split_files = {
+        f.name[len(prefix) : -len(".json")]: f
+        for f in root.glob(f"{_glob_escape(prefix)}*.json")
+        if f.is_file() and len(f.name) > len(prefix) + len(".json")
+    }
+    splits = {
+        s: _load_official_split(split_files[s], s, qid2id, img_dir, available, stats) for s in split_order(split_files)
+    }
+    stats.update(entities=len(entities), prefix=prefix, kb_image_dir=str(kb_dir), mention_image_dir=str(img_dir))
     return Dataset(KnowledgeBase(entities), splits, name=prefix.rstrip("_"), stats=stats)
 
 
@@ -279,8 +316,15 @@ def _place_image(src: str, dst: Path, copy_images: bool, replaced_root: Path) ->
         os.symlink(os.path.abspath(src), dst)
 
 
-def write_official(dataset: Dataset, root: str | Path, *, prefix: str = "WIKIMEL", text_field: str = "attr",
-                   copy_images: bool = True, overwrite: bool = False) -> Path:
+def write_official(
+    dataset: Dataset,
+    root: str | Path,
+    *,
+    prefix: str = "WIKIMEL",
+    text_field: str = "attr",
+    copy_images: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write `dataset` in the official MIMIC layout under `root` (atomically); return `root`.
 
     Entities get ids 0..N−1 in KB order, so qid2id.json maps each id to its KB position.
@@ -303,8 +347,13 @@ def write_official(dataset: Dataset, root: str | Path, *, prefix: str = "WIKIMEL
             names = [f"{pos}_{k}{_extension(src)}" for k, src in enumerate(ent.images)]
             for src, name in zip(ent.images, names):
                 _place_image(src, tmp / "kb_image" / name, copy_images, root)
-            row = {"id": pos, "type": "entity", "entity_name": quote(ent.name), text_field: ent.text,
-                   "image_list": names}
+            row = {
+                "id": pos,
+                "type": "entity",
+                "entity_name": quote(ent.name),
+                text_field: ent.text,
+                "image_list": names,
+            }
             if ent.aliases:
                 row["aliases"] = list(ent.aliases)
             kb.append(row)
@@ -313,14 +362,17 @@ def write_official(dataset: Dataset, root: str | Path, *, prefix: str = "WIKIMEL
         used: dict[str, str] = {}  # source image -> written name, so shared images are copied once
         taken: set[str] = set()
         for split, mentions in dataset.splits.items():
-            rows = [_official_mention(m, dataset.kb, tmp / "mention_image", used, taken, copy_images, root)
-                    for m in mentions]
+            rows = [
+                _official_mention(m, dataset.kb, tmp / "mention_image", used, taken, copy_images, root)
+                for m in mentions
+            ]
             write_json(tmp / f"{prefix}_{split}.json", rows)
     return root
 
 
-def _official_mention(m: Mention, kb: KnowledgeBase, img_dir: Path, used: dict, taken: set,
-                      copy_images: bool, replaced_root: Path) -> dict:
+def _official_mention(
+    m: Mention, kb: KnowledgeBase, img_dir: Path, used: dict, taken: set, copy_images: bool, replaced_root: Path
+) -> dict:
     if m.answer is not None and m.answer not in kb:
         raise ValueError(f"mention {m.id!r}: answer {m.answer!r} is not in the knowledge base")
     name = ""
@@ -335,6 +387,11 @@ def _official_mention(m: Mention, kb: KnowledgeBase, img_dir: Path, used: dict, 
             taken.add(name)
             used[m.image] = name
             _place_image(m.image, img_dir / name, copy_images, replaced_root)
-    return {"id": m.id, "mentions": quote(m.mention), "sentence": m.sentence, "imgPath": name,
-            "answer": m.answer if m.answer is not None else "nil",
-            "entities": kb[kb.position(m.answer)].name if m.answer is not None else "nil"}
+    return {
+        "id": m.id,
+        "mentions": quote(m.mention),
+        "sentence": m.sentence,
+        "imgPath": name,
+        "answer": m.answer if m.answer is not None else "nil",
+        "entities": kb[kb.position(m.answer)].name if m.answer is not None else "nil",
+    }

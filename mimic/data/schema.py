@@ -5,10 +5,11 @@ objects: a `KnowledgeBase` of `Entity`, and one `list[Mention]` per split, bundl
 Image fields hold absolute paths (or are empty): loaders resolve them so nothing downstream has to
 know where a dataset lives.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 class DataFormatError(ValueError):

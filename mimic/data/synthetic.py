@@ -5,6 +5,7 @@ entity has its own attribute word and its own colour. A mention names its entity
 probability, says the attribute word; its image (when it has one) is the entity's colour with
 noise. So text alone resolves some mentions, the image resolves the rest, and chance is 1/N.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -16,12 +17,64 @@ from PIL import Image
 
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
 
-NAMES = ["alder", "birch", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "iris", "juniper",
-         "kestrel", "lumen", "maple", "nectar", "onyx", "prairie", "quartz", "raven", "sierra", "tundra"]
-ATTRS = ["painter", "river", "city", "singer", "mountain", "ship", "novel", "bridge", "festival",
-         "senator", "comet", "stadium"]
-FILLER = ["photo", "of", "the", "near", "with", "seen", "in", "during", "a", "visit", "famous",
-          "old", "new", "at", "on", "morning", "evening", "view", "taken", "from"]
+NAMES = [
+    "alder",
+    "birch",
+    "cedar",
+    "delta",
+    "ember",
+    "fjord",
+    "garnet",
+    "harbor",
+    "iris",
+    "juniper",
+    "kestrel",
+    "lumen",
+    "maple",
+    "nectar",
+    "onyx",
+    "prairie",
+    "quartz",
+    "raven",
+    "sierra",
+    "tundra",
+]
+ATTRS = [
+    "painter",
+    "river",
+    "city",
+    "singer",
+    "mountain",
+    "ship",
+    "novel",
+    "bridge",
+    "festival",
+    "senator",
+    "comet",
+    "stadium",
+]
+FILLER = [
+    "photo",
+    "of",
+    "the",
+    "near",
+    "with",
+    "seen",
+    "in",
+    "during",
+    "a",
+    "visit",
+    "famous",
+    "old",
+    "new",
+    "at",
+    "on",
+    "morning",
+    "evening",
+    "view",
+    "taken",
+    "from",
+]
 
 
 def vocabulary() -> list[str]:
@@ -41,9 +94,16 @@ def noisy_colour_image(rgb, size: int, rng: np.random.Generator, noise: float = 
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
 
 
-def make_synthetic(root: str | Path, n_names: int = 6, per_name: int = 3, mentions_per_entity: int = 8,
-                   image_size: int = 32, p_attr: float = 0.5, p_image: float = 0.9,
-                   seed: int = 0) -> Dataset:
+def make_synthetic(
+    root: str | Path,
+    n_names: int = 6,
+    per_name: int = 3,
+    mentions_per_entity: int = 8,
+    image_size: int = 32,
+    p_attr: float = 0.5,
+    p_image: float = 0.9,
+    seed: int = 0,
+) -> Dataset:
     """Write images under `root` and return the Dataset (splits train/dev/test ≈ 60/20/20)."""
     root = Path(root)
     (root / "kb").mkdir(parents=True, exist_ok=True)
@@ -61,8 +121,9 @@ def make_synthetic(root: str | Path, n_names: int = 6, per_name: int = 3, mentio
             colour = hue_colour(idx, n)
             path = root / "kb" / f"e{idx}.png"
             noisy_colour_image(colour, image_size, rng, noise=10).save(path)
-            entities.append(Entity(id=f"Q{1000 + idx}", name=NAMES[gi], text=f"{attrs[k]} {NAMES[gi]}",
-                                   images=[str(path)]))
+            entities.append(
+                Entity(id=f"Q{1000 + idx}", name=NAMES[gi], text=f"{attrs[k]} {NAMES[gi]}", images=[str(path)])
+            )
             for j in range(mentions_per_entity):
                 words = pyrng.sample(FILLER, 4)
                 if pyrng.random() < p_attr:
@@ -76,10 +137,19 @@ def make_synthetic(root: str | Path, n_names: int = 6, per_name: int = 3, mentio
                     p = root / "mentions" / f"m{idx}_{j}.png"
                     noisy_colour_image(colour, image_size, rng).save(p)
                     img = str(p)
-                mentions.append(Mention(id=f"m{idx}_{j}", sentence=sentence, mention=NAMES[gi],
-                                        answer=entities[-1].id, image=img, start=start,
-                                        end=start + len(NAMES[gi])))
+                mentions.append(
+                    Mention(
+                        id=f"m{idx}_{j}",
+                        sentence=sentence,
+                        mention=NAMES[gi],
+                        answer=entities[-1].id,
+                        image=img,
+                        start=start,
+                        end=start + len(NAMES[gi]),
+                    )
+                )
     pyrng.shuffle(mentions)
     a, b = int(0.6 * len(mentions)), int(0.8 * len(mentions))
-    return Dataset(KnowledgeBase(entities), {"train": mentions[:a], "dev": mentions[a:b],
-                                             "test": mentions[b:]}, name="synthetic")
+    return Dataset(
+        KnowledgeBase(entities), {"train": mentions[:a], "dev": mentions[a:b], "test": mentions[b:]}, name="synthetic"
+    )

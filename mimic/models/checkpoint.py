@@ -9,6 +9,7 @@ Layout of a checkpoint folder (written atomically, see `mimic.atomic`):
   metrics.json        training / evaluation metrics
   training_state.pt   optional: optimizer, epoch and RNG state for --resume
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,13 @@ class CheckpointError(ValueError):
 
 def code_version() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
@@ -64,8 +70,15 @@ def _weight_files(root: Path) -> list[Path]:
     return files
 
 
-def save_checkpoint(model: LinkingModel, path: str | Path, *, backbone_trained: bool, metrics: dict | None = None,
-                    training_state: dict | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    model: LinkingModel,
+    path: str | Path,
+    *,
+    backbone_trained: bool,
+    metrics: dict | None = None,
+    training_state: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write `model` to the folder `path` atomically. Returns the path."""
     model_type = model_type_of(model.heads)
 
@@ -82,12 +95,22 @@ def save_checkpoint(model: LinkingModel, path: str | Path, *, backbone_trained: 
                 save_file(sd, str(tmp / "backbone.safetensors"))
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
-        cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type,
-               "model_config": model.config.to_dict(), "backbone": backbone,
-               "backbone_trained": bool(backbone_trained), "code_version": code_version(),
-               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
-        cfg["fingerprint"] = _sha256_files(_weight_files(tmp)) [:16] + "-" + hashlib.sha256(
-            json.dumps(cfg["model_config"], sort_keys=True).encode()).hexdigest()[:8]
+        cfg = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_type": model_type,
+            "model_config": model.config.to_dict(),
+            "backbone": backbone,
+            "backbone_trained": bool(backbone_trained),
+            "code_version": code_version(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        }
+        cfg["fingerprint"] = (
+            _sha256_files(_weight_files(tmp))[:16]
+            + "-"
+            + hashlib.sha256(json.dumps(cfg["model_config"], sort_keys=True).encode()).hexdigest()[:8]
+        )
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
 
@@ -125,8 +148,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbo
     heads = heads_cls(cfg_cls.from_dict(cfg["model_config"]))
     missing, unexpected = heads.load_state_dict(load_file(str(path / "heads.safetensors")), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}/heads.safetensors does not match the config: missing {missing}, "
-                              f"unexpected {unexpected}")
+        raise CheckpointError(
+            f"{path}/heads.safetensors does not match the config: missing {missing}, unexpected {unexpected}"
+        )
     model = LinkingModel(backbone, heads).to(device)
     model.eval()
     model.checkpoint_info = cfg
@@ -147,8 +171,14 @@ def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt_path}: no such file") from None
     except Exception as exc:  # pickle refused by weights_only, or not a torch file at all
-        hint = "" if trust_pickle else (" If you trust this file (it may hold pickled objects such as "
-                                        "OmegaConf hyper-parameters), pass --trust-pickle.")
+        hint = (
+            ""
+            if trust_pickle
+            else (
+                " If you trust this file (it may hold pickled objects such as "
+                "OmegaConf hyper-parameters), pass --trust-pickle."
+            )
+        )
         raise CheckpointError(f"{ckpt_path}: cannot read as a PyTorch checkpoint ({exc}).{hint}") from None
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not any(str(k).startswith("matcher.") for k in sd):
@@ -156,12 +186,13 @@ def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
     return sd
 
 
-def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *,
-                    mode: str = "compat", trust_pickle: bool = False) -> Path:
+def import_official(
+    ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *, mode: str = "compat", trust_pickle: bool = False
+) -> Path:
     """Convert an official Lightning checkpoint into this project's format (scores identical in compat)."""
     sd = _load_lightning(ckpt_path, trust_pickle)
     backbone = ClipBackbone(str(clip_dir))
-    clip_sd = {k[len("encoder.clip."):]: v for k, v in sd.items() if k.startswith("encoder.clip.")}
+    clip_sd = {k[len("encoder.clip.") :]: v for k, v in sd.items() if k.startswith("encoder.clip.")}
     if not clip_sd:
         raise CheckpointError(f"{ckpt_path}: no 'encoder.clip.*' weights")
     target = backbone.clip.state_dict()
@@ -169,20 +200,22 @@ def import_official(ckpt_path: str | Path, clip_dir: str | Path, output: str | P
     clip_sd = {k: v for k, v in clip_sd.items() if k in target or not k.endswith("position_ids")}
     missing, unexpected = backbone.clip.load_state_dict(clip_sd, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"CLIP weights in {ckpt_path} do not fit {clip_dir}: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"CLIP weights in {ckpt_path} do not fit {clip_dir}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     cfg = MimicConfig.for_backbone(backbone.dims, mode=mode)
     heads = MimicHeads(cfg)
     heads_sd = {}
     for k, v in sd.items():
         if k.startswith("encoder.image_cls_fc.") or k.startswith("encoder.image_tokens_fc."):
-            heads_sd[k[len("encoder."):]] = v
+            heads_sd[k[len("encoder.") :]] = v
         elif k.startswith("matcher."):
             heads_sd[k] = v
     missing, unexpected = heads.load_state_dict(heads_sd, strict=False)
     missing = [m for m in missing if m != "no_image_score"]  # fixed mode's own parameter starts at 0
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt_path}: head weights do not match MIMIC: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"{ckpt_path}: head weights do not match MIMIC: missing {missing}, unexpected {unexpected}"
+        )
     model = LinkingModel(backbone, heads)
-    return save_checkpoint(model, output, backbone_trained=True,
-                           extra={"imported_from": str(ckpt_path)}, metrics={})
+    return save_checkpoint(model, output, backbone_trained=True, extra={"imported_from": str(ckpt_path)}, metrics={})

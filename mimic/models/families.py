@@ -4,6 +4,7 @@ Every family provides a config dataclass (with `for_backbone`, `to_dict`, `from_
 a heads module with the same interface (`side_features`, `entity_cache`, `mention_cache`, `score`,
 `retrieval_vector`, `training_loss`), so training, evaluation, the index and the linker are shared.
 """
+
 from __future__ import annotations
 
 from mimic.models.modeling_m3el import M3ELConfig, M3ELEntityCache, M3ELHeads

@@ -7,18 +7,19 @@ Images: compat mode opens the file without RGB conversion; anything that is not 
 read becomes the all-zero pixel tensor and is still encoded (the official behaviour). Fixed mode
 converts to RGB and marks unreadable or absent images as missing (masked in the visual units).
 """
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mimic.data import images as imaging
 from mimic.backbones.base import Backbone, ImageFeatures, TextFeatures
+from mimic.data import images as imaging
 from mimic.data.schema import Entity, Mention
 from mimic.models.families import build_heads
 from mimic.models.modeling_mimic import EntityCache, MentionCache, MimicConfig, MimicHeads, SideFeatures
@@ -57,8 +58,7 @@ def load_one_image(path: str | None, mode: str, allowed_dirs=None) -> tuple[obje
     return img, "loaded"
 
 
-def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | None = None,
-                allowed_dirs=None) -> list:
+def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | None = None, allowed_dirs=None) -> list:
     """paths -> list of PIL RGB images or None (`load_one_image` for each, decoded on the shared
     image thread pool); what happened is counted in `stats`."""
     if len(paths) <= 1:
@@ -79,7 +79,7 @@ class LinkingModel(nn.Module):
         self.heads = heads
 
     @classmethod
-    def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> "LinkingModel":
+    def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> LinkingModel:
         """A fresh model of family `model_type` ("mimic" or "m3el") on `backbone`."""
         return cls(backbone, build_heads(model_type, backbone.dims, **config))
 
@@ -97,20 +97,28 @@ class LinkingModel(nn.Module):
         dev = self.device
         tok = self.backbone.tokenize(list(texts), self.config.text_max_length)
         # uint8 to the device, normalised there: a quarter of the bytes of float pixels to copy.
-        u8, has = self.backbone.resize_images(list(images), resize="squash" if self.config.mode == "compat" else "default")
+        u8, has = self.backbone.resize_images(
+            list(images), resize="squash" if self.config.mode == "compat" else "default"
+        )
         has_dev = has.to(dev)
-        return self.features_from_inputs(tok["input_ids"].to(dev), tok["attention_mask"].to(dev),
-                                         self.backbone.normalize_pixels(u8.to(dev), has_dev), has_dev,
-                                         all_present=bool(has.all()))
+        return self.features_from_inputs(
+            tok["input_ids"].to(dev),
+            tok["attention_mask"].to(dev),
+            self.backbone.normalize_pixels(u8.to(dev), has_dev),
+            has_dev,
+            all_present=bool(has.all()),
+        )
 
-    def features_from_inputs(self, input_ids, attention_mask, pixels, has_image,
-                             all_present: bool | None = None) -> tuple[TextFeatures, ImageFeatures]:
+    def features_from_inputs(
+        self, input_ids, attention_mask, pixels, has_image, all_present: bool | None = None
+    ) -> tuple[TextFeatures, ImageFeatures]:
         """Backbone features from prepared inputs: ids/mask [B, L], normalised pixels [B, 3, H, W],
         has_image [B] bool, all on the model's device (see `mimic.training.input_cache`); `all_present` as
         `Backbone.encode_images`."""
         text = self.backbone.encode_text(input_ids, attention_mask)
-        image = self.backbone.encode_images(pixels, has_image, encode_missing=(self.config.mode == "compat"),
-                                            all_present=all_present)
+        image = self.backbone.encode_images(
+            pixels, has_image, encode_missing=(self.config.mode == "compat"), all_present=all_present
+        )
         return text, image
 
     def encode(self, texts: Sequence[str], images: Sequence) -> SideFeatures:
@@ -119,8 +127,14 @@ class LinkingModel(nn.Module):
 
     # -- caches over many items ---------------------------------------------------------------
     @torch.no_grad()
-    def entity_cache(self, entities: Sequence[Entity], batch_size: int = 64, progress: bool = False,
-                     image_stats: ImageLoadStats | None = None, dtype=None) -> EntityCache:
+    def entity_cache(
+        self,
+        entities: Sequence[Entity],
+        batch_size: int = 64,
+        progress: bool = False,
+        image_stats: ImageLoadStats | None = None,
+        dtype=None,
+    ) -> EntityCache:
         """Encode entities (first image each, as the official evaluation) into an `EntityCache`."""
         parts = []
         for chunk in _batches(entities, batch_size, progress, "encode KB"):
@@ -140,4 +154,4 @@ def _batches(items: Sequence, size: int, progress: bool, desc: str) -> Iterable[
     if progress:
         starts = tqdm(starts, desc=desc, unit="batch")
     for s in starts:
-        yield items[s:s + size]
+        yield items[s : s + size]

@@ -5,6 +5,7 @@ Shapes: B items (one side: mentions or entities), L text tokens, P image tokens,
 Module and parameter names follow the official `M3ELMatcher`, so official checkpoints load by
 renaming keys; `mimic.models.modeling_m3el` assembles these into the heads.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,15 @@ class ImageIntraModalMatch(TGLU):
         # TGLU's pairwise code reads t_cls/q/t_mask/g2l_cls (entities) and t_cls/k/v/t_mask (mentions).
         for s in range(0, N, step):
             sl = slice(s, s + step)
-            ev = SimpleNamespace(t_cls=e_cls[sl], q=e_q[sl], g2l_cls=e_g2l[sl],
-                       t_mask=torch.ones(e_q[sl].shape[:2], dtype=torch.bool, device=e_q.device))
-            mv = SimpleNamespace(t_cls=m_cls, k=m_k, v=m_v, t_mask=torch.ones(B, P, dtype=torch.bool, device=m_k.device))
+            ev = SimpleNamespace(
+                t_cls=e_cls[sl],
+                q=e_q[sl],
+                g2l_cls=e_g2l[sl],
+                t_mask=torch.ones(e_q[sl].shape[:2], dtype=torch.bool, device=e_q.device),
+            )
+            mv = SimpleNamespace(
+                t_cls=m_cls, k=m_k, v=m_v, t_mask=torch.ones(B, P, dtype=torch.bool, device=m_k.device)
+            )
             sv, att = TGLU.forward(self, mv, ev, False, return_attention)
             outs.append(sv)
             attns.append(att)
@@ -155,11 +162,11 @@ class CrossModalMatch(nn.Module):
         t = self.text_fc(t_cls)
         V = self.image_fc(v_tok)
         key_mask = None
-        if fixed:   # no image: zero image context, nothing to attend to
+        if fixed:  # no image: zero image context, nothing to attend to
             V = V * has_image[:, None, None].to(V.dtype)
             key_mask = has_image[:, None].expand(-1, V.shape[1])
-        t_p, attn = self.match_module(t[:, None, :], V, key_mask)           # [n,1,d], [n,1,P]
-        V_p, _ = self.match_module(V, t[:, None, :])                         # softmax over one key
+        t_p, attn = self.match_module(t[:, None, :], V, key_mask)  # [n,1,d], [n,1,P]
+        V_p, _ = self.match_module(V, t[:, None, :])  # softmax over one key
         if fixed:
             V_p = V + V_p
         return {"t": t, "t_prime": t_p[:, 0], "attn": attn[:, 0], "V_prime": V_p}
@@ -216,8 +223,17 @@ class CrossModalMatchBidirection(nn.Module):
         T_p, _ = self.match_module(T, v[:, None, :])
         if fixed:
             V_p, T_p = V + V_p, T + T_p
-        return {"t": t, "t_prime": t_p[:, 0], "attn": attn[:, 0], "V_prime": V_p,
-                "v": v, "v_prime": v_p[:, 0], "vt_attn": vt_attn[:, 0], "T_prime": T_p, "txt_mask": txt_mask}
+        return {
+            "t": t,
+            "t_prime": t_p[:, 0],
+            "attn": attn[:, 0],
+            "V_prime": V_p,
+            "v": v,
+            "v_prime": v_p[:, 0],
+            "vt_attn": vt_attn[:, 0],
+            "T_prime": T_p,
+            "txt_mask": txt_mask,
+        }
 
     def side(self, s: SideFeatures, fixed: bool):
         """-> ([ctx_tv ; ctx_vt] [n,2d], text→patch attention [n,P])."""

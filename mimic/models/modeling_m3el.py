@@ -31,6 +31,7 @@ Two modes (`M3ELConfig.mode`):
           and intra-modal contrastive loss without de-duplication.
   fixed   (default) the deviations listed in `FIXED_MODE_DEVIATIONS_M3EL`.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,49 +48,64 @@ from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, TensorC
 
 FIXED_MODE_DEVIATIONS_M3EL = {
     "token_branch_residual": "The degenerate token branches are repaired with a residual connection: "
-                             "V' = V + Match(V, t) (T2V) and T' = T + Match(T, v) (V2T). Official: "
-                             "Match(V, t) is a softmax over a single key, so every row of V' is "
-                             "ReLU(W t) (no image information; MultiHead(V') = 2·ReLU(W t)), and every "
-                             "row of T' is ReLU(W v) (no text-token information). With the residual each "
-                             "token keeps its own content, conditioned on the other modality, and the "
-                             "CSRA multi-head pooling pools genuinely different tokens. Same parameters "
-                             "as the official module, so official weights still load.",
+    "V' = V + Match(V, t) (T2V) and T' = T + Match(T, v) (V2T). Official: "
+    "Match(V, t) is a softmax over a single key, so every row of V' is "
+    "ReLU(W t) (no image information; MultiHead(V') = 2·ReLU(W t)), and every "
+    "row of T' is ReLU(W v) (no text-token information). With the residual each "
+    "token keeps its own content, conditioned on the other modality, and the "
+    "CSRA multi-head pooling pools genuinely different tokens. Same parameters "
+    "as the official module, so official weights still load.",
     "text_padding_mask": "Padded text tokens are masked everywhere: TIMM (as MIMIC fixed: masked "
-                         "softmax over mention tokens, context averaged over real entity tokens), the "
-                         "V2T Match(v, T) keys and the MultiHead pooling over [v'; T'] (mean, softmax "
-                         "and max over real tokens only). Official: pads attended and pooled.",
+    "softmax over mention tokens, context averaged over real entity tokens), the "
+    "V2T Match(v, T) keys and the MultiHead pooling over [v'; T'] (mean, softmax "
+    "and max over real tokens only). Official: pads attended and pooled.",
     "image_masking": "Items without an image are not scored through a zero 'mean-colour' picture: IIMM "
-                     "scores of pairs in which either side has no image are one learned constant "
-                     "(`no_image_score`), those mentions leave L_V, and the cross-modal unit gets a zero "
-                     "image context (zero patches and image cls after image_fc, zero text→patch "
-                     "attention), i.e. a text-only context. The retrieval vectors reproduce this exactly.",
+    "scores of pairs in which either side has no image are one learned constant "
+    "(`no_image_score`), those mentions leave L_V, and the cross-modal unit gets a zero "
+    "image context (zero patches and image cls after image_fc, zero text→patch "
+    "attention), i.e. a text-only context. The retrieval vectors reproduce this exactly.",
     "no_squeeze": "No bare .squeeze(): a batch or KB chunk of size 1 keeps its dimension (official "
-                  "cross-modal code collapses it). Applies in both modes.",
+    "cross-modal code collapses it). Applies in both modes.",
     "dedup_negatives": "In-batch duplicate gold entities are removed from a mention's negatives in every "
-                       "CE term (official: false negatives), and from the negatives of the intra-modal "
-                       "contrastive loss (inter and intra blocks, both sides).",
+    "CE term (official: false negatives), and from the negatives of the intra-modal "
+    "contrastive loss (inter and intra blocks, both sides).",
     "contrastive_masking": "Intra-modal contrastive loss: the intra-block diagonal (self-similarity) is "
-                           "excluded from the softmax (official: multiplied by 0, so it still adds e^0 "
-                           "to every denominator); the image term uses only pairs in which both the "
-                           "mention and its gold entity have an image, with negatives restricted to "
-                           "items that have one (when no pair has images it is 0; cl = (text + image)/2 "
-                           "keeps its weights). Official: placeholder images take part.",
+    "excluded from the softmax (official: multiplied by 0, so it still adds e^0 "
+    "to every denominator); the image term uses only pairs in which both the "
+    "mention and its gold entity have an image, with negatives restricted to "
+    "items that have one (when no pair has images it is 0; cl = (text + image)/2 "
+    "keeps its weights). Official: placeholder images take part.",
     "same_head_train_eval": "With cross_modal='bidirectional' the trained bidirectional head scores in "
-                            "training AND evaluation: `score` is the only scoring path and the matcher "
-                            "holds only the configured cross-modal module (official: WikiDiverse was "
-                            "evaluated with the never-trained unidirectional `cmm`). Applies in both modes.",
+    "training AND evaluation: `score` is the only scoring path and the matcher "
+    "holds only the configured cross-modal module (official: WikiDiverse was "
+    "evaluated with the never-trained unidirectional `cmm`). Applies in both modes.",
     "device_agnostic": "Masks are built on the features' device (official: numpy eye + .cuda(), "
-                       "CUDA-only and float64). Applies in both modes.",
+    "CUDA-only and float64). Applies in both modes.",
 }
 
 # Keys of the official `M3ELMatcher` state dict that no forward pass reads (drop them on import).
-OFFICIAL_DEAD_KEYS = ("matcher.text_fc.", "matcher.image_fc.", "matcher.scale_", "matcher.infonce_loss.",
-                      "matcher.mclet_", "matcher.weight_cl_loss.", "matcher.cmm.mclet_", "matcher.cmmb.mclet_")
+OFFICIAL_DEAD_KEYS = (
+    "matcher.text_fc.",
+    "matcher.image_fc.",
+    "matcher.scale_",
+    "matcher.infonce_loss.",
+    "matcher.mclet_",
+    "matcher.weight_cl_loss.",
+    "matcher.cmm.mclet_",
+    "matcher.cmmb.mclet_",
+)
 
 #: CSRA heads per head count, as the official `MultiHeadModule.temp_settings` (99 there = max-pool).
-OFFICIAL_TEMPERATURES = {1: (3,), 2: (3, math.inf), 3: (2, 4, math.inf), 4: (2, 3, 4, math.inf),
-                         5: (2, 2.5, 3.5, 4.5, math.inf), 6: (2, 3, 4, 5, 6, math.inf),
-                         7: (0.5, 2.5, 3.5, 4.5, 5.5, 6.5, math.inf), 8: (0.5, 2, 3, 4, 5, 6, 7, math.inf)}
+OFFICIAL_TEMPERATURES = {
+    1: (3,),
+    2: (3, math.inf),
+    3: (2, 4, math.inf),
+    4: (2, 3, 4, math.inf),
+    5: (2, 2.5, 3.5, 4.5, math.inf),
+    6: (2, 3, 4, 5, 6, math.inf),
+    7: (0.5, 2.5, 3.5, 4.5, 5.5, 6.5, math.inf),
+    8: (0.5, 2, 3, 4, 5, 6, 7, math.inf),
+}
 
 
 @dataclass
@@ -102,24 +118,24 @@ class M3ELConfig:
 
     model_type: ClassVar[str] = "m3el"
 
-    mode: str = "fixed"                 # "fixed" or "compat"
-    text_global_dim: int = 512          # official dt / input_hidden_dim
+    mode: str = "fixed"  # "fixed" or "compat"
+    text_global_dim: int = 512  # official dt / input_hidden_dim
     text_token_dim: int = 512
-    image_global_dim: int = 512         # CLIP projection width (input of image_cls_fc)
-    image_token_dim: int = 768          # official input_image_hidden_dim
+    image_global_dim: int = 512  # CLIP projection width (input of image_cls_fc)
+    image_token_dim: int = 768  # official input_image_hidden_dim
     num_image_tokens: int = 50
     dv: int = 96
-    timm_dim: int = 96                  # official TIMM_hidden_dim
-    iimm_dim: int = 96                  # official IIMM_hidden_dim
-    cmm_dim: int = 96                   # official CMM_hidden_dim
+    timm_dim: int = 96  # official TIMM_hidden_dim
+    iimm_dim: int = 96  # official IIMM_hidden_dim
+    cmm_dim: int = 96  # official CMM_hidden_dim
     text_max_length: int = 40
     head_num: int = 5
     temperatures: tuple = (2.0, 2.5, 3.5, 4.5, math.inf)
-    weight: float = 1.0                 # CSRA λ (official `model.weight`)
+    weight: float = 1.0  # CSRA λ (official `model.weight`)
     loss_temperature: float = 0.03
     inter_weight: float = 1.0
     intra_weight: float = 0.8
-    cross_modal: str = "t2v"            # "t2v" (WikiMEL/RichpediaMEL) or "bidirectional" (WikiDiverse)
+    cross_modal: str = "t2v"  # "t2v" (WikiMEL/RichpediaMEL) or "bidirectional" (WikiDiverse)
 
     def __post_init__(self):
         if self.mode not in ("fixed", "compat"):
@@ -144,9 +160,14 @@ class M3ELConfig:
 
     @classmethod
     def for_backbone(cls, dims: BackboneDims, **kw) -> M3ELConfig:
-        return cls(text_global_dim=dims.text_global, text_token_dim=dims.text_token,
-                   image_global_dim=dims.image_global, image_token_dim=dims.image_token,
-                   num_image_tokens=dims.num_image_tokens, **kw)
+        return cls(
+            text_global_dim=dims.text_global,
+            text_token_dim=dims.text_token,
+            image_global_dim=dims.image_global,
+            image_token_dim=dims.image_token,
+            num_image_tokens=dims.num_image_tokens,
+            **kw,
+        )
 
     def to_dict(self) -> dict:
         """JSON-safe: includes `model_type` and writes the max-pool head as "max"."""
@@ -217,8 +238,9 @@ class M3ELMatcher(nn.Module):
         self.timm = TGLU(cfg.text_global_dim, cfg.text_token_dim, cfg.timm_dim)
         self.iimm = ImageIntraModalMatch(cfg.dv, cfg.iimm_dim)
         if cfg.bidirectional:
-            self.cmmb = CrossModalMatchBidirection(cfg.text_global_dim, cfg.text_token_dim, cfg.dv, cfg.cmm_dim,
-                                                   cfg.temperatures, cfg.weight)
+            self.cmmb = CrossModalMatchBidirection(
+                cfg.text_global_dim, cfg.text_token_dim, cfg.dv, cfg.cmm_dim, cfg.temperatures, cfg.weight
+            )
         else:
             self.cmm = CrossModalMatch(cfg.text_global_dim, cfg.dv, cfg.cmm_dim, cfg.temperatures, cfg.weight)
         self.text_cls_layernorm = nn.LayerNorm(cfg.text_global_dim)
@@ -234,10 +256,18 @@ class M3ELMatcher(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------------
-def weighted_contrastive_loss(entity: torch.Tensor, mention: torch.Tensor, *, temperature: float = 0.03,
-                              inter_weight: float = 1.0, intra_weight: float = 0.8, fixed: bool = False,
-                              gold: torch.Tensor | None = None, entity_valid: torch.Tensor | None = None,
-                              mention_valid: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_contrastive_loss(
+    entity: torch.Tensor,
+    mention: torch.Tensor,
+    *,
+    temperature: float = 0.03,
+    inter_weight: float = 1.0,
+    intra_weight: float = 0.8,
+    fixed: bool = False,
+    gold: torch.Tensor | None = None,
+    entity_valid: torch.Tensor | None = None,
+    mention_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Official `WeightedContrastiveLoss` (M3EL's intra-modal contrastive learning) -> scalar.
 
     entity, mention [B,D]: pre-LayerNorm global features of B gold entities and their B mentions
@@ -282,7 +312,7 @@ def weighted_contrastive_loss(entity: torch.Tensor, mention: torch.Tensor, *, te
     idx = torch.arange(B, device=e.device)
     if rows is not None:
         if not bool(rows.any()):
-            return (entity.sum() + mention.sum()) * 0.0   # nothing to contrast (e.g. no image pair)
+            return (entity.sum() + mention.sum()) * 0.0  # nothing to contrast (e.g. no image pair)
         idx = idx[rows]
         logits_e, logits_m = logits_e[idx], logits_m[idx]
     r = torch.arange(len(idx), device=e.device)
@@ -312,7 +342,7 @@ def heads_state_dict_from_official(sd: dict, cfg: M3ELConfig) -> dict:
     out = {}
     for k, v in sd.items():
         if k.startswith(("encoder.image_cls_fc.", "encoder.image_tokens_fc.")):
-            out[k[len("encoder."):]] = v
+            out[k[len("encoder.") :]] = v
         elif k.startswith("matcher.") and not k.startswith(OFFICIAL_DEAD_KEYS) and not k.startswith(unused):
             out[k] = v
     return out
@@ -364,16 +394,34 @@ class M3ELHeads(nn.Module):
     def entity_cache(self, s: SideFeatures) -> M3ELEntityCache:
         mt = self.matcher
         z, attn = self._cross(s)
-        return M3ELEntityCache(t_cls=s.t_cls, q=mt.timm.fc_query(s.t_tok), t_mask=s.t_mask,
-                               g2l_cls=mt.timm.fc_cls(s.t_cls), v_cls=s.v_cls, v_q=mt.iimm.fc_query(s.v_tok),
-                               v_g2l_cls=mt.iimm.fc_cls(s.v_cls), z=z, cmfu_attn=attn, has_image=s.has_image)
+        return M3ELEntityCache(
+            t_cls=s.t_cls,
+            q=mt.timm.fc_query(s.t_tok),
+            t_mask=s.t_mask,
+            g2l_cls=mt.timm.fc_cls(s.t_cls),
+            v_cls=s.v_cls,
+            v_q=mt.iimm.fc_query(s.v_tok),
+            v_g2l_cls=mt.iimm.fc_cls(s.v_cls),
+            z=z,
+            cmfu_attn=attn,
+            has_image=s.has_image,
+        )
 
     def mention_cache(self, s: SideFeatures) -> M3ELMentionCache:
         mt = self.matcher
         z, attn = self._cross(s)
-        return M3ELMentionCache(t_cls=s.t_cls, k=mt.timm.fc_key(s.t_tok), v=mt.timm.fc_value(s.t_tok),
-                                t_mask=s.t_mask, v_cls=s.v_cls, v_k=mt.iimm.fc_key(s.v_tok),
-                                v_v=mt.iimm.fc_value(s.v_tok), z=z, cmfu_attn=attn, has_image=s.has_image)
+        return M3ELMentionCache(
+            t_cls=s.t_cls,
+            k=mt.timm.fc_key(s.t_tok),
+            v=mt.timm.fc_value(s.t_tok),
+            t_mask=s.t_mask,
+            v_cls=s.v_cls,
+            v_k=mt.iimm.fc_key(s.v_tok),
+            v_v=mt.iimm.fc_value(s.v_tok),
+            z=z,
+            cmfu_attn=attn,
+            has_image=s.has_image,
+        )
 
     # -- pairwise ---------------------------------------------------------------------------
     def _image_scores(self, m: M3ELMentionCache, e: M3ELEntityCache, return_attention: bool):
@@ -390,10 +438,11 @@ class M3ELHeads(nn.Module):
         if len(mi) == B and len(ei) == N:
             return iimm(m.v_cls, m.v_k, m.v_v, e.v_cls, e.v_q, e.v_g2l_cls, return_attention)
         att = m.v_k.new_zeros(N, B, P_e, P_m) if return_attention else None
-        if len(mi) == 0 or len(ei) == 0:   # no pair has two images (e.g. a text-only dataset)
+        if len(mi) == 0 or len(ei) == 0:  # no pair has two images (e.g. a text-only dataset)
             return m.v_k.new_zeros(B, N) + c, att
-        sub, sub_att = iimm(m.v_cls[mi], m.v_k[mi], m.v_v[mi], e.v_cls[ei], e.v_q[ei], e.v_g2l_cls[ei],
-                            return_attention)
+        sub, sub_att = iimm(
+            m.v_cls[mi], m.v_k[mi], m.v_v[mi], e.v_cls[ei], e.v_q[ei], e.v_g2l_cls[ei], return_attention
+        )
         S_V = m.v_k.new_zeros(B, N) + c
         S_V[mi[:, None], ei[None, :]] = sub.to(S_V.dtype)
         if return_attention:
@@ -464,8 +513,14 @@ class M3ELHeads(nn.Module):
                 parts += [(c * w).expand_as(h), -(c * w) * h]
         return torch.cat(parts, 1)
 
-    def training_loss(self, m_text: TextFeatures, m_image: ImageFeatures, e_text: TextFeatures,
-                      e_image: ImageFeatures, gold: torch.Tensor):
+    def training_loss(
+        self,
+        m_text: TextFeatures,
+        m_image: ImageFeatures,
+        e_text: TextFeatures,
+        e_image: ImageFeatures,
+        gold: torch.Tensor,
+    ):
         """In-batch loss for B mentions and their B gold entities -> (loss, {term: value}).
 
         t2v:           L = CE(S) + CE(S_T) + CE(S_V) + CE(S_C) + cl
@@ -485,8 +540,13 @@ class M3ELHeads(nn.Module):
             l_vt = _ce(out.extras["s_vt"], gold, fixed)
             total = total + l_vt
             parts["L_VT"] = l_vt.detach()
-        kw = {"temperature": cfg.loss_temperature, "inter_weight": cfg.inter_weight,
-              "intra_weight": cfg.intra_weight, "fixed": fixed, "gold": gold}
+        kw = {
+            "temperature": cfg.loss_temperature,
+            "inter_weight": cfg.inter_weight,
+            "intra_weight": cfg.intra_weight,
+            "fixed": fixed,
+            "gold": gold,
+        }
         cl_text = weighted_contrastive_loss(e_text.global_, m_text.global_, **kw)
         img_kw = {"entity_valid": e_image.has_image, "mention_valid": m_image.has_image} if fixed else {}
         cl_image = weighted_contrastive_loss(e_vraw, m_vraw, **kw, **img_kw)

@@ -16,6 +16,7 @@ Two modes (`MimicConfig.mode`):
           all-zero pixel tensor encoded by the backbone), in-batch CE with duplicate golds as negatives.
   fixed   (default) the deviations listed in `FIXED_MODE_DEVIATIONS`.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,16 +30,16 @@ from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
 
 FIXED_MODE_DEVIATIONS = {
     "tglu_padding_mask": "TGLU masks padded mention tokens out of the softmax and averages the "
-                         "context over real entity tokens only (official: pads attended and averaged).",
+    "context over real entity tokens only (official: pads attended and averaged).",
     "no_squeeze": "No bare .squeeze(): a batch or KB chunk of size 1 keeps its dimension "
-                  "(official CMFU collapses it and crashes ranking). Applies in both modes.",
+    "(official CMFU collapses it and crashes ranking). Applies in both modes.",
     "dedup_negatives": "In-batch duplicate gold entities are removed from a mention's negatives "
-                       "(official: they are false negatives in the CE).",
+    "(official: they are false negatives in the CE).",
     "rgb_images": "Every image is converted to RGB (official, transformers 4.18: non-RGB images hit a "
-                  "shape error and silently became zero tensors).",
+    "shape error and silently became zero tensors).",
     "image_masking": "Items without an image are not encoded as a zero 'mean-colour' picture: VDLU "
-                     "scores of pairs lacking an image are replaced by one learned constant and those "
-                     "mentions leave L_V; CMFU's image context is zero for them (text-only fusion).",
+    "scores of pairs lacking an image are replaced by one learned constant and those "
+    "mentions leave L_V; CMFU's image context is zero for them (text-only fusion).",
 }
 
 
@@ -46,11 +47,11 @@ FIXED_MODE_DEVIATIONS = {
 class MimicConfig:
     """Head configuration. Backbone widths come from `BackboneDims` (CLIP-B/32: 512/512/512/768/50)."""
 
-    mode: str = "fixed"                 # "fixed" or "compat"
-    text_global_dim: int = 512          # official dt / input_hidden_dim
+    mode: str = "fixed"  # "fixed" or "compat"
+    text_global_dim: int = 512  # official dt / input_hidden_dim
     text_token_dim: int = 512
-    image_global_dim: int = 512         # CLIP projection width (input of image_cls_fc)
-    image_token_dim: int = 768          # official input_image_hidden_dim
+    image_global_dim: int = 512  # CLIP projection width (input of image_cls_fc)
+    image_token_dim: int = 768  # official input_image_hidden_dim
     num_image_tokens: int = 50
     dv: int = 96
     tglu_dim: int = 96
@@ -58,7 +59,7 @@ class MimicConfig:
     cmfu_dim: int = 96
     text_max_length: int = 40
     cmfu_scaled_attention: bool = False  # the paper's CMFU softmax has no 1/sqrt(d); kept by default
-    model_type = "mimic"                 # class attribute (not a field): the family's name
+    model_type = "mimic"  # class attribute (not a field): the family's name
 
     def __post_init__(self):
         if self.mode not in ("fixed", "compat"):
@@ -69,16 +70,21 @@ class MimicConfig:
         return self.mode == "fixed"
 
     @classmethod
-    def for_backbone(cls, dims: BackboneDims, **kw) -> "MimicConfig":
-        return cls(text_global_dim=dims.text_global, text_token_dim=dims.text_token,
-                   image_global_dim=dims.image_global, image_token_dim=dims.image_token,
-                   num_image_tokens=dims.num_image_tokens, **kw)
+    def for_backbone(cls, dims: BackboneDims, **kw) -> MimicConfig:
+        return cls(
+            text_global_dim=dims.text_global,
+            text_token_dim=dims.text_token,
+            image_global_dim=dims.image_global,
+            image_token_dim=dims.image_token,
+            num_image_tokens=dims.num_image_tokens,
+            **kw,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MimicConfig":
+    def from_dict(cls, d: dict) -> MimicConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -103,18 +109,18 @@ class SideFeatures:
 
 @dataclass
 class TensorCache:
-    def apply(self, fn) -> "TensorCache":
+    def apply(self, fn) -> TensorCache:
         """Return a copy with `fn` applied to every tensor (e.g. `.to(device)`, `.half()`, slicing)."""
         return type(self)(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.t_cls.shape[0]
 
-    def __getitem__(self, idx) -> "TensorCache":
+    def __getitem__(self, idx) -> TensorCache:
         return self.apply(lambda t: t[idx])
 
     @classmethod
-    def cat(cls, parts: list["TensorCache"]) -> "TensorCache":
+    def cat(cls, parts: list[TensorCache]) -> TensorCache:
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -210,13 +216,15 @@ class TGLU(nn.Module):
 
     def forward(self, m: MentionCache, e: EntityCache, fixed: bool, return_attention: bool = False):
         """-> (S_T [B,N], attention [N,B,Le,Lm] or None)."""
-        g2g = m.t_cls @ e.t_cls.T                                            # [B, N]
+        g2g = m.t_cls @ e.t_cls.T  # [B, N]
         q, k, v = e.q, m.k, m.v
         e_mask, m_mask = e.t_mask, m.t_mask
         if fixed and not return_attention:
             # Padded positions are masked in fixed mode, so trimming the all-pad tail is exact
             # and saves (L/len)^2 of the dominant cost.
-            le, lm = (max(n, 1) for n in torch.stack([e_mask.sum(1).max(), m_mask.sum(1).max()]).tolist())  # one host read
+            le, lm = (
+                max(n, 1) for n in torch.stack([e_mask.sum(1).max(), m_mask.sum(1).max()]).tolist()
+            )  # one host read
             q, e_mask = q[:, :le], e_mask[:, :le]
             k, v, m_mask = k[:, :lm], v[:, :lm], m_mask[:, :lm]
         N, Le, d = q.shape
@@ -227,7 +235,9 @@ class TGLU(nn.Module):
         # KB tile makes the kernel page-fault new memory on every tile (100% system time).
         kt = k.reshape(B * Lm, d).T / math.sqrt(self.d)
         if hot:
-            logits = torch.matmul(q.reshape(N * Le, d), kt, out=self._workspace(N * Le * B * Lm, q).view(N * Le, B * Lm)).view(N, Le, B, Lm)
+            logits = torch.matmul(
+                q.reshape(N * Le, d), kt, out=self._workspace(N * Le * B * Lm, q).view(N * Le, B * Lm)
+            ).view(N, Le, B, Lm)
         else:
             logits = (q.reshape(N * Le, d) @ kt).view(N, Le, B, Lm)
         if fixed:
@@ -235,23 +245,23 @@ class TGLU(nn.Module):
             logits = logits.masked_fill_(pad, float("-inf")) if hot else logits.masked_fill(pad, float("-inf"))
             # Average over real entity tokens only.
             w = e_mask.to(logits.dtype)
-            w = w / w.sum(1, keepdim=True).clamp_min(1)                     # [N, Le]
+            w = w / w.sum(1, keepdim=True).clamp_min(1)  # [N, Le]
         else:
             w = torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=logits.dtype, device=logits.device)
         attn = None
         if not hot:
-            probs = logits.softmax(-1)                                       # [N, Le, B, Lm]
+            probs = logits.softmax(-1)  # [N, Le, B, Lm]
             # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
-            pooled = torch.einsum("nibj,ni->nbj", probs, w)                  # [N, B, Lm]
+            pooled = torch.einsum("nibj,ni->nbj", probs, w)  # [N, B, Lm]
             if return_attention:
-                attn = probs.permute(0, 2, 1, 3)                             # [N, B, Le, Lm]
+                attn = probs.permute(0, 2, 1, 3)  # [N, B, Le, Lm]
         else:
             # Inference hot path: softmax in place, its row normaliser folded into the pooling weight.
             logits.sub_(logits.amax(-1, keepdim=True)).exp_()
             pooled = logits.mul_(w[:, :, None, None] / logits.sum(-1, keepdim=True)).sum(1)
-        ctx = torch.einsum("nbj,bjd->nbd", pooled, v)                         # [N, B, d]
+        ctx = torch.einsum("nbj,bjd->nbd", pooled, v)  # [N, B, d]
         ctx = self.layer_norm(ctx)
-        g2l = (ctx * e.g2l_cls[:, None, :]).sum(-1).T                         # [B, N]
+        g2l = (ctx * e.g2l_cls[:, None, :]).sum(-1).T  # [B, N]
         return (g2g + g2l) / 2, attn
 
     def _workspace(self, numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -292,8 +302,8 @@ class DUAL(nn.Module):
 
     def pair(self, q: torch.Tensor, qn: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, qn [a,d]; k, v [b,d] -> score [a,b]."""
-        c = self.fc(self.add_layer_norm(v[None, :, :] + q[:, None, :]))       # [a, b, d]
-        g = torch.tanh(self.gate_fc(c))                                         # [a, b, 1]
+        c = self.fc(self.add_layer_norm(v[None, :, :] + q[:, None, :]))  # [a, b, d]
+        g = torch.tanh(self.gate_fc(c))  # [a, b, 1]
         h = self.layer_norm(c * g + k[None, :, :])
         return (h * qn[:, None, :]).sum(-1)
 
@@ -307,8 +317,8 @@ class VDLU(nn.Module):
         self.dual_men2ent = DUAL(dv, d)
 
     def forward(self, m: MentionCache, e: EntityCache) -> torch.Tensor:
-        e2m = self.dual_ent2men.pair(e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)     # [N, B]
-        m2e = self.dual_men2ent.pair(m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)     # [B, N]
+        e2m = self.dual_ent2men.pair(e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)  # [N, B]
+        m2e = self.dual_men2ent.pair(m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)  # [B, N]
         return (e2m.T + m2e) / 2
 
 
@@ -387,18 +397,38 @@ class MimicHeads(nn.Module):
         e2m_q, e2m_qn = mt.vdlu.dual_ent2men.query_side(s.v_cls)
         m2e_k, m2e_v = mt.vdlu.dual_men2ent.key_side(s.v_cls, s.v_tok)
         z, attn = mt.cmfu.side(s.t_cls, s.v_tok, s.has_image, fixed)
-        return EntityCache(t_cls=s.t_cls, q=mt.tglu.fc_query(s.t_tok), t_mask=s.t_mask,
-                           g2l_cls=mt.tglu.fc_cls(s.t_cls), e2m_q=e2m_q, e2m_qn=e2m_qn,
-                           m2e_k=m2e_k, m2e_v=m2e_v, z=z, cmfu_attn=attn, has_image=s.has_image)
+        return EntityCache(
+            t_cls=s.t_cls,
+            q=mt.tglu.fc_query(s.t_tok),
+            t_mask=s.t_mask,
+            g2l_cls=mt.tglu.fc_cls(s.t_cls),
+            e2m_q=e2m_q,
+            e2m_qn=e2m_qn,
+            m2e_k=m2e_k,
+            m2e_v=m2e_v,
+            z=z,
+            cmfu_attn=attn,
+            has_image=s.has_image,
+        )
 
     def mention_cache(self, s: SideFeatures) -> MentionCache:
         mt, fixed = self.matcher, self.config.fixed
         e2m_k, e2m_v = mt.vdlu.dual_ent2men.key_side(s.v_cls, s.v_tok)
         m2e_q, m2e_qn = mt.vdlu.dual_men2ent.query_side(s.v_cls)
         z, attn = mt.cmfu.side(s.t_cls, s.v_tok, s.has_image, fixed)
-        return MentionCache(t_cls=s.t_cls, k=mt.tglu.fc_key(s.t_tok), v=mt.tglu.fc_value(s.t_tok),
-                            t_mask=s.t_mask, e2m_k=e2m_k, e2m_v=e2m_v, m2e_q=m2e_q, m2e_qn=m2e_qn,
-                            z=z, cmfu_attn=attn, has_image=s.has_image)
+        return MentionCache(
+            t_cls=s.t_cls,
+            k=mt.tglu.fc_key(s.t_tok),
+            v=mt.tglu.fc_value(s.t_tok),
+            t_mask=s.t_mask,
+            e2m_k=e2m_k,
+            e2m_v=e2m_v,
+            m2e_q=m2e_q,
+            m2e_qn=m2e_qn,
+            z=z,
+            cmfu_attn=attn,
+            has_image=s.has_image,
+        )
 
     # -- pairwise ---------------------------------------------------------------------------
     def score(self, m: MentionCache, e: EntityCache, return_attention: bool = False) -> MatchOutput:
@@ -437,15 +467,22 @@ class MimicHeads(nn.Module):
             return torch.cat([cache.t_cls.float() / 6, cache.z.float() / 3], 1)
         return torch.cat([cache.t_cls.float(), cache.z.float()], 1)
 
-    def training_loss(self, m_text: TextFeatures, m_image: ImageFeatures, e_text: TextFeatures,
-                      e_image: ImageFeatures, gold: torch.Tensor):
+    def training_loss(
+        self,
+        m_text: TextFeatures,
+        m_image: ImageFeatures,
+        e_text: TextFeatures,
+        e_image: ImageFeatures,
+        gold: torch.Tensor,
+    ):
         """In-batch loss for B mentions and their B gold entities -> (loss, {term: 0-dim detached tensor})."""
         out = self(self.side_features(m_text, m_image), self.side_features(e_text, e_image))
         return in_batch_loss(out, gold, m_image.has_image, self.config.fixed)
 
 
-def in_batch_loss(out: MatchOutput, gold: torch.Tensor, mention_has_image: torch.Tensor | None,
-                  fixed: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def in_batch_loss(
+    out: MatchOutput, gold: torch.Tensor, mention_has_image: torch.Tensor | None, fixed: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = CE(S) + CE(S_T) + CE(S_V) + CE(S_C) over in-batch negatives (paper eqs. 20–22).
 
     out: scores [B, B] of B mentions against their B gold entities (column i = gold of mention i).

@@ -14,6 +14,7 @@ build resumes where it stopped (same checkpoint and KB required); the folder is 
 only when complete. Updates (add / update / delete) write a new segment and tombstones, never
 re-encoding the rest; `index.json` is replaced atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
@@ -74,8 +75,9 @@ def _kb_hash(entities: Sequence[Entity]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Encoding one segment (resumable)
 # ------------------------------------------------------------------------------------------------
-def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool,
-                    stats: ImageLoadStats) -> None:
+def _encode_segment(
+    model: LinkingModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool, stats: ImageLoadStats
+) -> None:
     """Encode `entities` into the segment folder `seg`, resuming from seg/progress.json."""
     seg.mkdir(parents=True, exist_ok=True)
     n = len(entities)
@@ -93,12 +95,15 @@ def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, 
         it = tqdm(it, desc="index KB", unit="batch", initial=done // batch_size, total=-(-n // batch_size))
     with torch.no_grad():
         for s in it:
-            chunk = entities[s:s + batch_size]
+            chunk = entities[s : s + batch_size]
             imgs = load_images([e.images[0] if e.images else None for e in chunk], model.config.mode, stats)
             text, image = model.backbone_features([entity_text(e) for e in chunk], imgs)
             cache = model.heads.entity_cache(model.heads.side_features(text, image))
-            parts = cache.tensors() | {"text_global": text.global_, "image_global": image.global_,
-                                       "retrieval": model.heads.retrieval_vector(cache, "entity")}
+            parts = cache.tensors() | {
+                "text_global": text.global_,
+                "image_global": image.global_,
+                "retrieval": model.heads.retrieval_vector(cache, "entity"),
+            }
             for name, t in parts.items():
                 if name not in arrays:
                     dtype = np.bool_ if name in BOOL_FIELDS else np.float16
@@ -108,7 +113,9 @@ def _encode_segment(model: LinkingModel, entities: Sequence[Entity], seg: Path, 
                         arrays[name] = np.load(path, mmap_mode="r+")
                     else:
                         arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-                arrays[name][s:s + len(chunk)] = t.detach().float().cpu().numpy() if name not in BOOL_FIELDS else t.cpu().numpy()
+                arrays[name][s : s + len(chunk)] = (
+                    t.detach().float().cpu().numpy() if name not in BOOL_FIELDS else t.cpu().numpy()
+                )
             for a in arrays.values():
                 a.flush()
             # Progress is recorded only after the batch's rows are on disk.
@@ -167,13 +174,13 @@ class LexicalIndex:
         # Names of one entity are contiguous and every entity has one: reduceat gives the best per entity.
         self.starts = np.searchsorted(self.owner, np.arange(len(entities)))
         self.vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=True)
-        self.matrix = self.vec.fit_transform(names).T.tocsr().astype(np.float32)   # [features, names]
+        self.matrix = self.vec.fit_transform(names).T.tocsr().astype(np.float32)  # [features, names]
         self.n = len(entities)
 
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [Q, k], rows [Q, k]); best alias per entity; -1 rows where fewer than k match."""
         q = self.vec.transform(texts).astype(np.float32)
-        sims = (q @ self.matrix).toarray()                                   # [Q, names]
+        sims = (q @ self.matrix).toarray()  # [Q, names]
         best = np.maximum.reduceat(sims, self.starts, axis=1) if sims.shape[1] else np.zeros((len(texts), self.n))
         k = min(k, self.n)
         rows = np.argpartition(-best, k - 1, axis=1)[:, :k]
@@ -197,7 +204,9 @@ class KBIndex:
         self.keep_global = keep_global
         mf = self.root / "index.json"
         if not mf.exists():
-            raise IndexFileError(f"{self.root} is not a KB index (no index.json); build one with `python -m mimic index`")
+            raise IndexFileError(
+                f"{self.root} is not a KB index (no index.json); build one with `python -m mimic index`"
+            )
         self.manifest = json.loads(mf.read_text())
         if self.manifest.get("format") != FORMAT:
             raise IndexFileError(f"{mf}: not a {FORMAT}")
@@ -205,8 +214,17 @@ class KBIndex:
 
     # -- build ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: LinkingModel, kb: KnowledgeBase, output: str | Path, *, batch_size: int = 64,
-              progress: bool = True, faiss_kind: str = "flat", overwrite: bool = False) -> "KBIndex":
+    def build(
+        cls,
+        model: LinkingModel,
+        kb: KnowledgeBase,
+        output: str | Path,
+        *,
+        batch_size: int = 64,
+        progress: bool = True,
+        faiss_kind: str = "flat",
+        overwrite: bool = False,
+    ) -> KBIndex:
         output = Path(output)
         if output.exists() and not overwrite:
             raise FileExistsError(f"{output} exists (pass overwrite=True / --overwrite to rebuild it)")
@@ -215,20 +233,29 @@ class KBIndex:
         mf_path = building / "build.json"
         if building.exists():
             prev = json.loads(mf_path.read_text()) if mf_path.exists() else {}
-            if prev.get("fingerprint") != fp:   # a different model: start over
+            if prev.get("fingerprint") != fp:  # a different model: start over
                 shutil.rmtree(building)
         building.mkdir(parents=True, exist_ok=True)
         write_json_atomic(mf_path, {"fingerprint": fp})
         stats = ImageLoadStats()
         t0 = time.perf_counter()
         _encode_segment(model, kb.entities, building / "seg-0000", batch_size, progress, stats)
-        manifest = {"format": FORMAT, "version": 1, "fingerprint": fp, "backbone": model.backbone.describe(),
-                    "model_type": model_type_of(model.heads),
-                    "backbone_name": model.backbone.name, "model_config": model.config.to_dict(),
-                    "faiss": faiss_kind, "segments": ["seg-0000"], "tombstones": [],
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "build_seconds": round(time.perf_counter() - t0, 3), "image_stats": dict(stats),
-                    "nil_threshold": None}
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "fingerprint": fp,
+            "backbone": model.backbone.describe(),
+            "model_type": model_type_of(model.heads),
+            "backbone_name": model.backbone.name,
+            "model_config": model.config.to_dict(),
+            "faiss": faiss_kind,
+            "segments": ["seg-0000"],
+            "tombstones": [],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "image_stats": dict(stats),
+            "nil_threshold": None,
+        }
         write_json_atomic(building / "index.json", manifest)
         (building / "seg-0000" / "progress.json").unlink()
         mf_path.unlink()
@@ -245,7 +272,7 @@ class KBIndex:
     # -- load ----------------------------------------------------------------------------------
     def _load(self):
         segs = self.manifest["segments"]
-        dead = set(self.manifest.get("tombstones", []))   # "seg:row" keys
+        dead = set(self.manifest.get("tombstones", []))  # "seg:row" keys
         cache_cls = family(self.manifest.get("model_type", "mimic"))[2]
         cache_fields = [f.name for f in fields(cache_cls)]
         records, arrays, keep = [], {}, []
@@ -273,11 +300,16 @@ class KBIndex:
         # "model": the bi-encoder part of the model's own score (see `retrieval_vector` of the heads),
         # so this retriever agrees with the re-ranker by construction.
         model_vec = np.ascontiguousarray(retrieval.float().numpy())
-        self.retrievers = {"model": _faiss_index(model_vec, kind, self.root / "faiss_model.index"),
-                           "text": _faiss_index(_unit(text_global), kind, self.root / "faiss_text.index")}
+        self.retrievers = {
+            "model": _faiss_index(model_vec, kind, self.root / "faiss_model.index"),
+            "text": _faiss_index(_unit(text_global), kind, self.root / "faiss_text.index"),
+        }
         self.image_rows = np.nonzero(self.cache.has_image.numpy())[0]
-        self.retrievers["image"] = (_faiss_index(_unit(image_global[self.image_rows]), kind,
-                                                 self.root / "faiss_image.index") if len(self.image_rows) else None)
+        self.retrievers["image"] = (
+            _faiss_index(_unit(image_global[self.image_rows]), kind, self.root / "faiss_image.index")
+            if len(self.image_rows)
+            else None
+        )
         self.lexical = LexicalIndex(self.records)
 
     # -- facts ---------------------------------------------------------------------------------
@@ -293,7 +325,8 @@ class KBIndex:
         if fp != self.fingerprint:
             raise IndexMismatchError(
                 f"index {self.root} was built with model {self.fingerprint}, but the loaded model is {fp}; "
-                f"rebuild the index for this checkpoint (python -m mimic index ...)")
+                f"rebuild the index for this checkpoint (python -m mimic index ...)"
+            )
 
     def feature_bytes(self) -> int:
         """Bytes of the fp16 entity features (the EntityCache) held in RAM."""
@@ -344,9 +377,13 @@ class KBIndex:
         self._commit(segments=self.manifest["segments"], tombstones=self.manifest["tombstones"] + dead)
 
     def _commit(self, segments, tombstones):
-        self.manifest = {**self.manifest, "segments": segments, "tombstones": sorted(set(tombstones)),
-                         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for p in self.root.glob("faiss_*.index"):   # approximate indexes are rebuilt for the new rows
+        self.manifest = {
+            **self.manifest,
+            "segments": segments,
+            "tombstones": sorted(set(tombstones)),
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        for p in self.root.glob("faiss_*.index"):  # approximate indexes are rebuilt for the new rows
             p.unlink()
         write_json_atomic(self.root / "index.json", self.manifest)
         self._load()

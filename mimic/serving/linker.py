@@ -14,12 +14,13 @@ The union is cut to K by reciprocal-rank fusion, then the full model scores the 
 (S, S_T, S_V, S_C). Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
 evaluation and for measuring how often the shortlist changes the top-1.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from mimic.models.modeling_mimic import MentionCache
 from mimic.serving.index import KBIndex
 
 MAX_SENTENCE_CHARS = 10_000
-MAX_IMAGE_PIXELS = 40_000_000     # larger images are refused (decompression-bomb guard)
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused (decompression-bomb guard)
 
 
 class LinkInputError(ValueError):
@@ -67,11 +68,11 @@ class Candidate:
     description: str
     images: list[str]
     S: float
-    S_T: float | None             # None: the unit does not apply (zero-shot offline backbone has no S_C)
+    S_T: float | None  # None: the unit does not apply (zero-shot offline backbone has no S_C)
     S_V: float | None
     S_C: float | None
     rank: int
-    margin: float | None          # S minus the next candidate's S (None for the last)
+    margin: float | None  # S minus the next candidate's S (None for the last)
     retrievers: list[str]
     explanation: Explanation | None = None
 
@@ -84,7 +85,7 @@ class LinkResult:
     end: int | None
     has_image: bool
     candidates: list[Candidate]
-    nil: bool                      # True when no candidate is confident enough
+    nil: bool  # True when no candidate is confident enough
     nil_threshold: float | None
     shortlist_size: int
     timings_ms: dict = field(default_factory=dict)
@@ -113,8 +114,16 @@ class Linker:
     # retrievers whose shortlist this linker uses (the zero-shot linker drops the untrained "model")
     retriever_names = ("model", "text", "image", "text→image", "lexical")
 
-    def __init__(self, model: LinkingModel, index: KBIndex, *, shortlist: int = 64, allowed_image_dirs=None,
-                 nil_threshold: float | None = None, explain_top: int = 3):
+    def __init__(
+        self,
+        model: LinkingModel,
+        index: KBIndex,
+        *,
+        shortlist: int = 64,
+        allowed_image_dirs=None,
+        nil_threshold: float | None = None,
+        explain_top: int = 3,
+    ):
         index.check_model(model)
         self.model = model.eval()
         self.index = index
@@ -122,12 +131,14 @@ class Linker:
         self.allowed_image_dirs = allowed_image_dirs
         self.nil_threshold = nil_threshold if nil_threshold is not None else index.manifest.get("nil_threshold")
         self.explain_top = explain_top
-        self.cross_modal = (model.backbone.describe().get("type") == "clip"
-                            and model.backbone.dims.text_global == model.backbone.dims.image_global)
+        self.cross_modal = (
+            model.backbone.describe().get("type") == "clip"
+            and model.backbone.dims.text_global == model.backbone.dims.image_global
+        )
         self.patch_grid = _grid_side(model.config.num_image_tokens)
 
     @classmethod
-    def from_paths(cls, checkpoint: str | Path, index: str | Path, **kw) -> "Linker":
+    def from_paths(cls, checkpoint: str | Path, index: str | Path, **kw) -> Linker:
         return cls(load_checkpoint(checkpoint), KBIndex(index), **kw)
 
     # -- input validation ------------------------------------------------------------------------
@@ -151,8 +162,9 @@ class Linker:
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
                 raise LinkInputError("mention span must be two integers (start, end)")
             if not 0 <= start < end <= len(sentence):
-                raise LinkInputError(f"mention span ({start}, {end}) is out of range for a sentence of "
-                                     f"{len(sentence)} characters")
+                raise LinkInputError(
+                    f"mention span ({start}, {end}) is out of range for a sentence of {len(sentence)} characters"
+                )
             text = sentence[start:end]
             if not text.strip():
                 raise LinkInputError(f"mention span ({start}, {end}) covers only whitespace")
@@ -168,8 +180,12 @@ class Linker:
         img = None
         if image is not None:
             try:
-                img = imaging.load_image(image, allowed_dirs=self.allowed_image_dirs, max_pixels=MAX_IMAGE_PIXELS,
-                                         convert_rgb=(self.model.config.mode == "fixed"))
+                img = imaging.load_image(
+                    image,
+                    allowed_dirs=self.allowed_image_dirs,
+                    max_pixels=MAX_IMAGE_PIXELS,
+                    convert_rgb=(self.model.config.mode == "fixed"),
+                )
             except imaging.ImageError as exc:
                 raise LinkInputError(f"image rejected: {exc}") from None
             if self.model.config.mode == "compat" and img.mode != "RGB":
@@ -241,7 +257,7 @@ class Linker:
         for qi, (q, sl) in enumerate(zip(qs, shortlists)):
             ts = time.perf_counter()
             rows = torch.tensor([r for r, _ in sl], dtype=torch.long)
-            mq = mc[qi:qi + 1]
+            mq = mc[qi : qi + 1]
             S, S_T, S_V, S_C = self._score_rows(mq, text, image, qi, rows)
             order = torch.argsort(-S, stable=True)[:top_k]
             t3 = time.perf_counter()
@@ -249,23 +265,48 @@ class Linker:
             for rank, j in enumerate(order.tolist(), 1):
                 rec = self.index.records[int(rows[j])]
                 nxt = float(S[order[rank]]) if rank < len(order) else None
-                cands.append(Candidate(entity_id=rec["id"], name=rec["name"], description=rec.get("text", ""),
-                                       images=rec.get("images", []), S=float(S[j]), S_T=_opt(S_T, j),
-                                       S_V=_opt(S_V, j), S_C=_opt(S_C, j), rank=rank,
-                                       margin=(float(S[j]) - nxt) if nxt is not None else None,
-                                       retrievers=sl[j][1]))
+                cands.append(
+                    Candidate(
+                        entity_id=rec["id"],
+                        name=rec["name"],
+                        description=rec.get("text", ""),
+                        images=rec.get("images", []),
+                        S=float(S[j]),
+                        S_T=_opt(S_T, j),
+                        S_V=_opt(S_V, j),
+                        S_C=_opt(S_C, j),
+                        rank=rank,
+                        margin=(float(S[j]) - nxt) if nxt is not None else None,
+                        retrievers=sl[j][1],
+                    )
+                )
             if explain and cands:
-                self._explain(mq, texts[qi], cands[:self.explain_top], rows[order[:self.explain_top]],
-                              qs[qi], text, image, qi)
+                self._explain(
+                    mq, texts[qi], cands[: self.explain_top], rows[order[: self.explain_top]], qs[qi], text, image, qi
+                )
             top_s = cands[0].S if cands else None
             nil = (not cands) or (self.nil_threshold is not None and top_s < self.nil_threshold)
             t4 = time.perf_counter()
-            results.append(LinkResult(
-                sentence=q.sentence, mention=q.mention, start=q.start, end=q.end, has_image=q.image is not None,
-                candidates=cands, nil=nil, nil_threshold=self.nil_threshold, shortlist_size=len(sl),
-                timings_ms={"encode": round((t1 - t0) * 1000 / n, 3), "retrieve": round((t2 - t1) * 1000 / n, 3),
-                            "rerank": round((t3 - ts) * 1000, 3), "explain": round((t4 - t3) * 1000, 3)},
-                scoring=self.scoring))
+            results.append(
+                LinkResult(
+                    sentence=q.sentence,
+                    mention=q.mention,
+                    start=q.start,
+                    end=q.end,
+                    has_image=q.image is not None,
+                    candidates=cands,
+                    nil=nil,
+                    nil_threshold=self.nil_threshold,
+                    shortlist_size=len(sl),
+                    timings_ms={
+                        "encode": round((t1 - t0) * 1000 / n, 3),
+                        "retrieve": round((t2 - t1) * 1000 / n, 3),
+                        "rerank": round((t3 - ts) * 1000, 3),
+                        "explain": round((t4 - t3) * 1000, 3),
+                    },
+                    scoring=self.scoring,
+                )
+            )
         return results
 
     def _score_rows(self, mq: MentionCache, text, image, qi: int, rows: torch.Tensor):
@@ -289,8 +330,17 @@ class Linker:
         self._explain(mc, texts[0], [c], row, q, text, img, 0)
         return c.explanation
 
-    def _explain(self, mq: MentionCache, mtext: str, cands: list[Candidate], rows: torch.Tensor,
-                 query=None, text=None, image=None, qi: int = 0):
+    def _explain(
+        self,
+        mq: MentionCache,
+        mtext: str,
+        cands: list[Candidate],
+        rows: torch.Tensor,
+        query=None,
+        text=None,
+        image=None,
+        qi: int = 0,
+    ):
         ec = self._rows_cache(rows)
         out = self.model.heads.score(mq, ec, return_attention=True)
         tok = self.model.backbone.tokenize
@@ -305,15 +355,22 @@ class Linker:
             e_len = int(ec.t_mask[j].sum())
             att = out.tglu_attention[j, 0, :e_len, :m_len]
             e_grid, e_cls = self._grid(out.cmfu_entity_attention[j], bool(ec.has_image[j]))
-            c.explanation = Explanation(m_tokens, token_strings(self.model.backbone, e_ids[:e_len]),
-                                        att.float().tolist(), m_grid, e_grid, m_cls, e_cls)
+            c.explanation = Explanation(
+                m_tokens,
+                token_strings(self.model.backbone, e_ids[:e_len]),
+                att.float().tolist(),
+                m_grid,
+                e_grid,
+                m_cls,
+                e_cls,
+            )
 
     def _grid(self, attn: torch.Tensor, has_image: bool):
         if not has_image:
             return None, None
         a = attn.float()
         cls = None
-        if a.numel() == self.patch_grid ** 2 + 1:      # CLIP: token 0 is CLS, the rest the patch grid
+        if a.numel() == self.patch_grid**2 + 1:  # CLIP: token 0 is CLS, the rest the patch grid
             cls, a = float(a[0]), a[1:]
         return a.reshape(self.patch_grid, self.patch_grid).tolist(), cls
 
@@ -325,7 +382,7 @@ class Linker:
         mc, *_ = self._encode([q])
         parts = []
         for s in range(0, len(self.index), chunk):
-            ec = self.index.cache[s:s + chunk].apply(lambda t: t.float() if t.is_floating_point() else t)
+            ec = self.index.cache[s : s + chunk].apply(lambda t: t.float() if t.is_floating_point() else t)
             parts.append(self.model.heads.score(mc, ec).S[0])
         return torch.cat(parts)
 
@@ -337,8 +394,13 @@ class Linker:
         remaining candidate should be refused). The threshold maximises accuracy over both."""
         linked, refused = [], []
         for m in mentions:
-            r = self.link(m.sentence, m.mention if m.start is None else (m.start, m.end), m.image,
-                          top_k=self.shortlist, explain=False)
+            r = self.link(
+                m.sentence,
+                m.mention if m.start is None else (m.start, m.end),
+                m.image,
+                top_k=self.shortlist,
+                explain=False,
+            )
             cands = r.candidates
             if not cands:
                 continue
@@ -375,10 +437,10 @@ def entity_from_record(rec: dict):
 
 def _grid_side(p: int) -> int:
     for n in (p, p - 1):
-        r = int(round(n ** 0.5))
+        r = int(round(n**0.5))
         if r * r == n:
             return r
-    return int(p ** 0.5)
+    return int(p**0.5)
 
 
 def _unit_np(t: torch.Tensor) -> np.ndarray:

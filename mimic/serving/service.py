@@ -17,27 +17,28 @@ zero-shot (`mimic.serving.zeroshot`): the scores are the backbone's similarities
 Thread safety: links run concurrently; KB edits and swaps take a write lock and replace the linker
 in one assignment, so a request sees either the old or the new state, never a half-updated index.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from mimic.analysis.error_analysis import analyze_linker
 from mimic.backbones import backbone_label, load_backbone
 from mimic.data.schema import Entity, KnowledgeBase
-from mimic.serving.index import KBIndex, entity_record, model_fingerprint
-from mimic.serving.linker import Explanation, Linker, LinkResult
 from mimic.models.checkpoint import load_checkpoint
 from mimic.models.families import model_type_of
 from mimic.models.linking_model import LinkingModel
+from mimic.serving.index import KBIndex, entity_record, model_fingerprint
+from mimic.serving.linker import Explanation, Linker, LinkResult
 from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
 
 log = logging.getLogger("mimic.serving.service")
@@ -48,7 +49,7 @@ class ServedModel:
     """What serves now (shown in the app's header)."""
 
     version: str
-    scoring: str            # "model" (trained units) or "zero-shot" (backbone similarities)
+    scoring: str  # "model" (trained units) or "zero-shot" (backbone similarities)
     backbone: str
     model_type: str
     checkpoint: str | None
@@ -120,28 +121,56 @@ class LinkingService:
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
-    def start(cls, data_dir: str | Path, kb: KnowledgeBase, *, checkpoint: str | Path | None = None,
-              backbone="offline", version: str | None = None, allowed_image_dirs=None,
-              progress: bool = True, model: LinkingModel | None = None, device: str = "cpu") -> "LinkingService":
+    def start(
+        cls,
+        data_dir: str | Path,
+        kb: KnowledgeBase,
+        *,
+        checkpoint: str | Path | None = None,
+        backbone="offline",
+        version: str | None = None,
+        allowed_image_dirs=None,
+        progress: bool = True,
+        model: LinkingModel | None = None,
+        device: str = "cpu",
+    ) -> LinkingService:
         """device: where the model runs ("cpu", "cuda", "auto"); the index stays in CPU RAM."""
         data_dir = Path(data_dir)
-        linker, served = cls._load(data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
-                                   allowed_image_dirs=allowed_image_dirs, progress=progress, model=model,
-                                   device=device)
+        linker, served = cls._load(
+            data_dir,
+            kb,
+            checkpoint=checkpoint,
+            backbone=backbone,
+            version=version,
+            allowed_image_dirs=allowed_image_dirs,
+            progress=progress,
+            model=model,
+            device=device,
+        )
         svc = cls(linker, served, data_dir)
         svc.device = device
         return svc
 
     @staticmethod
-    def _load(data_dir: Path, kb: KnowledgeBase, *, checkpoint, backbone, version, allowed_image_dirs, progress,
-              model=None, device: str = "cpu") -> tuple[Linker, ServedModel]:
+    def _load(
+        data_dir: Path,
+        kb: KnowledgeBase,
+        *,
+        checkpoint,
+        backbone,
+        version,
+        allowed_image_dirs,
+        progress,
+        model=None,
+        device: str = "cpu",
+    ) -> tuple[Linker, ServedModel]:
         if model is None and checkpoint is not None:
             model = load_checkpoint(checkpoint)
         zero_shot = checkpoint is None and (model is None or getattr(model, "checkpoint_info", None) is None)
         if model is None:
             model = zero_shot_model(load_backbone(backbone))
         model.eval()
-        fp = model_fingerprint(model)           # before moving: the fingerprint names the index folder
+        fp = model_fingerprint(model)  # before moving: the fingerprint names the index folder
         index_dir = data_dir / "indexes" / safe_name(("zs-" if zero_shot else "") + fp)
         index = _open_or_build_index(model, kb, index_dir, keep_global=zero_shot, progress=progress)
         if device == "auto":
@@ -153,9 +182,16 @@ class LinkingService:
         if version is None:
             # the same name `python -m mimic retrain` gives the zero-shot serving model
             version = zero_shot_version(backbone) if zero_shot else Path(str(checkpoint)).name
-        served = ServedModel(version=version, scoring=linker.scoring, backbone=label,
-                             model_type=model_type_of(model.heads), checkpoint=str(checkpoint) if checkpoint else None,
-                             index_dir=str(index_dir), fingerprint=fp, loaded_at=time.time())
+        served = ServedModel(
+            version=version,
+            scoring=linker.scoring,
+            backbone=label,
+            model_type=model_type_of(model.heads),
+            checkpoint=str(checkpoint) if checkpoint else None,
+            index_dir=str(index_dir),
+            fingerprint=fp,
+            loaded_at=time.time(),
+        )
         return linker, served
 
     # -- serving ---------------------------------------------------------------------------------
@@ -172,7 +208,7 @@ class LinkingService:
         out = []
         with self._lock.read():
             for s in range(0, len(queries), 32):
-                out += self._linker.link_batch(queries[s:s + 32], top_k=top_k, explain=explain)
+                out += self._linker.link_batch(queries[s : s + 32], top_k=top_k, explain=explain)
         return out
 
     def explain(self, sentence, mention, entity_id: str, image=None) -> Explanation:
@@ -182,8 +218,9 @@ class LinkingService:
     def analyze(self, mentions, *, dataset: str = "", model_version: str | None = None) -> list:
         """Error analysis (`mimic.analysis.error_analysis`) of the served model on mentions with gold answers."""
         with self._lock.read():
-            return analyze_linker(self._linker, mentions, dataset=dataset,
-                                  model_version=model_version or self.served.version)
+            return analyze_linker(
+                self._linker, mentions, dataset=dataset, model_version=model_version or self.served.version
+            )
 
     def entity(self, entity_id: str) -> dict | None:
         idx = self._linker.index
@@ -194,9 +231,17 @@ class LinkingService:
 
     def describe(self) -> dict:
         s = self.served
-        return {"version": s.version, "scoring": s.scoring, "backbone": s.backbone, "model_type": s.model_type,
-                "checkpoint": s.checkpoint, "index": s.index_dir, "fingerprint": s.fingerprint,
-                "entities": len(self), "nil_threshold": self._linker.nil_threshold}
+        return {
+            "version": s.version,
+            "scoring": s.scoring,
+            "backbone": s.backbone,
+            "model_type": s.model_type,
+            "checkpoint": s.checkpoint,
+            "index": s.index_dir,
+            "fingerprint": s.fingerprint,
+            "entities": len(self),
+            "nil_threshold": self._linker.nil_threshold,
+        }
 
     # -- KB edits ----------------------------------------------------------------------------------
     def upsert_entities(self, entities: Sequence[Entity], progress: bool = False) -> int:
@@ -208,14 +253,28 @@ class LinkingService:
         return len(entities)
 
     # -- swaps -------------------------------------------------------------------------------------
-    def swap(self, kb: KnowledgeBase, *, checkpoint: str | Path | None, version: str | None = None,
-             backbone="offline", progress: bool = False,
-             on_ready: Callable[[ServedModel], None] | None = None) -> ServedModel:
+    def swap(
+        self,
+        kb: KnowledgeBase,
+        *,
+        checkpoint: str | Path | None,
+        version: str | None = None,
+        backbone="offline",
+        progress: bool = False,
+        on_ready: Callable[[ServedModel], None] | None = None,
+    ) -> ServedModel:
         """Load another model (checkpoint=None: zero-shot on `backbone`) and build or sync its index
         while the current one keeps serving, then switch in one step."""
-        linker, served = self._load(self.data_dir, kb, checkpoint=checkpoint, backbone=backbone, version=version,
-                                    allowed_image_dirs=self._linker.allowed_image_dirs, progress=progress,
-                                    device=self.device)
+        linker, served = self._load(
+            self.data_dir,
+            kb,
+            checkpoint=checkpoint,
+            backbone=backbone,
+            version=version,
+            allowed_image_dirs=self._linker.allowed_image_dirs,
+            progress=progress,
+            device=self.device,
+        )
         with self._lock.write():
             self._linker, self.served = linker, served
         if on_ready:
@@ -233,8 +292,9 @@ def zero_shot_version(backbone) -> str:
     return f"zero-shot ({backbone if isinstance(backbone, str) else 'custom backbone'})"
 
 
-def _open_or_build_index(model: LinkingModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool,
-                         progress: bool) -> KBIndex:
+def _open_or_build_index(
+    model: LinkingModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool, progress: bool
+) -> KBIndex:
     if not (index_dir / "index.json").exists():
         log.info("building the KB index for %d entities in %s (first start for this model)", len(kb), index_dir)
         index_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +307,9 @@ def _open_or_build_index(model: LinkingModel, kb: KnowledgeBase, index_dir: Path
 def sync_index(index: KBIndex, model: LinkingModel, kb: KnowledgeBase, progress: bool = False) -> dict:
     """Bring `index` in line with `kb`: encode new or changed entities, drop removed ones."""
     wanted = {e.id: e for e in kb.entities}
-    changed = [e for e in kb.entities
-               if e.id not in index.position or index.records[index.position[e.id]] != entity_record(e)]
+    changed = [
+        e for e in kb.entities if e.id not in index.position or index.records[index.position[e.id]] != entity_record(e)
+    ]
     removed = [i for i in index.ids if i not in wanted]
     if changed:
         index.upsert(model, changed, progress=progress)

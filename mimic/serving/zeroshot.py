@@ -20,6 +20,7 @@ to the other image's mean region state.
 `zero_shot_scores` / `zero_shot_ranks` apply the same rule to many queries against a whole KB at
 once (B x N), for evaluation (the retraining job judges a zero-shot serving model with them).
 """
+
 from __future__ import annotations
 
 import threading
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from mimic.analysis.ranking import ranks_from_scores
+from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 from mimic.serving.index import KBIndex
 from mimic.serving.linker import Candidate, Explanation, Linker, entity_from_record, token_strings
-from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 
 ZERO_SHOT_SEED = 0
 
@@ -58,18 +59,21 @@ def is_joint_space(backbone) -> bool:
 class BackboneVectors:
     """Unit-norm backbone global vectors of many items, on the CPU: what zero-shot scoring compares."""
 
-    text: torch.Tensor       # [N, Dt]
-    image: torch.Tensor      # [N, Di]
-    has: torch.Tensor        # [N] bool: the item has an image
+    text: torch.Tensor  # [N, Dt]
+    image: torch.Tensor  # [N, Di]
+    has: torch.Tensor  # [N] bool: the item has an image
 
     @classmethod
-    def of(cls, text, image) -> "BackboneVectors":
+    def of(cls, text, image) -> BackboneVectors:
         """From `LinkingModel.backbone_features` outputs."""
-        return cls(F.normalize(text.global_.float(), dim=-1).cpu(), F.normalize(image.global_.float(), dim=-1).cpu(),
-                   image.has_image.bool().cpu())
+        return cls(
+            F.normalize(text.global_.float(), dim=-1).cpu(),
+            F.normalize(image.global_.float(), dim=-1).cpu(),
+            image.has_image.bool().cpu(),
+        )
 
     @classmethod
-    def cat(cls, parts: list["BackboneVectors"]) -> "BackboneVectors":
+    def cat(cls, parts: list[BackboneVectors]) -> BackboneVectors:
         return cls(*(torch.cat([getattr(p, k) for p in parts]) for k in ("text", "image", "has")))
 
 
@@ -92,9 +96,10 @@ def zero_shot_ranks(model: LinkingModel, kb_vectors: BackboneVectors, kb, mentio
     cross = is_joint_space(model.backbone)
     out: list[int] = []
     for s in range(0, len(mentions), batch_size):
-        batch = mentions[s:s + batch_size]
-        text, image = model.backbone_features([mention_text(m) for m in batch],
-                                              load_images([m.image for m in batch], model.config.mode))
+        batch = mentions[s : s + batch_size]
+        text, image = model.backbone_features(
+            [mention_text(m) for m in batch], load_images([m.image for m in batch], model.config.mode)
+        )
         S = zero_shot_scores(BackboneVectors.of(text, image), kb_vectors, cross)
         gold = torch.tensor([kb.position(m.answer) for m in batch])
         out += ranks_from_scores(S, gold).tolist()
@@ -105,8 +110,8 @@ class ZeroShotLinker(Linker):
     """`Linker` whose ranking and explanations come from the backbone alone (see module docstring)."""
 
     scoring = "zero-shot"
-    ENTITY_CACHE_SIZE = 256        # entities whose explanation features are kept (~140 KB each, fp16)
-    retriever_names = ("text", "image", "text→image", "lexical")   # no untrained "model" retriever
+    ENTITY_CACHE_SIZE = 256  # entities whose explanation features are kept (~140 KB each, fp16)
+    retriever_names = ("text", "image", "text→image", "lexical")  # no untrained "model" retriever
 
     def __init__(self, model: LinkingModel, index: KBIndex, **kw):
         if not getattr(index, "keep_global", False):
@@ -116,10 +121,10 @@ class ZeroShotLinker(Linker):
         # a NIL threshold calibrated for a trained model does not apply to these scores
         self.nil_threshold = kw["nil_threshold"]
         self._entity_cache: OrderedDict = OrderedDict()
-        self._entity_cache_lock = threading.Lock()     # links may run in several threads
+        self._entity_cache_lock = threading.Lock()  # links may run in several threads
 
     def _score_rows(self, mq, text, image, qi: int, rows: torch.Tensor):
-        tq = F.normalize(text.global_[qi].float(), dim=-1).cpu()   # the index vectors live in CPU RAM
+        tq = F.normalize(text.global_[qi].float(), dim=-1).cpu()  # the index vectors live in CPU RAM
         S_T = self.index.text_global[rows] @ tq
         has_e = self.index.cache.has_image[rows].bool()
         has_q = bool(image.has_image[qi])
@@ -135,19 +140,20 @@ class ZeroShotLinker(Linker):
         return S, S_T, S_V, S_C
 
     @torch.no_grad()
-    def _explain(self, mq, mtext: str, cands: list[Candidate], rows: torch.Tensor,
-                 query=None, text=None, image=None, qi: int = 0):
+    def _explain(
+        self, mq, mtext: str, cands: list[Candidate], rows: torch.Tensor, query=None, text=None, image=None, qi: int = 0
+    ):
         recs = [self.index.records[int(r)] for r in rows]
         feats = self._entity_features(recs)
         L = self.model.config.text_max_length
         m_ids = self.model.backbone.tokenize([mtext], L)["input_ids"][0]
         m_mask = text.mask[qi]
-        m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1).cpu()    # [Lm, D]
+        m_tok = F.normalize(text.tokens[qi][m_mask].float(), dim=-1).cpu()  # [Lm, D]
         m_tokens = token_strings(self.model.backbone, m_ids[m_mask.cpu()])
         q_has = bool(image.has_image[qi])
         q_regions = self._regions(image.tokens[qi]).cpu() if q_has else None
         for c, (e_tokens, e_tok, e_regions) in zip(cands, feats):
-            sim = e_tok.float() @ m_tok.T                                       # [Le, Lm]
+            sim = e_tok.float() @ m_tok.T  # [Le, Lm]
             m_grid = e_grid = None
             if q_has and e_regions is not None:
                 e_regions = e_regions.float()
@@ -168,8 +174,9 @@ class ZeroShotLinker(Linker):
             todo = [recs[i] for i in missing]
             imgs = load_images([r["images"][0] if r.get("images") else None for r in todo], self.model.config.mode)
             e_text, e_img = self.model.backbone_features([entity_text(entity_from_record(r)) for r in todo], imgs)
-            ids = self.model.backbone.tokenize([entity_text(entity_from_record(r)) for r in todo],
-                                               self.model.config.text_max_length)["input_ids"]
+            ids = self.model.backbone.tokenize(
+                [entity_text(entity_from_record(r)) for r in todo], self.model.config.text_max_length
+            )["input_ids"]
             for j, i in enumerate(missing):
                 mask = e_text.mask[j]
                 tokens = token_strings(self.model.backbone, ids[j][mask.cpu()])
@@ -187,7 +194,7 @@ class ZeroShotLinker(Linker):
     def _regions(self, tokens: torch.Tensor) -> torch.Tensor:
         """[P, D] image tokens -> the patch-grid tokens (CLIP's CLS token dropped)."""
         t = tokens.float()
-        if t.shape[0] == self.patch_grid ** 2 + 1:
+        if t.shape[0] == self.patch_grid**2 + 1:
             t = t[1:]
         return t
 
@@ -196,5 +203,12 @@ class ZeroShotLinker(Linker):
         return sim.reshape(self.patch_grid, self.patch_grid).tolist()
 
 
-__all__ = ["ZeroShotLinker", "zero_shot_model", "Explanation", "BackboneVectors", "zero_shot_scores",
-           "zero_shot_ranks", "is_joint_space"]
+__all__ = [
+    "ZeroShotLinker",
+    "zero_shot_model",
+    "Explanation",
+    "BackboneVectors",
+    "zero_shot_scores",
+    "zero_shot_ranks",
+    "is_joint_space",
+]

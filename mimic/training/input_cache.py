@@ -11,11 +11,12 @@ exactly what `Backbone.pixels_from_images` computes, in the same order of operat
 Images are deduplicated by path; an absent or unreadable image has row -1 (no image), as
 `mimic.models.linking_model.load_images` treats it.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -28,21 +29,22 @@ log = logging.getLogger("mimic")
 
 @dataclass
 class TextRows:
-    input_ids: torch.Tensor        # [N, L] long
-    attention_mask: torch.Tensor   # [N, L] long
+    input_ids: torch.Tensor  # [N, L] long
+    attention_mask: torch.Tensor  # [N, L] long
 
 
 class PixelCache:
     """uint8 [N, 3, H, W] rows for N distinct image paths, decoded and resized once on the image pool."""
 
-    def __init__(self, backbone, paths: Sequence[str], resize: str, mode: str, device: torch.device,
-                 max_bytes: int):
+    def __init__(self, backbone, paths: Sequence[str], resize: str, mode: str, device: torch.device, max_bytes: int):
         size = backbone.image_size
         self.paths = list(paths)
         self.nbytes = len(self.paths) * 3 * size * size
         if self.nbytes > max_bytes:
-            raise MemoryError(f"{len(self.paths)} images need {self.nbytes / 2**30:.1f} GiB as uint8, over the "
-                              f"{max_bytes / 2**30:.1f} GiB allowed (TrainConfig.input_cache_gib)")
+            raise MemoryError(
+                f"{len(self.paths)} images need {self.nbytes / 2**30:.1f} GiB as uint8, over the "
+                f"{max_bytes / 2**30:.1f} GiB allowed (TrainConfig.input_cache_gib)"
+            )
         rows = torch.zeros(len(self.paths), 3, size, size, dtype=torch.uint8)
         ok = torch.zeros(len(self.paths), dtype=torch.bool)
 
@@ -58,7 +60,7 @@ class PixelCache:
         self.on_device = False
         if device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(device)
-            if self.nbytes < free // 4:          # leave the rest to the model, activations and optimizer
+            if self.nbytes < free // 4:  # leave the rest to the model, activations and optimizer
                 rows, self.on_device = rows.to(device), True
             else:
                 rows = rows.pin_memory()
@@ -73,13 +75,20 @@ class InputCache:
     entity j   -> text row j of `entity_text` (j indexes `entities`), image rows `e_images[j]`
     """
 
-    def __init__(self, model: LinkingModel, mentions: Sequence[Mention], entities: Sequence[Entity],
-                 device: torch.device, max_bytes: int, token_batch: int = 4096):
+    def __init__(
+        self,
+        model: LinkingModel,
+        mentions: Sequence[Mention],
+        entities: Sequence[Entity],
+        device: torch.device,
+        max_bytes: int,
+        token_batch: int = 4096,
+    ):
         backbone, mode = model.backbone, model.config.mode
         L = model.config.text_max_length
 
         def tokenize(texts: list[str]) -> TextRows:
-            parts = [backbone.tokenize(texts[s:s + token_batch], L) for s in range(0, len(texts), token_batch)]
+            parts = [backbone.tokenize(texts[s : s + token_batch], L) for s in range(0, len(texts), token_batch)]
             return TextRows(torch.cat([p["input_ids"] for p in parts]), torch.cat([p["attention_mask"] for p in parts]))
 
         # Token rows are small (N x L longs): on the device with the pixels, so a step copies only indices.
@@ -94,23 +103,26 @@ class InputCache:
 
         self.m_image = torch.tensor([row(m.image) for m in mentions], dtype=torch.long)
         self.e_images = [[row(p) for p in e.images] for e in entities]
-        self.pixels = PixelCache(backbone, list(index), "squash" if mode == "compat" else "default", mode,
-                                 device, max_bytes)
-        ok = torch.cat([self.pixels.ok, torch.zeros(1, dtype=torch.bool)])   # row -1 -> the appended False
+        self.pixels = PixelCache(
+            backbone, list(index), "squash" if mode == "compat" else "default", mode, device, max_bytes
+        )
+        ok = torch.cat([self.pixels.ok, torch.zeros(1, dtype=torch.bool)])  # row -1 -> the appended False
         self._ok = ok
         self.device = device
         if self.pixels.on_device:
             self.m_text = TextRows(self.m_text.input_ids.to(device), self.m_text.attention_mask.to(device))
             self.e_text = TextRows(self.e_text.input_ids.to(device), self.e_text.attention_mask.to(device))
         self.compat = mode == "compat"
-        self.image_stats = {**dict(self.pixels.stats),
-                            "absent": int((self.m_image < 0).sum()) + sum(1 for r in self.e_images if not r)}
+        self.image_stats = {
+            **dict(self.pixels.stats),
+            "absent": int((self.m_image < 0).sum()) + sum(1 for r in self.e_images if not r),
+        }
 
     def _side(self, text: TextRows, text_idx: torch.Tensor, image_rows: torch.Tensor, backbone):
         """-> (input_ids, attention_mask, pixels, has_image, all_present): the arguments of
         `LinkingModel.features_from_inputs`. Nothing here waits for the device."""
         dev = self.device
-        has_cpu = self._ok[image_rows]                 # -1 indexes the appended False
+        has_cpu = self._ok[image_rows]  # -1 indexes the appended False
         rows = image_rows.clamp(min=0)
         src = self.pixels.rows
         u8 = src[rows.to(src.device, non_blocking=True)].to(dev, non_blocking=True)
@@ -127,6 +139,8 @@ class InputCache:
     def entity_inputs(self, idx: torch.Tensor, image_choice: list[int], backbone):
         """idx [B] rows of the entities, image_choice[b] which of entity idx[b]'s images (ignored
         when it has none)."""
-        rows = torch.tensor([self.e_images[j][c] if self.e_images[j] else -1
-                             for j, c in zip(idx.tolist(), image_choice)], dtype=torch.long)
+        rows = torch.tensor(
+            [self.e_images[j][c] if self.e_images[j] else -1 for j, c in zip(idx.tolist(), image_choice)],
+            dtype=torch.long,
+        )
         return self._side(self.e_text, idx, rows, backbone)

@@ -9,6 +9,7 @@ outputs are cached (fp16 on the CPU), so an epoch only trains the heads: the CPU
 Checkpoints are written atomically; `last/` (with optimizer state) is rewritten after each epoch,
 `best/` only when validation MRR improves, so a crash leaves the last good checkpoint intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,16 +50,16 @@ class TrainConfig(ConfigFile):
     text_field: str = "auto"
     output: str = "runs/mimic"
     backbone: str = "auto"
-    init_checkpoint: str | None = None   # start from an existing checkpoint (fine-tuning)
-    model: str = "mimic"                 # model family: "mimic" or "m3el"
-    cross_modal: str | None = None       # M3EL only: "t2v" (published default) or "bidirectional"
+    init_checkpoint: str | None = None  # start from an existing checkpoint (fine-tuning)
+    model: str = "mimic"  # model family: "mimic" or "m3el"
+    cross_modal: str | None = None  # M3EL only: "t2v" (published default) or "bidirectional"
     mode: str = "fixed"
     text_max_length: int = 40
     lr: float = 1e-5
-    head_lr: float | None = None         # None: one LR for everything, as the paper
+    head_lr: float | None = None  # None: one LR for everything, as the paper
     weight_decay: float = 1e-4
-    adam_eps: float = 1e-4               # the official value (unusually large); kept for fidelity
-    no_decay: str = "official"           # "official": only biases escape decay; "standard": biases + norms
+    adam_eps: float = 1e-4  # the official value (unusually large); kept for fidelity
+    no_decay: str = "official"  # "official": only biases escape decay; "standard": biases + norms
     batch_size: int = 128
     epochs: int = 20
     val_every: int = 2
@@ -70,13 +71,14 @@ class TrainConfig(ConfigFile):
     eval_chunk_size: int = 1024
     val_max_mentions: int | None = None  # validate on the first K dev mentions (None: all)
     device: str = "auto"
-    bf16: bool = True                    # autocast on CUDA only
-    check_every: int | None = None       # read the non-finite-loss flag every N steps (and before saving); None: 1 on the CPU, 25 on CUDA
-    input_cache_gib: float = 16.0        # trainable backbone: decode + resize images once up to this size (0: per batch)
+    bf16: bool = True  # autocast on CUDA only
+    check_every: int | None = (
+        None  # read the non-finite-loss flag every N steps (and before saving); None: 1 on the CPU, 25 on CUDA
+    )
+    input_cache_gib: float = 16.0  # trainable backbone: decode + resize images once up to this size (0: per batch)
     grad_clip: float | None = None
     progress: bool = True
     test_after: bool = True
-
 
 
 def set_seed(seed: int) -> None:
@@ -101,15 +103,20 @@ def param_groups(model: nn.Module, cfg: TrainConfig):
         if cfg.no_decay == "official":
             decayed = not any(s in name for s in ("bias", "LayerNorm.bias", "LayerNorm.weight"))
         else:
-            decayed = not (name.endswith("bias") or p.ndim <= 1 or "norm" in name.lower()
-                           or "embedding" in name.lower())
+            decayed = not (
+                name.endswith("bias") or p.ndim <= 1 or "norm" in name.lower() or "embedding" in name.lower()
+            )
         separate_head = bool(cfg.head_lr) and name.startswith("heads.")
         buckets[(separate_head, decayed)].append(p)
-    groups = [{"params": buckets[(False, True)], "weight_decay": cfg.weight_decay},
-              {"params": buckets[(False, False)], "weight_decay": 0.0}]
+    groups = [
+        {"params": buckets[(False, True)], "weight_decay": cfg.weight_decay},
+        {"params": buckets[(False, False)], "weight_decay": 0.0},
+    ]
     if cfg.head_lr:
-        groups += [{"params": buckets[(True, True)], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr},
-                   {"params": buckets[(True, False)], "weight_decay": 0.0, "lr": cfg.head_lr}]
+        groups += [
+            {"params": buckets[(True, True)], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr},
+            {"params": buckets[(True, False)], "weight_decay": 0.0, "lr": cfg.head_lr},
+        ]
     return [g for g in groups if g["params"]]
 
 
@@ -120,8 +127,15 @@ class FeatureStore:
     """Backbone outputs for many items, fp16 on the CPU. Images are stored only for items that have
     one (compat mode shares one row for the encoded all-zero placeholder)."""
 
-    def __init__(self, model: LinkingModel, texts: list[str], image_paths: list[str | None], batch_size: int,
-                 progress: bool, desc: str):
+    def __init__(
+        self,
+        model: LinkingModel,
+        texts: list[str],
+        image_paths: list[str | None],
+        batch_size: int,
+        progress: bool,
+        desc: str,
+    ):
         mode = model.config.mode
         tg, tt, tm, img_idx, ig, it = [], [], [], [], [], []
         placeholder = None
@@ -131,16 +145,22 @@ class FeatureStore:
             rng = tqdm(rng, desc=desc, unit="batch")
         with torch.no_grad():
             for s in rng:
-                tx = texts[s:s + batch_size]
-                imgs = load_images(image_paths[s:s + batch_size], mode, stats)
+                tx = texts[s : s + batch_size]
+                imgs = load_images(image_paths[s : s + batch_size], mode, stats)
                 text, image = model.backbone_features(tx, imgs)
-                tg.append(text.global_.half().cpu()); tt.append(text.tokens.half().cpu()); tm.append(text.mask.cpu())
+                tg.append(text.global_.half().cpu())
+                tt.append(text.tokens.half().cpu())
+                tm.append(text.mask.cpu())
                 for j, has in enumerate(image.has_image.tolist()):
                     if has:
-                        img_idx.append(len(ig)); ig.append(image.global_[j].half().cpu()); it.append(image.tokens[j].half().cpu())
+                        img_idx.append(len(ig))
+                        ig.append(image.global_[j].half().cpu())
+                        it.append(image.tokens[j].half().cpu())
                     elif mode == "compat":
                         if placeholder is None:
-                            placeholder = len(ig); ig.append(image.global_[j].half().cpu()); it.append(image.tokens[j].half().cpu())
+                            placeholder = len(ig)
+                            ig.append(image.global_[j].half().cpu())
+                            it.append(image.tokens[j].half().cpu())
                         img_idx.append(placeholder)
                     else:
                         img_idx.append(-1)
@@ -149,13 +169,20 @@ class FeatureStore:
         self.img_idx = torch.tensor(img_idx, dtype=torch.long)
         self.img_global = torch.stack(ig) if ig else torch.zeros(0, d.image_global, dtype=torch.half)
         self.img_tokens = torch.stack(it) if it else torch.zeros(0, d.num_image_tokens, d.image_token, dtype=torch.half)
-        self.has_image = self.img_idx >= 0 if mode == "fixed" else torch.zeros_like(self.img_idx, dtype=torch.bool) | (self.img_idx >= 0)
+        self.has_image = (
+            self.img_idx >= 0
+            if mode == "fixed"
+            else torch.zeros_like(self.img_idx, dtype=torch.bool) | (self.img_idx >= 0)
+        )
         self.image_stats = dict(stats)
         self.dims = d
 
     def gather(self, idx: torch.Tensor, device) -> tuple[TextFeatures, ImageFeatures]:
-        text = TextFeatures(self.text_global[idx].float().to(device), self.text_tokens[idx].float().to(device),
-                            self.text_mask[idx].to(device))
+        text = TextFeatures(
+            self.text_global[idx].float().to(device),
+            self.text_tokens[idx].float().to(device),
+            self.text_mask[idx].to(device),
+        )
         ii = self.img_idx[idx]
         g = torch.zeros(len(idx), self.dims.image_global)
         t = torch.zeros(len(idx), self.dims.num_image_tokens, self.dims.image_token)
@@ -196,8 +223,10 @@ class _LossModule(nn.Module):
 def _check_finite(bad: torch.Tensor, parts, epoch: int, last_dir: Path) -> None:
     if bool(bad):
         terms = {k: round(float(v), 4) for k, v in (parts or {}).items()}
-        raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} (last step: {terms}); "
-                                 f"the last good checkpoint in {last_dir} is untouched")
+        raise FloatingPointError(
+            f"non-finite training loss in epoch {epoch + 1} (last step: {terms}); "
+            f"the last good checkpoint in {last_dir} is untouched"
+        )
 
 
 def _dist_info():
@@ -220,11 +249,11 @@ class _Run:
     train_m: list
     dev_m: list
     model: LinkingModel
-    gold_pos: torch.Tensor                   # KB position of each training mention's gold entity
-    m_store: FeatureStore | None = None      # frozen backbone: cached mention features
-    e_store: FeatureStore | None = None      # frozen backbone: cached KB features
-    inputs: InputCache | None = None         # trainable backbone: prepared inputs
-    gold_row: torch.Tensor | None = None     # gold entity's row in `inputs`
+    gold_pos: torch.Tensor  # KB position of each training mention's gold entity
+    m_store: FeatureStore | None = None  # frozen backbone: cached mention features
+    e_store: FeatureStore | None = None  # frozen backbone: cached KB features
+    inputs: InputCache | None = None  # trainable backbone: prepared inputs
+    gold_row: torch.Tensor | None = None  # gold entity's row in `inputs`
     ddp: nn.Module | None = None
     opt: torch.optim.Optimizer | None = None
     start_epoch: int = 0
@@ -266,10 +295,10 @@ def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> tuple[Dataset, list
     if not 0 < cfg.train_fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
     if cfg.train_fraction < 1:  # the paper's low-resource setting: the FIRST k% in file order
-        train_m = train_m[:max(1, int(len(train_m) * cfg.train_fraction))]
+        train_m = train_m[: max(1, int(len(train_m) * cfg.train_fraction))]
     dev_m = list(dataset.splits.get("dev", []))
     if cfg.val_max_mentions:
-        dev_m = dev_m[:cfg.val_max_mentions]
+        dev_m = dev_m[: cfg.val_max_mentions]
     if len(train_m) < 2:
         raise ValueError("need at least 2 training mentions for in-batch negatives")
     return dataset, train_m, dev_m
@@ -289,8 +318,13 @@ def _build_model(cfg: TrainConfig, device, last_dir: Path) -> tuple[LinkingModel
             log.warning("init checkpoint mode %s kept (config asked %s)", model.config.mode, cfg.mode)
     else:
         extra = {"cross_modal": cfg.cross_modal} if (cfg.model == "m3el" and cfg.cross_modal) else {}
-        model = LinkingModel.build(load_backbone(cfg.backbone), model_type=cfg.model, mode=cfg.mode,
-                                   text_max_length=cfg.text_max_length, **extra).to(device)
+        model = LinkingModel.build(
+            load_backbone(cfg.backbone),
+            model_type=cfg.model,
+            mode=cfg.mode,
+            text_max_length=cfg.text_max_length,
+            **extra,
+        ).to(device)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
         model.backbone.eval()
@@ -303,10 +337,17 @@ def _cache_features(run: _Run) -> float:
     if run.cfg.freeze_backbone:
         model, kb, show = run.model, run.kb, run.cfg.progress and run.is_main
         model.backbone.to(run.device)
-        run.m_store = FeatureStore(model, [mention_text(m) for m in run.train_m], [m.image for m in run.train_m],
-                                   256, show, "cache mentions")
-        run.e_store = FeatureStore(model, [entity_text(e) for e in kb.entities],
-                                   [e.images[0] if e.images else None for e in kb.entities], 256, show, "cache KB")
+        run.m_store = FeatureStore(
+            model, [mention_text(m) for m in run.train_m], [m.image for m in run.train_m], 256, show, "cache mentions"
+        )
+        run.e_store = FeatureStore(
+            model,
+            [entity_text(e) for e in kb.entities],
+            [e.images[0] if e.images else None for e in kb.entities],
+            256,
+            show,
+            "cache KB",
+        )
     return time.perf_counter() - t0
 
 
@@ -320,16 +361,22 @@ def _cache_inputs(run: _Run) -> dict | None:
     t0 = time.perf_counter()
     golds = sorted(set(run.gold_pos.tolist()))
     try:
-        run.inputs = InputCache(run.model, run.train_m, [run.kb[p] for p in golds], run.device,
-                                int(cfg.input_cache_gib * 2 ** 30))
+        run.inputs = InputCache(
+            run.model, run.train_m, [run.kb[p] for p in golds], run.device, int(cfg.input_cache_gib * 2**30)
+        )
     except MemoryError as exc:
         log.warning("%s; images are decoded per batch instead", exc)
         return None
     row_of = {p: i for i, p in enumerate(golds)}
     run.gold_row = torch.tensor([row_of[p] for p in run.gold_pos.tolist()])
     pixels = run.inputs.pixels
-    info = {"images": len(pixels.paths), "bytes": pixels.nbytes, "on_device": pixels.on_device,
-            "seconds": round(time.perf_counter() - t0, 2), "image_stats": run.inputs.image_stats}
+    info = {
+        "images": len(pixels.paths),
+        "bytes": pixels.nbytes,
+        "on_device": pixels.on_device,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "image_stats": run.inputs.image_stats,
+    }
     log.info("input cache: %s", info)
     return info
 
@@ -342,11 +389,13 @@ def _setup_optimisation(run: _Run, resume_state: dict | None) -> None:
     if run.world > 1:
         # Some parameters never get a gradient: the official unused CMFU context_layer_norm, CLIP's
         # logit_scale, and the visual units on text-only data.
-        run.ddp = DDP(loss_mod, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=True)
+        run.ddp = DDP(
+            loss_mod, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     # fused: one kernel for the whole update on CUDA instead of several per parameter tensor.
-    run.opt = torch.optim.AdamW(param_groups(run.model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
-                                fused=device.type == "cuda")
+    run.opt = torch.optim.AdamW(
+        param_groups(run.model, cfg), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps, fused=device.type == "cuda"
+    )
     if resume_state:
         run.opt.load_state_dict(resume_state["optimizer"])
         run.start_epoch, run.best_mrr = resume_state["epoch"], resume_state["best_mrr"]
@@ -364,16 +413,20 @@ def _make_batch(run: _Run, b: torch.Tensor, pyrng: random.Random) -> dict:
     elif run.inputs is not None:
         # The same random image per entity as below (one draw per entity, same generator).
         choice = [pyrng.choice(range(len(kb[i].images))) if kb[i].images else 0 for i in gold.tolist()]
-        batch = {"m_inputs": run.inputs.mention_inputs(b, model.backbone),
-                 "e_inputs": run.inputs.entity_inputs(run.gold_row[b], choice, model.backbone)}
+        batch = {
+            "m_inputs": run.inputs.mention_inputs(b, model.backbone),
+            "e_inputs": run.inputs.entity_inputs(run.gold_row[b], choice, model.backbone),
+        }
     else:
         ms = [run.train_m[i] for i in b.tolist()]
         es: list[Entity] = [kb[i] for i in gold.tolist()]
         # Training sees a random image of each entity, as the official collator.
-        batch = {"m_texts": [mention_text(m) for m in ms], "e_texts": [entity_text(e) for e in es],
-                 "m_images": load_images([m.image for m in ms], model.config.mode),
-                 "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es],
-                                         model.config.mode)}
+        batch = {
+            "m_texts": [mention_text(m) for m in ms],
+            "e_texts": [entity_text(e) for e in es],
+            "m_images": load_images([m.image for m in ms], model.config.mode),
+            "e_images": load_images([pyrng.choice(e.images) if e.images else None for e in es], model.config.mode),
+        }
     batch["gold"] = gold.to(run.device, non_blocking=True)
     return batch
 
@@ -385,8 +438,8 @@ def _train_epoch(run: _Run, epoch: int, pyrng: random.Random, check_every: int) 
     if cfg.freeze_backbone:
         run.model.backbone.eval()
     g = torch.Generator().manual_seed(cfg.seed + epoch)
-    perm = torch.randperm(len(run.train_m), generator=g)[run.rank::run.world]
-    batches = [perm[s:s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
+    perm = torch.randperm(len(run.train_m), generator=g)[run.rank :: run.world]
+    batches = [perm[s : s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
     it = batches = [b for b in batches if len(b) > 1]
     if cfg.progress and run.is_main:
         it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
@@ -415,22 +468,34 @@ def _train_epoch(run: _Run, epoch: int, pyrng: random.Random, check_every: int) 
         seen += len(b)
     _check_finite(bad, parts, epoch, run.last_dir)
     ep_time = time.perf_counter() - t_ep
-    return {"epoch": epoch + 1, "train_loss": float(tot) / max(seen, 1), "epoch_seconds": round(ep_time, 2),
-            "samples_per_second": round(seen * run.world / ep_time, 1)}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(tot) / max(seen, 1),
+        "epoch_seconds": round(ep_time, 2),
+        "samples_per_second": round(seen * run.world / ep_time, 1),
+    }
 
 
 def _validate(run: _Run, epoch: int, rec: dict) -> bool:
     """Full-KB MRR on the dev mentions (main rank); best/ when it improves. -> stop early?"""
     cfg, model = run.cfg, run.model
-    ecache = (model.entity_cache(run.kb.entities, batch_size=256) if run.m_store is None
-              else _cache_from_store(model, run.e_store, run.device))
-    res = evaluate(model, run.kb, run.dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size,
-                   entity_cache=ecache)
+    ecache = (
+        model.entity_cache(run.kb.entities, batch_size=256)
+        if run.m_store is None
+        else _cache_from_store(model, run.e_store, run.device)
+    )
+    res = evaluate(
+        model, run.kb, run.dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size, entity_cache=ecache
+    )
     rec["dev"] = {k: v for k, v in res.items() if k != "ranks"}
     if res["MRR"] > run.best_mrr:
         run.best_mrr, run.bad_checks = res["MRR"], 0
-        save_checkpoint(model, run.best_dir, backbone_trained=not cfg.freeze_backbone,
-                        metrics={"dev": rec["dev"], "epoch": epoch + 1, "train_config": asdict(cfg)})
+        save_checkpoint(
+            model,
+            run.best_dir,
+            backbone_trained=not cfg.freeze_backbone,
+            metrics={"dev": rec["dev"], "epoch": epoch + 1, "train_config": asdict(cfg)},
+        )
     else:
         run.bad_checks += 1
     return run.bad_checks >= cfg.patience
@@ -438,11 +503,23 @@ def _validate(run: _Run, epoch: int, rec: dict) -> bool:
 
 def _save_last(run: _Run, epoch: int) -> None:
     """last/: the model with everything needed to resume after `epoch`."""
-    state = {"optimizer": run.opt.state_dict(), "epoch": epoch + 1, "best_mrr": run.best_mrr,
-             "bad_checks": run.bad_checks, "history": run.history, "torch_rng": torch.get_rng_state(),
-             "py_rng": random.getstate(), "np_rng": np.random.get_state()}
-    save_checkpoint(run.model, run.last_dir, backbone_trained=not run.cfg.freeze_backbone, training_state=state,
-                    metrics={"history": run.history})
+    state = {
+        "optimizer": run.opt.state_dict(),
+        "epoch": epoch + 1,
+        "best_mrr": run.best_mrr,
+        "bad_checks": run.bad_checks,
+        "history": run.history,
+        "torch_rng": torch.get_rng_state(),
+        "py_rng": random.getstate(),
+        "np_rng": np.random.get_state(),
+    }
+    save_checkpoint(
+        run.model,
+        run.last_dir,
+        backbone_trained=not run.cfg.freeze_backbone,
+        training_state=state,
+        metrics={"history": run.history},
+    )
 
 
 def _agree_to_stop(run: _Run, stop: bool) -> bool:
@@ -482,8 +559,14 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
 
     pyrng = random.Random(cfg.seed)
     check_every = cfg.check_every or (25 if device.type == "cuda" else 1)
-    summary = {"train_mentions": len(train_m), "dev_mentions": len(dev_m), "entities": len(run.kb),
-               "feature_cache_seconds": round(t_enc, 2), "device": str(device), "input_cache": input_cache_info}
+    summary = {
+        "train_mentions": len(train_m),
+        "dev_mentions": len(dev_m),
+        "entities": len(run.kb),
+        "feature_cache_seconds": round(t_enc, 2),
+        "device": str(device),
+        "input_cache": input_cache_info,
+    }
     for epoch in range(run.start_epoch, cfg.epochs):
         rec = _train_epoch(run, epoch, pyrng, check_every)
         stop = False

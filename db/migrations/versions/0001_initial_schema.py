@@ -12,9 +12,8 @@ DateTime) so this file never depends on the application code.
 
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0001"
 down_revision = None

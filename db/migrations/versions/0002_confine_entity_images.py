@@ -19,7 +19,7 @@ runs the same whatever DATA_DIR is. Downgrade does nothing (the dropped paths mu
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -35,7 +35,7 @@ def safe_store_path(p) -> bool:
     if not isinstance(p, str) or not p or "\x00" in p or "\\" in p or ":" in p:
         return False
     parts = p.split("/")
-    return (len(parts) >= 2 and parts[0] == "images" and all(x not in ("", ".", "..") for x in parts))
+    return len(parts) >= 2 and parts[0] == "images" and all(x not in ("", ".", "..") for x in parts)
 
 
 def _list(v):
@@ -49,17 +49,33 @@ def _list(v):
 
 def upgrade() -> None:
     conn = op.get_bind()
-    ents = sa.table("kb_entities", sa.column("id", sa.String), sa.column("name", sa.Text),
-                    sa.column("text", sa.Text), sa.column("aliases", sa.JSON), sa.column("images", sa.JSON),
-                    sa.column("version", sa.Integer), sa.column("updated_at", sa.DateTime),
-                    sa.column("updated_by", sa.Integer))
-    vers = sa.table("kb_entity_versions", sa.column("entity_id", sa.String), sa.column("version", sa.Integer),
-                    sa.column("name", sa.Text), sa.column("text", sa.Text), sa.column("aliases", sa.JSON),
-                    sa.column("images", sa.JSON), sa.column("author_id", sa.Integer), sa.column("note", sa.Text),
-                    sa.column("created_at", sa.DateTime))
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = conn.execute(sa.select(ents.c.id, ents.c.name, ents.c.text, ents.c.aliases, ents.c.images,
-                                  ents.c.version)).all()
+    ents = sa.table(
+        "kb_entities",
+        sa.column("id", sa.String),
+        sa.column("name", sa.Text),
+        sa.column("text", sa.Text),
+        sa.column("aliases", sa.JSON),
+        sa.column("images", sa.JSON),
+        sa.column("version", sa.Integer),
+        sa.column("updated_at", sa.DateTime),
+        sa.column("updated_by", sa.Integer),
+    )
+    vers = sa.table(
+        "kb_entity_versions",
+        sa.column("entity_id", sa.String),
+        sa.column("version", sa.Integer),
+        sa.column("name", sa.Text),
+        sa.column("text", sa.Text),
+        sa.column("aliases", sa.JSON),
+        sa.column("images", sa.JSON),
+        sa.column("author_id", sa.Integer),
+        sa.column("note", sa.Text),
+        sa.column("created_at", sa.DateTime),
+    )
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = conn.execute(
+        sa.select(ents.c.id, ents.c.name, ents.c.text, ents.c.aliases, ents.c.images, ents.c.version)
+    ).all()
     for r in rows:
         images = _list(r.images)
         keep = [p for p in images if safe_store_path(p)]
@@ -67,12 +83,22 @@ def upgrade() -> None:
             continue
         dropped = [p for p in images if not safe_store_path(p)]
         v = (r.version or 1) + 1
-        conn.execute(sa.update(ents).where(ents.c.id == r.id).values(images=keep, version=v, updated_at=now,
-                                                                     updated_by=None))
-        conn.execute(sa.insert(vers).values(
-            entity_id=r.id, version=v, name=r.name, text=r.text, aliases=_list(r.aliases), images=keep,
-            author_id=None, created_at=now,
-            note="security: dropped image paths outside DATA_DIR/images: " + json.dumps(dropped)[:4000]))
+        conn.execute(
+            sa.update(ents).where(ents.c.id == r.id).values(images=keep, version=v, updated_at=now, updated_by=None)
+        )
+        conn.execute(
+            sa.insert(vers).values(
+                entity_id=r.id,
+                version=v,
+                name=r.name,
+                text=r.text,
+                aliases=_list(r.aliases),
+                images=keep,
+                author_id=None,
+                created_at=now,
+                note="security: dropped image paths outside DATA_DIR/images: " + json.dumps(dropped)[:4000],
+            )
+        )
 
 
 def downgrade() -> None:
