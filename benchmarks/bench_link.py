@@ -27,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mimic.atomic import write_json_atomic
-from mimic.backbones.tiny import build_tiny_clip
 from mimic.data.schema import Dataset, Entity, KnowledgeBase, Mention
-from mimic.data.synthetic import ATTRS, FILLER, NAMES, hue_colour, noisy_colour_image
 from mimic.models.checkpoint import load_checkpoint
 from mimic.serving.index import KBIndex
 from mimic.serving.linker import Linker
+from mimic.testing.synthetic import ATTRS, FILLER, NAMES, hue_colour, noisy_colour_image
+from mimic.testing.tiny_clip import build_tiny_clip
 from mimic.training.trainer import TrainConfig, train
 
 

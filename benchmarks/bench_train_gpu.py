@@ -37,7 +37,7 @@ def build_clip(path: Path, size: str) -> Path:
     """A random CLIP of the given size with a locally trained tokenizer, saved to `path`."""
     from transformers import CLIPConfig, CLIPModel
 
-    from mimic.backbones.tiny import build_tiny_clip
+    from mimic.testing.tiny_clip import build_tiny_clip
 
     build_tiny_clip(path, image_size=224, patch_size=32)  # tokenizer (and a tiny model, replaced below)
     if size == "vit-b-32":

@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimic.analysis.ranking import evaluate
-from mimic.backbones.tiny import build_tiny_clip
-from mimic.data.synthetic import make_synthetic
 from mimic.models.checkpoint import load_checkpoint
+from mimic.testing.synthetic import make_synthetic
+from mimic.testing.tiny_clip import build_tiny_clip
 from mimic.training.trainer import TrainConfig, train
 
 

@@ -23,7 +23,7 @@ MELBENCH = REPO.parent / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from mimic.backbones.tiny import build_tiny_clip
+from mimic.testing.tiny_clip import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def tiny_clip(tiny_clip_dir):
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory):
-    from mimic.data.synthetic import make_synthetic
+    from mimic.testing.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), n_names=6, per_name=3, mentions_per_entity=8)
 

@@ -26,10 +26,10 @@ from db.export import split_of
 from mimic.analysis.ranking import evaluate
 from mimic.data.jsonl import write_jsonl_dataset
 from mimic.data.schema import Dataset
-from mimic.data.synthetic import make_synthetic
 from mimic.models.checkpoint import load_checkpoint, save_checkpoint
 from mimic.models.linking_model import LinkingModel
 from mimic.serving.zeroshot import zero_shot_ranks
+from mimic.testing.synthetic import make_synthetic
 from retraining import (
     JobLock,
     RetrainBusy,

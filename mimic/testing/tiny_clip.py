@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
-from mimic.data.synthetic import vocabulary
+from mimic.testing.synthetic import vocabulary
 
 
 def build_tiny_clip(
