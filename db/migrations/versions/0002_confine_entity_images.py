@@ -22,7 +22,7 @@ import json
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0002"
 down_revision = "0001"
@@ -48,6 +48,9 @@ def _list(v):
 
 
 def upgrade() -> None:
+    if context.is_offline_mode():
+        # `alembic upgrade --sql` writes DDL only; this is a data repair with nothing to emit there.
+        return
     conn = op.get_bind()
     ents = sa.table(
         "kb_entities",
