@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal, TypedDict
 
 import gradio as gr
 import pandas as pd
@@ -18,9 +19,14 @@ from mimic.serving.linker import LinkInputError, LinkResult
 
 from .context import AppContext, WriteDenied, resolve_image
 
+
 # UI-only events stay out of the API page and the client; `/link`, `/annotate` and `/export`
 # (app/api.py) are the documented endpoints.
-PRIVATE = dict(api_visibility="private")
+class _Visibility(TypedDict):
+    api_visibility: Literal["public", "private", "undocumented"]
+
+
+PRIVATE: _Visibility = {"api_visibility": "private"}
 
 CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
 DECISIONS = ("entity", "nil", "ambiguous")
@@ -89,6 +95,7 @@ def upload_path(file) -> str | None:
 def header_markdown(ctx: AppContext) -> str:
     d = ctx.service.describe()
     loc = ctx.store.location
+    assert loc is not None, "the store's StorageReport is set by db.open_store"
     parts = [
         f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
         f"{d['entities']} entities · data in `{loc.data_dir}`"

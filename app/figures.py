@@ -125,14 +125,14 @@ def _colormap(x: np.ndarray) -> np.ndarray:
 
 def overlay(image_path: str, grid, vmin: float, vmax: float, alpha: float = 0.5, max_side: int = 384) -> Image.Image:
     """The patch grid upsampled (bilinear) over the image, coloured on the shared [vmin, vmax] scale."""
-    img = Image.open(image_path)
-    img.draft("RGB", (max_side, max_side))
-    img = img.convert("RGB")
+    src = Image.open(image_path)
+    src.draft("RGB", (max_side, max_side))
+    img = src.convert("RGB")
     img.thumbnail((max_side, max_side))
     g = np.asarray(grid, dtype=np.float32)
     span = (vmax - vmin) if vmax > vmin else 1.0
     norm = (g - vmin) / span
-    heat = Image.fromarray((np.clip(norm, 0, 1) * 255).astype(np.uint8)).resize(img.size, Image.BILINEAR)
+    heat = Image.fromarray((np.clip(norm, 0, 1) * 255).astype(np.uint8)).resize(img.size, Image.Resampling.BILINEAR)
     colored = Image.fromarray(_colormap(np.asarray(heat, dtype=np.float32) / 255.0))
     return Image.blend(img, colored, alpha)
 

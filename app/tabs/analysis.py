@@ -140,7 +140,9 @@ def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None
     rec = next((r for r in load_analysis(ctx, path) if str(r.mention_id) == str(mention_id)), None)
     if rec is None:
         return None
-    image = None
+    image: str | None = None
+    start: int | None
+    end: int | None
     try:
         m = ctx.store.get_mention(str(mention_id))
         image, start, end = m.image_path, m.start, m.end

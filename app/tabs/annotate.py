@@ -83,6 +83,7 @@ def annotate_api(
         raise UserError(f"signed in as {name!r}: cannot store annotations for {annotator!r}")
     if decision not in DECISIONS + ("skip",):
         raise UserError(f"decision must be one of entity, nil, ambiguous, skip (got {decision!r})")
+    mid: int | str
     try:
         mid = int(mention_id)
     except (TypeError, ValueError):

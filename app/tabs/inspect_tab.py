@@ -41,7 +41,7 @@ def inspect_candidate(
         raise UserError("link a mention first (Link tab), then pick a candidate here")
     cands = result["candidates"]
     c = next((x for x in cands if x["entity_id"] == entity_id), None)
-    if c is None:
+    if c is None or entity_id is None:
         raise UserError(f"pick a candidate of the last link (got {entity_id!r})")
     if c.get("explanation") is None:
         try:

@@ -167,7 +167,9 @@ def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
             proc = start_retrain_process(ctx.retrain_config(**overrides), store=ctx.store)
         except RetrainBusy as exc:
             raise UserError(str(exc)) from None
-    return proc.run_id
+    # start_retrain_process sets `run_id` on the Popen it returns (not a declared Popen attribute)
+    run_id: int = getattr(proc, "run_id")  # noqa: B009
+    return run_id
 
 
 def retrain_status(ctx: AppContext, run_id: int, offset: int = 0) -> tuple[dict, str, int]:
