@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from mimic.data.formats import load_dataset
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        out: dict[str, Any]
         if args.cmd == "info":
+            assert store.location is not None  # open_store sets it
             out = {
                 "location": asdict(store.location),
                 "revision": current_revision(store.engine),

@@ -11,14 +11,15 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, Literal, TypeVar, overload
 
 from sqlalchemy import Engine, Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import statements as Q
-from .config import Settings
+from .config import Settings, StorageReport
 from .engine import backoff_delay, get_engine, retry_on_lock, session_scope, write_lock
 from .errors import Conflict, InvalidInput, NotFound, UnknownEntity
 from .images import ImageStore
@@ -61,6 +62,19 @@ def check_int(value: Any, field: str) -> int:
     return value
 
 
+@overload
+def check_float(
+    value: Any,
+    field: str,
+    *,
+    optional: Literal[False] = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float: ...
+@overload
+def check_float(
+    value: Any, field: str, *, optional: bool, minimum: float | None = None, maximum: float | None = None
+) -> float | None: ...
 def check_float(
     value: Any, field: str, *, optional: bool = False, minimum: float | None = None, maximum: float | None = None
 ) -> float | None:
@@ -96,7 +110,7 @@ class StoreBase:
             settings.images_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
         self.journal = Journal(settings.journal_path, fsync=settings.journal_fsync)
-        self.location = None  # the StorageReport, set by open_store
+        self.location: StorageReport | None = None  # set by open_store
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -259,14 +273,14 @@ class StoreBase:
     def _annotation_record(
         self,
         s: Session,
-        a: Annotation,
+        a: Annotation | Row | SimpleNamespace,  # an ORM object, a Core row or _insert_annotation's result
         *,
         duplicate: bool = False,
         annotator_name: str | None = None,
         mention_uid: str | None = None,
     ) -> AnnotationRecord:
         if annotator_name is None:
-            annotator_name = s.scalar(select(Annotator.name).where(Annotator.id == a.annotator_id))
+            annotator_name = s.execute(select(Annotator.name).where(Annotator.id == a.annotator_id)).scalar_one()
         if mention_uid is None:
             mention_uid = self._mention_row(s, a.mention_id).uid
         return AnnotationRecord(

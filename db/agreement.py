@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
+from typing import Any
 
 
 def cohen_kappa(pairs: Iterable[tuple[Hashable, Hashable]]) -> float | None:
@@ -43,18 +44,18 @@ def fleiss_kappa_from_counts(rows: Sequence[Sequence[int]]) -> float | None:
     P_e = sum_j p_j^2, which reduces to Fleiss (1971) when every n_i is equal.
     Example (Wikipedia "Fleiss' kappa"): 10 subjects, 14 raters, 5 categories -> 0.210.
     """
-    rows = [list(r) for r in rows if sum(r) >= 2]
-    if not rows:
+    table = [list(r) for r in rows if sum(r) >= 2]
+    if not table:
         return None
-    width = max(len(r) for r in rows)
-    rows = [r + [0] * (width - len(r)) for r in rows]
+    width = max(len(r) for r in table)
+    table = [r + [0] * (width - len(r)) for r in table]
     per_item = []
-    for r in rows:
+    for r in table:
         n_i = sum(r)
         per_item.append(sum(c * (c - 1) for c in r) / (n_i * (n_i - 1)))
     observed = sum(per_item) / len(per_item)
-    total = sum(sum(r) for r in rows)
-    p = [sum(r[j] for r in rows) / total for j in range(width)]
+    total = sum(sum(r) for r in table)
+    p = [sum(r[j] for r in table) / total for j in range(width)]
     expected = sum(x * x for x in p)
     if expected >= 1.0:
         return None
@@ -75,7 +76,7 @@ def fleiss_kappa(items: Iterable[Sequence[Hashable]]) -> float | None:
     return fleiss_kappa_from_counts(rows)
 
 
-def agreement_report(labels: Mapping[Hashable, Mapping[str, Hashable]]) -> dict:
+def agreement_report(labels: Mapping[Any, Mapping[str, Hashable]]) -> dict:
     """Cohen's kappa for every annotator pair and Fleiss' kappa over all multiply labelled items.
 
     `labels` maps item -> {annotator: label}. Only items with at least two labels count.

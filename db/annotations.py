@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
@@ -119,6 +119,24 @@ def _parse_time(value: str) -> datetime:
 
 
 class AnnotationsMixin(StoreBase):
+    if TYPE_CHECKING:  # from the other mixins of AnnotationStore
+
+        def _claim(
+            self, s: Session, mention_id: int, me: int, now: datetime, lease_seconds: int | None = None
+        ) -> datetime | None: ...  # QueueMixin
+
+        def _insert_prediction(
+            self,
+            s: Session,
+            mention: Mention | Row,
+            model_version: str,
+            cands: list[CandidateInput],
+            *,
+            created_at: datetime | None = None,
+            uid: str | None = None,
+            field: str = "candidates",
+        ) -> Prediction: ...  # MentionsMixin
+
     # -- submit / skip ----------------------------------------------------------------------
 
     def submit(
@@ -241,7 +259,9 @@ class AnnotationsMixin(StoreBase):
             undo_request_id=None,
             **values,
         )
-        row = SimpleNamespace(id=conn.execute(Q.insert_annotation(), params).inserted_primary_key[0], **params)
+        key = conn.execute(Q.insert_annotation(), params).inserted_primary_key
+        assert key is not None  # a single-row INSERT always reports its key
+        row = SimpleNamespace(id=key[0], **params)
         if current is not None:
             conn.execute(Q.set_annotation_status(), {"aid_": current.id, "status_": "superseded", "by_": row.id})
         was = current is not None and current.decision in FINAL_DECISIONS
@@ -372,10 +392,14 @@ class AnnotationsMixin(StoreBase):
     # -- journal events ---------------------------------------------------------------------------
 
     def _annotation_event(
-        self, s: Session, a: Annotation, ann: Annotator | None = None, m: Mention | None = None
+        self,
+        s: Session,
+        a: Annotation | Row | SimpleNamespace,
+        ann: Annotator | Row | None = None,
+        m: Mention | Row | None = None,
     ) -> dict:
         """A self-contained journal record of annotation `a`: enough to rebuild it in an empty database."""
-        ann = ann or s.get(Annotator, a.annotator_id)
+        ann = ann or s.get_one(Annotator, a.annotator_id)
         m = m or self._mention_row(s, a.mention_id)
         image = None
         if m.image_sha256:
@@ -390,7 +414,7 @@ class AnnotationsMixin(StoreBase):
             entity = {"id": a.entity_id, "name": e.name if e else a.entity_id, "version": a.entity_version}
         prediction = None
         if a.prediction_id is not None:
-            p = s.get(Prediction, a.prediction_id)
+            p = s.get_one(Prediction, a.prediction_id)
             mv = s.connection().execute(Q.model_version_name(), {"id": p.model_version_id}).scalar()
             cands = s.execute(Q.candidates_with_names(), {"pid": p.id}).all()
             prediction = {
@@ -608,11 +632,11 @@ class AnnotationsMixin(StoreBase):
             for aid, rid, urid in keys:
                 if rid in journaled and (urid is None or urid in journaled):
                     continue
-                a = s.get(Annotation, aid)
+                a = s.get_one(Annotation, aid)
                 if a.request_id not in journaled:
                     missing.append((a.created_at, 0, self._annotation_event(s, a)))
                 if a.undo_request_id is not None and a.undo_request_id not in journaled:
-                    missing.append((a.undone_at, 1, self._undo_event(a, s.get(Annotator, a.annotator_id).name)))
+                    missing.append((a.undone_at, 1, self._undo_event(a, s.get_one(Annotator, a.annotator_id).name)))
             missing.sort(key=lambda t: (t[0], t[1]))
             events.extend(ev for _, _, ev in missing)
             report.events_rejournaled = len(missing)

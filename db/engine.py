@@ -91,6 +91,7 @@ def make_engine(settings: Settings) -> Engine:
     if not settings.is_sqlite:
         return create_engine(settings.database_url, pool_pre_ping=True, json_serializer=_json_dumps)
     path = settings.sqlite_path
+    assert path is not None  # Settings refuses an SQLite URL without a file
     path.parent.mkdir(parents=True, exist_ok=True)
     network = settings.resolved_network_fs()
     mode = settings.resolved_journal_mode()

@@ -20,11 +20,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from mimic.data import write_jsonl_dataset, write_official
-from mimic.data.schema import Dataset
+from mimic.data.schema import Dataset, KnowledgeBase
 from mimic.data.schema import Mention as CoreMention
 
 from ._base import StoreBase
@@ -96,6 +97,14 @@ class GoldMention:
 
 
 class ExportsMixin(StoreBase):
+    if TYPE_CHECKING:  # from the other mixins of AnnotationStore
+
+        def accepted_links(self) -> list[dict]: ...  # ReportsMixin
+
+        def resolved(self) -> tuple[dict[int, Resolution], int]: ...  # ReportsMixin
+
+        def knowledge_base(self) -> KnowledgeBase: ...  # KbMixin
+
     def export_links_jsonl(self, path: str | Path) -> int:
         """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count."""
         path = Path(path)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import Row, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mimic.data.schema import Entity, KnowledgeBase
@@ -19,7 +19,7 @@ from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
 _MAX_TEXT = 200_000
 
 
-def _annotator_record(a: Annotator) -> AnnotatorRecord:
+def _annotator_record(a: Annotator | Row) -> AnnotatorRecord:
     return AnnotatorRecord(id=a.id, name=a.name, role=a.role, active=a.active, created_at=a.created_at)
 
 
@@ -97,8 +97,8 @@ class KbMixin(StoreBase):
 
     # -- entities ------------------------------------------------------------------------------
 
-    def _entity_record(self, s: Session, e: KbEntity) -> EntityRecord:
-        author = s.get(Annotator, e.updated_by).name if e.updated_by else None
+    def _entity_record(self, s: Session, e: KbEntity | Row) -> EntityRecord:
+        author = s.get_one(Annotator, e.updated_by).name if e.updated_by else None
         return EntityRecord(
             id=e.id,
             name=e.name,
@@ -349,7 +349,7 @@ class KbMixin(StoreBase):
         return self.read_transaction(fn)
 
     def count_entities(self) -> int:
-        return self.read_transaction(lambda s: s.scalar(select(func.count()).select_from(KbEntity)))
+        return self.read_transaction(lambda s: s.execute(select(func.count()).select_from(KbEntity)).scalar_one())
 
     def knowledge_base(self) -> KnowledgeBase:
         """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mimic.data.mentions import locate_mention
@@ -222,14 +222,14 @@ class MentionsMixin(StoreBase):
         return self.read_transaction(lambda s: self._mention_record(s, self._mention_row(s, mention)))
 
     def count_mentions(self) -> int:
-        return self.read_transaction(lambda s: s.scalar(select(func.count()).select_from(Mention)))
+        return self.read_transaction(lambda s: s.execute(select(func.count()).select_from(Mention)).scalar_one())
 
     # -- predictions ---------------------------------------------------------------------------
 
     def _insert_prediction(
         self,
         s: Session,
-        mention: Mention,
+        mention: Mention | Row,
         model_version: str,
         cands: list[CandidateInput],
         *,
@@ -384,10 +384,14 @@ class MentionsMixin(StoreBase):
         report.errors = [str(e) for _, e in errors]
         for start in range(0, len(kept), batch_size):
             batch = kept[start : start + batch_size]
-            c, e, p = self._write(lambda s, events, batch=batch: self._bulk_insert(s, batch))
-            report.created += c
-            report.existing += e
-            report.predictions += p
+
+            def write_batch(s: Session, events: list[dict], batch: list = batch) -> tuple[int, int, int]:
+                return self._bulk_insert(s, batch)
+
+            created, existing, predicted = self._write(write_batch)
+            report.created += created
+            report.existing += existing
+            report.predictions += predicted
         return report
 
     def _bulk_insert(self, s: Session, batch: list) -> tuple[int, int, int]:
@@ -415,7 +419,8 @@ class MentionsMixin(StoreBase):
             ]
             if rows:
                 s.execute(insert(Image), rows)
-        new_rows, seen = [], {}
+        new_rows: list[dict[str, Any]] = []
+        seen: dict[str, SimpleNamespace] = {}
         for where, m, _, _ in batch:
             sha = m.image.sha256 if m.image else None
             old = known.get(m.uid) or seen.get(m.uid)
@@ -493,8 +498,8 @@ class MentionsMixin(StoreBase):
             )
             # These predictions are the newest of their mentions: their margins order the queue.
             s.execute(
-                update(Mention.__table__)
-                .where(Mention.__table__.c.id == bindparam("mid"))
+                update(Q.table(Mention))
+                .where(Q.table(Mention).c.id == bindparam("mid"))
                 .values(margin=bindparam("mg")),
                 [{"mid": p["mention_id"], "mg": p["margin"]} for p, _ in preds],
             )
@@ -508,15 +513,15 @@ class MentionsMixin(StoreBase):
         return out
 
     def _existing_entity_ids(self, ids: set[str]) -> set[str]:
-        ids = list(ids)
+        id_list = list(ids)
 
         def fn(s: Session) -> set[str]:
             found: set[str] = set()
-            for i in range(0, len(ids), 500):
-                found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(ids[i : i + 500]))))
+            for i in range(0, len(id_list), 500):
+                found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(id_list[i : i + 500]))))
             return found
 
-        return self.read_transaction(fn) if ids else set()
+        return self.read_transaction(fn) if id_list else set()
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:

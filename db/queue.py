@@ -22,8 +22,21 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Select, and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    CursorResult,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -41,7 +54,9 @@ def _pending_query(group: str, limit: int | None, single: bool = False) -> Selec
     at execution). Built once per (group, limit): constructing SQLAlchemy statements with aliases
     costs more than running them. `single` (overlap = 1) spells "nobody decided it" as decided = 0,
     which the (decided, margin, id) index serves in queue order without a sort."""
-    me, now, overlap = bindparam("me"), bindparam("now", type_=UTCDateTime()), bindparam("overlap")
+    me: BindParameter[int] = bindparam("me")
+    now = bindparam("now", type_=UTCDateTime())
+    overlap: BindParameter[int] = bindparam("overlap")
     mine, skip = aliased(Annotation, name="mine"), aliased(Annotation, name="skip")
     decided_by_me = exists().where(
         mine.mention_id == Mention.id, mine.annotator_id == me, mine.status == "current", mine.decision != "skip"
@@ -111,7 +126,7 @@ class QueueMixin(StoreBase):
                 )
                 return expires
         live = {slot for slot, _, exp in held if exp > now}
-        decided = s.connection().execute(Q.count_current(mine=False), {"mid": mention_id, "aid": me}).scalar()
+        decided = s.connection().execute(Q.count_current(mine=False), {"mid": mention_id, "aid": me}).scalar_one()
         if decided + len(live) >= self.settings.overlap:
             return None
         expired = {slot for slot, _, exp in held if exp <= now}
@@ -124,7 +139,7 @@ class QueueMixin(StoreBase):
                     .where(Lease.mention_id == mention_id, Lease.slot == slot, Lease.expires_at <= now)
                     .values(annotator_id=me, expires_at=expires, created_at=now)
                 )
-                if res.rowcount == 1:
+                if cast(CursorResult, res).rowcount == 1:  # Session.execute is typed Result even for DML
                     return expires
                 continue
             stmt = insert(Lease).values(
@@ -145,7 +160,8 @@ class QueueMixin(StoreBase):
         m = self._mention_row(s, mention_id)
         pred = self._latest_prediction(s, mention_id)
         skipped = (
-            s.connection().execute(Q.count_current(mine=True, skips=True), {"mid": mention_id, "aid": me}).scalar() > 0
+            s.connection().execute(Q.count_current(mine=True, skips=True), {"mid": mention_id, "aid": me}).scalar_one()
+            > 0
         )
         return QueueItem(
             mention=self._mention_record(s, m),
@@ -191,7 +207,8 @@ class QueueMixin(StoreBase):
 
         def fn(s: Session) -> list[MentionRecord]:
             ann = self._annotator_row(s, annotator)
-            now, ids = utcnow(), []
+            now = utcnow()
+            ids: list[int] = []
             for group in _GROUPS:
                 if len(ids) >= limit:
                     break
@@ -219,6 +236,6 @@ class QueueMixin(StoreBase):
             stmt = delete(Lease).where(Lease.annotator_id == ann.id)
             if mention is not None:
                 stmt = stmt.where(Lease.mention_id == self._mention_row(s, mention, "mention").id)
-            return s.execute(stmt).rowcount
+            return cast(CursorResult, s.execute(stmt)).rowcount  # Session.execute is typed Result even for DML
 
         return self._write(fn)

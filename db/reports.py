@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
 
 from ._base import StoreBase
@@ -34,6 +35,7 @@ AMBIGUOUS_LABEL = "<AMBIGUOUS>"
 def decision_label(decision: str, entity_id: str | None) -> str:
     """The category of a decision for agreement: the entity id, or <NIL> / <AMBIGUOUS>."""
     if decision == "entity":
+        assert entity_id is not None  # the CHECK constraint entity_iff_decision
         return entity_id
     return NIL_LABEL if decision == "nil" else AMBIGUOUS_LABEL
 
@@ -112,7 +114,7 @@ class ReportsMixin(StoreBase):
         started, pending; annotation rows by status; live leases."""
 
         def fn(s: Session) -> dict:
-            mentions = s.scalar(select(func.count()).select_from(Mention))
+            mentions = s.execute(select(func.count()).select_from(Mention)).scalar_one()
             per_mention = (
                 select(Annotation.mention_id, func.count().label("n"))
                 .where(Annotation.status == "current", Annotation.decision.in_(FINAL_DECISIONS))
@@ -120,9 +122,9 @@ class ReportsMixin(StoreBase):
                 .subquery()
             )
             started = s.scalar(select(func.count()).select_from(per_mention))
-            complete = s.scalar(
+            complete = s.execute(
                 select(func.count()).select_from(per_mention).where(per_mention.c.n >= self.settings.overlap)
-            )
+            ).scalar_one()
             by_status = dict(s.execute(select(Annotation.status, func.count()).group_by(Annotation.status)).all())
             leases = s.scalar(select(func.count()).select_from(Lease).where(Lease.expires_at > utcnow()))
             return {
@@ -138,7 +140,7 @@ class ReportsMixin(StoreBase):
 
         return self.read_transaction(fn)
 
-    def _current_final(self, s: Session) -> list:
+    def _current_final(self, s: Session) -> Sequence[Row[int, int, str, str, str, str | None]]:
         return s.execute(
             select(
                 Annotation.id,

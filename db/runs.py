@@ -117,9 +117,9 @@ class RunsMixin(StoreBase):
         def mv(i):
             return s.get(ModelVersion, i).name if i is not None else None
 
-        n = s.scalar(
+        n = s.execute(
             select(func.count()).select_from(TrainingRunAnnotation).where(TrainingRunAnnotation.run_id == r.id)
-        )
+        ).scalar_one()
         return TrainingRunRecord(
             id=r.id,
             status=r.status,

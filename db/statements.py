@@ -13,12 +13,14 @@ bind parameters. Two more measured choices (SQLite, 2 cores):
 from __future__ import annotations
 
 from functools import cache
+from typing import cast
 
-from sqlalchemy import Delete, Insert, Select, Update, bindparam, delete, func, insert, select, update
+from sqlalchemy import Delete, Insert, Select, Table, Update, bindparam, delete, func, insert, select, update
 
 from .models import (
     Annotation,
     Annotator,
+    Base,
     Image,
     KbEntity,
     Lease,
@@ -28,6 +30,13 @@ from .models import (
     PredictionCandidate,
     UTCDateTime,
 )
+
+
+def table(model: type[Base]) -> Table:
+    """The model's Table (declarative types `__table__` as the wider FromClause, which has no
+    insert() / update(); every model here is mapped to a plain Table)."""
+    return cast(Table, model.__table__)
+
 
 #: SQL condition "this annotation is a final decision" (entity / nil / ambiguous), see above.
 IS_FINAL = Annotation.decision != "skip"
@@ -82,12 +91,12 @@ def current_annotation() -> Select:
 
 @cache
 def insert_annotation() -> Insert:
-    return insert(Annotation.__table__)  # no RETURNING: SQLite < 3.35 lacks it
+    return insert(table(Annotation))  # no RETURNING: SQLite < 3.35 lacks it
 
 
 @cache
 def set_annotation_status() -> Update:
-    t = Annotation.__table__
+    t = table(Annotation)
     return (
         t.update()
         .where(t.c.id == bindparam("aid_"))

@@ -75,9 +75,9 @@ def seed_store(
             }
         )
     store.import_mentions(records)
-    ids = dict(
+    id_of = dict(
         store.read_transaction(
             lambda s: s.execute(select(Mention.uid, Mention.id).where(Mention.source == "demo")).all()
         )
     )
-    return [ids[f"m{i}"] for i in range(mentions)]
+    return [id_of[f"m{i}"] for i in range(mentions)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,11 @@ class RetrainConfig(ConfigFile):
         return asdict(self)
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **overrides) -> RetrainConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> RetrainConfig:
         """DATA_DIR, MIMIC_CHECKPOINT and MIMIC_BACKBONE as the app reads them, then
         MIMIC_RETRAIN_<FIELD> for any field (e.g. MIMIC_RETRAIN_EVERY_HOURS=24); `overrides` win."""
-        env = os.environ if env is None else env
+        if env is None:
+            env = os.environ
         raw: dict[str, Any] = {}
         if env.get("DATA_DIR"):
             raw["data_dir"] = env["DATA_DIR"]

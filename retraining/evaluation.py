@@ -25,7 +25,7 @@ def kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[t
     group (its heads' `EntityCache`s, exactly what `LinkingModel.entity_cache` computes; the KB's
     `BackboneVectors` or None). Decoding KB images is the costly part of the pass on real data,
     so serving and candidate share it."""
-    caches = [[[] for _ in heads_list] for _enc, heads_list, _want in groups]
+    caches: list[list[list[Any]]] = [[[] for _ in heads_list] for _enc, heads_list, _want in groups]
     vectors: list[list[BackboneVectors]] = [[] for _ in groups]
     for s in range(0, len(kb), batch_size):
         chunk = kb.entities[s : s + batch_size]
@@ -83,6 +83,7 @@ def evaluate_models(
         for name in (n for n in names if n in zero_shot):
             for set_name, mentions in sets.items():
                 if mentions:
+                    assert kb_vectors is not None  # kb_pass computes them for a group with a zero-shot model
                     ranks = zero_shot_ranks(models[name], kb_vectors, kb, mentions, batch_size)
                     results[name][set_name] = {**metrics_from_ranks(ranks), "ranks": ranks, "scoring": "zero-shot"}
     return results

@@ -140,6 +140,7 @@ class JobLock:
 
     def _write_info(self) -> None:
         data = (json.dumps(self.info) + "\n").encode()
+        assert self._fd is not None  # acquire sets it before the first write; update checks `held`
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 

@@ -89,6 +89,7 @@ def load_corrections(cfg: RetrainConfig, store, rid: int, prog: Progress) -> Run
 def add_base_dataset(cfg: RetrainConfig, data: RunData, prog: Progress) -> None:
     """The base dataset's train split joins training, its dev split judges; nothing judged is trained
     on, whichever source it comes from. Base entities missing from the store are appended to the KB."""
+    assert cfg.base_data is not None  # called only when a base dataset is configured
     base = load_dataset(cfg.base_data)
     data.base_dev = list(base.splits.get("dev", []))
     judged = {_key(m) for m in data.heldout + data.base_dev}

@@ -21,9 +21,15 @@ from .serving import resolve_serving
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class RetrainProcess(subprocess.Popen[bytes]):
+    """The job's process, with the id of the run it executes."""
+
+    run_id: int
+
+
 def start_retrain_process(
     cfg: RetrainConfig, *, wait: bool = False, store=None, python: str | None = None
-) -> subprocess.Popen:
+) -> RetrainProcess:
     """Queue a run and start `python -m retraining` (the same command as `python -m mimic
     retrain`) for it in a new process and session, stdout/stderr appended to the run's log. The
     run id is `proc.run_id`; follow it with `read_progress` / `read_log`. Raises `RetrainBusy` at
@@ -70,7 +76,7 @@ def start_retrain_process(
             log=str(rdir / "log.txt"),
         )
         with open(rdir / "log.txt", "ab") as logf:
-            proc = subprocess.Popen(
+            proc = RetrainProcess(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=logf,

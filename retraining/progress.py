@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mimic.atomic import write_json_atomic
 
@@ -102,9 +103,10 @@ class EpochWatcher(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg != "epoch %d: %s" or not isinstance(record.args, tuple) or len(record.args) != 2:
             return
+        args: tuple[Any, ...] = record.args  # (epoch, metrics JSON), as the trainer logs them
         try:
-            epoch = int(record.args[0])
-            loss = json.loads(record.args[1]).get("train_loss")
+            epoch = int(args[0])
+            loss = json.loads(args[1]).get("train_loss")
             msg = f"epoch {epoch}/{self.epochs}" + (f", loss {loss:.4f}" if isinstance(loss, float) else "")
             self.progress("train", self.lo + (self.hi - self.lo) * epoch / self.epochs, msg)
         except Exception:
