@@ -167,8 +167,7 @@ def start_retrain(ctx: AppContext, username: str | None, **overrides) -> int:
             proc = start_retrain_process(ctx.retrain_config(**overrides), store=ctx.store)
         except RetrainBusy as exc:
             raise UserError(str(exc)) from None
-    # start_retrain_process sets `run_id` on the Popen it returns (not a declared Popen attribute)
-    run_id: int = getattr(proc, "run_id")  # noqa: B009
+    run_id = proc.run_id
     return run_id
 
 
