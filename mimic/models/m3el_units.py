@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +142,7 @@ class MultiHeadModule(nn.Module):
             else:
                 att = (x * _masked_softmax(x * T, m3, 1)).sum(1)
             out = out + (base + self.lam * att) * wt
-        return out / len(self.temperatures)
+        return cast(torch.Tensor, out / len(self.temperatures))  # a tensor: there is at least one head
 
 
 class FusionModule(nn.Module):
