@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -13,6 +14,10 @@ class ConfigFile:
     `_what` names the config in error messages."""
 
     _what = "config"
+
+    if TYPE_CHECKING:
+        # Mixed into dataclasses only (what `dataclasses.fields` needs to see).
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     @classmethod
     def from_dict(cls, raw: dict, *, where: str = "", **overrides):

@@ -14,7 +14,8 @@ fields and its labels are described.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mimic.analysis.records import SCORES, UNITS, MentionAnalysis, classify, finite_or_none, outranked_by_units
 from mimic.data.schema import Mention
@@ -78,7 +79,7 @@ def analyze_link_results(
                 retrieved=gi is not None,
                 shortlist_size=int(res.shortlist_size),
                 gold_rank=gold_rank,
-                predicted=None if nil else top["entity_id"],
+                predicted=None if nil or top is None else top["entity_id"],
                 nil_predicted=nil,
                 candidates=cands[:top_k],
                 gold_scores=gold_scores,
@@ -92,7 +93,7 @@ def analyze_link_results(
 
 
 def _candidate_dict(c) -> dict:
-    get = c.get if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
+    get: Callable[..., Any] = c.get if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
     return {
         "entity_id": get("entity_id"),
         "name": get("name", ""),

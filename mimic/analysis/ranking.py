@@ -174,6 +174,7 @@ def evaluate(
                     side = SideFeatures(**{k: getattr(raw, k)[sl] for k in SideFeatures.__dataclass_fields__})
                     ec = model.heads.entity_cache(side)  # recomputed for every batch (official)
                 else:
+                    assert ecache is not None  # the "precomputed" strategy: raw is None, ecache is set
                     ec = ecache[sl]
                 out = model.heads.score(mc, ec)
                 cols = sl if kb_order is None else kb_order[sl]

@@ -47,6 +47,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from mimic.atomic import write_text_atomic
 from mimic.data.json_files import read_jsonl
@@ -134,7 +135,8 @@ def save_records(records: Sequence[MentionAnalysis], path: str | Path) -> Path:
 
 
 _STR, _INT, _BOOL, _NUM = (str,), (int,), (bool,), (int, float)
-_FIELD_TYPES = {  # name -> (accepted types, null allowed)
+_FieldSpec = tuple[tuple[type, ...], bool]
+_FIELD_TYPES: dict[str, _FieldSpec] = {  # name -> (accepted types, null allowed)
     "mention_id": (_STR, False),
     "dataset": (_STR, False),
     "sentence": (_STR, False),
@@ -153,7 +155,7 @@ _FIELD_TYPES = {  # name -> (accepted types, null allowed)
     "unit_ranks": ((dict,), False),
     "model_version": (_STR, False),
 }
-_CANDIDATE_TYPES = {
+_CANDIDATE_TYPES: dict[str, _FieldSpec] = {
     "entity_id": (_STR, False),
     "name": (_STR, False),
     "S": (_NUM, False),
@@ -165,7 +167,7 @@ _CANDIDATE_TYPES = {
 }
 
 
-def _check(value, types, nullable: bool) -> bool:
+def _check(value: Any, types: tuple[type, ...], nullable: bool) -> bool:
     if value is None:
         return nullable
     if bool in types:

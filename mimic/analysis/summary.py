@@ -4,6 +4,7 @@ reliability of its top score, filters, and the comparison of two runs on the men
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def reliability_table(records: Sequence[MentionAnalysis], n_bins: int = 10) -> d
     with it loosely).
     """
     top = [(r.candidates[0]["S"], r.candidates[0]["entity_id"] == r.gold) for r in records if r.candidates]
-    table = {
+    table: dict[str, Any] = {
         "n_bins": n_bins,
         "binning": "equal-width over min-max normalised top S",
         "count": len(top),
@@ -110,7 +111,7 @@ def reliability_table(records: Sequence[MentionAnalysis], n_bins: int = 10) -> d
         k = int(m.sum())
         acc = float(ok[m].mean()) if k else None
         mc = float(conf[m].mean()) if k else None
-        if k:
+        if acc is not None and mc is not None:  # i.e. the bin is not empty (k > 0)
             ece += k / len(s) * abs(acc - mc)
         table["bins"].append(
             {

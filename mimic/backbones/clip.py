@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from mimic.backbones.base import Backbone, BackboneDims, TextFeatures
 from mimic.data import images as imaging
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig, CLIPVisionConfig
 
 
 @functools.cache
@@ -48,18 +52,22 @@ class ClipBackbone(Backbone):
             else AutoTokenizer.from_pretrained(self.name_or_path, local_files_only=local_files_only)
         )
         cfg = self.clip.config
-        vc = cfg.vision_config
-        self.image_size = int(vc.image_size)
-        n_tokens = (self.image_size // int(vc.patch_size)) ** 2 + 1
+        # transformers types the sub-configs as `dict | <Config> | None` and sizes as `int | list | None`
+        # (shared annotations across models); CLIPConfig.__init__ always builds the config objects,
+        # and CLIP's sizes are plain ints, hence the casts and the arg-type ignores below.
+        vc = cast("CLIPVisionConfig", cfg.vision_config)
+        tc = cast("CLIPTextConfig", cfg.text_config)
+        self.image_size = int(vc.image_size)  # type: ignore[arg-type]
+        n_tokens = (self.image_size // int(vc.patch_size)) ** 2 + 1  # type: ignore[arg-type]
         self.dims = BackboneDims(
-            text_global=int(cfg.projection_dim),
-            text_token=int(cfg.text_config.hidden_size),
-            image_global=int(cfg.projection_dim),
+            text_global=int(cfg.projection_dim),  # type: ignore[arg-type]
+            text_token=int(tc.hidden_size),
+            image_global=int(cfg.projection_dim),  # type: ignore[arg-type]
             image_token=int(vc.hidden_size),
             num_image_tokens=n_tokens,
         )
         self.name = f"clip:{self.name_or_path}"
-        self.max_positions = int(cfg.text_config.max_position_embeddings)
+        self.max_positions = int(tc.max_position_embeddings)
 
     def tokenize(self, texts, max_length):
         if max_length > self.max_positions:

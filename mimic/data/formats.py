@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mimic.data.jsonl import load_jsonl_dataset
@@ -32,7 +33,11 @@ def load_dataset(path: str | Path, *, format: str = "auto", **kw) -> Dataset:
     official release, a directory with kb.jsonl the project's JSONL, a .json file holding a JSON
     object the raw MELBench file. Extra keyword arguments go to the chosen loader.
     """
-    loaders = {"official": load_official, "jsonl": load_jsonl_dataset, "melbench": load_melbench}
+    loaders: dict[str, Callable[..., Dataset]] = {
+        "official": load_official,
+        "jsonl": load_jsonl_dataset,
+        "melbench": load_melbench,
+    }
     path = Path(path)
     if format != "auto":
         if format not in loaders:

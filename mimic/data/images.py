@@ -179,12 +179,14 @@ def _open(fp, desc: str) -> Image.Image:
 # -- resizing --------------------------------------------------------------------------------
 
 
-def squash_resize(img: Image.Image, size: int = 224, resample=Image.LANCZOS) -> Image.Image:
+def squash_resize(img: Image.Image, size: int = 224, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
     """Resize to size x size ignoring the aspect ratio (the official MIMIC preprocessing)."""
     return img.resize((size, size), resample)
 
 
-def resize_center_crop(img: Image.Image, shorter: int = 256, crop: int = 224, resample=Image.BICUBIC) -> Image.Image:
+def resize_center_crop(
+    img: Image.Image, shorter: int = 256, crop: int = 224, resample: int = Image.Resampling.BICUBIC
+) -> Image.Image:
     """Shorter side to `shorter` (longer side truncated like torchvision's Resize), then a
     centre crop of crop x crop (zero-padded by PIL if the image is smaller than the crop)."""
     w, h = img.size

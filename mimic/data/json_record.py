@@ -7,7 +7,7 @@ file, the record and the field instead of a bare KeyError/TypeError.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from mimic.data.schema import DataFormatError
 
@@ -56,6 +56,26 @@ class JsonRecord:
             raise self.error(f"expected {_describe(types)}, got {type(value).__name__} {value!r:.60}", key)
         return value
 
+    @overload
+    def string(
+        self,
+        key: str,
+        *,
+        required: Literal[True] = ...,
+        default: str | None = ...,
+        non_empty: bool = ...,
+        allow_null: Literal[False] = ...,
+    ) -> str: ...
+    @overload
+    def string(
+        self,
+        key: str,
+        *,
+        required: bool = ...,
+        default: str | None = ...,
+        non_empty: bool = ...,
+        allow_null: bool = ...,
+    ) -> str | None: ...
     def string(
         self,
         key: str,
@@ -70,6 +90,10 @@ class JsonRecord:
             raise self.error("must be a non-empty string", key)
         return value
 
+    @overload
+    def ident(self, key: str, *, required: Literal[True] = ...) -> str: ...
+    @overload
+    def ident(self, key: str, *, required: bool = ...) -> str | None: ...
     def ident(self, key: str, *, required: bool = True) -> str | None:
         """An identifier given as a string or an integer, returned as a string."""
         value = self.get(key, (str, int), required=required)

@@ -26,7 +26,8 @@ def _resolve_file(root: Path, p: str) -> Path:
 
 def _load_jsonl_kb(root: Path, stats: dict) -> list[Entity]:
     path = root / "kb.jsonl"
-    entities, seen = [], {}
+    entities: list[Entity] = []
+    seen: dict[str, int] = {}
     for lineno, obj in read_jsonl(path):
         rec = JsonRecord(obj, path, f"line {lineno}")
         eid = rec.ident("id")
@@ -75,7 +76,7 @@ def _load_jsonl_split(path: Path, root: Path, kb: KnowledgeBase, stats: dict) ->
         if not rec.has("answer"):
             raise rec.error("missing required field (use null or 'nil' for no entity)", "answer")
         answer = rec.ident("answer", required=False) if rec.obj["answer"] is not None else None
-        if is_nil(answer):
+        if answer is None or is_nil(answer):
             count_per_split(stats, "nil_dropped", split)
             continue
         if answer not in kb:

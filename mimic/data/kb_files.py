@@ -21,8 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from mimic.data.schema import DataFormatError, Entity, KnowledgeBase
@@ -105,7 +107,7 @@ def confined_path(name: str, base: str | Path) -> Path:
     return target
 
 
-def _raw_records(path: Path, fmt: str) -> tuple[list[tuple[object, dict]], Path, dict | None]:
+def _raw_records(path: Path, fmt: str) -> tuple[Sequence[tuple[object, Any]], Path, dict | None]:
     """-> ([(row label, record dict)], image base folder, qid2id or None)."""
     if fmt == "official":
         folder = path if path.is_dir() else path.parent
@@ -124,7 +126,7 @@ def _raw_records(path: Path, fmt: str) -> tuple[list[tuple[object, dict]], Path,
             qid2id = json.loads(line)
         return list(enumerate(data)), folder / "kb_image", qid2id
     if fmt == "jsonl":
-        rows = []
+        rows: list[tuple[str, Any]] = []
         with open(path, encoding="utf-8", errors="strict") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -190,9 +192,8 @@ def load_kb(
                 images = _as_list(rec.get("image_list"))
                 aliases = _as_list(rec.get("aliases"))
             else:
-                eid, name = rec.get("id"), rec.get("name")
-                if not isinstance(name, str):
-                    name = "" if name is None else str(name)
+                eid, raw_name = rec.get("id"), rec.get("name")
+                name = raw_name if isinstance(raw_name, str) else "" if raw_name is None else str(raw_name)
                 images, aliases = _as_list(rec.get("images")), _as_list(rec.get("aliases"))
             eid = "" if eid is None else str(eid).strip()
             if not eid:

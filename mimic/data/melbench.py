@@ -43,6 +43,7 @@ def load_melbench(path: str | Path, *, split_rule: str | Callable[[int], str] = 
     dropped and counted.
     """
     path = Path(path)
+    split_of: Callable[[int], str]
     if split_rule == "mod10":
         split_of = melbench_split
     elif callable(split_rule):

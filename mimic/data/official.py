@@ -143,7 +143,8 @@ def _load_official_kb(root: Path, text_field: str, kb_dir: Path, stats: dict) ->
     if not isinstance(raw, list):
         raise DataFormatError(path, f"expected a JSON list of entities, got {type(raw).__name__}")
     available = _listdir(kb_dir)
-    rows, seen = [], {}
+    rows: list[tuple[int, Entity]] = []
+    seen: dict[int, int] = {}
     for i, obj in enumerate(raw):
         rec = JsonRecord(obj, path, i)
         kid = rec.get("id", (int,))

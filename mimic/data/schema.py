@@ -87,7 +87,7 @@ class KnowledgeBase:
     def position(self, entity_id: str) -> int:
         return self.index[entity_id]
 
-    def __contains__(self, entity_id: str) -> bool:
+    def __contains__(self, entity_id: object) -> bool:
         return entity_id in self.index
 
 

@@ -17,6 +17,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -88,7 +89,8 @@ def save_checkpoint(
         backbone = model.backbone.describe()
         if backbone_trained:
             if backbone.get("type") == "clip":
-                model.backbone.save_pretrained(str(tmp / "backbone"))
+                # describe() says "clip" only for a ClipBackbone
+                cast(ClipBackbone, model.backbone).save_pretrained(str(tmp / "backbone"))
                 backbone = {"type": "clip", "name_or_path": "backbone", "source": backbone["name_or_path"]}
             else:
                 sd = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}

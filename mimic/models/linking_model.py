@@ -73,6 +73,9 @@ def load_images(paths: Sequence[str | None], mode: str, stats: ImageLoadStats | 
 class LinkingModel(nn.Module):
     """Backbone + heads of any family (MIMIC or M3EL). `encode(texts, images)` -> `SideFeatures`."""
 
+    #: the checkpoint's config, set by `mimic.models.checkpoint.load_checkpoint` (absent otherwise)
+    checkpoint_info: dict
+
     def __init__(self, backbone: Backbone, heads: MimicHeads):
         super().__init__()
         self.backbone = backbone

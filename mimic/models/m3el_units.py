@@ -9,20 +9,41 @@ renaming keys; `mimic.models.modeling_m3el` assembles these into the heads.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimic.models.modeling_mimic import TGLU, SideFeatures
+from mimic.models.modeling_mimic import GlobalLocalUnit, SideFeatures
 
 
 def is_max_head(T) -> bool:
     return T is None or (isinstance(T, str) and T in ("max", "inf")) or math.isinf(float(T)) or float(T) == 99
 
 
-class ImageIntraModalMatch(TGLU):
+@dataclass
+class _PatchQueries:
+    """The entity side of the global–local computation, on image patches."""
+
+    t_cls: torch.Tensor
+    q: torch.Tensor
+    g2l_cls: torch.Tensor
+    t_mask: torch.Tensor
+
+
+@dataclass
+class _PatchKeys:
+    """The mention side of the global–local computation, on image patches."""
+
+    t_cls: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    t_mask: torch.Tensor
+
+
+class ImageIntraModalMatch(GlobalLocalUnit):
     """IIMM: the TGLU pattern applied to vision (same parameter names as the official module).
 
     G2G = m_img_cls · e_img_cls (LN'd, dv-d). G2L: entity patches are queries (W_q), mention patches
@@ -47,19 +68,17 @@ class ImageIntraModalMatch(TGLU):
         hot = not (return_attention or torch.is_grad_enabled())
         step = max(1, self.max_tile_elements // max(1, P * B * P)) if hot else N
         outs, attns = [], []
-        # TGLU's pairwise code reads t_cls/q/t_mask/g2l_cls (entities) and t_cls/k/v/t_mask (mentions).
+        # `GlobalLocalUnit.pairwise` reads t_cls/q/t_mask/g2l_cls (entities) and t_cls/k/v/t_mask (mentions).
         for s in range(0, N, step):
             sl = slice(s, s + step)
-            ev = SimpleNamespace(
+            ev = _PatchQueries(
                 t_cls=e_cls[sl],
                 q=e_q[sl],
                 g2l_cls=e_g2l[sl],
                 t_mask=torch.ones(e_q[sl].shape[:2], dtype=torch.bool, device=e_q.device),
             )
-            mv = SimpleNamespace(
-                t_cls=m_cls, k=m_k, v=m_v, t_mask=torch.ones(B, P, dtype=torch.bool, device=m_k.device)
-            )
-            sv, att = TGLU.forward(self, mv, ev, False, return_attention)
+            mv = _PatchKeys(t_cls=m_cls, k=m_k, v=m_v, t_mask=torch.ones(B, P, dtype=torch.bool, device=m_k.device))
+            sv, att = self.pairwise(mv, ev, False, return_attention)
             outs.append(sv)
             attns.append(att)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
@@ -123,7 +142,7 @@ class MultiHeadModule(nn.Module):
             else:
                 att = (x * _masked_softmax(x * T, m3, 1)).sum(1)
             out = out + (base + self.lam * att) * wt
-        return out / len(self.temperatures)
+        return cast(torch.Tensor, out / len(self.temperatures))  # a tensor: there is at least one head
 
 
 class FusionModule(nn.Module):

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -249,7 +249,7 @@ class M3ELMatcher(nn.Module):
         self.image_tokens_layernorm = nn.LayerNorm(cfg.dv)
 
     @property
-    def cross(self) -> nn.Module:
+    def cross(self) -> CrossModalMatch | CrossModalMatchBidirection:
         return self.cmmb if hasattr(self, "cmmb") else self.cmm
 
 
@@ -445,7 +445,7 @@ class M3ELHeads(nn.Module):
         )
         S_V = m.v_k.new_zeros(B, N) + c
         S_V[mi[:, None], ei[None, :]] = sub.to(S_V.dtype)
-        if return_attention:
+        if att is not None:  # i.e. return_attention
             att[ei[:, None], mi[None, :]] = sub_att
         return S_V, att
 
@@ -540,7 +540,7 @@ class M3ELHeads(nn.Module):
             l_vt = _ce(out.extras["s_vt"], gold, fixed)
             total = total + l_vt
             parts["L_VT"] = l_vt.detach()
-        kw = {
+        kw: dict[str, Any] = {
             "temperature": cfg.loss_temperature,
             "inter_weight": cfg.inter_weight,
             "intra_weight": cfg.intra_weight,
@@ -548,7 +548,9 @@ class M3ELHeads(nn.Module):
             "gold": gold,
         }
         cl_text = weighted_contrastive_loss(e_text.global_, m_text.global_, **kw)
-        img_kw = {"entity_valid": e_image.has_image, "mention_valid": m_image.has_image} if fixed else {}
+        img_kw: dict[str, Any] = (
+            {"entity_valid": e_image.has_image, "mention_valid": m_image.has_image} if fixed else {}
+        )
         cl_image = weighted_contrastive_loss(e_vraw, m_vraw, **kw, **img_kw)
         cl = (cl_text + cl_image) / 2
         total = total + cl

@@ -20,7 +20,9 @@ Two modes (`MimicConfig.mode`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import torch
 import torch.nn.functional as F
@@ -109,18 +111,23 @@ class SideFeatures:
 
 @dataclass
 class TensorCache:
-    def apply(self, fn) -> TensorCache:
+    if TYPE_CHECKING:
+        # Declared by every concrete cache as a dataclass field (first; [N, Dtg]); read by __len__.
+        # Only a declaration here, so it is not a field of this base class.
+        t_cls: torch.Tensor
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Self:
         """Return a copy with `fn` applied to every tensor (e.g. `.to(device)`, `.half()`, slicing)."""
         return type(self)(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.t_cls.shape[0]
 
-    def __getitem__(self, idx) -> TensorCache:
+    def __getitem__(self, idx: Any) -> Self:
         return self.apply(lambda t: t[idx])
 
     @classmethod
-    def cat(cls, parts: list[TensorCache]) -> TensorCache:
+    def cat(cls, parts: Sequence[Self]) -> Self:
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -196,8 +203,26 @@ class MatchOutput:
 # ------------------------------------------------------------------------------------------------
 # Units. Parameter names follow the official code so its checkpoints load by key renaming.
 # ------------------------------------------------------------------------------------------------
-class TGLU(nn.Module):
-    """Text-based global–local unit (paper eqs. 8–10).
+class TGLUMentionSide(Protocol):
+    """What the global–local computation reads of the mention side (a `MentionCache` has it)."""
+
+    t_cls: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    t_mask: torch.Tensor
+
+
+class TGLUEntitySide(Protocol):
+    """What the global–local computation reads of the entity side (an `EntityCache` has it)."""
+
+    t_cls: torch.Tensor
+    q: torch.Tensor
+    g2l_cls: torch.Tensor
+    t_mask: torch.Tensor
+
+
+class GlobalLocalUnit(nn.Module):
+    """The global–local computation of TGLU (paper eqs. 8–10), shared with M3EL's image unit.
 
     G2G = m_cls · e_cls (raw dot product of LN'd globals).
     G2L: entity tokens are the queries, mention tokens keys/values; softmax(QK^T/sqrt(d)) over
@@ -214,7 +239,9 @@ class TGLU(nn.Module):
         self.layer_norm = nn.LayerNorm(d)
         self.d = d
 
-    def forward(self, m: MentionCache, e: EntityCache, fixed: bool, return_attention: bool = False):
+    def pairwise(
+        self, m: TGLUMentionSide, e: TGLUEntitySide, fixed: bool, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (S_T [B,N], attention [N,B,Le,Lm] or None)."""
         g2g = m.t_cls @ e.t_cls.T  # [B, N]
         q, k, v = e.q, m.k, m.v
@@ -272,6 +299,16 @@ class TGLU(nn.Module):
         if buf is None or buf.numel() < numel:
             buf = ws[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
         return buf[:numel]
+
+
+class TGLU(GlobalLocalUnit):
+    """Text-based global–local unit (paper eqs. 8–10); see `GlobalLocalUnit`."""
+
+    def forward(
+        self, m: MentionCache, e: EntityCache, fixed: bool, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (S_T [B,N], attention [N,B,Le,Lm] or None)."""
+        return self.pairwise(m, e, fixed, return_attention)
 
 
 class DUAL(nn.Module):

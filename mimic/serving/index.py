@@ -88,7 +88,7 @@ def _encode_segment(
         prog = json.loads(prog_file.read_text())
         if prog.get("kb_hash") == kb_hash and prog.get("n") == n:
             done = int(prog["done"])
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.memmap] = {}
     model.eval()
     it = range(done, n, batch_size)
     if progress:

@@ -112,7 +112,7 @@ class _Query:
 class Linker:
     scoring = "model"
     # retrievers whose shortlist this linker uses (the zero-shot linker drops the untrained "model")
-    retriever_names = ("model", "text", "image", "text→image", "lexical")
+    retriever_names: tuple[str, ...] = ("model", "text", "image", "text→image", "lexical")
 
     def __init__(
         self,
@@ -285,7 +285,7 @@ class Linker:
                     mq, texts[qi], cands[: self.explain_top], rows[order[: self.explain_top]], qs[qi], text, image, qi
                 )
             top_s = cands[0].S if cands else None
-            nil = (not cands) or (self.nil_threshold is not None and top_s < self.nil_threshold)
+            nil = top_s is None or (self.nil_threshold is not None and top_s < self.nil_threshold)  # None: no cands
             t4 = time.perf_counter()
             results.append(
                 LinkResult(
@@ -328,6 +328,7 @@ class Linker:
         row = torch.tensor([self.index.position[entity_id]])
         c = Candidate(entity_id, "", "", [], 0, 0, 0, 0, 0, None, [])
         self._explain(mc, texts[0], [c], row, q, text, img, 0)
+        assert c.explanation is not None  # _explain sets it on every candidate
         return c.explanation
 
     def _explain(
@@ -343,6 +344,9 @@ class Linker:
     ):
         ec = self._rows_cache(rows)
         out = self.model.heads.score(mq, ec, return_attention=True)
+        # return_attention=True: the attention maps are set
+        assert out.tglu_attention is not None
+        assert out.cmfu_mention_attention is not None and out.cmfu_entity_attention is not None
         tok = self.model.backbone.tokenize
         L = self.model.config.text_max_length
         m_ids = tok([mtext], L)["input_ids"][0]
@@ -411,7 +415,7 @@ class Linker:
         if not linked:
             raise ValueError("no mention could be linked: cannot calibrate")
         grid = sorted({s for s, _ in linked} | set(refused))
-        best = (-1.0, None)
+        best: tuple[float, float | None] = (-1.0, None)
         for t in [grid[0] - 1.0] + grid + [grid[-1] + 1.0]:
             acc = (sum(ok and s >= t for s, ok in linked) + sum(s < t for s in refused)) / (len(linked) + len(refused))
             if acc > best[0]:

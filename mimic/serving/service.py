@@ -116,8 +116,9 @@ class LinkingService:
     def wrap_inference(self, decorator) -> None:
         """Run link/explain through `decorator` (e.g. Hugging Face ZeroGPU's `spaces.GPU`, which
         attaches a GPU for the call; a no-op elsewhere)."""
-        self.link = decorator(self.link)
-        self.explain = decorator(self.explain)
+        # Deliberately shadows the methods on this instance (what the decorator API expects).
+        self.link = decorator(self.link)  # type: ignore[method-assign]
+        self.explain = decorator(self.explain)  # type: ignore[method-assign]
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod

@@ -155,7 +155,7 @@ class ZeroShotLinker(Linker):
         for c, (e_tokens, e_tok, e_regions) in zip(cands, feats):
             sim = e_tok.float() @ m_tok.T  # [Le, Lm]
             m_grid = e_grid = None
-            if q_has and e_regions is not None:
+            if q_regions is not None and e_regions is not None:  # q_regions is set iff q_has
                 e_regions = e_regions.float()
                 m_grid = self._region_grid(q_regions, e_regions.mean(0))
                 e_grid = self._region_grid(e_regions, q_regions.mean(0))

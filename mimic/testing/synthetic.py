@@ -113,7 +113,8 @@ def make_synthetic(
     if n_names > len(NAMES) or per_name > len(ATTRS):
         raise ValueError(f"at most {len(NAMES)} names and {len(ATTRS)} entities per name")
     n = n_names * per_name
-    entities, mentions = [], []
+    entities: list[Entity] = []
+    mentions: list[Mention] = []
     for gi in range(n_names):
         attrs = pyrng.sample(ATTRS, per_name)
         for k in range(per_name):

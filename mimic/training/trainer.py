@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,12 @@ def pick_device(name: str) -> torch.device:
 def param_groups(model: nn.Module, cfg: TrainConfig):
     """AdamW groups. 'official' no_decay rule: substring match on bias/LayerNorm.bias/LayerNorm.weight,
     which with HF CLIP and MIMIC's names exempts only biases."""
-    buckets = {(False, True): [], (False, False): [], (True, True): [], (True, False): []}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (False, True): [],
+        (False, False): [],
+        (True, True): [],
+        (True, False): [],
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -137,7 +143,12 @@ class FeatureStore:
         desc: str,
     ):
         mode = model.config.mode
-        tg, tt, tm, img_idx, ig, it = [], [], [], [], [], []
+        tg: list[torch.Tensor] = []
+        tt: list[torch.Tensor] = []
+        tm: list[torch.Tensor] = []
+        img_idx: list[int] = []
+        ig: list[torch.Tensor] = []
+        it: list[torch.Tensor] = []
         placeholder = None
         stats = ImageLoadStats()
         rng = range(0, len(texts), batch_size)
@@ -408,9 +419,12 @@ def _setup_optimisation(run: _Run, resume_state: dict | None) -> None:
 def _make_batch(run: _Run, b: torch.Tensor, pyrng: random.Random) -> dict:
     """The inputs of one batch of training-mention indices `b`, from whichever cache there is."""
     gold, kb, model = run.gold_pos[b], run.kb, run.model
+    batch: dict[str, Any]
     if run.m_store is not None:
+        assert run.e_store is not None  # both stores are built together (_cache_features)
         batch = {"m_feats": run.m_store.gather(b, run.device), "e_feats": run.e_store.gather(gold, run.device)}
     elif run.inputs is not None:
+        assert run.gold_row is not None  # set with `inputs` (_cache_inputs)
         # The same random image per entity as below (one draw per entity, same generator).
         choice = [pyrng.choice(range(len(kb[i].images))) if kb[i].images else 0 for i in gold.tolist()]
         batch = {
@@ -434,21 +448,23 @@ def _make_batch(run: _Run, b: torch.Tensor, pyrng: random.Random) -> dict:
 def _train_epoch(run: _Run, epoch: int, pyrng: random.Random, check_every: int) -> dict:
     """One pass over this rank's shard of the epoch's permutation. -> the epoch's record."""
     cfg, device = run.cfg, run.device
-    run.ddp.train()
+    ddp, opt = run.ddp, run.opt
+    assert ddp is not None and opt is not None  # set by _setup_optimisation
+    ddp.train()
     if cfg.freeze_backbone:
         run.model.backbone.eval()
     g = torch.Generator().manual_seed(cfg.seed + epoch)
     perm = torch.randperm(len(run.train_m), generator=g)[run.rank :: run.world]
     batches = [perm[s : s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
-    it = batches = [b for b in batches if len(b) > 1]
-    if cfg.progress and run.is_main:
-        it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    batches = [b for b in batches if len(b) > 1]
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch") if cfg.progress and run.is_main else None
+    it = batches if bar is None else bar
     t_ep, seen, step = time.perf_counter(), 0, 0
     tot = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     parts = None
     for b in it:
-        loss, parts = run.ddp(_make_batch(run, b, pyrng))
+        loss, parts = ddp(_make_batch(run, b, pyrng))
         # A non-finite loss must never reach a checkpoint. On the CPU it is checked before every
         # optimizer step; on a GPU reading the loss would make the host wait for the device at
         # every step, so the flag stays on the device and is read every `check_every` steps and
@@ -458,13 +474,13 @@ def _train_epoch(run: _Run, epoch: int, pyrng: random.Random, check_every: int) 
         step += 1
         if step % check_every == 0:
             _check_finite(bad, parts, epoch, run.last_dir)
-            if cfg.progress and run.is_main:
-                it.set_postfix(loss=f"{float(loss):.3f}", sps=f"{(seen + len(b)) / (time.perf_counter() - t_ep):.0f}")
-        run.opt.zero_grad(set_to_none=True)
+            if bar is not None:  # i.e. cfg.progress and run.is_main
+                bar.set_postfix(loss=f"{float(loss):.3f}", sps=f"{(seen + len(b)) / (time.perf_counter() - t_ep):.0f}")
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-        run.opt.step()
+        opt.step()
         seen += len(b)
     _check_finite(bad, parts, epoch, run.last_dir)
     ep_time = time.perf_counter() - t_ep
@@ -481,7 +497,7 @@ def _validate(run: _Run, epoch: int, rec: dict) -> bool:
     cfg, model = run.cfg, run.model
     ecache = (
         model.entity_cache(run.kb.entities, batch_size=256)
-        if run.m_store is None
+        if run.m_store is None or run.e_store is None  # built together: both or neither
         else _cache_from_store(model, run.e_store, run.device)
     )
     res = evaluate(
@@ -503,6 +519,7 @@ def _validate(run: _Run, epoch: int, rec: dict) -> bool:
 
 def _save_last(run: _Run, epoch: int) -> None:
     """last/: the model with everything needed to resume after `epoch`."""
+    assert run.opt is not None  # set by _setup_optimisation
     state = {
         "optimizer": run.opt.state_dict(),
         "epoch": epoch + 1,
@@ -551,7 +568,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, train_m, dev_m = _load_data(cfg, dataset)
     model, resume_state = _build_model(cfg, device, out_dir / "last")
-    run = _Run(cfg, device, world, rank, out_dir, dataset.kb, train_m, dev_m, model, gold_pos=None)
+    run = _Run(
+        cfg, device, world, rank, out_dir, dataset.kb, train_m, dev_m, model, gold_pos=torch.empty(0, dtype=torch.long)
+    )
+    # gold_pos: the placeholder is replaced below, once the features are cached
     t_enc = _cache_features(run)
     run.gold_pos = torch.tensor([run.kb.position(m.answer) for m in train_m])
     input_cache_info = _cache_inputs(run)
