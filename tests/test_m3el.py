@@ -42,8 +42,8 @@ def features(n, seed, lengths=None, has_image=None, dims=DIMS):
     L, P = dims["text_max_length"], dims["num_image_tokens"]
     mask = torch.ones(n, L, dtype=torch.bool)
     if lengths is not None:
-        for i, n in enumerate(lengths):
-            mask[i, n:] = False
+        for i, length in enumerate(lengths):
+            mask[i, length:] = False
     text = TextFeatures(
         torch.randn(n, dims["text_global_dim"], generator=g, dtype=torch.double),
         torch.randn(n, L, dims["text_token_dim"], generator=g, dtype=torch.double),

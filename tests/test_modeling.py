@@ -31,8 +31,8 @@ def features(n, seed, lengths=None, has_image=None):
     L, P = DIMS["text_max_length"], DIMS["num_image_tokens"]
     mask = torch.ones(n, L, dtype=torch.bool)
     if lengths is not None:
-        for i, n in enumerate(lengths):
-            mask[i, n:] = False
+        for i, length in enumerate(lengths):
+            mask[i, length:] = False
     text = TextFeatures(
         torch.randn(n, DIMS["text_global_dim"], generator=g),
         torch.randn(n, L, DIMS["text_token_dim"], generator=g),
