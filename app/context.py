@@ -129,6 +129,8 @@ class AppContext:
         t1 = time.perf_counter()
         if store.count_entities() == 0:
             _seed_kb(store, config)
+        elif flagged := store.entities_with_dropped_images():
+            _restore_dropped_images(store, config, flagged)
         kb = knowledge_base(store, config.data_dir)
         t2 = time.perf_counter()
         checkpoint, version = config.checkpoint, None
@@ -333,6 +335,24 @@ def _seed_kb(store: AnnotationStore, config: AppConfig) -> None:
     store.import_kb(kb, image_errors=errors)
     if errors:
         log.warning("KB images refused: %d (%s)", len(errors), errors[:3])
+
+
+def _restore_dropped_images(store: AnnotationStore, config: AppConfig, flagged: list[str]) -> None:
+    """A database from before images were stored by content held repository paths for the demo
+    KB's images; migration 0002 dropped them (with every other path outside DATA_DIR/images). The
+    configured KB file (the operator's own, like at first start) gives those entities their images
+    back, copied in by content; names, descriptions and aliases edited since are kept."""
+    kb, _ = load_kb(config.kb_path, confine_images=False)
+    restored = 0
+    for eid in flagged:
+        source = kb[kb.position(eid)] if eid in kb else None
+        if source is None or not source.images:
+            continue
+        rec = store.get_entity(eid)
+        note = "images restored by content from the configured KB file (after migration 0002)"
+        store.upsert_entity(eid, rec.name, rec.text, rec.aliases, source.images, note=note)
+        restored += 1
+    log.info("images restored for %d of %d entities flagged by migration 0002", restored, len(flagged))
 
 
 def _load_examples(config: AppConfig) -> list[Mention]:

@@ -17,6 +17,8 @@ from .models import ROLES, Annotator, KbEntity, KbEntityVersion, entity_search_t
 from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
 
 _MAX_TEXT = 200_000
+# The note migration 0002 leaves on the version that dropped an entity's outside image paths.
+DROPPED_IMAGES = "security: dropped image paths outside DATA_DIR/images"
 
 
 def _annotator_record(a: Annotator | Row) -> AnnotatorRecord:
@@ -65,6 +67,21 @@ class KbMixin(StoreBase):
             if rel not in out:
                 out.append(rel)
         return out
+
+    def entities_with_dropped_images(self) -> list[str]:
+        """Ids of the entities whose current version is migration 0002's repair (image paths
+        outside DATA_DIR/images dropped), so an operator's KB file can give their images back."""
+
+        def fn(s: Session) -> list[str]:
+            current = (KbEntityVersion.entity_id == KbEntity.id) & (KbEntityVersion.version == KbEntity.version)
+            q = (
+                select(KbEntity.id)
+                .join(KbEntityVersion, current)
+                .where(KbEntityVersion.note.like(DROPPED_IMAGES + "%"))
+            )
+            return list(s.scalars(q.order_by(KbEntity.id)))
+
+        return self.read_transaction(fn)
 
     # -- annotators ----------------------------------------------------------------------------
 

@@ -318,3 +318,36 @@ def test_kb_roles_are_configurable():
     assert AppConfig.from_env({}).permissions["retrain"] == ("admin",) == AppConfig.from_env({}).permissions["serve"]
     with pytest.raises(ConfigError, match="MIMIC_KB_ROLES"):
         AppConfig.from_env({"MIMIC_KB_ROLES": "root"})
+
+
+def test_an_old_database_gets_its_demo_images_back_after_the_repair(tmp_path, tiny_clip):
+    """A database from before images were stored by content held repository paths for the demo
+    KB's images; migration 0002 drops them, and the next start restores them by content from the
+    configured KB file, keeping later edits of the text."""
+    from db import Settings, get_engine, open_store, upgrade
+
+    data = tmp_path / "old"
+    data.mkdir()
+    settings = Settings.from_env(data)
+    upgrade(get_engine(settings), "0001")
+    _plant(get_engine(settings), "D001", ["assets/demo_kb/images/chelsea.jpg"])
+    store = open_store(settings=settings)  # migration 0002 drops the repository path
+    try:
+        assert store.get_entity("D001").images == []
+        assert store.entities_with_dropped_images() == ["D001"]
+    finally:
+        store.close()
+    from app.context import AppContext
+    from mimic.models.checkpoint import save_checkpoint
+    from mimic.models.linking_model import LinkingModel
+
+    ckpt = save_checkpoint(LinkingModel.build(tiny_clip, mode="fixed"), tmp_path / "ckpt", backbone_trained=False)
+    ctx = AppContext.start(AppConfig.from_env({"DATA_DIR": str(data), "MIMIC_CHECKPOINT": str(ckpt)}), progress=False)
+    try:
+        rec = ctx.store.get_entity("D001")
+        assert len(rec.images) == 1 and rec.images[0].startswith("images/")
+        assert (data / rec.images[0]).read_bytes() == ASSET_IMAGE.read_bytes()
+        assert rec.name == "planted"  # the text the database held is kept
+        assert ctx.store.entities_with_dropped_images() == []
+    finally:
+        ctx.stop()
