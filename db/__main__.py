@@ -4,7 +4,12 @@ or --data-dir / --url).
   info                          where the data lives, schema revision, counts, progress
   reconcile [--journal PATH]    make journal and database agree; with PATH, replay that journal
                                 (rebuilds a lost database: point --data-dir at an empty folder)
-  import-kb DATASET             load a dataset's knowledge base (any format mimic.data reads)
+  import-kb FILE [--format auto|official|jsonl|csv] [--author NAME]
+                                import a KB file (official folder or kb_entity.json, JSONL, CSV,
+                                or a JSONL dataset folder with kb.jsonl) as the app's Knowledge base
+                                tab does: lenient loader, images confined to the file's folder and
+                                copied in by content; prints the report. Exit 0 all rows imported,
+                                1 some rows rejected, 2 nothing could be read
   import-mentions FILE.jsonl    pre-annotated mentions with candidates
   export-links FILE [--csv]     accepted links as JSONL (or CSV)
   export-training DIR           training set in the official MIMIC layout (`python -m mimic train --data DIR`)
@@ -19,10 +24,12 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from mimic.data.formats import load_dataset
+from mimic.data.kb_files import load_kb
+from mimic.data.schema import KnowledgeBase
 
-from . import open_store
-from .errors import StoreError
+from . import AnnotationStore, open_store
+from ._base import MAX_NAME, MAX_SENTENCE, check_text
+from .errors import InvalidInput, StoreError
 from .migrate import current_revision
 
 
@@ -34,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info")
     r = sub.add_parser("reconcile")
     r.add_argument("--journal", help="replay this journal file (default: the data dir's own)")
-    k = sub.add_parser("import-kb")
-    k.add_argument("dataset")
+    k = sub.add_parser("import-kb", help="import a KB file; exit 0 all imported, 1 rows rejected, 2 unreadable")
+    k.add_argument("file", help="official folder or kb_entity.json, .jsonl, .csv (or a folder with kb.jsonl)")
+    k.add_argument("--format", choices=["auto", "official", "jsonl", "csv"], default="auto")
+    k.add_argument("--author", help="annotator recorded as the author of new entity versions")
     m = sub.add_parser("import-mentions")
     m.add_argument("file")
     m.add_argument("--model-version")
@@ -51,6 +60,39 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def import_kb_file(store: AnnotationStore, path: str, fmt: str = "auto", author: str | None = None) -> tuple[dict, int]:
+    """What the app's Knowledge base tab does on import (app/tabs/knowledge_base.py import_kb_file),
+    without the in-process index: the same lenient loader with images confined to the file's folder,
+    the store's content-addressed image copy and its validation. -> (report, exit code: 0 every row
+    imported, 1 some rows rejected, 2 nothing could be read)."""
+    if author is not None:
+        store.get_annotator(author)  # NotFound before any image is copied
+    try:
+        kb, report = load_kb(path, format=fmt)
+    except (ValueError, OSError) as exc:  # unreadable file, unknown format: nothing was imported
+        return {"path": path, "error": f"cannot import {path}: {exc}", "imported": 0}, 2
+    # rows the store's own validation would refuse (an id over MAX_NAME characters ...) are rejected
+    # here one by one, so that they do not fail the whole import
+    good = []
+    for e in kb:
+        try:
+            check_text(e.id, "id", max_len=MAX_NAME)
+            check_text(e.name, "name", max_len=MAX_SENTENCE)
+        except InvalidInput as exc:
+            report.rejected.append({"row": None, "id": e.id[:MAX_NAME], "reason": str(exc)})
+            continue
+        good.append(e)
+    report.loaded = len(good)
+    image_errors: list[dict] = []
+    counts = store.import_kb(KnowledgeBase(good), author=author, image_errors=image_errors)
+    out: dict[str, Any] = {"path": report.path, "format": report.format, **counts}
+    out["imported"] = len(good)
+    out["rejected_rows"] = len(report.rejected)
+    out |= {k: v for k, v in report.to_dict().items() if k not in ("path", "format")}
+    out["rejected_images"] = image_errors
+    return out, (1 if report.rejected else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -62,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out: dict[str, Any]
+        code = 0
         if args.cmd == "info":
             assert store.location is not None  # open_store sets it
             out = {
@@ -73,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "reconcile":
             out = store.reconcile(args.journal).to_dict()
         elif args.cmd == "import-kb":
-            out = store.import_kb(load_dataset(args.dataset).kb)
+            out, code = import_kb_file(store, args.file, args.format, args.author)
         elif args.cmd == "import-mentions":
             out = store.import_mentions(
                 args.file, model_version=args.model_version, on_error="skip" if args.skip_errors else "raise"
@@ -87,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 "annotations": len(exp.annotation_ids)
             }
         print(json.dumps(out, indent=1, ensure_ascii=False, default=str))
-        return 0
+        return code
     except (StoreError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

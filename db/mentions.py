@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from mimic.data.kb_files import read_text_file, text_problem
 from mimic.data.mentions import locate_mention
+from mimic.data.schema import DataFormatError
 
 from . import statements as Q
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_float, check_int, check_text
@@ -23,6 +26,8 @@ from .errors import Conflict, InvalidInput, InvalidSpan, StoreError, UnknownEnti
 from .images import StoredImage
 from .models import Image, KbEntity, Mention, Prediction, PredictionCandidate, utcnow
 from .records import ImportReport, MentionRecord, PredictionRecord
+
+_SURROGATES = re.compile("[\ud800-\udfff]")  # bytes read_text_file could not decode as UTF-8
 
 
 @dataclass(frozen=True)
@@ -525,17 +530,38 @@ class MentionsMixin(StoreBase):
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; an unparsable line gives an
-    InvalidInput naming it in place of the object (the caller decides to raise or skip)."""
+    """(line number, parsed object) for each non-blank line; an unparsable line (invalid JSON, JSON
+    nested too deeply, bytes that are not UTF-8, lone surrogates) gives an InvalidInput naming it in
+    place of the object (the caller decides to raise or skip). UTF-8 with or without a byte-order
+    mark and UTF-16/32 with one are read; an empty or binary file raises InvalidInput."""
     if not path.is_file():
         raise InvalidInput(f"file not found: {path}", "path")
-    out = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f.read().split(b"\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                out.append((lineno, json.loads(raw.decode("utf-8"))))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                out.append((lineno, InvalidInput(f"{path}: not valid JSON ({e})", f"line {lineno}")))
+    try:
+        text = read_text_file(path)
+    except DataFormatError as e:
+        raise InvalidInput(str(e), "path") from None
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read ({e.strerror or e})", "path") from None
+    out: list[tuple[int, Any]] = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        bad = _SURROGATES.search(line)
+        if bad:
+            out.append((lineno, InvalidInput(f"{path}: {text_problem(bad.group())}, column {bad.start() + 1}", where)))
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.append((lineno, InvalidInput(f"{path}: not valid JSON ({e})", where)))
+            continue
+        except RecursionError:
+            out.append((lineno, InvalidInput(f"{path}: JSON nested too deeply", where)))
+            continue
+        why = text_problem(rec)
+        if why:
+            out.append((lineno, InvalidInput(f"{path}: {why}", where)))
+            continue
+        out.append((lineno, rec))
     return out

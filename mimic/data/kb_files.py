@@ -14,14 +14,29 @@ Image paths are resolved relative to the file's folder (official: kb_image/); mi
 dropped from the entity and reported. An image that does not stay inside the file's folder (an
 absolute path elsewhere, a `..` escape, a symlink leading out, a URL, /proc, ...) rejects its row
 with the reason: a KB file names images beside it, never other files of the machine.
+
+Malformed files never raise a raw error: `load_kb` raises `DataFormatError` (a ValueError) with a
+reason when the file as a whole cannot be read, else rejects the bad rows one by one, naming them
+("line N" for JSONL/CSV, the record index for kb_entity.json) in `KBReport.rejected`:
+  whole file  empty; binary (NUL bytes, an image/archive signature, mostly undecodable bytes); a CSV
+              header without 'id' and 'name'; a kb_entity.json that is not a JSON list
+  per row     invalid JSON; JSON nested deeper than the parser allows; bytes that are not UTF-8 or
+              lone surrogates (\\ud800 escapes), which the database could not store; NUL characters;
+              a field longer than FIELD_MAX characters (CSV fields are parsed up to CSV_FIELD_LIMIT,
+              a row with a longer one is rejected)
+Encodings: UTF-8, with or without a byte-order mark; UTF-16 and UTF-32 with a byte-order mark are
+decoded. `read_text_file` does the same for other importers (db.mentions).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +45,130 @@ from urllib.parse import unquote
 from mimic.data.schema import DataFormatError, Entity, KnowledgeBase
 
 TEXT_KEYS = ("text", "description", "desc", "attr")
+FIELD_MAX = 1_048_576  # characters in any one field of a KB row (name, text, an alias, an image path)
+CSV_FIELD_LIMIT = 16 * FIELD_MAX  # the csv module's field_size_limit while a KB CSV is read
+
+_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"PK\x03\x04", "a ZIP archive (xlsx, docx, zip ...)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"%PDF", "a PDF document"),
+    (b"SQLite format 3", "an SQLite database"),
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_text_file(path: str | Path) -> str:
+    """The text of a data file, for lenient importers. UTF-8 with or without a byte-order mark;
+    UTF-16/UTF-32 with a byte-order mark. Bytes that are not UTF-8 are kept as lone surrogates
+    (surrogateescape) so the row holding them can be rejected by `text_problem`; a whole-file
+    problem (empty, binary, undecodable UTF-16) raises `DataFormatError`."""
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataFormatError(path, "the file is empty")
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise DataFormatError(path, f"a binary file ({what}), not a text file")
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            if encoding != "utf-8":
+                try:
+                    text = data[len(bom) :].decode(encoding)
+                except UnicodeDecodeError as exc:
+                    raise DataFormatError(
+                        path,
+                        f"starts with a {encoding.upper()} byte-order mark but is not {encoding.upper()} "
+                        f"({exc.reason} at byte {exc.start + len(bom)}): save it as UTF-8",
+                    ) from None
+                if "\x00" in text:
+                    raise DataFormatError(path, "a binary file (NUL characters), not a text file")
+                return text
+            data = data[len(bom) :]
+            break
+    if b"\x00" in data:
+        raise DataFormatError(path, "a binary file (NUL bytes; UTF-16 without a byte-order mark?), not a text file")
+    text = data.decode("utf-8", errors="surrogateescape")
+    sample = text[:4096]
+    bad = sum(1 for c in sample if "\udc80" <= c <= "\udcff")
+    if bad > max(16, len(sample) // 4):
+        raise DataFormatError(path, "a binary file (mostly bytes that are not UTF-8), not a text file")
+    return text
+
+
+def text_problem(value: object, depth: int = 0) -> str | None:
+    """Why a parsed value (a string, or lists/dicts of them) cannot be stored, or None: bytes that
+    were not UTF-8 or lone surrogates, NUL characters, a string over FIELD_MAX characters."""
+    if depth > 50:
+        return "nested too deeply"
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        if m:
+            c = m.group()
+            if "\udc80" <= c <= "\udcff":
+                return f"contains a byte that is not UTF-8 (0x{ord(c) - 0xDC00:02X} at character {m.start()})"
+            return f"contains a lone surrogate (U+{ord(c):04X} at character {m.start()}), not valid Unicode"
+        if "\x00" in value:
+            return "contains a NUL character"
+        if len(value) > FIELD_MAX:
+            return f"a field is {len(value):,} characters long, the limit is {FIELD_MAX:,}"
+        return None
+    if isinstance(value, dict):
+        value = [x for kv in value.items() for x in kv]
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            why = text_problem(v, depth + 1)
+            if why:
+                return why
+    return None
+
+
+def _json_array_elements(text: str) -> Iterator[tuple[int, int, str]]:
+    """(index, line, source) of each element of a top-level JSON array, found by a flat scan (no
+    recursion), so that one malformed or too deeply nested record can be rejected alone. ValueError
+    when the document is not a well-bracketed array."""
+    m0 = re.compile(r"\s*").match(text)
+    pos = m0.end() if m0 else 0
+    if not text.startswith("[", pos):
+        raise ValueError("expected a JSON list of entities")
+    token = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{},]|"', re.S)
+    depth, index, start = 0, 0, pos + 1
+    line, counted = 1, 0
+    for m in token.finditer(text, pos + 1):
+        t = m.group()
+        if t == '"':
+            raise ValueError(f"unterminated string at line {line + text.count(chr(10), counted, m.start())}")
+        if depth == 0 and t in ",]":
+            chunk = text[start : m.start()]
+            if chunk.strip():
+                first = start + len(chunk) - len(chunk.lstrip())
+                line += text.count("\n", counted, first)
+                counted = first
+                yield index, line, chunk
+                index += 1
+            elif t == "," or index:
+                raise ValueError(f"empty element at line {line + text.count(chr(10), counted, m.start())}")
+            if t == "]":
+                if text[m.end() :].strip():
+                    raise ValueError("extra data after the list")
+                return
+            start = m.end()
+        elif t in "[{":
+            depth += 1
+        elif t in "]}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced brackets")
+    raise ValueError("unterminated list (the file ends inside it)")
 
 
 @dataclass
@@ -107,45 +246,115 @@ def confined_path(name: str, base: str | Path) -> Path:
     return target
 
 
+def _parse_json(src: str) -> Any:
+    """json.loads, with the errors a hostile record can cause turned into a row rejection."""
+    bad = _SURROGATE.search(src)  # raw bytes that are not UTF-8: name them, in a string or not
+    if bad:
+        return ValueError(f"{text_problem(bad.group())} at column {bad.start() + 1}".replace(" at character 0", ""))
+    try:
+        return json.loads(src)
+    except json.JSONDecodeError as exc:
+        return ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return ValueError("JSON nested too deeply (over the parser's recursion limit)")
+
+
+def _official_records(kb_file: Path, text: str) -> list[tuple[object, Any]]:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        # one bad record need not sink the file: split the list flatly and parse record by record
+        try:
+            return [(f"record {i} (line {ln})", _parse_json(src)) for i, ln, src in _json_array_elements(text)]
+        except ValueError as why:
+            if isinstance(exc, json.JSONDecodeError):
+                raise DataFormatError(kb_file, f"invalid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise DataFormatError(kb_file, f"invalid JSON ({why})") from None
+    if not isinstance(data, list):
+        raise DataFormatError(kb_file, "expected a JSON list of entities")
+    return list(enumerate(data))
+
+
+def _csv_records(path: Path, text: str) -> list[tuple[object, Any]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    old = csv.field_size_limit()
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataFormatError(path, f"unreadable CSV header ({exc})") from None
+        names = [h.strip() for h in header] if header else []
+        if "id" not in names or "name" not in names:
+            raise DataFormatError(path, f"CSV header must contain 'id' and 'name' (found {names[:20]})")
+        bad_header = text_problem(names)
+        if bad_header:
+            raise DataFormatError(path, f"CSV header {bad_header}")
+        rows: list[tuple[object, Any]] = []
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                rows.append((f"line {first}", ValueError(f"unreadable CSV row ({exc})")))
+                if reader.line_num < first:  # no progress: stop rather than loop
+                    break
+                continue
+            if not any(c.strip() for c in row):
+                continue
+            rows.append((f"line {first}", dict(zip(names, row))))
+        return rows
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_qid2id(path: Path) -> dict:
+    try:
+        first = read_text_file(path).lstrip().split("\n", 1)[0]
+        data = json.loads(first)
+    except (json.JSONDecodeError, RecursionError, OSError) as exc:
+        raise DataFormatError(path, f"unreadable ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(data, dict) or text_problem(list(data)):
+        raise DataFormatError(path, "expected a JSON object mapping QIDs to ids on its first line")
+    return data
+
+
 def _raw_records(path: Path, fmt: str) -> tuple[Sequence[tuple[object, Any]], Path, dict | None]:
-    """-> ([(row label, record dict)], image base folder, qid2id or None)."""
+    """-> ([(row label, record dict or the exception rejecting it)], image base folder, qid2id or None)."""
     if fmt == "official":
         folder = path if path.is_dir() else path.parent
         kb_file = folder / "kb_entity.json" if path.is_dir() else path
-        try:
-            data = json.loads(kb_file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(kb_file, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(kb_file, f"invalid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(data, list):
-            raise DataFormatError(kb_file, "expected a JSON list of entities")
-        qid2id = None
-        if (folder / "qid2id.json").exists():
-            line = (folder / "qid2id.json").read_text(encoding="utf-8").splitlines()[0]
-            qid2id = json.loads(line)
-        return list(enumerate(data)), folder / "kb_image", qid2id
+        rows = _official_records(kb_file, read_text_file(kb_file))
+        qid2id = _read_qid2id(folder / "qid2id.json") if (folder / "qid2id.json").exists() else None
+        return rows, folder / "kb_image", qid2id
     if fmt == "jsonl":
-        rows: list[tuple[str, Any]] = []
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((f"line {n}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    rows.append((f"line {n}", exc))
-        return rows, path.parent, None
+        text = read_text_file(path)
+        jrows: list[tuple[object, Any]] = []
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                jrows.append((f"line {n}", _parse_json(line)))
+        return jrows, path.parent, None
     if fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "id" not in reader.fieldnames or "name" not in reader.fieldnames:
-                raise DataFormatError(path, f"CSV header must contain 'id' and 'name' (found {reader.fieldnames})")
-            return [(f"line {i + 2}", dict(r)) for i, r in enumerate(reader)], path.parent, None
+        return _csv_records(path, read_text_file(path)), path.parent, None
     raise ValueError(f"unknown KB format {fmt!r}")
 
 
+def _row_id(rec: Any) -> str | int | None:
+    """The record's id for the report, only when it is a plain, printable value."""
+    v = rec.get("id") if isinstance(rec, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        return None
+    if isinstance(v, str) and (text_problem(v) or len(v) > 200):
+        return None
+    return v
+
+
 def detect_format(path: Path) -> str:
+    if path.is_dir() and not (path / "kb_entity.json").exists() and (path / "kb.jsonl").is_file():
+        return "jsonl"  # the project's JSONL dataset folder
     if path.is_dir() or path.name == "kb_entity.json":
         return "official"
     suffix = path.suffix.lower()
@@ -167,10 +376,14 @@ def load_kb(
     if not path.exists():
         raise FileNotFoundError(f"KB file not found: {path}")
     fmt = detect_format(path) if format == "auto" else format
-    try:
-        rows, img_base, qid2id = _raw_records(path, fmt)
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if fmt not in ("official", "jsonl", "csv"):
+        raise ValueError(f"format must be 'auto', 'official', 'jsonl' or 'csv', got {format!r}")
+    if fmt != "official" and path.is_dir():
+        if fmt == "jsonl" and (path / "kb.jsonl").is_file():
+            path = path / "kb.jsonl"
+        else:
+            raise DataFormatError(path, f"is a folder: a {fmt} KB is one file")
+    rows, img_base, qid2id = _raw_records(path, fmt)
     inv = {v: k for k, v in qid2id.items()} if qid2id else None
     report = KBReport(path=str(path), format=fmt)
     entities: list[Entity] = []
@@ -178,9 +391,13 @@ def load_kb(
     for row, rec in rows:
         try:
             if isinstance(rec, Exception):
-                raise ValueError(f"invalid JSON: {rec}")
+                raise rec
             if not isinstance(rec, dict):
                 raise ValueError("record is not an object")
+            for key, value in rec.items():
+                why = text_problem(value) or text_problem(key)
+                if why:
+                    raise ValueError(f"field {str(key)[:40]!r} {why}")
             if fmt == "official":
                 if rec.get("type", "entity") != "entity":
                     raise ValueError(f"type is {rec.get('type')!r}, expected 'entity'")
@@ -216,9 +433,7 @@ def load_kb(
                 resolved.append(str(p))
             entities.append(Entity(id=eid, name=name.strip(), text=_text(rec), aliases=aliases, images=resolved))
             seen.add(eid)
-        except (ValueError, TypeError) as exc:
-            report.rejected.append(
-                {"row": row, "id": (rec.get("id") if isinstance(rec, dict) else None), "reason": str(exc)}
-            )
+        except (ValueError, TypeError, OSError, RecursionError) as exc:
+            report.rejected.append({"row": row, "id": _row_id(rec), "reason": str(exc)})
     report.loaded = len(entities)
     return KnowledgeBase(entities), report
