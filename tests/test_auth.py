@@ -135,6 +135,14 @@ def test_hashed_user_signs_in_and_the_plaintext_one_too(mini_app):
     assert _login(port, "ana", h)[0] == 400  # the hash itself is not a password
     assert _login(port, "bob", "bob-pw")[0] == 200
     assert _login(port, "nobody", "bob-pw")[0] == 400
+    # the sign-in page posts multipart FormData: the guard reads the name from that too
+    import requests
+
+    url = f"http://127.0.0.1:{port}/login"
+    form = {"username": (None, "bob"), "password": (None, "bob-pw")}
+    assert requests.post(url, files=form, timeout=30).status_code == 200
+    bad = {"username": (None, "bob"), "password": (None, "nope")}
+    assert [requests.post(url, files=bad, timeout=30).status_code for _ in range(6)] == [400] * 5 + [429]
 
 
 # -- 2: rate limits and session expiry -----------------------------------------------------------------
