@@ -8,7 +8,11 @@ Layer rule: the app wires UI to `mimic` and `db`; model and storage logic stays 
 from __future__ import annotations
 
 import math
+import os
+import re
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, TypedDict
 
 import gradio as gr
@@ -37,14 +41,66 @@ class UserError(ValueError):
     """Bad input or a refused action; the message is shown to the user as it is."""
 
 
+# -- server paths never reach a client -------------------------------------------------------------
+_PRIVATE_ROOTS: set[str] = set()
+
+
+def add_private_root(path: str | Path) -> None:
+    """A folder whose absolute path must not be shown (app/ui.py adds DATA_DIR)."""
+    _PRIVATE_ROOTS.add(str(Path(path)))
+    _PRIVATE_ROOTS.add(str(Path(path).resolve()))
+
+
+def _roots() -> list[str]:
+    from .config import REPO
+
+    roots = {str(REPO), os.getcwd(), tempfile.gettempdir(), str(Path.home()), *_PRIVATE_ROOTS}
+    roots |= {str(Path(r).resolve()) for r in list(roots)}
+    return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
+
+
+def public_path(path: str | Path | None) -> str | None:
+    """How a server path is shown: relative to the working folder or the repository when inside
+    one, else only its name (`…/name`); never the absolute path."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    from .config import REPO
+
+    for base in (Path.cwd(), REPO):
+        for q in (p, p.resolve()):
+            try:
+                return str(q.relative_to(base.resolve())) or "."
+            except ValueError:
+                pass
+    return f"…/{p.name}"
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute path under the repository, the working folder, the temp folder,
+    the home folder or DATA_DIR shown by `public_path`."""
+    if not text:
+        return text
+    for root in _roots():
+        text = re.sub(
+            re.escape(root) + r"(?:/[^\s'\"`,;:()\[\]<>]*)?(?![^\s'\"`,;:()\[\]<>/])",
+            lambda m: str(public_path(m.group(0))),
+            text,
+        )
+    return text
+
+
 def user_errors(fn):
-    """Turn the library's input, store and permission errors into `UserError` (shown as they are)."""
+    """Turn the library's input, store and permission errors into `UserError` (shown as they are,
+    less server paths)."""
 
     def wrapped(*a, **kw):
         try:
             return fn(*a, **kw)
         except (LinkInputError, StoreError, WriteDenied) as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(scrub_paths(str(exc))) from None
 
     wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
     return wrapped
@@ -98,7 +154,7 @@ def header_markdown(ctx: AppContext) -> str:
     assert loc is not None, "the store's StorageReport is set by db.open_store"
     parts = [
         f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
-        f"{d['entities']} entities · data in `{loc.data_dir}`"
+        f"{d['entities']} entities · data in `{public_path(loc.data_dir)}`"
     ]
     if d["scoring"] == "zero-shot":
         parts.append(
@@ -108,7 +164,8 @@ def header_markdown(ctx: AppContext) -> str:
             "Serve a trained checkpoint with `MIMIC_CHECKPOINT` for MIMIC's scores and attention."
         )
     if loc.ephemeral or loc.warnings:
-        parts.append("> ⚠️ **Storage:** " + " ".join(loc.warnings or ["this location does not survive a restart"]))
+        warn = " ".join(loc.warnings or ["this location does not survive a restart"])
+        parts.append("> ⚠️ **Storage:** " + scrub_paths(warn))
     return "\n\n".join(parts)
 
 

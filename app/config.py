@@ -7,8 +7,13 @@
 | `MIMIC_BACKBONE` | `offline` | backbone of the zero-shot ranking (`offline`, `clip`, `auto`, a CLIP path) |
 | `MIMIC_KB` | `assets/demo_kb/kb.jsonl` | KB loaded into an empty database on first start (.jsonl, .csv, official folder) |
 | `MIMIC_EXAMPLES` | `assets/demo_kb/examples.jsonl` | example mentions (Link tab) and the first annotation queue |
-| `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code) |
+| `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code); the password may be an argon2 hash (`name:$argon2id$v=19$m=...,t=...,p=...$salt$hash:role`, from `python -m app.auth`); a plaintext one is hashed at start and not kept |
 | `MIMIC_USERS_FILE` | unset | the same, one `name:password[:role]` per line |
+| `MIMIC_SESSION_HOURS` | `12` | a sign-in lasts this long (fractions allowed: `0.001` = 3.6 s); after it the session cookie no longer authorises |
+| `MIMIC_LOGIN_MAX_FAILURES` | `5` | failed sign-ins per user, and per client address, within the window before a lock-out |
+| `MIMIC_LOGIN_WINDOW_SECONDS` | `900` | failures older than this (since the last one) are forgotten |
+| `MIMIC_LOGIN_LOCKOUT_SECONDS` | `30` | the first lock-out; it doubles with each further failure (at most 1 h); a successful sign-in resets |
+| `MIMIC_TRUST_FORWARDED_FOR` | `auto` | take the client address from `X-Forwarded-For` (the proxy's last hop); auto = only on Spaces |
 | `MIMIC_ANONYMOUS_WRITES` | `auto` | may visitors who are not signed in save? auto = only for a local single-user app (no users configured, loopback address, not on Spaces) |
 | `MIMIC_KB_ROLES` | `reviewer,admin` | roles that may edit the KB and import KB files (app/permissions.py holds the whole table) |
 | `MIMIC_DEVICE` | `auto` | where the model runs: `cpu`, `cuda`, `auto` (CUDA when present) |
@@ -21,12 +26,13 @@
 
 from __future__ import annotations
 
-import hmac
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
+from .auth import AuthSettings, check_hash, hash_password, is_password_hash, launch_auth_kwargs
 from .permissions import permission_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +45,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class User:
+    """A user who signs in. `password` (plaintext or an argon2 hash) is only an init argument: the
+    object keeps `password_hash`, never the plaintext."""
+
     name: str
-    password: str
+    password: InitVar[str]
     role: str = "annotator"
+    password_hash: str = field(init=False, repr=False)
+
+    def __post_init__(self, password: str) -> None:
+        self.password_hash = check_hash(password) if is_password_hash(password) else hash_password(password)
+
+
+# entries are split on commas and new lines, except the commas inside an argon2 hash's parameters
+# (`$m=65536,t=3,p=4$`)
+_ENTRY_SPLIT = re.compile(r"\n|,(?![tp]=\d+[,$])")
 
 
 def parse_users(spec: str, source: str) -> list[User]:
     users, seen = [], set()
-    for i, item in enumerate(x.strip() for x in spec.replace("\n", ",").split(",")):
+    for i, item in enumerate(x.strip() for x in _ENTRY_SPLIT.split(spec)):
         if not item or item.startswith("#"):
             continue
         parts = item.split(":")
@@ -59,7 +77,10 @@ def parse_users(spec: str, source: str) -> list[User]:
         if name in seen:
             raise ConfigError(f"{source}: user {name!r} appears twice")
         seen.add(name)
-        users.append(User(name, parts[1], role))
+        try:
+            users.append(User(name, parts[1], role))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: user {name!r}: {exc}") from None
     return users
 
 
@@ -86,6 +107,7 @@ class AppConfig:
     top_k: int = 10
     watch_seconds: float = 10.0
     permissions: dict = field(default_factory=lambda: permission_table())
+    auth_settings: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> AppConfig:
@@ -106,10 +128,29 @@ class AppConfig:
             conc = int(env.get("MIMIC_INFERENCE_CONCURRENCY", "1"))
             qsize = int(env.get("MIMIC_QUEUE_SIZE", "64"))
             watch = float(env.get("MIMIC_WATCH_SECONDS", "10"))
+            session_hours = float(env.get("MIMIC_SESSION_HOURS", "12"))
+            max_failures = int(env.get("MIMIC_LOGIN_MAX_FAILURES", "5"))
+            window = float(env.get("MIMIC_LOGIN_WINDOW_SECONDS", "900"))
+            lockout = float(env.get("MIMIC_LOGIN_LOCKOUT_SECONDS", "30"))
         except ValueError as exc:
             raise ConfigError(f"a numeric setting is not a number: {exc}") from None
         if conc < 1 or qsize < 1:
             raise ConfigError("MIMIC_INFERENCE_CONCURRENCY and MIMIC_QUEUE_SIZE must be at least 1")
+        if not session_hours > 0 or max_failures < 1 or not window > 0 or not lockout > 0:
+            raise ConfigError(
+                "MIMIC_SESSION_HOURS, MIMIC_LOGIN_WINDOW_SECONDS and MIMIC_LOGIN_LOCKOUT_SECONDS must be "
+                "above 0, MIMIC_LOGIN_MAX_FAILURES at least 1"
+            )
+        trust = env.get("MIMIC_TRUST_FORWARDED_FOR", "auto").strip().lower()
+        if trust not in ("auto", "1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"MIMIC_TRUST_FORWARDED_FOR must be auto, 1 or 0, got {trust!r}")
+        auth_settings = AuthSettings(
+            session_seconds=session_hours * 3600.0,
+            max_failures=max_failures,
+            window_seconds=window,
+            lockout_seconds=lockout,
+            trust_forwarded=on_spaces if trust == "auto" else trust in ("1", "true", "yes"),
+        )
         anon = env.get("MIMIC_ANONYMOUS_WRITES", "auto").strip().lower()
         if anon == "auto":
             anonymous_writes = not users and not oauth and not on_spaces and _loopback(server_name)
@@ -137,6 +178,7 @@ class AppConfig:
             queue_size=qsize,
             watch_seconds=watch,
             permissions=permission_table(env),
+            auth_settings=auth_settings,
         )
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -145,13 +187,10 @@ class AppConfig:
         return cfg
 
     def auth(self):
-        """The `launch(auth=...)` callable, or None when nobody is configured to sign in."""
-        if not self.users:
-            return None
-        table = {u.name: u.password for u in self.users}
+        """The `launch(auth=...)` callable (argon2 verification), or None when nobody signs in."""
+        return self.launch_auth().get("auth")
 
-        def check(username: str, password: str) -> bool:
-            want = table.get(username)
-            return want is not None and hmac.compare_digest(want.encode(), (password or "").encode())
-
-        return check
+    def launch_auth(self) -> dict:
+        """`auth` and the sign-in guard (rate limiting, session expiry) for `launch(**...)`
+        (app/auth.py); empty when nobody is configured to sign in."""
+        return launch_auth_kwargs({u.name: u.password_hash for u in self.users}, self.auth_settings)

@@ -32,6 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     demo, launch_kwargs, ctx = build_app()
+    # the users are hashed into the config now: no plaintext password stays in this process's
+    # environment or reaches a child process (retraining)
+    os.environ.pop("MIMIC_USERS", None)
     ctx.service.wrap_inference(gpu(duration=60))  # ZeroGPU: a GPU slot per link; no-op elsewhere
     print(
         f"[mimic] serving {ctx.service.served.version} on http://{ctx.config.server_name}:{ctx.config.server_port} "

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import api
-from .common import PRIVATE, Shared, header_markdown, username_of
+from .common import PRIVATE, Shared, add_private_root, header_markdown, username_of
 from .context import AppContext, browser_paths
 from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models
 
@@ -25,6 +25,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def build_ui(ctx: AppContext):
     cfg = ctx.config
+    add_private_root(cfg.data_dir)  # its absolute path is never shown (header, messages, /link)
     with gr.Blocks(title="MIMIC Studio", analytics_enabled=False) as demo:
         header = gr.Markdown(header_markdown(ctx), elem_id="header")
         if cfg.oauth:
@@ -55,7 +56,7 @@ def build_ui(ctx: AppContext):
 
     allowed, blocked = browser_paths(cfg, ctx.store.settings)  # only DATA_DIR/images and assets/ are served
     launch_kwargs = dict(
-        auth=cfg.auth(),
+        **cfg.launch_auth(),  # argon2 check, sign-in rate limits, session expiry (app/auth.py)
         auth_message="MIMIC Studio: sign in to annotate",
         head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
         css=(STATIC / "studio.css").read_text(encoding="utf-8"),
@@ -64,7 +65,8 @@ def build_ui(ctx: AppContext):
         footer_links=["api", "settings"],
         allowed_paths=allowed,
         blocked_paths=blocked,
-        show_error=True,
+        # only gr.Error messages (written for users) reach a client; other exceptions may name server paths
+        show_error=False,
     )
     return demo, launch_kwargs
 

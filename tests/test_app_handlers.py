@@ -306,8 +306,11 @@ def test_config_parsing():
     assert not AppConfig.from_env({"SPACE_ID": "org/space"}).anonymous_writes
     assert not AppConfig.from_env({"GRADIO_SERVER_NAME": "0.0.0.0"}).anonymous_writes
     assert AppConfig.from_env({"SPACE_ID": "x/y", "MIMIC_ANONYMOUS_WRITES": "1"}).anonymous_writes
-    check = AppConfig.from_env({"MIMIC_USERS": "ana:pw"}).auth()
-    assert check("ana", "pw") and not check("ana", "nope") and not check("bob", "pw")
+    check = AppConfig.from_env({"MIMIC_USERS": "ana:pw"}).auth()  # async: argon2 runs off the event loop
+    import asyncio
+
+    assert asyncio.run(check("ana", "pw")) and not asyncio.run(check("ana", "nope"))
+    assert not asyncio.run(check("bob", "pw"))
     with pytest.raises(ConfigError, match="MIMIC_ANONYMOUS_WRITES"):
         AppConfig.from_env({"MIMIC_ANONYMOUS_WRITES": "maybe"})
 

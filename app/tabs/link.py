@@ -23,7 +23,9 @@ from ..common import (
     decision_choices,
     message,
     parse_choice,
+    public_path,
     rounded,
+    scrub_paths,
     user_errors,
     username_of,
 )
@@ -42,17 +44,22 @@ def link(ctx: AppContext, image: str | None, sentence: str, mention, top_k: int 
         msg = str(exc)
         if isinstance(image, str) and image:
             msg = msg.replace(image, Path(image).name)  # no server paths in messages
-        raise UserError(msg) from None
+        raise UserError(scrub_paths(msg)) from None
 
 
 def result_json(ctx: AppContext, result: LinkResult) -> dict:
-    """The /link API answer: ranked candidates with unit scores (explanations left out)."""
+    """The /link API answer: ranked candidates with unit scores (explanations left out). Paths
+    (the model's checkpoint and index, entity images) are shown relative or by name only."""
     d = result.to_dict()
     for c in d["candidates"]:
         c.pop("explanation", None)
         for k in ("S", "S_T", "S_V", "S_C", "margin"):
             c[k] = rounded(c[k], 6)
-    d["model"] = ctx.service.describe()
+        c["images"] = [public_path(p) for p in c.get("images") or []]
+    model = ctx.service.describe()
+    for k in ("checkpoint", "index"):
+        model[k] = public_path(model.get(k))
+    d["model"] = model
     return d
 
 
