@@ -16,10 +16,12 @@ evaluation and for measuring how often the shortlist changes the top-1.
 
 A mention given as text is located in its sentence tolerantly (`mimic.data.mentions.find_mention`):
 exact match first, else a match after normalising case, punctuation, whitespace and Unicode (NFKC),
-mapped back to a real character span; datasets such as MELBench strip some punctuation from their
-mentions ("UNCLE" for "U.N.C.L.E."). A mention found nowhere is, with `absent_mention="warn"`,
-linked by its text alone (the sentence still serves as context, as in `evaluate`; start/end are
-None) and the result carries a warning; with "error" (the default) it is refused. Both cases are
+mapped back to a real character span, or the mention's words in order with a few words dropped
+between them; MELBench strips some punctuation and particles from its mentions ("UNCLE" for
+"U.N.C.L.E.", "Suleiman Magnificent" for "Suleiman the Magnificent"). A mention found nowhere
+is, with `absent_mention="warn"`, linked by its text alone (the sentence still serves as context,
+as in `evaluate`; start/end are None) and the result carries a warning; with "error" (the
+default) it is refused. Every match that is not exact is
 reported in `LinkResult.warnings`.
 """
 
@@ -192,11 +194,12 @@ class Linker:
             if not text:
                 raise LinkInputError("mention is empty")
             start, end, how = find_mention(text, sentence)
-            if how == "normalised":
+            if how in ("normalised", "gapped"):
                 assert start is not None and end is not None
                 warnings.append(
                     f"mention {text!r:.80} does not occur verbatim in the sentence; matched "
                     f"{sentence[start:end]!r:.80} at {start}-{end} after normalising case, punctuation and spaces"
+                    + (" and skipping words between the mention's words" if how == "gapped" else "")
                 )
             elif how == "absent":
                 if self.absent_mention == "error":
