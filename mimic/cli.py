@@ -12,7 +12,9 @@
   analyze          error analysis of a run (labels, H@k, recall@K, per-unit accuracy, calibration, compare)
 
 Errors that come from bad input (missing files, malformed data, wrong checkpoints) are printed as
-one line `error: ...` with exit status 2, never as a traceback.
+one line `error: ...` with exit status 2, never as a traceback. `link --batch` reports bad lines
+one by one and goes on: exit 0 when every line was linked, 1 when some line failed (each has an
+error record naming its line), 2 when nothing could be done (no such file, model not loadable).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from pathlib import Path
 from mimic.analysis.cli import add_analyze_parser
 from mimic.atomic import write_text_atomic
 from mimic.data.formats import load_dataset
-from mimic.data.json_files import read_jsonl
 from mimic.data.kb_files import load_kb
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -157,29 +158,132 @@ def cmd_index(a):
     )
 
 
+class BatchLinkFailures(Exception):
+    """`link --batch` finished, but some lines could not be linked (exit status 1)."""
+
+
+def _batch_query(line: bytes) -> dict:
+    """One line of a `link --batch` file as a query dict; ValueError names what is wrong."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    sentence = obj.get("sentence")
+    if sentence is not None and not isinstance(sentence, str):
+        raise ValueError(f"'sentence' must be a string, got {type(sentence).__name__}")
+    if not sentence or not sentence.strip():
+        raise ValueError("missing or blank 'sentence'")
+    if "span" in obj:
+        span = obj["span"]
+        if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
+            raise ValueError("'span' must be two integers [start, end]")
+        mention: object = tuple(span)
+    else:
+        mention = obj.get("mention")
+        if mention is None:
+            raise ValueError("missing 'mention' (or 'span')")
+        if not isinstance(mention, str):
+            raise ValueError(f"'mention' must be a string, got {type(mention).__name__}")
+        if not mention.strip():
+            raise ValueError("blank 'mention' (empty or whitespace only)")
+    image = obj.get("image")
+    if image is not None and not isinstance(image, str):
+        raise ValueError(f"'image' must be a path string, got {type(image).__name__}")
+    return {"sentence": sentence, "mention": mention, "image": image or None}
+
+
+def _link_isolated(linker, good: list[tuple[int, dict]], top_k: int, explain: bool, batch_size: int) -> dict:
+    """line -> LinkResult or the exception that refused it. An unexpected failure of a whole batch is
+    retried line by line, so that it costs only the line(s) that cause it."""
+    lines = [n for n, _ in good]
+    try:
+        return dict(zip(lines, linker.link_each([q for _, q in good], top_k, explain, batch_size)))
+    except Exception as exc:  # noqa: BLE001 - retried one by one below
+        if len(good) == 1:
+            return {lines[0]: RuntimeError(f"linking failed: {type(exc).__name__}: {exc}")}
+    out: dict = {}
+    for item in good:
+        out.update(_link_isolated(linker, [item], top_k, explain, 1))
+    return out
+
+
+def _link_batch_file(linker, path: Path, a) -> None:
+    """Link every line of a JSONL file; bad lines become error records, never an abort.
+
+    Output (stdout, one JSON object a line, in input order): the LinkResult of each good line with
+    `"line": N` added, `{"line": N, "error": "..."}` for each bad one, and a final
+    `{"summary": {"lines", "linked", "failed", "failed_lines"}}`. Blank lines are skipped, as by
+    the dataset readers. Raises BatchLinkFailures (exit 1) when any line failed.
+    """
+    with open(path, "rb") as f:  # binary: one undecodable line must not stop the others
+        raw_lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records: list[tuple[int, dict | None, str | None]] = []  # (line, query, error)
+    for n, line in raw_lines:
+        try:
+            records.append((n, _batch_query(line), None))
+        except ValueError as exc:
+            records.append((n, None, str(exc)))
+    failed: list[int] = []
+    linked = 0
+    chunk = max(1, a.batch_size)
+    for b in range(0, len(records), chunk):
+        part = records[b : b + chunk]
+        good = [(n, q) for n, q, _ in part if q is not None]
+        answers = _link_isolated(linker, good, a.top_k, not a.no_explain, chunk)
+        for n, _, err in part:
+            ans = answers.get(n)
+            if err is None and ans is not None and not isinstance(ans, Exception):
+                print(json.dumps({"line": n, **ans.to_dict()}), flush=True)
+                linked += 1
+                continue
+            msg = err if err is not None else str(ans)
+            failed.append(n)
+            print(json.dumps({"line": n, "error": msg}), flush=True)
+            print(f"[mimic] {path}, line {n}: {msg}", file=sys.stderr)
+    summary = {"lines": len(records), "linked": linked, "failed": len(failed), "failed_lines": failed}
+    print(json.dumps({"summary": summary}), flush=True)
+    shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+    print(
+        f"[mimic] link --batch {path}: {len(records)} lines, {linked} linked, {len(failed)} failed"
+        + (f" (lines {shown})" if failed else ""),
+        file=sys.stderr,
+    )
+    if failed:
+        raise BatchLinkFailures(f"{len(failed)} of {len(records)} lines failed")
+
+
 def cmd_link(a):
+    if a.batch:
+        batch = Path(a.batch)
+        if not batch.is_file():  # before loading the model: nothing can be done
+            raise FileNotFoundError(f"batch file not found: {batch}")
+    elif a.sentence is None:
+        raise ValueError("give --sentence (and --mention or --span), or --batch FILE.jsonl")
+    elif not a.span and a.mention is None:
+        raise ValueError("give --mention TEXT or --span START END")
     # lazy: torch-backed, 1.4 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.serving.linker import Linker
 
     linker = Linker.from_paths(
-        a.checkpoint, a.index, shortlist=a.shortlist, allowed_image_dirs=a.allowed_image_dir or None
+        a.checkpoint,
+        a.index,
+        shortlist=a.shortlist,
+        allowed_image_dirs=a.allowed_image_dir or None,
+        absent_mention=a.absent_mention,
     )
     if a.batch:
-        queries = []
-        for _, q in read_jsonl(Path(a.batch)):
-            if "span" in q:
-                q["mention"] = tuple(q.pop("span"))
-            queries.append(q)
-        results = linker.link_batch(queries, top_k=a.top_k, explain=not a.no_explain)
-        for r in results:
-            print(json.dumps(r.to_dict()))
+        _link_batch_file(linker, Path(a.batch), a)
         return
-    if a.sentence is None:
-        raise ValueError("give --sentence (and --mention or --span), or --batch FILE.jsonl")
     mention = tuple(a.span) if a.span else a.mention
-    if mention is None:
-        raise ValueError("give --mention TEXT or --span START END")
     r = linker.link(a.sentence, mention, a.image, top_k=a.top_k, explain=not a.no_explain)
+    for w in r.warnings:
+        print(f"[mimic] warning: {w}", file=sys.stderr)
     print(json.dumps(r.to_dict(), indent=2))
 
 
@@ -287,7 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--mention")
     k.add_argument("--span", type=int, nargs=2, metavar=("START", "END"))
     k.add_argument("--image")
-    k.add_argument("--batch", help="JSONL file: one {sentence, mention | span, image} per line")
+    k.add_argument(
+        "--batch",
+        help="JSONL file: one {sentence, mention | span, image} per line; a bad line gets an error record "
+        "naming its line, the others are linked, a final summary record follows (exit 1 if any line failed)",
+    )
+    k.add_argument("--batch-size", type=int, default=32, help="--batch: lines encoded together")
+    k.add_argument(
+        "--absent-mention",
+        choices=["warn", "error"],
+        default="warn",
+        help="a mention found nowhere in its sentence, even after normalising case, punctuation and spaces: "
+        "link its text alone with a warning (default) or refuse it",
+    )
     k.add_argument("--top-k", type=int, default=10)
     k.add_argument("--shortlist", type=int, default=64)
     k.add_argument("--allowed-image-dir", action="append", help="only read images under these folders")
@@ -352,6 +468,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")
     try:
         a.func(a)
+    except BatchLinkFailures as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (
         ValueError,
         FileNotFoundError,

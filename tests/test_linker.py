@@ -348,9 +348,106 @@ def test_cli_index_and_link(trained, synthetic_official, tmp_path):
             "the alder painter",
             "--mention",
             "oak",
+            "--absent-mention",
+            "error",
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 2 and "does not occur" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Tolerant mention location and `link --batch` that never loses the good lines
+# ------------------------------------------------------------------------------------------------
+
+
+def test_mention_found_after_normalising(linker):
+    s = "the alder painter met U.N.C.L.E. agents near the river"
+    r = linker.link(s, "UNCLE", explain=False)
+    assert s[r.start : r.end] == "U.N.C.L.E" and r.mention == "UNCLE" and r.top is not None
+    assert len(r.warnings) == 1 and "does not occur verbatim" in r.warnings[0]
+    assert r.to_dict()["warnings"] == r.warnings
+    r = linker.link(s, "alder   painter", explain=False)
+    assert s[r.start : r.end] == "alder painter" and r.warnings
+    exact = linker.link(s, "alder", explain=False)
+    assert (exact.start, exact.end, exact.warnings) == (4, 9, [])
+
+
+def test_absent_mention_is_linked_with_a_warning_when_asked(linker):
+    s = "the alder painter near the river"
+    with pytest.raises(LinkInputError, match="does not occur"):
+        linker.link(s, "oak")  # default: refused
+    warn = Linker(linker.model, linker.index, absent_mention="warn")
+    r = warn.link(s, "oak", explain=False)
+    assert (r.start, r.end, r.mention) == (None, None, "oak") and r.candidates
+    assert "does not occur in the sentence" in r.warnings[0] and "without a span" in r.warnings[0]
+    with pytest.raises(ValueError, match="absent_mention"):
+        Linker(linker.model, linker.index, absent_mention="ignore")
+
+
+def test_link_each_isolates_bad_queries(linker):
+    s = "the alder painter near the river"
+    out = linker.link_each(
+        [{"sentence": s, "mention": "alder"}, {"sentence": s, "mention": "oak"}, {"sentence": s, "mention": "river"}],
+        explain=False,
+        batch_size=2,
+    )
+    assert [type(o).__name__ for o in out] == ["LinkResult", "LinkInputError", "LinkResult"]
+    assert out[2].mention == "river"
+
+
+def _cli_link(trained, index, *args):
+    from mimic.cli import main
+
+    return main(["link", "--checkpoint", str(trained), "--index", str(index.root), *args])
+
+
+def test_cli_batch_keeps_the_good_lines(trained, index, tmp_path, capsys):
+    s = "the alder painter near the river"
+    bad = {
+        5: "{not json",
+        50: json.dumps({"mention": "alder"}),
+        100: json.dumps({"sentence": "   ", "mention": "alder"}),
+        200: json.dumps({"sentence": s, "mention": "   "}),
+        300: json.dumps({"sentence": s, "mention": "alder", "image": str(tmp_path / "missing.jpg")}),
+        400: json.dumps(["not", "an", "object"]),
+        450: json.dumps({"sentence": s}),
+        500: json.dumps({"sentence": s, "span": [3, 999]}),
+    }
+    lines = []
+    for n in range(1, 601):
+        if n in bad:
+            lines.append(bad[n])
+        elif n % 3 == 0:
+            lines.append(json.dumps({"sentence": s, "span": [4, 9]}))
+        else:
+            lines.append(json.dumps({"sentence": s, "mention": ["alder", "painter", "UNCLE", "river"][n % 4]}))
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rc = _cli_link(trained, index, "--batch", str(path), "--no-explain", "--top-k", "2", "--batch-size", "64")
+    out = capsys.readouterr()
+    records = [json.loads(x) for x in out.out.splitlines()]
+    assert rc == 1
+    assert len(records) == 601 and [r["line"] for r in records[:600]] == list(range(1, 601))
+    errors = {r["line"]: r["error"] for r in records[:600] if "error" in r}
+    assert set(errors) == set(bad)
+    assert "invalid JSON" in errors[5] and "'sentence'" in errors[50] and "'sentence'" in errors[100]
+    assert "blank 'mention'" in errors[200] and "image rejected" in errors[300] and "JSON object" in errors[400]
+    assert "missing 'mention'" in errors[450] and "out of range" in errors[500]
+    linked = [r for r in records[:600] if "error" not in r]
+    assert all(len(r["candidates"]) == 2 for r in linked)
+    assert any(r["mention"] == "UNCLE" and r["start"] is None and r["warnings"] for r in linked)  # absent: warned
+    assert records[600] == {"summary": {"lines": 600, "linked": 592, "failed": 8, "failed_lines": sorted(bad)}}
+    assert "600 lines, 592 linked, 8 failed" in out.err and "line 200: blank 'mention'" in out.err
+
+
+def test_cli_batch_exit_status(trained, index, tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"sentence": "the alder painter", "mention": "alder"}) + "\n\n")
+    assert _cli_link(trained, index, "--batch", str(good), "--no-explain") == 0
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert records[-1]["summary"] == {"lines": 1, "linked": 1, "failed": 0, "failed_lines": []}
+    assert _cli_link(trained, index, "--batch", str(tmp_path / "nope.jsonl")) == 2
+    assert "batch file not found" in capsys.readouterr().err

@@ -13,6 +13,16 @@ Candidate generation merges four retrievers, each returning its top K:
 The union is cut to K by reciprocal-rank fusion, then the full model scores the shortlist
 (S, S_T, S_V, S_C). Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
 evaluation and for measuring how often the shortlist changes the top-1.
+
+A mention given as text is located in its sentence tolerantly (`mimic.data.mentions.find_mention`):
+exact match first, else a match after normalising case, punctuation, whitespace and Unicode (NFKC),
+mapped back to a real character span, or the mention's words in order with a few words dropped
+between them; MELBench strips some punctuation and particles from its mentions ("UNCLE" for
+"U.N.C.L.E.", "Suleiman Magnificent" for "Suleiman the Magnificent"). A mention found nowhere
+is, with `absent_mention="warn"`, linked by its text alone (the sentence still serves as context,
+as in `evaluate`; start/end are None) and the result carries a warning; with "error" (the
+default) it is refused. Every match that is not exact is
+reported in `LinkResult.warnings`.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import numpy as np
 import torch
 
 from mimic.data import images as imaging
-from mimic.data.mentions import locate_mention
+from mimic.data.mentions import find_mention
 from mimic.data.schema import Entity, Mention
 from mimic.models.checkpoint import load_checkpoint
 from mimic.models.linking_model import LinkingModel, entity_text, mention_text
@@ -91,6 +101,8 @@ class LinkResult:
     timings_ms: dict = field(default_factory=dict)
     # "model": S is the trained model's score; "zero-shot": backbone similarities (mimic.serving.zeroshot)
     scoring: str = "model"
+    # how the query was taken when it was not taken literally (normalised match, mention not found)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def top(self) -> Candidate | None:
@@ -107,6 +119,7 @@ class _Query:
     start: int | None
     end: int | None
     image: object  # PIL image or None
+    warnings: list[str] = field(default_factory=list)
 
 
 class Linker:
@@ -123,7 +136,14 @@ class Linker:
         allowed_image_dirs=None,
         nil_threshold: float | None = None,
         explain_top: int = 3,
+        absent_mention: str = "error",
     ):
+        """`absent_mention`: what to do with a mention text found nowhere in its sentence, even after
+        normalising: "error" refuses it (LinkInputError), "warn" links the text without a span and
+        says so in `LinkResult.warnings`."""
+        if absent_mention not in ("error", "warn"):
+            raise ValueError(f"absent_mention must be 'error' or 'warn', got {absent_mention!r}")
+        self.absent_mention = absent_mention
         index.check_model(model)
         self.model = model.eval()
         self.index = index
@@ -157,6 +177,7 @@ class Linker:
                 mention = mention.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise LinkInputError(f"mention is not valid UTF-8 (byte {exc.start})") from None
+        warnings: list[str] = []
         if isinstance(mention, (tuple, list)) and len(mention) == 2:
             start, end = mention
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
@@ -172,9 +193,21 @@ class Linker:
             text = mention.strip()
             if not text:
                 raise LinkInputError("mention is empty")
-            start, end = locate_mention(text, sentence)
-            if start is None:
-                raise LinkInputError(f"mention {text!r} does not occur in the sentence")
+            start, end, how = find_mention(text, sentence)
+            if how in ("normalised", "gapped"):
+                assert start is not None and end is not None
+                warnings.append(
+                    f"mention {text!r:.80} does not occur verbatim in the sentence; matched "
+                    f"{sentence[start:end]!r:.80} at {start}-{end} after normalising case, punctuation and spaces"
+                    + (" and skipping words between the mention's words" if how == "gapped" else "")
+                )
+            elif how == "absent":
+                if self.absent_mention == "error":
+                    raise LinkInputError(f"mention {text!r:.80} does not occur in the sentence")
+                warnings.append(
+                    f"mention {text!r:.80} does not occur in the sentence, even after normalising case, "
+                    "punctuation and spaces; linked by the mention text alone, without a span"
+                )
         else:
             raise LinkInputError("mention must be a string or a (start, end) span")
         img = None
@@ -190,7 +223,7 @@ class Linker:
                 raise LinkInputError(f"image rejected: {exc}") from None
             if self.model.config.mode == "compat" and img.mode != "RGB":
                 img = img.convert("RGB")  # serving never silently drops a user's image
-        return _Query(sentence, text, start, end, img)
+        return _Query(sentence, text, start, end, img, warnings)
 
     # -- encoding ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -243,11 +276,39 @@ class Linker:
         """Link one mention. `mention` is the mention string or a (start, end) character span."""
         return self.link_batch([{"sentence": sentence, "mention": mention, "image": image}], top_k, explain)[0]
 
-    @torch.no_grad()
     def link_batch(self, queries: Sequence[dict], top_k: int = 10, explain: bool = True) -> list[LinkResult]:
-        """Link many mentions (dicts with sentence, mention, optional image) in one encoder batch."""
+        """Link many mentions (dicts with sentence, mention, optional image) in one encoder batch.
+
+        The first bad query raises LinkInputError; `link_each` isolates bad queries instead."""
         t0 = time.perf_counter()
         qs = [self._query(q.get("sentence"), q.get("mention"), q.get("image")) for q in queries]
+        return self._link_queries(qs, top_k, explain, t0)
+
+    def link_each(
+        self, queries: Sequence[dict], top_k: int = 10, explain: bool = True, batch_size: int = 32
+    ) -> list[LinkResult | LinkInputError]:
+        """Link many mentions, one answer per query in order: a LinkResult, or the LinkInputError
+        that refused that query. A bad query never costs the others their result; good queries
+        are encoded `batch_size` at a time."""
+        out: list[LinkResult | LinkInputError | None] = [None] * len(queries)
+        good: list[tuple[int, _Query]] = []
+        for i, q in enumerate(queries):
+            try:
+                good.append((i, self._query(q.get("sentence"), q.get("mention"), q.get("image"))))
+            except LinkInputError as exc:
+                out[i] = exc
+        for b in range(0, len(good), max(1, batch_size)):
+            chunk = good[b : b + max(1, batch_size)]
+            for (i, _), r in zip(chunk, self._link_queries([q for _, q in chunk], top_k, explain)):
+                out[i] = r
+        assert all(r is not None for r in out)
+        return [r for r in out if r is not None]
+
+    @torch.no_grad()
+    def _link_queries(self, qs: list[_Query], top_k: int, explain: bool, t0: float | None = None) -> list[LinkResult]:
+        if not qs:
+            return []
+        t0 = time.perf_counter() if t0 is None else t0
         mc, text, image, texts = self._encode(qs)
         t1 = time.perf_counter()
         shortlists = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist)
@@ -305,6 +366,7 @@ class Linker:
                         "explain": round((t4 - t3) * 1000, 3),
                     },
                     scoring=self.scoring,
+                    warnings=list(q.warnings),
                 )
             )
         return results
