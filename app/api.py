@@ -61,7 +61,9 @@ def build(ctx: AppContext, shared: Shared) -> None:
             raise gr.Error(str(exc)) from None
 
     def api_export(fmt: str, request: gr.Request) -> str:
-        """Export the current decisions: jsonl | csv | training (zip of the training layout)."""
+        """Export the current decisions: jsonl | csv | training (zip of the training layout) | jsonl.zip |
+        csv.zip (the JSONL / CSV with the mention images it names). Images are named by relative
+        paths (mention_image/...); CSV cells that a spreadsheet would run as formulas start with "'"."""
         try:
             return models_tab.export(ctx, fmt, username_of(request))
         except UserError as exc:
