@@ -19,6 +19,7 @@ def build(ctx: AppContext, shared: Shared) -> None:
         link_out = gr.JSON()
         link_button = gr.Button()
         mention_id, decision, entity, annotator = gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox()
+        request_id = gr.Textbox(value="")
         annotate_out = gr.Number()
         annotate_button = gr.Button()
         fmt = gr.Textbox()
@@ -34,18 +35,35 @@ def build(ctx: AppContext, shared: Shared) -> None:
             raise gr.Error(str(exc)) from None
         return link_tab.result_json(ctx, r)
 
-    def api_annotate(mention_id: str, decision: str, entity_id: str, annotator: str, request: gr.Request) -> float:
+    def api_annotate(
+        mention_id: str,
+        decision: str,
+        entity_id: str,
+        annotator: str,
+        request_id: str | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]  # gradio fills it in
+    ) -> float:
         """Store a decision (entity | nil | ambiguous | skip) for a stored mention (id or uid).
-        annotator must be the signed-in user (or empty). Returns the stored annotation id."""
+        annotator must be the signed-in user (or empty). request_id (optional, up to 100 characters):
+        a client-chosen id that makes the call safe to retry: the same id again returns the annotation
+        stored the first time and stores nothing. Returns the stored annotation id."""
         try:
             return annotate_tab.annotate_api(
-                ctx, username_of(request), mention_id, decision, entity_id or None, annotator or None
+                ctx,
+                username_of(request),
+                mention_id,
+                decision,
+                entity_id or None,
+                annotator or None,
+                request_id or None,
             )
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
     def api_export(fmt: str, request: gr.Request) -> str:
-        """Export the current decisions: jsonl | csv | training (zip of the training layout)."""
+        """Export the current decisions: jsonl | csv | training (zip of the training layout) | jsonl.zip |
+        csv.zip (the JSONL / CSV with the mention images it names). Images are named by relative
+        paths (mention_image/...); CSV cells that a spreadsheet would run as formulas start with "'"."""
         try:
             return models_tab.export(ctx, fmt, username_of(request))
         except UserError as exc:
@@ -53,6 +71,10 @@ def build(ctx: AppContext, shared: Shared) -> None:
 
     link_button.click(api_link, [image, sentence, mention], link_out, api_name="link", **shared.inference)
     annotate_button.click(
-        api_annotate, [mention_id, decision, entity, annotator], annotate_out, api_name="annotate", **shared.db_queue
+        api_annotate,
+        [mention_id, decision, entity, annotator, request_id],
+        annotate_out,
+        api_name="annotate",
+        **shared.db_queue,
     )
     export_button.click(api_export, fmt, export_file, api_name="export", **shared.db_queue)

@@ -10,6 +10,10 @@ writers (`write_official` for the official MIMIC layout — kb_entity.json, qid2
 <PREFIX>_train/dev/test.json, kb_image/, mention_image/ — or `write_jsonl_dataset`), so whatever
 the loaders accept is by construction what we produce. Every write is atomic (temporary file or
 folder renamed into place).
+
+Link exports (JSONL / CSV / `export_links_zip`) name a mention image by a path relative to the
+export's folder, `mention_image/<sha256><ext>`, never by a server path; the zip holds those files.
+CSV cells a spreadsheet would run as formulas get a leading "'" unless raw_cells=True.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +65,27 @@ LINK_COLUMNS = [
     "predicted_score",
     "corrected",
 ]
+
+
+MENTION_IMAGE_DIR = "mention_image"  # link exports name images relative to the export's folder
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
+
+
+def neutralize_cell(value):
+    """A CSV cell a spreadsheet will not evaluate: text starting with one of FORMULA_STARTS gets a
+    leading "'". Numbers and other values are returned as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def zip_folder(folder: Path, dest: Path, *, arc_root: str = "") -> None:
+    """Every file under `folder` into the zip `dest`, named relative to `folder` (under `arc_root`)."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(folder).as_posix()
+                z.write(f, f"{arc_root}/{rel}" if arc_root else rel)
 
 
 def _atomic_file(path: Path):
@@ -105,39 +133,88 @@ class ExportsMixin(StoreBase):
 
         def knowledge_base(self) -> KnowledgeBase: ...  # KbMixin
 
-    def export_links_jsonl(self, path: str | Path) -> int:
-        """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count."""
+    def _link_rows(self, image_dir: Path | None) -> list[dict]:
+        """`accepted_links` with the image named by a path relative to the export's folder
+        (`mention_image/<sha256><ext>`, the store's content name) instead of the server's absolute
+        path; with `image_dir` the image files are copied there (once per content)."""
+        rows = []
+        for r in self.accepted_links():
+            row = {k: r[k] for k in LINK_COLUMNS}
+            src = r.get("image")
+            if src:
+                name = Path(src).name
+                row["image"] = f"{MENTION_IMAGE_DIR}/{name}"
+                if image_dir is not None and not (image_dir / name).exists() and os.path.isfile(src):
+                    image_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, image_dir / name)
+            rows.append(row)
+        return rows
+
+    def export_links_jsonl(self, path: str | Path, *, copy_images: bool = False) -> int:
+        """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count.
+
+        `image` is a relative path, `mention_image/<sha256><ext>` (never a server path); with
+        copy_images=True the files are copied into mention_image/ beside `path`, so the folder is
+        self-contained (`export_links_zip` packs both)."""
         path = Path(path)
-        rows = self.accepted_links()
+        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None)
         tmp, commit = _atomic_file(path)
         try:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 for r in rows:
-                    f.write(json.dumps({k: r[k] for k in LINK_COLUMNS}, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
             commit()
         finally:
             tmp.unlink(missing_ok=True)
         return len(rows)
 
-    def export_links_csv(self, path: str | Path) -> int:
+    def export_links_csv(self, path: str | Path, *, copy_images: bool = False, raw_cells: bool = False) -> int:
         """The same rows as `export_links_jsonl` as CSV (pandas quoting: commas, quotes and newlines safe).
 
-        Cells are written verbatim: a cell starting with "=" stays a formula to a spreadsheet program,
-        so open untrusted exports as text.
-        """
+        Formula injection: a text cell starting with "=", "+", "-", "@", a tab or a carriage return
+        would be a formula to a spreadsheet program, so it is written with a leading "'" (the
+        spreadsheet convention for "text"). raw_cells=True writes every cell verbatim (for programs
+        that read the CSV as data; open such a file as text)."""
         # Imported here: pandas is 0.6 s of `import db`'s 1.3 s (python -X importtime, this machine)
         # and only this export needs it.
         import pandas as pd
 
         path = Path(path)
-        rows = self.accepted_links()
+        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None)
+        if not raw_cells:
+            rows = [{k: neutralize_cell(v) for k, v in r.items()} for r in rows]
         tmp, commit = _atomic_file(path)
         try:
-            pd.DataFrame(rows, columns=LINK_COLUMNS).to_csv(tmp, index=False, encoding="utf-8")
+            # CRLF rows (RFC 4180): Python's csv writer then also quotes a cell holding a bare "\r",
+            # which with "\n" rows it would leave unquoted, breaking the row for every CSV reader.
+            pd.DataFrame(rows, columns=LINK_COLUMNS).to_csv(tmp, index=False, encoding="utf-8", lineterminator="\r\n")
             commit()
         finally:
             tmp.unlink(missing_ok=True)
         return len(rows)
+
+    def export_links_zip(self, path: str | Path, *, fmt: str = "jsonl", raw_cells: bool = False) -> int:
+        """A self-contained zip: links.jsonl (or links.csv) and the mention images it names under
+        mention_image/ (the relative paths of its `image` column). Returns the number of rows."""
+        if fmt not in ("jsonl", "csv"):
+            raise InvalidInput(f"must be 'jsonl' or 'csv', got {fmt!r}", "fmt")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="mimic-export-", dir=path.parent))
+        try:
+            if fmt == "jsonl":
+                n = self.export_links_jsonl(work / "links.jsonl", copy_images=True)
+            else:
+                n = self.export_links_csv(work / "links.csv", copy_images=True, raw_cells=raw_cells)
+            tmp, commit = _atomic_file(path)
+            try:
+                zip_folder(work, tmp)
+                commit()
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return n
 
     def gold_mentions(self, *, nil: bool = True) -> list[GoldMention]:
         """Every mention with a gold label under `resolved` (the store's one rule), in mention order:

@@ -30,7 +30,9 @@ DATA_DIR/runs/<run_id>/progress.json):
               serving checkpoint folder is only ever read), register the version with every number
               and the decision, link it to the run.
  8. promote   `store.promote(version)` only when `decide_promotion` says so (default: held-out MRR
-              not lower, base dev H@1 not lower by more than 0.5 points).
+              not lower, base dev H@1 not lower by more than 0.5 points). The held-out slice comes
+              from the corrections, so wrong corrections poison it too: the base dev split is the
+              trusted judge, and without one the candidate is not promoted (promotion.py).
  9. finish    Run marked succeeded. Any exception on the way: run marked failed (cancelled on
               SIGTERM / Ctrl-C) with the error, and the log stays.
 

@@ -1,4 +1,17 @@
-"""The promotion rule: does the candidate replace the serving model?"""
+"""The promotion rule: does the candidate replace the serving model?
+
+Two judges, both required:
+
+* held-out corrections: candidate held-out MRR - serving held-out MRR >= `min_mrr_delta`, with at
+  least `min_heldout` held-out corrections. This set is drawn from the corrections themselves, so a
+  batch of wrong corrections poisons it as much as the training set: on its own it cannot refuse
+  bad labels.
+* the trusted set, the base dataset's dev split (labels that never come from the store): serving
+  base-dev H@1 - candidate base-dev H@1 <= `max_dev_h1_drop`. Without a base dev split the
+  candidate's base-dev H@1 is unknown and counts as the worst case, a drop of 1.0: so a run without
+  `base_data` is registered but not promoted (an admin may still serve it by hand), unless
+  max_dev_h1_drop >= 1 says on purpose that no trusted judge is wanted.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,8 @@ _EPS = 1e-9  # "not lower" must not fail on float noise (0.800 - 0.795 = 0.00500
 
 def decide_promotion(serving: dict, candidate: dict, cfg: RetrainConfig) -> tuple[bool, str]:
     """serving / candidate: {"heldout": metrics, "base_dev": metrics or absent}. Promote only if
-    held-out MRR rose by at least `min_mrr_delta` and base-dev H@1 fell by at most `max_dev_h1_drop`."""
+    held-out MRR rose by at least `min_mrr_delta` and base-dev H@1 fell by at most `max_dev_h1_drop`
+    (no base dev split: a drop of 1.0; see the module docstring)."""
     s_h, c_h = serving.get("heldout") or {}, candidate.get("heldout") or {}
     count = int(c_h.get("count", 0))
     if count < max(cfg.min_heldout, 1):
@@ -27,7 +41,11 @@ def decide_promotion(serving: dict, candidate: dict, cfg: RetrainConfig) -> tupl
             f"base dev H@1 {s_d['H@1']:.4f} -> {c_d['H@1']:.4f} (drop {drop:+.4f}, "
             f"allowed <= {cfg.max_dev_h1_drop:.4f})"
         )
-        ok = ok and drop <= cfg.max_dev_h1_drop + _EPS
     else:
-        parts.append("no base dev split: that criterion does not apply")
+        drop = 1.0  # no trusted judge: the worst case
+        parts.append(
+            f"no base dev split (the trusted judge): counted as a drop of 1.0, allowed <= "
+            f"{cfg.max_dev_h1_drop:.4f} (set base_data to judge on trusted labels)"
+        )
+    ok = ok and drop <= cfg.max_dev_h1_drop + _EPS
     return ok, ("promoted: " if ok else "not promoted: ") + "; ".join(parts)

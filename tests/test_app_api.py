@@ -123,3 +123,23 @@ def test_many_tabs_at_once_lose_nothing(studio):
             cur = [h for h in ctx.store.history(mid) if h.annotator == user and h.status == "current"]
             assert len(cur) == 1  # the two tabs never leave two
     assert ctx.store.integrity_check() == "ok"
+
+
+def test_annotate_endpoint_request_id_makes_a_retry_safe(client, studio):
+    """A client that lost the answer resends with the same request id: one annotation, same id."""
+    from gradio_client.exceptions import AppError
+
+    ctx = studio.ctx
+    mid = ctx.store.get_mention("example:X12").id
+    before = len(ctx.store.history(mid))
+    first = client.predict(str(mid), "entity", "D007", "ana", "retry-test-1", api_name="/annotate")
+    again = client.predict(str(mid), "entity", "D007", "ana", "retry-test-1", api_name="/annotate")
+    assert int(first) == int(again)
+    assert len(ctx.store.history(mid)) == before + 1
+    assert ctx.store.get_annotation("retry-test-1").id == int(first)
+    # the same id for a different submission is refused, not silently stored
+    with pytest.raises(AppError, match="already used"):
+        client.predict(str(mid), "nil", "", "ana", "retry-test-1", api_name="/annotate")
+    # the four-argument call still works (a fresh request each time)
+    other = client.predict(str(mid), "nil", "", "ana", api_name="/annotate")
+    assert int(other) != int(first) and ctx.store.get_annotation(int(other)).decision == "nil"

@@ -4,6 +4,7 @@ the official MIMIC layout that the core loader and `python -m mimic train` read 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -254,3 +255,134 @@ def test_bulk_import_works_without_insert_returning(store, monkeypatch):
     )
     assert (r.created, r.predictions) == (5, 5)
     assert store.predictions("old3")[0].margin == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exports carry every image by a relative path (demo KB seeded as on the app's first start)
+# ------------------------------------------------------------------------------------------------
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+@pytest.fixture
+def demo_store(tmp_path):
+    """The demo KB loaded as the app's first start does (`app.context._seed_kb`), the demo example
+    mentions (with their query images) stored and each linked to its answer by one annotator."""
+    from app.config import AppConfig
+    from app.context import _load_examples, _seed_kb
+
+    cfg = AppConfig(data_dir=tmp_path / "data")
+    s = open_store(cfg.data_dir)
+    _seed_kb(s, cfg)
+    s.add_annotator("ana")
+    examples = _load_examples(cfg)
+    assert examples and any(m.image for m in examples)
+    for m in examples:
+        s.add_mention(m.sentence, m.mention, m.start, m.end, image=m.image, uid=m.id)
+        s.submit("ana", m.id, entity_id=m.answer)
+    yield s, examples
+    s.close()
+
+
+def test_demo_kb_training_export_carries_every_image(demo_store, tmp_path):
+    from mimic.data.kb_files import load_kb
+    from mimic.data.official import load_official
+
+    s, examples = demo_store
+    demo_kb, _ = load_kb(Path(__file__).resolve().parents[1] / "assets" / "demo_kb" / "kb.jsonl")
+    kb = s.knowledge_base()
+    with_images = [e.id for e in demo_kb if e.images]
+    assert with_images  # the demo KB has entity images, and the store kept every one of them
+    assert [e.id for e in kb if e.images] == sorted(with_images)
+    n_images = sum(len(e.images) for e in kb)
+    assert n_images == sum(len(e.images) for e in demo_kb)
+
+    out = tmp_path / "export"
+    exp = s.export_training_set(out)
+    assert exp.entities == len(demo_kb) and sum(exp.splits.values()) == len(examples)
+    assert len(list((out / "kb_image").iterdir())) == n_images  # one file per entity image
+    ds = load_official(out)
+    assert sum(len(e.images) for e in ds.kb) == n_images
+    assert all(Path(p).is_file() and Path(p).is_relative_to(out) for e in ds.kb for p in e.images)
+    mentions = [m for sp in ds.splits.values() for m in sp]
+    assert sum(1 for m in mentions if m.image) == sum(1 for m in examples if m.image)
+    assert all(Path(m.image).is_file() and Path(m.image).is_relative_to(out) for m in mentions if m.image)
+
+
+def test_link_exports_name_images_relatively_never_by_server_path(demo_store, tmp_path):
+    import zipfile
+
+    s, examples = demo_store
+    server_paths = (str(tmp_path), str(Path(__file__).resolve().parents[1]))
+    n_images = len({open(m.image, "rb").read() for m in examples if m.image})
+
+    def check(rows):
+        assert len(rows) == len(examples)
+        assert sum(1 for r in rows if r["image"]) == sum(1 for m in examples if m.image)
+        for r in rows:
+            for text in _strings(r):
+                assert not Path(text).is_absolute() and not any(p in text for p in server_paths), text
+            if r["image"]:
+                assert r["image"].startswith("mention_image/")
+
+    s.export_links_jsonl(tmp_path / "a" / "links.jsonl")
+    check([json.loads(x) for x in (tmp_path / "a" / "links.jsonl").read_text(encoding="utf-8").splitlines()])
+    assert not (tmp_path / "a" / "mention_image").exists()  # a single file unless asked
+    s.export_links_csv(tmp_path / "a" / "links.csv", copy_images=True)
+    df = pd.read_csv(tmp_path / "a" / "links.csv", keep_default_na=False, dtype=str)
+    check([{k: v or None for k, v in r.items()} for r in df.to_dict("records")])
+    for r in df.to_dict("records"):  # relative to the export's folder, which now holds the files
+        assert not r["image"] or (tmp_path / "a" / r["image"]).is_file()
+    assert len(list((tmp_path / "a" / "mention_image").iterdir())) == n_images
+
+    for fmt in ("jsonl", "csv"):
+        z = tmp_path / f"links-{fmt}.zip"
+        assert s.export_links_zip(z, fmt=fmt) == len(examples)
+        with zipfile.ZipFile(z) as zf:
+            names = set(zf.namelist())
+            assert f"links.{fmt}" in names and all(not Path(n).is_absolute() for n in names)
+            if fmt == "jsonl":
+                rows = [json.loads(x) for x in zf.read("links.jsonl").decode("utf-8").splitlines()]
+            else:
+                import io
+
+                rows = pd.read_csv(io.BytesIO(zf.read("links.csv")), keep_default_na=False, dtype=str)
+                rows = [{k: v or None for k, v in r.items()} for r in rows.to_dict("records")]
+            check(rows)
+            assert {r["image"] for r in rows if r["image"]} <= names  # self-contained
+            assert len([n for n in names if n.startswith("mention_image/")]) == n_images
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mimic-export-")) == []
+
+
+def test_csv_export_neutralises_formula_cells_unless_raw(store, tmp_path):
+    dangerous = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR"]
+    for i, text in enumerate(dangerous):
+        m = store.add_mention(f"{text} Paris", "Paris", uid=f"f{i}")
+        store.submit("ana", m.id, entity_id="Q1", comment=text)
+    safe = store.add_mention("Paris - 2 = fine", "Paris", uid="safe")
+    store.submit("ana", safe.id, entity_id="Q1", comment="a - b")
+
+    assert store.export_links_csv(tmp_path / "safe.csv") == len(dangerous) + 1
+    df = pd.read_csv(tmp_path / "safe.csv", keep_default_na=False, dtype=str).set_index("mention_uid")
+    for i, text in enumerate(dangerous):
+        assert df.loc[f"f{i}", "comment"] == "'" + text
+        assert df.loc[f"f{i}", "sentence"] == f"'{text} Paris"
+    assert df.loc["safe", "sentence"] == "Paris - 2 = fine" and df.loc["safe", "comment"] == "a - b"
+    for col in df.columns:  # no cell of the safe export starts like a formula
+        assert not any(str(v).startswith(("=", "+", "-", "@", "\t", "\r")) for v in df[col] if v), col
+
+    store.export_links_csv(tmp_path / "raw.csv", raw_cells=True)
+    raw = pd.read_csv(tmp_path / "raw.csv", keep_default_na=False, dtype=str).set_index("mention_uid")
+    for i, text in enumerate(dangerous):
+        assert raw.loc[f"f{i}", "comment"] == text
+    # JSONL stays verbatim: it is data, not a spreadsheet
+    store.export_links_jsonl(tmp_path / "l.jsonl")
+    rows = {r["mention_uid"]: r for r in map(json.loads, (tmp_path / "l.jsonl").read_text().splitlines())}
+    assert rows["f0"]["comment"] == "=1+2"

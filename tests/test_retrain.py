@@ -326,8 +326,68 @@ def test_decide_promotion_thresholds():
     assert decide_promotion(s, cand(0.9, 0.9), RetrainConfig(min_mrr_delta=0.5))[0] is False
     ok, why = decide_promotion({"heldout": {"count": 0}}, {"heldout": {"count": 0}}, cfg)
     assert not ok and "0 held-out correction" in why
+    # no trusted judge (no base dev split): the worst case, refused unless the threshold waives it
     no_dev = decide_promotion({"heldout": s["heldout"]}, {"heldout": {"MRR": 0.6, "count": 10}}, cfg)
-    assert no_dev[0] is True and "no base dev split" in no_dev[1]
+    assert no_dev[0] is False and "no base dev split" in no_dev[1]
+    waived = decide_promotion(
+        {"heldout": s["heldout"]}, {"heldout": {"MRR": 0.6, "count": 10}}, RetrainConfig(max_dev_h1_drop=1.0)
+    )
+    assert waived[0] is True
+
+
+# ------------------------------------------------------------------------------------------------
+# (b') a batch of deliberately wrong corrections is refused
+# ------------------------------------------------------------------------------------------------
+POISON = 500
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "with_base,systematic",
+    [(True, False), (False, False), (False, True)],
+    ids=["random-base-dev", "random-no-base-data", "systematic-no-base-data"],
+)
+def test_poisoned_corrections_are_not_promoted(
+    store, tmp_path, tiny_clip_dir, corpus, untrained_ckpt, with_base, systematic
+):
+    """500 corrections with wrong entities (on top of the fixture's correct ones): random ones, or a
+    systematic shift (every entity's mentions labelled with the entity 3 positions on, which a model
+    can learn). The held-out slice is poisoned like the training set, so only the trusted judge
+    (base dev) can refuse the candidate; without a base dataset there is no trusted judge and the
+    rule refuses as well. The systematic batch shows why: it fools the held-out judge."""
+    import random
+
+    store.register_model_version("v0", checkpoint=str(untrained_ckpt), backbone="tiny")
+    store.promote("v0")
+    serving_bytes = _tree_digest(untrained_ckpt)
+    extra = make_synthetic(tmp_path / "poison", n_names=6, per_name=3, mentions_per_entity=28, seed=7)
+    pool = [m for sp in extra.splits.values() for m in sp][:POISON]
+    assert len(pool) == POISON
+    ids = [e.id for e in corpus.ds.kb]
+    rng = random.Random(0)
+    store.add_annotator("mallory")
+    for m in pool:
+        store.add_mention(m.sentence, m.mention, m.start, m.end, image=m.image, uid=f"p-{m.id}")
+        others = [q for q in ids if q != m.answer]
+        wrong = ids[(ids.index(m.answer) + 3) % len(ids)] if systematic else rng.choice(others)
+        store.submit("mallory", f"p-{m.id}", entity_id=wrong)
+
+    cfg = _cfg(tmp_path, tiny_clip_dir, corpus, epochs=3, **({} if with_base else {"base_data": None}))
+    out = run_retrain(cfg, store=store)
+    m = out["metrics"]
+    assert m["serving"]["version"] == "v0" and m["data"]["annotations"] == POISON + len(corpus.corrections)
+    assert m["data"]["heldout_corrections"] > 50  # the held-out slice is mostly poison too
+    assert out["promoted"] is False and out["reason"].startswith("not promoted: ")
+    if with_base:
+        # the trusted judge sees the damage
+        assert m["candidate"]["base_dev"]["H@1"] < m["serving"]["base_dev"]["H@1"] - cfg.max_dev_h1_drop
+    else:
+        assert "no base dev split" in out["reason"]
+    if systematic:  # the poisoned held-out slice alone would have promoted it
+        assert m["delta"]["heldout_MRR"] > 0
+    assert store.promoted_model_version().name == "v0"
+    assert store.get_model_version(out["version"]).promoted is False
+    assert _tree_digest(untrained_ckpt) == serving_bytes
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ def annotate(
 
 
 @user_errors
+@user_errors
 def annotate_api(
     ctx: AppContext,
     username: str | None,
@@ -76,8 +77,13 @@ def annotate_api(
     decision: str,
     entity_id: str | None,
     annotator: str | None = None,
+    request_id: str | None = None,
 ) -> int:
-    """/annotate: decision is entity | nil | ambiguous | skip. Returns the stored annotation id."""
+    """/annotate: decision is entity | nil | ambiguous | skip. Returns the stored annotation id.
+
+    request_id: optional client-chosen id that makes the call idempotent: sending the same id again
+    (a retry after a cut connection) returns the annotation stored the first time and stores nothing;
+    the same id with a different submission is refused. Without one, every call is a new request."""
     name = ctx.require("annotate", username)
     if annotator and annotator != name:
         raise UserError(f"signed in as {name!r}: cannot store annotations for {annotator!r}")
@@ -88,7 +94,7 @@ def annotate_api(
         mid = int(mention_id)
     except (TypeError, ValueError):
         mid = str(mention_id)
-    rec = ctx.store.submit(name, mid, decision, entity_id or None, request_id=uuid.uuid4().hex)
+    rec = ctx.store.submit(name, mid, decision, entity_id or None, request_id=request_id or uuid.uuid4().hex)
     return rec.id
 
 

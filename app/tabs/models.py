@@ -4,17 +4,20 @@ followed here)."""
 
 from __future__ import annotations
 
+import atexit
 import html
 import json
+import shutil
 import tempfile
+import threading
 import time
-import zipfile
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from db import StoreError
+from db.export import zip_folder
 from retraining import RetrainBusy, read_log, read_progress, start_retrain_process
 
 from ..common import PRIVATE, Shared, UserError, header_markdown, message, rounded, user_errors, username_of
@@ -200,15 +203,43 @@ def training_runs(ctx: AppContext) -> pd.DataFrame:
 
 
 # -- handlers: export -----------------------------------------------------------------------------
+# Each export is written into its own temporary folder (mimic-export-*). Gradio copies a returned
+# file into its own cache while it answers the request, so an earlier export's folder is removed at
+# the next export once it is older than EXPORT_KEEP_SECONDS (long enough for that copy, also when
+# several people export at once), and every folder left is removed when the process exits.
+EXPORT_KEEP_SECONDS = 120.0
+_export_dirs: list[tuple[float, Path]] = []
+_export_lock = threading.Lock()
+
+
+def _clean_exports(everything: bool = False) -> None:
+    """Remove the export folders handed over more than EXPORT_KEEP_SECONDS ago (or all of them)."""
+    now = time.monotonic()
+    with _export_lock:
+        old = [d for t, d in _export_dirs if everything or now - t > EXPORT_KEEP_SECONDS]
+        _export_dirs[:] = [(t, d) for t, d in _export_dirs if d not in old]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_clean_exports, True)
+
+
 @user_errors
 def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
     """Write an export to a new temporary file; returns its path (JSONL, CSV, or a zip of the
-    training layout that `python -m mimic train --data` reads). Signed-in users only: it carries
-    every annotator's decisions."""
+    training layout that `python -m mimic train --data` reads; "jsonl.zip" / "csv.zip": the JSONL
+    or CSV with the mention images it names, self-contained). Images are named by relative paths,
+    never by server paths; CSV cells a spreadsheet would run as formulas are neutralised. Signed-in
+    users only: it carries every annotator's decisions."""
     ctx.require("export", username)
-    if fmt not in EXPORT_FORMATS:
-        raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    formats = EXPORT_FORMATS + ("jsonl.zip", "csv.zip")
+    if fmt not in formats:
+        raise UserError(f"export format must be one of {', '.join(formats)} (got {fmt!r})")
+    _clean_exports()
     out = Path(tempfile.mkdtemp(prefix="mimic-export-"))
+    with _export_lock:
+        _export_dirs.append((time.monotonic(), out))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if fmt == "jsonl":
         p = out / f"links-{stamp}.jsonl"
@@ -216,14 +247,18 @@ def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
     elif fmt == "csv":
         p = out / f"links-{stamp}.csv"
         ctx.store.export_links_csv(p)
+    elif fmt.endswith(".zip"):
+        kind = fmt.removesuffix(".zip")
+        p = out / f"links-{stamp}-{kind}.zip"
+        ctx.store.export_links_zip(p, fmt=kind)
     else:
         d = out / f"training-{stamp}"
         ctx.store.export_training_set(d)
         p = out / f"training-{stamp}.zip"
-        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(d.rglob("*")):
-                if f.is_file():
-                    z.write(f, f.relative_to(out))
+        try:
+            zip_folder(d, p, arc_root=d.name)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
     return str(p)
 
 
