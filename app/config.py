@@ -166,8 +166,10 @@ class AppConfig:
             checkpoint=env.get("MIMIC_CHECKPOINT") or None,
             backbone=env.get("MIMIC_BACKBONE", "offline"),
             device=env.get("MIMIC_DEVICE", "auto"),
-            kb_path=Path(env["MIMIC_KB"]) if env.get("MIMIC_KB") else cls.kb_path,
-            examples_path=(Path(examples) if examples else cls.examples_path) if examples != "" else None,
+            # absolute: the KB loader names images relative to the KB file, and the store copies
+            # them by content only from absolute paths
+            kb_path=Path(env["MIMIC_KB"]).resolve() if env.get("MIMIC_KB") else cls.kb_path,
+            examples_path=(Path(examples).resolve() if examples else cls.examples_path) if examples != "" else None,
             users=users,
             anonymous_writes=anonymous_writes,
             oauth=oauth,

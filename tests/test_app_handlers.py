@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app.common import CANDIDATE_COLUMNS, NIL, UserError, candidates_table
-from app.config import AppConfig, ConfigError, parse_users
+from app.config import REPO, AppConfig, ConfigError, parse_users
 from app.context import WriteDenied
 from app.tabs import analysis as analysis_tab
 from app.tabs import annotate as annotate_tab
@@ -423,3 +423,12 @@ def test_analysis_of_the_corrections(studio):
     assert Path(csv).is_file() and len(table) == sum(cmp["counts"].values())
     with pytest.raises(UserError, match="choose two"):
         analysis_tab.analysis_compare(ctx, path, "")
+
+
+def test_a_relative_kb_path_is_made_absolute(tmp_path, monkeypatch):
+    """MIMIC_KB given relative to the working folder still finds its images (they are named
+    relative to the KB file, and copied into the store by content only from absolute paths)."""
+    monkeypatch.chdir(REPO)
+    cfg = AppConfig.from_env({"MIMIC_KB": "assets/demo_kb/kb.jsonl", "MIMIC_EXAMPLES": "assets/demo_kb/examples.jsonl"})
+    assert cfg.kb_path.is_absolute() and cfg.kb_path == REPO / "assets" / "demo_kb" / "kb.jsonl"
+    assert cfg.examples_path is not None and cfg.examples_path.is_absolute()
