@@ -26,13 +26,16 @@ from .kb import KbMixin
 from .mentions import MentionsMixin
 from .migrate import upgrade
 from .queue import QueueMixin
+from .reconcile import JournalReplayMixin
 from .reports import ReportsMixin
 from .runs import RunsMixin
 
 log = logging.getLogger("mimic.db")
 
 
-class AnnotationStore(KbMixin, MentionsMixin, AnnotationsMixin, QueueMixin, ReportsMixin, RunsMixin, ExportsMixin):
+class AnnotationStore(
+    KbMixin, MentionsMixin, JournalReplayMixin, AnnotationsMixin, QueueMixin, ReportsMixin, RunsMixin, ExportsMixin
+):
     """The annotation store over one database (see the mixins for the operations).
 
     Thread-safe: every call opens its own short session from the shared engine. Use `open_store`

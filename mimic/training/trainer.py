@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 from mimic.analysis.ranking import evaluate
 from mimic.atomic import write_json_atomic
 from mimic.backbones import load_backbone
-from mimic.backbones.base import ImageFeatures, TextFeatures
 from mimic.config_file import ConfigFile
 from mimic.data.formats import load_dataset
 from mimic.data.schema import Dataset, Entity, KnowledgeBase
 from mimic.models.checkpoint import load_checkpoint, save_checkpoint
-from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images, mention_text
+from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
+from mimic.training.feature_store import FeatureStore, entity_cache_from_store
 from mimic.training.input_cache import InputCache
 
 log = logging.getLogger("mimic")
@@ -124,85 +124,6 @@ def param_groups(model: nn.Module, cfg: TrainConfig):
             {"params": buckets[(True, False)], "weight_decay": 0.0, "lr": cfg.head_lr},
         ]
     return [g for g in groups if g["params"]]
-
-
-# ------------------------------------------------------------------------------------------------
-# Frozen-backbone feature cache
-# ------------------------------------------------------------------------------------------------
-class FeatureStore:
-    """Backbone outputs for many items, fp16 on the CPU. Images are stored only for items that have
-    one (compat mode shares one row for the encoded all-zero placeholder)."""
-
-    def __init__(
-        self,
-        model: LinkingModel,
-        texts: list[str],
-        image_paths: list[str | None],
-        batch_size: int,
-        progress: bool,
-        desc: str,
-    ):
-        mode = model.config.mode
-        tg: list[torch.Tensor] = []
-        tt: list[torch.Tensor] = []
-        tm: list[torch.Tensor] = []
-        img_idx: list[int] = []
-        ig: list[torch.Tensor] = []
-        it: list[torch.Tensor] = []
-        placeholder = None
-        stats = ImageLoadStats()
-        rng = range(0, len(texts), batch_size)
-        if progress:
-            rng = tqdm(rng, desc=desc, unit="batch")
-        with torch.no_grad():
-            for s in rng:
-                tx = texts[s : s + batch_size]
-                imgs = load_images(image_paths[s : s + batch_size], mode, stats)
-                text, image = model.backbone_features(tx, imgs)
-                tg.append(text.global_.half().cpu())
-                tt.append(text.tokens.half().cpu())
-                tm.append(text.mask.cpu())
-                for j, has in enumerate(image.has_image.tolist()):
-                    if has:
-                        img_idx.append(len(ig))
-                        ig.append(image.global_[j].half().cpu())
-                        it.append(image.tokens[j].half().cpu())
-                    elif mode == "compat":
-                        if placeholder is None:
-                            placeholder = len(ig)
-                            ig.append(image.global_[j].half().cpu())
-                            it.append(image.tokens[j].half().cpu())
-                        img_idx.append(placeholder)
-                    else:
-                        img_idx.append(-1)
-        d = model.backbone.dims
-        self.text_global, self.text_tokens, self.text_mask = torch.cat(tg), torch.cat(tt), torch.cat(tm)
-        self.img_idx = torch.tensor(img_idx, dtype=torch.long)
-        self.img_global = torch.stack(ig) if ig else torch.zeros(0, d.image_global, dtype=torch.half)
-        self.img_tokens = torch.stack(it) if it else torch.zeros(0, d.num_image_tokens, d.image_token, dtype=torch.half)
-        self.has_image = (
-            self.img_idx >= 0
-            if mode == "fixed"
-            else torch.zeros_like(self.img_idx, dtype=torch.bool) | (self.img_idx >= 0)
-        )
-        self.image_stats = dict(stats)
-        self.dims = d
-
-    def gather(self, idx: torch.Tensor, device) -> tuple[TextFeatures, ImageFeatures]:
-        text = TextFeatures(
-            self.text_global[idx].float().to(device),
-            self.text_tokens[idx].float().to(device),
-            self.text_mask[idx].to(device),
-        )
-        ii = self.img_idx[idx]
-        g = torch.zeros(len(idx), self.dims.image_global)
-        t = torch.zeros(len(idx), self.dims.num_image_tokens, self.dims.image_token)
-        ok = ii >= 0
-        if ok.any():
-            g[ok] = self.img_global[ii[ok]].float()
-            t[ok] = self.img_tokens[ii[ok]].float()
-        # In compat mode every item "has" an image (the placeholder), as the official code scores it.
-        return text, ImageFeatures(g.to(device), t.to(device), self.has_image[idx].to(device))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,7 +419,7 @@ def _validate(run: _Run, epoch: int, rec: dict) -> bool:
     ecache = (
         model.entity_cache(run.kb.entities, batch_size=256)
         if run.m_store is None or run.e_store is None  # built together: both or neither
-        else _cache_from_store(model, run.e_store, run.device)
+        else entity_cache_from_store(model, run.e_store, run.device)
     )
     res = evaluate(
         model, run.kb, run.dev_m, batch_size=cfg.eval_batch_size, chunk_size=cfg.eval_chunk_size, entity_cache=ecache
@@ -611,16 +532,3 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         dist.destroy_process_group()
     summary["best_checkpoint"] = str(run.best_dir)
     return summary
-
-
-@torch.no_grad()
-def _cache_from_store(model: LinkingModel, store: FeatureStore, device, batch: int = 1024):
-    """Entity caches from cached backbone features (no backbone pass needed when it is frozen)."""
-    parts = []
-    model.eval()
-    n = store.text_global.shape[0]
-    for s in range(0, n, batch):
-        idx = torch.arange(s, min(s + batch, n))
-        t, i = store.gather(idx, device)
-        parts.append(model.heads.entity_cache(model.heads.side_features(t, i)))
-    return type(parts[0]).cat(parts)
