@@ -87,7 +87,8 @@ def cmd_evaluate(a):
     from mimic.training.trainer import pick_device
 
     ds = load_dataset(a.data)
-    model = load_checkpoint(a.checkpoint, pick_device(a.device))
+    overrides = {"cross_modal_eval": a.cross_modal_eval} if a.cross_modal_eval else None
+    model = load_checkpoint(a.checkpoint, pick_device(a.device), overrides=overrides)
     mentions = ds.split(a.split)
     if a.limit:
         mentions = mentions[: a.limit]
@@ -117,8 +118,33 @@ def cmd_import_official(a):
     # lazy: torch-backed, 1.2 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.models.checkpoint import import_official
 
-    out = import_official(a.checkpoint, a.backbone, a.output, mode=a.mode, trust_pickle=a.trust_pickle)
-    print(json.dumps({"output": str(out)}))
+    out = import_official(
+        a.checkpoint,
+        a.backbone,
+        a.output,
+        mode=a.mode,
+        trust_pickle=a.trust_pickle,
+        model=a.model,
+        cross_modal=a.cross_modal,
+        cross_modal_eval=a.cross_modal_eval,
+    )
+    from mimic.models.checkpoint import read_config
+
+    cfg = read_config(out)
+    mc = cfg["model_config"]
+    heads = {k: mc[k] for k in ("cross_modal", "cross_modal_eval") if k in mc}
+    print(
+        json.dumps(
+            {
+                "output": str(out),
+                "model_type": cfg["model_type"],
+                "mode": mc["mode"],
+                **heads,
+                "official": cfg["official"],
+            },
+            indent=2,
+        )
+    )
 
 
 def cmd_index(a):
@@ -358,14 +384,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="first N mentions only")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", help="also write the metrics JSON here")
+    e.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: cross-modal head that scores (default: the checkpoint's; see docs/reproducing.md)",
+    )
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    i = sub.add_parser("import-official", help="convert an official MIMIC checkpoint")
+    i = sub.add_parser("import-official", help="convert an official MIMIC or M3EL checkpoint")
     i.add_argument("checkpoint")
     i.add_argument("--backbone", required=True, help="folder of the CLIP the checkpoint was trained from")
     i.add_argument("--output", required=True)
     i.add_argument("--mode", choices=["compat", "fixed"], default="compat")
+    i.add_argument("--model", choices=["mimic", "m3el"], help="model family (default: detected from the keys)")
+    i.add_argument(
+        "--cross-modal",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: head the model was trained with (default: from its hyper-parameters; cmmb for WikiDiverse)",
+    )
+    i.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: head that scores (default: t2v in compat mode, as the official test_step; "
+        "the trained head in fixed mode)",
+    )
     i.add_argument(
         "--trust-pickle",
         action="store_true",
