@@ -2,7 +2,8 @@
 
   train            train a model from a YAML config (paper defaults in configs/mimic_paper.yaml)
   evaluate         full-KB ranking of a split; prints JSON metrics; --scores-out FILE.npz
-  import-official  convert an official MIMIC Lightning checkpoint into this project's format
+  import-official  convert an official MIMIC or M3EL Lightning checkpoint into this project's format
+  reproduce        check an official release, evaluate full-KB, print/write the row beside the published one
   index            encode a knowledge base once for serving (resumable)
   link             link one mention (or a JSONL file of them) and print JSON
   calibrate-nil    choose the NIL threshold of an index on a dev split
@@ -145,6 +146,38 @@ def cmd_import_official(a):
             indent=2,
         )
     )
+
+
+def cmd_reproduce(a):
+    # lazy: torch-backed; `python -m mimic --help` must stay fast
+    from mimic.analysis.reproduce import markdown, problems_text, reproduce
+
+    report = reproduce(
+        a.data,
+        a.checkpoint,
+        dataset=a.dataset,
+        split=a.split,
+        out=a.out,
+        train_fraction=a.train_fraction,
+        cross_modal_eval=a.cross_modal_eval,
+        device=a.device,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        image_check=not a.no_image_check,
+        progress=not a.no_progress,
+    )
+    if report["problems"]:
+        print(problems_text(report["problems"]), file=sys.stderr)
+    print(markdown(report))
+    if report.get("written"):
+        print(f"[mimic] wrote {', '.join(report['written'])}", file=sys.stderr)
+    if a.strict and report["problems"]:
+        raise ReproduceProblems(f"{len(report['problems'])} data problems (--strict)")
+
+
+class ReproduceProblems(Exception):
+    """`reproduce --strict` evaluated, but the release has problems (exit status 1)."""
 
 
 def cmd_index(a):
@@ -416,6 +449,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.set_defaults(func=cmd_import_official)
 
+    r = sub.add_parser("reproduce", help="check an official release, evaluate full-KB, compare with the published row")
+    r.add_argument("--data", required=True, help="official 'cleaned' release folder (WikiMEL, RichpediaMEL, ...)")
+    r.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. from import-official)")
+    r.add_argument("--dataset", choices=["wikimel", "richpediamel", "wikidiverse"], help="default: from file names")
+    r.add_argument("--split", default="test")
+    r.add_argument("--out", help="write reproduce.json and reproduce.md here")
+    r.add_argument(
+        "--train-fraction", type=float, help="the checkpoint was trained on this first fraction (low-resource)"
+    )
+    r.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: scoring head (default: the checkpoint's; t2v = the official evaluation)",
+    )
+    r.add_argument("--device", default="auto")
+    r.add_argument("--seed", type=int, default=43)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--chunk-size", type=int, default=1024)
+    r.add_argument("--no-image-check", action="store_true", help="skip decoding every image before evaluating")
+    r.add_argument("--strict", action="store_true", help="exit 1 when the data check found problems")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
+
     x = sub.add_parser("index", help="build a KB index for serving")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--kb", required=True, help="official folder / kb_entity.json, .jsonl or .csv")
@@ -511,7 +567,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")
     try:
         a.func(a)
-    except BatchLinkFailures as exc:
+    except (BatchLinkFailures, ReproduceProblems) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (
