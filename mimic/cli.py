@@ -2,7 +2,8 @@
 
   train            train a model from a YAML config (paper defaults in configs/mimic_paper.yaml)
   evaluate         full-KB ranking of a split; prints JSON metrics; --scores-out FILE.npz
-  import-official  convert an official MIMIC Lightning checkpoint into this project's format
+  import-official  convert an official MIMIC or M3EL Lightning checkpoint into this project's format
+  reproduce        check an official release, evaluate full-KB, print/write the row beside the published one
   index            encode a knowledge base once for serving (resumable)
   link             link one mention (or a JSONL file of them) and print JSON
   calibrate-nil    choose the NIL threshold of an index on a dev split
@@ -87,7 +88,8 @@ def cmd_evaluate(a):
     from mimic.training.trainer import pick_device
 
     ds = load_dataset(a.data)
-    model = load_checkpoint(a.checkpoint, pick_device(a.device))
+    overrides = {"cross_modal_eval": a.cross_modal_eval} if a.cross_modal_eval else None
+    model = load_checkpoint(a.checkpoint, pick_device(a.device), overrides=overrides)
     mentions = ds.split(a.split)
     if a.limit:
         mentions = mentions[: a.limit]
@@ -117,8 +119,65 @@ def cmd_import_official(a):
     # lazy: torch-backed, 1.2 s by python -X importtime; `python -m mimic --help` must stay fast
     from mimic.models.checkpoint import import_official
 
-    out = import_official(a.checkpoint, a.backbone, a.output, mode=a.mode, trust_pickle=a.trust_pickle)
-    print(json.dumps({"output": str(out)}))
+    out = import_official(
+        a.checkpoint,
+        a.backbone,
+        a.output,
+        mode=a.mode,
+        trust_pickle=a.trust_pickle,
+        model=a.model,
+        cross_modal=a.cross_modal,
+        cross_modal_eval=a.cross_modal_eval,
+    )
+    from mimic.models.checkpoint import read_config
+
+    cfg = read_config(out)
+    mc = cfg["model_config"]
+    heads = {k: mc[k] for k in ("cross_modal", "cross_modal_eval") if k in mc}
+    print(
+        json.dumps(
+            {
+                "output": str(out),
+                "model_type": cfg["model_type"],
+                "mode": mc["mode"],
+                **heads,
+                "official": cfg["official"],
+            },
+            indent=2,
+        )
+    )
+
+
+def cmd_reproduce(a):
+    # lazy: torch-backed; `python -m mimic --help` must stay fast
+    from mimic.analysis.reproduce import markdown, problems_text, reproduce
+
+    report = reproduce(
+        a.data,
+        a.checkpoint,
+        dataset=a.dataset,
+        split=a.split,
+        out=a.out,
+        train_fraction=a.train_fraction,
+        cross_modal_eval=a.cross_modal_eval,
+        device=a.device,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        image_check=not a.no_image_check,
+        progress=not a.no_progress,
+    )
+    if report["problems"]:
+        print(problems_text(report["problems"]), file=sys.stderr)
+    print(markdown(report))
+    if report.get("written"):
+        print(f"[mimic] wrote {', '.join(report['written'])}", file=sys.stderr)
+    if a.strict and report["problems"]:
+        raise ReproduceProblems(f"{len(report['problems'])} data problems (--strict)")
+
+
+class ReproduceProblems(Exception):
+    """`reproduce --strict` evaluated, but the release has problems (exit status 1)."""
 
 
 def cmd_index(a):
@@ -358,20 +417,60 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="first N mentions only")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", help="also write the metrics JSON here")
+    e.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: cross-modal head that scores (default: the checkpoint's; see docs/reproducing.md)",
+    )
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    i = sub.add_parser("import-official", help="convert an official MIMIC checkpoint")
+    i = sub.add_parser("import-official", help="convert an official MIMIC or M3EL checkpoint")
     i.add_argument("checkpoint")
     i.add_argument("--backbone", required=True, help="folder of the CLIP the checkpoint was trained from")
     i.add_argument("--output", required=True)
     i.add_argument("--mode", choices=["compat", "fixed"], default="compat")
+    i.add_argument("--model", choices=["mimic", "m3el"], help="model family (default: detected from the keys)")
+    i.add_argument(
+        "--cross-modal",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: head the model was trained with (default: from its hyper-parameters; cmmb for WikiDiverse)",
+    )
+    i.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: head that scores (default: t2v in compat mode, as the official test_step; "
+        "the trained head in fixed mode)",
+    )
     i.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow arbitrary pickled objects in the file (only for files you trust)",
     )
     i.set_defaults(func=cmd_import_official)
+
+    r = sub.add_parser("reproduce", help="check an official release, evaluate full-KB, compare with the published row")
+    r.add_argument("--data", required=True, help="official 'cleaned' release folder (WikiMEL, RichpediaMEL, ...)")
+    r.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. from import-official)")
+    r.add_argument("--dataset", choices=["wikimel", "richpediamel", "wikidiverse"], help="default: from file names")
+    r.add_argument("--split", default="test")
+    r.add_argument("--out", help="write reproduce.json and reproduce.md here")
+    r.add_argument(
+        "--train-fraction", type=float, help="the checkpoint was trained on this first fraction (low-resource)"
+    )
+    r.add_argument(
+        "--cross-modal-eval",
+        choices=["t2v", "bidirectional"],
+        help="M3EL: scoring head (default: the checkpoint's; t2v = the official evaluation)",
+    )
+    r.add_argument("--device", default="auto")
+    r.add_argument("--seed", type=int, default=43)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--chunk-size", type=int, default=1024)
+    r.add_argument("--no-image-check", action="store_true", help="skip decoding every image before evaluating")
+    r.add_argument("--strict", action="store_true", help="exit 1 when the data check found problems")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
 
     x = sub.add_parser("index", help="build a KB index for serving")
     x.add_argument("--checkpoint", required=True)
@@ -468,7 +567,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="[mimic] %(message)s")
     try:
         a.func(a)
-    except BatchLinkFailures as exc:
+    except (BatchLinkFailures, ReproduceProblems) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (

@@ -217,6 +217,8 @@ def _load_official_split(
         mid = rec.ident("id", required=False)
         img_path = rec.string("imgPath", required=False, default="", allow_null=True) or ""
         image = _resolve_mention_image(img_path, img_dir, available, stats) if img_path.strip() else None
+        if img_path.strip() and image is None:
+            count_per_split(stats, "missing_mention_images_by_split", split)
         start, end = locate_mention(text, sentence)
         if start is None:
             stats["spans_not_found"] += 1
@@ -276,6 +278,7 @@ def load_official(
         "spans_not_found": 0,
         "nil_dropped": {},
         "mentions": {},
+        "missing_mention_images_by_split": {},
     }
     prefix = _detect_prefix(root, dataset)  # cheap, so a wrong directory fails before the big read
     kb_dir = _resolve_dir(root, kb_image_dir, ("kb_image",))

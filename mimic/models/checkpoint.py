@@ -17,7 +17,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -134,21 +134,42 @@ def read_config(path: str | Path) -> dict:
     return cfg
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", backbone=None) -> LinkingModel:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", backbone=None, *, overrides: dict | None = None
+) -> LinkingModel:
     """Rebuild the model saved in `path`. `backbone` may be passed to reuse an already-loaded one
-    (only valid when the checkpoint's backbone was frozen)."""
+    (only valid when the checkpoint's backbone was frozen). `overrides` replace fields of the saved
+    head config (e.g. {"cross_modal_eval": "bidirectional"} for M3EL); weights the new config does
+    not use are then ignored, weights it needs but the checkpoint lacks are an error."""
     path = Path(path)
     cfg = read_config(path)
     try:
         cfg_cls, heads_cls, _ = family(cfg.get("model_type", "mimic"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    model_config = dict(cfg["model_config"])
+    if overrides:
+        unknown = [k for k in overrides if k not in cfg_cls.__dataclass_fields__]
+        if unknown:
+            raise CheckpointError(f"{path}: a {cfg.get('model_type', 'mimic')} model has no setting {unknown}")
+        model_config.update(overrides)
+    try:
+        heads = heads_cls(cfg_cls.from_dict(model_config))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if backbone is None or cfg.get("backbone_trained"):
         backbone = load_backbone(cfg["backbone"], base_dir=path)
     if (path / "backbone.safetensors").exists():
         backbone.load_state_dict(load_file(str(path / "backbone.safetensors")))
-    heads = heads_cls(cfg_cls.from_dict(cfg["model_config"]))
     missing, unexpected = heads.load_state_dict(load_file(str(path / "heads.safetensors")), strict=False)
+    if overrides:
+        unexpected = []
+        if missing:
+            raise CheckpointError(
+                f"{path}/heads.safetensors has no weights for {overrides} (missing {missing[:5]}); "
+                "re-import or retrain with that setting"
+            )
+        cfg = {**cfg, "model_config": heads.config.to_dict(), "overrides": dict(overrides)}
     if missing or unexpected:
         raise CheckpointError(
             f"{path}/heads.safetensors does not match the config: missing {missing}, unexpected {unexpected}"
@@ -165,9 +186,14 @@ def read_metrics(path: str | Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Official checkpoints (pengfei-luo/MIMIC, PyTorch Lightning)
+# Official checkpoints (pengfei-luo/MIMIC and zhiweihu1103/MEL-M3EL, PyTorch Lightning)
 # ------------------------------------------------------------------------------------------------
-def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
+#: First component after `matcher.` that identifies each family's official matcher.
+OFFICIAL_MATCHER_UNITS = {"mimic": ("tglu", "vdlu", "cmfu"), "m3el": ("timm", "iimm", "cmm", "cmmb")}
+
+
+def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> tuple[dict, dict]:
+    """-> (state_dict, the whole checkpoint object)."""
     try:
         obj = torch.load(str(ckpt_path), map_location="cpu", weights_only=not trust_pickle)
     except FileNotFoundError:
@@ -184,15 +210,77 @@ def _load_lightning(ckpt_path: str | Path, trust_pickle: bool) -> dict:
         raise CheckpointError(f"{ckpt_path}: cannot read as a PyTorch checkpoint ({exc}).{hint}") from None
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not any(str(k).startswith("matcher.") for k in sd):
-        raise CheckpointError(f"{ckpt_path}: no 'state_dict' with 'matcher.*' keys: not an official MIMIC checkpoint")
-    return sd
+        raise CheckpointError(
+            f"{ckpt_path}: no 'state_dict' with 'matcher.*' keys: not an official MIMIC checkpoint (nor an M3EL one)"
+        )
+    return sd, obj
+
+
+def detect_official_family(sd: dict) -> str | None:
+    """ "mimic" or "m3el" from the official matcher's unit names (`matcher.tglu/vdlu/cmfu.*` vs
+    `matcher.timm/iimm/cmm/cmmb.*`); None when neither or both appear."""
+    units = {str(k).split(".")[1] for k in sd if str(k).startswith("matcher.") and str(k).count(".") >= 2}
+    found = [name for name, names in OFFICIAL_MATCHER_UNITS.items() if units & set(names)]
+    return found[0] if len(found) == 1 else None
+
+
+def detect_official_cross_modal(obj: dict) -> tuple[str, str]:
+    """The cross-modal head an official M3EL checkpoint was TRAINED with -> (head, how it was decided).
+
+    The official code trains `cmmb` iff the `kb_img_folder` path holds "WikiDiverse"; the checkpoint
+    always holds both modules, so only the saved hyper-parameters can tell."""
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    if hp is not None and "WikiDiverse" in str(hp):
+        return "bidirectional", "hyper-parameters name WikiDiverse (the official code trains cmmb for it)"
+    if hp is not None:
+        return "t2v", "hyper-parameters do not name WikiDiverse (the official code trains cmm)"
+    return "t2v", "no hyper-parameters in the file: assumed cmm (pass --cross-modal bidirectional for WikiDiverse)"
+
+
+def _m3el_dims(sd: dict) -> dict:
+    """Head widths read from the official weights (the paper's are all 96)."""
+    dims = {}
+    for field, key in (
+        ("dv", "encoder.image_cls_fc.weight"),
+        ("timm_dim", "matcher.timm.fc_query.weight"),
+        ("iimm_dim", "matcher.iimm.fc_query.weight"),
+        ("cmm_dim", "matcher.cmm.text_fc.weight"),
+    ):
+        if key in sd:
+            dims[field] = int(sd[key].shape[0])
+    return dims
 
 
 def import_official(
-    ckpt_path: str | Path, clip_dir: str | Path, output: str | Path, *, mode: str = "compat", trust_pickle: bool = False
+    ckpt_path: str | Path,
+    clip_dir: str | Path,
+    output: str | Path,
+    *,
+    mode: str = "compat",
+    trust_pickle: bool = False,
+    model: str | None = None,
+    cross_modal: str | None = None,
+    cross_modal_eval: str | None = None,
 ) -> Path:
-    """Convert an official Lightning checkpoint into this project's format (scores identical in compat)."""
-    sd = _load_lightning(ckpt_path, trust_pickle)
+    """Convert an official Lightning checkpoint (MIMIC or M3EL) into this project's format.
+
+    model: "mimic" | "m3el" | None (detected from the `matcher.*` keys). M3EL only: `cross_modal` is
+    the head the model was trained with (default: from the saved hyper-parameters, see
+    `detect_official_cross_modal`); `cross_modal_eval` the head that scores, by default "t2v" in
+    compat mode (the official `test_step` always uses `cmm`) and the trained head in fixed mode.
+    Compat scores equal the official code's. The decisions are written to config.json ("official").
+    """
+    sd, obj = _load_lightning(ckpt_path, trust_pickle)
+    detected = detect_official_family(sd)
+    if model is None:
+        if detected is None:
+            raise CheckpointError(
+                f"{ckpt_path}: cannot tell MIMIC from M3EL by its matcher keys (expected matcher.tglu/vdlu/cmfu "
+                "or matcher.timm/iimm/cmm/cmmb): pass --model mimic|m3el"
+            )
+        model = detected
+    if model not in OFFICIAL_MATCHER_UNITS:
+        raise CheckpointError(f"unknown model family {model!r} (known: {sorted(OFFICIAL_MATCHER_UNITS)})")
     backbone = ClipBackbone(str(clip_dir))
     clip_sd = {k[len("encoder.clip.") :]: v for k, v in sd.items() if k.startswith("encoder.clip.")}
     if not clip_sd:
@@ -205,19 +293,52 @@ def import_official(
         raise CheckpointError(
             f"CLIP weights in {ckpt_path} do not fit {clip_dir}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    cfg = MimicConfig.for_backbone(backbone.dims, mode=mode)
-    heads = MimicHeads(cfg)
-    heads_sd = {}
-    for k, v in sd.items():
-        if k.startswith("encoder.image_cls_fc.") or k.startswith("encoder.image_tokens_fc."):
-            heads_sd[k[len("encoder.") :]] = v
-        elif k.startswith("matcher."):
-            heads_sd[k] = v
+    info: dict = {"family": model, "family_detected_from_keys": detected, "mode": mode}
+    if model == "m3el":
+        from mimic.models.modeling_m3el import M3ELConfig, M3ELHeads, heads_state_dict_from_official
+
+        if cross_modal is None:
+            cross_modal, why = detect_official_cross_modal(obj)
+        else:
+            why = "given (--cross-modal)"
+        if cross_modal_eval is None:
+            cross_modal_eval = "t2v" if mode == "compat" else cross_modal
+        try:
+            m_cfg = M3ELConfig.for_backbone(
+                backbone.dims, mode=mode, cross_modal=cross_modal, cross_modal_eval=cross_modal_eval, **_m3el_dims(sd)
+            )
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        heads: Any = M3ELHeads(m_cfg)
+        heads_sd = heads_state_dict_from_official(sd, m_cfg)
+        info.update(cross_modal=cross_modal, cross_modal_decided_by=why, cross_modal_eval=cross_modal_eval)
+        if cross_modal == "bidirectional" and cross_modal_eval == "t2v":
+            info["note"] = (
+                "scores with the official evaluation head cmm, which the official code never trains for this "
+                "model (reproduces the published numbers); --cross-modal-eval bidirectional scores with the "
+                "trained cmmb"
+            )
+    else:
+        heads = MimicHeads(MimicConfig.for_backbone(backbone.dims, mode=mode))
+        heads_sd = {}
+        for k, v in sd.items():
+            if k.startswith("encoder.image_cls_fc.") or k.startswith("encoder.image_tokens_fc."):
+                heads_sd[k[len("encoder.") :]] = v
+            elif k.startswith("matcher."):
+                heads_sd[k] = v
     missing, unexpected = heads.load_state_dict(heads_sd, strict=False)
     missing = [m for m in missing if m != "no_image_score"]  # fixed mode's own parameter starts at 0
     if missing or unexpected:
+        hint = f" (the keys look like {detected.upper()}'s: drop --model)" if detected and detected != model else ""
         raise CheckpointError(
-            f"{ckpt_path}: head weights do not match MIMIC: missing {missing}, unexpected {unexpected}"
+            f"{ckpt_path}: head weights do not match {model.upper()}: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}{hint}"
         )
-    model = LinkingModel(backbone, heads)
-    return save_checkpoint(model, output, backbone_trained=True, extra={"imported_from": str(ckpt_path)}, metrics={})
+    linking = LinkingModel(backbone, heads)
+    return save_checkpoint(
+        linking,
+        output,
+        backbone_trained=True,
+        extra={"imported_from": str(ckpt_path), "official": info},
+        metrics={},
+    )

@@ -18,9 +18,12 @@ renaming `matcher.*` keys; its dead modules are listed in `OFFICIAL_DEAD_KEYS`):
         ctx = LN(t·tanh(w_g t) + Fusion(t', MultiHead(V'))); S_C = ctx_m · ctx_e.
   cmmb  bidirectional cross-modal matching (`cross_modal="bidirectional"`): a T2V context
         LN(t·g(t) + MultiHead([t'; V'])) and a V2T context LN(v·g(v) + MultiHead([v'; T'])), with
-        S = (S_T + S_V + s_tv + s_vt) / 4. There is one scoring code path, so the bidirectional head is
-        the one used in training AND in evaluation (the official code evaluated WikiDiverse with the
-        untrained unidirectional `cmm`).
+        S = (S_T + S_V + s_tv + s_vt) / 4.
+`cross_modal` is the head trained by `training_loss`; `cross_modal_eval` the head that scores
+(caches, `score`, evaluation, serving): by default the same one. The official `test_step` always
+scores with the T2V `cmm`, even for a model trained with `cmmb` (WikiDiverse), whose `cmm` was never
+trained: an imported official checkpoint in compat mode sets `cross_modal_eval="t2v"` to reproduce
+the published figures, and the matcher then holds both modules.
 Both cross-modal units are bi-encoders (each side alone), so their contexts live in the caches and
 `score` only runs the genuinely pairwise TIMM/IIMM attention plus dot products.
 
@@ -76,9 +79,13 @@ FIXED_MODE_DEVIATIONS_M3EL = {
     "items that have one (when no pair has images it is 0; cl = (text + image)/2 "
     "keeps its weights). Official: placeholder images take part.",
     "same_head_train_eval": "With cross_modal='bidirectional' the trained bidirectional head scores in "
-    "training AND evaluation: `score` is the only scoring path and the matcher "
-    "holds only the configured cross-modal module (official: WikiDiverse was "
-    "evaluated with the never-trained unidirectional `cmm`). Applies in both modes.",
+    "training AND evaluation (`cross_modal_eval` defaults to `cross_modal`). Official: "
+    "`test_step` scores WikiDiverse with the never-trained unidirectional `cmm`. "
+    "Models trained here use the trained head in both modes; an official "
+    "checkpoint imported in compat mode evaluates with `cmm` as the official code "
+    "does (`cross_modal_eval='t2v'`, to reproduce the published numbers), and "
+    "`--cross-modal-eval bidirectional` (the default of a fixed-mode import) "
+    "scores with the trained `cmmb` instead.",
     "device_agnostic": "Masks are built on the features' device (official: numpy eye + .cuda(), "
     "CUDA-only and float64). Applies in both modes.",
 }
@@ -135,13 +142,18 @@ class M3ELConfig:
     loss_temperature: float = 0.03
     inter_weight: float = 1.0
     intra_weight: float = 0.8
-    cross_modal: str = "t2v"  # "t2v" (WikiMEL/RichpediaMEL) or "bidirectional" (WikiDiverse)
+    cross_modal: str = "t2v"  # trained head: "t2v" (WikiMEL/RichpediaMEL) or "bidirectional" (WikiDiverse)
+    # scoring head (evaluation, serving); None = `cross_modal`. "t2v" with cross_modal="bidirectional"
+    # is the official evaluation of WikiDiverse (its untrained `cmm`); see `same_head_train_eval`.
+    cross_modal_eval: str | None = None
 
     def __post_init__(self):
         if self.mode not in ("fixed", "compat"):
             raise ValueError(f"mode must be 'fixed' or 'compat', got {self.mode!r}")
         if self.cross_modal not in ("t2v", "bidirectional"):
             raise ValueError(f"cross_modal must be 't2v' or 'bidirectional', got {self.cross_modal!r}")
+        if self.cross_modal_eval not in (None, "t2v", "bidirectional"):
+            raise ValueError(f"cross_modal_eval must be 't2v' or 'bidirectional', got {self.cross_modal_eval!r}")
         if self.temperatures is None:
             if self.head_num not in OFFICIAL_TEMPERATURES:
                 raise ValueError(f"no official temperatures for head_num={self.head_num}")
@@ -156,7 +168,18 @@ class M3ELConfig:
 
     @property
     def bidirectional(self) -> bool:
+        """The TRAINED head is the bidirectional one."""
         return self.cross_modal == "bidirectional"
+
+    @property
+    def eval_head(self) -> str:
+        """The cross-modal head that scores: "t2v" or "bidirectional"."""
+        return self.cross_modal_eval or self.cross_modal
+
+    @property
+    def cross_heads(self) -> tuple[str, ...]:
+        """Cross-modal modules the matcher holds (the trained one and the scoring one)."""
+        return tuple(h for h in ("t2v", "bidirectional") if h in (self.cross_modal, self.eval_head))
 
     @classmethod
     def for_backbone(cls, dims: BackboneDims, **kw) -> M3ELConfig:
@@ -237,20 +260,26 @@ class M3ELMatcher(nn.Module):
         super().__init__()
         self.timm = TGLU(cfg.text_global_dim, cfg.text_token_dim, cfg.timm_dim)
         self.iimm = ImageIntraModalMatch(cfg.dv, cfg.iimm_dim)
-        if cfg.bidirectional:
+        if "t2v" in cfg.cross_heads:
+            self.cmm = CrossModalMatch(cfg.text_global_dim, cfg.dv, cfg.cmm_dim, cfg.temperatures, cfg.weight)
+        if "bidirectional" in cfg.cross_heads:
             self.cmmb = CrossModalMatchBidirection(
                 cfg.text_global_dim, cfg.text_token_dim, cfg.dv, cfg.cmm_dim, cfg.temperatures, cfg.weight
             )
-        else:
-            self.cmm = CrossModalMatch(cfg.text_global_dim, cfg.dv, cfg.cmm_dim, cfg.temperatures, cfg.weight)
         self.text_cls_layernorm = nn.LayerNorm(cfg.text_global_dim)
         self.text_tokens_layernorm = nn.LayerNorm(cfg.text_token_dim)
         self.image_cls_layernorm = nn.LayerNorm(cfg.dv)
         self.image_tokens_layernorm = nn.LayerNorm(cfg.dv)
+        self.eval_head = cfg.eval_head
 
     @property
     def cross(self) -> CrossModalMatch | CrossModalMatchBidirection:
-        return self.cmmb if hasattr(self, "cmmb") else self.cmm
+        """The module of the scoring head (`M3ELConfig.eval_head`)."""
+        return self.cross_module(self.eval_head)
+
+    def cross_module(self, head: str) -> CrossModalMatch | CrossModalMatchBidirection:
+        """The cross-modal module of `head` ("t2v" -> cmm, "bidirectional" -> cmmb)."""
+        return self.cmmb if head == "bidirectional" else self.cmm
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,15 +364,22 @@ def heads_state_dict_from_official(sd: dict, cfg: M3ELConfig) -> dict:
 
     `encoder.image_{cls,tokens}_fc.*` lose their `encoder.` prefix; `matcher.*` keys keep their names.
     Dropped: the CLIP weights (`encoder.clip.*`, the backbone's business), the dead modules
-    (`OFFICIAL_DEAD_KEYS`), and the cross-modal module this config does not use (the official matcher
-    always holds both `cmm` and `cmmb`; only one of them was trained for a given dataset).
+    (`OFFICIAL_DEAD_KEYS`), and a cross-modal module this config neither trains nor scores with (the
+    official matcher always holds both `cmm` and `cmmb`; only one of them was trained for a given
+    dataset, but its evaluation always scores with `cmm`).
     """
-    unused = "matcher.cmm." if cfg.bidirectional else "matcher.cmmb."
+    unused = tuple(
+        prefix
+        for head, prefix in (("t2v", "matcher.cmm."), ("bidirectional", "matcher.cmmb."))
+        if head not in cfg.cross_heads
+    )
     out = {}
     for k, v in sd.items():
         if k.startswith(("encoder.image_cls_fc.", "encoder.image_tokens_fc.")):
             out[k[len("encoder.") :]] = v
-        elif k.startswith("matcher.") and not k.startswith(OFFICIAL_DEAD_KEYS) and not k.startswith(unused):
+        elif (
+            k.startswith("matcher.") and not k.startswith(OFFICIAL_DEAD_KEYS) and not (unused and k.startswith(unused))
+        ):
             out[k] = v
     return out
 
@@ -388,12 +424,13 @@ class M3ELHeads(nn.Module):
         """text, image of n items -> SideFeatures (t_cls [n,Dtg], t_tok [n,L,Dtt], v_cls [n,dv], v_tok [n,P,dv])."""
         return self._side(text, image)[0]
 
-    def _cross(self, s: SideFeatures):
-        return self.matcher.cross.side(s, self.config.fixed)
+    def _cross(self, s: SideFeatures, head: str | None):
+        return self.matcher.cross_module(head or self.config.eval_head).side(s, self.config.fixed)
 
-    def entity_cache(self, s: SideFeatures) -> M3ELEntityCache:
+    def entity_cache(self, s: SideFeatures, head: str | None = None) -> M3ELEntityCache:
+        """head: cross-modal head of the context z (default: the scoring head `eval_head`)."""
         mt = self.matcher
-        z, attn = self._cross(s)
+        z, attn = self._cross(s, head)
         return M3ELEntityCache(
             t_cls=s.t_cls,
             q=mt.timm.fc_query(s.t_tok),
@@ -407,9 +444,9 @@ class M3ELHeads(nn.Module):
             has_image=s.has_image,
         )
 
-    def mention_cache(self, s: SideFeatures) -> M3ELMentionCache:
+    def mention_cache(self, s: SideFeatures, head: str | None = None) -> M3ELMentionCache:
         mt = self.matcher
-        z, attn = self._cross(s)
+        z, attn = self._cross(s, head)
         return M3ELMentionCache(
             t_cls=s.t_cls,
             k=mt.timm.fc_key(s.t_tok),
@@ -461,7 +498,8 @@ class M3ELHeads(nn.Module):
         S_T, attn = self.matcher.timm(m, e, self.config.fixed, return_attention)
         S_V, iattn = self._image_scores(m, e, return_attention)
         S_V = S_V.to(S_T.dtype)
-        if self.config.bidirectional:
+        # the caches' cross-modal context says which head built them: [ctx_tv ; ctx_vt] is 2·cmm_dim wide
+        if m.z.shape[1] == 2 * self.config.cmm_dim:
             d = m.z.shape[1] // 2
             s_tv = m.z[:, :d] @ e.z[:, :d].T
             s_vt = m.z[:, d:] @ e.z[:, d:].T
@@ -498,7 +536,7 @@ class M3ELHeads(nn.Module):
         if role not in ("entity", "mention"):
             raise ValueError(f"role must be 'entity' or 'mention', got {role!r}")
         dt = torch.promote_types(cache.t_cls.dtype, torch.float32)
-        w = 0.25 if self.config.bidirectional else 1.0 / 3
+        w = 0.25 if cache.z.shape[1] == 2 * self.config.cmm_dim else 1.0 / 3
         t, v, z = cache.t_cls.to(dt), cache.v_cls.to(dt), cache.z.to(dt)
         h = cache.has_image.to(dt)[:, None]
         fixed = self.config.fixed
@@ -532,7 +570,8 @@ class M3ELHeads(nn.Module):
         cfg, fixed = self.config, self.config.fixed
         ms, m_vraw = self._side(m_text, m_image)
         es, e_vraw = self._side(e_text, e_image)
-        out = self.score(self.mention_cache(ms), self.entity_cache(es))
+        head = cfg.cross_modal  # the trained head, whatever head scores in evaluation
+        out = self.score(self.mention_cache(ms, head), self.entity_cache(es, head))
         ce_out = MatchOutput(S=out.S, S_T=out.S_T, S_V=out.S_V, S_C=out.extras["s_tv"])
         total, parts = in_batch_loss(ce_out, gold, m_image.has_image, fixed)
         if cfg.bidirectional:
