@@ -320,7 +320,9 @@ class KnowledgeBaseTab:
         rows = [[r.id, r.name, " | ".join(r.aliases), r.text, len(r.images), r.version] for r in recs]
         gal = [(imgs[0], f"{r.name} ({r.id})") for r in recs for imgs in [entity_images(self.ctx, r)] if imgs][:48]
         if recs:
-            note = f"entities {offset + 1}–{offset + len(recs)}" + (" (more on the next page)" if nxt else "")
+            note = f"{len(recs)} entities (rows {offset + 1}–{offset + len(recs)})" + (
+                ", more on the next page" if nxt else ""
+            )
         else:
             note = "no entities" + (" on this page" if offset else "")
         return (
