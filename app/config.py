@@ -21,6 +21,8 @@
 | `MIMIC_QUEUE_SIZE` | `64` | requests waiting at most per event before new ones are refused |
 | `MIMIC_WATCH_SECONDS` | `10` | how often the app checks for a newly promoted version (hot swap) and the retraining policy; 0: never |
 | `MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS` / `MIMIC_RETRAIN_EVERY_HOURS` | unset | retraining policy (see retraining/config.py; any `MIMIC_RETRAIN_<FIELD>`) |
+| `MIMIC_MAX_UPLOAD_MB` | `50` | largest upload accepted (Gradio's `max_file_size`, and checked again by the KB import) |
+| `MIMIC_KB_IMPORT_CHUNK` | `500` | entities per transaction of a KB import (a background job; annotations are written between chunks) |
 | `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` | `127.0.0.1` / `7860` | where to listen |
 """
 
@@ -106,6 +108,8 @@ class AppConfig:
     queue_size: int = 64
     top_k: int = 10
     watch_seconds: float = 10.0
+    max_upload_mb: float = 50.0
+    kb_import_chunk: int = 500
     permissions: dict = field(default_factory=lambda: permission_table())
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
 
@@ -132,6 +136,8 @@ class AppConfig:
             max_failures = int(env.get("MIMIC_LOGIN_MAX_FAILURES", "5"))
             window = float(env.get("MIMIC_LOGIN_WINDOW_SECONDS", "900"))
             lockout = float(env.get("MIMIC_LOGIN_LOCKOUT_SECONDS", "30"))
+            max_upload_mb = float(env.get("MIMIC_MAX_UPLOAD_MB", "50"))
+            kb_chunk = int(env.get("MIMIC_KB_IMPORT_CHUNK", "500"))
         except ValueError as exc:
             raise ConfigError(f"a numeric setting is not a number: {exc}") from None
         if conc < 1 or qsize < 1:
@@ -141,6 +147,8 @@ class AppConfig:
                 "MIMIC_SESSION_HOURS, MIMIC_LOGIN_WINDOW_SECONDS and MIMIC_LOGIN_LOCKOUT_SECONDS must be "
                 "above 0, MIMIC_LOGIN_MAX_FAILURES at least 1"
             )
+        if not max_upload_mb > 0 or kb_chunk < 1:
+            raise ConfigError("MIMIC_MAX_UPLOAD_MB must be above 0 and MIMIC_KB_IMPORT_CHUNK at least 1")
         trust = env.get("MIMIC_TRUST_FORWARDED_FOR", "auto").strip().lower()
         if trust not in ("auto", "1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"MIMIC_TRUST_FORWARDED_FOR must be auto, 1 or 0, got {trust!r}")
@@ -179,6 +187,8 @@ class AppConfig:
             inference_concurrency=conc,
             queue_size=qsize,
             watch_seconds=watch,
+            max_upload_mb=max_upload_mb,
+            kb_import_chunk=kb_chunk,
             permissions=permission_table(env),
             auth_settings=auth_settings,
         )
@@ -187,6 +197,10 @@ class AppConfig:
                 raise ConfigError(f"unknown setting {k!r}")
             setattr(cfg, k, v)
         return cfg
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     def auth(self):
         """The `launch(auth=...)` callable (argon2 verification), or None when nobody signs in."""

@@ -19,6 +19,7 @@ from mimic.serving.service import LinkingService
 from retraining import RetrainConfig, maybe_start_retrain
 
 from .config import REPO, AppConfig
+from .jobs import JobRegistry
 
 log = logging.getLogger("mimic.app")
 
@@ -114,6 +115,8 @@ class AppContext:
     retrain_start_lock: threading.Lock = field(default_factory=threading.Lock)
     # analysis records by run file, read once per process (the Analysis tab's filters re-read them often)
     analysis_records: dict[str, list] = field(default_factory=dict)
+    # background jobs (KB imports): threads of this process, polled by the UI (app/jobs.py)
+    jobs: JobRegistry = field(default_factory=JobRegistry)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 

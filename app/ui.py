@@ -67,6 +67,9 @@ def build_ui(ctx: AppContext):
         blocked_paths=blocked,
         # only gr.Error messages (written for users) reach a client; other exceptions may name server paths
         show_error=False,
+        # uploads past MIMIC_MAX_UPLOAD_MB are refused by Gradio before any handler runs (the KB
+        # import checks the size again, for files handed to it otherwise)
+        max_file_size=cfg.max_upload_bytes,
     )
     return demo, launch_kwargs
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -195,32 +197,48 @@ class KbMixin(StoreBase):
         return self._write(fn)
 
     def import_kb(
-        self, kb: KnowledgeBase, *, author: str | None = None, chunk_size: int = 1000, image_errors: list | None = None
+        self,
+        kb: Iterable[Entity],
+        *,
+        author: str | None = None,
+        chunk_size: int = 1000,
+        image_errors: list | None = None,
+        on_chunk: Callable[[list[Entity], dict[str, int]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, int]:
-        """Bulk-load a `mimic.data.schema.KnowledgeBase` with Core inserts (fast for 100k entities).
+        """Bulk-load entities (a `mimic.data.schema.KnowledgeBase`, a list, or a stream such as
+        `mimic.data.kb_files.open_kb`'s) with Core inserts (fast for 100k entities).
 
         New entities get version 1; an existing entity whose name/text/aliases/images differ gets a
         new version; identical ones are left alone. Images are copied into the content-addressed
         image store and the database holds only store-relative paths (`store_entity_images`; images
         that cannot be stored are dropped and listed in `image_errors` when given). Returns
         {"created", "updated", "unchanged"}.
+
+        The entities are read `chunk_size` at a time and each chunk is its own short write
+        transaction, so other writers (annotations) get the database between chunks and memory is
+        bounded by a chunk. `on_chunk(entities as stored, totals so far)` runs after each commit;
+        `should_stop()` is asked before each chunk (True: stop there; committed chunks stay). A
+        list or KnowledgeBase is checked whole before anything is written; a stream chunk by chunk.
         """
-        entities = [
-            Entity(
-                e.id,
-                e.name,
-                e.text,
-                list(e.aliases),
-                self.store_entity_images(e.images, entity_id=e.id, errors=image_errors),
-            )
-            for e in kb
-        ]
-        for i, e in enumerate(entities):
-            check_text(e.id, f"kb[{i}].id", max_len=MAX_NAME)
-            check_text(e.name, f"kb[{i}].name", max_len=MAX_SENTENCE)
+        if isinstance(kb, (list, tuple, KnowledgeBase)):
+            for i, e in enumerate(kb):
+                check_text(e.id, f"kb[{i}].id", max_len=MAX_NAME)
+                check_text(e.name, f"kb[{i}].name", max_len=MAX_SENTENCE)
         totals = {"created": 0, "updated": 0, "unchanged": 0}
-        for start in range(0, len(entities), chunk_size):
-            chunk = entities[start : start + chunk_size]
+        source = iter(kb)
+        position = 0
+        while not (should_stop is not None and should_stop()):
+            raw = list(islice(source, chunk_size))
+            if not raw:
+                break
+            chunk = []
+            for e in raw:
+                check_text(e.id, f"kb[{position}].id", max_len=MAX_NAME)
+                check_text(e.name, f"kb[{position}].name", max_len=MAX_SENTENCE)
+                position += 1
+                images = self.store_entity_images(e.images, entity_id=e.id, errors=image_errors)
+                chunk.append(Entity(e.id, e.name, e.text, list(e.aliases), images))
 
             def fn(s: Session, events: list, chunk=chunk) -> dict[str, int]:
                 # counts are returned, not accumulated here: a retried transaction must not count twice
@@ -292,6 +310,8 @@ class KbMixin(StoreBase):
 
             for k, v in self._write(fn).items():
                 totals[k] += v
+            if on_chunk is not None:
+                on_chunk(chunk, dict(totals))
         return totals
 
     def get_entity(self, entity_id: str) -> EntityRecord:
@@ -325,12 +345,45 @@ class KbMixin(StoreBase):
 
         return self.read_transaction(fn)
 
-    def search_entities(self, query: str, limit: int = 20) -> list[EntityRecord]:
-        """Entities whose id, name or an alias contains `query` (case-insensitive), best first:
-        exact id or name, then name prefix, then the rest, each group by name."""
-        check_text(query, "query", max_len=MAX_NAME)
+    def _entity_columns(self, text_chars: int | None) -> list:
+        """The columns of an EntityRecord; the text cut to `text_chars` + 1 characters in SQL when
+        given (the caller marks the cut), so a page of results never carries whole descriptions."""
+        text = KbEntity.text if text_chars is None else func.substr(KbEntity.text, 1, text_chars + 1).label("text")
+        return [
+            KbEntity.id,
+            KbEntity.name,
+            text,
+            KbEntity.aliases,
+            KbEntity.images,
+            KbEntity.version,
+            KbEntity.updated_at,
+            KbEntity.updated_by,
+        ]
+
+    def _page_records(self, s: Session, rows, text_chars: int | None) -> list[EntityRecord]:
+        out = []
+        for r in rows:
+            rec = self._entity_record(s, r)
+            if text_chars is not None and len(rec.text) > text_chars:
+                rec = replace(rec, text=rec.text[:text_chars] + "…")
+            out.append(rec)
+        return out
+
+    @staticmethod
+    def _check_page(offset: int, limit: int) -> None:
         if not 1 <= limit <= 1000:
             raise InvalidInput(f"must be between 1 and 1000, got {limit}", "limit")
+        if offset < 0:
+            raise InvalidInput(f"must not be negative, got {offset}", "offset")
+
+    def search_entities(
+        self, query: str, limit: int = 20, *, offset: int = 0, text_chars: int | None = None
+    ) -> list[EntityRecord]:
+        """Entities whose id, name or an alias contains `query` (case-insensitive), best first:
+        exact id or name, then name prefix, then the rest, each group by name. One page: `limit`
+        (at most 1000) from `offset`; `text_chars`: descriptions cut to that many characters (+ "…")."""
+        check_text(query, "query", max_len=MAX_NAME)
+        self._check_page(offset, limit)
         q = query.strip().lower()
         pattern = _like_pattern(q)
 
@@ -342,26 +395,30 @@ class KbMixin(StoreBase):
                 (name.like(_like_pattern(q)[1:], escape="\\"), 1),
                 else_=2,
             )
-            rows = s.scalars(
-                select(KbEntity)
+            rows = s.execute(
+                select(*self._entity_columns(text_chars))
                 .where(KbEntity.search_text.like(pattern, escape="\\"))
                 .order_by(rank, KbEntity.name, KbEntity.id)
+                .offset(offset)
                 .limit(limit)
             ).all()
-            return [self._entity_record(s, e) for e in rows]
+            return self._page_records(s, rows, text_chars)
 
         return self.read_transaction(fn)
 
-    def list_entities(self, offset: int = 0, limit: int = 50) -> list[EntityRecord]:
-        """A page of entities ordered by name then id (for browsing the KB)."""
-        if not 1 <= limit <= 1000:
-            raise InvalidInput(f"must be between 1 and 1000, got {limit}", "limit")
-        if offset < 0:
-            raise InvalidInput(f"must not be negative, got {offset}", "offset")
+    def list_entities(self, offset: int = 0, limit: int = 50, *, text_chars: int | None = None) -> list[EntityRecord]:
+        """A page of entities ordered by name then id (for browsing the KB); `text_chars` as in
+        `search_entities`."""
+        self._check_page(offset, limit)
 
         def fn(s: Session) -> list[EntityRecord]:
-            rows = s.scalars(select(KbEntity).order_by(KbEntity.name, KbEntity.id).offset(offset).limit(limit)).all()
-            return [self._entity_record(s, e) for e in rows]
+            rows = s.execute(
+                select(*self._entity_columns(text_chars))
+                .order_by(KbEntity.name, KbEntity.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return self._page_records(s, rows, text_chars)
 
         return self.read_transaction(fn)
 

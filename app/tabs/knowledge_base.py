@@ -4,25 +4,51 @@ change is indexed in place (a new index segment), so the next link already sees 
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import gradio as gr
 
 from db import StoreError
-from mimic.data.kb_files import load_kb
+from mimic.data.kb_files import open_kb
 from mimic.data.schema import Entity
 
-from ..common import PRIVATE, Shared, UserError, header_markdown, message, upload_path, user_errors, username_of
+from ..common import (
+    PRIVATE,
+    Shared,
+    UserError,
+    header_markdown,
+    message,
+    scrub_paths,
+    upload_path,
+    user_errors,
+    username_of,
+)
 from ..context import AppContext, resolve_images
-
+from ..jobs import Job, JobError, JobFailure
 
 # -- handlers -------------------------------------------------------------------------------------
+PAGE = 50  # entities per page of the search/browse table
+TABLE_TEXT_CHARS = 200  # description characters shown in the table (the full text loads on selection)
+REPORT_ROWS = 500  # rejected rows listed in an import report (all are counted)
+_MAX_ID, _MAX_NAME = 200, 20_000  # the store's limits on an entity id and name (db/_base.py)
+
+
 @user_errors
-def search_kb(ctx: AppContext, query: str, limit: int = 30) -> list:
+def search_kb(ctx: AppContext, query: str, limit: int = 30, offset: int = 0, text_chars: int | None = None) -> list:
+    """One page of entities: those matching `query` (empty: all, by name), `limit` from `offset`,
+    descriptions cut to `text_chars` characters when given."""
     query = (query or "").strip()
     if not query:
-        return ctx.store.list_entities(0, limit)
-    return ctx.store.search_entities(query, limit=limit)
+        return ctx.store.list_entities(offset, limit, text_chars=text_chars)
+    return ctx.store.search_entities(query, limit=limit, offset=offset, text_chars=text_chars)
+
+
+def search_page(ctx: AppContext, query: str, offset: int = 0, page: int = PAGE) -> tuple[list, int | None]:
+    """(a page of at most `page` entities with short descriptions, the next page's offset or None)."""
+    offset = max(0, int(offset or 0))
+    recs = search_kb(ctx, query, limit=page + 1, offset=offset, text_chars=TABLE_TEXT_CHARS)
+    return recs[:page], (offset + page if len(recs) > page else None)
 
 
 def entity_images(ctx: AppContext, rec) -> list[str]:
@@ -62,40 +88,156 @@ def save_entity(
     return ctx.save_entity(ent, author)
 
 
-@user_errors
-def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=None) -> dict:
-    """Import a KB file (official kb_entity.json, JSONL, CSV): valid rows are stored and indexed, the
-    rest reported. Returns the loader's report plus counts."""
-    author = ctx.require("kb_import", username)
+def _open_kb_upload(ctx: AppContext, path: str | None):
+    """The checks before an import starts (size, format, whole-file problems): (entity stream,
+    report). Nothing is stored yet; a problem raises UserError."""
     if not path:
         raise UserError("choose a KB file to import")
+    name = Path(path).name
     try:
-        kb, report = load_kb(path)
+        size = Path(path).stat().st_size
+    except OSError:
+        raise UserError(f"cannot import {name}: the file is not there (upload it again)") from None
+    limit = ctx.config.max_upload_bytes
+    if size > limit:
+        raise UserError(
+            f"cannot import {name}: it is {size / 2**20:.2f} MB, the limit is {ctx.config.max_upload_mb:g} MB "
+            "(MIMIC_MAX_UPLOAD_MB); split the file or ask the operator to raise the limit"
+        )
+    try:
+        return open_kb(path)
     except (ValueError, OSError) as exc:  # unreadable file, unknown format: nothing was imported
-        raise UserError(f"cannot import {Path(path).name}: {exc}") from None
-    ents = kb.entities
-    if progress:
-        progress(0.1, desc=f"storing {len(ents)} entities")
+        raise UserError(f"cannot import {name}: {exc}") from None
+
+
+def _run_import(ctx: AppContext, author: str, entities, report, job: Job | None = None, progress=None) -> dict:
+    """Store and index the entities chunk by chunk (MIMIC_KB_IMPORT_CHUNK per transaction). Each
+    chunk takes the KB lock only while it is written and indexed, so annotations, KB edits and
+    links go between chunks; a cancelled job stops before the next chunk (stored chunks stay)."""
+    size = max(1, Path(report.path).stat().st_size) if Path(report.path).is_file() else 1
+    lines = _count_lines(report.path)
     image_errors: list = []
-    with ctx.kb_lock:
-        ctx.store.import_kb(kb, author=author, image_errors=image_errors)  # images copied in by content
-        stored = {e.id: e for e in ctx.store.knowledge_base()} if ents else {}
-        ents = [
-            replace(stored[e.id], images=resolve_images(stored[e.id].images, ctx.config.data_dir))
-            for e in ents
-            if e.id in stored
-        ]
-        done = 0
-        for s in range(0, len(ents), 64):
-            chunk = ents[s : s + 64]
-            ctx.service.upsert_entities(chunk)
-            done += len(chunk)
-            if progress:
-                progress(0.1 + 0.9 * done / max(1, len(ents)), desc=f"indexed {done}/{len(ents)}")
+    totals = {"created": 0, "updated": 0, "unchanged": 0}
+    too_long: list[dict] = []
+    indexed = 0
+
+    def valid(stream):
+        for e in stream:
+            if len(e.id) > _MAX_ID or len(e.name) > _MAX_NAME:
+                too_long.append({"row": None, "id": e.id[:80], "reason": "id over 200 or name over 20,000 characters"})
+                continue
+            yield e
+
+    stream = valid(entities)
+    chunk_size = ctx.config.kb_import_chunk
+    cancelled = False
+    while True:
+        if job is not None and job.cancel_requested:
+            cancelled = True
+            break
+        batch = list(islice(stream, chunk_size))
+        if not batch:
+            break
+        stored: list[Entity] = []
+        with ctx.kb_lock:  # held for one chunk: its transaction and its index segment
+            counts = ctx.store.import_kb(
+                batch,
+                author=author,
+                chunk_size=len(batch),
+                image_errors=image_errors,
+                on_chunk=lambda c, _totals: stored.extend(c),  # noqa: B023 (called before the loop moves on)
+            )
+            ctx.service.upsert_entities(
+                [replace(e, images=resolve_images(e.images, ctx.config.data_dir)) for e in stored]
+            )
+        for k, v in counts.items():
+            totals[k] += v
+        indexed += len(stored)
+        frac = min(0.99, report.rows_read / lines) if lines else 0.5
+        msg = f"stored and indexed {indexed:,} entities ({report.rows_read:,} rows read of about {lines:,})"
+        if job is not None:
+            job.progress(frac, msg)
+        if progress:
+            progress(frac, desc=msg)
     out = report.to_dict()
-    out["imported"] = len(ents)
+    out["rejected"] = out["rejected"] + too_long
+    for key in ("rejected", "duplicates", "empty_names", "missing_images"):  # a report, not a copy of the file
+        out[f"{key}_count"] = len(out[key])
+        out[key] = out[key][:REPORT_ROWS]
+    out["loaded"] = report.loaded - len(too_long)
+    out["imported"] = indexed
+    out.update(totals)
+    out["rows_read"] = report.rows_read
+    out["file_bytes"] = size
+    out["cancelled"] = cancelled
+    if cancelled:
+        out["summary"] = (
+            f"cancelled after {indexed:,} entities ({report.rows_read:,} rows read): "
+            "the entities stored before the cancel stay in the KB and the index"
+        )
     out["rejected_images"] = [{**e, "image": Path(e["image"]).name} for e in image_errors]  # no server paths
+    out["path"] = Path(report.path).name  # the upload folder is a server path
+    if progress:
+        progress(1.0, desc=f"indexed {indexed}/{indexed}")
     return out
+
+
+def _count_lines(path: str, block: int = 1 << 20) -> int:
+    """Newlines in the file (the row count of a JSONL/CSV file, for progress), read in blocks."""
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    n, last = 0, b""
+    with p.open("rb") as f:
+        while data := f.read(block):
+            n += data.count(b"\n")
+            last = data[-1:]
+    return n + (1 if last and last != b"\n" else 0)
+
+
+@user_errors
+def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=None) -> dict:
+    """Import a KB file (official kb_entity.json, JSONL, CSV) in the caller's thread: valid rows
+    are stored and indexed chunk by chunk, the rest reported. Returns the loader's report plus
+    counts. The app's tab runs the same work as a background job (`start_kb_import`)."""
+    author = ctx.require("kb_import", username)
+    entities, report = _open_kb_upload(ctx, path)
+    return _run_import(ctx, author, entities, report, progress=progress)
+
+
+@user_errors
+def start_kb_import(ctx: AppContext, username: str | None, path: str) -> Job:
+    """Check the upload, then import it as a background job (app/jobs.py) and return at once: the
+    import never runs in the "db" queue, so annotations are written between its chunks."""
+    author = ctx.require("kb_import", username)
+    entities, report = _open_kb_upload(ctx, path)
+
+    def work(job: Job) -> dict:
+        try:
+            return _run_import(ctx, author, entities, report, job=job)
+        except (StoreError, ValueError, OSError) as exc:  # a user's message, less server paths
+            raise JobFailure(f"import stopped at row {report.rows_read:,}: {scrub_paths(str(exc))}") from None
+
+    return ctx.jobs.start("kb_import", author, work)
+
+
+@user_errors
+def cancel_kb_import(ctx: AppContext, username: str | None, job_id: str | None) -> Job:
+    """Stop an import before its next chunk: only whoever started it, or an admin."""
+    name = ctx.annotator(username)
+    is_admin = ctx.store.get_annotator(name).role == "admin"
+    try:
+        return ctx.jobs.cancel(job_id, name, is_admin=is_admin)
+    except JobError as exc:
+        raise UserError(str(exc)) from None
+
+
+def job_view(ctx: AppContext, job_id: str | None) -> dict | None:
+    """The job's snapshot, or None when there is none."""
+    try:
+        return ctx.jobs.get(job_id).snapshot()
+    except JobError:
+        return None
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -120,6 +262,10 @@ class KnowledgeBaseTab:
                 elem_id="kb_table",
                 max_height=360,
             )
+            with gr.Row():
+                self.prev_button = gr.Button("◀ Previous page", size="sm", interactive=False, elem_id="kb_prev")
+                self.next_button = gr.Button("Next page ▶", size="sm", interactive=False, elem_id="kb_next")
+            self.offset = gr.State(0)  # first row of the page shown
             self.gallery = gr.Gallery(label="Images", columns=8, height=180, elem_id="kb_gallery")
             with gr.Accordion("Add or edit an entity (select a row to load it)", open=True):
                 with gr.Row():
@@ -135,34 +281,67 @@ class KnowledgeBaseTab:
                     "Save entity (updates the index in place)", variant="primary", elem_id="kb_save"
                 )
             self.msg = gr.Markdown(elem_id="kb_msg")
-            with gr.Accordion("Import a KB file (official kb_entity.json, JSONL, CSV)", open=False):
+            limit = self.ctx.config.max_upload_mb
+            with gr.Accordion(
+                f"Import a KB file (official kb_entity.json, JSONL, CSV; at most {limit:g} MB)", open=False
+            ):
                 self.file = gr.File(label="KB file", file_types=[".json", ".jsonl", ".csv"], elem_id="kb_file")
-                self.import_button = gr.Button("Import", elem_id="kb_import")
+                with gr.Row():
+                    self.import_button = gr.Button("Import", elem_id="kb_import")
+                    self.cancel_button = gr.Button("Cancel the import", interactive=False, elem_id="kb_cancel")
+                self.job_md = gr.Markdown(elem_id="kb_job")
                 self.report = gr.JSON(label="Import report", elem_id="kb_report")
+                self.job_id = gr.State(None)
+                self.poll = gr.Timer(1.0, active=False)
 
     def _wire(self):
         s = self.shared
-        rows_out = [self.table, self.gallery, self.msg]
+        rows_out = [self.table, self.gallery, self.msg, self.offset, self.prev_button, self.next_button]
         gr.on([self.search_button.click, self.query.submit], self.rows, self.query, rows_out, **PRIVATE)
+        self.prev_button.click(self.prev_page, [self.query, self.offset], rows_out, **PRIVATE)
+        self.next_button.click(self.next_page, [self.query, self.offset], rows_out, **PRIVATE)
         self.table.select(self.pick, self.table, [self.entity_id, self.name, self.aliases, self.text], **PRIVATE)
         form = [self.entity_id, self.name, self.aliases, self.text, self.images, self.keep]
         self.save_button.click(self.kb_save, form, [self.msg, s.header], **s.db_queue, **PRIVATE)
-        self.import_button.click(
-            self.import_file, self.file, [self.report, self.msg, s.header], **s.db_queue, **PRIVATE
-        )
+        job_out = [self.job_id, self.job_md, self.report, self.msg, self.poll, self.cancel_button, self.import_button]
+        # not in the "db" queue: the handler checks the file and starts a background job (app/jobs.py)
+        self.import_button.click(self.import_file, self.file, job_out, **PRIVATE)
+        self.poll.tick(self.import_poll, self.job_id, job_out[1:] + [s.header], **PRIVATE)
+        self.cancel_button.click(self.import_cancel, self.job_id, [self.job_md, self.msg], **PRIVATE)
         s.demo.load(self.browse, None, rows_out, **PRIVATE)
 
-    def rows(self, query):
+    def rows(self, query, offset=0):
+        """A page of the search (or browse) as the table shows it: PAGE entities, descriptions cut."""
         try:
-            recs = search_kb(self.ctx, query, limit=200)
+            recs, nxt = search_page(self.ctx, query, offset)
         except UserError as exc:
-            return [], [], message(str(exc), "error")
+            return [], [], message(str(exc), "error"), 0, gr.update(interactive=False), gr.update(interactive=False)
+        offset = max(0, int(offset or 0))
         rows = [[r.id, r.name, " | ".join(r.aliases), r.text, len(r.images), r.version] for r in recs]
         gal = [(imgs[0], f"{r.name} ({r.id})") for r in recs for imgs in [entity_images(self.ctx, r)] if imgs][:48]
-        return rows, gal, message(f"{len(recs)} entities" + (" (first 200)" if len(recs) == 200 else ""), "info")
+        if recs:
+            note = f"{len(recs)} entities (rows {offset + 1}–{offset + len(recs)})" + (
+                ", more on the next page" if nxt else ""
+            )
+        else:
+            note = "no entities" + (" on this page" if offset else "")
+        return (
+            rows,
+            gal,
+            message(note, "info"),
+            offset,
+            gr.update(interactive=offset > 0),
+            gr.update(interactive=nxt is not None),
+        )
 
     def browse(self):
         return self.rows("")
+
+    def prev_page(self, query, offset):
+        return self.rows(query, max(0, int(offset or 0) - PAGE))
+
+    def next_page(self, query, offset):
+        return self.rows(query, int(offset or 0) + PAGE)
 
     def pick(self, table, evt: gr.SelectData):
         """A selected row loads the entity into the edit form."""
@@ -189,12 +368,67 @@ class KnowledgeBaseTab:
             header_markdown(self.ctx),
         )
 
-    def import_file(self, file, request: gr.Request, progress=gr.Progress()):
+    def import_file(self, file, request: gr.Request):
+        """Check the upload and start the import job; the timer then polls it."""
         try:
-            rep = import_kb_file(self.ctx, username_of(request), upload_path(file), progress=progress)
+            job = start_kb_import(self.ctx, username_of(request), upload_path(file))
         except UserError as exc:
-            return {"error": str(exc)}, message(str(exc), "error"), gr.update()
-        return rep, message(f"Imported {rep['imported']} entities", "ok"), header_markdown(self.ctx)
+            err = {"error": str(exc)}
+            return None, "", err, message(str(exc), "error"), gr.Timer(active=False), gr.update(), gr.update()
+        return (
+            job.id,
+            f"Import running: {job.message}",
+            None,
+            message("Import started: it runs in the background (you can keep working)", "info"),
+            gr.Timer(active=True),
+            gr.update(interactive=True),
+            gr.update(interactive=False),
+        )
+
+    def import_poll(self, job_id):
+        """The job's progress; its report (and the timer off) once it has finished."""
+        v = job_view(self.ctx, job_id)
+        if v is None:
+            return (
+                "",
+                gr.update(),
+                gr.update(),
+                gr.Timer(active=False),
+                gr.update(interactive=False),
+                gr.update(interactive=True),
+                gr.update(),
+            )
+        if v["state"] == "running":
+            bar = f"{v['fraction'] * 100:.0f}%"
+            return (
+                f"Import running ({bar}, {v['seconds']:.0f} s): {v['message']}",
+                gr.update(),
+                gr.update(),
+                gr.update(),
+                gr.update(),
+                gr.update(),
+                gr.update(),
+            )
+        off = (gr.Timer(active=False), gr.update(interactive=False), gr.update(interactive=True))
+        if v["state"] == "failed":
+            return (
+                (f"Import failed: {v['error']}", {"error": v["error"]}, message(v["error"], "error"))
+                + off
+                + (header_markdown(self.ctx),)
+            )
+        rep = v["result"] or {}
+        if v["state"] == "cancelled":
+            note = message(f"Import cancelled: {rep.get('summary', '')}", "info")
+        else:
+            note = message(f"Imported {rep.get('imported', 0)} entities", "ok")
+        return (f"Import {v['state']} after {v['seconds']:.0f} s", rep, note) + off + (header_markdown(self.ctx),)
+
+    def import_cancel(self, job_id, request: gr.Request):
+        try:
+            job = cancel_kb_import(self.ctx, username_of(request), job_id)
+        except UserError as exc:
+            return gr.update(), message(str(exc), "error")
+        return f"Cancelling: the import stops after its current chunk ({job.message})", gr.update()
 
 
 def build(ctx: AppContext, shared: Shared) -> KnowledgeBaseTab:

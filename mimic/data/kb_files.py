@@ -36,10 +36,10 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote
 
 from mimic.data.schema import DataFormatError, Entity, KnowledgeBase
@@ -103,6 +103,37 @@ def read_text_file(path: str | Path) -> str:
     if bad > max(16, len(sample) // 4):
         raise DataFormatError(path, "a binary file (mostly bytes that are not UTF-8), not a text file")
     return text
+
+
+def stream_encoding(path: str | Path, block: int = 1 << 20) -> str | None:
+    """The checks of `read_text_file` without holding the file: the encoding to stream `path` with
+    ("utf-8-sig": UTF-8 with or without a byte-order mark, undecodable bytes kept as surrogates), or
+    None for a UTF-16/UTF-32 file (read it whole with `read_text_file`). The file is scanned once in
+    blocks of `block` bytes (empty, binary, NUL bytes); `DataFormatError` as `read_text_file` raises."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(65536)
+        for magic, what in _MAGIC:
+            if head.startswith(magic):
+                raise DataFormatError(path, f"a binary file ({what}), not a text file")
+        for bom, encoding in _BOMS:
+            if head.startswith(bom) and encoding != "utf-8":
+                return None
+        data, blank = head, True
+        while data:
+            if b"\x00" in data:
+                raise DataFormatError(
+                    path, "a binary file (NUL bytes; UTF-16 without a byte-order mark?), not a text file"
+                )
+            blank = blank and not data.strip()
+            data = f.read(block)
+    if blank:
+        raise DataFormatError(path, "the file is empty")
+    sample = head.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")[:4096]
+    bad = sum(1 for c in sample if "\udc80" <= c <= "\udcff")
+    if bad > max(16, len(sample) // 4):
+        raise DataFormatError(path, "a binary file (mostly bytes that are not UTF-8), not a text file")
+    return "utf-8-sig"
 
 
 def text_problem(value: object, depth: int = 0) -> str | None:
@@ -182,6 +213,7 @@ class KBReport:
     duplicates: list[str] = field(default_factory=list)
     empty_names: list[str] = field(default_factory=list)
     missing_images: list[dict] = field(default_factory=list)
+    rows_read: int = 0  # rows seen so far by `open_kb`'s stream (kept and rejected)
 
     def summary(self) -> str:
         return (
@@ -275,40 +307,73 @@ def _official_records(kb_file: Path, text: str) -> list[tuple[object, Any]]:
     return list(enumerate(data))
 
 
-def _csv_records(path: Path, text: str) -> list[tuple[object, Any]]:
+def _csv_header(path: Path, reader) -> list[str]:
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise DataFormatError(path, f"unreadable CSV header ({exc})") from None
+    names = [h.strip() for h in header] if header else []
+    if "id" not in names or "name" not in names:
+        raise DataFormatError(path, f"CSV header must contain 'id' and 'name' (found {names[:20]})")
+    bad_header = text_problem(names)
+    if bad_header:
+        raise DataFormatError(path, f"CSV header {bad_header}")
+    return names
+
+
+def _csv_rows(path: Path, source: Callable[[], IO[str]]) -> Iterator[tuple[object, Any]]:
+    """The CSV's rows, read from `source()` (a text stream opened with newline="") one by one. The
+    header is checked before the first row is asked for (a bad header raises at once)."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     old = csv.field_size_limit()
     csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            raise DataFormatError(path, f"unreadable CSV header ({exc})") from None
-        names = [h.strip() for h in header] if header else []
-        if "id" not in names or "name" not in names:
-            raise DataFormatError(path, f"CSV header must contain 'id' and 'name' (found {names[:20]})")
-        bad_header = text_problem(names)
-        if bad_header:
-            raise DataFormatError(path, f"CSV header {bad_header}")
-        rows: list[tuple[object, Any]] = []
-        while True:
-            first = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                rows.append((f"line {first}", ValueError(f"unreadable CSV row ({exc})")))
-                if reader.line_num < first:  # no progress: stop rather than loop
-                    break
-                continue
-            if not any(c.strip() for c in row):
-                continue
-            rows.append((f"line {first}", dict(zip(names, row))))
-        return rows
+        with source() as f:
+            _csv_header(path, csv.reader(f, delimiter=delimiter))
     finally:
         csv.field_size_limit(old)
+
+    def rows() -> Iterator[tuple[object, Any]]:
+        old = csv.field_size_limit()
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+        try:
+            with source() as f:
+                reader = csv.reader(f, delimiter=delimiter)
+                names = _csv_header(path, reader)
+                while True:
+                    first = reader.line_num + 1
+                    try:
+                        row = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as exc:
+                        yield f"line {first}", ValueError(f"unreadable CSV row ({exc})")
+                        if reader.line_num < first:  # no progress: stop rather than loop
+                            break
+                        continue
+                    if not any(c.strip() for c in row):
+                        continue
+                    yield f"line {first}", dict(zip(names, row))
+        finally:
+            csv.field_size_limit(old)
+
+    return rows()
+
+
+def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[object, Any]]:
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            yield f"line {n}", _parse_json(line)
+
+
+def _text_source(path: Path, *, newline: str) -> Callable[[], IO[str]]:
+    """A function opening `path` as text for streaming (bounded memory), after the whole-file checks
+    of `read_text_file`; a UTF-16/UTF-32 file is decoded whole first."""
+    encoding = stream_encoding(path)
+    if encoding is None:
+        text = read_text_file(path)
+        return lambda: io.StringIO(text, newline=newline)
+    return lambda: path.open(encoding=encoding, errors="surrogateescape", newline=newline)
 
 
 def _read_qid2id(path: Path) -> dict:
@@ -322,8 +387,9 @@ def _read_qid2id(path: Path) -> dict:
     return data
 
 
-def _raw_records(path: Path, fmt: str) -> tuple[Sequence[tuple[object, Any]], Path, dict | None]:
-    """-> ([(row label, record dict or the exception rejecting it)], image base folder, qid2id or None)."""
+def _raw_records(path: Path, fmt: str) -> tuple[Iterable[tuple[object, Any]], Path, dict | None]:
+    """-> ([(row label, record dict or the exception rejecting it)], image base folder, qid2id or None).
+    JSONL and CSV rows are streamed from the file (bounded memory); kb_entity.json is read whole."""
     if fmt == "official":
         folder = path if path.is_dir() else path.parent
         kb_file = folder / "kb_entity.json" if path.is_dir() else path
@@ -331,14 +397,15 @@ def _raw_records(path: Path, fmt: str) -> tuple[Sequence[tuple[object, Any]], Pa
         qid2id = _read_qid2id(folder / "qid2id.json") if (folder / "qid2id.json").exists() else None
         return rows, folder / "kb_image", qid2id
     if fmt == "jsonl":
-        text = read_text_file(path)
-        jrows: list[tuple[object, Any]] = []
-        for n, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                jrows.append((f"line {n}", _parse_json(line)))
-        return jrows, path.parent, None
+        source = _text_source(path, newline="\n")  # lines end at "\n" only, as str.split("\n")
+
+        def lines() -> Iterator[tuple[object, Any]]:
+            with source() as f:
+                yield from _jsonl_rows(f)
+
+        return lines(), path.parent, None
     if fmt == "csv":
-        return _csv_records(path, read_text_file(path)), path.parent, None
+        return _csv_rows(path, _text_source(path, newline="")), path.parent, None
     raise ValueError(f"unknown KB format {fmt!r}")
 
 
@@ -367,11 +434,13 @@ def detect_format(path: Path) -> str:
     )
 
 
-def load_kb(
+def open_kb(
     path: str | Path, format: str = "auto", check_images: bool = True, confine_images: bool = True
-) -> tuple[KnowledgeBase, KBReport]:
-    """Read a KB file leniently. Raises `DataFormatError` only when the file as a whole is unreadable.
-    confine_images (default): a row naming an image outside the KB file's folder is rejected."""
+) -> tuple[Iterator[Entity], KBReport]:
+    """`load_kb` as a stream: (the entities one by one, the report they fill as they come). The
+    whole-file checks run here (`DataFormatError` at once); JSONL and CSV rows are then read from
+    the file as the iterator is consumed, so memory stays bounded by a row, not the file.
+    `report.rows_read` counts the rows seen so far (kept and rejected)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"KB file not found: {path}")
@@ -384,11 +453,32 @@ def load_kb(
         else:
             raise DataFormatError(path, f"is a folder: a {fmt} KB is one file")
     rows, img_base, qid2id = _raw_records(path, fmt)
-    inv = {v: k for k, v in qid2id.items()} if qid2id else None
     report = KBReport(path=str(path), format=fmt)
-    entities: list[Entity] = []
+    return _entities(rows, report, fmt, img_base, qid2id, check_images, confine_images), report
+
+
+def load_kb(
+    path: str | Path, format: str = "auto", check_images: bool = True, confine_images: bool = True
+) -> tuple[KnowledgeBase, KBReport]:
+    """Read a KB file leniently. Raises `DataFormatError` only when the file as a whole is unreadable.
+    confine_images (default): a row naming an image outside the KB file's folder is rejected."""
+    entities, report = open_kb(path, format, check_images, confine_images)
+    return KnowledgeBase(list(entities)), report
+
+
+def _entities(
+    rows: Iterable[tuple[object, Any]],
+    report: KBReport,
+    fmt: str,
+    img_base: Path,
+    qid2id: dict | None,
+    check_images: bool,
+    confine_images: bool,
+) -> Iterator[Entity]:
+    inv = {v: k for k, v in qid2id.items()} if qid2id else None
     seen: set[str] = set()
     for row, rec in rows:
+        report.rows_read += 1
         try:
             if isinstance(rec, Exception):
                 raise rec
@@ -431,9 +521,10 @@ def load_kb(
                     report.missing_images.append({"id": eid, "image": str(p)})
                     continue
                 resolved.append(str(p))
-            entities.append(Entity(id=eid, name=name.strip(), text=_text(rec), aliases=aliases, images=resolved))
+            entity = Entity(id=eid, name=name.strip(), text=_text(rec), aliases=aliases, images=resolved)
             seen.add(eid)
+            report.loaded += 1
         except (ValueError, TypeError, OSError, RecursionError) as exc:
             report.rejected.append({"row": row, "id": _row_id(rec), "reason": str(exc)})
-    report.loaded = len(entities)
-    return KnowledgeBase(entities), report
+            continue
+        yield entity
