@@ -146,6 +146,7 @@ def test_hashed_user_signs_in_and_the_plaintext_one_too(mini_app):
 
 
 # -- 2: rate limits and session expiry -----------------------------------------------------------------
+@pytest.mark.slow
 def test_failed_sign_ins_lock_that_user_and_that_address(mini_app):
     port = mini_app(
         {
@@ -204,6 +205,7 @@ def test_parallel_guesses_cannot_pass_the_limit():
     assert lim.begin(keys) == 0
 
 
+@pytest.mark.slow
 def test_an_expired_session_is_refused(mini_app):
     port = mini_app({"MIMIC_USERS": "ana:ana-pw", "MIMIC_SESSION_HOURS": str(3 / 3600)})  # 3 s
     st, hd, _ = _login(port, "ana", "ana-pw")

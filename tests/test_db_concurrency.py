@@ -185,6 +185,7 @@ def test_writer_killed_mid_batch_leaves_whole_transactions_and_a_matching_journa
         store.close()
 
 
+@pytest.mark.slow
 def test_several_processes_write_to_one_database(tmp_path):
     data, procs, batches, size = tmp_path / "data", 3, 20, 5
     store = open_store(data)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from db import open_store
 from db.testing import png_bytes
 
@@ -31,6 +33,7 @@ def _cli(data_dir: Path, *args: str, env_data_dir: bool = False) -> tuple[int, d
     return r.returncode, out, r.stderr
 
 
+@pytest.mark.slow
 def test_jsonl_with_images_and_bad_rows(tmp_path):
     src = tmp_path / "kb"
     src.mkdir()
@@ -76,6 +79,7 @@ def test_jsonl_with_images_and_bad_rows(tmp_path):
     assert code == 1 and rep is not None and (rep["created"], rep["unchanged"]) == (0, 2)
 
 
+@pytest.mark.slow
 def test_official_folder_csv_author_and_exit_codes(tmp_path):
     off = tmp_path / "off"
     (off / "kb_image").mkdir(parents=True)

@@ -60,6 +60,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "mimic", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wikidiverse", [False, True])
 def test_cli_imports_official_m3el_and_scores_as_the_heads_loaded_directly(tiny_clip_dir, tmp_path, wikidiverse):
     hp = {"data": {"kb_img_folder": "../data/WikiDiverse/kb_image" if wikidiverse else "../data/WikiMEL/kb_image"}}
@@ -88,6 +89,7 @@ def test_cli_imports_official_m3el_and_scores_as_the_heads_loaded_directly(tiny_
             load_checkpoint(tmp_path / "imp", overrides={"cross_modal_eval": "bidirectional"})
 
 
+@pytest.mark.slow
 def test_family_from_keys_and_model_override(tiny_clip_dir, tmp_path):
     ckpt, *_ = official_m3el_checkpoint(tiny_clip_dir, tmp_path / "m3el.ckpt")
     # --model mimic on M3EL keys: refused, naming the detected family

@@ -34,6 +34,7 @@ def test_cached_inputs_equal_the_per_batch_path(official_ds, tiny_clip_dir, mode
     assert bool(has.any()) and all_present == bool(has.all())
 
 
+@pytest.mark.slow
 def test_training_with_the_cache_matches_training_without(official_ds, tiny_clip_dir, tmp_path):
     base = dict(
         backbone=str(tiny_clip_dir),

@@ -63,6 +63,7 @@ def test_no_import_points_up(package):
     assert not wrong, "imports that point the wrong way:\n" + "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_importing_the_library_loads_nothing_above_it():
     """Run-time check: importing every module of `mimic` and `db` pulls in no higher layer."""
     names = []

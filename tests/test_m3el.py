@@ -678,6 +678,7 @@ def test_training_on_synthetic_rises_far_above_chance(tiny_clip, synthetic_datas
     assert official["ranks"] == res["ranks"]
 
 
+@pytest.mark.slow
 def test_m3el_trains_saves_and_serves_through_the_linker(synthetic_dataset, tiny_clip_dir, tmp_path):
     """The whole product path for the second family: train() -> checkpoint -> KB index -> Linker
     (bidirectional head; the t2v head's training is covered above)."""

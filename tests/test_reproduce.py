@@ -46,6 +46,7 @@ def test_published_table_has_every_model_and_dataset():
     assert PUBLISHED[("m3el", "wikidiverse")]["H@1"] == 74.06 and PUBLISHED[("mimic", "wikimel")]["H@1"] == 87.98
 
 
+@pytest.mark.slow
 def test_reproduce_reports_its_row_beside_the_published_one(release, tmp_path):
     r = _reproduce("--data", release / "WikiDiverse", "--checkpoint", release / "imported", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
@@ -75,6 +76,7 @@ def test_reproduce_reports_its_row_beside_the_published_one(release, tmp_path):
     assert "No published row" in r.stdout
 
 
+@pytest.mark.slow
 def test_broken_release_reports_each_problem(release, tmp_path):
     root = tmp_path / "WikiDiverse"
     shutil.copytree(release / "WikiDiverse", root)

@@ -402,6 +402,7 @@ def _snapshot(store, ckpt):
     }
 
 
+@pytest.mark.slow
 def test_injected_failure_marks_run_failed_and_changes_nothing(
     store, tmp_path, tiny_clip_dir, corpus, untrained_ckpt, monkeypatch
 ):
