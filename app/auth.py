@@ -26,6 +26,7 @@ Hash a password for MIMIC_USERS / MIMIC_USERS_FILE (prompts, prints `$argon2id$.
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import threading
@@ -33,8 +34,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.middleware import Middleware
+from starlette.requests import Request
 
 _HASHER = PasswordHasher()  # argon2id, the library's RFC 9106 low-memory defaults
 MAX_LOCKOUT_SECONDS = 3600.0
@@ -74,7 +78,6 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 def make_auth(table: dict[str, str]):
     """The async `launch(auth=...)` callable over name -> hash. Async, so gradio awaits it and the
     argon2 work (tenths of a second) runs in a worker thread, not on the server's event loop."""
-    import anyio
 
     limiter = anyio.CapacityLimiter(4)  # argon2 takes 64 MiB per check: bound the parallel ones
 
@@ -286,7 +289,6 @@ class AuthGuard:
 
 
 async def _form_username(scope, body: bytes) -> str:
-    from starlette.requests import Request
 
     sent = False
 
@@ -321,13 +323,11 @@ def launch_auth_kwargs(table: dict[str, str], settings: AuthSettings) -> dict:
     """`auth` and the guard middleware for `launch(**...)`; empty when nobody signs in."""
     if not table:
         return {}
-    from starlette.middleware import Middleware
 
     return {"auth": make_auth(table), "app_kwargs": {"middleware": [Middleware(AuthGuard, settings=settings)]}}
 
 
 def main() -> None:  # python -m app.auth
-    import getpass
 
     pw = getpass.getpass("password: ")
     if pw != getpass.getpass("again: "):

@@ -21,6 +21,7 @@ import pandas as pd
 from db import StoreError
 from mimic.serving.linker import LinkInputError, LinkResult
 
+from .config import REPO
 from .context import AppContext, WriteDenied, resolve_image
 
 
@@ -52,8 +53,6 @@ def add_private_root(path: str | Path) -> None:
 
 
 def _roots() -> list[str]:
-    from .config import REPO
-
     roots = {str(REPO), os.getcwd(), tempfile.gettempdir(), str(Path.home()), *_PRIVATE_ROOTS}
     roots |= {str(Path(r).resolve()) for r in list(roots)}
     return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
@@ -67,8 +66,6 @@ def public_path(path: str | Path | None) -> str | None:
     p = Path(path)
     if not p.is_absolute():
         return str(p)
-    from .config import REPO
-
     for base in (Path.cwd(), REPO):
         for q in (p, p.resolve()):
             try:

@@ -117,7 +117,7 @@ def cmd_evaluate(a):
 
 def cmd_import_official(a):
     # lazy: torch-backed, 1.2 s by python -X importtime; `python -m mimic --help` must stay fast
-    from mimic.models.checkpoint import import_official
+    from mimic.models.checkpoint import import_official, read_config
 
     out = import_official(
         a.checkpoint,
@@ -129,8 +129,6 @@ def cmd_import_official(a):
         cross_modal=a.cross_modal,
         cross_modal_eval=a.cross_modal_eval,
     )
-    from mimic.models.checkpoint import read_config
-
     cfg = read_config(out)
     mc = cfg["model_config"]
     heads = {k: mc[k] for k in ("cross_modal", "cross_modal_eval") if k in mc}

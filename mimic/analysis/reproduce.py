@@ -18,7 +18,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy
+import PIL
+import torch
+import transformers
+
+from mimic.analysis.ranking import evaluate
 from mimic.atomic import write_text_atomic
+from mimic.data.official import load_official
+from mimic.models.checkpoint import code_version, load_checkpoint, read_config
+from mimic.models.linking_model import load_one_image
+from mimic.training.trainer import pick_device
 
 DATASETS = ("wikimel", "richpediamel", "wikidiverse")
 METRICS = ("H@1", "H@3", "H@5", "MRR", "MR")
@@ -105,7 +115,6 @@ def _text_field(root: Path) -> str:
 
 
 def _check_image(path: str | None, mode: str) -> str:
-    from mimic.models.linking_model import load_one_image
 
     return load_one_image(path, mode)[1]
 
@@ -203,12 +212,6 @@ def check_release(
 
 
 def environment(device: str, seed: int) -> dict:
-    import numpy
-    import PIL
-    import torch
-    import transformers
-
-    from mimic.models.checkpoint import code_version
 
     hw = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": device}
     if torch.cuda.is_available() and str(device).startswith("cuda"):
@@ -294,12 +297,6 @@ def reproduce(
     """Check the release, evaluate, compare. Raises ValueError/FileNotFoundError for what cannot be
     evaluated at all (no such folder, malformed files, a split missing); data problems that still
     allow an evaluation are listed in report["problems"]."""
-    import torch
-
-    from mimic.analysis.ranking import evaluate
-    from mimic.data.official import load_official
-    from mimic.models.checkpoint import load_checkpoint, read_config
-    from mimic.training.trainer import pick_device
 
     root = Path(data)
     if not root.is_dir():

@@ -28,6 +28,7 @@ from mimic.backbones import load_backbone
 from mimic.backbones.clip import ClipBackbone
 from mimic.models.families import family, model_type_of
 from mimic.models.linking_model import LinkingModel
+from mimic.models.modeling_m3el import M3ELConfig, M3ELHeads, heads_state_dict_from_official
 from mimic.models.modeling_mimic import MimicConfig, MimicHeads
 
 FORMAT = "mimic-studio-checkpoint"
@@ -295,8 +296,6 @@ def import_official(
         )
     info: dict = {"family": model, "family_detected_from_keys": detected, "mode": mode}
     if model == "m3el":
-        from mimic.models.modeling_m3el import M3ELConfig, M3ELHeads, heads_state_dict_from_official
-
         if cross_modal is None:
             cross_modal, why = detect_official_cross_modal(obj)
         else:
