@@ -47,7 +47,7 @@ from torch import nn
 
 from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
 from mimic.models.m3el_units import CrossModalMatch, CrossModalMatchBidirection, ImageIntraModalMatch, is_max_head
-from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, TensorCache, in_batch_loss
+from mimic.models.modeling_mimic import TGLU, MatchOutput, SideFeatures, TensorCache, dims_config, in_batch_loss
 
 FIXED_MODE_DEVIATIONS_M3EL = {
     "token_branch_residual": "The degenerate token branches are repaired with a residual connection: "
@@ -183,14 +183,7 @@ class M3ELConfig:
 
     @classmethod
     def for_backbone(cls, dims: BackboneDims, **kw) -> M3ELConfig:
-        return cls(
-            text_global_dim=dims.text_global,
-            text_token_dim=dims.text_token,
-            image_global_dim=dims.image_global,
-            image_token_dim=dims.image_token,
-            num_image_tokens=dims.num_image_tokens,
-            **kw,
-        )
+        return cls(**dims_config(dims), **kw)
 
     def to_dict(self) -> dict:
         """JSON-safe: includes `model_type` and writes the max-pool head as "max"."""

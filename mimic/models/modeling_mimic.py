@@ -45,6 +45,17 @@ FIXED_MODE_DEVIATIONS = {
 }
 
 
+def dims_config(dims: BackboneDims) -> dict[str, Any]:
+    """The head-config fields a backbone fixes (both families' configs take them by these names)."""
+    return {
+        "text_global_dim": dims.text_global,
+        "text_token_dim": dims.text_token,
+        "image_global_dim": dims.image_global,
+        "image_token_dim": dims.image_token,
+        "num_image_tokens": dims.num_image_tokens,
+    }
+
+
 @dataclass
 class MimicConfig:
     """Head configuration. Backbone widths come from `BackboneDims` (CLIP-B/32: 512/512/512/768/50)."""
@@ -73,14 +84,7 @@ class MimicConfig:
 
     @classmethod
     def for_backbone(cls, dims: BackboneDims, **kw) -> MimicConfig:
-        return cls(
-            text_global_dim=dims.text_global,
-            text_token_dim=dims.text_token,
-            image_global_dim=dims.image_global,
-            image_token_dim=dims.image_token,
-            num_image_tokens=dims.num_image_tokens,
-            **kw,
-        )
+        return cls(**dims_config(dims), **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
