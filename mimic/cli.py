@@ -1,6 +1,7 @@
 """Command line: `python -m mimic <command> ...`.
 
   train            train a model from a YAML config (paper defaults in configs/mimic_paper.yaml)
+  train-lexical    add the lexical unit S_L to a trained fixed-mode checkpoint (fit on the serving shortlist)
   evaluate         full-KB ranking of a split; prints JSON metrics; --scores-out FILE.npz
   import-official  convert an official MIMIC or M3EL Lightning checkpoint into this project's format
   reproduce        check an official release, evaluate full-KB, print/write the row beside the published one
@@ -79,6 +80,17 @@ def cmd_train(a):
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     _json_out({k: v for k, v in summary.items() if k != "history"} | {"epochs_run": len(summary["history"])}, None)
+
+
+def cmd_train_lexical(a):
+    # lazy: torch-backed; `python -m mimic --help` must stay fast
+    from mimic.training.lexical_unit_fit import FitConfig, train_lexical_unit
+
+    fit = FitConfig(hidden=a.hidden, epochs=a.epochs, seed=a.seed)
+    report = train_lexical_unit(
+        a.checkpoint, a.data, a.output, index=a.index, work=a.work, fit=fit, progress=not a.no_progress
+    )
+    _json_out({k: v for k, v in report.items() if k != "epochs"}, None)
 
 
 def cmd_evaluate(a):
@@ -403,6 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-max-mentions", type=int)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    tl = sub.add_parser("train-lexical", help="fit the lexical unit S_L of a trained fixed-mode checkpoint")
+    tl.add_argument("--checkpoint", required=True, help="trained checkpoint folder (its heads stay as they are)")
+    tl.add_argument("--data", required=True, help="dataset with train and dev splits")
+    tl.add_argument("--output", required=True, help="checkpoint folder to write (heads + lexical unit)")
+    tl.add_argument(
+        "--index", help="KB index of the dataset for this checkpoint (built when absent; default OUTPUT-index)"
+    )
+    tl.add_argument("--work", help="cache of the train/dev shortlist features (default OUTPUT-work)")
+    tl.add_argument("--hidden", type=int, default=64, help="MLP width (0: linear)")
+    tl.add_argument("--epochs", type=int, default=15)
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--no-progress", action="store_true")
+    tl.set_defaults(func=cmd_train_lexical)
 
     e = sub.add_parser("evaluate", help="full-KB evaluation")
     e.add_argument("--checkpoint", required=True)

@@ -122,7 +122,18 @@ def evaluate(
     progress: bool = False,
     kb_batch_size: int = 64,
 ) -> dict:
-    """Rank every mention against the whole KB. Returns metrics plus counts and timings."""
+    """Rank every mention against the whole KB. Returns metrics plus counts and timings.
+
+    A model with a lexical unit ranks the serving shortlist, not the whole KB: it is evaluated
+    through the linker (`mimic.analysis.served_ranking`, strategy "served")."""
+    if getattr(model, "lexical_unit", None) is not None:
+        if scores_out is not None:
+            raise ValueError("--scores-out needs full-KB scores; a model with a lexical unit ranks its shortlist")
+        from mimic.analysis.served_ranking import evaluate_served  # serving imports this module's helpers
+
+        return evaluate_served(
+            model, kb, mentions, batch_size=max(batch_size, 64), kb_batch_size=kb_batch_size, progress=progress
+        )
     model.eval()
     device = model.device
     missing = [m.id for m in mentions if m.answer not in kb]

@@ -6,6 +6,9 @@ Layout of a checkpoint folder (written atomically, see `mimic.atomic`):
   backbone/           a fine-tuned CLIP saved with save_pretrained (model + tokenizer), or
   backbone.safetensors  a fine-tuned offline backbone's state dict; neither when the backbone was
                       frozen (it is then rebuilt from its description)
+  lexical_unit.safetensors  optional: the fixed-mode lexical unit S_L (its config is config.json's
+                      "lexical_unit"); outside the fingerprint, which names what a KB index
+                      depends on (S_L re-ranks the shortlist and encodes no entity)
   metrics.json        training / evaluation metrics
   training_state.pt   optional: optimizer, epoch and RNG state for --resume
 """
@@ -27,12 +30,14 @@ from mimic.atomic import recover_dir, write_dir_atomic
 from mimic.backbones import load_backbone
 from mimic.backbones.clip import ClipBackbone
 from mimic.models.families import family, model_type_of
+from mimic.models.lexical_unit import LexicalUnit, LexicalUnitConfig
 from mimic.models.linking_model import LinkingModel
 from mimic.models.modeling_m3el import M3ELConfig, M3ELHeads, heads_state_dict_from_official
 from mimic.models.modeling_mimic import MimicConfig, MimicHeads
 
 FORMAT = "mimic-studio-checkpoint"
 FORMAT_VERSION = 1
+LEXICAL_FILE = "lexical_unit.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -98,6 +103,9 @@ def save_checkpoint(
                 save_file(sd, str(tmp / "backbone.safetensors"))
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
+        unit = model.lexical_unit
+        if unit is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in unit.state_dict().items()}, str(tmp / LEXICAL_FILE))
         cfg = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -109,6 +117,9 @@ def save_checkpoint(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         }
+        if unit is not None:
+            cfg["lexical_unit"] = unit.config.to_dict()
+            cfg["lexical_unit_sha256"] = _sha256_files([tmp / LEXICAL_FILE])[:16]
         cfg["fingerprint"] = (
             _sha256_files(_weight_files(tmp))[:16]
             + "-"
@@ -176,9 +187,26 @@ def load_checkpoint(
             f"{path}/heads.safetensors does not match the config: missing {missing}, unexpected {unexpected}"
         )
     model = LinkingModel(backbone, heads).to(device)
+    if cfg.get("lexical_unit") is not None:
+        if heads.config.mode == "fixed":
+            model.attach_lexical_unit(_load_lexical_unit(path, cfg["lexical_unit"]))
+        else:  # compat reproduces the published model: the extension is off
+            cfg = {**cfg, "lexical_unit": None, "lexical_unit_off": "compat mode"}
     model.eval()
     model.checkpoint_info = cfg
     return model
+
+
+def _load_lexical_unit(path: Path, unit_cfg: dict) -> LexicalUnit:
+    f = path / LEXICAL_FILE
+    if not f.exists():
+        raise CheckpointError(f"{path}: config.json names a lexical unit but {LEXICAL_FILE} is missing")
+    try:
+        unit = LexicalUnit(LexicalUnitConfig.from_dict(unit_cfg))
+        unit.load_state_dict(load_file(str(f)))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}/{LEXICAL_FILE}: {exc}") from None
+    return unit
 
 
 def read_metrics(path: str | Path) -> dict:

@@ -22,6 +22,7 @@ from mimic.backbones.base import Backbone, ImageFeatures, TextFeatures
 from mimic.data import images as imaging
 from mimic.data.schema import Entity, Mention
 from mimic.models.families import build_heads
+from mimic.models.lexical_unit import LexicalUnit
 from mimic.models.modeling_mimic import EntityCache, MentionCache, MimicConfig, MimicHeads, SideFeatures
 
 log = logging.getLogger("mimic")
@@ -80,6 +81,14 @@ class LinkingModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.heads = heads
+        # the optional fixed-mode lexical unit S_L (`mimic.models.lexical_unit`); serving fuses it into S
+        self.lexical_unit: LexicalUnit | None = None
+
+    def attach_lexical_unit(self, unit: LexicalUnit | None) -> None:
+        """Add (or with None remove) the lexical unit. Compat mode reproduces the published model: no unit."""
+        if unit is not None and self.config.mode != "fixed":
+            raise ValueError("the lexical unit is a fixed-mode extension; this model is in compat mode")
+        self.lexical_unit = unit.to(self.device) if unit is not None else None
 
     @classmethod
     def build(cls, backbone: Backbone, model_type: str = "mimic", **config) -> LinkingModel:

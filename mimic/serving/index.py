@@ -151,6 +151,8 @@ def _faiss_index(vectors: np.ndarray, kind: str, path: Path | None = None):
     if not idx.is_trained:
         idx.train(vectors)
     idx.add(vectors)
+    if kind == "ivf":
+        idx.make_direct_map()  # reconstruct() for the lexical unit's dense feature
     if path is not None and kind in ("hnsw", "ivf"):
         with atomic_file(path) as tmp:
             faiss.write_index(idx, str(tmp))
@@ -189,6 +191,22 @@ class LexicalIndex:
         rows, sc = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
         rows[sc <= 0] = -1
         return sc, rows
+
+    def similarity(self, texts: list[str], rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Cosine of texts[i] with each entity of rows[i] (its best name or alias) -> list of [len(rows[i])]."""
+        q = self.vec.transform(texts).astype(np.float32).tocsr()
+        ends = np.append(self.starts[1:], len(self.owner))
+        out = []
+        for i, rr in enumerate(rows):
+            rr = np.asarray(rr, dtype=np.int64)
+            if not len(rr):
+                out.append(np.zeros(0, np.float32))
+                continue
+            counts = ends[rr] - self.starts[rr]
+            cols = np.concatenate([np.arange(a, b) for a, b in zip(self.starts[rr], ends[rr])])
+            sims = (q[i] @ self.matrix[:, cols]).toarray().ravel()
+            out.append(np.maximum.reduceat(sims, np.concatenate([[0], np.cumsum(counts)[:-1]])).astype(np.float32))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,6 +345,14 @@ class KBIndex:
                 f"index {self.root} was built with model {self.fingerprint}, but the loaded model is {fp}; "
                 f"rebuild the index for this checkpoint (python -m mimic index ...)"
             )
+
+    def text_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Unit-norm backbone text vectors [len(rows), D] of index rows (from RAM when kept, else from faiss)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.keep_global:
+            return self.text_global[torch.from_numpy(rows)].numpy()
+        text = self.retrievers["text"]
+        return np.stack([text.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, text.d), np.float32)
 
     def feature_bytes(self) -> int:
         """Bytes of the fp16 entity features (the EntityCache) held in RAM."""

@@ -42,6 +42,7 @@ from mimic.models.checkpoint import load_checkpoint
 from mimic.models.linking_model import LinkingModel, entity_text, mention_text
 from mimic.models.modeling_mimic import MentionCache
 from mimic.serving.index import KBIndex
+from mimic.serving.pair_features import pair_features
 
 MAX_SENTENCE_CHARS = 10_000
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused (decompression-bomb guard)
@@ -85,6 +86,8 @@ class Candidate:
     margin: float | None  # S minus the next candidate's S (None for the last)
     retrievers: list[str]
     explanation: Explanation | None = None
+    # the lexical unit's score (None: the model has no lexical unit); S = β·(S_T + S_V + S_C)/3 + S_L
+    S_L: float | None = None
 
 
 @dataclass
@@ -120,6 +123,26 @@ class _Query:
     end: int | None
     image: object  # PIL image or None
     warnings: list[str] = field(default_factory=list)
+    others: tuple[str, ...] = ()  # the other mentions of the same sentence (context for the lexical unit)
+
+
+@dataclass
+class Shortlist:
+    """One query's retrieved candidates and their scores, in retrieval (fusion) order.
+
+    rows [K] index rows; ranks[j]: {retriever: 0-based rank} of candidate j; S/S_T/S_V/S_C [K]
+    (S is what the linker ranks by: MIMIC's S, fused with S_L when the model has a lexical unit);
+    S_mimic [K] MIMIC's own S; S_L [K] or None; features [K, F] the lexical unit's inputs or None."""
+
+    rows: torch.Tensor
+    ranks: list[dict[str, int]]
+    S: torch.Tensor
+    S_T: torch.Tensor | None
+    S_V: torch.Tensor | None
+    S_C: torch.Tensor | None
+    S_mimic: torch.Tensor
+    S_L: torch.Tensor | None = None
+    features: np.ndarray | None = None
 
 
 class Linker:
@@ -162,7 +185,7 @@ class Linker:
         return cls(load_checkpoint(checkpoint), KBIndex(index), **kw)
 
     # -- input validation ------------------------------------------------------------------------
-    def _query(self, sentence, mention, image) -> _Query:
+    def _query(self, sentence, mention, image, others=None) -> _Query:
         if isinstance(sentence, bytes):
             try:
                 sentence = sentence.decode("utf-8")
@@ -223,7 +246,11 @@ class Linker:
                 raise LinkInputError(f"image rejected: {exc}") from None
             if self.model.config.mode == "compat" and img.mode != "RGB":
                 img = img.convert("RGB")  # serving never silently drops a user's image
-        return _Query(sentence, text, start, end, img, warnings)
+        if others is None:
+            others = ()
+        elif isinstance(others, str) or not all(isinstance(o, str) for o in others):
+            raise LinkInputError("other_mentions must be a list of strings")
+        return _Query(sentence, text, start, end, img, warnings, tuple(o for o in others if o.strip())[:50])
 
     # -- encoding ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,7 +262,7 @@ class Linker:
 
     # -- retrieval -----------------------------------------------------------------------------------
     def _retrieve(self, mc: MentionCache, text_g: torch.Tensor, image_g: torch.Tensor, queries, k: int):
-        """-> per query: list of (row, [retriever names]) in fused order, at most k."""
+        """-> per query: list of (row, {retriever name: 0-based rank}) in fused order, at most k."""
         idx = self.index
         per_query: list[dict[int, list]] = [dict() for _ in queries]
         kk = min(k, len(idx))
@@ -268,7 +295,7 @@ class Linker:
         for found in per_query:
             # reciprocal-rank fusion (k = 60) decides which of the union make the cut
             fused = sorted(found.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))[:k]
-            out.append([(row, sorted({n for n, _ in src})) for row, src in fused])
+            out.append([(row, dict(src)) for row, src in fused])
         return out
 
     # -- public API ------------------------------------------------------------------------------
@@ -281,7 +308,9 @@ class Linker:
 
         The first bad query raises LinkInputError; `link_each` isolates bad queries instead."""
         t0 = time.perf_counter()
-        qs = [self._query(q.get("sentence"), q.get("mention"), q.get("image")) for q in queries]
+        qs = [
+            self._query(q.get("sentence"), q.get("mention"), q.get("image"), q.get("other_mentions")) for q in queries
+        ]
         return self._link_queries(qs, top_k, explain, t0)
 
     def link_each(
@@ -294,7 +323,9 @@ class Linker:
         good: list[tuple[int, _Query]] = []
         for i, q in enumerate(queries):
             try:
-                good.append((i, self._query(q.get("sentence"), q.get("mention"), q.get("image"))))
+                good.append(
+                    (i, self._query(q.get("sentence"), q.get("mention"), q.get("image"), q.get("other_mentions")))
+                )
             except LinkInputError as exc:
                 out[i] = exc
         for b in range(0, len(good), max(1, batch_size)):
@@ -305,26 +336,75 @@ class Linker:
         return [r for r in out if r is not None]
 
     @torch.no_grad()
+    def shortlists(self, qs: Sequence[_Query], features: bool = False):
+        """Encode, retrieve and score queries -> (list of `Shortlist`, (mention cache, text, image, texts),
+        {"encode", "retrieve", "rerank": seconds for the whole batch}).
+
+        The one scoring path of serving, served evaluation and lexical-unit training. `features`:
+        also compute the lexical unit's pair features when the model has no unit (for training one)."""
+        t0 = time.perf_counter()
+        mc, text, image, texts = self._encode(qs)
+        t1 = time.perf_counter()
+        retrieved = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist)
+        t2 = time.perf_counter()
+        unit = self.model.lexical_unit
+        need = features or unit is not None
+        feats = self._pair_features(qs, retrieved, text.global_) if need else [None] * len(qs)
+        out = []
+        for qi, (sl, X) in enumerate(zip(retrieved, feats)):
+            rows = torch.tensor([r for r, _ in sl], dtype=torch.long)
+            S, S_T, S_V, S_C = self._score_rows(mc[qi : qi + 1], text, image, qi, rows)
+            S_L = None
+            S_mimic = S
+            if unit is not None and X is not None:
+                S_L = unit(torch.from_numpy(X).to(self.model.device)).to(S.dtype)
+                S = unit.fuse(S_mimic, S_L)
+            out.append(Shortlist(rows, [src for _, src in sl], S, S_T, S_V, S_C, S_mimic, S_L, X))
+        seconds = {"encode": t1 - t0, "retrieve": t2 - t1, "rerank": time.perf_counter() - t2}
+        return out, (mc, text, image, texts), seconds
+
+    def _pair_features(self, qs: Sequence[_Query], retrieved, text_g: torch.Tensor) -> list[np.ndarray]:
+        """The lexical unit's features [K, F] for each query's shortlist (see `mimic.serving.pair_features`)."""
+        lex = self.index.lexical
+        rows = [np.asarray([r for r, _ in sl], dtype=np.int64) for sl in retrieved]
+        tf_mention = lex.similarity([q.mention for q in qs], rows)
+        tf_sentence = lex.similarity([q.sentence for q in qs], rows)
+        tq = _unit_np(text_g)
+        out = []
+        for qi, (q, sl) in enumerate(zip(qs, retrieved)):
+            dense = self.index.text_vectors(rows[qi]) @ tq[qi]
+            out.append(
+                pair_features(
+                    mention=q.mention,
+                    sentence=q.sentence,
+                    span=(q.start, q.end) if q.start is not None and q.end is not None else None,
+                    other_mentions=q.others,
+                    names=[self.index.records[r]["name"] for r in rows[qi]],
+                    tfidf=tf_mention[qi],
+                    name_in_sentence=tf_sentence[qi],
+                    dense=dense,
+                    ranks=[src for _, src in sl],
+                )
+            )
+        return out
+
+    @torch.no_grad()
     def _link_queries(self, qs: list[_Query], top_k: int, explain: bool, t0: float | None = None) -> list[LinkResult]:
         if not qs:
             return []
         t0 = time.perf_counter() if t0 is None else t0
-        mc, text, image, texts = self._encode(qs)
-        t1 = time.perf_counter()
-        shortlists = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist)
-        t2 = time.perf_counter()
+        t_valid = time.perf_counter() - t0  # input checks and image decoding before this call
+        scored, (mc, text, image, texts), sec = self.shortlists(qs)
         results = []
         n = len(qs)
-        for qi, (q, sl) in enumerate(zip(qs, shortlists)):
+        for qi, (q, sl) in enumerate(zip(qs, scored)):
             ts = time.perf_counter()
-            rows = torch.tensor([r for r, _ in sl], dtype=torch.long)
-            mq = mc[qi : qi + 1]
-            S, S_T, S_V, S_C = self._score_rows(mq, text, image, qi, rows)
+            S = sl.S
             order = torch.argsort(-S, stable=True)[:top_k]
             t3 = time.perf_counter()
             cands = []
             for rank, j in enumerate(order.tolist(), 1):
-                rec = self.index.records[int(rows[j])]
+                rec = self.index.records[int(sl.rows[j])]
                 nxt = float(S[order[rank]]) if rank < len(order) else None
                 cands.append(
                     Candidate(
@@ -333,17 +413,25 @@ class Linker:
                         description=rec.get("text", ""),
                         images=rec.get("images", []),
                         S=float(S[j]),
-                        S_T=_opt(S_T, j),
-                        S_V=_opt(S_V, j),
-                        S_C=_opt(S_C, j),
+                        S_T=_opt(sl.S_T, j),
+                        S_V=_opt(sl.S_V, j),
+                        S_C=_opt(sl.S_C, j),
                         rank=rank,
                         margin=(float(S[j]) - nxt) if nxt is not None else None,
-                        retrievers=sl[j][1],
+                        retrievers=sorted(sl.ranks[j]),
+                        S_L=_opt(sl.S_L, j),
                     )
                 )
             if explain and cands:
                 self._explain(
-                    mq, texts[qi], cands[: self.explain_top], rows[order[: self.explain_top]], qs[qi], text, image, qi
+                    mc[qi : qi + 1],
+                    texts[qi],
+                    cands[: self.explain_top],
+                    sl.rows[order[: self.explain_top]],
+                    qs[qi],
+                    text,
+                    image,
+                    qi,
                 )
             top_s = cands[0].S if cands else None
             nil = top_s is None or (self.nil_threshold is not None and top_s < self.nil_threshold)  # None: no cands
@@ -358,11 +446,12 @@ class Linker:
                     candidates=cands,
                     nil=nil,
                     nil_threshold=self.nil_threshold,
-                    shortlist_size=len(sl),
+                    shortlist_size=len(sl.rows),
                     timings_ms={
-                        "encode": round((t1 - t0) * 1000 / n, 3),
-                        "retrieve": round((t2 - t1) * 1000 / n, 3),
-                        "rerank": round((t3 - ts) * 1000, 3),
+                        # the batch's times per query
+                        "encode": round((t_valid + sec["encode"]) * 1000 / n, 3),
+                        "retrieve": round(sec["retrieve"] * 1000 / n, 3),
+                        "rerank": round((sec["rerank"] / n + t3 - ts) * 1000, 3),
                         "explain": round((t4 - t3) * 1000, 3),
                     },
                     scoring=self.scoring,
@@ -443,7 +532,8 @@ class Linker:
     # -- evaluation helpers --------------------------------------------------------------------------
     @torch.no_grad()
     def exhaustive_scores(self, sentence, mention, image=None, chunk: int = 8192) -> torch.Tensor:
-        """S of this query against every entity of the index, in index order (for checks/benchmarks)."""
+        """MIMIC's S of this query against every entity of the index, in index order (for checks and
+        benchmarks; a lexical unit, which scores only the shortlist, is not applied)."""
         q = self._query(sentence, mention, image)
         mc, *_ = self._encode([q])
         parts = []
