@@ -28,7 +28,8 @@ def build(ctx: AppContext, shared: Shared) -> None:
 
     def api_link(image: str | None, sentence: str, mention: str) -> dict:
         """Link a mention. image: optional image file; sentence: the text; mention: the mention string
-        (it must occur in the sentence). Returns the ranked candidates with S, S_T, S_V, S_C, margin."""
+        (it must occur in the sentence). Returns the ranked candidates with S, S_T, S_V, S_C, S_L
+        (the lexical unit's score; null when the served model has none) and margin."""
         try:
             r = link_tab.link(ctx, image, sentence, mention)
         except UserError as exc:

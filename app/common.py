@@ -33,7 +33,8 @@ class _Visibility(TypedDict):
 
 PRIVATE: _Visibility = {"api_visibility": "private"}
 
-CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "margin", "found by"]
+# S_L: the lexical unit's score (blank when the served model has none, see mimic.models.lexical_unit)
+CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "S_L", "margin", "found by"]
 DECISIONS = ("entity", "nil", "ambiguous")
 NIL, AMBIGUOUS = "__NIL__", "__AMBIGUOUS__"
 
@@ -180,6 +181,7 @@ def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
             rounded(c["S_T"]),
             rounded(c["S_V"]),
             rounded(c["S_C"]),
+            rounded(c.get("S_L")),
             rounded(c["margin"]),
             ", ".join(c["retrievers"]),
         ]

@@ -14,7 +14,13 @@ from PIL import Image
 
 from mimic.serving.linker import Candidate, Explanation
 
-UNIT_LABELS = {"S_T": "S_T text (TGLU)", "S_V": "S_V image (VDLU)", "S_C": "S_C cross-modal (CMFU)", "S": "S (mean)"}
+UNIT_LABELS = {
+    "S_T": "S_T text (TGLU)",
+    "S_V": "S_V image (VDLU)",
+    "S_C": "S_C cross-modal (CMFU)",
+    "S_L": "S_L lexical",
+    "S": "S (fused)",
+}
 ZERO_SHOT_LABELS = {
     "S_T": "S_T text cosine",
     "S_V": "S_V image cosine",
@@ -42,6 +48,9 @@ def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
     get = (lambda k: c[k]) if isinstance(c, dict) else (lambda k: getattr(c, k))
     labels = ZERO_SHOT_LABELS if zero_shot else UNIT_LABELS
     keys = ["S_T", "S_V", "S_C", "S"]
+    s_l = c.get("S_L") if isinstance(c, dict) else getattr(c, "S_L", None)
+    if not zero_shot and s_l is not None:
+        keys.insert(3, "S_L")  # a model with a lexical unit: S = β·(S_T + S_V + S_C)/3 + S_L
     vals = [get(k) for k in keys]
     fig = go.Figure(
         go.Bar(
@@ -49,7 +58,7 @@ def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
             y=[v if v is not None else 0 for v in vals],
             text=[f"{v:.4f}" if v is not None else "n/a" for v in vals],
             textposition="outside",
-            marker_color=["#4C78A8", "#F58518", "#54A24B", "#333333"],
+            marker_color=["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#333333"][: len(keys) - 1] + ["#333333"],
             hovertemplate="%{x}: %{text}<extra></extra>",
         )
     )

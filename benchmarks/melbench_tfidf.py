@@ -25,6 +25,21 @@ from mimic.data.melbench import load_melbench
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 
 
+def tfidf_ranks(ds, mentions) -> list[int]:
+    """Full-KB ranks of `mentions` under the TF-IDF of the mention against entity names (fitted on the KB names)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
+    E = vec.fit_transform([e.name for e in ds.kb])
+    ranks: list[int] = []
+    for s in range(0, len(mentions), 512):
+        batch = mentions[s : s + 512]
+        S = torch.from_numpy((vec.transform([m.mention for m in batch]) @ E.T).toarray().astype(np.float32))
+        gold = torch.tensor([ds.kb.position(m.answer) for m in batch])
+        ranks += ranks_from_scores(S, gold).tolist()
+    return ranks
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT))
@@ -32,21 +47,11 @@ def main():
     a = ap.parse_args()
     if not Path(a.data).exists():
         sys.exit(f"MELBench file not found at {a.data}")
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     ds = load_melbench(a.data)
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
-    E = vec.fit_transform([e.name for e in ds.kb])
     out = {}
     for split in ("all", "dev", "test"):
         ms = [m for s in ds.splits.values() for m in s] if split == "all" else ds.split(split)
-        ranks = []
-        for s in range(0, len(ms), 512):
-            batch = ms[s : s + 512]
-            S = torch.from_numpy((vec.transform([m.mention for m in batch]) @ E.T).toarray().astype(np.float32))
-            gold = torch.tensor([ds.kb.position(m.answer) for m in batch])
-            ranks += ranks_from_scores(S, gold).tolist()
-        out[split] = metrics_from_ranks(ranks)
+        out[split] = metrics_from_ranks(tfidf_ranks(ds, ms))
         print(split, json.dumps({k: round(v, 4) for k, v in out[split].items()}), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))

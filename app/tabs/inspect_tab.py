@@ -74,7 +74,7 @@ def inspect_candidate(
         "mention": result["mention"],
         "entity_id": entity_id,
         "name": c["name"],
-        "scores": {k: c[k] for k in ("S", "S_T", "S_V", "S_C", "margin")},
+        "scores": {k: c.get(k) for k in ("S", "S_T", "S_V", "S_C", "S_L", "margin")},
         "scoring": result.get("scoring"),
         "map_kind": e.kind,
         "token_map_range": list(tv),

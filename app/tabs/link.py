@@ -53,8 +53,8 @@ def result_json(ctx: AppContext, result: LinkResult) -> dict:
     d = result.to_dict()
     for c in d["candidates"]:
         c.pop("explanation", None)
-        for k in ("S", "S_T", "S_V", "S_C", "margin"):
-            c[k] = rounded(c[k], 6)
+        for k in ("S", "S_T", "S_V", "S_C", "S_L", "margin"):
+            c[k] = rounded(c.get(k), 6)
         c["images"] = [public_path(p) for p in c.get("images") or []]
     model = ctx.service.describe()
     for k in ("checkpoint", "index"):
