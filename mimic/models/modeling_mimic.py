@@ -42,6 +42,10 @@ FIXED_MODE_DEVIATIONS = {
     "image_masking": "Items without an image are not encoded as a zero 'mean-colour' picture: VDLU "
     "scores of pairs lacking an image are replaced by one learned constant and those "
     "mentions leave L_V; CMFU's image context is zero for them (text-only fusion).",
+    "lexical_unit": "Optional extra unit S_L (mimic.models.lexical_unit): a learned score of pair "
+    "features (character n-gram TF-IDF, token overlaps, sentence context, retriever ranks) over the "
+    "served shortlist, fused as S = β·(S_T + S_V + S_C)/3 + S_L; the three units are unchanged. "
+    "Off in compat mode (a checkpoint's unit is not loaded there).",
 }
 
 
