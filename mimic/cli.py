@@ -67,6 +67,8 @@ def cmd_train(a):
     }
     if a.freeze_backbone:
         overrides["freeze_backbone"] = True
+    if a.lexical_unit:
+        overrides["lexical_unit"] = True
     if a.no_progress:
         overrides["progress"] = False
     cfg = (
@@ -412,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-fraction", type=float, help="low-resource setting: keep the first fraction")
     t.add_argument("--freeze-backbone", action="store_true", help="cache backbone features, train heads only")
     t.add_argument("--init-checkpoint", help="start from this checkpoint")
+    t.add_argument(
+        "--lexical-unit", action="store_true", help="then fit the lexical unit S_L (fixed mode): OUTPUT/fused"
+    )
     t.add_argument("--val-max-mentions", type=int)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -77,12 +77,30 @@ def test_shortlist_ranks_keep_retrieval_order_on_ties_and_count_misses():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, synthetic_dataset, tiny_clip_dir):
+def recipe(tmp_path_factory, synthetic_dataset, tiny_clip_dir):
+    """The one-command recipe: heads, then the lexical unit (`lexical_unit: true`) -> (run folder, summary)."""
     out = tmp_path_factory.mktemp("lexical_base")
     cfg = dict(backbone=str(tiny_clip_dir), freeze_backbone=True, lr=3e-3, epochs=3, batch_size=16)
-    cfg.update(progress=False, test_after=False, seed=0, adam_eps=1e-8, no_decay="standard", output=str(out))
-    train(TrainConfig(**cfg), synthetic_dataset)
-    return out / "best"
+    cfg.update(progress=False, test_after=True, seed=0, adam_eps=1e-8, no_decay="standard", output=str(out))
+    summary = train(TrainConfig(**cfg, lexical_unit=True), synthetic_dataset)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def base(recipe):
+    return recipe[0] / "best"
+
+
+def test_training_recipe_writes_a_fused_checkpoint_and_its_served_test_metrics(recipe, synthetic_dataset):
+    out, summary = recipe
+    lex = summary["lexical_unit"]
+    assert lex["checkpoint"] == str(out / "fused")
+    assert lex["test"]["strategy"] == "served" and lex["test"]["count"] == len(synthetic_dataset.split("test"))
+    model = load_checkpoint(out / "fused")
+    assert model.lexical_unit is not None
+    assert read_config(out / "fused")["base_checkpoint"] == str(out / "best")
+    assert (out / "fused-index" / "index.json").exists() and (out / "fused-work" / "shortlists_train.npz").exists()
+    assert json.loads((out / "summary.json").read_text())["lexical_unit"]["mimic_weight"] == lex["mimic_weight"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mimic.analysis.ranking import metrics_from_ranks
-from mimic.data.schema import Mention
+from mimic.data.schema import Dataset, Mention
 from mimic.models.lexical_unit import FEATURES, LexicalUnit, LexicalUnitConfig
 from mimic.serving.linker import Linker, LinkInputError
 
@@ -209,7 +209,7 @@ def fit_lexical_unit(train: ShortlistSet, dev: ShortlistSet, cfg: FitConfig | No
 
 def train_lexical_unit(
     checkpoint: str | Path,
-    data: str | Path,
+    data: str | Path | Dataset,
     output: str | Path,
     *,
     index: str | Path | None = None,
@@ -237,7 +237,7 @@ def train_lexical_unit(
     if model.config.mode != "fixed":
         raise ValueError("the lexical unit is a fixed-mode extension; this checkpoint is in compat mode")
     model.attach_lexical_unit(None)  # a unit already in the checkpoint is replaced, not stacked
-    ds = load_dataset(data)
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
     if (index / "index.json").exists():
         kb_index = KBIndex(index)
     else:
@@ -254,7 +254,8 @@ def train_lexical_unit(
             sets[split].save(f)
     t_collect = time.perf_counter() - t0 - t_index
     unit, report = fit_lexical_unit(sets["train"], sets["dev"], fit, log=log)
-    unit.config.trained_on = {"data": Path(data).name, "split": "train", "chosen_on": "dev", "shortlist": shortlist}
+    name = data.name if isinstance(data, Dataset) else Path(data).name
+    unit.config.trained_on = {"data": name, "split": "train", "chosen_on": "dev", "shortlist": shortlist}
     model.attach_lexical_unit(unit)
     base = read_config(checkpoint)
     report.update(

@@ -80,6 +80,9 @@ class TrainConfig(ConfigFile):
     grad_clip: float | None = None
     progress: bool = True
     test_after: bool = True
+    # fixed mode: after the heads, fit the lexical unit S_L on the served shortlist
+    # (mimic.training.lexical_unit_fit) and write OUTPUT/fused (+ OUTPUT/fused-index, fused-work)
+    lexical_unit: bool = False
 
 
 def set_seed(seed: int) -> None:
@@ -480,6 +483,21 @@ def _test_best(run: _Run, dataset: Dataset) -> dict:
     return test
 
 
+def _fit_lexical_unit(run: _Run, dataset: Dataset) -> dict:
+    """best/ + the lexical unit -> OUTPUT/fused; its served test metrics when `test_after`."""
+    from mimic.training.lexical_unit_fit import train_lexical_unit  # lazy: imports the serving stack
+
+    out = run.out_dir / "fused"
+    report = train_lexical_unit(run.best_dir, dataset, out, progress=run.cfg.progress, log=log.warning)
+    report.pop("epochs", None)
+    if run.cfg.test_after and dataset.splits.get("test"):
+        fused = load_checkpoint(out, run.device, backbone=run.model.backbone if run.cfg.freeze_backbone else None)
+        res = evaluate(fused, run.kb, dataset.split("test"))
+        report["test"] = {k: v for k, v in res.items() if k != "ranks"}
+    report["checkpoint"] = str(out)
+    return report
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     """Train a model on `dataset` (in memory) or, when None, on the dataset at cfg.data; returns a
     summary dict (best dev metrics, test metrics, paths, timings)."""
@@ -526,6 +544,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         save_checkpoint(model, run.best_dir, backbone_trained=not cfg.freeze_backbone, metrics={"history": run.history})
     if run.is_main and cfg.test_after and dataset.splits.get("test") and (run.best_dir / "config.json").exists():
         summary["test"] = _test_best(run, dataset)
+    if run.is_main and cfg.lexical_unit and (run.best_dir / "config.json").exists():
+        summary["lexical_unit"] = _fit_lexical_unit(run, dataset)
     if run.is_main:
         write_json_atomic(out_dir / "summary.json", summary)
     if world > 1:
