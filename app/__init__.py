@@ -16,7 +16,10 @@ def build_app(config: AppConfig | None = None, *, progress: bool = True, model=N
     -> (demo, launch_kwargs, ctx)."""
     # Here, not at the top: Gradio (13.8 s to import, measured on the shared 2-core machine) loads
     # only when the UI is built, so `import app` stays light and app/launch.py sets Gradio's
-    # environment before it loads.
+    # environment before it loads; and without writing its type stubs (app/startup.py).
+    from .startup import skip_gradio_stub_files
+
+    skip_gradio_stub_files()
     from .ui import build_ui
 
     ctx = AppContext.start(config or AppConfig.from_env(), progress=progress, model=model)

@@ -113,6 +113,19 @@ def test_users_keep_hashes_never_plaintext(tmp_path):
         AppConfig.from_env({"MIMIC_USERS": "eve:$argon2id$v=19$broken"})
 
 
+def test_unknown_names_cost_the_same_argon2_work():
+    """The dummy hash verified for unknown names (a constant since it cost 0.23 CPU-seconds of every
+    start) has the parameters of a real hash, so an unknown name takes as long as a known one."""
+    from argon2 import extract_parameters
+
+    from app import auth
+
+    p = extract_parameters(auth._DUMMY_HASH)
+    h = auth._HASHER
+    assert (p.type, p.time_cost, p.memory_cost, p.parallelism) == (h.type, h.time_cost, h.memory_cost, h.parallelism)
+    assert auth.verify_password(None, "\x00dummy\x00") is False  # never a sign-in, even with its password
+
+
 def test_settings_are_checked():
     cfg = AppConfig.from_env({"MIMIC_SESSION_HOURS": "0.5", "MIMIC_LOGIN_MAX_FAILURES": "3"})
     assert cfg.auth_settings.session_seconds == 1800 and cfg.auth_settings.max_failures == 3

@@ -1,6 +1,32 @@
 """Security findings of issue 18 (and finding 3), reproduced: KB files naming files outside their
 folder, planted paths in an existing database, what `/gradio_api/file=` serves, Link with a bad
-entity image, and roles on KB edit/import, retraining and serving."""
+entity image, and roles on KB edit/import (handler, raw queue call), retraining and serving.
+
+Every finding of the issue and where its test lives (each fails on a build without its fix):
+
+1. a KB file reads any server file: test_kb_import_refuses_images_outside_the_kb_folder,
+   test_csv_and_official_kb_files_are_confined_too, test_migration_drops_and_flags_planted_image_paths,
+   test_store_never_follows_a_planted_path, test_an_old_database_gets_its_demo_images_back_after_the_repair
+2. planted paths served (database, WAL, journal, sources, files under /tmp):
+   test_file_route_serves_only_images_and_assets, test_planted_paths_never_reach_a_component
+3. a planted entity breaks Link: test_link_answers_with_a_planted_entity_in_the_top_10
+4. KB edit and import need no role: test_annotators_cannot_edit_or_import_the_kb (handlers),
+   test_raw_queue_call_to_the_private_kb_event_is_refused_for_annotators,
+   test_raw_queue_kb_import_is_refused_for_annotators (raw queue calls), test_kb_edit_is_not_an_api_endpoint
+   (the API), test_retrain_and_serve_need_an_admin, test_kb_roles_are_configurable
+5. KB import in the write queue, upload size, memory, search size: tests/test_kb_jobs.py
+6. export folders left behind: tests/test_app_export.py; sign-in rate limit and session expiry,
+   server paths in the header, /link results and errors: tests/test_auth.py; CSV formula cells:
+   tests/test_db_export.py::test_csv_export_neutralises_formula_cells_unless_raw; server paths in
+   CSV exports: tests/test_db_export.py::test_link_exports_name_images_relatively_never_by_server_path;
+   nested JSON, huge CSV fields, lone surrogates, BOM, UTF-16, binary files:
+   tests/test_kb_files_malformed.py, tests/test_db_mentions_malformed.py;
+   `python -m db import-kb`: tests/test_db_import_kb_cli.py
+7. `link --batch` stops at the first bad line: tests/test_linker.py::test_cli_batch_keeps_the_good_lines
+8. no request id on /annotate: tests/test_app_api.py::test_annotate_endpoint_request_id_makes_a_retry_safe;
+   SIGKILL under load (0 lost, 0 duplicated, journal = database) and restart to serving:
+   tests/test_faults.py
+"""
 
 from __future__ import annotations
 
@@ -43,6 +69,14 @@ def _secret_bytes() -> list[bytes]:
         if chunk:
             out.append(chunk)
     return out
+
+
+@pytest.fixture
+def tmp_secret():
+    """A valid image under the temp folder, outside DATA_DIR (the probe got files under /tmp back)."""
+    p = _png(Path(tempfile.gettempdir()) / f"mimic-secret-{uuid.uuid4().hex[:8]}.png", 9)
+    yield p
+    p.unlink(missing_ok=True)
 
 
 def _export_bytes(ctx) -> bytes:
@@ -180,7 +214,7 @@ def _login(studio, user: str):
     return s
 
 
-def test_file_route_serves_only_images_and_assets(studio):
+def test_file_route_serves_only_images_and_assets(studio, tmp_secret):
     ctx = studio.ctx
     s = _login(studio, "ana")
     st = ctx.store.settings
@@ -190,6 +224,7 @@ def test_file_route_serves_only_images_and_assets(studio):
         st.journal_path,
         REPO / "app" / "common.py",
         REPO / "db" / "store.py",
+        tmp_secret,
         PASSWD,
     ]
     for p in refused:
@@ -203,16 +238,17 @@ def test_file_route_serves_only_images_and_assets(studio):
     from gradio.utils import is_allowed_file
 
     demo = studio.demo
-    for p in refused[:-1]:
+    for p in refused[:-2]:
         ok, why = is_allowed_file(
             Path(p).resolve(), demo.blocked_paths, demo.allowed_paths + [os.getcwd(), tempfile.gettempdir()], []
         )
         assert not ok and why == "in_blocklist", p
 
 
-def test_planted_paths_never_reach_a_component(studio):
+def test_planted_paths_never_reach_a_component(studio, tmp_secret):
     ctx = studio.ctx
     assert resolve_image(str(PASSWD), ctx.config.data_dir) is None
+    assert resolve_image(str(tmp_secret), ctx.config.data_dir) is None
     assert resolve_image("../annotations.db", ctx.config.data_dir) is None
     assert resolve_image(str(ctx.store.settings.sqlite_path), ctx.config.data_dir) is None
     assert resolve_image(str(REPO / "app" / "ui.py"), ctx.config.data_dir) is None
@@ -220,18 +256,19 @@ def test_planted_paths_never_reach_a_component(studio):
 
 
 # -- finding 3: a bad entity image does not break Link -------------------------------------------------
-def test_link_answers_with_a_planted_entity_in_the_top_10(studio):
+def test_link_answers_with_a_planted_entity_in_the_top_10(studio, tmp_secret):
     from app.common import candidate_gallery as _gallery
 
     ctx = studio.ctx
-    _plant(ctx.store.engine, "Q_PLANT", [str(PASSWD), str(ctx.store.settings.sqlite_path)], name="Zqxplanted")
+    secret = str(tmp_secret)  # a valid image: before the fix the gallery showed it
+    _plant(ctx.store.engine, "Q_PLANT", [secret, str(PASSWD), str(ctx.store.settings.sqlite_path)], name="Zqxplanted")
     with ctx.kb_lock:
         ctx.service.sync_kb(knowledge_base(ctx.store, ctx.config.data_dir))
     r = link_tab.link(ctx, str(ASSET_IMAGE), "We met Zqxplanted near Chelsea.", "Zqxplanted")
     d = r.to_dict()
     assert d["candidates"][0]["entity_id"] == "Q_PLANT" and d["candidates"][0]["images"] == []
     gal = _gallery(ctx, d["candidates"])
-    assert gal and all(str(PASSWD) not in g[0] and "annotations.db" not in g[0] for g in gal)
+    assert gal and all(str(PASSWD) not in g[0] and "annotations.db" not in g[0] and g[0] != secret for g in gal)
     view = inspect_tab.inspect_candidate(ctx, d, str(ASSET_IMAGE), "Q_PLANT")
     assert view.entity_overlay is None
     assert kb_tab.entity_images(ctx, ctx.store.get_entity("Q_PLANT")) == []
@@ -284,16 +321,61 @@ def _queue_call(session, studio, fn_index: int, data: list) -> list[dict]:
     return msgs
 
 
+def _fn_index(studio, name: str) -> int:
+    return next(i for i, f in studio.demo.fns.items() if getattr(f, "name", "") == name)
+
+
+def _completed(msgs: list[dict]) -> dict:
+    done = [m for m in msgs if m.get("msg") == "process_completed"]
+    assert done and done[-1].get("success"), msgs  # the call itself went through: the handler answered
+    return done[-1]
+
+
 def test_raw_queue_call_to_the_private_kb_event_is_refused_for_annotators(studio):
     ctx = studio.ctx
-    fn_index = next(i for i, f in studio.demo.fns.items() if getattr(f, "name", "") == "kb_save")
-    data = ["R_RAW", "raw by ana", "", "", None, True]
-    _queue_call(_login(studio, "ana"), studio, fn_index, data)
+    fn_index = _fn_index(studio, "kb_save")
+    out = _completed(_queue_call(_login(studio, "ana"), studio, fn_index, ["R_RAW", "raw by ana", "", "", None, True]))
+    assert "needs the role" in json.dumps(out["output"])
     with pytest.raises(NotFound):
         ctx.store.get_entity("R_RAW")
-    msgs = _queue_call(_login(studio, "rev"), studio, fn_index, ["R_RAW", "raw by rev", "", "", None, True])
-    if any(m.get("msg") == "process_completed" and m.get("success") for m in msgs):
-        assert ctx.store.get_entity("R_RAW").name == "raw by rev"  # the same event, a reviewer
+    # the same event and data from a reviewer is stored: the refusal above is the role check, not a bad call
+    _completed(_queue_call(_login(studio, "rev"), studio, fn_index, ["R_RAW", "raw by rev", "", "", None, True]))
+    assert ctx.store.get_entity("R_RAW").name == "raw by rev"
+
+
+def _upload(session, studio, path: Path) -> dict:
+    with path.open("rb") as f:
+        r = session.post(studio.url + "gradio_api/upload", files={"files": (path.name, f)})
+    assert r.status_code == 200, r.text
+    return {"path": r.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_raw_queue_kb_import_is_refused_for_annotators(studio, tmp_path):
+    """The KB tab's import event, called on the queue as the browser would (upload, then the event):
+    an annotator's call starts no job and stores nothing; a reviewer's same call imports."""
+    ctx = studio.ctx
+    kb = tmp_path / "raw.jsonl"
+    kb.write_text(json.dumps({"id": "R_IMP", "name": "raw import"}) + "\n", encoding="utf-8")
+    fn_index = _fn_index(studio, "import_file")
+    jobs_before = len(ctx.jobs.running("kb_import"))
+    ana = _login(studio, "ana")
+    out = _completed(_queue_call(ana, studio, fn_index, [_upload(ana, studio, kb)]))
+    assert "needs the role" in json.dumps(out["output"])
+    assert len(ctx.jobs.running("kb_import")) == jobs_before
+    with pytest.raises(NotFound):
+        ctx.store.get_entity("R_IMP")
+    rev = _login(studio, "rev")
+    out = _completed(_queue_call(rev, studio, fn_index, [_upload(rev, studio, kb)]))
+    assert "Import started" in json.dumps(out["output"])
+    deadline = time.time() + 120  # the job runs in the background
+    while time.time() < deadline:
+        try:
+            assert ctx.store.get_entity("R_IMP").name == "raw import"
+            break
+        except NotFound:
+            time.sleep(0.2)
+    else:
+        pytest.fail("the reviewer's import never stored R_IMP")
 
 
 def test_retrain_and_serve_need_an_admin(studio):
