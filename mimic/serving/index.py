@@ -176,7 +176,9 @@ class LexicalIndex:
         # Names of one entity are contiguous and every entity has one: reduceat gives the best per entity.
         self.starts = np.searchsorted(self.owner, np.arange(len(entities)))
         self.vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=True)
-        self.matrix = self.vec.fit_transform(names).T.tocsr().astype(np.float32)  # [features, names]
+        by_name = self.vec.fit_transform(names).astype(np.float32).tocsr()  # [names, features]
+        self.matrix = by_name.T.tocsr()  # [features, names]: search multiplies queries by it
+        self.by_name = by_name  # similarity() slices names out of it
         self.n = len(entities)
 
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,17 +198,30 @@ class LexicalIndex:
         """Cosine of texts[i] with each entity of rows[i] (its best name or alias) -> list of [len(rows[i])]."""
         q = self.vec.transform(texts).astype(np.float32).tocsr()
         ends = np.append(self.starts[1:], len(self.owner))
-        out = []
-        for i, rr in enumerate(rows):
-            rr = np.asarray(rr, dtype=np.int64)
-            if not len(rr):
-                out.append(np.zeros(0, np.float32))
-                continue
-            counts = ends[rr] - self.starts[rr]
-            cols = np.concatenate([np.arange(a, b) for a, b in zip(self.starts[rr], ends[rr])])
-            sims = (q[i] @ self.matrix[:, cols]).toarray().ravel()
-            out.append(np.maximum.reduceat(sims, np.concatenate([[0], np.cumsum(counts)[:-1]])).astype(np.float32))
+        rows = [np.asarray(rr, dtype=np.int64) for rr in rows]
+        per_entity = [ends[rr] - self.starts[rr] for rr in rows]  # names of each candidate
+        cols = [np.repeat(self.starts[rr], c) + _ranges(c) for rr, c in zip(rows, per_entity)]
+        owner_query = np.repeat(np.arange(len(rows)), [len(c) for c in cols])
+        all_cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        # every (query, candidate name) pair at once: row slices of CSR are cheap, a product per pair
+        sims = np.asarray(self.by_name[all_cols].multiply(q[owner_query]).sum(1)).ravel()
+        out, at = [], 0
+        for c in per_entity:
+            n = int(c.sum())
+            part = sims[at : at + n]
+            at += n
+            starts = np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64)
+            out.append(np.maximum.reduceat(part, starts).astype(np.float32) if len(c) else np.zeros(0, np.float32))
         return out
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[2, 1, 3] -> [0, 1, 0, 0, 1, 2]."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if not len(counts):
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - offsets
 
 
 # ------------------------------------------------------------------------------------------------
