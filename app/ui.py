@@ -128,8 +128,9 @@ def _wire_across_tabs(
     link_tab.inspect_button.click(
         go_inspect, shared.link_state, [shared.tabs, shared.candidate_picker], **PRIVATE
     ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
-    # a new link takes the earlier link's figures out of Inspect at once (opening the tab draws the new)
-    link_tab.link_event.then(inspect.stale, None, inspect.show_outputs, show_progress="hidden", **PRIVATE)
+    # a new link takes the earlier link's figures out of Inspect at once (opening the tab draws the
+    # new); in the inference queue, so that it runs before any Inspect view asked for after the link
+    link_tab.link_event.then(inspect.stale, None, inspect.show_outputs, show_progress="hidden", **inference, **PRIVATE)
     # do_link's outputs less the "saved" note, then the tab switch and the Link inputs
     analysis_tab.table.select(
         open_in_inspect,
