@@ -93,15 +93,15 @@ def main(argv=None) -> dict:
     # the commonest and a rare word of the descriptions, and a name to search by prefix / inside
     vocab = _words(np.random.default_rng(0), 5000)
     sample = store.get_entity(f"S{a.entities // 3:07d}")
-    # the word whose expected number of descriptions is closest to RANK_MAX (ranked: the costliest)
+    # the word whose expected number of descriptions is just under RANK_MAX (ranked: the costliest)
     p = 1.0 / np.arange(1, len(vocab) + 1)
     p /= p.sum()
     expected = a.entities * (1 - (1 - p) ** 26)
-    near_cap = vocab[int(np.argmin(np.abs(expected - RANK_MAX)))]
+    near_cap = vocab[int(np.argmin(np.abs(expected - 0.9 * RANK_MAX)))]  # just under the cap: ranked
     queries = {
         "phrase in one description ('fastest land animal')": "fastest land animal",
         "commonest description word": vocab[0],
-        f"a word in about {RANK_MAX:,} descriptions (ranked)": near_cap,
+        f"a word in about {int(0.9 * RANK_MAX):,} descriptions (ranked)": near_cap,
         "rare description word": vocab[-1],
         "two description words": f"{vocab[3]} {vocab[40]}",
         "name prefix": sample.name.split()[0][:4],

@@ -22,13 +22,10 @@ from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
 _MAX_TEXT = 200_000
 # The note migration 0002 leaves on the version that dropped an entity's outside image paths.
 DROPPED_IMAGES = "security: dropped image paths outside DATA_DIR/images"
-# Full-text search (migration 0003): the SQLite FTS5 table, and PostgreSQL's tsvector expression,
-# spelled exactly as its GIN index ix_kb_entities_fulltext is (the planner matches the expression).
+# Full-text search (migration 0003): the SQLite FTS5 table; on PostgreSQL the stored generated
+# tsvector column, with the GIN index ix_kb_entities_fulltext. Neither is in the models.
 FTS_TABLE = "kb_entities_fts"
-PG_SEARCH_VECTOR = (
-    "(setweight(to_tsvector('english'::regconfig, coalesce(search_text, '')), 'A') || "
-    "setweight(to_tsvector('english'::regconfig, coalesce(text, '')), 'B'))"
-)
+PG_SEARCH_VECTOR = "search_vector"
 _MAX_WORDS = 32  # words of a query that count (a pasted paragraph is not a search)
 RANK_MAX = 10_000  # word matches ranked by relevance up to this many; beyond, in KB order
 
@@ -450,7 +447,7 @@ class KbMixin(StoreBase):
             )
             return list(s.scalars(text(sql), match | {"n": n}))
         if full_text == "postgresql":
-            matched = f"{PG_SEARCH_VECTOR} @@ plainto_tsquery('english'::regconfig, :q)"  # the GIN index
+            matched = f"{PG_SEARCH_VECTOR} @@ plainto_tsquery('english'::regconfig, :q)"  # served by the GIN index
             hits = s.execute(
                 text(f"SELECT count(*) FROM (SELECT 1 FROM kb_entities WHERE {matched} LIMIT :cap) AS x"),
                 {"q": q} | cap,

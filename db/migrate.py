@@ -12,8 +12,9 @@ from sqlalchemy import Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # What migration 0003 adds outside the models (full-text search): SQLite's FTS5 table with its
-# shadow tables, PostgreSQL's GIN index. Schema comparisons leave them out (`include_name`).
-SEARCH_OBJECTS = ("kb_entities_fts", "ix_kb_entities_fulltext")
+# shadow tables, PostgreSQL's generated tsvector column and its GIN index. Schema comparisons
+# leave them out (`include_name`).
+SEARCH_OBJECTS = ("kb_entities_fts", "ix_kb_entities_fulltext", "search_vector")
 
 
 def include_name(name: str | None, type_: str, parent_names) -> bool:

@@ -124,6 +124,14 @@ def test_full_text_search_over_descriptions(store):
     assert store.search_entities("vehicles") == []
     page = store.search_entities("land", limit=1, offset=1, text_chars=8)
     assert len(page) == 1 and page[0].text.endswith("…")
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from db.migrate import include_name
+    from db.models import Base
+
     with store.engine.connect() as c:
         names = c.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'kb_entities'").scalars().all()
-    assert "ix_kb_entities_fulltext" in names
+        assert "ix_kb_entities_fulltext" in names
+        # the migrations build the models' schema, plus the search objects the comparison leaves out
+        assert compare_metadata(MigrationContext.configure(c, opts={"include_name": include_name}), Base.metadata) == []

@@ -15,9 +15,11 @@ and ids. What indexes the words depends on the database:
   rowid: a manual VACUUM may renumber those of a table without an INTEGER PRIMARY KEY, so after one
   run `AnnotationStore.rebuild_search_index()` (`python -m db rebuild-search`). A SQLite built
   without FTS5 gets nothing here and the search falls back to a substring match on the description.
-- PostgreSQL: a GIN index on the same two columns as an English `tsvector` (names and aliases
-  weighted A, the description B); the search's `@@ plainto_tsquery` uses that very expression, so
-  the index serves it. The expression is spelled here and in db/kb.py (`PG_SEARCH_VECTOR`).
+- PostgreSQL (12 or later): a stored generated column `search_vector`, the same two columns as an
+  English `tsvector` (names and aliases weighted A, the description B), kept by the server itself,
+  and a GIN index on it; the search matches it with `plainto_tsquery` and ranks with `ts_rank` on
+  the stored vector (no per-row re-parsing). The column is not in the models (db/migrate.py
+  `include_name` leaves it out of schema comparisons); the ORM and Core writes never name it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ depends_on = None
 
 FTS = "kb_entities_fts"
 PG_SEARCH_VECTOR = (
-    "(setweight(to_tsvector('english'::regconfig, coalesce(search_text, '')), 'A') || "
-    "setweight(to_tsvector('english'::regconfig, coalesce(text, '')), 'B'))"
+    "setweight(to_tsvector('english'::regconfig, coalesce(search_text, '')), 'A') || "
+    "setweight(to_tsvector('english'::regconfig, coalesce(text, '')), 'B')"
 )
 
 SQLITE_DDL = [
@@ -64,7 +66,10 @@ def upgrade() -> None:
         for statement in SQLITE_DDL:
             op.execute(statement)
     elif dialect == "postgresql":
-        op.execute(f"CREATE INDEX ix_kb_entities_fulltext ON kb_entities USING gin ({PG_SEARCH_VECTOR})")
+        op.execute(
+            f"ALTER TABLE kb_entities ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ({PG_SEARCH_VECTOR}) STORED"
+        )
+        op.execute("CREATE INDEX ix_kb_entities_fulltext ON kb_entities USING gin (search_vector)")
 
 
 def downgrade() -> None:
@@ -75,3 +80,4 @@ def downgrade() -> None:
         op.execute(f"DROP TABLE IF EXISTS {FTS}")
     elif dialect == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_kb_entities_fulltext")
+        op.execute("ALTER TABLE kb_entities DROP COLUMN IF EXISTS search_vector")
