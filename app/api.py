@@ -63,8 +63,10 @@ def build(ctx: AppContext, shared: Shared) -> None:
 
     def api_export(fmt: str, request: gr.Request) -> str:
         """Export the current decisions: jsonl | csv | training (zip of the training layout) | jsonl.zip |
-        csv.zip (the JSONL / CSV with the mention images it names). Images are named by relative
-        paths (mention_image/...); CSV cells that a spreadsheet would run as formulas start with "'"."""
+        csv.zip (the JSONL / CSV with the mention images it names) | label-studio (zip: Label Studio
+        tasks, one per mention with every annotator's decision, the labeling config, the images).
+        Images are named by relative paths; CSV cells that a spreadsheet would run as formulas start
+        with "'"."""
         try:
             return models_tab.export(ctx, fmt, username_of(request))
         except UserError as exc:

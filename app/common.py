@@ -167,6 +167,17 @@ def header_markdown(ctx: AppContext) -> str:
     return "\n\n".join(parts)
 
 
+HEADER_SECONDS = 2.0  # how often an open page re-reads the header (model version, entity count)
+
+
+def header_update(ctx: AppContext, shown: str | None):
+    """The header's refresh (a timer every HEADER_SECONDS): the new text when something in it
+    changed (another session's KB edit or import, a new model version), else no update at all, so
+    a tick costs one cheap count and sends nothing."""
+    now = header_markdown(ctx)
+    return gr.update() if now == shown else now
+
+
 # -- the candidate list (Link and Annotate) --------------------------------------------------------
 def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
     if result is None:
@@ -188,6 +199,36 @@ def candidates_table(result: LinkResult | dict | None) -> pd.DataFrame:
         for c in cands
     ]
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+
+
+# Columns a model (or a stored prediction) may leave empty for every candidate, and why. A list that
+# has such a column hides it and says why beneath the table (`candidates_view`).
+EMPTY_COLUMN_REASONS = {
+    "S_T": "S_T (text): not computed for this list",
+    "S_V": "S_V (image): the mention or the candidates have no image",
+    "S_C": "S_C (cross-modal): not computed by this model or backbone (zero-shot, only a CLIP backbone has "
+    "a joint text–image space)",
+    "S_L": "S_L (lexical): the served model has no lexical unit",
+    "margin": "margin: a single candidate",
+    "found by": "found by: the retrievers that found a candidate are not kept with a stored prediction",
+}
+
+
+def candidates_view(result: LinkResult | dict | None) -> tuple[pd.DataFrame, str]:
+    """The candidate table without the columns that are empty for every candidate, and a one-line
+    note beneath it naming them and why ("" when nothing is hidden or there are no candidates)."""
+    df = candidates_table(result)
+    if df.empty:
+        return df, ""
+    empty = [
+        c
+        for c in EMPTY_COLUMN_REASONS
+        if df[c].isna().all() or (c == "found by" and (df[c].fillna("").astype(str).str.strip() == "").all())
+    ]
+    if not empty:
+        return df, ""
+    note = "_Not shown, empty for every candidate:_ " + "; ".join(EMPTY_COLUMN_REASONS[c] for c in empty) + "."
+    return df.drop(columns=empty), note
 
 
 def choice_value(decision: str, entity_id: str | None = None) -> str:

@@ -44,14 +44,33 @@ _INFERNO = np.array(
 )
 
 
-def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
-    get = (lambda k: c[k]) if isinstance(c, dict) else (lambda k: getattr(c, k))
-    labels = ZERO_SHOT_LABELS if zero_shot else UNIT_LABELS
-    keys = ["S_T", "S_V", "S_C", "S"]
+def _unit_keys(c: Candidate | dict, zero_shot: bool) -> list[str]:
     s_l = c.get("S_L") if isinstance(c, dict) else getattr(c, "S_L", None)
     if not zero_shot and s_l is not None:
-        keys.insert(3, "S_L")  # a model with a lexical unit: S = β·(S_T + S_V + S_C)/3 + S_L
-    vals = [get(k) for k in keys]
+        return ["S_T", "S_V", "S_C", "S_L", "S"]  # a model with a lexical unit: S = β·(S_T + S_V + S_C)/3 + S_L
+    return ["S_T", "S_V", "S_C", "S"]
+
+
+def _score(c: Candidate | dict, k: str):
+    return c.get(k) if isinstance(c, dict) else getattr(c, k, None)
+
+
+def unit_range(cands, zero_shot: bool) -> tuple[float, float]:
+    """One y-range for the unit-score bars of every candidate of a result: from the lowest to the
+    highest unit score or S of all of them (always including 0), with room for the value labels.
+    Bars drawn on it compare across candidates (S = 0.2 is a fifth of the height of S = 1.0)."""
+    vals = [v for c in cands for k in _unit_keys(c, zero_shot) if (v := _score(c, k)) is not None]
+    lo, hi = min([0.0, *vals]), max([0.0, *vals])
+    pad = 0.15 * ((hi - lo) or 1.0)
+    return lo - (pad if lo < 0 else 0), hi + pad
+
+
+def unit_bars(c: Candidate | dict, zero_shot: bool, y_range: tuple[float, float] | None = None) -> go.Figure:
+    """The unit scores and S of one candidate as bars, on `y_range` (pass `unit_range` of all the
+    result's candidates so that every candidate is drawn on the same axis; default: this one's)."""
+    labels = ZERO_SHOT_LABELS if zero_shot else UNIT_LABELS
+    keys = _unit_keys(c, zero_shot)
+    vals = [_score(c, k) for k in keys]
     fig = go.Figure(
         go.Bar(
             x=[labels[k] for k in keys],
@@ -62,17 +81,13 @@ def unit_bars(c: Candidate | dict, zero_shot: bool) -> go.Figure:
             hovertemplate="%{x}: %{text}<extra></extra>",
         )
     )
-    name = get("name")
     fig.update_layout(
-        title=f"Unit scores: {name} ({get('entity_id')})",
+        title=f"Unit scores: {_score(c, 'name')} ({_score(c, 'entity_id')})",
         height=320,
         margin=dict(l=40, r=20, t=50, b=40),
-        yaxis_title="cosine" if zero_shot else "raw unit score",
+        yaxis_title=("cosine" if zero_shot else "raw unit score") + " (one axis for all candidates)",
     )
-    present = [v for v in vals if v is not None] or [0.0]
-    lo, hi = min(0.0, min(present)), max(0.0, max(present))
-    pad = 0.15 * ((hi - lo) or 1.0)
-    fig.update_yaxes(range=[lo - (pad if lo < 0 else 0), hi + pad])  # room for the value labels
+    fig.update_yaxes(range=list(y_range or unit_range([c], zero_shot)), autorange=False)
     return fig
 
 

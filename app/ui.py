@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import api
-from .common import PRIVATE, Shared, add_private_root, header_markdown, username_of
+from .common import HEADER_SECONDS, PRIVATE, Shared, add_private_root, header_markdown, header_update, username_of
 from .context import AppContext, browser_paths
 from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models
 
@@ -111,10 +111,10 @@ def _wire_across_tabs(
         try:
             mid = str(table.iloc[row]["mention_id"])
         except Exception:
-            return (gr.update(),) * 11
+            return (gr.update(),) * 12
         m = analysis.analysis_mention(ctx, path, mid)
         if m is None:
-            return (gr.update(),) * 11
+            return (gr.update(),) * 12
         span = [m["start"], m["end"]] if m["start"] is not None else None
         out = link_tab.do_link(m["image"], m["sentence"], m["mention"], span)
         result = out[0]
@@ -123,19 +123,27 @@ def _wire_across_tabs(
             ids = [c["entity_id"] for c in result["candidates"]]
             target = m["gold"] if m["gold"] in ids else (ids[0] if ids else None)
         picker = gr.update(choices=out[7]["choices"] if isinstance(out[7], dict) else [], value=target)
-        return out[:7] + (picker, gr.Tabs(selected="inspect"), m["sentence"], m["mention"])
+        return out[:7] + (picker, out[9], gr.Tabs(selected="inspect"), m["sentence"], m["mention"])
 
     link_tab.inspect_button.click(
         go_inspect, shared.link_state, [shared.tabs, shared.candidate_picker], **PRIVATE
     ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
-    # do_link's outputs less the last (the "saved" note), then the tab switch and the Link inputs
+    # a new link takes the earlier link's figures out of Inspect at once (opening the tab draws the
+    # new); in the inference queue, so that it runs before any Inspect view asked for after the link
+    link_tab.link_event.then(inspect.stale, None, inspect.show_outputs, show_progress="hidden", **inference, **PRIVATE)
+    # do_link's outputs less the "saved" note, then the tab switch and the Link inputs
     analysis_tab.table.select(
         open_in_inspect,
         [analysis_tab.run, analysis_tab.table],
-        link_tab.link_outputs[:8] + [shared.tabs, link_tab.sentence, link_tab.mention],
+        link_tab.link_outputs[:8] + [link_tab.columns_note, shared.tabs, link_tab.sentence, link_tab.mention],
         **inference,
         **PRIVATE,
     ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
     shared.demo.load(on_load, [annotate_tab.position], [who] + annotate_tab.item_outputs, **PRIVATE)
-    header_timer = gr.Timer(15.0)
-    header_timer.tick(lambda: header_markdown(ctx), None, shared.header, **PRIVATE)
+    # the header is read at each page load and follows the store within HEADER_SECONDS (KB edits and
+    # imports of other sessions); a tick that finds nothing new sends nothing
+    shared.demo.load(lambda: header_markdown(ctx), None, shared.header, show_progress="hidden", **PRIVATE)
+    header_timer = gr.Timer(HEADER_SECONDS)
+    header_timer.tick(
+        lambda shown: header_update(ctx, shown), shared.header, shared.header, show_progress="hidden", **PRIVATE
+    )

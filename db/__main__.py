@@ -12,6 +12,10 @@ or --data-dir / --url).
                                 1 some rows rejected, 2 nothing could be read
   import-mentions FILE.jsonl    pre-annotated mentions with candidates
   export-links FILE [--csv]     accepted links as JSONL (or CSV)
+  export-label-studio FILE.zip  every mention's decisions as Label Studio tasks, with the labeling
+                                config and the images (db/export.py `export_label_studio`)
+  rebuild-search                re-index the KB's words for full-text search (SQLite FTS5; after a
+                                manual VACUUM, or to repair)
   export-training DIR           training set in the official MIMIC layout (`python -m mimic train --data DIR`)
 """
 
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-links")
     e.add_argument("file")
     e.add_argument("--csv", action="store_true")
+    ls = sub.add_parser("export-label-studio")
+    ls.add_argument("file")
+    sub.add_parser("rebuild-search")
     t = sub.add_parser("export-training")
     t.add_argument("dir")
     t.add_argument("--layout", choices=["official", "jsonl"], default="official")
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export-links":
             n = store.export_links_csv(args.file) if args.csv else store.export_links_jsonl(args.file)
             out = {"path": args.file, "links": n}
+        elif args.cmd == "export-label-studio":
+            out = {"path": args.file, "tasks": store.export_label_studio(args.file)}
+        elif args.cmd == "rebuild-search":
+            out = {"entities": store.rebuild_search_index(), "full_text": store.full_text_backend()}
         else:
             exp = store.export_training_set(args.dir, layout=args.layout, prefix=args.prefix, overwrite=args.overwrite)
             out = {k: v for k, v in exp.to_dict().items() if k != "annotation_ids"} | {

@@ -14,17 +14,23 @@ folder renamed into place).
 Link exports (JSONL / CSV / `export_links_zip`) name a mention image by a path relative to the
 export's folder, `mention_image/<sha256><ext>`, never by a server path; the zip holds those files.
 CSV cells a spreadsheet would run as formulas get a leading "'" unless raw_cells=True.
+
+`export_label_studio` writes the same decisions as Label Studio tasks (a zip: tasks.json, the
+labeling config, the images), one task per mention with every annotator's decision as an
+annotation and the model's ranking as a prediction; see its docstring and docs/store.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import secrets
 import shutil
 import tempfile
 import zipfile
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +43,7 @@ from mimic.data.schema import Mention as CoreMention
 
 from ._base import StoreBase
 from .errors import InvalidInput
-from .models import Image, Mention
+from .models import Image, KbEntity, Mention, ModelVersion, Prediction, PredictionCandidate
 from .records import TrainingExport
 from .reports import Resolution
 
@@ -68,6 +74,36 @@ LINK_COLUMNS = [
 
 
 MENTION_IMAGE_DIR = "mention_image"  # link exports name images relative to the export's folder
+# Label Studio tasks: the zip's folder, and the labeling config their results are written for. The
+# candidate entities are dynamic choices (`value="$candidates"`: each task lists its own).
+LABEL_STUDIO_DIR = "label-studio"
+LABEL_STUDIO_NIL, LABEL_STUDIO_AMBIGUOUS = "NIL", "AMBIGUOUS"
+LABEL_STUDIO_CONFIG = """<View>
+  <Header value="Link the marked mention to an entity of the knowledge base"/>
+  <Image name="image" value="$image"/>
+  <Labels name="mention" toName="text">
+    <Label value="Mention" background="orange"/>
+  </Labels>
+  <Text name="text" value="$text"/>
+  <Header value="Entity (NIL: not in the list; AMBIGUOUS: the context does not decide)"/>
+  <Choices name="entity" toName="text" choice="single" value="$candidates"/>
+  <TextArea name="comment" toName="text" placeholder="comment" maxSubmissions="1" editable="true"/>
+</View>
+"""
+LABEL_STUDIO_README = """# MIMIC Studio decisions as Label Studio tasks
+
+tasks.json          one task per mention: data (text, image, candidates, the decisions in plain form),
+                    annotations (one per annotator's current decision), predictions (the model's ranking)
+label_config.xml    the labeling config the results are written for (Text + Labels for the mention span,
+                    Choices over each task's own candidates, TextArea for a comment, Image)
+images/             the mention images, named by content (sha256)
+
+Import: create a project with label_config.xml as its labeling interface, then import tasks.json.
+The images are addressed as Label Studio local files (/data/local-files/?d=label-studio/images/...):
+put this folder under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, start Label Studio with
+LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and add a Local files storage for it; or rewrite
+data.image (data.image_file holds the path relative to this folder).
+"""
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
 
 
@@ -99,6 +135,12 @@ def _atomic_file(path: Path):
         os.replace(tmp, path)
 
     return tmp, commit
+
+
+def _html_choice(name: str | None, entity_id: str, description: str = "") -> str:
+    """A Label Studio choice's label: the name, the id and the start of the description, escaped."""
+    text = f"<b>{html.escape(name or entity_id)}</b> ({html.escape(entity_id)})"
+    return text + (f" {html.escape(description)}" if description else "")
 
 
 def split_of(uid: str, fractions: tuple[float, float, float], seed: str = "") -> str:
@@ -215,6 +257,169 @@ class ExportsMixin(StoreBase):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return n
+
+    def _latest_candidates(self, uids: list[str]) -> dict[str, tuple[str, list[dict]]]:
+        """mention uid -> (model version, ranked candidates {entity_id, name, text, s}) of its
+        newest prediction, for the mentions that have one."""
+
+        def fn(s) -> dict[str, tuple[str, list[dict]]]:
+            newest: dict[str, tuple[int, str]] = {}
+            for i in range(0, len(uids), 500):  # bounded IN lists (SQLite's variable limit)
+                for pid, uid, version in s.execute(
+                    select(Prediction.id, Mention.uid, ModelVersion.name)
+                    .join(Mention, Mention.id == Prediction.mention_id)
+                    .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+                    .where(Mention.uid.in_(uids[i : i + 500]))
+                ):
+                    if uid not in newest or pid > newest[uid][0]:
+                        newest[uid] = (pid, version)
+            by_pred: dict[int, list[dict]] = defaultdict(list)
+            pids = sorted(p for p, _ in newest.values())
+            for i in range(0, len(pids), 500):
+                for c, name, text in s.execute(
+                    select(PredictionCandidate, KbEntity.name, KbEntity.text)
+                    .join(KbEntity, KbEntity.id == PredictionCandidate.entity_id)
+                    .where(PredictionCandidate.prediction_id.in_(pids[i : i + 500]))
+                    .order_by(PredictionCandidate.prediction_id, PredictionCandidate.rank)
+                ):
+                    by_pred[c.prediction_id].append({"entity_id": c.entity_id, "name": name, "text": text, "s": c.s})
+            return {uid: (version, by_pred[pid]) for uid, (pid, version) in newest.items()}
+
+        return self.read_transaction(fn)
+
+    def label_studio_tasks(self, image_url: str = f"/data/local-files/?d={LABEL_STUDIO_DIR}/images/") -> list[dict]:
+        """Every mention with a current decision as a Label Studio task (the JSON import format), for
+        LABEL_STUDIO_CONFIG:
+
+        - data: text (the sentence), image (`image_url` + the image's content name; "" without an
+          image), image_file (images/<sha256><ext>, relative), mention, mention_uid, source, start,
+          end, candidates (the dynamic choices: the newest prediction's ranking, any entity an
+          annotator chose outside it, then NIL and AMBIGUOUS; each {"value": entity id, "html"}),
+          decisions (each annotator's decision in plain form: annotator, role, decision, entity_id,
+          comment, seconds_spent, created_at; in the order of `annotations`).
+        - annotations: one per current decision: the mention span (labels "Mention"), the choice
+          (the entity id, NIL or AMBIGUOUS), the comment when there is one; lead_time = seconds
+          spent, ground_truth = the annotator is a reviewer or admin.
+        - predictions: the newest prediction's top entity with its score and model_version."""
+        links = self.accepted_links()
+        by_mention: dict[str, list[dict]] = {}
+        for r in links:
+            by_mention.setdefault(r["mention_uid"], []).append(r)
+        cands = self._latest_candidates(list(by_mention))
+        tasks = []
+        for uid, rows in by_mention.items():
+            m = rows[0]
+            version, ranked = cands.get(uid, (None, []))
+            choices, seen = [], set()
+            for c in ranked:
+                if c["entity_id"] not in seen:
+                    seen.add(c["entity_id"])
+                    desc = (c["text"] or "")[:160]
+                    choices.append({"value": c["entity_id"], "html": _html_choice(c["name"], c["entity_id"], desc)})
+            for r in rows:
+                if r["decision"] == "entity" and r["entity_id"] not in seen:
+                    seen.add(r["entity_id"])
+                    choices.append({"value": r["entity_id"], "html": _html_choice(r["entity_name"], r["entity_id"])})
+            choices += [
+                {"value": LABEL_STUDIO_NIL, "html": "NIL: not in the list"},
+                {"value": LABEL_STUDIO_AMBIGUOUS, "html": "AMBIGUOUS: the context does not decide"},
+            ]
+            image_file = f"images/{Path(m['image']).name}" if m["image"] else None
+            span = {"start": m["start"], "end": m["end"], "text": m["sentence"][m["start"] : m["end"]]}
+            annotations = []
+            for r in rows:
+                value = {"entity": r["entity_id"], "nil": LABEL_STUDIO_NIL}.get(r["decision"], LABEL_STUDIO_AMBIGUOUS)
+                result = [
+                    {
+                        "id": "mention",
+                        "from_name": "mention",
+                        "to_name": "text",
+                        "type": "labels",
+                        "value": {**span, "labels": ["Mention"]},
+                    },
+                    {"from_name": "entity", "to_name": "text", "type": "choices", "value": {"choices": [value]}},
+                ]
+                if r["comment"]:
+                    result.append(
+                        {
+                            "from_name": "comment",
+                            "to_name": "text",
+                            "type": "textarea",
+                            "value": {"text": [r["comment"]]},
+                        }
+                    )
+                annotations.append(
+                    {
+                        "result": result,
+                        "was_cancelled": False,
+                        "ground_truth": r["role"] in ("reviewer", "admin"),
+                        "lead_time": r["seconds_spent"],
+                        "created_at": r["created_at"],
+                    }
+                )
+            predictions = []
+            if ranked:
+                top = ranked[0]
+                predictions.append(
+                    {
+                        "model_version": version,
+                        "score": top["s"],
+                        "result": [
+                            {
+                                "from_name": "entity",
+                                "to_name": "text",
+                                "type": "choices",
+                                "value": {"choices": [top["entity_id"]]},
+                            }
+                        ],
+                    }
+                )
+            data = {
+                "text": m["sentence"],
+                "image": f"{image_url}{Path(image_file).name}" if image_file else "",
+                "image_file": image_file,
+                "mention": m["mention"],
+                "mention_uid": uid,
+                "source": m["source"],
+                "start": m["start"],
+                "end": m["end"],
+                "candidates": choices,
+                "decisions": [
+                    {k: r[k] for k in ("annotator", "role", "decision", "entity_id", "comment", "seconds_spent")}
+                    | {"created_at": r["created_at"]}
+                    for r in rows
+                ],
+            }
+            tasks.append({"data": data, "annotations": annotations, "predictions": predictions, "_image": m["image"]})
+        return tasks
+
+    def export_label_studio(self, path: str | Path) -> int:
+        """A zip for Label Studio: label-studio/tasks.json (`label_studio_tasks`), label_config.xml,
+        README.md and images/ (the mention images the tasks name). Returns the number of tasks."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="mimic-export-", dir=path.parent))
+        try:
+            root = work / LABEL_STUDIO_DIR
+            (root / "images").mkdir(parents=True)
+            tasks = self.label_studio_tasks()
+            for t in tasks:
+                src = t.pop("_image")
+                dest = root / (t["data"]["image_file"] or "")
+                if src and not dest.exists() and os.path.isfile(src):
+                    shutil.copyfile(src, dest)
+            (root / "tasks.json").write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
+            (root / "label_config.xml").write_text(LABEL_STUDIO_CONFIG, encoding="utf-8")
+            (root / "README.md").write_text(LABEL_STUDIO_README, encoding="utf-8")
+            tmp, commit = _atomic_file(path)
+            try:
+                zip_folder(work, tmp)
+                commit()
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return len(tasks)
 
     def gold_mentions(self, *, nil: bool = True) -> list[GoldMention]:
         """Every mention with a gold label under `resolved` (the store's one rule), in mention order:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, func, insert, select, update
+from sqlalchemy import Row, case, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from mimic.data.schema import Entity, KnowledgeBase
@@ -21,6 +22,12 @@ from .records import AnnotatorRecord, EntityRecord, EntityVersionRecord
 _MAX_TEXT = 200_000
 # The note migration 0002 leaves on the version that dropped an entity's outside image paths.
 DROPPED_IMAGES = "security: dropped image paths outside DATA_DIR/images"
+# Full-text search (migration 0003): the SQLite FTS5 table; on PostgreSQL the stored generated
+# tsvector column, with the GIN index ix_kb_entities_fulltext. Neither is in the models.
+FTS_TABLE = "kb_entities_fts"
+PG_SEARCH_VECTOR = "search_vector"
+_MAX_WORDS = 32  # words of a query that count (a pasted paragraph is not a search)
+RANK_MAX = 10_000  # word matches ranked by relevance up to this many; beyond, in KB order
 
 
 def _annotator_record(a: Annotator | Row) -> AnnotatorRecord:
@@ -41,6 +48,8 @@ def _like_pattern(text: str) -> str:
 
 
 class KbMixin(StoreBase):
+    _fts_table: bool | None = None  # does migration 0003's FTS5 table exist? (asked once)
+
     # -- entity images: only by content ------------------------------------------------------
 
     def store_entity_images(
@@ -379,32 +388,113 @@ class KbMixin(StoreBase):
     def search_entities(
         self, query: str, limit: int = 20, *, offset: int = 0, text_chars: int | None = None
     ) -> list[EntityRecord]:
-        """Entities whose id, name or an alias contains `query` (case-insensitive), best first:
-        exact id or name, then name prefix, then the rest, each group by name. One page: `limit`
-        (at most 1000) from `offset`; `text_chars`: descriptions cut to that many characters (+ "…")."""
+        """Entities matching `query`, best first: first those with the query inside their id, name
+        or an alias (case-insensitive substring): exact id or name, then name prefix, then the
+        rest, each group by name; then those with every word of the query among the words of
+        their names, aliases and description (full text, stemmed: "animals" finds "animal"), by
+        relevance (BM25 on SQLite FTS5, ts_rank on PostgreSQL; a word of a name or alias weighs
+        more than one of the description). A word in more than RANK_MAX entities is not worth
+        ranking (nor cheap to rank): such matches follow in KB order. One page: `limit` (at most
+        1000) from `offset`; `text_chars`: descriptions cut to that many characters (+ "…")."""
         check_text(query, "query", max_len=MAX_NAME)
         self._check_page(offset, limit)
         q = query.strip().lower()
         pattern = _like_pattern(q)
+        words = re.findall(r"\w+", q)[:_MAX_WORDS]
+        full_text = self.full_text_backend()
+        want = offset + limit
 
         def fn(s: Session) -> list[EntityRecord]:
             name = func.lower(KbEntity.name)
-            rank = case(
+            group = case(
                 (func.lower(KbEntity.id) == q, 0),
                 (name == q, 0),
-                (name.like(_like_pattern(q)[1:], escape="\\"), 1),
+                (name.like(pattern[1:], escape="\\"), 1),
                 else_=2,
             )
-            rows = s.execute(
-                select(*self._entity_columns(text_chars))
-                .where(KbEntity.search_text.like(pattern, escape="\\"))
-                .order_by(rank, KbEntity.name, KbEntity.id)
-                .offset(offset)
-                .limit(limit)
-            ).all()
-            return self._page_records(s, rows, text_chars)
+            ids = list(
+                s.scalars(
+                    select(KbEntity.id)
+                    .where(KbEntity.search_text.like(pattern, escape="\\"))
+                    .order_by(group, KbEntity.name, KbEntity.id)
+                    .limit(want)
+                )
+            )
+            if len(ids) < want and words:  # the page reaches past the substring matches
+                seen = set(ids)
+                more = self._word_matches(s, full_text, q, pattern, words, want)
+                ids += [i for i in more if i not in seen][: want - len(ids)]
+            page = ids[offset:want]
+            found = {r.id: r for r in s.execute(select(*self._entity_columns(text_chars)).where(KbEntity.id.in_(page)))}
+            return self._page_records(s, [found[i] for i in page if i in found], text_chars)
 
         return self.read_transaction(fn)
+
+    @staticmethod
+    def _word_matches(s: Session, full_text: str | None, q: str, pattern: str, words: list[str], n: int) -> list[str]:
+        """Ids of at most `n` entities with every word of the query, best first (see search_entities)."""
+        cap = {"cap": RANK_MAX + 1}
+        if full_text == "fts5":
+            match = {"m": " ".join(f'"{w}"' for w in words)}  # quoted: no FTS5 syntax from the user
+            hits = s.execute(
+                text(f"SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m LIMIT :cap)"),
+                match | cap,
+            ).scalar_one()
+            key = f"bm25({FTS_TABLE}, 4.0, 1.0)" if hits <= RANK_MAX else "rowid"
+            sql = (
+                f"SELECT e.id FROM (SELECT rowid AS r, {key} AS k FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m "
+                "ORDER BY k LIMIT :n) AS f JOIN kb_entities AS e ON e.rowid = f.r ORDER BY f.k"
+            )
+            return list(s.scalars(text(sql), match | {"n": n}))
+        if full_text == "postgresql":
+            matched = f"{PG_SEARCH_VECTOR} @@ plainto_tsquery('english'::regconfig, :q)"  # served by the GIN index
+            hits = s.execute(
+                text(f"SELECT count(*) FROM (SELECT 1 FROM kb_entities WHERE {matched} LIMIT :cap) AS x"),
+                {"q": q} | cap,
+            ).scalar_one()
+            order = (
+                f"ts_rank({PG_SEARCH_VECTOR}, plainto_tsquery('english'::regconfig, :q)) DESC, id"
+                if hits <= RANK_MAX
+                else "id"
+            )
+            return list(
+                s.scalars(
+                    text(f"SELECT id FROM kb_entities WHERE {matched} ORDER BY {order} LIMIT :n"), {"q": q, "n": n}
+                )
+            )
+        # a SQLite without FTS5: the query as a substring of the description
+        return list(
+            s.scalars(
+                select(KbEntity.id)
+                .where(func.lower(KbEntity.text).like(pattern, escape="\\"))
+                .order_by(KbEntity.name, KbEntity.id)
+                .limit(n)
+            )
+        )
+
+    def full_text_backend(self) -> str | None:
+        """How this database indexes words: "fts5" (SQLite with migration 0003's table),
+        "postgresql", or None (a SQLite without FTS5: descriptions are matched as substrings)."""
+        if self.engine.dialect.name == "postgresql":
+            return "postgresql"
+        if not self.is_sqlite:
+            return None
+        if self._fts_table is None:
+            found = self.read_transaction(
+                lambda s: s.execute(
+                    text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :n"), {"n": FTS_TABLE}
+                ).first()
+            )
+            self._fts_table = found is not None
+        return "fts5" if self._fts_table else None
+
+    def rebuild_search_index(self) -> int:
+        """Re-index every entity's words from kb_entities (SQLite FTS5; after a manual VACUUM, or
+        to repair). PostgreSQL's index follows the table by itself. Returns the number of entities."""
+        n = self.count_entities()
+        if self.full_text_backend() == "fts5":
+            self._write(lambda s, events: s.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")))
+        return n
 
     def list_entities(self, offset: int = 0, limit: int = 50, *, text_chars: int | None = None) -> list[EntityRecord]:
         """A page of entities ordered by name then id (for browsing the KB); `text_chars` as in

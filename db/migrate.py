@@ -11,6 +11,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# What migration 0003 adds outside the models (full-text search): SQLite's FTS5 table with its
+# shadow tables, PostgreSQL's generated tsvector column and its GIN index. Schema comparisons
+# leave them out (`include_name`).
+SEARCH_OBJECTS = ("kb_entities_fts", "ix_kb_entities_fulltext", "search_vector")
+
+
+def include_name(name: str | None, type_: str, parent_names) -> bool:
+    """Alembic's `include_name` hook: everything but the full-text search objects."""
+    return not (name or "").startswith(SEARCH_OBJECTS)
 
 
 def alembic_config() -> Config:

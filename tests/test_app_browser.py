@@ -225,6 +225,20 @@ def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
     pg.wait_for_function("() => document.querySelector('#inspect_note').innerText.includes('D004')")
     assert pg.input_value("#link_sentence textarea") == ctx.store.get_mention("example:X04").sentence
     pg.screenshot(path=str(studio.shots / "07_analysis_to_inspect.png"), full_page=True)
+    # a new link, then the Inspect tab: the figures follow the new link's top candidate (issue 14)
+    open_tab(pg, "Link")
+    coffee = next(m for m in ctx.examples if m.answer == "D005")
+    link(pg, coffee.sentence, coffee.mention)
+    top = pg.input_value("#inspect_candidate input")
+    assert "D004" not in top
+    open_tab(pg, "Inspect")
+    pg.wait_for_function(
+        "t => document.querySelector('#inspect_note').innerText.includes(t) && "
+        "document.querySelector('#inspect_bars .js-plotly-plot') && "
+        "(document.querySelector('#inspect_bars .gtitle') || {}).textContent?.includes(t)",
+        arg=top.split("(")[-1].rstrip(")"),
+    )
+    assert "D004" not in pg.inner_text("#inspect_note")
     assert pg.external_requests == [], pg.external_requests
 
 

@@ -61,4 +61,13 @@ def test_zip_formats_carry_their_images(ctx, monkeypatch):
     assert len(images) == 1 and images <= names
     plain = Path(models_tab.export(ctx, "jsonl", "ana")).read_text()
     assert str(ctx.store.settings.data_dir) not in plain and '"mention_image/' in plain
+    ls = Path(models_tab.export(ctx, "label-studio", "ana"))
+    with zipfile.ZipFile(ls) as z:
+        names = set(z.namelist())
+        tasks = json.loads(z.read("label-studio/tasks.json"))
+    assert len(tasks) == 6 and {"label-studio/label_config.xml", "label-studio/README.md"} <= names
+    images = {f"label-studio/{t['data']['image_file']}" for t in tasks if t["data"]["image_file"]}
+    assert len(images) == 1 and images <= names
+    assert str(ctx.store.settings.data_dir) not in json.dumps(tasks)
+    assert set(models_tab.EXPORT_FORMATS) == set(models_tab.EXPORT_LABELS)
     models_tab._clean_exports(everything=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.common import CANDIDATE_COLUMNS, NIL, UserError, candidates_table
+from app.common import CANDIDATE_COLUMNS, NIL, UserError, candidates_table, candidates_view
 from app.config import REPO, AppConfig, ConfigError, parse_users
 from app.context import WriteDenied
 from app.tabs import analysis as analysis_tab
@@ -192,6 +193,99 @@ def test_inspect_top_and_on_demand_candidate(studio):
     assert list(bars.y)[3] == pytest.approx(far["S"])
     with pytest.raises(UserError, match="link a mention first"):
         inspect_tab.inspect_candidate(ctx, None, None, "D001")
+
+
+def test_inspect_always_shows_the_latest_link(studio):
+    """Inspect, a new link, then the Inspect tab: the figures follow the new link and the candidate
+    in the dropdown (issue 14), and opening the tab again redraws nothing."""
+    ctx = studio.ctx
+    cat = next(m for m in ctx.examples if m.answer == "D001" and m.image)
+    coffee = next(m for m in ctx.examples if m.answer == "D005" and m.image)
+    scale = inspect_tab.SCALES[0]
+
+    def title(fig) -> str:
+        return fig.layout.title.text
+
+    a = link_tab.link_state(link_tab.link(ctx, cat.image, cat.sentence, (cat.start, cat.end)))
+    top_a = a["candidates"][0]["entity_id"]
+    out = inspect_tab.view_outputs(ctx, a, cat.image, top_a, scale)
+    assert len(out) == 8 and f"({top_a})" in title(out[1]) and top_a in out[0]
+    drawn = out[-1]
+    # a new link (another mention): its state has a new link id and the old figures are cleared at once
+    b = link_tab.link_state(link_tab.link(ctx, coffee.image, coffee.sentence, (coffee.start, coffee.end)))
+    top_b = b["candidates"][0]["entity_id"]
+    assert b["link_id"] != a["link_id"] and top_b != top_a
+    cleared = inspect_tab.stale_outputs()
+    assert cleared[1:] == (None,) * 7 and "new link" in cleared[0].lower()
+    # opening the tab with the new top candidate in the dropdown draws that candidate of the new link
+    out = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, scale, drawn)
+    assert f"({top_b})" in title(out[1]) and top_b in out[0] and out[-1] != drawn
+    data = json.loads(Path(out[6][0]).read_text())
+    assert (data["entity_id"], data["sentence"]) == (top_b, coffee.sentence)
+    # opening it again changes nothing (no redraw)
+    again = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, scale, out[-1])
+    assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in again)
+    # the same link, another candidate or another colour scale: drawn again
+    second = b["candidates"][1]["entity_id"]
+    assert f"({second})" in title(inspect_tab.refresh_outputs(ctx, b, coffee.image, second, scale, out[-1])[1])
+    other = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, inspect_tab.SCALES[1], out[-1])
+    assert f"({top_b})" in title(other[1]) and other[-1] != out[-1]
+    # nothing linked yet: a note, no error
+    empty = inspect_tab.refresh_outputs(ctx, None, None, None, scale, None)
+    assert "Error" not in empty[0] and empty[1] is None
+
+
+def test_unit_score_bars_share_one_axis_across_candidates(studio):
+    ctx = studio.ctx
+    m = next(m for m in ctx.examples if m.answer == "D001" and m.image)
+    d = link_tab.link_state(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)))
+    top, low = d["candidates"][0], d["candidates"][-1]
+    assert top["S"] > 2 * low["S"]  # very different scores ...
+    ranges = []
+    for c in (top, low):
+        bars = inspect_tab.inspect_candidate(ctx, d, m.image, c["entity_id"]).bars
+        ranges.append(tuple(bars.layout.yaxis.range))
+        assert list(bars.data[0].y)[-1] == pytest.approx(c["S"])
+    assert ranges[0] == ranges[1]  # ... on the same y-range: S = 0.2 is drawn lower than S = 0.7
+    lo, hi = ranges[0]
+    units = [c[k] for c in d["candidates"] for k in ("S", "S_T", "S_V", "S_C") if c[k] is not None]
+    assert lo <= min(0.0, *units) and hi >= max(units)
+
+
+def test_columns_empty_for_every_candidate_are_hidden_and_explained(studio):
+    ctx = studio.ctx
+    m = next(m for m in ctx.examples if m.image)
+    with_image = link_tab.link(ctx, m.image, m.sentence, (m.start, m.end))
+    df, note = candidates_view(with_image)
+    # zero-shot on the offline backbone: no cross-modal score, no lexical unit
+    assert "S_C" not in df.columns and "S_L" not in df.columns and {"S", "S_T", "S_V", "found by"} <= set(df.columns)
+    assert note.count("\n") == 0 and "S_C (cross-modal)" in note and "S_L (lexical)" in note and "S_V" not in note
+    text_only, note = candidates_view(link_tab.link(ctx, None, m.sentence, (m.start, m.end)))
+    assert "S_V" not in text_only.columns and "S_V (image): the mention or the candidates have no image" in note
+    # the app's Link tab shows the same (the note beneath the table)
+    out = link_tab.LinkTab.do_link(SimpleNamespace(ctx=ctx), m.image, m.sentence, m.mention, None)
+    assert list(out[3].columns) == list(df.columns) and "S_C (cross-modal)" in out[-1]
+    # a stored prediction (Annotate) does not keep the retrievers: "found by" is hidden and explained
+    stored = {"candidates": [dict(c, retrievers=[], S_L=None) for c in with_image.to_dict()["candidates"]]}
+    df, note = candidates_view(stored)
+    assert "found by" not in df.columns and "found by: the retrievers" in note
+    # every column filled: nothing hidden, no note
+    full = [dict(c, S_C=0.1, S_L=0.2) for c in with_image.to_dict()["candidates"]]
+    df, note = candidates_view({"candidates": full})
+    assert list(df.columns) == CANDIDATE_COLUMNS and note == ""
+    assert candidates_view(None)[1] == "" and list(candidates_view(None)[0].columns) == CANDIDATE_COLUMNS
+
+
+def test_analysis_tab_starts_in_a_clean_empty_state(studio, tmp_path):
+    ctx = studio.ctx
+    for no_run in (None, ""):  # a fresh start: no run chosen
+        out = analysis_tab.view_outputs(ctx, no_run, None, None, "any")
+        assert "Error" not in out[0] and "No analysis run yet" in out[0]
+        assert out[1:8] == (None,) * 7 and out[-1] == {"__type__": "update", "visible": False}
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text("not json\n")
+    out = analysis_tab.view_outputs(ctx, str(bad))
+    assert out[0].startswith("**Error:**") and "broken.jsonl" in out[0] and out[-1]["visible"] is False
 
 
 def test_kb_edit_updates_index_without_rebuild(studio, tmp_path):
@@ -411,6 +505,8 @@ def test_analysis_of_the_corrections(studio):
     assert len(only.table) == v.summary["labels"]["missed_nil"] and set(only.table["label"]) == {"missed_nil"}
     with_img = analysis_tab.analysis_view(ctx, path, has_image="with image")
     assert len(with_img.table) == sum(r.has_image for r in recs.values())
+    out = analysis_tab.view_outputs(ctx, path)  # what the tab shows for a chosen run: the results
+    assert out[-1]["visible"] is True and len(out[6]) == len(recs) and "mentions shown" in out[0]
     m = analysis_tab.analysis_mention(ctx, path, "example:X01")
     assert m["image"] and m["gold"] == "D001" and (m["start"], m["end"]) == (0, 7)
     # a second run after one more correction: the comparison matches mentions across runs

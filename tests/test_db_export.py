@@ -361,6 +361,70 @@ def test_link_exports_name_images_relatively_never_by_server_path(demo_store, tm
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mimic-export-")) == []
 
 
+def test_label_studio_export_reads_back(demo_store, tmp_path):
+    """The Label Studio zip read back as Label Studio reads it: every `$key` of the labeling config
+    is in each task's data, every result names a control of the config with its type and targets
+    its object, choices come from the task's own candidates, spans cut the mention out of the text,
+    and the images the tasks name are in the zip."""
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    s, examples = demo_store
+    s.add_annotator("rita", role="reviewer")
+    first, second = examples[0], examples[1]
+    pred = s.add_prediction(first.id, "zero-shot-v1", [("D002", 0.61), (first.answer, 0.55), ("D003", 0.2)])
+    # an entity outside the model's list (found by a KB search) becomes a choice of the task as well
+    s.submit("rita", first.id, entity_id="D040", comment="the district, <b>not</b> the cat")
+    s.submit("rita", second.id, decision="nil")
+    z = tmp_path / "ls.zip"
+    assert s.export_label_studio(z) == len(examples)
+    with zipfile.ZipFile(z) as zf:
+        names = set(zf.namelist())
+        tasks = json.loads(zf.read("label-studio/tasks.json"))
+        config = ET.fromstring(zf.read("label-studio/label_config.xml"))
+    assert "label-studio/README.md" in names and all(not Path(n).is_absolute() for n in names)
+    tags = {el.get("name"): el for el in config.iter() if el.get("name")}
+    keys = {el.get("value")[1:] for el in config.iter() if (el.get("value") or "").startswith("$")}
+    assert keys == {"image", "text", "candidates"}
+    control_type = {"labels": "Labels", "choices": "Choices", "textarea": "TextArea"}
+    by_uid = {t["data"]["mention_uid"]: t for t in tasks}
+    assert set(by_uid) == {m.id for m in examples}
+    for m in examples:
+        t = by_uid[m.id]
+        d = t["data"]
+        assert keys <= set(d) and d["text"] == m.sentence and d["mention"] == m.mention
+        assert set(t) == {"data", "annotations", "predictions"}
+        if m.image:
+            assert f"label-studio/{d['image_file']}" in names and d["image"].endswith(Path(d["image_file"]).name)
+            assert d["image"].startswith("/data/local-files/?d=label-studio/images/")
+        else:
+            assert d["image"] == "" and d["image_file"] is None
+        values = [c["value"] for c in d["candidates"]]
+        assert values[-2:] == ["NIL", "AMBIGUOUS"] and len(values) == len(set(values))
+        assert len(t["annotations"]) == len(d["decisions"])
+        for ann, dec in zip(t["annotations"], d["decisions"]):
+            assert ann["ground_truth"] == (dec["role"] in ("reviewer", "admin"))
+            for r in ann["result"]:
+                control = tags[r["from_name"]]
+                assert control.tag == control_type[r["type"]] and control.get("toName") == r["to_name"] == "text"
+                if r["type"] == "labels":
+                    assert d["text"][r["value"]["start"] : r["value"]["end"]] == r["value"]["text"] == m.mention
+                if r["type"] == "choices":
+                    (choice,) = r["value"]["choices"]
+                    assert choice in values
+                    assert choice == {"entity": dec["entity_id"], "nil": "NIL"}.get(dec["decision"], "AMBIGUOUS")
+    t = by_uid[first.id]
+    assert [x["annotator"] for x in t["data"]["decisions"]] == ["ana", "rita"]
+    assert [c["value"] for c in t["data"]["candidates"]] == ["D002", first.answer, "D003", "D040", "NIL", "AMBIGUOUS"]
+    assert t["data"]["candidates"][3]["html"] == "<b>Shuttle</b> (D040)"
+    assert t["annotations"][1]["result"][-1]["value"] == {"text": ["the district, <b>not</b> the cat"]}
+    (p,) = t["predictions"]
+    assert p["model_version"] == pred.model_version and p["score"] == pytest.approx(0.61)
+    assert p["result"][0]["value"]["choices"] == ["D002"]
+    assert by_uid[second.id]["annotations"][1]["result"][1]["value"]["choices"] == ["NIL"]
+    assert by_uid[second.id]["predictions"] == []
+
+
 def test_csv_export_neutralises_formula_cells_unless_raw(store, tmp_path):
     dangerous = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR"]
     for i, text in enumerate(dangerous):

@@ -107,3 +107,31 @@ def test_export_training_set_loads(store, tmp_path):
     exp = store.export_training_set(tmp_path / "export", fractions=(0.8, 0.1, 0.1))
     ds = load_dataset(tmp_path / "export")
     assert sum(len(v) for v in ds.splits.values()) == len(exp.annotation_ids) > 0
+
+
+def test_full_text_search_over_descriptions(store):
+    """The same search API as on SQLite: names/aliases/ids as substrings, every word of the
+    query in the names, aliases or description (English stemming), ranked, paged; the GIN index
+    of migration 0003 serves the word match."""
+    store.upsert_entity("C1", "Cheetah", "A large spotted cat, the fastest land animal.", aliases=["Acinonyx jubatus"])
+    store.upsert_entity("C2", "Land Rover", "A British maker of off-road vehicles.")
+    store.upsert_entity("C4", "Fastest Land Animal (film)", "A documentary about a cheetah.")
+    assert [e.id for e in store.search_entities("fastest land animals")] == ["C4", "C1"]
+    assert [e.id for e in store.search_entities("jubatus")] == ["C1"]
+    assert [e.id for e in store.search_entities("chee")] == ["C1"]  # a name substring
+    store.upsert_entity("C2", "Land Rover", "A maker of four-wheel-drive cars.")
+    assert [e.id for e in store.search_entities("four wheel drive")] == ["C2"]
+    assert store.search_entities("vehicles") == []
+    page = store.search_entities("land", limit=1, offset=1, text_chars=8)
+    assert len(page) == 1 and page[0].text.endswith("…")
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from db.migrate import include_name
+    from db.models import Base
+
+    with store.engine.connect() as c:
+        names = c.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'kb_entities'").scalars().all()
+        assert "ix_kb_entities_fulltext" in names
+        # the migrations build the models' schema, plus the search objects the comparison leaves out
+        assert compare_metadata(MigrationContext.configure(c, opts={"include_name": include_name}), Base.metadata) == []

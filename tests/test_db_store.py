@@ -68,6 +68,88 @@ def test_entity_edits_are_versioned_and_searchable(store):
         store.get_entity("Q999")
 
 
+def test_search_is_full_text_over_names_aliases_and_descriptions(store):
+    store.upsert_entity("C1", "Cheetah", "A large spotted cat, the fastest land animal.", aliases=["Acinonyx jubatus"])
+    store.upsert_entity("C2", "Land Rover", "A British maker of off-road vehicles.")
+    store.upsert_entity("C3", "Falcon", "A bird of prey; the peregrine is the fastest animal of all in a dive.")
+    store.upsert_entity("C4", "Fastest Land Animal (film)", "A documentary about a cheetah.")
+    # every word must occur (stemmed: "animals" finds "animal"); a name match ranks first
+    assert [e.id for e in store.search_entities("fastest land animal")] == ["C4", "C1"]
+    assert [e.id for e in store.search_entities("Fastest animals")] == ["C4", "C1", "C3"]
+    assert [e.id for e in store.search_entities("jubatus")] == ["C1"]  # an alias word
+    assert [e.id for e in store.search_entities("off-road vehicle")] == ["C2"]  # punctuation is no syntax
+    assert [e.id for e in store.search_entities('peregr" OR "cat')] == []  # quotes and operators are words
+    assert [e.id for e in store.search_entities("peregrines")] == ["C3"]  # stemmed
+    # a description word weighs less than the same word in a name or alias
+    store.upsert_entity("C5", "Dive", "A sudden plunge.", aliases=["dive bombing"])
+    assert [e.id for e in store.search_entities("dive")][:2] == ["C5", "C3"]
+    # an edit is found at once, and the old words are gone
+    store.upsert_entity("C2", "Land Rover", "A maker of four-wheel-drive cars, founded 1948.")
+    assert [e.id for e in store.search_entities("four wheel drive")] == ["C2"]
+    assert store.search_entities("off-road") == []
+    # paging over ranked results; descriptions cut as for substring matches
+    page = store.search_entities("fastest", limit=2, offset=1, text_chars=10)
+    assert [e.id for e in page] == ["C1", "C3"] and page[0].text == "A large sp…"
+    assert store.rebuild_search_index() == 5
+    assert [e.id for e in store.search_entities("fastest land animal")] == ["C4", "C1"]
+    with store.engine.begin() as c:  # FTS5's own check of its index against kb_entities
+        c.exec_driver_sql("INSERT INTO kb_entities_fts(kb_entities_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_a_word_too_common_to_rank_comes_in_kb_order(store, monkeypatch):
+    import db.kb
+
+    for i, n in enumerate(["one", "two two two", "three"]):
+        store.upsert_entity(f"W{i}", f"Entity {i}", f"a common word: {n}")
+    assert store.search_entities("common word two")[0].id == "W1"
+    monkeypatch.setattr(db.kb, "RANK_MAX", 2)  # three matches: more than RANK_MAX, not ranked
+    assert [e.id for e in store.search_entities("common")] == ["W0", "W1", "W2"]
+    assert [e.id for e in store.search_entities("common", limit=1, offset=2)] == ["W2"]
+
+
+def test_full_text_search_on_a_database_from_before_the_migration(tmp_path):
+    """Migration 0003 indexes the rows already there; its triggers follow raw SQL writes as well."""
+    import sqlalchemy as sa
+
+    from db import Settings, get_engine, upgrade
+
+    settings = Settings.from_env(tmp_path / "old")
+    settings.data_dir.mkdir(parents=True)
+    engine = get_engine(settings)
+    upgrade(engine, "0002")
+    ents = sa.table(
+        "kb_entities",
+        *(sa.column(c) for c in ("id", "name", "text", "version", "updated_at", "search_text")),
+        sa.column("aliases", sa.JSON),
+        sa.column("images", sa.JSON),
+    )
+    row = dict(aliases=[], images=[], version=1, updated_at=sa.func.current_timestamp())
+    with engine.begin() as c:
+        c.execute(
+            sa.insert(ents).values(
+                id="O1", name="Okapi", text="A forest giraffe of the Congo.", search_text="o1\nokapi", **row
+            )
+        )
+    store = open_store(settings=settings)  # migrates to head
+    try:
+        assert [e.id for e in store.search_entities("giraffe")] == ["O1"]
+        with engine.begin() as c:
+            c.execute(sa.update(ents).where(ents.c.id == "O1").values(text="A striped forest animal."))
+            c.execute(
+                sa.insert(ents).values(
+                    id="O2", name="Tapir", text="A forest browser with a trunk.", search_text="o2\ntapir", **row
+                )
+            )
+        assert store.search_entities("giraffe") == []
+        assert {e.id for e in store.search_entities("forest")} == {"O1", "O2"}
+        assert [e.id for e in store.search_entities("trunk")] == ["O2"]
+        with engine.begin() as c:
+            c.execute(sa.delete(ents).where(ents.c.id == "O2"))
+        assert store.search_entities("trunk") == []
+    finally:
+        store.close()
+
+
 def test_bulk_kb_import_creates_then_versions_changes(store):
     from mimic.data.schema import Entity, KnowledgeBase
 

@@ -5,6 +5,7 @@ and KB search returns pages with short descriptions."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import tracemalloc
 
@@ -70,6 +71,40 @@ def test_an_annotation_completes_while_an_import_job_runs(studio, tmp_path, monk
     assert v["state"] == DONE and v["fraction"] == 1.0
     assert v["result"]["imported"] == 200 and v["result"]["created"] == 200 and not v["result"]["cancelled"]
     assert ctx.service.entity("JOBA199") is not None
+
+
+def test_header_entity_count_follows_kb_edits_and_imports(studio, tmp_path, monkeypatch):
+    """The header's count is live: the KB save returns the new header, an import's progress poll
+    carries it after every chunk, and the page's timer (every HEADER_SECONDS) sends a new header
+    only when something changed."""
+    from types import SimpleNamespace
+
+    from app.common import HEADER_SECONDS, header_markdown, header_update
+
+    ctx = studio.ctx
+    assert HEADER_SECONDS <= 2
+
+    def count(md: str) -> int:
+        return int(re.search(r"(\d+) entities", md).group(1))
+
+    shown = header_markdown(ctx)
+    assert header_update(ctx, shown) == {"__type__": "update"}  # nothing new: nothing sent
+    kb_tab.save_entity(ctx, "rev", "HDR1", "Header test entity", "", "", None)
+    new = header_update(ctx, shown)
+    assert isinstance(new, str) and count(new) == count(shown) + 1 == len(ctx.service)
+    monkeypatch.setattr(ctx.config, "kb_import_chunk", 20)
+    gate = _Gate(ctx.service.upsert_entities)
+    monkeypatch.setattr(ctx.service, "upsert_entities", gate)
+    job = kb_tab.start_kb_import(ctx, "rev", _write_kb(tmp_path / "h.jsonl", 60, "HDRJ"))
+    tab = SimpleNamespace(ctx=ctx)
+    try:
+        assert gate.reached.wait(60)  # the first chunk is stored and indexed, the job still runs
+        polled = kb_tab.KnowledgeBaseTab.import_poll(tab, job.id)
+        assert polled[0].startswith("Import running") and count(polled[-1]) == count(new) + 20
+    finally:
+        gate.release.set()
+    assert job.wait(120)
+    assert count(kb_tab.KnowledgeBaseTab.import_poll(tab, job.id)[-1]) == count(new) + 60 == len(ctx.service)
 
 
 def test_cancel_by_owner_keeps_the_committed_chunks(studio, tmp_path, monkeypatch):
@@ -175,3 +210,20 @@ def test_search_returns_pages_with_short_descriptions(studio):
     assert ctx.store.get_entity("PG000").text == long_text  # the full text on selection
     browse, nxt3 = kb_tab.search_page(ctx, "")
     assert len(browse) == kb_tab.PAGE and nxt3 == kb_tab.PAGE
+
+
+def test_kb_tab_search_is_full_text_over_descriptions(studio):
+    """Words of a description find the entity in the Knowledge base tab (the demo KB has no cheetah:
+    its falcon is "a fast bird of prey", its mercury "liquid at room temperature"), ranked and paged
+    as any search; an edited description is found at once, and its old words no longer."""
+    ctx = studio.ctx
+    page, nxt = kb_tab.search_page(ctx, "bird of prey")
+    assert [r.id for r in page][:1] == ["D021"] and nxt is None
+    assert [r.id for r in kb_tab.search_page(ctx, "liquid at room temperature")[0]] == ["D014"]
+    assert [r.id for r in kb_tab.search_page(ctx, "Roman gods")[0]][:2] in (["D010", "D015"], ["D015", "D010"])
+    kb_tab.save_entity(ctx, "rev", "FTS1", "Acinonyx", "A spotted cat of the savanna.", "", None)
+    assert kb_tab.search_page(ctx, "fastest land animal")[0] == []
+    kb_tab.save_entity(ctx, "rev", "FTS1", "Acinonyx", "A spotted cat, the fastest land animal.", "", None)
+    assert [r.id for r in kb_tab.search_page(ctx, "fastest land animal")[0]] == ["FTS1"]
+    kb_tab.save_entity(ctx, "rev", "FTS1", "Acinonyx", "A spotted cat of the savanna.", "", None)
+    assert kb_tab.search_page(ctx, "fastest land animal")[0] == []

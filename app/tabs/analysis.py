@@ -135,6 +135,39 @@ def analysis_compare(ctx: AppContext, path_a: str, path_b: str):
     return cmp, table, str(out), comparison_figure(cmp)
 
 
+EMPTY_STATE = (
+    "No analysis run yet. Press **Analyse the served model on the corrections** once some mentions "
+    "are annotated (Annotate or Link tab), or load records written by `python -m mimic analyze --out-records`."
+)
+
+
+def view_outputs(ctx: AppContext, path: str | None, labels=None, dataset=None, has_image: str = "any") -> tuple:
+    """The values of the tab's view outputs (message, summary, four figures, table, CSV, the dataset
+    filter, the results' visibility). No run chosen (a fresh start): the empty state, a plain note
+    and nothing else; a run that cannot be read: the error, nothing else."""
+    hidden = (None,) * 7 + (gr.update(), gr.update(visible=False))
+    if not path:
+        return (message(EMPTY_STATE),) + hidden
+    try:
+        v = analysis_view(ctx, path, labels, dataset, has_image)
+    except UserError as exc:
+        return (message(str(exc), "error"),) + hidden
+    f = v.figures
+    datasets = sorted(v.summary.get("datasets", {}))
+    return (
+        message(f"{len(v.table)} of {v.summary['mentions']} mentions shown", "info"),
+        v.summary,
+        f["labels"],
+        f["units"],
+        f["recall"],
+        f["reliability"],
+        v.table,
+        v.csv_path,
+        gr.update(choices=[("all", "")] + [(d, d) for d in datasets], value=dataset if dataset in datasets else ""),
+        gr.update(visible=True),
+    )
+
+
 def analysis_mention(ctx: AppContext, path: str, mention_id: str) -> dict | None:
     """The sentence, span and image of an analysed mention (to open it in Link/Inspect)."""
     rec = next((r for r in load_analysis(ctx, path) if str(r.mention_id) == str(mention_id)), None)
@@ -193,22 +226,24 @@ class AnalysisTab:
                     elem_id="analysis_image",
                     scale=1,
                 )
-            self.msg = gr.Markdown(elem_id="analysis_msg")
-            self.summary = gr.JSON(label="Summary", elem_id="analysis_summary")
-            with gr.Row():
-                self.fig_labels = gr.Plot(elem_id="analysis_fig_labels")
-                self.fig_units = gr.Plot(elem_id="analysis_fig_units")
-            with gr.Row():
-                self.fig_recall = gr.Plot(elem_id="analysis_fig_recall")
-                self.fig_reliability = gr.Plot(elem_id="analysis_fig_reliability")
-            self.table = gr.Dataframe(
-                label="Mentions (click a row to open it in Inspect)",
-                interactive=False,
-                elem_id="analysis_table",
-                max_height=420,
-                show_search="filter",
-            )
-            self.csv = gr.File(label="Table as CSV", elem_id="analysis_csv")
+            self.msg = gr.Markdown(EMPTY_STATE, elem_id="analysis_msg")
+            # shown once a run is chosen: a fresh start has only the note above (`view_outputs`)
+            with gr.Column(visible=False, elem_id="analysis_results") as self.results:
+                self.summary = gr.JSON(label="Summary", elem_id="analysis_summary")
+                with gr.Row():
+                    self.fig_labels = gr.Plot(elem_id="analysis_fig_labels")
+                    self.fig_units = gr.Plot(elem_id="analysis_fig_units")
+                with gr.Row():
+                    self.fig_recall = gr.Plot(elem_id="analysis_fig_recall")
+                    self.fig_reliability = gr.Plot(elem_id="analysis_fig_reliability")
+                self.table = gr.Dataframe(
+                    label="Mentions (click a row to open it in Inspect)",
+                    interactive=False,
+                    elem_id="analysis_table",
+                    max_height=420,
+                    show_search="filter",
+                )
+                self.csv = gr.File(label="Table as CSV", elem_id="analysis_csv")
             with gr.Accordion("Compare two runs (A = baseline, B = newer)", open=False):
                 with gr.Row():
                     self.run_a = gr.Dropdown(label="A", choices=[], elem_id="analysis_compare_a")
@@ -235,6 +270,7 @@ class AnalysisTab:
             self.table,
             self.csv,
             self.dataset,
+            self.results,
         ]
         self.analyse_button.click(self.analyse, None, runs_out + [self.msg], **s.inference, **PRIVATE)
         self.upload.upload(self.load_upload, self.upload, runs_out + [self.msg], **PRIVATE)
@@ -248,23 +284,7 @@ class AnalysisTab:
         s.demo.load(self.runs_update, None, runs_out, **PRIVATE)
 
     def show(self, path, labels, dataset, img):
-        try:
-            v = analysis_view(self.ctx, path, labels, dataset, img)
-        except UserError as exc:
-            return (message(str(exc), "error"),) + (None,) * 7 + (gr.update(),)
-        f = v.figures
-        datasets = sorted(v.summary.get("datasets", {}))
-        return (
-            message(f"{len(v.table)} of {v.summary['mentions']} mentions shown", "info"),
-            v.summary,
-            f["labels"],
-            f["units"],
-            f["recall"],
-            f["reliability"],
-            v.table,
-            v.csv_path,
-            gr.update(choices=[("all", "")] + [(d, d) for d in datasets], value=dataset if dataset in datasets else ""),
-        )
+        return view_outputs(self.ctx, path, labels, dataset, img)
 
     def runs_update(self, selected=None):
         runs = analysis_runs(self.ctx)

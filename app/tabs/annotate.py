@@ -19,6 +19,7 @@ from ..common import (
     UserError,
     candidate_gallery,
     candidates_table,
+    candidates_view,
     choice_value,
     decision_choices,
     message,
@@ -182,6 +183,7 @@ class AnnotateTab:
                             label="Model candidates",
                             elem_id="annot_candidates",
                         )
+                        self.columns_note = gr.Markdown(elem_id="annot_columns_note")  # hidden columns, and why
                     with gr.Column(scale=1):
                         self.image = gr.Image(
                             label="Mention image", interactive=False, height=220, elem_id="annot_image"
@@ -222,6 +224,7 @@ class AnnotateTab:
             self.choice,
             self.cur,
             self.position,
+            self.columns_note,
         ]
 
     def _wire(self):
@@ -252,6 +255,7 @@ class AnnotateTab:
                 gr.update(choices=[], value=None),
                 cur,
                 cur,
+                "",
             )
         cands = [
             {
@@ -269,7 +273,7 @@ class AnnotateTab:
         ]
         for i in range(len(cands) - 1):
             cands[i]["margin"] = cands[i]["S"] - cands[i + 1]["S"]
-        table = candidates_table({"candidates": cands})
+        table, columns_note = candidates_view({"candidates": cands})
         current = None
         hist_dec = {
             a.mention_id: a
@@ -303,6 +307,7 @@ class AnnotateTab:
             gr.update(choices=decision_choices(cands), value=current),
             cur,
             {"mention_id": m.id, "hist": cur.get("hist", -1)},
+            columns_note,
         )
 
     def show_item(self, pos, request: gr.Request, note: str = ""):

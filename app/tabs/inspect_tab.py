@@ -106,7 +106,7 @@ def inspect_candidate(
     )
     return InspectView(
         note,
-        figures.unit_bars(c, zero),
+        figures.unit_bars(c, zero, figures.unit_range(cands, zero)),
         figures.token_heatmap(e, title, *tv),
         figures.token_highlights(e),
         m_ov,
@@ -114,6 +114,50 @@ def inspect_candidate(
         files,
         data,
     )
+
+
+SCALES = ("shared across candidates", "this candidate only")
+
+
+def view_key(result: dict | None, entity_id: str | None, scale: str | None) -> list | None:
+    """What a drawn view shows: the link (its `link_id`, new for every link), the candidate and the
+    colour scale. None when there is nothing to show."""
+    if not result or entity_id is None:
+        return None
+    return [result.get("link_id"), entity_id, scale or SCALES[0]]
+
+
+def view_outputs(ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, scale) -> tuple:
+    """The values of `InspectTab.show_outputs` for one candidate of a link: the note, the figures,
+    the downloads, then the view's key (`view_key`; None after an error, so the next look retries)."""
+    try:
+        v = inspect_candidate(ctx, result, image, entity_id, shared_scale=(scale or SCALES[0]).startswith("shared"))
+    except UserError as exc:
+        return (message(str(exc), "error"), None, None, [], None, None, None, None)
+    key = view_key(result, entity_id, scale)
+    return v.note, v.bars, v.heatmap, v.tokens, v.mention_overlay, v.entity_overlay, v.files, key
+
+
+def refresh_outputs(
+    ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, scale, drawn
+) -> tuple:
+    """When the Inspect tab is opened: the view of the latest link's selected candidate, unless it
+    is already the one drawn (`drawn`, its key); then nothing changes."""
+    key = view_key(result, entity_id, scale)
+    if key is not None and key == drawn:
+        return (gr.update(),) * 8
+    if not result:
+        return (message("Link a mention first (Link tab); its candidates are explained here."),) + (None,) * 7
+    if entity_id is None:
+        return (message("Pick a candidate above."),) + (None,) * 7
+    return view_outputs(ctx, result, image, entity_id, scale)
+
+
+def stale_outputs() -> tuple:
+    """After a new link: the figures of the earlier one are taken away at once (opening the tab, or
+    picking a candidate, draws the new link's)."""
+    note = message("A new link: its top candidate is drawn when this tab opens (or pick a candidate above).")
+    return (note,) + (None,) * 7
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -127,13 +171,14 @@ class InspectTab:
         self._wire()
 
     def _layout(self):
-        with gr.Tab("Inspect", id="inspect", elem_id="tab_inspect"):
+        with gr.Tab("Inspect", id="inspect", elem_id="tab_inspect") as self.tab:
+            self.drawn = gr.State(None)  # view_key of the figures shown
             self.note = gr.Markdown(elem_id="inspect_note")
             with gr.Row():
                 self.shared.candidate_picker.render()
                 self.scale = gr.Radio(
-                    ["shared across candidates", "this candidate only"],
-                    value="shared across candidates",
+                    list(SCALES),
+                    value=SCALES[0],
                     label="Colour scale",
                     scale=2,
                     elem_id="inspect_scale",
@@ -166,26 +211,42 @@ class InspectTab:
 
     @property
     def show_outputs(self) -> list:
-        return [self.note, self.bars, self.heatmap, self.tokens, self.mention_overlay, self.entity_overlay, self.files]
+        return [
+            self.note,
+            self.bars,
+            self.heatmap,
+            self.tokens,
+            self.mention_overlay,
+            self.entity_overlay,
+            self.files,
+            self.drawn,
+        ]
 
     def _wire(self):
-        # .input (user choices only): a new link sets the dropdown without computing an unseen view
+        # .input (user choices only): a new link sets the dropdown without computing an unseen view;
+        # opening the tab draws the latest link's selected candidate if that is not what is shown
+        # (a new link clears the old figures at once: app/ui.py chains `stale` after every link)
+        inference = self.shared.inference
         gr.on(
             [self.shared.candidate_picker.input, self.scale.input],
             self.show,
             self.show_inputs,
             self.show_outputs,
-            **self.shared.inference,
+            **inference,
             **PRIVATE,
         )
+        self.tab.select(self.refresh, self.show_inputs + [self.drawn], self.show_outputs, **inference, **PRIVATE)
 
     def show(self, result, image, entity_id, scale):
         """-> the values of `show_outputs`."""
-        try:
-            v = inspect_candidate(self.ctx, result, image, entity_id, shared_scale=(scale or "").startswith("shared"))
-        except UserError as exc:
-            return (message(str(exc), "error"), None, None, [], None, None, None)
-        return v.note, v.bars, v.heatmap, v.tokens, v.mention_overlay, v.entity_overlay, v.files
+        return view_outputs(self.ctx, result, image, entity_id, scale)
+
+    def refresh(self, result, image, entity_id, scale, drawn):
+        return refresh_outputs(self.ctx, result, image, entity_id, scale, drawn)
+
+    @staticmethod
+    def stale():
+        return stale_outputs()
 
 
 def build(ctx: AppContext, shared: Shared) -> InspectTab:

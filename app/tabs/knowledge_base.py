@@ -253,7 +253,7 @@ class KnowledgeBaseTab:
         with gr.Tab("Knowledge base", id="kb", elem_id="tab_kb"):
             with gr.Row():
                 self.query = gr.Textbox(
-                    label="Search names, aliases and ids (empty: browse)", scale=3, elem_id="kb_query"
+                    label="Search names, aliases, ids and descriptions (empty: browse)", scale=3, elem_id="kb_query"
                 )
                 self.search_button = gr.Button("Search", scale=1, elem_id="kb_search")
             self.table = gr.Dataframe(
@@ -407,7 +407,7 @@ class KnowledgeBaseTab:
                 gr.update(),
                 gr.update(),
                 gr.update(),
-                gr.update(),
+                header_markdown(self.ctx),  # the entity count grows with every chunk
             )
         off = (gr.Timer(active=False), gr.update(interactive=False), gr.update(interactive=True))
         if v["state"] == "failed":

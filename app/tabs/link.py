@@ -20,6 +20,7 @@ from ..common import (
     UserError,
     candidate_gallery,
     candidates_table,
+    candidates_view,
     decision_choices,
     message,
     parse_choice,
@@ -45,6 +46,14 @@ def link(ctx: AppContext, image: str | None, sentence: str, mention, top_k: int 
         if isinstance(image, str) and image:
             msg = msg.replace(image, Path(image).name)  # no server paths in messages
         raise UserError(scrub_paths(msg)) from None
+
+
+def link_state(result: LinkResult) -> dict:
+    """The link result as the tabs keep it (`Shared.link_state`): its dict plus `link_id`, new for
+    every link, by which Inspect tells figures of an earlier link from the latest one's."""
+    d = result.to_dict()
+    d["link_id"] = uuid.uuid4().hex
+    return d
 
 
 def result_json(ctx: AppContext, result: LinkResult) -> dict:
@@ -155,6 +164,7 @@ class LinkTab:
             self.table = gr.Dataframe(
                 headers=CANDIDATE_COLUMNS, interactive=False, elem_id="link_candidates", label="Ranked candidates"
             )
+            self.columns_note = gr.Markdown(elem_id="link_columns_note")  # the columns hidden, and why
             with gr.Row():
                 self.gallery = gr.Gallery(label="Candidate images", columns=5, height=220, elem_id="link_gallery")
                 self.descriptions = gr.Markdown(elem_id="link_descriptions")
@@ -185,11 +195,12 @@ class LinkTab:
             self.choice,
             s.candidate_picker,
             self.saved,
+            self.columns_note,
         ]
 
     def _wire(self):
         s = self.shared
-        gr.on(
+        self.link_event = gr.on(  # app/ui.py chains Inspect's reset after it
             [self.button.click, self.sentence.submit, self.mention.submit],
             self.do_link,
             [self.image, self.sentence, self.mention, self.span],
@@ -222,8 +233,9 @@ class LinkTab:
                 gr.update(choices=[], value=None),
                 gr.update(choices=[], value=None),
                 "",
+                "",
             )
-        d = r.to_dict()
+        d = link_state(r)
         cands = d["candidates"]
         ms = (time.perf_counter() - t0) * 1000
         status = (
@@ -234,16 +246,18 @@ class LinkTab:
         )
         pre = NIL if r.nil else (cands[0]["entity_id"] if cands else None)
         insp = [(f"{c['rank']}. {c['name']} ({c['entity_id']})", c["entity_id"]) for c in cands]
+        table, columns_note = candidates_view(d)
         return (
             d,
             image,
             message(status, "ok"),
-            candidates_table(d),
+            table,
             candidate_gallery(self.ctx, cands),
             describe_candidates(cands[:5]),
             gr.update(choices=decision_choices(cands), value=pre),
             gr.update(choices=insp, value=cands[0]["entity_id"] if cands else None),
             "",
+            columns_note,
         )
 
     @staticmethod

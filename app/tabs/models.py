@@ -34,7 +34,17 @@ VERSION_COLUMNS = [
     "created",
     "metrics",
 ]
-EXPORT_FORMATS = ("jsonl", "csv", "training")
+# the formats of the export handler (and /export): the links as JSONL / CSV (images named by
+# relative paths), the same zipped with the images, the training layout (zip), Label Studio tasks (zip)
+EXPORT_FORMATS = ("jsonl", "csv", "jsonl.zip", "csv.zip", "training", "label-studio")
+EXPORT_LABELS = {
+    "jsonl": "JSONL",
+    "csv": "CSV",
+    "jsonl.zip": "JSONL + images (zip)",
+    "csv.zip": "CSV + images (zip)",
+    "training": "training layout (zip)",
+    "label-studio": "Label Studio tasks + images (zip)",
+}
 
 
 # -- handlers: versions and corrections -----------------------------------------------------------
@@ -229,13 +239,13 @@ atexit.register(_clean_exports, True)
 def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
     """Write an export to a new temporary file; returns its path (JSONL, CSV, or a zip of the
     training layout that `python -m mimic train --data` reads; "jsonl.zip" / "csv.zip": the JSONL
-    or CSV with the mention images it names, self-contained). Images are named by relative paths,
-    never by server paths; CSV cells a spreadsheet would run as formulas are neutralised. Signed-in
-    users only: it carries every annotator's decisions."""
+    or CSV with the mention images it names, self-contained; "label-studio": a zip of Label Studio
+    tasks, their labeling config and the images). Images are named by relative paths, never by
+    server paths; CSV cells a spreadsheet would run as formulas are neutralised. Signed-in users
+    only: it carries every annotator's decisions."""
     ctx.require("export", username)
-    formats = EXPORT_FORMATS + ("jsonl.zip", "csv.zip")
-    if fmt not in formats:
-        raise UserError(f"export format must be one of {', '.join(formats)} (got {fmt!r})")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
     _clean_exports()
     out = Path(tempfile.mkdtemp(prefix="mimic-export-"))
     with _export_lock:
@@ -251,6 +261,9 @@ def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
         kind = fmt.removesuffix(".zip")
         p = out / f"links-{stamp}-{kind}.zip"
         ctx.store.export_links_zip(p, fmt=kind)
+    elif fmt == "label-studio":
+        p = out / f"label-studio-{stamp}.zip"
+        ctx.store.export_label_studio(p)
     else:
         d = out / f"training-{stamp}"
         ctx.store.export_training_set(d)
@@ -290,7 +303,10 @@ class ModelsTab:
             self.overview = gr.JSON(label="Overview and agreement", elem_id="models_overview")
             with gr.Row():
                 self.export_format = gr.Radio(
-                    list(EXPORT_FORMATS), value="jsonl", label="Export format", elem_id="models_export_format"
+                    [(EXPORT_LABELS[f], f) for f in EXPORT_FORMATS],
+                    value="jsonl",
+                    label="Export format",
+                    elem_id="models_export_format",
                 )
                 self.export_button = gr.Button("Export", elem_id="models_export")
             self.export_file = gr.File(label="Export", elem_id="models_export_file")

@@ -22,6 +22,7 @@ try:
 except ImportError:  # run by the alembic CLI from elsewhere: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from db.migrate import include_name
 from db.models import Base
 
 target_metadata = Base.metadata
@@ -35,6 +36,7 @@ def _run(connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
         transactional_ddl=True,  # our BEGIN makes SQLite DDL transactional as well
         compare_type=True,
+        include_name=include_name,  # the full-text search objects are not in the models (0003)
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
