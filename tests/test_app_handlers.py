@@ -20,6 +20,7 @@ from app.tabs import inspect_tab
 from app.tabs import knowledge_base as kb_tab
 from app.tabs import link as link_tab
 from app.tabs import models as models_tab
+from mimic.models.checkpoint import read_config
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo_kb"
 
@@ -31,6 +32,9 @@ def test_startup_loads_demo_kb_index_and_queue(studio):
     assert d["scoring"] == "model" and d["entities"] == ctx.store.count_entities() >= 48
     assert d["version"] == "default" and Path(d["checkpoint"]).resolve() == DEFAULT_CHECKPOINT.resolve()
     assert ctx.store.promoted_model_version().name == "default"
+    # the demo KB's index was built with that model (DATA_DIR/indexes/<its fingerprint>/)
+    fp = read_config(DEFAULT_CHECKPOINT)["fingerprint"]
+    assert d["fingerprint"] == fp == ctx.service.linker.index.fingerprint and Path(d["index"]).name == fp
     assert sum(eid.startswith("D0") for eid in ctx.service.linker.index.ids) == 48
     assert ctx.store.count_mentions() >= 48  # the examples fill the first queue
     assert len(ctx.examples) == 48
