@@ -159,7 +159,8 @@ def header_markdown(ctx: AppContext) -> str:
             "> **Zero-shot ranking.** No trained checkpoint is loaded: candidates are ranked by the "
             "backbone's own similarities (text cosine, image cosine), not by trained MIMIC units. "
             "S_T/S_V/S_C below are those similarities; maps in Inspect are similarities, not attention. "
-            "Serve a trained checkpoint with `MIMIC_CHECKPOINT` for MIMIC's scores and attention."
+            "For MIMIC's scores and attention, leave `MIMIC_CHECKPOINT` unset (the default checkpoint, "
+            "offline backbone) or point it at a trained checkpoint."
         )
     if loc.ephemeral or loc.warnings:
         warn = " ".join(loc.warnings or ["this location does not survive a restart"])

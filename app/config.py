@@ -3,8 +3,8 @@
 | variable | default | meaning |
 |---|---|---|
 | `DATA_DIR` | `./data` | database, journal, images, KB indexes (a mounted bucket on Spaces) |
-| `MIMIC_CHECKPOINT` | unset | checkpoint folder to serve; unset = zero-shot ranking by the backbone |
-| `MIMIC_BACKBONE` | `offline` | backbone of the zero-shot ranking (`offline`, `clip`, `auto`, a CLIP path) |
+| `MIMIC_CHECKPOINT` | unset | checkpoint folder to serve (pinned: promoted versions are not followed); unset = the promoted version, else the default checkpoint `assets/models/default` (MIMIC trained on the demo KB, offline backbone); `zero-shot` = the backbone's own similarities instead of the default |
+| `MIMIC_BACKBONE` | `offline` | backbone of the zero-shot ranking (`offline`, `clip`, `auto`, a CLIP path); any other than `offline` also means zero-shot instead of the default checkpoint (which is for the offline backbone) |
 | `MIMIC_KB` | `assets/demo_kb/kb.jsonl` | KB loaded into an empty database on first start (.jsonl, .csv, official folder) |
 | `MIMIC_EXAMPLES` | `assets/demo_kb/examples.jsonl` | example mentions (Link tab) and the first annotation queue |
 | `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code); the password may be an argon2 hash (`name:$argon2id$v=19$m=...,t=...,p=...$salt$hash:role`, from `python -m app.auth`); a plaintext one is hashed at start and not kept |
@@ -39,6 +39,11 @@ from .permissions import permission_table
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("annotator", "reviewer", "admin")
+#: what serves when MIMIC_CHECKPOINT is unset and no version is promoted (built by
+#: `python -m assets.default_model`)
+DEFAULT_CHECKPOINT = REPO / "assets" / "models" / "default"
+#: the MIMIC_CHECKPOINT value that asks for the zero-shot ranking instead of the default checkpoint
+ZERO_SHOT = "zero-shot"
 
 
 class ConfigError(ValueError):
@@ -93,7 +98,11 @@ def _loopback(host: str) -> bool:
 @dataclass
 class AppConfig:
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    # MIMIC_CHECKPOINT: pins this checkpoint (promoted versions are not followed)
     checkpoint: str | None = None
+    # served when nothing is pinned or promoted; None: zero-shot (MIMIC_CHECKPOINT=zero-shot, or a
+    # backbone other than the offline one that the default checkpoint is trained on)
+    default_checkpoint: str | None = str(DEFAULT_CHECKPOINT)
     backbone: str = "offline"
     device: str = "auto"
     kb_path: Path = REPO / "assets" / "demo_kb" / "kb.jsonl"
@@ -169,10 +178,14 @@ class AppConfig:
         else:
             raise ConfigError(f"MIMIC_ANONYMOUS_WRITES must be auto, 1 or 0, got {anon!r}")
         examples = env.get("MIMIC_EXAMPLES")
+        checkpoint = (env.get("MIMIC_CHECKPOINT") or "").strip()
+        zero_shot = checkpoint.lower() == ZERO_SHOT
+        backbone = env.get("MIMIC_BACKBONE", "offline")
         cfg = cls(
             data_dir=Path(env.get("DATA_DIR", "data")),
-            checkpoint=env.get("MIMIC_CHECKPOINT") or None,
-            backbone=env.get("MIMIC_BACKBONE", "offline"),
+            checkpoint=checkpoint if checkpoint and not zero_shot else None,
+            default_checkpoint=None if zero_shot or backbone != "offline" else str(DEFAULT_CHECKPOINT),
+            backbone=backbone,
             device=env.get("MIMIC_DEVICE", "auto"),
             # absolute: the KB loader names images relative to the KB file, and the store copies
             # them by content only from absolute paths
@@ -197,6 +210,12 @@ class AppConfig:
                 raise ConfigError(f"unknown setting {k!r}")
             setattr(cfg, k, v)
         return cfg
+
+    @property
+    def base_checkpoint(self) -> str | None:
+        """What serves when no version is promoted: the pinned checkpoint, else the default one;
+        None: the zero-shot ranking."""
+        return self.checkpoint or self.default_checkpoint
 
     @property
     def max_upload_bytes(self) -> int:

@@ -136,11 +136,9 @@ class AppContext:
             _restore_dropped_images(store, config, flagged)
         kb = knowledge_base(store, config.data_dir)
         t2 = time.perf_counter()
-        checkpoint, version = config.checkpoint, None
-        if checkpoint is None and model is None:  # a restart keeps serving the promoted version
-            mv = store.promoted_model_version()
-            if mv is not None and mv.checkpoint and Path(mv.checkpoint).exists():
-                checkpoint, version = mv.checkpoint, mv.name
+        checkpoint, version, replaces_promoted = config.checkpoint, None, False
+        if checkpoint is None and model is None:
+            checkpoint, version, replaces_promoted = _unpinned_start(store, config)
         service = LinkingService.start(
             config.data_dir,
             kb,
@@ -155,8 +153,8 @@ class AppContext:
         t3 = time.perf_counter()
         s = service.served
         store.register_model_version(s.version, checkpoint=s.checkpoint, backbone=s.backbone)
-        if store.promoted_model_version() is None:  # record what serves, so there is a version to roll back to
-            store.promote(s.version)
+        if store.promoted_model_version() is None or replaces_promoted:
+            store.promote(s.version)  # record what serves, so there is a version to roll back to
         examples = _load_examples(config)
         ctx = cls(config, store, service, examples)
         if store.count_mentions() == 0 and examples:
@@ -278,7 +276,7 @@ class AppContext:
         return RetrainConfig.from_env(
             data_dir=str(self.config.data_dir),
             backbone=self.config.backbone,
-            checkpoint=self.config.checkpoint,
+            checkpoint=self.config.checkpoint or _existing(self.config.default_checkpoint, warn=False),
             **overrides,
         )
 
@@ -318,6 +316,36 @@ class AppContext:
             )
             self.service.upsert_entities([replace(entity, images=resolve_images(rec.images, self.config.data_dir))])
         return rec
+
+
+def _existing(checkpoint: str | None, warn: bool = True) -> str | None:
+    """`checkpoint` if it is a folder, else None: a missing default checkpoint (a checkout without
+    assets/models/) falls back to zero-shot, with a warning."""
+    if checkpoint is None or Path(checkpoint).is_dir():
+        return checkpoint
+    if warn:
+        log.warning("checkpoint %s is missing: ranking zero-shot instead", checkpoint)
+    return None
+
+
+def _unpinned_start(store: AnnotationStore, config: AppConfig) -> tuple[str | None, str | None, bool]:
+    """What serves at start when MIMIC_CHECKPOINT pins nothing -> (checkpoint or None for zero-shot,
+    version name or None, whether it replaces the promoted version).
+
+    A restart keeps serving the promoted version. Otherwise the default checkpoint serves (None when
+    MIMIC_CHECKPOINT=zero-shot or the backbone is not the offline one). A promoted zero-shot version
+    is kept when an admin chose it (a rollback: other versions exist), but not when it is only what
+    a data folder from before the default checkpoint registered at its first start (then it is the
+    one version there is): the default checkpoint serves and is promoted in its place."""
+    mv = store.promoted_model_version()
+    if mv is not None and mv.checkpoint and Path(mv.checkpoint).exists():
+        return mv.checkpoint, mv.name, False
+    default = _existing(config.default_checkpoint)
+    if mv is not None and not mv.checkpoint:
+        if default is None or len(store.list_model_versions()) > 1:
+            return None, None, False
+        return default, None, True
+    return default, None, False
 
 
 def knowledge_base(store: AnnotationStore, data_dir: Path) -> KnowledgeBase:

@@ -74,14 +74,14 @@ class RetrainConfig(ConfigFile):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> RetrainConfig:
-        """DATA_DIR, MIMIC_CHECKPOINT and MIMIC_BACKBONE as the app reads them, then
+        """DATA_DIR, MIMIC_CHECKPOINT (`zero-shot`: none) and MIMIC_BACKBONE as the app reads them, then
         MIMIC_RETRAIN_<FIELD> for any field (e.g. MIMIC_RETRAIN_EVERY_HOURS=24); `overrides` win."""
         if env is None:
             env = os.environ
         raw: dict[str, Any] = {}
         if env.get("DATA_DIR"):
             raw["data_dir"] = env["DATA_DIR"]
-        if env.get("MIMIC_CHECKPOINT"):
+        if env.get("MIMIC_CHECKPOINT") and env["MIMIC_CHECKPOINT"].strip().lower() != "zero-shot":
             raw["checkpoint"] = env["MIMIC_CHECKPOINT"]
         if env.get("MIMIC_BACKBONE"):
             raw["backbone"] = env["MIMIC_BACKBONE"]

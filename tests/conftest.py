@@ -56,7 +56,7 @@ def synthetic_official(tmp_path_factory, synthetic_dataset) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# The app, launched once per session (zero-shot on the offline backbone, demo KB, three users)
+# The app, launched once per session (the default checkpoint on the offline backbone, demo KB, three users)
 # ------------------------------------------------------------------------------------------------
 STUDIO_USERS = {"ana": "ana-pw", "bob": "bob-pw", "rev": "rev-pw"}
 

@@ -266,7 +266,10 @@ def test_link_answers_with_a_planted_entity_in_the_top_10(studio, tmp_secret):
         ctx.service.sync_kb(knowledge_base(ctx.store, ctx.config.data_dir))
     r = link_tab.link(ctx, str(ASSET_IMAGE), "We met Zqxplanted near Chelsea.", "Zqxplanted")
     d = r.to_dict()
-    assert d["candidates"][0]["entity_id"] == "Q_PLANT" and d["candidates"][0]["images"] == []
+    # (the query photo is D001's, which the trained default model puts first; the planted entity,
+    # found by its name, is still in the list with its images dropped)
+    planted = [c for c in d["candidates"] if c["entity_id"] == "Q_PLANT"]
+    assert len(planted) == 1 and planted[0]["images"] == []
     gal = _gallery(ctx, d["candidates"])
     assert gal and all(str(PASSWD) not in g[0] and "annotations.db" not in g[0] and g[0] != secret for g in gal)
     view = inspect_tab.inspect_candidate(ctx, d, str(ASSET_IMAGE), "Q_PLANT")
