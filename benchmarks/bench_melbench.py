@@ -97,6 +97,12 @@ def main():
     ap.add_argument("--splits", default="dev,test")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument(
+        "--only-ablations",
+        action="store_true",
+        help="only the ablation rows, on the cached shortlists in --work (train, dev; test when cached)",
+    )
+    ap.add_argument("--ablation-epochs", type=int, default=FitConfig.epochs)
+    ap.add_argument(
         "--mimic-full-kb",
         action="store_true",
         help="also rank every entity with the base MIMIC (exhaustive; the slowest row: minutes on a quiet CPU)",
@@ -121,7 +127,7 @@ def main():
     index = KBIndex(index_dir, keep_global=True)
     linker = Linker(fused, index, absent_mention="warn", explain_top=0)
     rows: list[dict] = []
-    splits = a.splits.split(",")
+    splits = [] if a.only_ablations else a.splits.split(",")
     sets: dict[str, ShortlistSet] = {}
     for split in splits:
         ms = ds.split(split)
@@ -146,6 +152,8 @@ def main():
             emit(rows, {"row": "mimic", "split": split, **fmt(res["ranks"]), "s": round(time.perf_counter() - t, 1)})
         t = time.perf_counter()
         ss = collect_shortlists(linker, ms, progress=False)  # the served ranking, as `evaluate` measures it
+        if split == "test":
+            ss.save(work / "shortlists_test.npz")  # for --only-ablations
         sets[split] = ss
         emit(rows, {"row": "mimic-shortlist", "split": split, **fmt(shortlist_ranks(ss.S_mimic, ss.mask, ss.gold))})
         emit(
@@ -181,15 +189,20 @@ def main():
                 "s": round(time.perf_counter() - t, 1),
             },
         )
-    if a.ablations:
+    if a.ablations or a.only_ablations:
         train = ShortlistSet.load(work / "shortlists_train.npz")
-        dev = sets["dev"] if "dev" in sets else ShortlistSet.load(work / "shortlists_dev.npz")
+        if "dev" not in sets:
+            sets["dev"] = ShortlistSet.load(work / "shortlists_dev.npz")
+        if "test" not in sets and (work / "shortlists_test.npz").exists():
+            sets["test"] = ShortlistSet.load(work / "shortlists_test.npz")
+        dev = sets["dev"]
         for name, spec in ABLATIONS.items():
             t = time.perf_counter()
             spec = dict(spec)
             drop = spec.pop("drop", ())
             feats = spec.pop("features", tuple(f for f in FEATURES if f not in drop))
-            unit, rep = fit_lexical_unit(train, dev, FitConfig(features=feats, **spec), log=lambda *_: None)
+            fit = FitConfig(features=feats, epochs=a.ablation_epochs, **spec)
+            unit, rep = fit_lexical_unit(train, dev, fit, log=lambda *_: None)
             row = {
                 "row": f"ablation: {name}",
                 "mimic_weight": unit.config.mimic_weight,
