@@ -316,6 +316,37 @@ def test_demo_kb_training_export_carries_every_image(demo_store, tmp_path):
     assert all(Path(m.image).is_file() and Path(m.image).is_relative_to(out) for m in mentions if m.image)
 
 
+def test_demo_kb_jsonl_training_export_carries_every_image_relatively(demo_store, tmp_path):
+    """The project's JSONL training layout too: images copied beside kb.jsonl, named relatively
+    (kb_image/, mention_image/), never by the store's paths; without copy_images it names the store's files."""
+    s, examples = demo_store
+    kb = s.knowledge_base()
+    n_entity_images = len({p for e in kb for p in e.images})
+    n_mention_images = len({open(m.image, "rb").read() for m in examples if m.image})
+    out = tmp_path / "export-jsonl"
+    exp = s.export_training_set(out, layout="jsonl")
+    assert exp.entities == len(kb) and sum(exp.splits.values()) == len(examples)
+    text = "".join(p.read_text(encoding="utf-8") for p in out.glob("*.jsonl"))
+    assert str(s.settings.data_dir) not in text and str(tmp_path) not in text
+    rows = [json.loads(x) for x in (out / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sum(len(r["images"]) for r in rows) == sum(len(e.images) for e in kb)
+    assert all(p.startswith("kb_image/") for r in rows for p in r["images"])
+    assert len(list((out / "kb_image").iterdir())) == n_entity_images
+    assert len(list((out / "mention_image").iterdir())) == n_mention_images
+    ds = load_dataset(out)
+    assert sum(len(e.images) for e in ds.kb) == sum(len(e.images) for e in kb)
+    assert all(Path(p).is_file() and Path(p).is_relative_to(out) for e in ds.kb for p in e.images)
+    mentions = [m for sp in ds.splits.values() for m in sp]
+    assert sum(1 for m in mentions if m.image) == sum(1 for m in examples if m.image)
+    assert all(Path(m.image).is_file() and Path(m.image).is_relative_to(out) for m in mentions if m.image)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export-jsonl")] == []  # no temporary left
+    with pytest.raises(FileExistsError):
+        s.export_training_set(out, layout="jsonl")
+    linked = s.export_training_set(tmp_path / "linked", layout="jsonl", copy_images=False)
+    assert not (Path(linked.path) / "kb_image").exists()
+    assert all(Path(p).is_file() for e in load_dataset(linked.path).kb for p in e.images)
+
+
 def test_link_exports_name_images_relatively_never_by_server_path(demo_store, tmp_path):
     import zipfile
 
