@@ -11,7 +11,9 @@ Candidate generation merges four retrievers, each returning its top K:
   text→image  the query text vector vs entity image vectors (CLIP only: a joint space)
   lexical  character n-gram TF-IDF of the mention against names and aliases
 The union is cut to K by reciprocal-rank fusion, then the full model scores the shortlist
-(S, S_T, S_V, S_C). Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
+(S, S_T, S_V, S_C); a model with a lexical unit (`mimic.models.lexical_unit`) adds S_L from the
+shortlist's pair features (`mimic.serving.pair_features`) and ranks by S = β·S_MIMIC + S_L.
+`Linker.shortlists` is that one scoring path; served evaluation and the unit's training use it too. Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
 evaluation and for measuring how often the shortlist changes the top-1.
 
 A mention given as text is located in its sentence tolerantly (`mimic.data.mentions.find_mention`):
