@@ -13,7 +13,8 @@ Candidate generation merges four retrievers, each returning its top K:
 The union is cut to K by reciprocal-rank fusion, then the full model scores the shortlist
 (S, S_T, S_V, S_C); a model with a lexical unit (`mimic.models.lexical_unit`) adds S_L from the
 shortlist's pair features (`mimic.serving.pair_features`) and ranks by S = β·S_MIMIC + S_L.
-`Linker.shortlists` is that one scoring path; served evaluation and the unit's training use it too. Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
+`Linker.shortlists` is that one scoring path; served evaluation and the unit's training use it too.
+Full-KB exhaustive scoring stays available (`exhaustive_scores`) for
 evaluation and for measuring how often the shortlist changes the top-1.
 
 A mention given as text is located in its sentence tolerantly (`mimic.data.mentions.find_mention`):
