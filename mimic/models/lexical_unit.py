@@ -86,6 +86,10 @@ class LexicalUnitConfig:
 class LexicalUnit(nn.Module):
     """Pair features [..., len(FEATURES)] -> S_L [...] (standardised, then linear or a 2-layer GELU MLP)."""
 
+    columns: torch.Tensor  # [F'] positions of the selected features in FEATURES
+    mean: torch.Tensor  # [F'] standardisation, fitted on the training shortlists
+    std: torch.Tensor  # [F']
+
     def __init__(self, config: LexicalUnitConfig | None = None):
         super().__init__()
         self.config = config or LexicalUnitConfig()

@@ -151,7 +151,7 @@ def _faiss_index(vectors: np.ndarray, kind: str, path: Path | None = None):
     if not idx.is_trained:
         idx.train(vectors)
     idx.add(vectors)
-    if kind == "ivf":
+    if isinstance(idx, faiss.IndexIVFFlat):
         idx.make_direct_map()  # reconstruct() for the lexical unit's dense feature
     if path is not None and kind in ("hnsw", "ivf"):
         with atomic_file(path) as tmp:

@@ -186,7 +186,7 @@ def fit_lexical_unit(train: ShortlistSet, dev: ShortlistSet, cfg: FitConfig | No
     if best_state is not None:
         unit.load_state_dict(best_state)
     s_l = dev_scores()
-    grid = []
+    grid: list[dict] = []
     for beta in cfg.betas:
         m = _metrics(shortlist_ranks(beta * dev.S_mimic + s_l, dev.mask, dev.gold))
         grid.append({"mimic_weight": beta, "dev": m})
