@@ -32,15 +32,15 @@ import shutil
 import tempfile
 import zipfile
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from mimic.atomic import write_dir_atomic
 from mimic.data import write_jsonl_dataset, write_official
-from mimic.data.schema import Dataset, Entity, KnowledgeBase
+from mimic.data.jsonl import write_jsonl_dataset_with_images
+from mimic.data.schema import Dataset, KnowledgeBase
 from mimic.data.schema import Mention as CoreMention
 
 from ._base import StoreBase
@@ -108,7 +108,6 @@ put this folder under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, start Label Studio
 LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and add a Local files storage for it; or rewrite
 data.image (data.image_file holds the path relative to this folder).
 """
-KB_IMAGE_DIR = "kb_image"  # the JSONL training layout's entity images (as the official layout's folder)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
 
 
@@ -160,36 +159,6 @@ def split_of(uid: str, fractions: tuple[float, float, float], seed: str = "") ->
 def _check_fractions(fractions) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise InvalidInput(f"expected three non-negative numbers summing to 1, got {fractions}", "fractions")
-
-
-def _write_jsonl_with_images(dataset: Dataset, root: Path) -> None:
-    """`dataset` in the JSONL layout under `root` (an empty folder) with its images copied into
-    root/kb_image/ and root/mention_image/ under their store names (content hashes, so a file shared
-    by several rows is copied once), so kb.jsonl and the split files name them relatively. A missing
-    source keeps its relative name without a file, as `write_official` does (the loader counts it)."""
-    placed: dict[str, str] = {}
-
-    def place(src: str, folder: str) -> str:
-        if src not in placed:
-            rel = f"{folder}/{Path(src).name}"
-            if os.path.isfile(src):
-                (root / folder).mkdir(exist_ok=True)
-                if not (root / rel).exists():
-                    shutil.copyfile(src, root / rel)
-            else:
-                log.warning("image %s not found; writing its name without a file", src)
-            placed[src] = str(root / rel)
-        return placed[src]
-
-    kb = KnowledgeBase(
-        [Entity(e.id, e.name, e.text, list(e.aliases), [place(p, KB_IMAGE_DIR) for p in e.images]) for e in dataset.kb]
-    )
-    splits = {
-        name: [replace(m, image=place(m.image, MENTION_IMAGE_DIR) if m.image else None) for m in ms]
-        for name, ms in dataset.splits.items()
-    }
-    # root exists (the caller's temporary folder): the writer replaces it, carrying the images over
-    write_jsonl_dataset(Dataset(kb, splits, name=dataset.name, stats=dataset.stats), root, overwrite=True)
 
 
 @dataclass(frozen=True)
@@ -534,7 +503,7 @@ class ExportsMixin(StoreBase):
         if layout == "official":
             path = write_official(dataset, out_dir, prefix=prefix, copy_images=copy_images, overwrite=overwrite)
         elif copy_images:
-            path = write_dir_atomic(out_dir, lambda tmp: _write_jsonl_with_images(dataset, tmp), overwrite=overwrite)
+            path = write_jsonl_dataset_with_images(dataset, out_dir, overwrite=overwrite)
         else:
             path = write_jsonl_dataset(dataset, out_dir, overwrite=overwrite)
         return TrainingExport(

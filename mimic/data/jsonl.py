@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from mimic.atomic import atomic_dir
+from mimic.atomic import atomic_dir, write_dir_atomic
 from mimic.data.json_files import read_jsonl, write_jsonl
 from mimic.data.json_record import JsonRecord, count_per_split, is_nil, split_order
 from mimic.data.mentions import locate_mention
@@ -186,3 +188,43 @@ def write_jsonl_dataset(dataset: Dataset, root: str | Path, *, overwrite: bool =
                 ),
             )
     return root
+
+
+KB_IMAGE_DIR, MENTION_IMAGE_DIR = "kb_image", "mention_image"  # as the official layout's folders
+log = logging.getLogger("mimic.data")
+
+
+def write_jsonl_dataset_with_images(dataset: Dataset, root: str | Path, *, overwrite: bool = False) -> Path:
+    """`write_jsonl_dataset` with the images copied into root/kb_image/ and root/mention_image/ (named
+    relatively, a self-contained folder; atomically); return `root`."""
+    return write_dir_atomic(Path(root), lambda tmp: _fill_with_images(dataset, tmp), overwrite=overwrite)
+
+
+def _fill_with_images(dataset: Dataset, root: Path) -> None:
+    """`dataset` in the JSONL layout under `root` (an empty folder) with its images copied into
+    root/kb_image/ and root/mention_image/ under their store names (content hashes, so a file shared
+    by several rows is copied once), so kb.jsonl and the split files name them relatively. A missing
+    source keeps its relative name without a file, as `write_official` does (the loader counts it)."""
+    placed: dict[str, str] = {}
+
+    def place(src: str, folder: str) -> str:
+        if src not in placed:
+            rel = f"{folder}/{Path(src).name}"
+            if os.path.isfile(src):
+                (root / folder).mkdir(exist_ok=True)
+                if not (root / rel).exists():
+                    shutil.copyfile(src, root / rel)
+            else:
+                log.warning("image %s not found; writing its name without a file", src)
+            placed[src] = str(root / rel)
+        return placed[src]
+
+    kb = KnowledgeBase(
+        [Entity(e.id, e.name, e.text, list(e.aliases), [place(p, KB_IMAGE_DIR) for p in e.images]) for e in dataset.kb]
+    )
+    splits = {
+        name: [replace(m, image=place(m.image, MENTION_IMAGE_DIR) if m.image else None) for m in ms]
+        for name, ms in dataset.splits.items()
+    }
+    # root exists (the caller's temporary folder): the writer replaces it, carrying the images over
+    write_jsonl_dataset(Dataset(kb, splits, name=dataset.name, stats=dataset.stats), root, overwrite=True)
