@@ -30,9 +30,11 @@ DATA_DIR/runs/<run_id>/progress.json):
               serving checkpoint folder is only ever read), register the version with every number
               and the decision, link it to the run.
  8. promote   `store.promote(version)` only when `decide_promotion` says so (default: held-out MRR
-              not lower, base dev H@1 not lower by more than 0.5 points). The held-out slice comes
-              from the corrections, so wrong corrections poison it too: the base dev split is the
-              trusted judge, and without one the candidate is not promoted (promotion.py).
+              not lower, base dev H@1 not lower by more than 0.5 points, at most 2 % of the held-out
+              labels ranked beyond 1,000 by the serving model). The held-out slice comes from the
+              corrections, so wrong corrections poison it too: the base dev split is the trusted
+              judge, and without one the candidate is not promoted; the label check refuses a batch
+              of implausible labels that does no measurable harm (promotion.py).
  9. finish    Run marked succeeded. Any exception on the way: run marked failed (cancelled on
               SIGTERM / Ctrl-C) with the error, and the log stays.
 

@@ -53,6 +53,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-mrr-delta", type=float, help="promotion: held-out MRR gain required (default 0)")
     p.add_argument("--max-dev-h1-drop", type=float, help="promotion: base dev H@1 drop allowed (default 0.005)")
+    p.add_argument(
+        "--max-implausible",
+        type=float,
+        help="promotion: share of held-out labels the serving model ranks beyond --implausible-rank "
+        "allowed (default 0.02; 1 turns the label check off)",
+    )
+    p.add_argument("--implausible-rank", type=int, help="promotion: see --max-implausible (default 1000)")
     p.add_argument("--min-new-annotations", type=int, help="policy: N new accepted annotations")
     p.add_argument("--every-hours", type=float, help="policy: T hours since the last successful run")
     p.add_argument(
@@ -102,6 +109,8 @@ def config_from_args(a) -> RetrainConfig:
         "bf16": a.bf16,
         "min_mrr_delta": a.min_mrr_delta,
         "max_dev_h1_drop": a.max_dev_h1_drop,
+        "max_implausible": a.max_implausible,
+        "implausible_rank": a.implausible_rank,
         "min_new_annotations": a.min_new_annotations,
         "every_hours": a.every_hours,
     }

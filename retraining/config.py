@@ -34,6 +34,8 @@ class RetrainConfig(ConfigFile):
     min_mrr_delta: float = 0.0  # candidate held-out MRR - serving held-out MRR must be >= this
     max_dev_h1_drop: float = 0.005  # serving base-dev H@1 - candidate base-dev H@1 must be <= this
     min_heldout: int = 1  # fewer held-out corrections: no judgement, no promotion
+    implausible_rank: int = 1000  # a held-out label the serving model ranks beyond this is implausible
+    max_implausible: float = 0.02  # share of implausible held-out labels allowed (1: no label check)
     min_new_annotations: int | None = None  # policy N
     every_hours: float | None = None  # policy T
     retry_hours: float = 1.0  # after a failed or cancelled run, the policy waits this long
@@ -48,6 +50,8 @@ class RetrainConfig(ConfigFile):
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (in-batch negatives)")
         if self.min_new_annotations is not None and int(self.min_new_annotations) < 1:
             raise ValueError("min_new_annotations must be >= 1 (or None)")
+        if int(self.implausible_rank) < 1 or not 0 <= float(self.max_implausible) <= 1:
+            raise ValueError("implausible_rank must be >= 1 and max_implausible in [0, 1]")
         if self.every_hours is not None and float(self.every_hours) <= 0:
             raise ValueError("every_hours must be > 0 (or None)")
 

@@ -25,7 +25,7 @@ from mimic.training.trainer import TrainConfig, pick_device, train
 from .config import RetrainConfig
 from .evaluation import evaluate_models
 from .progress import EpochWatcher, Progress
-from .promotion import decide_promotion
+from .promotion import decide_promotion, implausible_share
 from .serving import Serving
 
 log = logging.getLogger("mimic.retrain")
@@ -235,6 +235,11 @@ def _delta(res: dict, set_name: str, metric: str) -> float | None:
     return res["candidate"][set_name][metric] - res["serving"][set_name][metric]
 
 
+def _implausible(res: dict, cfg: RetrainConfig) -> dict | None:
+    share = implausible_share(res["serving"], cfg)
+    return None if share is None else {"count": share[0], "of": share[1], "beyond_rank": cfg.implausible_rank}
+
+
 def version_metrics(
     cfg: RetrainConfig,
     rid: int,
@@ -264,6 +269,7 @@ def version_metrics(
             "heldout_MRR": _delta(res, "heldout", "MRR") if data.heldout else None,
             "base_dev_H@1": _delta(res, "base_dev", "H@1") if data.base_dev else None,
         },
+        "implausible_heldout": _implausible(res, cfg),
         "decision": {
             "promote": decision[0],
             "reason": decision[1],
@@ -271,6 +277,8 @@ def version_metrics(
                 "min_mrr_delta": cfg.min_mrr_delta,
                 "max_dev_h1_drop": cfg.max_dev_h1_drop,
                 "min_heldout": cfg.min_heldout,
+                "implausible_rank": cfg.implausible_rank,
+                "max_implausible": cfg.max_implausible,
             },
         },
         "data": {

@@ -11,6 +11,18 @@ Two judges, both required:
   candidate's base-dev H@1 is unknown and counts as the worst case, a drop of 1.0: so a run without
   `base_data` is registered but not promoted (an admin may still serve it by hand), unless
   max_dev_h1_drop >= 1 says on purpose that no trusted judge is wanted.
+
+And a check of the labels themselves: at most `max_implausible` of the held-out corrections may be
+labelled with an entity that the serving model ranks beyond `implausible_rank` (default: 2 % beyond
+rank 1,000). Both quality judges measure harm, and a batch of random wrong labels need not do harm:
+on MELBench, 500 random labels on top of 4,000 good ones gave a candidate that was not worse on
+either judge (docs/retraining.md#learning-curve). What such a batch cannot hide is that its labels
+are implausible: a real correction names an entity the serving model ranks near the top (there
+0.0 % of clean held-out labels lay beyond rank 1,000), a random entity of a large KB lies far down
+(10.3 % of that poisoned slice). The held-out corrections were never trained on by any model, so the
+serving model's ranks of their labels are an independent view. The share is taken over the whole
+held-out slice, so a batch diluted in many more good corrections passes this check. A KB of at most
+`implausible_rank` entities cannot trip it.
 """
 
 from __future__ import annotations
@@ -48,4 +60,21 @@ def decide_promotion(serving: dict, candidate: dict, cfg: RetrainConfig) -> tupl
             f"{cfg.max_dev_h1_drop:.4f} (set base_data to judge on trusted labels)"
         )
     ok = ok and drop <= cfg.max_dev_h1_drop + _EPS
+    share = implausible_share(serving, cfg)
+    if share is not None:
+        n_bad, n = share
+        parts.append(
+            f"{n_bad} of {n} held-out labels ranked beyond {cfg.implausible_rank} by the serving model "
+            f"({n_bad / n:.1%}, allowed <= {cfg.max_implausible:.1%})"
+        )
+        ok = ok and n_bad / n <= cfg.max_implausible + _EPS
     return ok, ("promoted: " if ok else "not promoted: ") + "; ".join(parts)
+
+
+def implausible_share(serving: dict, cfg: RetrainConfig) -> tuple[int, int] | None:
+    """(held-out labels the serving model ranks beyond `implausible_rank`, held-out labels), or
+    None when the serving model's held-out ranks are not known."""
+    ranks = (serving.get("heldout") or {}).get("ranks")
+    if not ranks:
+        return None
+    return sum(1 for r in ranks if r > cfg.implausible_rank), len(ranks)

@@ -335,6 +335,33 @@ def test_decide_promotion_thresholds():
     assert waived[0] is True
 
 
+def test_implausible_labels_are_refused():
+    """The label check: too many held-out labels that the serving model ranks beyond implausible_rank
+    refuse a candidate that both quality judges would pass (the MELBench poison run's numbers)."""
+    cfg = RetrainConfig()
+    clean = [1] * 700 + [5] * 90 + [400] * 14  # 804 clean labels, none beyond rank 1,000
+    poisoned = clean + [2, 3] + [17000] * 93  # 93 of 899 random labels far down a 17,391-entity KB
+
+    def run(ranks):
+        s = {"heldout": {"MRR": 0.7585, "count": len(ranks), "ranks": ranks}, "base_dev": {"H@1": 0.776, "count": 1000}}
+        c = {"heldout": {"MRR": 0.7623, "count": len(ranks)}, "base_dev": {"H@1": 0.778, "count": 1000}}
+        return decide_promotion(s, c, cfg)
+
+    ok, why = run(clean)
+    assert ok and "0 of 804 held-out labels ranked beyond 1000 by the serving model (0.0%, allowed <= 2.0%)" in why
+    ok, why = run(poisoned)
+    assert not ok and "93 of 899 held-out labels ranked beyond 1000" in why and "10.3%" in why
+    assert run(clean[:784] + [2000] * 16)[0] is True  # 16 of 800 = 2.0 %: at the limit
+    assert run(clean[:783] + [2000] * 17)[0] is False
+    assert decide_promotion(  # 1.0 turns the check off
+        {"heldout": {"MRR": 0.5, "count": 2, "ranks": [5000, 9000]}, "base_dev": {"H@1": 0.8, "count": 5}},
+        {"heldout": {"MRR": 0.6, "count": 2}, "base_dev": {"H@1": 0.8, "count": 5}},
+        RetrainConfig(max_implausible=1.0),
+    )[0]
+    with pytest.raises(ValueError):
+        RetrainConfig(max_implausible=1.5)
+
+
 # ------------------------------------------------------------------------------------------------
 # (b') a batch of deliberately wrong corrections is refused
 # ------------------------------------------------------------------------------------------------
