@@ -33,6 +33,7 @@ from mimic.analysis.cli import add_analyze_parser
 from mimic.atomic import write_text_atomic
 from mimic.data.formats import load_dataset
 from mimic.data.kb_files import load_kb
+from mimic.training.lexical_cli import add_train_lexical_parser
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -82,17 +83,6 @@ def cmd_train(a):
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     _json_out({k: v for k, v in summary.items() if k != "history"} | {"epochs_run": len(summary["history"])}, None)
-
-
-def cmd_train_lexical(a):
-    # lazy: torch-backed; `python -m mimic --help` must stay fast
-    from mimic.training.lexical_unit_fit import FitConfig, train_lexical_unit
-
-    fit = FitConfig(hidden=a.hidden, epochs=a.epochs, seed=a.seed)
-    report = train_lexical_unit(
-        a.checkpoint, a.data, a.output, index=a.index, work=a.work, fit=fit, progress=not a.no_progress
-    )
-    _json_out({k: v for k, v in report.items() if k != "epochs"}, None)
 
 
 def cmd_evaluate(a):
@@ -421,19 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    tl = sub.add_parser("train-lexical", help="fit the lexical unit S_L of a trained fixed-mode checkpoint")
-    tl.add_argument("--checkpoint", required=True, help="trained checkpoint folder (its heads stay as they are)")
-    tl.add_argument("--data", required=True, help="dataset with train and dev splits")
-    tl.add_argument("--output", required=True, help="checkpoint folder to write (heads + lexical unit)")
-    tl.add_argument(
-        "--index", help="KB index of the dataset for this checkpoint (built when absent; default OUTPUT-index)"
-    )
-    tl.add_argument("--work", help="cache of the train/dev shortlist features (default OUTPUT-work)")
-    tl.add_argument("--hidden", type=int, default=64, help="MLP width (0: linear)")
-    tl.add_argument("--epochs", type=int, default=15)
-    tl.add_argument("--seed", type=int, default=0)
-    tl.add_argument("--no-progress", action="store_true")
-    tl.set_defaults(func=cmd_train_lexical)
+    add_train_lexical_parser(sub)
 
     e = sub.add_parser("evaluate", help="full-KB evaluation")
     e.add_argument("--checkpoint", required=True)
