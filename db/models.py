@@ -96,6 +96,30 @@ class Annotator(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="annotator")
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # A salted argon2id hash (app/auth.py hashes; the store only keeps it). NULL for annotators who
+    # sign in another way (MIMIC_USERS bootstrap, HF OAuth) or who are only named in an import.
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Project(Base):
+    """An annotation project: its own corpus (the mentions that name it), guidelines and overlap.
+
+    Mentions with no project belong to the built-in default project (the demo queue and mentions
+    saved from Link), so a database written before projects existed keeps working unchanged.
+    """
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    guidelines: Mapped[str] = mapped_column(Text, default="", server_default="")  # Markdown
+    # How many annotators decide each mention before it leaves the queue (the global overlap
+    # setting is the default project's).
+    annotators_per_mention: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    kb: Mapped[str] = mapped_column(String(200), default="default", server_default="default")
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -162,6 +186,7 @@ class Mention(Base):
         CheckConstraint('start >= 0 AND start < "end"', name="span"),
         # The queue reads pending mentions (decided below overlap) in margin order.
         Index("ix_mentions_decided_margin_id", "decided", "margin", "id"),
+        Index("ix_mentions_project_id", "project_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -176,6 +201,8 @@ class Mention(Base):
     # How many annotators have a current final decision on it: kept in step by every write that
     # changes an annotation's status, so the queue can skip finished mentions without counting.
     decided: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # NULL: the default project (see Project).
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -259,6 +286,8 @@ class Annotation(Base):
     prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
     seconds_spent: Mapped[float | None] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
+    # An annotator's flag for review (e.g. "unsure", "kb-missing", "bad-span"); NULL when none.
+    flag: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(12), default="current")
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
     undone_at: Mapped[datetime | None] = mapped_column()
