@@ -300,6 +300,7 @@ class StoreBase:
             undone_at=a.undone_at,
             created_at=a.created_at,
             duplicate=duplicate,
+            flag=getattr(a, "flag", None),
         )
 
     def resolve_data_path(self, p: str) -> str | None:

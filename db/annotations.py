@@ -57,6 +57,11 @@ class Submission:
     seconds_spent: float | None
     comment: str | None
     request_id: str
+    flag: str | None = None
+
+
+#: Flags an annotator can raise on a decision for the reviewers (shown in the review list).
+FLAGS = ("unsure", "kb-missing", "bad-span", "bad-image", "other")
 
 
 def check_submission(
@@ -69,6 +74,7 @@ def check_submission(
     seconds_spent: Any = None,
     comment: Any = None,
     request_id: Any = None,
+    flag: Any = None,
     field: str = "",
 ) -> Submission:
     p = f"{field}." if field else ""
@@ -93,6 +99,10 @@ def check_submission(
     seconds = check_float(seconds_spent, f"{p}seconds_spent", optional=True, minimum=0.0, maximum=MAX_SECONDS)
     if comment is not None:
         check_text(comment, f"{p}comment", max_len=MAX_COMMENT, allow_empty=True)
+    if flag is not None and flag != "":
+        check_choice(flag, f"{p}flag", FLAGS)
+    else:
+        flag = None
     if request_id is None:
         request_id = uuid.uuid4().hex
     check_text(request_id, f"{p}request_id", max_len=MAX_REQUEST_ID)
@@ -105,6 +115,7 @@ def check_submission(
         seconds_spent=seconds,
         comment=comment,
         request_id=request_id,
+        flag=flag,
     )
 
 
@@ -140,10 +151,12 @@ class AnnotationsMixin(StoreBase):
         seconds_spent: float | None = None,
         comment: str | None = None,
         request_id: str | None = None,
+        flag: str | None = None,
     ) -> AnnotationRecord:
         """Record a decision: decision="entity" with `entity_id`, or "nil" (not in the list),
         "ambiguous", or "skip". `decision` may be left out when `entity_id` is given.
         `prediction_id` is the prediction the annotator was shown (default: the mention's latest).
+        `flag` (one of FLAGS) asks the reviewers to look at the decision; `comment` says why.
         Returns the stored annotation (`duplicate=True` when nothing new was stored)."""
         sub = check_submission(
             annotator,
@@ -154,6 +167,7 @@ class AnnotationsMixin(StoreBase):
             seconds_spent=seconds_spent,
             comment=comment,
             request_id=request_id,
+            flag=flag,
         )
         return self._write(lambda s, events: self._apply_submission(s, sub, events))
 
@@ -207,7 +221,12 @@ class AnnotationsMixin(StoreBase):
         else:
             pred = self._latest_prediction(s, m.id)
         current = self._current(s, m.id, ann.id)
-        if current is not None and (current.decision, current.entity_id) == (sub.decision, sub.entity_id):
+        if current is not None and (current.decision, current.entity_id, current.comment, current.flag) == (
+            sub.decision,
+            sub.entity_id,
+            sub.comment,
+            sub.flag,
+        ):
             return self._annotation_record(s, current, duplicate=True, annotator_name=ann.name, mention_uid=m.uid)
         row = self._insert_annotation(
             s,
@@ -221,6 +240,7 @@ class AnnotationsMixin(StoreBase):
             prediction_id=pred.id if pred else None,
             seconds_spent=sub.seconds_spent,
             comment=sub.comment,
+            flag=sub.flag,
             created_at=utcnow(),
         )
         events.append(self._annotation_event(s, row, ann, m))
@@ -436,6 +456,7 @@ class AnnotationsMixin(StoreBase):
             "prediction": prediction,
             "seconds_spent": a.seconds_spent,
             "comment": a.comment,
+            "flag": a.flag,
         }
 
     @staticmethod

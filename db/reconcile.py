@@ -144,6 +144,7 @@ class JournalReplayMixin(AnnotationsMixin):
             prediction_id=pred.id if pred else None,
             seconds_spent=ev.get("seconds_spent"),
             comment=ev.get("comment"),
+            flag=ev.get("flag"),
             created_at=_parse_time(ev["created_at"]),
         )
         return True

@@ -139,6 +139,7 @@ class AnnotationRecord(_Record):
     undone_at: datetime | None
     created_at: datetime
     duplicate: bool = False  # True when this call stored nothing: the same submission was already there
+    flag: str | None = None  # one of db.annotations.FLAGS, raised for the reviewers
 
 
 @dataclass(frozen=True)
