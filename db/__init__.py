@@ -18,7 +18,17 @@ commits, so the database can be rebuilt from the journal (`AnnotationStore.recon
 from .agreement import agreement_report, cohen_kappa, fleiss_kappa, fleiss_kappa_from_counts
 from .config import Settings, StorageReport, describe_location
 from .engine import get_engine, make_engine, session_scope
-from .errors import Conflict, InvalidImage, InvalidInput, InvalidSpan, NotFound, StoreBusy, StoreError, UnknownEntity
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidImage,
+    InvalidInput,
+    InvalidSpan,
+    NotFound,
+    StoreBusy,
+    StoreError,
+    UnknownEntity,
+)
 from .journal import Journal, scan_journal
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -34,8 +44,13 @@ from .records import (
     ProgressRecord,
     QueueItem,
     ReconcileReport,
+    ReviewDecision,
+    ReviewItem,
+    ReviewPage,
+    SignInRecord,
     TrainingExport,
     TrainingRunRecord,
+    UserRecord,
 )
 from .store import AnnotationStore, open_store
 
@@ -64,6 +79,7 @@ __all__ = [
     "InvalidSpan",
     "InvalidImage",
     "Conflict",
+    "Forbidden",
     "StoreBusy",
     "AnnotationRecord",
     "AnnotatorRecord",
@@ -77,6 +93,11 @@ __all__ = [
     "ProgressRecord",
     "QueueItem",
     "ReconcileReport",
+    "ReviewDecision",
+    "ReviewItem",
+    "ReviewPage",
+    "SignInRecord",
+    "UserRecord",
     "TrainingExport",
     "TrainingRunRecord",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from datetime import datetime
 from itertools import combinations
 from typing import Any
 
@@ -112,3 +113,53 @@ def agreement_report(labels: Mapping[Any, Mapping[str, Hashable]]) -> dict:
         "observed_agreement": observed,
         "pairs": pairs,
     }
+
+
+def throughput(decisions: Iterable[tuple[str, float | None, datetime]]) -> dict[str, dict]:
+    """Decisions per hour of each annotator from (annotator, seconds_spent or None, created_at) of
+    their current decisions.
+
+    Seconds spent (what the Annotate tab measures per item) are the better clock: when at least one
+    decision has them, rate = decisions with seconds / (their total seconds / 3600), source
+    "seconds_spent". Otherwise the timestamps: n decisions span n - 1 gaps, so rate = (n - 1) /
+    (hours from the first to the last), source "timestamps"; None for a single decision or an
+    empty span (a rate would be invented).
+    -> {annotator: {"decisions", "seconds", "per_hour", "source"}}
+    """
+    per: dict[str, list[tuple[float | None, datetime]]] = {}
+    for who, seconds, at in decisions:
+        per.setdefault(who, []).append((seconds, at))
+    out = {}
+    for who, rows in per.items():
+        timed = [sec for sec, _ in rows if sec is not None]
+        total = float(sum(timed))
+        if timed:
+            rate = len(timed) / (total / 3600.0) if total > 0 else None
+            source = "seconds_spent"
+        else:
+            times = sorted(at for _, at in rows)
+            span = (times[-1] - times[0]).total_seconds() if times else 0.0
+            rate = (len(times) - 1) / (span / 3600.0) if span > 0 else None
+            source = "timestamps"
+        out[who] = {"decisions": len(rows), "seconds": total, "per_hour": rate, "source": source}
+    return out
+
+
+def reviewer_agreement(
+    labels: Mapping[Any, Mapping[str, Hashable]], resolutions: Mapping[Any, Hashable]
+) -> dict[str, dict]:
+    """How often each annotator's decision is the one the reviewers settled on.
+
+    `labels`: item -> {annotator: label} (the annotators' own decisions, reviewers left out);
+    `resolutions`: item -> the reviewer's label. Only items with a resolution count.
+    -> {annotator: {"reviewed": n, "agreed": k, "fraction": k / n}}
+    """
+    out: dict[str, dict] = {}
+    for item, gold in resolutions.items():
+        for who, lab in (labels.get(item) or {}).items():
+            r = out.setdefault(who, {"reviewed": 0, "agreed": 0, "fraction": None})
+            r["reviewed"] += 1
+            r["agreed"] += lab == gold
+    for r in out.values():
+        r["fraction"] = r["agreed"] / r["reviewed"]
+    return out

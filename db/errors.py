@@ -46,3 +46,8 @@ class StoreBusy(StoreError):
     Raised instead of the driver's raw `OperationalError: database is locked`, after the
     transaction was rolled back: nothing was written and the call may be repeated.
     """
+
+
+class Forbidden(StoreError):
+    """The acting user's role (or disabled account) does not allow the operation (e.g. `resolve`
+    by an annotator)."""

@@ -216,3 +216,61 @@ class TrainingExport(_Record):
     annotation_ids: list[int]
     conflicts: int  # mentions whose annotators disagree with no reviewer decision
     not_entity: int  # mentions resolved to NIL / ambiguous (not trainable)
+
+
+# -- review and users (db/review.py, db/users.py) ------------------------------------------------
+@dataclass(frozen=True)
+class UserRecord(_Record):
+    """A user as the Users tab shows one: never the password hash, only whether there is one."""
+
+    id: int
+    name: str
+    role: str
+    active: bool
+    has_password: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SignInRecord:
+    """What sign-in needs (`UsersMixin.user_for_sign_in`). Holds the hash: not a `_Record` (no
+    `to_dict`), and its repr leaves the hash out, so it is never shown or logged by accident."""
+
+    name: str
+    role: str
+    active: bool
+    password_hash: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ReviewDecision(_Record):
+    """One annotator's current decision on a mention under review."""
+
+    annotation_id: int
+    annotator: str
+    role: str
+    decision: str  # entity | nil | ambiguous | skip
+    entity_id: str | None
+    entity_name: str | None
+    comment: str | None
+    flag: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ReviewItem(_Record):
+    """A mention that needs a reviewer: its annotators disagree, or one of them raised a flag."""
+
+    mention: MentionRecord
+    prediction_id: int | None
+    candidates: list[CandidateRecord]  # the latest prediction's, best first (names included)
+    decisions: list[ReviewDecision]
+    reasons: list[str]  # "disagreement" and/or "flag"
+
+
+@dataclass(frozen=True)
+class ReviewPage(_Record):
+    items: list[ReviewItem]
+    total: int  # mentions needing review (all pages)
+    offset: int
+    limit: int

@@ -8,6 +8,8 @@ The operations are grouped by concept in mixins (one module each):
   reports.py      progress and speed, agreement, accepted links, one label per mention
   runs.py         model versions (promotion) and training runs
   export.py       gold mentions; JSONL / CSV / training-set exports
+  review.py       the review list, resolving a mention, the agreement figures of the Review tab
+  users.py        users who sign in: role, active flag, argon2 password hash
 """
 
 from __future__ import annotations
@@ -28,13 +30,24 @@ from .migrate import upgrade
 from .queue import QueueMixin
 from .reconcile import JournalReplayMixin
 from .reports import ReportsMixin
+from .review import ReviewMixin
 from .runs import RunsMixin
+from .users import UsersMixin
 
 log = logging.getLogger("mimic.db")
 
 
 class AnnotationStore(
-    KbMixin, MentionsMixin, JournalReplayMixin, AnnotationsMixin, QueueMixin, ReportsMixin, RunsMixin, ExportsMixin
+    KbMixin,
+    MentionsMixin,
+    JournalReplayMixin,
+    AnnotationsMixin,
+    QueueMixin,
+    ReportsMixin,
+    RunsMixin,
+    ExportsMixin,
+    ReviewMixin,
+    UsersMixin,
 ):
     """The annotation store over one database (see the mixins for the operations).
 
