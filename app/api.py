@@ -1,5 +1,6 @@
-"""The documented API: `/link`, `/annotate` and `/export`, on hidden components (gradio_client and
-the API page call them by name). Their signatures and docstrings are the API's documentation."""
+"""The documented API: `/link`, `/annotate`, `/export`, `/review` and `/resolve`, on hidden
+components (gradio_client and the API page call them by name). Their signatures and docstrings are
+the API's documentation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .context import AppContext
 from .tabs import annotate as annotate_tab
 from .tabs import link as link_tab
 from .tabs import models as models_tab
+from .tabs import review as review_tab
 
 
 def build(ctx: AppContext, shared: Shared) -> None:
@@ -81,3 +83,54 @@ def build(ctx: AppContext, shared: Shared) -> None:
         **shared.db_queue,
     )
     export_button.click(api_export, fmt, export_file, api_name="export", **shared.db_queue)
+    _review_endpoints(ctx, shared)
+
+
+def _review_endpoints(ctx: AppContext, shared: Shared) -> None:
+    """`/review` (the review list, paged) and `/resolve`: reviewers and admins, checked inside the
+    handlers (app/tabs/review.py) exactly as in the Review tab."""
+    with gr.Column(visible=False):
+        page, page_size, project = gr.Number(precision=0), gr.Number(precision=0), gr.Textbox(value="")
+        review_out = gr.JSON()
+        review_button = gr.Button()
+        mention_id, choice, comment = gr.Textbox(), gr.Textbox(), gr.Textbox(value="")
+        resolve_out = gr.Number()
+        resolve_button = gr.Button()
+
+    def api_review(
+        page: float = 1,
+        page_size: float = review_tab.PAGE_SIZE,
+        project: str = "",
+        request: gr.Request = None,  # type: ignore[assignment]  # gradio fills it in
+    ) -> dict:
+        """The mentions that need a reviewer (their annotators disagree, or one raised a flag), one
+        page: page (from 1), page_size (1 to 500), project (a project id; empty: all). Returns
+        {"total", "offset", "limit", "items": [{"mention": {...}, "candidates": [...], "decisions":
+        [{"annotator", "role", "decision", "entity_id", "comment", "flag", ...}], "reasons"}]}.
+        Reviewers and admins only."""
+        try:
+            size = review_tab.PAGE_SIZE if page_size is None else int(page_size)
+            if not 1 <= size <= 500:
+                raise UserError(f"page_size must be between 1 and 500, got {page_size!r}")
+            first = 1 if page is None else page
+            return review_tab.review_page(ctx, username_of(request), first, project, page_size=size).to_dict()
+        except (UserError, TypeError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def api_resolve(
+        mention_id: str,
+        choice: str,
+        comment: str = "",
+        request: gr.Request = None,  # type: ignore[assignment]
+    ) -> float:
+        """Resolve a mention of the review list (id or uid) with one decision: an entity id, or
+        "__NIL__" / "__AMBIGUOUS__". Stored as the reviewer's decision, which is the mention's gold
+        from then on (the mention leaves the list). Reviewers and admins only. Returns the stored
+        annotation id."""
+        try:
+            return review_tab.resolve(ctx, username_of(request), mention_id, choice, comment or None)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    review_button.click(api_review, [page, page_size, project], review_out, api_name="review", **shared.db_queue)
+    resolve_button.click(api_resolve, [mention_id, choice, comment], resolve_out, api_name="resolve", **shared.db_queue)

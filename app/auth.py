@@ -16,6 +16,10 @@ cookie; every authorised route looks the cookie up with `App.tokens.get(token)`.
   request, and again if gradio resets the dict): a token older than the session lifetime is gone
   for `get` and `in`, so the cookie no longer authorises. The login cookie also gets a Max-Age.
 
+Who may sign in: the database's users (added in the Users tab, argon2 hashes in the annotators table;
+a disabled one is refused) and the MIMIC_USERS entries (for users without a stored hash). MIMIC_USERS
+creates its users in the database at start when absent, so the first admin always exists.
+
 HF OAuth ("Sign in with Hugging Face") uses its own session cookie and routes (`/login/huggingface`,
 `/login/callback`, GET); the guard leaves them alone.
 
@@ -28,11 +32,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from argon2 import PasswordHasher, extract_parameters
@@ -44,6 +50,8 @@ _HASHER = PasswordHasher()  # argon2id, the library's RFC 9106 low-memory defaul
 MAX_LOCKOUT_SECONDS = 3600.0
 MAX_TRACKED_KEYS = 10_000
 MAX_LOGIN_BODY = 64 * 1024
+MIN_PASSWORD = 8  # characters of a password set in the Users tab
+log = logging.getLogger("mimic.app")
 
 
 # -- hashes --------------------------------------------------------------------------------------
@@ -86,14 +94,44 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-def make_auth(table: dict[str, str]):
-    """The async `launch(auth=...)` callable over name -> hash. Async, so gradio awaits it and the
+class StoredUser(Protocol):
+    """What sign-in reads of a database user (db.records.SignInRecord)."""
+
+    active: bool
+    password_hash: str | None
+
+
+UserLookup = Callable[[str], "StoredUser | None"]
+
+
+def check_sign_in(table: dict[str, str], lookup: UserLookup | None, username: str, password: str) -> bool:
+    """One sign-in check. The database decides for the users it holds: a disabled user is refused
+    (after the same argon2 work, so the answer takes no shorter), a stored hash is the password.
+    A user without a stored hash (or not in the database) signs in with their MIMIC_USERS entry.
+    A database that cannot be read refuses rather than falling back."""
+    try:
+        stored = lookup(username) if lookup is not None else None
+    except Exception:
+        log.exception("sign-in: the user table could not be read; refusing %r", username)
+        verify_password(None, password)
+        return False
+    if stored is not None and not stored.active:
+        verify_password(None, password)
+        return False
+    if stored is not None and stored.password_hash:
+        return verify_password(stored.password_hash, password)
+    return verify_password(table.get(username), password)
+
+
+def make_auth(table: dict[str, str], lookup: UserLookup | None = None):
+    """The async `launch(auth=...)` callable over name -> hash (MIMIC_USERS) and the database's
+    users (`lookup`, e.g. `AnnotationStore.user_for_sign_in`). Async, so gradio awaits it and the
     argon2 work (tenths of a second) runs in a worker thread, not on the server's event loop."""
 
     limiter = anyio.CapacityLimiter(4)  # argon2 takes 64 MiB per check: bound the parallel ones
 
     async def check(username: str, password: str) -> bool:
-        return await anyio.to_thread.run_sync(verify_password, table.get(username), password, limiter=limiter)
+        return await anyio.to_thread.run_sync(check_sign_in, table, lookup, username, password, limiter=limiter)
 
     return check
 
@@ -330,12 +368,17 @@ async def _respond(send, status: int, content: dict, headers: list | None = None
     await send({"type": "http.response.body", "body": data})
 
 
-def launch_auth_kwargs(table: dict[str, str], settings: AuthSettings) -> dict:
-    """`auth` and the guard middleware for `launch(**...)`; empty when nobody signs in."""
-    if not table:
+def launch_auth_kwargs(
+    table: dict[str, str], settings: AuthSettings, lookup: UserLookup | None = None, stored_users: bool = False
+) -> dict:
+    """`auth` and the guard middleware for `launch(**...)`; empty when nobody signs in (no
+    MIMIC_USERS and, `stored_users` False, no database user with a password)."""
+    if not table and not stored_users:
         return {}
-
-    return {"auth": make_auth(table), "app_kwargs": {"middleware": [Middleware(AuthGuard, settings=settings)]}}
+    return {
+        "auth": make_auth(table, lookup),
+        "app_kwargs": {"middleware": [Middleware(AuthGuard, settings=settings)]},
+    }
 
 
 def main() -> None:  # python -m app.auth

@@ -7,7 +7,7 @@
 | `MIMIC_BACKBONE` | `offline` | backbone of the zero-shot ranking (`offline`, `clip`, `auto`, a CLIP path); any other than `offline` also means zero-shot instead of the default checkpoint (which is for the offline backbone) |
 | `MIMIC_KB` | `assets/demo_kb/kb.jsonl` | KB loaded into an empty database on first start (.jsonl, .csv, official folder) |
 | `MIMIC_EXAMPLES` | `assets/demo_kb/examples.jsonl` | example mentions (Link tab) and the first annotation queue |
-| `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code); the password may be an argon2 hash (`name:$argon2id$v=19$m=...,t=...,p=...$salt$hash:role`, from `python -m app.auth`); a plaintext one is hashed at start and not kept |
+| `MIMIC_USERS` | unset | annotators who sign in: `name:password[:role],...` (a secret, never in code); the password may be an argon2 hash (`name:$argon2id$v=19$m=...,t=...,p=...$salt$hash:role`, from `python -m app.auth`); a plaintext one is hashed at start and not kept. Each user is created in the database at start when absent (the first admin); after that the database's role and active flag rule, and a password set in the Users tab replaces the entry's |
 | `MIMIC_USERS_FILE` | unset | the same, one `name:password[:role]` per line |
 | `MIMIC_SESSION_HOURS` | `12` | a sign-in lasts this long (fractions allowed: `0.001` = 3.6 s); after it the session cookie no longer authorises |
 | `MIMIC_LOGIN_MAX_FAILURES` | `5` | failed sign-ins per user, and per client address, within the window before a lock-out |
@@ -225,7 +225,13 @@ class AppConfig:
         """The `launch(auth=...)` callable (argon2 verification), or None when nobody signs in."""
         return self.launch_auth().get("auth")
 
-    def launch_auth(self) -> dict:
+    def launch_auth(self, store=None) -> dict:
         """`auth` and the sign-in guard (rate limiting, session expiry) for `launch(**...)`
-        (app/auth.py); empty when nobody is configured to sign in."""
-        return launch_auth_kwargs({u.name: u.password_hash for u in self.users}, self.auth_settings)
+        (app/auth.py); empty when nobody is configured to sign in. With the annotation `store`,
+        its users sign in too (and sign-in is on when it holds any user with a password)."""
+        return launch_auth_kwargs(
+            {u.name: u.password_hash for u in self.users},
+            self.auth_settings,
+            lookup=store.user_for_sign_in if store is not None else None,
+            stored_users=store is not None and store.has_password_users(),
+        )

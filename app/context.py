@@ -127,8 +127,8 @@ class AppContext:
         t0 = time.perf_counter()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(config.data_dir)
-        for u in config.users:
-            store.add_annotator(u.name, u.role)
+        for u in config.users:  # MIMIC_USERS bootstraps (the first admin); then the database rules
+            store.ensure_user(u.name, u.role)
         t1 = time.perf_counter()
         if store.count_entities() == 0:
             _seed_kb(store, config)
@@ -207,10 +207,10 @@ class AppContext:
         """The name a write is stored under, or WriteDenied."""
         if username:
             role = next((u.role for u in self.config.users if u.name == username), "annotator")
-            self.store.add_annotator(username, role)
+            self.store.ensure_user(username, role)  # an existing user keeps the database's role
             return username
         if self.config.anonymous_writes:
-            self.store.add_annotator("local", "admin")
+            self.store.ensure_user("local", "admin")
             return "local"
         raise WriteDenied(
             "sign in to save: visitors who are not signed in can link but not write"
@@ -227,7 +227,10 @@ class AppContext:
         if roles is None:
             raise WriteDenied(f"unknown action {action!r}")
         name = self.annotator(username)
-        role = self.store.get_annotator(name).role
+        user = self.store.get_annotator(name)
+        role = user.role
+        if not user.active:
+            raise WriteDenied(f"{name} is disabled: an admin can enable the account again (Users tab)")
         if role not in roles:
             raise WriteDenied(
                 f"{name} is {'an' if role[0] in 'aeiou' else 'a'} {role}: {action.replace('_', ' ')} "

@@ -25,6 +25,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "kb_import": REVIEW,  # import a KB file
     "retrain": ADMIN,  # start a retraining job
     "serve": ADMIN,  # promote / roll back the served model version
+    "review": REVIEW,  # the review list, resolving a mention, the agreement figures (Review tab, /review, /resolve)
+    "users": ADMIN,  # add users, change roles, disable / enable, reset passwords (Users tab)
 }
 
 

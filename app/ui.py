@@ -18,7 +18,7 @@ import gradio as gr
 from . import api
 from .common import HEADER_SECONDS, PRIVATE, Shared, add_private_root, header_markdown, header_update, username_of
 from .context import AppContext, browser_paths
-from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models
+from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models, review, users
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -51,12 +51,15 @@ def build_ui(ctx: AppContext):
             knowledge_base.build(ctx, shared)
             models.build(ctx, shared)
             analysis_tab = analysis.build(ctx, shared)
+            review.build(ctx, shared)
+            users.build(ctx, shared)
         api.build(ctx, shared)
         _wire_across_tabs(ctx, shared, who, link_tab, annotate_tab, inspect, analysis_tab)
 
     allowed, blocked = browser_paths(cfg, ctx.store.settings)  # only DATA_DIR/images and assets/ are served
     launch_kwargs = dict(
-        **cfg.launch_auth(),  # argon2 check, sign-in rate limits, session expiry (app/auth.py)
+        # argon2 check (MIMIC_USERS and the database's users), sign-in rate limits, session expiry (app/auth.py)
+        **cfg.launch_auth(ctx.store),
         auth_message="MIMIC Studio: sign in to annotate",
         head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
         css=(STATIC / "studio.css").read_text(encoding="utf-8"),
