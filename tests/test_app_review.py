@@ -225,3 +225,30 @@ def test_review_and_resolve_through_gradio_client(served):
     with pytest.raises(AppError, match="needs the role reviewer or admin"):
         ana.predict("m0", "Q1", "", api_name="/resolve")
     assert ctx.store.review_list().total == 1  # nothing stored by the refused call
+
+
+def test_the_tabs_callbacks(ctx):
+    """The Review and Users tabs' event callbacks, as Gradio calls them (a request carrying the name)."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as demo:
+        shared = SimpleNamespace(demo=demo, db_queue={"concurrency_id": "db", "concurrency_limit": 1})
+        rt = review_tab.ReviewTab(ctx, shared)  # type: ignore[arg-type]
+        ut = users_tab.UsersTab(ctx, shared)  # type: ignore[arg-type]
+    rita, ana = SimpleNamespace(username="rita"), SimpleNamespace(username="ana")
+    table, note, msg, page = rt.show_list(1, "", rita)
+    assert len(table) == 2 and note.startswith("Mentions 1–2 of 2") and msg == "" and page == 1
+    assert "needs the role" in rt.show_list(1, "", ana)[2]
+    assert rt.show_list(9, "", rita)[3] == 1  # past the end: the last page
+    mid, html, cands, decisions, choice, msg = rt.show_item(table, "", SimpleNamespace(index=[0, 1]), rita)
+    assert mid == table.iloc[0]["mention_id"] and "<mark>" in html and len(decisions) == 2
+    out = rt.on_resolve(mid, "Q2", "bob is right", 1, "", rita)
+    assert out[0].startswith("**OK**") and len(out[2]) == 1
+    assert rt.on_resolve(mid, "Q2", "", 1, "", ana)[0].startswith("**Error:**")
+    pairs, fig, projects, people, note = rt.show_agreement("", rita)
+    assert len(pairs) == 1 and fig.data[0].type == "heatmap" and "mention(s)" in note
+    boss = SimpleNamespace(username="boss")
+    assert ut.refresh(ana)[0].startswith("**Error:**")
+    run = ut._runner(lambda r, n, ro, pw: users_tab.add_user(ctx, r.username, n, ro, pw))
+    msg, users, password = run("dora", "annotator", "dora-password", boss)
+    assert msg.startswith("**OK**") and "dora" in set(users["name"]) and password == ""
