@@ -111,7 +111,7 @@ def review_item(ctx: AppContext, username: str | None, mention_id, project=None)
     except (TypeError, ValueError):
         raise UserError(f"mention_id must be a mention's number, got {mention_id!r}") from None
     item = _find(ctx, mid, _project(project))
-    cands = [{"rank": c.rank, "name": c.entity_name, "id": c.entity_id, "S": rounded(c.s)} for c in item.candidates]
+    cands = [{"rank": c.rank + 1, "name": c.entity_name, "id": c.entity_id, "S": rounded(c.s)} for c in item.candidates]
     decided = [d.entity_id for d in item.decisions if d.decision == "entity" and d.entity_id]
     ids = [c["id"] for c in cands] + [e for e in dict.fromkeys(decided) if e not in {c["id"] for c in cands}]
     names = {c["id"]: c["name"] for c in cands} | {d.entity_id: d.entity_name for d in item.decisions if d.entity_id}
@@ -281,12 +281,18 @@ class ReviewTab:
             self.sentence = gr.HTML(elem_id="review_sentence")
             with gr.Row():
                 self.candidates = gr.Dataframe(
-                    headers=CANDIDATE_COLUMNS, interactive=False, label="Candidates", elem_id="review_candidates"
+                    headers=CANDIDATE_COLUMNS,
+                    interactive=False,
+                    label="Candidates (the latest prediction)",
+                    scale=2,
+                    elem_id="review_candidates",
                 )
                 self.decisions = gr.Dataframe(
                     headers=DECISION_COLUMNS,
                     interactive=False,
                     label="Each annotator's decision",
+                    scale=3,
+                    wrap=True,
                     elem_id="review_decisions",
                 )
             self.choice = gr.Radio(choices=[], label="Resolution", elem_id="review_choice")
