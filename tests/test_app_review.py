@@ -175,23 +175,26 @@ def _login(port: int, user: str, password: str) -> int:
 
 @pytest.fixture
 def served(ctx):
-    """The `/review` and `/resolve` endpoints behind the app's sign-in -> (ctx, url, port)."""
+    """The `/review` and `/resolve` endpoints and the Users tab's events behind the app's sign-in
+    -> (ctx, url, port, demo)."""
     import gradio as gr
 
     from app import api
 
     with gr.Blocks(analytics_enabled=False) as demo:
-        api._review_endpoints(ctx, SimpleNamespace(db_queue={"concurrency_id": "db", "concurrency_limit": 1}))
+        shared = SimpleNamespace(demo=demo, db_queue={"concurrency_id": "db", "concurrency_limit": 1})
+        api._review_endpoints(ctx, shared)
+        users_tab.UsersTab(ctx, shared)  # type: ignore[arg-type]  # its private events, for raw queue calls
     port = _free_port()
     _, url, _ = demo.queue().launch(
         prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, **ctx.config.launch_auth(ctx.store)
     )
-    yield ctx, url, port
+    yield ctx, url, port, demo
     demo.close()
 
 
 def test_sign_in_with_database_users_and_a_disabled_one_refused(served):
-    ctx, _, port = served
+    ctx, _, port, _ = served
     assert _login(port, "rita", "rita-password") == 200  # a database user
     assert _login(port, "rita", "wrong-password") == 400
     assert _login(port, "boss", ENV_ADMIN_PW) == 200  # MIMIC_USERS (no stored hash) still works
@@ -206,7 +209,7 @@ def test_review_and_resolve_through_gradio_client(served):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    ctx, url, _ = served
+    ctx, url, _, _ = served
     rita = Client(url, auth=("rita", "rita-password"), verbose=False)
     names = set(rita.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/review", "/resolve"} <= names
@@ -252,3 +255,34 @@ def test_the_tabs_callbacks(ctx):
     run = ut._runner(lambda r, n, ro, pw: users_tab.add_user(ctx, r.username, n, ro, pw))
     msg, users, password = run("dora", "annotator", "dora-password", boss)
     assert msg.startswith("**OK**") and "dora" in set(users["name"]) and password == ""
+
+
+def _raw_queue_call(url: str, user: str, password: str, fn_index: int, data: list) -> str:
+    """A private event called on the queue as a browser would, signed in as `user` -> the output."""
+    import json
+    import uuid
+
+    import requests
+
+    s = requests.Session()
+    assert s.post(url + "login", data={"username": user, "password": password}).status_code == 200
+    sh = uuid.uuid4().hex[:10]
+    body = {"data": data, "fn_index": fn_index, "session_hash": sh, "event_data": None, "trigger_id": None}
+    assert s.post(url + "gradio_api/queue/join", json=body).status_code == 200
+    with s.get(url + f"gradio_api/queue/data?session_hash={sh}", stream=True, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data:") and (m := json.loads(line[5:])).get("msg") == "process_completed":
+                assert m.get("success"), m
+                return json.dumps(m["output"])
+    raise AssertionError("the queue call did not complete")
+
+
+def test_raw_queue_call_to_the_users_event_is_refused_for_non_admins(served):
+    ctx, url, _, demo = served
+    url = url.rstrip("/") + "/"
+    fn_index = next(i for i, f in demo.fns.items() if getattr(f, "name", "") == "users_add")
+    out = _raw_queue_call(url, "rita", "rita-password", fn_index, ["mallory", "admin", "mallory-password"])
+    assert "needs the role admin" in out
+    assert "mallory" not in {u.name for u in ctx.store.list_users()}
+    out = _raw_queue_call(url, "boss", ENV_ADMIN_PW, fn_index, ["mallory", "annotator", "mallory-password"])
+    assert "Added mallory" in out and ctx.store.user_for_sign_in("mallory").password_hash.startswith("$argon2id$")

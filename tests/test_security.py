@@ -302,6 +302,8 @@ def test_kb_edit_is_not_an_api_endpoint(studio):
         "/link",
         "/annotate",
         "/export",
+        "/review",
+        "/resolve",
     }
 
 

@@ -129,16 +129,20 @@ class UsersTab:
         gr.on([self.tab.select], self.refresh, None, [self.msg, self.table], **PRIVATE)
         self.table.select(self.pick, [self.table], [self.name, self.role], **PRIVATE)
         actions = [
-            (self.add_button, lambda r, n, ro, pw: add_user(self.ctx, username_of(r), n, ro, pw)),
-            (self.role_button, lambda r, n, ro, pw: change_role(self.ctx, username_of(r), n, ro)),
-            (self.disable_button, lambda r, n, ro, pw: set_active(self.ctx, username_of(r), n, False)),
-            (self.enable_button, lambda r, n, ro, pw: set_active(self.ctx, username_of(r), n, True)),
-            (self.reset_button, lambda r, n, ro, pw: reset_password(self.ctx, username_of(r), n, pw)),
+            ("add", self.add_button, lambda r, n, ro, pw: add_user(self.ctx, username_of(r), n, ro, pw)),
+            ("set_role", self.role_button, lambda r, n, ro, pw: change_role(self.ctx, username_of(r), n, ro)),
+            ("disable", self.disable_button, lambda r, n, ro, pw: set_active(self.ctx, username_of(r), n, False)),
+            ("enable", self.enable_button, lambda r, n, ro, pw: set_active(self.ctx, username_of(r), n, True)),
+            ("reset", self.reset_button, lambda r, n, ro, pw: reset_password(self.ctx, username_of(r), n, pw)),
         ]
-        for button, act in actions:
-            button.click(self._runner(act), [self.name, self.role, self.password], out, **s.db_queue, **PRIVATE)
+        for label, button, act in actions:
+            button.click(
+                self._runner(act, f"users_{label}"), [self.name, self.role, self.password], out, **s.db_queue, **PRIVATE
+            )
 
-    def _runner(self, act):
+    def _runner(self, act, name: str = "users_action"):
+        """The event function of one button (named `name`: events are found by it in tests)."""
+
         def run(name, role, password, request: gr.Request):
             try:
                 done = act(request, name, role, password)
@@ -146,6 +150,7 @@ class UsersTab:
                 return message(str(exc), "error"), gr.update(), ""
             return message(done, "ok"), self._table_or_empty(request), ""
 
+        run.__name__ = run.__qualname__ = name
         return run
 
     def _table_or_empty(self, request):
