@@ -25,19 +25,20 @@ from db import open_store
 from db.testing import seed_store
 
 ENV_ADMIN_PW = "admin-from-env"
+# hashed once (argon2 costs tenths of a CPU-second each; every test's store gets the same hashes)
+ENV_USERS = f"boss:{hash_password(ENV_ADMIN_PW)}:admin,ana:{hash_password('ana-password')}"
+RITA_HASH, BOB_HASH = hash_password("rita-password"), hash_password("bob-password")
 
 
 @pytest.fixture
 def ctx(tmp_path):
     store = open_store(tmp_path / "data")
     seed_store(store, entities=6, mentions=6, candidates=3)
-    cfg = AppConfig.from_env(
-        {"DATA_DIR": str(tmp_path / "data"), "MIMIC_USERS": f"boss:{ENV_ADMIN_PW}:admin,ana:ana-password"}
-    )
+    cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_USERS": ENV_USERS})
     for u in cfg.users:  # what AppContext.start does: MIMIC_USERS bootstraps, then the database rules
         store.ensure_user(u.name, u.role)
-    store.create_user("rita", "reviewer", hash_password("rita-password"))
-    store.create_user("bob", "annotator", hash_password("bob-password"))
+    store.create_user("rita", "reviewer", RITA_HASH)
+    store.create_user("bob", "annotator", BOB_HASH)
     store.submit("ana", "m0", entity_id="Q1")
     store.submit("bob", "m0", entity_id="Q2", comment="the photo shows Q2")
     store.submit("ana", "m1", entity_id="Q3", flag="unsure")
