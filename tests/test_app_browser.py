@@ -372,4 +372,17 @@ def test_annotate_cards_and_keys_act_in_the_browser(page, studio, monkeypatch):
     )
     assert current_item_id(pg) == mid4
     pg.screenshot(path=str(studio.shots / "11_annotate_missed_span.png"), full_page=True)
+
+    # an entity outside the shortlist: search the KB, pick a result, Enter decides it
+    outside = next(
+        e for e in ("D014", "D020", "D030") if e not in {c.entity_id for c in ctx.store.predictions(mid4)[0].candidates}
+    )
+    pg.fill("#annot_search textarea, #annot_search input", outside)
+    pg.click("#annot_search_btn")
+    pg.locator("#annot_found label", has_text=outside).first.click()
+    pg.wait_for_function("() => !document.querySelector('#annot_view .annot-found').hidden")
+    pg.locator("#annot_view .annot-meta").click()
+    pg.keyboard.press("Enter")
+    wait_saved(pg, mid4)
+    assert _mine(ctx, "bob", mid4)[0].entity_id == outside
     assert pg.external_requests == [], pg.external_requests
