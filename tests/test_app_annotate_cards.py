@@ -200,3 +200,23 @@ def test_a_refused_action_writes_nothing_and_says_why(studio, tab):
         parse_action('{"action": "decide", "mention_id": 1, "seq": 1, "choice": "D1", "seconds": "x"}')["seconds"]
         is None
     )
+
+
+def test_skip_and_redeciding_a_history_item_through_the_browser_action(studio, tab):
+    ctx, req = studio.ctx, SimpleNamespace(username="dina")
+    first = _payload(tab.show_item(None, req))["current"]["mention_id"]
+    out = tab.on_action(json.dumps({"action": "skip", "seq": 1, "mention_id": first}), req)
+    assert "Skipped" in out[1]
+    nxt = _payload(out)["current"]["mention_id"]
+    assert nxt != first and first not in [u["mention_id"] for u in _payload(out)["upcoming"]]  # skipped: last
+    decide = {"action": "decide", "seq": 2, "mention_id": nxt, "choice": NIL, "request_id": "dina-1"}
+    tab.on_action(json.dumps(decide), req)
+    # ← shows it as history item 0 with the decision; deciding it again supersedes the old one
+    hist = _payload(tab.go_prev({"hist": -1}, req))["current"]
+    assert (hist["mention_id"], hist["hist"], hist["selected"]) == (nxt, 0, NIL)
+    assert "Already decided (nil)" in hist["html"]
+    redo = {**decide, "seq": 3, "hist": 0, "choice": AMBIGUOUS, "request_id": "dina-2", "flag": "unsure"}
+    back = _payload(tab.on_action(json.dumps(redo), req))
+    mine = [a for a in ctx.store.current_annotations() if a.annotator == "dina" and a.mention_id == nxt]
+    assert [(a.decision, a.flag) for a in mine] == [("ambiguous", "unsure")]
+    assert back["seq"] == 3 and back["current"]["hist"] == -1  # one step newer: back to the queue
