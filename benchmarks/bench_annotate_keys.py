@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,9 @@ def run(url: str, paced: int, burst: int, gap_ms: int) -> dict:
             "() => window.mimicAnnotate.state.log.slice(-1)[0].acked_at - window.__bench.keys.slice(-1)[0]"
         )
         out["burst_last_key_to_its_server_ack_ms"] = round(last, 1)  # every burst decision written by then
+        progress = pg.inner_text("#annot_progress")  # "... you: N decided ..." (none lost on the way)
+        out["decisions_sent"] = paced + len(burst_ms)
+        out["decisions_stored"] = int(re.search(r"you: (\d+) decided", progress).group(1))
         b.close()
     return out
 
