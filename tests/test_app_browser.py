@@ -306,6 +306,10 @@ def test_annotate_cards_and_keys_act_in_the_browser(page, studio, monkeypatch):
     pg.screenshot(path=str(studio.shots / "10_annotate_help.png"))
     pg.keyboard.press("Escape")
     pg.wait_for_selector("#annot_help", state="hidden")
+    pg.click("#annot_help_btn")  # the button does the same
+    pg.wait_for_selector("#annot_help", state="visible")
+    pg.keyboard.press("Escape")
+    pg.wait_for_selector("#annot_help", state="hidden")
 
     # 0 decides the 10th candidate
     pg.keyboard.press("0")
@@ -350,9 +354,11 @@ def test_annotate_cards_and_keys_act_in_the_browser(page, studio, monkeypatch):
 
     # a span the corpus missed: select it in the sentence, M; it becomes a mention shown as context
     m4 = ctx.store.get_mention(mid4)
-    word = next((w for w in re.findall(r"[A-Za-z]{4,}", m4.sentence) if m4.sentence.find(w) >= m4.end), None)
-    assert word, m4.sentence
-    start = m4.sentence.index(word, m4.end)
+    taken = [(m4.start, m4.end)] + [(o.start, o.end) for o in ctx.store.peek_sentence_mentions(mid4)]
+    hit = next(
+        w for w in re.finditer(r"[A-Za-z]{4,}", m4.sentence) if all(w.end() <= a or w.start() >= b for a, b in taken)
+    )
+    word, start = hit.group(0), hit.start()
     pg.evaluate(
         """([a, b]) => {
             const spans = [...document.querySelectorAll('#annot_view .annot-sentence [data-o]')];
@@ -385,4 +391,19 @@ def test_annotate_cards_and_keys_act_in_the_browser(page, studio, monkeypatch):
     pg.keyboard.press("Enter")
     wait_saved(pg, mid4)
     assert _mine(ctx, "bob", mid4)[0].entity_id == outside
+
+    # the Skip and Accept buttons act like S and Enter
+    mid5 = current_item_id(pg)
+    pg.click("#annot_skip")
+    pg.wait_for_function(
+        "m => document.querySelector('#annot_msg').innerText.includes('Skipped mention ' + m)", arg=mid5
+    )
+    assert [a.decision for a in ctx.store.current_annotations() if a.mention_id == mid5 and a.annotator == "bob"] == [
+        "skip"
+    ]
+    mid6 = current_item_id(pg)
+    assert mid6 != mid5
+    pg.click("#annot_submit")
+    wait_saved(pg, mid6)
+    assert _mine(ctx, "bob", mid6)[0].entity_id == ctx.store.predictions(mid6)[0].candidates[0].entity_id
     assert pg.external_requests == [], pg.external_requests
