@@ -100,9 +100,11 @@ def test_comment_and_flag_go_with_the_decision_and_the_next_item_is_prefetched(s
     tab.on_action(json.dumps({**action, "seq": 8}), req)
     assert len([a for a in ctx.store.current_annotations() if a.annotator == "cara"]) == 1
     # a bad flag is refused with a message naming it, and nothing is stored
-    bad = tab.on_action(json.dumps({**action, "seq": 9, "flag": "maybe", "request_id": "cards-test-2"}), req)
+    bad_flag = {**action, "seq": 9, "flag": "maybe", "request_id": "cards-test-2", "mention_id": ahead[0]}
+    bad = tab.on_action(json.dumps(bad_flag), req)
     assert "flag" in bad[1] and "Error" in bad[1]
-    assert ctx.store.get_annotation(rec.id).flag == "kb-missing"
+    assert len([a for a in ctx.store.current_annotations() if a.annotator == "cara"]) == 1
+    assert _payload(bad)["current"]["mention_id"] == ahead[0]  # still on screen, to decide again
 
 
 def test_the_other_mentions_of_a_sentence_are_shown_as_context(studio, tab):
@@ -220,3 +222,19 @@ def test_skip_and_redeciding_a_history_item_through_the_browser_action(studio, t
     mine = [a for a in ctx.store.current_annotations() if a.annotator == "dina" and a.mention_id == nxt]
     assert [(a.decision, a.flag) for a in mine] == [("ambiguous", "unsure")]
     assert back["seq"] == 3 and back["current"]["hist"] == -1  # one step newer: back to the queue
+
+
+def test_a_prefetched_item_another_annotator_leased_meanwhile_is_not_decided_twice(studio, tab):
+    """Two annotators see the same prefetched items (they are read without a lease). When one of
+    them gets the item leased first, the other's key on it is refused and their next item shown."""
+    ctx, fay = studio.ctx, SimpleNamespace(username="fay")
+    fay_first = _payload(tab.show_item(None, fay))
+    taken = fay_first["upcoming"][0]["mention_id"]  # fay's next prefetched item ...
+    ctx.annotator("erin")
+    assert ctx.store.next_item("erin").mention.id == taken  # ... is erin's next item: erin leases it
+    n = len(ctx.store.current_annotations())
+    out = tab.on_action(json.dumps({"action": "decide", "seq": 4, "mention_id": taken, "choice": NIL}), fay)
+    assert "no longer pending for you" in out[1] and len(ctx.store.current_annotations()) == n
+    p = _payload(out)
+    assert p["seq"] == 4 and p["current"]["mention_id"] == fay_first["current"]["mention_id"]  # her leased item
+    assert taken not in [u["mention_id"] for u in p["upcoming"]]

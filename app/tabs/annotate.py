@@ -29,6 +29,7 @@ from .annotate_cards import help_html, item_view, parse_action, payload_html
 from .knowledge_base import search_kb
 
 PREFETCH = 3  # items sent ahead of the one on screen: a key never waits for the server
+LOOKAHEAD = 20  # how far into the queue a decided queue item is looked for (check_still_pending)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -152,6 +153,20 @@ def prefetch(ctx: AppContext, username: str | None, current: int | None, n: int 
         preds = ctx.store.predictions(m.id)
         out.append((m, preds[0] if preds else None, ctx.store.peek_sentence_mentions(m.id)))
     return out
+
+
+@user_errors
+def check_still_pending(ctx: AppContext, username: str | None, mention_id: int) -> None:
+    """UserError unless `mention_id` is still pending for the annotator: a prefetched item is shown
+    without a lease, so by the time a key decides it another annotator may hold its lease or have
+    decided it. Only the next LOOKAHEAD items are looked at: the browser shows the leased item or one
+    of the next PREFETCH, so a pending one is among them unless many items jumped ahead meanwhile."""
+    name = ctx.require("annotate", username)
+    if mention_id not in {m.id for m in ctx.store.peek_queue(name, LOOKAHEAD)}:
+        raise UserError(
+            f"mention {mention_id} is no longer pending for you (another annotator holds or decided it, "
+            "or you did already): here is your next item"
+        )
 
 
 @user_errors
@@ -353,6 +368,8 @@ class AnnotateTab:
         seq, mid, hist, name = a["seq"], a["mention_id"], a["hist"], username_of(request)
         here = {"mention_id": mid, "hist": hist}
         try:
+            if a["action"] in ("decide", "skip") and hist < 0:
+                check_still_pending(self.ctx, name, mid)
             if a["action"] == "decide":
                 rec = annotate(
                     self.ctx,
