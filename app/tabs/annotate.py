@@ -29,7 +29,7 @@ from .annotate_cards import help_html, item_view, parse_action, payload_html
 from .knowledge_base import search_kb
 
 PREFETCH = 3  # items sent ahead of the one on screen: a key never waits for the server
-LOOKAHEAD = 20  # how far into the queue a decided queue item is looked for (check_still_pending)
+LOOKAHEAD = PREFETCH + 5  # how far into the queue a decided queue item is looked for (check_still_pending)
 
 
 # -- handlers -------------------------------------------------------------------------------------
