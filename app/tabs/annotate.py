@@ -8,6 +8,7 @@ Rendering: `annotate_cards.py`; the browser side: `app/static/keyboard.html`."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import gradio as gr
@@ -28,6 +29,7 @@ from ..context import AppContext, candidates_for_store
 from .annotate_cards import help_html, item_view, parse_action, payload_html
 from .knowledge_base import search_kb
 
+log = logging.getLogger("mimic.app")
 PREFETCH = 3  # items sent ahead of the one on screen: a key never waits for the server
 LOOKAHEAD = PREFETCH + 5  # how far into the queue a decided queue item is looked for (check_still_pending)
 
@@ -133,6 +135,7 @@ def add_missed_mention(ctx: AppContext, username: str | None, mention_id: int, s
     try:
         r = ctx.service.link(m.sentence, (start, end), m.image_path, top_k=ctx.config.top_k, explain=False)
     except Exception:  # the mention is stored: it waits in the queue without candidates
+        log.warning("missed span %s of mention %s stored, but the model could not rank it", new.id, m.id, exc_info=True)
         return new, False
     if r.candidates:
         ctx.store.add_prediction(new.id, ctx.service.served.version, candidates_for_store(r.candidates))
