@@ -239,3 +239,22 @@ class QueueMixin(StoreBase):
             return cast(CursorResult, s.execute(stmt)).rowcount  # Session.execute is typed Result even for DML
 
         return self._write(fn)
+
+    def peek_sentence_mentions(self, mention: int | str, limit: int = 50) -> list[MentionRecord]:
+        """The other mentions stored with the same sentence and the same image (several mentions of
+        one post), in sentence order; read-only, leases nothing. The Annotate tab shows them in the
+        sentence as context. The sentence is not indexed: this scans the mentions table."""
+        check_int(limit, "limit")
+
+        def fn(s: Session) -> list[MentionRecord]:
+            m = self._mention_row(s, mention)
+            same_image = Mention.image_sha256 == m.image_sha256 if m.image_sha256 else Mention.image_sha256.is_(None)
+            rows = s.scalars(
+                select(Mention)
+                .where(Mention.sentence == m.sentence, same_image, Mention.id != m.id)
+                .order_by(Mention.start, Mention.id)
+                .limit(limit)
+            ).all()
+            return [self._mention_record(s, r) for r in rows]
+
+        return self.read_transaction(fn)

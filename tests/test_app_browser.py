@@ -99,8 +99,16 @@ def open_tab(pg, name):
 
 
 def current_item_id(pg) -> int:
-    pg.wait_for_selector("#annot_item .mention-item")
-    return int(pg.get_attribute("#annot_item .mention-item", "data-mention-id"))
+    pg.wait_for_selector("#annot_view .mention-item")
+    return int(pg.get_attribute("#annot_view .mention-item", "data-mention-id"))
+
+
+def wait_saved(pg, mid):
+    pg.wait_for_function(
+        "m => { const e = document.querySelector('#annot_msg'); return e && "
+        "e.innerText.includes('Saved') && e.innerText.includes('mention ' + m + ' '); }",
+        arg=mid,
+    )
 
 
 def test_link_inspect_annotate_undo_in_a_browser(page, studio):
@@ -127,19 +135,13 @@ def test_link_inspect_annotate_undo_in_a_browser(page, studio):
     pg.screenshot(path=str(shots / "02_inspect.png"), full_page=True)
     assert len(ctx.store.current_annotations()) == n0
 
-    # 3. annotate with the keyboard: 1 then Enter
+    # 3. annotate with the keyboard: 1 decides the first card at once
     open_tab(pg, "Annotate")
     mid = current_item_id(pg)
     pred = ctx.store.predictions(mid)[0]
-    pg.locator("#annot_item").click()  # focus outside any text field
+    pg.locator("#annot_view .annot-meta").click()  # focus outside any text field
     pg.keyboard.press("1")
-    pg.wait_for_timeout(200)
-    pg.keyboard.press("Enter")
-    pg.wait_for_function(
-        "m => { const e = document.querySelector('#annot_msg'); return e && "
-        "e.innerText.includes('Saved') && e.innerText.includes('mention ' + m); }",
-        arg=mid,
-    )
+    wait_saved(pg, mid)
     cur = [a for a in ctx.store.current_annotations() if a.mention_id == mid and a.annotator == "ana"]
     assert len(cur) == 1 and cur[0].decision == "entity" and cur[0].entity_id == pred.candidates[0].entity_id
     ann_id = cur[0].id
@@ -156,11 +158,9 @@ def test_link_inspect_annotate_undo_in_a_browser(page, studio):
     assert current_item_id(pg) == mid
     pg.screenshot(path=str(shots / "04_undone.png"), full_page=True)
 
-    # 5. NIL with 0 then Enter, then the position survives a reload
-    pg.locator("#annot_item").click()
-    pg.keyboard.press("0")
-    pg.wait_for_timeout(200)
-    pg.keyboard.press("Enter")
+    # 5. NIL with N, then the position survives a reload
+    pg.locator("#annot_view .annot-meta").click()
+    pg.keyboard.press("n")
     pg.wait_for_function("() => document.querySelector('#annot_msg').innerText.includes('nil')")
     now = [a for a in ctx.store.current_annotations() if a.mention_id == mid and a.annotator == "ana"]
     assert len(now) == 1 and now[0].decision == "nil"
@@ -276,3 +276,134 @@ def test_knowledge_base_tab_edit_and_import(page, studio, tmp_path):
     assert "no name" in pg.inner_text("#kb_report") or "empty" in pg.inner_text("#kb_report").lower()
     assert ctx.store.get_entity("B1").name == "Borealis" and ctx.service.entity("B1") is not None
     pg.screenshot(path=str(studio.shots / "08_kb.png"), full_page=True)
+
+
+def _mine(ctx, user, mid):
+    return [a for a in ctx.store.current_annotations() if a.mention_id == mid and a.annotator == user]
+
+
+def test_annotate_cards_and_keys_act_in_the_browser(page, studio, monkeypatch):
+    """Issue 14 point 2: cards with descriptions and keys, `?` help, 0 for the 10th candidate, a
+    comment and a flag with the decision, the next item on screen before the write returns, and a
+    missed span added as a mention shown in the sentence."""
+    pg, ctx = page, studio.ctx
+    login(pg, studio, "bob")
+    open_tab(pg, "Annotate")
+    mid = current_item_id(pg)
+    pred = ctx.store.predictions(mid)[0]
+    assert len(pred.candidates) == 10
+    keys = pg.eval_on_selector_all("#annot_view .annot-card", "cs => cs.map(c => c.dataset.key)")
+    assert keys == [str(i) for i in range(1, 10)] + ["0", "n", "a"]
+    top = ctx.service.entity(pred.candidates[0].entity_id)
+    assert top["text"][:40] in pg.inner_text("#annot_view .annot-card >> nth=0")
+    pg.screenshot(path=str(studio.shots / "09_annotate_cards.png"), full_page=True)
+
+    # ? shows the key help, Esc closes it
+    pg.locator("#annot_view .annot-meta").click()
+    pg.keyboard.press("?")
+    pg.wait_for_selector("#annot_help", state="visible")
+    assert "0 the 10th" in pg.inner_text("#annot_help")
+    pg.screenshot(path=str(studio.shots / "10_annotate_help.png"))
+    pg.keyboard.press("Escape")
+    pg.wait_for_selector("#annot_help", state="hidden")
+    pg.click("#annot_help_btn")  # the button does the same
+    pg.wait_for_selector("#annot_help", state="visible")
+    pg.keyboard.press("Escape")
+    pg.wait_for_selector("#annot_help", state="hidden")
+
+    # 0 decides the 10th candidate
+    pg.keyboard.press("0")
+    wait_saved(pg, mid)
+    (a,) = _mine(ctx, "bob", mid)
+    assert (a.decision, a.entity_id) == ("entity", pred.candidates[9].entity_id)
+
+    # a comment (C, type, Esc) and a flag (F) go with the decision (2: the second card)
+    mid2 = current_item_id(pg)
+    assert mid2 != mid
+    pred2 = ctx.store.predictions(mid2)[0]
+    pg.keyboard.press("c")
+    pg.keyboard.type("two clubs share the name")
+    pg.keyboard.press("Escape")
+    pg.keyboard.press("f")
+    pg.keyboard.press("2")
+    wait_saved(pg, mid2)
+    (b,) = _mine(ctx, "bob", mid2)
+    assert (b.entity_id, b.comment, b.flag) == (pred2.candidates[1].entity_id, "two clubs share the name", "unsure")
+
+    # the next item is on screen before the server's write returns (the write is held back here)
+    mid3 = current_item_id(pg)
+    real_submit, entered = ctx.store.submit, []
+
+    def slow_submit(*a, **kw):
+        entered.append(time.perf_counter())
+        time.sleep(2.0)
+        return real_submit(*a, **kw)
+
+    monkeypatch.setattr(ctx.store, "submit", slow_submit)
+    t0 = time.perf_counter()
+    pg.keyboard.press("n")
+    pg.wait_for_function("m => document.querySelector('#annot_view').dataset.shown !== 'm' + m + ':-1'", arg=mid3)
+    swapped = time.perf_counter() - t0
+    mid4 = current_item_id(pg)
+    assert mid4 != mid3 and _mine(ctx, "bob", mid3) == []  # on screen, not yet written
+    assert swapped < 1.0, swapped
+    wait_saved(pg, mid3)
+    assert time.perf_counter() - t0 >= 2.0 and _mine(ctx, "bob", mid3)[0].decision == "nil"
+    assert current_item_id(pg) == mid4  # the answer confirmed the item the browser had swapped in
+    monkeypatch.setattr(ctx.store, "submit", real_submit)
+
+    # a span the corpus missed: select it in the sentence, M; it becomes a mention shown as context
+    m4 = ctx.store.get_mention(mid4)
+    taken = [(m4.start, m4.end)] + [(o.start, o.end) for o in ctx.store.peek_sentence_mentions(mid4)]
+    hit = next(
+        w for w in re.finditer(r"[A-Za-z]{4,}", m4.sentence) if all(w.end() <= a or w.start() >= b for a, b in taken)
+    )
+    word, start = hit.group(0), hit.start()
+    pg.evaluate(
+        """([a, b]) => {
+            const spans = [...document.querySelectorAll('#annot_view .annot-sentence [data-o]')];
+            const at = o => { const e = spans.filter(s => +s.dataset.o <= o).pop();
+                              return [e.firstChild, o - +e.dataset.o]; };
+            const r = document.createRange(); r.setStart(...at(a)); r.setEnd(...at(b));
+            const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(r);
+        }""",
+        [start, start + len(word)],
+    )
+    pg.keyboard.press("m")
+    pg.wait_for_function("() => document.querySelector('#annot_msg').innerText.includes('Added mention')")
+    new = [o for o in ctx.store.peek_sentence_mentions(mid4) if (o.start, o.end) == (start, start + len(word))]
+    assert len(new) == 1 and ctx.store.predictions(new[0].id)
+    pg.wait_for_function(
+        "w => [...document.querySelectorAll('#annot_view mark.annot-co')].some(m => m.innerText === w)", arg=word
+    )
+    assert current_item_id(pg) == mid4
+    pg.screenshot(path=str(studio.shots / "11_annotate_missed_span.png"), full_page=True)
+
+    # an entity outside the shortlist: search the KB, pick a result, Enter decides it
+    outside = next(
+        e for e in ("D014", "D020", "D030") if e not in {c.entity_id for c in ctx.store.predictions(mid4)[0].candidates}
+    )
+    pg.fill("#annot_search textarea, #annot_search input", outside)
+    pg.click("#annot_search_btn")
+    pg.locator("#annot_found label", has_text=outside).first.click()
+    pg.wait_for_function("() => !document.querySelector('#annot_view .annot-found').hidden")
+    pg.locator("#annot_view .annot-meta").click()
+    pg.keyboard.press("Enter")
+    wait_saved(pg, mid4)
+    assert _mine(ctx, "bob", mid4)[0].entity_id == outside
+
+    # the Skip and Accept buttons act like S and Enter
+    mid5 = current_item_id(pg)
+    pg.click("#annot_skip")
+    pg.wait_for_function(
+        "m => document.querySelector('#annot_msg').innerText.includes('Skipped mention ' + m)", arg=mid5
+    )
+    assert [a.decision for a in ctx.store.current_annotations() if a.mention_id == mid5 and a.annotator == "bob"] == [
+        "skip"
+    ]
+    mid6 = current_item_id(pg)
+    assert mid6 != mid5
+    pg.click("#annot_submit")
+    wait_saved(pg, mid6)
+    assert _mine(ctx, "bob", mid6)[0].entity_id == ctx.store.predictions(mid6)[0].candidates[0].entity_id
+    assert pg.external_requests == [], pg.external_requests

@@ -1,35 +1,37 @@
-"""The Annotate tab: work through your queue of mentions (keys 1–9, 0/N, A, Enter, S, Z; ←/→ walk
-your history), with the model's candidates pre-ranked and a KB search for entities outside them."""
+"""The Annotate tab: work through your queue of mentions as a card list (one card per candidate:
+name, description, aliases, image, unit scores, key). Keys act in the browser (1–9 and 0 decide at
+once, N NIL, A ambiguous, Enter the highlighted card, S skip, Z undo, ←/→ history, M a missed
+mention, ? help): the next item is prefetched, the server write does not block it. A comment and a
+flag go with the decision; a KB search finds entities outside the shortlist.
+
+Rendering: `annotate_cards.py`; the browser side: `app/static/keyboard.html`."""
 
 from __future__ import annotations
 
-import html
-import time
+import logging
 import uuid
 
 import gradio as gr
 
 from ..common import (
-    AMBIGUOUS,
-    CANDIDATE_COLUMNS,
     DECISIONS,
-    NIL,
     PRIVATE,
     Shared,
     UserError,
-    candidate_gallery,
-    candidates_table,
-    candidates_view,
     choice_value,
-    decision_choices,
     message,
     parse_choice,
     rounded,
     user_errors,
     username_of,
 )
-from ..context import AppContext
+from ..context import AppContext, candidates_for_store
+from .annotate_cards import help_html, item_view, parse_action, payload_html
 from .knowledge_base import search_kb
+
+log = logging.getLogger("mimic.app")
+PREFETCH = 3  # items sent ahead of the one on screen: a key never waits for the server
+LOOKAHEAD = PREFETCH + 5  # how far into the queue a decided queue item is looked for (check_still_pending)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -56,8 +58,11 @@ def annotate(
     *,
     seconds_spent: float | None = None,
     request_id: str | None = None,
+    comment: str | None = None,
+    flag: str | None = None,
 ):
-    """Store a decision for a queued mention. Returns the AnnotationRecord."""
+    """Store a decision for a queued mention, with an optional comment and flag (one of
+    db.annotations.FLAGS, for the reviewers). Returns the AnnotationRecord."""
     decision, entity_id = parse_choice(choice)
     return ctx.store.submit(
         ctx.require("annotate", username),
@@ -66,10 +71,11 @@ def annotate(
         entity_id,
         seconds_spent=seconds_spent,
         request_id=request_id or uuid.uuid4().hex,
+        comment=comment or None,
+        flag=flag or None,
     )
 
 
-@user_errors
 @user_errors
 def annotate_api(
     ctx: AppContext,
@@ -108,6 +114,62 @@ def skip(ctx: AppContext, username: str | None, mention_id: int):
 def undo(ctx: AppContext, username: str | None):
     """Undo the annotator's last decision; returns the undone AnnotationRecord or None."""
     return ctx.store.undo(ctx.require("annotate", username), request_id=uuid.uuid4().hex)
+
+
+@user_errors
+def add_missed_mention(ctx: AppContext, username: str | None, mention_id: int, start: int, end: int):
+    """A span of the mention's sentence that the corpus missed, stored as a new mention (same
+    sentence, image and source) with the serving model's candidates, so it joins the queue.
+    Returns (MentionRecord, linked): linked is False when the model could not rank it (it is queued
+    without candidates then)."""
+    ctx.require("annotate", username)
+    m = ctx.store.get_mention(mention_id)
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(m.sentence)):
+        raise UserError(f"span {start}..{end} is outside the sentence (length {len(m.sentence)}) or empty")
+    if not m.sentence[start:end].strip():
+        raise UserError("the selected span is only spaces")
+    same = [o for o in [m, *ctx.store.peek_sentence_mentions(m.id)] if (o.start, o.end) == (start, end)]
+    if same:
+        raise UserError(f"{m.sentence[start:end]!r} is already mention #{same[0].id}")
+    new = ctx.store.add_mention(m.sentence, None, start, end, image=m.image_path, source=m.source)
+    try:
+        r = ctx.service.link(m.sentence, (start, end), m.image_path, top_k=ctx.config.top_k, explain=False)
+    except Exception:  # the mention is stored: it waits in the queue without candidates
+        log.warning("missed span %s of mention %s stored, but the model could not rank it", new.id, m.id, exc_info=True)
+        return new, False
+    if r.candidates:
+        ctx.store.add_prediction(new.id, ctx.service.served.version, candidates_for_store(r.candidates))
+    return new, bool(r.candidates)
+
+
+@user_errors
+def prefetch(ctx: AppContext, username: str | None, current: int | None, n: int = PREFETCH) -> list:
+    """The next `n` items of the annotator's queue after `current`, as (mention, prediction, others)
+    without leasing them (`peek_queue`): the browser shows them at once after a decision, and the
+    server's answer to that decision leases the item (the lease decides if another annotator took
+    it meanwhile)."""
+    name = ctx.require("annotate", username)
+    out: list[tuple] = []
+    for m in ctx.store.peek_queue(name, n + 1):
+        if m.id == current or len(out) >= n:
+            continue
+        preds = ctx.store.predictions(m.id)
+        out.append((m, preds[0] if preds else None, ctx.store.peek_sentence_mentions(m.id)))
+    return out
+
+
+@user_errors
+def check_still_pending(ctx: AppContext, username: str | None, mention_id: int) -> None:
+    """UserError unless `mention_id` is still pending for the annotator: a prefetched item is shown
+    without a lease, so by the time a key decides it another annotator may hold its lease or have
+    decided it. Only the next LOOKAHEAD items are looked at: the browser shows the leased item or one
+    of the next PREFETCH, so a pending one is among them unless many items jumped ahead meanwhile."""
+    name = ctx.require("annotate", username)
+    if mention_id not in {m.id for m in ctx.store.peek_queue(name, LOOKAHEAD)}:
+        raise UserError(
+            f"mention {mention_id} is no longer pending for you (another annotator holds or decided it, "
+            "or you did already): here is your next item"
+        )
 
 
 @user_errors
@@ -159,10 +221,18 @@ def progress_html(c: dict | None) -> str:
 
 
 # -- the tab --------------------------------------------------------------------------------------
+VIEW_HTML = (
+    "<div id='annot_view' class='annot-view'><p class='annot-waiting'>Loading your queue…</p></div>"
+    "<div id='annot_local' class='annot-local'></div>" + help_html()
+)
+
+
 class AnnotateTab:
-    """The Annotate tab's components and events. `cur` (a gr.State) is the item on screen:
-    {"mention_id", "shown_at", "hist"}, hist -1 for the queue, k >= 0 for the k-th newest decision;
-    `position` keeps the mention id and hist in the browser so a reload comes back to it."""
+    """The Annotate tab's components and events. The item on screen is drawn in the browser
+    (`view`, never updated by the server) from the payload that every handler writes into `data`
+    (hidden); the browser sends decisions as JSON through `action` + `send_button` (hidden). `cur`
+    (a gr.State) is what the server last showed: {"mention_id", "hist"}, hist -1 for the queue, k >= 0
+    for the k-th newest decision; `position` keeps it in the browser so a reload comes back to it."""
 
     def __init__(self, ctx: AppContext, shared: Shared):
         self.ctx, self.shared = ctx, shared
@@ -174,195 +244,166 @@ class AnnotateTab:
             with gr.Column(elem_id="annot_panel"):
                 self.progress = gr.HTML(elem_id="annot_progress")
                 self.msg = gr.Markdown(elem_id="annot_msg")
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        self.item = gr.HTML(elem_id="annot_item")
-                        self.table = gr.Dataframe(
-                            headers=CANDIDATE_COLUMNS,
-                            interactive=False,
-                            label="Model candidates",
-                            elem_id="annot_candidates",
-                        )
-                        self.columns_note = gr.Markdown(elem_id="annot_columns_note")  # hidden columns, and why
-                    with gr.Column(scale=1):
-                        self.image = gr.Image(
-                            label="Mention image", interactive=False, height=220, elem_id="annot_image"
-                        )
-                        self.gallery = gr.Gallery(
-                            label="Candidate images", columns=3, height=240, elem_id="annot_gallery"
-                        )
-                self.choice = gr.Radio(
-                    label="Decision (keys 1–9, 0/N NIL, A ambiguous)", choices=[], elem_id="annot_choice"
-                )
+                self.view = gr.HTML(VIEW_HTML, elem_id="annot_view_host")
                 with gr.Row():
                     self.prev_button = gr.Button("← Previous", elem_id="annot_prev", size="sm")
-                    self.submit_button = gr.Button("Submit (Enter)", variant="primary", elem_id="annot_submit")
+                    self.submit_button = gr.Button(
+                        "Accept highlighted (Enter)", variant="primary", elem_id="annot_submit"
+                    )
                     self.skip_button = gr.Button("Skip (S)", elem_id="annot_skip")
                     self.undo_button = gr.Button("Undo (Z)", elem_id="annot_undo")
                     self.next_button = gr.Button("Next →", elem_id="annot_next", size="sm")
+                    self.help_button = gr.Button("Keys (?)", elem_id="annot_help_btn", size="sm")
                 with gr.Row():
                     self.search = gr.Textbox(
                         label="Search the KB for an entity not in the shortlist", scale=3, elem_id="annot_search"
                     )
                     self.search_button = gr.Button("Search", scale=1, elem_id="annot_search_btn")
                 self.found = gr.Radio(
-                    label="Search results (pick one to use it as the decision)", choices=[], elem_id="annot_found"
+                    label="Search results (pick one, then Enter decides it)", choices=[], elem_id="annot_found"
                 )
+                with gr.Row(elem_id="annot_bridge"):  # hidden by studio.css; driven by keyboard.html
+                    self.data = gr.HTML(elem_id="annot_data")
+                    self.action = gr.Textbox(elem_id="annot_action", show_label=False)
+                    self.send_button = gr.Button("send", elem_id="annot_send")
             self.cur = gr.State(None)
             self.position = gr.BrowserState({"mention_id": None, "hist": -1}, storage_key="mimic_annotate_position")
 
     @property
     def item_outputs(self) -> list:
         """What `render_item`/`show_item` return values for."""
-        return [
-            self.progress,
-            self.msg,
-            self.item,
-            self.table,
-            self.image,
-            self.gallery,
-            self.choice,
-            self.cur,
-            self.position,
-            self.columns_note,
-        ]
+        return [self.progress, self.msg, self.data, self.cur, self.position]
 
     def _wire(self):
         db_queue, out = self.shared.db_queue, self.item_outputs
-        self.submit_button.click(self.on_submit, [self.cur, self.choice], out, **db_queue, **PRIVATE)
-        self.skip_button.click(self.on_skip, [self.cur], out, **db_queue, **PRIVATE)
+        take = "(a) => [window.mimicAnnotate ? window.mimicAnnotate.take() : a]"
+        # "multiple": every decision is sent, even while the previous one is still being written
+        self.send_button.click(
+            self.on_action,
+            [self.action],
+            out,
+            js=take,
+            trigger_mode="multiple",
+            show_progress="hidden",
+            **db_queue,
+            **PRIVATE,
+        )
+        self.submit_button.click(None, js="() => { window.mimicAnnotate && window.mimicAnnotate.accept(); }")
+        self.skip_button.click(None, js="() => { window.mimicAnnotate && window.mimicAnnotate.skip(); }")
+        self.help_button.click(
+            None, js="() => { const h = document.getElementById('annot_help'); if (h) h.hidden = !h.hidden; }"
+        )
         self.undo_button.click(self.on_undo, [self.cur], out, **db_queue, **PRIVATE)
         self.prev_button.click(self.go_prev, [self.cur], out, **PRIVATE)
         self.next_button.click(self.go_next, [self.cur], out, **PRIVATE)
         gr.on([self.search_button.click, self.search.submit], self.on_search, self.search, self.found, **PRIVATE)
-        self.found.select(self.use_found, self.found, self.choice, **PRIVATE)
+        self.found.select(
+            None,
+            self.found,
+            None,
+            js="(v) => { const l = [...document.querySelectorAll('#annot_found label')].find(x => "
+            "x.querySelector('input')?.value === v); window.mimicAnnotate && "
+            "window.mimicAnnotate.useFound(v, l ? l.innerText.trim() : v); return v; }",
+        )
 
-    def render_item(self, m, pred, note: str, cur: dict, request) -> tuple:
+    def render_item(self, m, pred, note: str, cur: dict, request, *, seq=None, refresh=False) -> tuple:
+        """The outputs for item `m` (None: the queue is empty) with the prefetched items after it."""
         ctx, name = self.ctx, username_of(request)
         try:
             counts = annotator_counts(ctx, name)
         except UserError:
             counts = None
-        prog = progress_html(counts)
+        payload: dict = {"seq": seq, "nonce": uuid.uuid4().hex, "current": None, "upcoming": [], "refresh": refresh}
+        hist = cur.get("hist", -1)
         if m is None:
-            return (
-                prog,
-                note or message("Nothing pending in your queue: every mention is decided.", "ok"),
-                "<p>Queue empty.</p>",
-                candidates_table(None),
-                None,
-                [],
-                gr.update(choices=[], value=None),
-                cur,
-                cur,
-                "",
-            )
-        cands = [
-            {
-                "rank": c.rank + 1,
-                "entity_id": c.entity_id,
-                "name": c.entity_name,
-                "S": c.s,
-                "S_T": c.s_t,
-                "S_V": c.s_v,
-                "S_C": c.s_c,
-                "margin": None,
-                "retrievers": [],
-            }
-            for c in (pred.candidates if pred else [])
-        ]
-        for i in range(len(cands) - 1):
-            cands[i]["margin"] = cands[i]["S"] - cands[i + 1]["S"]
-        table, columns_note = candidates_view({"candidates": cands})
-        current = None
+            payload["empty"] = "<p class='annot-empty'>Queue empty: every mention is decided.</p>"
+            note = note or message("Nothing pending in your queue: every mention is decided.", "ok")
+            return progress_html(counts), note, payload_html(payload), cur, cur
         hist_dec = {
             a.mention_id: a
             for a in (history(ctx, name, 200) if ctx.can_write(name) else [])
             if a.status == "current" and a.decision != "skip"
         }
-        prior = hist_dec.get(m.id)
+        prior, selected, prior_line = hist_dec.get(m.id), None, None
         if prior:
-            current = choice_value(prior.decision, prior.entity_id)
+            selected = choice_value(prior.decision, prior.entity_id)
             what = prior.decision + (f" {prior.entity_id}" if prior.entity_id else "")
-            note = note or message(f"Already decided ({what}); submitting again replaces that decision.", "info")
-        elif cands:
-            current = cands[0]["entity_id"]  # the model's suggestion, pre-selected
-        item_html = (
-            f"<div class='mention-item' data-mention-id='{m.id}'><p style='font-size:1.2em'>{m.html()}</p>"
-            f"<p><small>mention #{m.id} · {html.escape(m.source or '')}"
-            + (f" · margin {m.margin:.4f}" if m.margin is not None else "")
-            + "</small></p></div>"
-        )
-        cur = {**cur, "mention_id": m.id, "shown_at": time.time()}
-        for c in cands:
-            rec = ctx.service.entity(c["entity_id"])
-            c["images"] = rec.get("images", []) if rec else []
-        return (
-            prog,
-            note,
-            item_html,
-            table,
-            m.image_path,
-            candidate_gallery(ctx, cands),
-            gr.update(choices=decision_choices(cands), value=current),
-            cur,
-            {"mention_id": m.id, "hist": cur.get("hist", -1)},
-            columns_note,
-        )
+            extra = "".join(f" · {k} {v!r}" for k, v in (("flag", prior.flag), ("comment", prior.comment)) if v)
+            prior_line = f"Already decided ({what}{extra}); deciding again replaces that decision."
+        others = ctx.store.peek_sentence_mentions(m.id)
+        payload["current"] = item_view(ctx, m, pred, others=others, selected=selected, prior=prior_line, hist=hist)
+        if hist < 0:
+            try:
+                ahead = prefetch(ctx, name, m.id)
+            except UserError:
+                ahead = []
+            payload["upcoming"] = [item_view(ctx, a, p, others=o) for a, p, o in ahead]
+        cur = {**cur, "mention_id": m.id}
+        return progress_html(counts), note, payload_html(payload), cur, {"mention_id": m.id, "hist": hist}
 
-    def show_item(self, pos, request: gr.Request, note: str = ""):
+    def show_item(self, pos, request: gr.Request, note: str = "", *, seq=None):
         """The item at `pos` (a history position), else the next one of the queue."""
         name = username_of(request)
         if not self.ctx.can_write(name):
-            return self.render_item(None, None, message("Sign in to annotate.", "error"), {"hist": -1}, request)
+            return self.render_item(
+                None, None, message("Sign in to annotate.", "error"), {"hist": -1}, request, seq=seq
+            )
         pos = pos or {}
         try:
             mid = pos.get("mention_id")
             if mid is not None and pos.get("hist", -1) >= 0:
                 m, pred = get_item(self.ctx, mid)
-                return self.render_item(m, pred, note, {"hist": pos["hist"]}, request)
+                return self.render_item(m, pred, note, {"hist": pos["hist"]}, request, seq=seq)
             item = next_item(self.ctx, name)
         except UserError as exc:
-            return self.render_item(None, None, message(str(exc), "error"), {"hist": -1}, request)
+            return self.render_item(None, None, message(str(exc), "error"), {"hist": -1}, request, seq=seq)
         if item is None:
-            return self.render_item(None, None, note, {"hist": -1}, request)
-        return self.render_item(item.mention, item.prediction, note, {"hist": -1}, request)
+            return self.render_item(None, None, note, {"hist": -1}, request, seq=seq)
+        return self.render_item(item.mention, item.prediction, note, {"hist": -1}, request, seq=seq)
 
-    def on_submit(self, cur, choice, request: gr.Request):
-        cur = cur or {}
-        if cur.get("mention_id") is None:
-            return self.show_item(None, request, message("nothing to submit", "error"))
+    def on_action(self, raw, request: gr.Request):
+        """A decision, skip or missed span sent by the browser (annotate_cards.parse_action). The
+        answer echoes its `seq`, so the browser can tell the answer to its latest action."""
         try:
-            rec = annotate(
-                self.ctx,
-                username_of(request),
-                cur["mention_id"],
-                choice,
-                seconds_spent=max(0.0, time.time() - cur.get("shown_at", time.time())),
-            )
-        except UserError as exc:
-            return self.show_item(
-                {"mention_id": cur["mention_id"], "hist": cur.get("hist", -1)}, request, message(str(exc), "error")
-            )
-        what = rec.entity_id if rec.decision == "entity" else rec.decision
-        note = message(f"Saved #{rec.id}: mention {rec.mention_id} → {what}", "ok")
-        if cur.get("hist", -1) >= 0:  # re-decided an earlier item: go one step newer
-            return self.step(cur, -1, request, note)
-        return self.show_item({"hist": -1}, request, note)
-
-    def on_skip(self, cur, request: gr.Request):
-        cur = cur or {}
-        if cur.get("mention_id") is None:
-            return self.show_item(None, request)
-        try:
-            skip(self.ctx, username_of(request), cur["mention_id"])
+            a = parse_action(raw)
         except UserError as exc:
             return self.show_item(None, request, message(str(exc), "error"))
-        return self.show_item(
-            {"hist": -1},
-            request,
-            message(f"Skipped mention {cur['mention_id']}: it comes back at the end of your queue", "info"),
-        )
+        seq, mid, hist, name = a["seq"], a["mention_id"], a["hist"], username_of(request)
+        here = {"mention_id": mid, "hist": hist}
+        try:
+            if a["action"] in ("decide", "skip") and hist < 0:
+                check_still_pending(self.ctx, name, mid)
+            if a["action"] == "decide":
+                rec = annotate(
+                    self.ctx,
+                    name,
+                    mid,
+                    a["choice"],
+                    seconds_spent=a["seconds"],
+                    request_id=a.get("request_id") or None,
+                    comment=a["comment"],
+                    flag=a["flag"],
+                )
+                what = rec.entity_id if rec.decision == "entity" else rec.decision
+                extra = f" (flag {rec.flag})" if rec.flag else ""
+                note = message(f"Saved #{rec.id}: mention {rec.mention_id} → {what}{extra}", "ok")
+                if hist >= 0:  # re-decided an earlier item: go one step newer
+                    return self.step(here, -1, request, note, seq=seq)
+                return self.show_item({"hist": -1}, request, note, seq=seq)
+            if a["action"] == "skip":
+                skip(self.ctx, name, mid)
+                note = message(f"Skipped mention {mid}: it comes back at the end of your queue", "info")
+                return self.show_item({"hist": -1}, request, note, seq=seq)
+            new, linked = add_missed_mention(self.ctx, name, mid, a["start"], a["end"])
+            note = message(
+                f"Added mention #{new.id} “{new.mention}” to the queue"
+                + ("" if linked else " (the model could not rank it: no candidates yet)"),
+                "ok",
+            )
+            m, pred = get_item(self.ctx, mid)
+            return self.render_item(m, pred, note, {"hist": hist}, request, seq=seq, refresh=True)
+        except UserError as exc:
+            return self.show_item(here if hist >= 0 else None, request, message(str(exc), "error"), seq=seq)
 
     def on_undo(self, cur, request: gr.Request):
         try:
@@ -385,14 +426,14 @@ class AnnotateTab:
             request,
         )
 
-    def step(self, cur, delta: int, request: gr.Request, note: str = ""):
+    def step(self, cur, delta: int, request: gr.Request, note: str = "", *, seq=None):
         """delta +1: one item back in your history (←); -1: one item forward (→)."""
         cur = cur or {"hist": -1}
         name = username_of(request)
         try:
             hist = [a for a in history(self.ctx, name, 200) if a.decision != "skip"]
         except UserError as exc:
-            return self.show_item(None, request, message(str(exc), "error"))
+            return self.show_item(None, request, message(str(exc), "error"), seq=seq)
         seen, mids = set(), []
         for a in hist:  # newest first, one entry per mention
             if a.mention_id not in seen:
@@ -400,11 +441,11 @@ class AnnotateTab:
                 mids.append(a.mention_id)
         k = cur.get("hist", -1) + delta
         if k < 0 or not mids:
-            return self.show_item({"hist": -1}, request, note)
+            return self.show_item({"hist": -1}, request, note, seq=seq)
         k = min(k, len(mids) - 1)
         m, pred = get_item(self.ctx, mids[k])
         return self.render_item(
-            m, pred, note or message(f"History item {k + 1} of {len(mids)}", "info"), {"hist": k}, request
+            m, pred, note or message(f"History item {k + 1} of {len(mids)}", "info"), {"hist": k}, request, seq=seq
         )
 
     def go_prev(self, cur, request: gr.Request):
@@ -421,14 +462,7 @@ class AnnotateTab:
         return gr.update(
             choices=[(f"{r.name} ({r.id}) — {r.text[:80]}", r.id) for r in recs],
             value=None,
-            label=f"{len(recs)} result(s): pick one to use it as the decision",
-        )
-
-    @staticmethod
-    def use_found(found):
-        return gr.update(
-            choices=[(f"search · {found}", found), ("0 / N · NIL: not in the list", NIL), ("A · ambiguous", AMBIGUOUS)],
-            value=found,
+            label=f"{len(recs)} result(s): pick one, then Enter decides it",
         )
 
 
