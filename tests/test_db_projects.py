@@ -335,3 +335,51 @@ def test_command_line_create_project_and_import(tmp_path, capsys):
     listing = json.loads(capsys.readouterr().out)
     assert listing["projects"][0]["progress"]["mentions"] == 1
     assert db_main(["--data-dir", str(data), "import-mentions", str(path), "--project", "nope"]) == 2
+
+
+def _held_midway(store, start_job, hold_when):
+    """Run `start_job(hook)` in a thread; `hook(fraction)` holds the job when `hold_when(fraction)`
+    until an annotation has been submitted from this thread. -> (seconds that submit took, thread)."""
+    import threading
+    import time
+
+    reached, release = threading.Event(), threading.Event()
+
+    def hook(fraction, *_):
+        if hold_when(fraction) and not reached.is_set():
+            reached.set()
+            release.wait(30)
+
+    t = threading.Thread(target=start_job, args=(hook,))
+    t.start()
+    assert reached.wait(30), "the job never reached the point to hold it at"
+    t0 = time.perf_counter()
+    store.submit("ana", "d1", "nil")  # would wait for the job if it held the write lock here
+    took = time.perf_counter() - t0
+    assert t.is_alive()  # the job is still running: it is between two transactions
+    release.set()
+    t.join(30)
+    return took
+
+
+def test_annotations_go_in_between_the_batches_of_an_import_and_of_pre_annotation(store):
+    store.create_project("Big")
+    store.add_mention("Berlin default.", "Berlin", uid="d1")
+    rows = [{"id": f"b{i}", "sentence": f"Paris number {i}.", "mention": "Paris"} for i in range(600)]
+    took = _held_midway(
+        store,
+        lambda hook: store.import_mentions(rows, project="Big", batch_size=250, progress=lambda f, m: hook(f)),
+        lambda f: 0.5 < f < 1.0,  # after the first batch of 250 was written, before the last
+    )
+    assert took < 5 and store.get_annotation(store.history("d1")[0].id).decision == "nil"
+    assert store.project_progress("Big")["mentions"] == 600
+
+    def run(hook):
+        def link(ms):
+            hook(0.5)  # the model runs outside any transaction: held here, mid-way
+            return [[["Q1", 0.8], ["Q2", 0.1]] for _ in ms]
+
+        store.preannotate("Big", link, "m", chunk=200)
+
+    took = _held_midway(store, run, lambda f: True)
+    assert took < 5 and store.project_progress("Big")["predicted"] == 600
