@@ -159,3 +159,33 @@ def test_raw_queue_calls_to_the_private_project_events_check_roles(studio, tmp_p
     before = len(ctx.jobs.running())
     out = _completed(_queue_call(_login(studio, "ana"), studio, _fn_index(studio, "project_start_pre"), ["RawProject"]))
     assert "needs the role" in json.dumps(out["output"]) and len(ctx.jobs.running()) == before
+
+
+def test_tab_events_save_import_poll_and_export(studio, tmp_path):
+    """The tab's own event handlers, on a tab built for the test: save, import, the poll that draws
+    the progress bar and the rejected rows, the guidelines shown, the export file."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    ctx = studio.ctx
+    with gr.Blocks() as demo:
+        tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
+    rev, ana = SimpleNamespace(username="rev"), SimpleNamespace(username="ana")
+    msg, pick, rows = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
+    assert "Saved project TabProject" in msg and pick["value"] == "TabProject"
+    assert any(r[0] == "TabProject" for r in rows)
+    assert "Error" in tab.project_save("X", "", 1, "default", False, ana)[0]
+    path, z = _corpus(tmp_path)
+    job_id, bar, _, _, note, timer, _ = tab.project_start_import("TabProject", str(path), str(z), "auto", rev)
+    assert job_id and "annot-progress" in bar and "background" in note
+    ctx.jobs.get(job_id).wait(60)
+    bar, rejected, report, note, *_ = tab.project_poll(job_id)
+    assert "Import done" in bar and "width:100%" in bar
+    assert [r[0] for r in rejected] == ["line 7", "line 8"] and report["created"] == 6
+    md, per_annotator, name, overlap, *_ = tab.project_show("TabProject", ana)
+    assert md == "**Bold** rule" and (name, overlap) == ("TabProject", 1)
+    refused = tab.project_start_pre("TabProject", ana)
+    assert refused[0] is None and "needs the role" in refused[4]
+    out, err = tab.project_export_zip("TabProject", "csv", ana)
+    assert err == "" and zipfile.ZipFile(out).read("guidelines.md").decode() == "**Bold** rule"
