@@ -383,3 +383,41 @@ def test_annotations_go_in_between_the_batches_of_an_import_and_of_pre_annotatio
 
     took = _held_midway(store, run, lambda f: True)
     assert took < 5 and store.project_progress("Big")["predicted"] == 600
+
+
+def test_official_release_folder_finds_images_in_mention_image(store, tmp_path):
+    store.create_project("Folder")
+    root = tmp_path / "release"
+    (root / "mention_image").mkdir(parents=True)
+    (root / "mention_image" / "r1.jpg").write_bytes(_png())  # the release names .jpg files holding any format
+    split = [{"id": "r1", "sentence": "Paris skyline.", "mentions": "Paris", "imgPath": "r1.png", "answer": "Q1"}]
+    (root / "WIKIMEL_train.json").write_text(json.dumps(split), encoding="utf-8")
+    (root / "WIKIMEL_dev.json").write_text(json.dumps([{"id": "r2", "sentence": "Berlin", "mentions": "Berlin"}]))
+    (root / "kb_entity.json").write_text("[]", encoding="utf-8")  # not a split file: not read as mentions
+    r = store.import_mentions(root, project="Folder", on_error="skip")
+    assert (r.created, r.format, r.rejected) == (2, "official", [])
+    assert store.get_mention("Folder/r1").image_sha256  # found by the release's alternative name
+
+
+def test_zip_limits_and_symlinks(tmp_path):
+    s = open_store(tmp_path / "small", max_image_bytes=200)
+    try:
+        s.create_project("Z")
+        big = _png() + b"\0" * 300  # over the 200-byte image limit
+        z = tmp_path / "z.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            zf.writestr("ok.png", _png())
+            zf.writestr("big.png", big)
+            link = zipfile.ZipInfo("link.png")
+            link.external_attr = 0o120777 << 16  # a symbolic link entry
+            zf.writestr(link, "/etc/passwd")
+        path = _jsonl(tmp_path / "c.jsonl", [{"id": "a", "sentence": "Paris.", "mention": "Paris", "image": "ok.png"}])
+        r = s.import_mentions(path, project="Z", images_zip=z)
+        skipped = {x["name"]: x["problem"] for x in r.zip_skipped}
+        assert (
+            r.created == 1 and "over the image limit" in skipped["big.png"] and "symbolic link" in skipped["link.png"]
+        )
+        with pytest.raises(InvalidInput, match="inflates past"):
+            s.import_mentions(path, project="Z", images_zip=z, max_zip_bytes=50)
+    finally:
+        s.close()
