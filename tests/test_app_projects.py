@@ -189,3 +189,34 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     assert refused[0] is None and "needs the role" in refused[4]
     out, err = tab.project_export_zip("TabProject", "csv", ana)
     assert err == "" and zipfile.ZipFile(out).read("guidelines.md").decode() == "**Bold** rule"
+
+
+def test_projects_tab_in_a_browser(studio, tmp_path):
+    """A reviewer creates a project in the tab and sees its guidelines rendered (Chromium)."""
+    import test_app_browser as B
+
+    if not B.Path(B.CHROMIUM).exists():
+        pytest.skip(f"{B.CHROMIUM} not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=B.CHROMIUM, args=B.ARGS)
+        try:
+            pg = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+            pg.set_default_timeout(30_000)
+            B.login(pg, studio, "rev")
+            B.open_tab(pg, "Projects")
+            pg.get_by_text("Create or edit a project").click()
+            pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
+            pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
+            pg.wait_for_timeout(300)
+            pg.click("#projects_save")
+            pg.wait_for_function(
+                "() => document.querySelector('#projects_msg').innerText.includes('Saved project BrowserProject')"
+            )
+            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('BrowserProject')")
+            pg.wait_for_function("() => document.querySelector('#projects_guidelines strong')?.innerText === 'club'")
+            pg.screenshot(path=str(studio.shots / "projects_tab.png"), full_page=True)
+        finally:
+            browser.close()
+    assert studio.ctx.store.get_project("BrowserProject").created_by == "rev"
