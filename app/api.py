@@ -1,4 +1,5 @@
-"""The documented API: `/link`, `/annotate`, `/export`, `/review` and `/resolve`, on hidden
+"""The documented API: `/link`, `/annotate`, `/export`, `/review`, `/resolve`, `/import_mentions` and
+`/projects`, on hidden
 components (gradio_client and the API page call them by name). Their signatures and docstrings are
 the API's documentation."""
 
@@ -6,11 +7,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import Shared, UserError, username_of
+from .common import Shared, UserError, upload_path, username_of
 from .context import AppContext
 from .tabs import annotate as annotate_tab
 from .tabs import link as link_tab
 from .tabs import models as models_tab
+from .tabs import projects as projects_tab
 from .tabs import review as review_tab
 
 
@@ -134,3 +136,62 @@ def _review_endpoints(ctx: AppContext, shared: Shared) -> None:
 
     review_button.click(api_review, [page, page_size, project], review_out, api_name="review", **shared.db_queue)
     resolve_button.click(api_resolve, [mention_id, choice, comment], resolve_out, api_name="resolve", **shared.db_queue)
+    _build_projects(ctx)
+
+
+def _build_projects(ctx: AppContext) -> None:
+    """`/import_mentions` and `/projects`: the Projects tab's handlers, with the same role checks."""
+    with gr.Column(visible=False):
+        project, fmt, guidelines = gr.Textbox(), gr.Textbox(value="auto"), gr.Textbox(value="")
+        corpus, images = gr.File(), gr.File()
+        overlap = gr.Number(value=1, precision=0)
+        import_out, projects_out = gr.JSON(), gr.JSON()
+        import_button, projects_button = gr.Button(), gr.Button()
+
+    def api_import_mentions(
+        project: str,
+        corpus: str,
+        images: str | None = None,
+        fmt: str = "auto",
+        guidelines: str = "",
+        annotators_per_mention: float = 1,
+        request: gr.Request = None,  # type: ignore[assignment]  # gradio fills it in
+    ) -> dict:
+        """Import a corpus into a project (reviewer or admin). project: its name, created when new
+        (with `guidelines`, Markdown, and `annotators_per_mention`); corpus: a JSONL, CSV, official
+        split .json or MELBench .json file; images: optional zip of the mention images the rows name;
+        fmt: auto | jsonl | csv | official | melbench. Runs as a background job (never in the
+        annotation write queue) and returns its report: created, existing, predictions, rejected
+        ([{row, problem}], at most 500; rejected_count counts all), zip_skipped, format, project."""
+        try:
+            return projects_tab.import_corpus_api(
+                ctx,
+                username_of(request),
+                project,
+                upload_path(corpus),
+                upload_path(images),
+                fmt or "auto",
+                guidelines or "",
+                int(annotators_per_mention or 1),
+            )
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def api_projects(request: gr.Request) -> list:
+        """Every project (signed-in users): name, guidelines, annotators_per_mention, kb, archived,
+        created_by, and progress {mentions, complete, started, pending, predicted, annotators: [{annotator,
+        decided, entity, nil, ambiguous, skipped}]}; the built-in "default" project comes last."""
+        try:
+            return projects_tab.list_projects(ctx, username_of(request))
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    import_button.click(
+        api_import_mentions,
+        [project, corpus, images, fmt, guidelines, overlap],
+        import_out,
+        api_name="import_mentions",
+        concurrency_id="project_jobs",
+        concurrency_limit=2,
+    )
+    projects_button.click(api_projects, None, projects_out, api_name="projects")

@@ -23,6 +23,9 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "analyze": ALL,  # error analysis of the corrections (writes DATA_DIR/analysis)
     "kb_edit": REVIEW,  # add or edit an entity (changes the served index)
     "kb_import": REVIEW,  # import a KB file
+    "project_view": ALL,  # see the projects, their progress and guidelines (Projects tab, /projects)
+    "project_edit": REVIEW,  # create a project, edit its guidelines / overlap / KB, archive it
+    "project_import": REVIEW,  # import a corpus into a project (/import_mentions), pre-annotate it
     "retrain": ADMIN,  # start a retraining job
     "serve": ADMIN,  # promote / roll back the served model version
     "review": REVIEW,  # the review list, resolving a mention, the agreement figures (Review tab, /review, /resolve)

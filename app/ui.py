@@ -18,7 +18,7 @@ import gradio as gr
 from . import api
 from .common import HEADER_SECONDS, PRIVATE, Shared, add_private_root, header_markdown, header_update, username_of
 from .context import AppContext, browser_paths
-from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models, review, users
+from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models, projects, review, users
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -51,6 +51,7 @@ def build_ui(ctx: AppContext):
             knowledge_base.build(ctx, shared)
             models.build(ctx, shared)
             analysis_tab = analysis.build(ctx, shared)
+            projects.build(ctx, shared)
             review.build(ctx, shared)
             users.build(ctx, shared)
         api.build(ctx, shared)

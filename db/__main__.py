@@ -10,7 +10,15 @@ or --data-dir / --url).
                                 tab does: lenient loader, images confined to the file's folder and
                                 copied in by content; prints the report. Exit 0 all rows imported,
                                 1 some rows rejected, 2 nothing could be read
-  import-mentions FILE.jsonl    pre-annotated mentions with candidates
+  create-project NAME [--guidelines FILE.md] [--annotators-per-mention N] [--kb NAME] [--created-by NAME]
+                                a new annotation project (db/projects.py)
+  import-mentions FILE [--project NAME] [--images ZIP] [--format auto|jsonl|csv|official|melbench]
+                                a corpus (pre-annotated or not), into a project when named; rejected
+                                rows are reported with their row and problem (--skip-errors imports
+                                the rest; without it the first bad row stops the import before any write)
+  projects                      every project with its progress
+  export-project NAME FILE.zip [--csv]
+                                one project's decisions, guidelines and images as a zip
   export-links FILE [--csv]     accepted links as JSONL (or CSV)
   export-label-studio FILE.zip  every mention's decisions as Label Studio tasks, with the labeling
                                 config and the images (db/export.py `export_label_studio`)
@@ -26,6 +34,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from mimic.data.kb_files import load_kb
@@ -49,10 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("file", help="official folder or kb_entity.json, .jsonl, .csv (or a folder with kb.jsonl)")
     k.add_argument("--format", choices=["auto", "official", "jsonl", "csv"], default="auto")
     k.add_argument("--author", help="annotator recorded as the author of new entity versions")
+    cp = sub.add_parser("create-project")
+    cp.add_argument("name")
+    cp.add_argument("--guidelines", help="a Markdown file with the annotation guidelines")
+    cp.add_argument("--annotators-per-mention", type=int, default=1)
+    cp.add_argument("--kb", default="default")
+    cp.add_argument("--created-by", help="annotator recorded as the project's creator")
     m = sub.add_parser("import-mentions")
-    m.add_argument("file")
+    m.add_argument("file", help="a .jsonl, .csv, official split file or folder, or MELBench .json")
+    m.add_argument("--project", help="the project the mentions join (default: the built-in default project)")
+    m.add_argument("--images", help="a zip of the mention images the rows name")
+    m.add_argument("--format", choices=["auto", "jsonl", "csv", "official", "melbench"], default="auto")
     m.add_argument("--model-version")
     m.add_argument("--skip-errors", action="store_true")
+    sub.add_parser("projects")
+    ep = sub.add_parser("export-project")
+    ep.add_argument("name")
+    ep.add_argument("file")
+    ep.add_argument("--csv", action="store_true")
     e = sub.add_parser("export-links")
     e.add_argument("file")
     e.add_argument("--csv", action="store_true")
@@ -124,10 +147,32 @@ def main(argv: list[str] | None = None) -> int:
             out = store.reconcile(args.journal).to_dict()
         elif args.cmd == "import-kb":
             out, code = import_kb_file(store, args.file, args.format, args.author)
+        elif args.cmd == "create-project":
+            guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
+            out = store.create_project(
+                args.name,
+                guidelines=guidelines,
+                annotators_per_mention=args.annotators_per_mention,
+                kb=args.kb,
+                created_by=args.created_by,
+            ).to_dict()
         elif args.cmd == "import-mentions":
             out = store.import_mentions(
-                args.file, model_version=args.model_version, on_error="skip" if args.skip_errors else "raise"
+                args.file,
+                model_version=args.model_version,
+                on_error="skip" if args.skip_errors else "raise",
+                project=args.project,
+                images_zip=args.images,
+                format=args.format,
             ).to_dict()
+            code = 1 if out["rejected"] else 0
+        elif args.cmd == "projects":
+            out = {
+                "projects": [p.to_dict() | {"progress": store.project_progress(p.name)} for p in store.list_projects()],
+                "default": store.project_progress(),
+            }
+        elif args.cmd == "export-project":
+            out = store.export_project(args.name, args.file, fmt="csv" if args.csv else "jsonl")
         elif args.cmd == "export-links":
             n = store.export_links_csv(args.file) if args.csv else store.export_links_jsonl(args.file)
             out = {"path": args.file, "links": n}

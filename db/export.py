@@ -46,7 +46,8 @@ from mimic.data.schema import Mention as CoreMention
 from ._base import StoreBase
 from .errors import InvalidInput
 from .models import Image, KbEntity, Mention, ModelVersion, Prediction, PredictionCandidate
-from .records import TrainingExport
+from .projects import DEFAULT_PROJECT
+from .records import ProjectRecord, TrainingExport
 from .reports import Resolution
 
 log = logging.getLogger("mimic.db")
@@ -179,12 +180,21 @@ class ExportsMixin(StoreBase):
 
         def knowledge_base(self) -> KnowledgeBase: ...  # KbMixin
 
-    def _link_rows(self, image_dir: Path | None) -> list[dict]:
+        def project_progress(self, project: int | str = ...) -> dict: ...  # ProjectsMixin
+
+        def get_project(self, project: int | str) -> ProjectRecord: ...  # ProjectsMixin
+
+        def project_mention_uids(self, project: int | str = ...) -> set[str]: ...  # ProjectsMixin
+
+    def _link_rows(self, image_dir: Path | None, mention_uids: set[str] | None = None) -> list[dict]:
         """`accepted_links` with the image named by a path relative to the export's folder
         (`mention_image/<sha256><ext>`, the store's content name) instead of the server's absolute
-        path; with `image_dir` the image files are copied there (once per content)."""
+        path; with `image_dir` the image files are copied there (once per content). With
+        `mention_uids`, only those mentions' decisions (one project's)."""
         rows = []
         for r in self.accepted_links():
+            if mention_uids is not None and r["mention_uid"] not in mention_uids:
+                continue
             row = {k: r[k] for k in LINK_COLUMNS}
             src = r.get("image")
             if src:
@@ -196,14 +206,16 @@ class ExportsMixin(StoreBase):
             rows.append(row)
         return rows
 
-    def export_links_jsonl(self, path: str | Path, *, copy_images: bool = False) -> int:
+    def export_links_jsonl(
+        self, path: str | Path, *, copy_images: bool = False, mention_uids: set[str] | None = None
+    ) -> int:
         """Write every current decision as one JSON object per line (text verbatim, UTF-8). Returns the count.
 
         `image` is a relative path, `mention_image/<sha256><ext>` (never a server path); with
         copy_images=True the files are copied into mention_image/ beside `path`, so the folder is
         self-contained (`export_links_zip` packs both)."""
         path = Path(path)
-        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None)
+        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None, mention_uids)
         tmp, commit = _atomic_file(path)
         try:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
@@ -214,7 +226,14 @@ class ExportsMixin(StoreBase):
             tmp.unlink(missing_ok=True)
         return len(rows)
 
-    def export_links_csv(self, path: str | Path, *, copy_images: bool = False, raw_cells: bool = False) -> int:
+    def export_links_csv(
+        self,
+        path: str | Path,
+        *,
+        copy_images: bool = False,
+        raw_cells: bool = False,
+        mention_uids: set[str] | None = None,
+    ) -> int:
         """The same rows as `export_links_jsonl` as CSV (pandas quoting: commas, quotes and newlines safe).
 
         Formula injection: a text cell starting with "=", "+", "-", "@", a tab or a carriage return
@@ -226,7 +245,7 @@ class ExportsMixin(StoreBase):
         import pandas as pd
 
         path = Path(path)
-        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None)
+        rows = self._link_rows(path.parent / MENTION_IMAGE_DIR if copy_images else None, mention_uids)
         if not raw_cells:
             rows = [{k: neutralize_cell(v) for k, v in r.items()} for r in rows]
         tmp, commit = _atomic_file(path)
@@ -261,6 +280,42 @@ class ExportsMixin(StoreBase):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return n
+
+    def export_project(self, project: int | str, path: str | Path, *, fmt: str = "jsonl") -> dict:
+        """One project's work as a self-contained zip: guidelines.md (the Markdown the annotators
+        followed), project.json (settings and progress, with each annotator's counts), links.jsonl or
+        links.csv (every annotator's current decision on the project's mentions, one row each) and
+        mention_image/ (the images those rows name). Written atomically. Returns project.json."""
+        if fmt not in ("jsonl", "csv"):
+            raise InvalidInput(f"must be 'jsonl' or 'csv', got {fmt!r}", "fmt")
+        progress = self.project_progress(project)
+        name = progress["project"]
+        info = {"project": name, "progress": progress}
+        if name != DEFAULT_PROJECT:
+            info |= {k: v for k, v in self.get_project(name).to_dict().items() if k not in ("guidelines", "name")}
+            guidelines = self.get_project(name).guidelines
+        else:
+            guidelines = ""
+        uids = self.project_mention_uids(name)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="mimic-export-", dir=path.parent))
+        try:
+            if fmt == "jsonl":
+                info["rows"] = self.export_links_jsonl(work / "links.jsonl", copy_images=True, mention_uids=uids)
+            else:
+                info["rows"] = self.export_links_csv(work / "links.csv", copy_images=True, mention_uids=uids)
+            (work / "guidelines.md").write_text(guidelines, encoding="utf-8")
+            (work / "project.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+            tmp, commit = _atomic_file(path)
+            try:
+                zip_folder(work, tmp)
+                commit()
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return info
 
     def _latest_candidates(self, uids: list[str]) -> dict[str, tuple[str, list[dict]]]:
         """mention uid -> (model version, ranked candidates {entity_id, name, text, s}) of its

@@ -1,33 +1,26 @@
-"""Mentions (with their stored image), model predictions, and the import of pre-annotated mentions."""
+"""Mentions (with their stored image) and model predictions; the corpus import is in mention_import.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
-from mimic.data.kb_files import read_text_file, text_problem
 from mimic.data.mentions import locate_mention
-from mimic.data.schema import DataFormatError
 
 from . import statements as Q
 from ._base import MAX_NAME, MAX_SENTENCE, StoreBase, check_float, check_int, check_text
-from .errors import Conflict, InvalidInput, InvalidSpan, StoreError, UnknownEntity
+from .errors import Conflict, InvalidInput, InvalidSpan, UnknownEntity
 from .images import StoredImage
 from .models import Image, KbEntity, Mention, Prediction, PredictionCandidate, utcnow
-from .records import ImportReport, MentionRecord, PredictionRecord
-
-_SURROGATES = re.compile("[\ud800-\udfff]")  # bytes read_text_file could not decode as UTF-8
+from .records import MentionRecord, PredictionRecord
 
 
 @dataclass(frozen=True)
@@ -301,267 +294,19 @@ class MentionsMixin(StoreBase):
 
         return self.read_transaction(fn)
 
-    # -- import ---------------------------------------------------------------------------------
+    def add_predictions(self, items: list[tuple[int | str, list]], model_version: str) -> int:
+        """Store many predictions (mention id or uid, candidates) in one transaction: pre-annotation
+        writes a chunk at a time, so the write lock is held for one short transaction per chunk.
+        Items without candidates are skipped. Returns how many were stored."""
+        checked = [(m, check_candidates(c, f"predictions[{i}].candidates")) for i, (m, c) in enumerate(items)]
 
-    def import_mentions(
-        self,
-        source: str | Path | Iterable[dict],
-        *,
-        default_source: str = "",
-        model_version: str | None = None,
-        on_error: str = "raise",
-        base_dir: str | Path | None = None,
-        batch_size: int = 500,
-    ) -> ImportReport:
-        """Import pre-annotated mentions from a JSONL file (or an iterable of dicts).
+        def fn(s: Session, events: list) -> int:
+            n = 0
+            for i, (mention, cands) in enumerate(checked):
+                if cands:
+                    row = self._mention_row(s, mention, f"predictions[{i}].mention")
+                    self._insert_prediction(s, row, model_version, cands, field=f"predictions[{i}].candidates")
+                    n += 1
+            return n
 
-        Each record: {"uid" or "id", "source", "sentence", "mention", "start", "end", "image"
-        (a path, relative to the file's folder), "candidates": [{"entity_id", "S", "S_T", "S_V",
-        "S_C"}, ...], "model_version"}; only "sentence" and "mention" (or start/end) are required.
-        A known uid is not duplicated (its new candidates are added as a new prediction).
-
-        on_error="raise": every record is checked first and the first bad one raises (naming its
-        line and field) before anything is written. on_error="skip": bad records are reported in
-        `ImportReport.errors` and the others imported.
-        """
-        if on_error not in ("raise", "skip"):
-            raise InvalidInput(f"must be 'raise' or 'skip', got {on_error!r}", "on_error")
-        if isinstance(source, (str, Path)):
-            path = Path(source)
-            base = Path(base_dir) if base_dir is not None else path.parent
-            records = _read_jsonl(path)
-        else:
-            base = Path(base_dir) if base_dir is not None else Path.cwd()
-            records = [(i + 1, r) for i, r in enumerate(source)]
-        report = ImportReport()
-        errors: list[tuple[int, StoreError]] = []
-        prepared: list[tuple[int, str, MentionInput, list[CandidateInput], str | None]] = []
-        for lineno, rec in records:
-            where = f"line {lineno}"
-            try:
-                if isinstance(rec, InvalidInput):
-                    raise rec
-                if not isinstance(rec, dict):
-                    raise InvalidInput(f"expected a JSON object, got {type(rec).__name__}", where)
-                image = rec.get("image") or rec.get("image_path")
-                if image is not None:
-                    check_text(image, f"{where}.image", max_len=4096)
-                    image = Path(image) if Path(image).is_absolute() else base / image
-                m = self.prepare_mention(
-                    rec.get("sentence"),
-                    rec.get("mention"),
-                    rec.get("start"),
-                    rec.get("end"),
-                    image=image,
-                    source=rec.get("source", default_source),
-                    uid=rec.get("uid", rec.get("id")),
-                    field=where,
-                )
-                cands = check_candidates(rec.get("candidates") or [], f"{where}.candidates")
-                mv = rec.get("model_version", model_version)
-                if cands and mv is None:
-                    raise InvalidInput(
-                        "candidates need a model_version (in the record or as an argument)", f"{where}.model_version"
-                    )
-                prepared.append((lineno, where, m, cands, mv))
-            except StoreError as e:
-                errors.append((lineno, e))
-        # Unknown entity ids need the database: one query for the whole file.
-        known = self._existing_entity_ids({c.entity_id for *_, cands, _ in prepared for c in cands})
-        kept = []
-        for lineno, where, m, cands, mv in prepared:
-            bad = next((i for i, c in enumerate(cands) if c.entity_id not in known), None)
-            if bad is None:
-                kept.append((where, m, cands, mv))
-            else:
-                errors.append(
-                    (
-                        lineno,
-                        UnknownEntity(
-                            f"unknown entity {cands[bad].entity_id!r} (not in the knowledge base)",
-                            f"{where}.candidates[{bad}].entity_id",
-                        ),
-                    )
-                )
-        errors.sort(key=lambda t: t[0])
-        if errors and on_error == "raise":
-            raise errors[0][1]  # the first bad line, before anything was written
-        report.errors = [str(e) for _, e in errors]
-        for start in range(0, len(kept), batch_size):
-            batch = kept[start : start + batch_size]
-
-            def write_batch(s: Session, events: list[dict], batch: list = batch) -> tuple[int, int, int]:
-                return self._bulk_insert(s, batch)
-
-            created, existing, predicted = self._write(write_batch)
-            report.created += created
-            report.existing += existing
-            report.predictions += predicted
-        return report
-
-    def _bulk_insert(self, s: Session, batch: list) -> tuple[int, int, int]:
-        """Insert a batch of prepared (where, mention, candidates, model_version) with Core
-        statements: a few multi-row INSERTs instead of thousands of ORM round trips."""
-        now = utcnow()
-        uids = list(dict.fromkeys(m.uid for _, m, _, _ in batch))
-        known = {
-            r.uid: r
-            for r in s.execute(
-                select(
-                    Mention.id, Mention.uid, Mention.sentence, Mention.start, Mention.end, Mention.image_sha256
-                ).where(Mention.uid.in_(uids))
-            )
-        }
-        images = {m.image.sha256: m.image for _, m, _, _ in batch if m.image is not None}
-        if images:
-            have = set(s.scalars(select(Image.sha256).where(Image.sha256.in_(list(images)))))
-            rows = [
-                dict(
-                    sha256=i.sha256, ext=i.ext, width=i.width, height=i.height, size_bytes=i.size_bytes, created_at=now
-                )
-                for sha, i in images.items()
-                if sha not in have
-            ]
-            if rows:
-                s.execute(insert(Image), rows)
-        new_rows: list[dict[str, Any]] = []
-        seen: dict[str, SimpleNamespace] = {}
-        for where, m, _, _ in batch:
-            sha = m.image.sha256 if m.image else None
-            old = known.get(m.uid) or seen.get(m.uid)
-            if old is not None:
-                if (old.sentence, old.start, old.end, old.image_sha256) != (m.sentence, m.start, m.end, sha):
-                    raise Conflict(
-                        f"mention uid {m.uid!r} already exists with a different sentence, span or image", f"{where}.uid"
-                    )
-                continue
-            seen[m.uid] = SimpleNamespace(sentence=m.sentence, start=m.start, end=m.end, image_sha256=sha)
-            new_rows.append(
-                dict(
-                    uid=m.uid,
-                    source=m.source,
-                    sentence=m.sentence,
-                    mention=m.mention,
-                    start=m.start,
-                    end=m.end,
-                    image_sha256=sha,
-                    margin=None,
-                    decided=0,
-                    created_at=now,
-                )
-            )
-        ids = {r.uid: r.id for r in known.values()}
-        returning = s.get_bind().dialect.insert_executemany_returning  # SQLite >= 3.35, PostgreSQL
-        if new_rows and returning:
-            ids.update({uid: i for i, uid in s.execute(insert(Mention).returning(Mention.id, Mention.uid), new_rows)})
-        elif new_rows:
-            s.execute(insert(Mention), new_rows)
-            ids.update(self._ids_by_uid(s, Mention, [r["uid"] for r in new_rows]))
-        versions: dict[str, int] = {}
-        preds = []
-        for where, m, cands, mv in batch:
-            if not cands:
-                continue
-            if mv not in versions:
-                versions[mv] = self._model_version_row(s, mv, f"{where}.model_version", create=True).id
-            margin = cands[0].s - cands[1].s if len(cands) >= 2 else None
-            preds.append(
-                (
-                    dict(
-                        uid=uuid.uuid4().hex,
-                        mention_id=ids[m.uid],
-                        model_version_id=versions[mv],
-                        margin=margin,
-                        created_at=now,
-                    ),
-                    cands,
-                )
-            )
-        if preds:
-            if returning:
-                pred_ids = dict(
-                    s.execute(insert(Prediction).returning(Prediction.uid, Prediction.id), [p for p, _ in preds]).all()
-                )
-            else:
-                s.execute(insert(Prediction), [p for p, _ in preds])
-                pred_ids = self._ids_by_uid(s, Prediction, [p["uid"] for p, _ in preds])
-            s.execute(
-                insert(PredictionCandidate),
-                [
-                    dict(
-                        prediction_id=pred_ids[p["uid"]],
-                        rank=r,
-                        entity_id=c.entity_id,
-                        s=c.s,
-                        s_t=c.s_t,
-                        s_v=c.s_v,
-                        s_c=c.s_c,
-                    )
-                    for p, cands in preds
-                    for r, c in enumerate(cands)
-                ],
-            )
-            # These predictions are the newest of their mentions: their margins order the queue.
-            s.execute(
-                update(Q.table(Mention))
-                .where(Q.table(Mention).c.id == bindparam("mid"))
-                .values(margin=bindparam("mg")),
-                [{"mid": p["mention_id"], "mg": p["margin"]} for p, _ in preds],
-            )
-        return len(new_rows), len(batch) - len(new_rows), len(preds)
-
-    @staticmethod
-    def _ids_by_uid(s: Session, model, uids: list[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i in range(0, len(uids), 500):
-            out.update(dict(s.execute(select(model.uid, model.id).where(model.uid.in_(uids[i : i + 500]))).all()))
-        return out
-
-    def _existing_entity_ids(self, ids: set[str]) -> set[str]:
-        id_list = list(ids)
-
-        def fn(s: Session) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(id_list), 500):
-                found.update(s.scalars(select(KbEntity.id).where(KbEntity.id.in_(id_list[i : i + 500]))))
-            return found
-
-        return self.read_transaction(fn) if id_list else set()
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; an unparsable line (invalid JSON, JSON
-    nested too deeply, bytes that are not UTF-8, lone surrogates) gives an InvalidInput naming it in
-    place of the object (the caller decides to raise or skip). UTF-8 with or without a byte-order
-    mark and UTF-16/32 with one are read; an empty or binary file raises InvalidInput."""
-    if not path.is_file():
-        raise InvalidInput(f"file not found: {path}", "path")
-    try:
-        text = read_text_file(path)
-    except DataFormatError as e:
-        raise InvalidInput(str(e), "path") from None
-    except OSError as e:
-        raise InvalidInput(f"{path}: cannot read ({e.strerror or e})", "path") from None
-    out: list[tuple[int, Any]] = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"line {lineno}"
-        bad = _SURROGATES.search(line)
-        if bad:
-            out.append((lineno, InvalidInput(f"{path}: {text_problem(bad.group())}, column {bad.start() + 1}", where)))
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.append((lineno, InvalidInput(f"{path}: not valid JSON ({e})", where)))
-            continue
-        except RecursionError:
-            out.append((lineno, InvalidInput(f"{path}: JSON nested too deeply", where)))
-            continue
-        why = text_problem(rec)
-        if why:
-            out.append((lineno, InvalidInput(f"{path}: {why}", where)))
-            continue
-        out.append((lineno, rec))
-    return out
+        return self._write(fn)

@@ -1,6 +1,8 @@
 """Replaying the journal into the database: `reconcile` makes the two agree again after a crash
 between a journal write and its commit, and rebuilds a lost database from a saved journal. The
-events it replays are the ones `AnnotationsMixin` writes (`_annotation_event`, `_undo_event`)."""
+events it replays are the ones `AnnotationsMixin` writes (`_annotation_event`, `_undo_event`) and
+the projects' ("project", db/projects.py). An annotation event names its mention's project
+(`mention.project`), so a rebuilt database puts annotated mentions back into their projects."""
 
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ from .models import (
     KbEntityVersion,
     Mention,
     Prediction,
+    Project,
     entity_search_text,
     utcnow,
 )
+from .projects import project_event
 from .records import ReconcileReport
 
 
@@ -75,6 +79,47 @@ class JournalReplayMixin(AnnotationsMixin):
             )
         return row
 
+    def _annotation_event(self, s: Session, a, ann=None, m=None) -> dict:
+        """AnnotationsMixin's event, with the name of the mention's project (absent: no project)."""
+        ev = super()._annotation_event(s, a, ann, m)
+        pid = getattr(m, "project_id", None) if m is not None else self._mention_row(s, a.mention_id).project_id
+        if pid is not None:
+            ev["mention"]["project"] = s.execute(select(Project.name).where(Project.id == pid)).scalar()
+        return ev
+
+    def _ensure_project(self, s: Session, name: str) -> int:
+        """The project's id; a placeholder project (default settings) when the journal named a
+        project whose own event is missing (the events are written in order, so rarely)."""
+        pid = s.execute(select(Project.id).where(Project.name == name)).scalar()
+        if pid is None:
+            row = Project(name=name, guidelines="", annotators_per_mention=1, kb="default", created_at=utcnow())
+            s.add(row)
+            s.flush()
+            pid = row.id
+        return pid
+
+    def _replay_project(self, s: Session, ev: dict) -> bool:
+        """Bring the project to the event's state (the last event replayed wins). True if it changed."""
+        row = s.scalar(select(Project).where(Project.name == ev["name"]))
+        state = {
+            "guidelines": ev.get("guidelines") or "",
+            "annotators_per_mention": int(ev.get("annotators_per_mention") or 1),
+            "kb": ev.get("kb") or "default",
+            "archived": bool(ev.get("archived")),
+        }
+        if row is None:
+            creator = self._ensure_annotator(s, {"name": ev["created_by"]}).id if ev.get("created_by") else None
+            created = _parse_time(ev["created_at"]) if ev.get("created_at") else utcnow()
+            s.add(Project(name=ev["name"], created_by=creator, created_at=created, **state))
+            s.flush()
+            return True
+        if all(getattr(row, k) == v for k, v in state.items()):
+            return False
+        for k, v in state.items():
+            setattr(row, k, v)
+        s.flush()
+        return True
+
     def _ensure_mention(self, s: Session, snap: dict) -> Mention:
         row = s.scalar(select(Mention).where(Mention.uid == snap["uid"]))
         if row is not None:
@@ -100,6 +145,7 @@ class JournalReplayMixin(AnnotationsMixin):
             end=snap["end"],
             image_sha256=image["sha256"] if image else None,
             margin=None,
+            project_id=self._ensure_project(s, snap["project"]) if snap.get("project") else None,
             created_at=utcnow(),
         )
         s.add(row)
@@ -185,10 +231,15 @@ class JournalReplayMixin(AnnotationsMixin):
             report.groups_reapplied = report.events_reapplied = report.events_rejournaled = 0
             db_requests = set(s.scalars(select(Annotation.request_id)))
             db_undos = set(s.scalars(select(Annotation.undo_request_id).where(Annotation.undo_request_id.is_not(None))))
+            # A project event holds the project's whole state: only each project's last one counts.
+            last_state = {ev["name"]: ev for ev in scan.events() if ev.get("type") == "project" and ev.get("name")}
             for group in scan.groups:
                 applied = 0
                 for ev in group:
-                    if ev.get("type") == "annotation" and ev["request_id"] not in db_requests:
+                    if ev.get("type") == "project":
+                        if last_state.get(ev.get("name", "")) is ev:
+                            applied += self._replay_project(s, ev)
+                    elif ev.get("type") == "annotation" and ev["request_id"] not in db_requests:
                         applied += self._replay_annotation(s, ev)
                         db_requests.add(ev["request_id"])
                     elif ev.get("type") == "undo" and ev["request_id"] not in db_undos:
@@ -198,7 +249,7 @@ class JournalReplayMixin(AnnotationsMixin):
                 report.events_reapplied += applied
             s.expire_all()  # rows changed through Core statements above must be re-read
             own_scan = scan_journal(own) if foreign else scan
-            journaled = {ev["request_id"] for ev in own_scan.events()}
+            journaled = {ev["request_id"] for ev in own_scan.events() if "request_id" in ev}
             missing: list[tuple[Any, int, dict]] = []
             # Compare keys first; load full rows only for what is missing (usually nothing).
             keys = s.execute(
@@ -213,8 +264,13 @@ class JournalReplayMixin(AnnotationsMixin):
                 if a.undo_request_id is not None and a.undo_request_id not in journaled:
                     missing.append((a.undone_at, 1, self._undo_event(a, s.get_one(Annotator, a.annotator_id).name)))
             missing.sort(key=lambda t: (t[0], t[1]))
+            # Projects missing from the journal go first: their annotations' replay needs them.
+            named = {ev["name"] for ev in own_scan.events() if ev.get("type") == "project"}
+            for p in s.scalars(select(Project).where(Project.name.not_in(named)).order_by(Project.id)):
+                creator = s.get(Annotator, p.created_by).name if p.created_by is not None else None  # type: ignore[union-attr]
+                events.append(project_event(p, creator))
             events.extend(ev for _, _, ev in missing)
-            report.events_rejournaled = len(missing)
+            report.events_rejournaled = len(events)
             return report
 
         return self._write(fn)

@@ -189,12 +189,31 @@ class TrainingRunRecord(_Record):
     annotations: int  # how many annotations went in
 
 
+@dataclass(frozen=True)
+class ProjectRecord(_Record):
+    id: int
+    name: str
+    guidelines: str  # Markdown
+    annotators_per_mention: int
+    kb: str
+    archived: bool
+    created_by: str | None
+    created_at: datetime
+
+
 @dataclass
 class ImportReport(_Record):
     created: int = 0
     existing: int = 0
     predictions: int = 0
     errors: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)  # {"row": where in the file, "problem": why}
+    project: str | None = None  # None: the default project
+    format: str = ""
+    rows: int = 0  # rows read (a MELBench sample with several mentions counts once per mention)
+    images_in_zip: int = 0
+    zip_skipped: list[dict] = field(default_factory=list)  # {"name", "problem"}: zip entries not extracted
+    cancelled: bool = False
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 The operations are grouped by concept in mixins (one module each):
   kb.py           annotators; knowledge-base entities with versioned edits; search; bulk KB import
-  mentions.py     mentions (image stored once by content hash), predictions, pre-annotation import
+  mentions.py     mentions (image stored once by content hash), predictions
+  mention_import.py  corpus import (JSONL, CSV, official, MELBench; images zip), optionally into a project
+  projects.py     annotation projects: guidelines, overlap, progress, pre-annotation
   annotations.py  submit / skip / undo, history, journal reconciliation and rebuild
   queue.py        next item per annotator (uncertainty order, leases), queue size, release
   reports.py      progress and speed, agreement, accepted links, one label per mention
@@ -25,8 +27,9 @@ from .config import Settings, describe_location
 from .engine import dispose_engine, get_engine
 from .export import ExportsMixin
 from .kb import KbMixin
-from .mentions import MentionsMixin
+from .mention_import import MentionImportMixin
 from .migrate import upgrade
+from .projects import ProjectsMixin
 from .queue import QueueMixin
 from .reconcile import JournalReplayMixin
 from .reports import ReportsMixin
@@ -39,7 +42,8 @@ log = logging.getLogger("mimic.db")
 
 class AnnotationStore(
     KbMixin,
-    MentionsMixin,
+    MentionImportMixin,
+    ProjectsMixin,
     JournalReplayMixin,
     AnnotationsMixin,
     QueueMixin,

@@ -298,12 +298,16 @@ def test_kb_edit_is_not_an_api_endpoint(studio):
     from gradio_client import Client
 
     c = Client(studio.url, auth=("ana", studio.users["ana"]), verbose=False)
+    # role checks of /review, /resolve: tests/test_app_review.py; /import_mentions, /projects:
+    # tests/test_app_projects.py
     assert set(c.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
         "/link",
         "/annotate",
         "/export",
         "/review",
         "/resolve",
+        "/import_mentions",
+        "/projects",
     }
 
 
