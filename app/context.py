@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from db import AnnotationStore, open_store
+from db.import_manifest import ImportManifests
 from mimic.data.jsonl import load_jsonl_dataset
 from mimic.data.kb_files import load_kb
 from mimic.data.schema import Entity, KnowledgeBase, Mention
@@ -101,6 +102,7 @@ def browser_paths(config: AppConfig, store_settings=None) -> tuple[list[str], li
         "annotations.db-journal",
         "journal",
         "indexes",
+        "imports",
         "analysis",
         "retrain",
         "runs",
@@ -147,6 +149,13 @@ class AppContext:
     _load_error: BaseException | None = None
     wait_seconds: float = MODEL_WAIT_SECONDS
     _loader: threading.Thread | None = None  # a background start's load, until `begin_loading`
+    # resumable KB imports (db/import_manifest.py): set in __post_init__; the files being imported now
+    kb_imports: ImportManifests = field(init=False)
+    kb_imports_running: set[str] = field(default_factory=set)
+    kb_import_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.kb_imports = ImportManifests(Path(self.config.data_dir) / "imports")
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod

@@ -181,14 +181,19 @@ def shared_range(values) -> tuple[float, float]:
 # head from `plotly_preload_head` does the second while the page sits idle after loading.
 
 
-def prewarm() -> None:
-    """Build and serialise one figure of each kind (what the first Inspect would pay for)."""
+def prewarm() -> list[str]:
+    """Build and serialise one figure of each kind (what the first Inspect would pay for); -> their names."""
     e = Explanation(["a", "b"], ["c", "d", "e"], [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], [[0.1, 0.2]], None)
     c = {"entity_id": "Q0", "name": "warm-up", "S": 0.5, "S_T": 0.1, "S_V": 0.2, "S_C": 0.3, "S_L": 0.1}
+    built = []
     for zero in (False, True):
-        unit_bars(c, zero, unit_range([c], zero)).to_json()
-    token_heatmap(e, "warm-up", *shared_range([e.tglu_attention])).to_json()
-    token_highlights(e)
+        if unit_bars(c, zero, unit_range([c], zero)).to_json():
+            built.append("unit_bars" + (" (zero-shot)" if zero else ""))
+    if token_heatmap(e, "warm-up", *shared_range([e.tglu_attention])).to_json():
+        built.append("token_heatmap")
+    if len(token_highlights(e)) == len(e.mention_tokens):
+        built.append("token_highlights")
+    return built
 
 
 def _gradio_assets() -> Path | None:

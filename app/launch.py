@@ -72,6 +72,9 @@ def main():
     # imports and the UI build would delay the page as much as it gains)
     demo.launch(prevent_thread_lock=True, **launch_kwargs)
     ctx.begin_loading()
+    from .tabs.knowledge_base import resume_kb_imports
+
+    resume_kb_imports(ctx)  # imports a stop cut continue (their jobs wait for the model)
     demo.block_thread()
 
 
