@@ -165,3 +165,26 @@ def test_search_results_come_in_pages(tmp_path):
         seen += [r.id for r in recs]
         offset, pages = nxt, pages + 1
     assert pages == 3 and seen == [f"P{i:03d}" for i in range(120)]  # every match once, in order
+
+
+def test_a_big_file_is_indexed_in_growing_segments_as_stored(tmp_path, monkeypatch):
+    ctx = _ctx(tmp_path / "data")
+    fake = ctx.service
+    fake.n = 100  # the index holds 100 entities: segments of at least 25
+    monkeypatch.setattr(kb_tab, "BIG_IMPORT_ROWS", 10)
+    store_chunk, chunks = ctx.store.import_kb, []
+
+    def store_then_edit(entities, **kw):
+        counts = store_chunk(entities, **kw)
+        chunks.append(len(entities))
+        if len(chunks) == 4:  # R030-R039 stored, waiting for their segment: a reviewer edits one
+            ctx.store.upsert_entity("R035", "R entity 35 (edited)", "row 35", author="rev")
+        return counts
+
+    monkeypatch.setattr(ctx.store, "import_kb", store_then_edit)
+    path = _write_kb(tmp_path / "kb.jsonl", 60)
+    job = kb_tab.start_kb_import(ctx, "rev", str(path))
+    assert job.wait(60) and job.state == DONE, job.error
+    assert job.result["imported"] == 60 and sorted(fake.indexed) == [f"R{i:03d}" for i in range(60)]
+    assert fake.calls == 2  # 30 entities (>= 25), then the last 30 (< 32) at the end; not 6 segments
+    assert fake.entities["R035"].name == "R entity 35 (edited)"  # indexed as stored now, not as read

@@ -34,6 +34,8 @@ log = logging.getLogger("mimic.app.kb")
 PAGE = 50  # entities per page of the search/browse table
 TABLE_TEXT_CHARS = 200  # description characters shown in the table (the full text loads on selection)
 REPORT_ROWS = 500  # rejected rows listed in an import report (all are counted)
+BIG_IMPORT_ROWS = 10_000  # a file with more rows is indexed in segments of INDEX_BATCH_FRACTION of the index
+INDEX_BATCH_FRACTION = 0.25
 _MAX_ID, _MAX_NAME = 200, 20_000  # the store's limits on an entity id and name (db/_base.py)
 
 
@@ -151,36 +153,66 @@ def _run_import(
     stream = valid(entities)
     chunk_size = ctx.config.kb_import_chunk
     cancelled = False
-    while True:
-        if job is not None and job.cancel_requested:
-            cancelled = True
-            break
-        batch = list(islice(stream, chunk_size))
-        if not batch:
-            break
-        stored: list[Entity] = []
-        with ctx.kb_lock:  # held for one chunk: its transaction and its index segment
-            counts = ctx.store.import_kb(
-                batch,
-                author=author,
-                chunk_size=len(batch),
-                image_errors=image_errors,
-                on_chunk=lambda c, _totals: stored.extend(c),  # noqa: B023 (called before the loop moves on)
-            )
+    # A big file is indexed in segments of at least INDEX_BATCH_FRACTION of the index (each segment
+    # reloads the whole index: one per chunk would make 100k entities quadratic); its chunks are
+    # stored (and recorded in the manifest) one by one all the same. An entity stored but not yet
+    # indexed is indexed at the next segment, at the end, on a cancel or failure, or at the next start.
+    big = lines > BIG_IMPORT_ROWS
+    pending: list[str] = []  # ids stored, not yet indexed
+
+    def index_pending() -> None:
+        nonlocal indexed
+        if pending:
+            entities = ctx.store.entities_by_id(pending)  # as stored now (a KB edit since included)
             ctx.service.upsert_entities(
-                [replace(e, images=resolve_images(e.images, ctx.config.data_dir)) for e in stored]
+                [replace(e, images=resolve_images(e.images, ctx.config.data_dir)) for e in entities]
             )
-        for k, v in counts.items():
-            totals[k] += v
-        indexed += len(stored)
-        if manifest is not None:
-            ctx.kb_imports.advance(manifest, report.rows_read, before + indexed)
-        frac = min(0.99, report.rows_read / lines) if lines else 0.5
-        msg = f"stored and indexed {indexed:,} entities ({report.rows_read:,} rows read of about {lines:,})"
-        if job is not None:
-            job.progress(frac, msg)
-        if progress:
-            progress(frac, desc=msg)
+            indexed += len(pending)
+            pending.clear()
+
+    stored_total = 0
+    try:
+        while True:
+            if job is not None and job.cancel_requested:
+                cancelled = True
+                break
+            batch = list(islice(stream, chunk_size))
+            if not batch:
+                break
+            stored: list[Entity] = []
+            with ctx.kb_lock:  # held for one chunk: its transaction (and its index segment)
+                counts = ctx.store.import_kb(
+                    batch,
+                    author=author,
+                    chunk_size=len(batch),
+                    image_errors=image_errors,
+                    on_chunk=lambda c, _totals: stored.extend(c),  # noqa: B023 (called before the loop moves on)
+                )
+                pending.extend(e.id for e in stored)
+                if not big or len(pending) >= max(chunk_size, int(INDEX_BATCH_FRACTION * len(ctx.service))):
+                    index_pending()
+            for k, v in counts.items():
+                totals[k] += v
+            stored_total += len(stored)
+            if manifest is not None:  # stored rows count: a start indexes what is stored and not indexed
+                ctx.kb_imports.advance(manifest, report.rows_read, before + stored_total)
+            frac = min(0.99, report.rows_read / lines) if lines else 0.5
+            msg = f"stored and indexed {indexed:,} entities ({report.rows_read:,} rows read of about {lines:,})"
+            if pending:
+                msg += f"; {len(pending):,} more stored, indexed with the next segment"
+            if job is not None:
+                job.progress(frac, msg)
+            if progress:
+                progress(frac, desc=msg)
+    except BaseException:
+        try:  # what was stored is indexed (else the next start does it)
+            with ctx.kb_lock:
+                index_pending()
+        except Exception:
+            log.exception("indexing an interrupted import's stored entities (the next start indexes them)")
+        raise
+    with ctx.kb_lock:
+        index_pending()
     out = report.to_dict()
     out["rejected"] = out["rejected"] + too_long
     for key in ("rejected", "duplicates", "empty_names", "missing_images"):  # a report, not a copy of the file
