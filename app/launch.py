@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 from . import build_app
@@ -33,6 +34,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+PREWARM_AFTER_S = 3.0
+
+
 def _ready(ctx, t0: float) -> None:
     """Once the model has loaded (in the background): ZeroGPU's wrapper, and the line that says so."""
     ctx.service.wrap_inference(gpu(duration=60))  # ZeroGPU: a GPU slot per link; no-op elsewhere
@@ -43,7 +47,11 @@ def _ready(ctx, t0: float) -> None:
     )
     from . import figures  # imported by the Inspect tab already
 
-    figures.prewarm()  # the first Inspect of a session does not pay for plotly's first figures
+    # the first Inspect does not pay for plotly's first figures; a few seconds later, so as not to
+    # slow the requests that waited for the model
+    warm = threading.Timer(PREWARM_AFTER_S, figures.prewarm)
+    warm.daemon = True
+    warm.start()
 
 
 def _failed(exc: BaseException) -> None:
