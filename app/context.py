@@ -2,7 +2,8 @@
 and how it starts: open the store, load the KB into an empty database, start the linking service
 (building the index on the first start), and fill an empty annotation queue with the examples.
 
-`AppContext.start(background=True)` (what `app/launch.py` uses) opens the store and returns at once;
+`AppContext.start(background=True)` (what `app/launch.py` uses) opens the store and returns at once
+(except on a first start, whose annotation queue is seeded with the model's predictions);
 the KB, the model and its index load in a thread while the UI is built and the server starts
 answering (the model is most of a restart: transformers' imports, the checkpoint, the retrievers).
 `ctx.service` waits for that load (up to MODEL_WAIT_SECONDS), so a link, an Inspect or anything else
@@ -181,6 +182,11 @@ class AppContext:
             store.add_annotator(u.name, u.role)
         ctx = cls(config, store, None, _load_examples(config))
         ctx.startup_seconds = {"store": round(time.perf_counter() - t0, 3)}
+        if background and store.count_mentions() == 0 and ctx.examples:
+            # a first start: the annotation queue is seeded with the model's predictions, and an
+            # empty queue must not be served as if it were the queue; the model loads first
+            log.info("first start: the model loads before the server starts (the queue is seeded)")
+            background = False
         if not background:
             ctx._load_model(t0, progress, model)
             if on_ready is not None:

@@ -110,3 +110,12 @@ def test_prewarm_builds_every_kind_of_inspect_figure():
     from app import figures
 
     assert figures.prewarm() == ["unit_bars", "unit_bars (zero-shot)", "token_heatmap", "token_highlights"]
+
+
+def test_a_first_start_loads_the_model_before_serving_its_seeded_queue(tmp_path, monkeypatch):
+    monkeypatch.setattr(context.LinkingService, "start", lambda *a, **kw: FakeService())
+    seeded: list = []
+    monkeypatch.setattr(AppContext, "seed_queue", lambda self, ms: seeded.append(len(ms)) or len(ms))
+    cfg = AppConfig.from_env({"DATA_DIR": str(tmp_path / "data"), "MIMIC_WATCH_SECONDS": "0"})  # demo examples
+    ctx = AppContext.start(cfg, progress=False, background=True)
+    assert ctx.ready and seeded == [len(ctx.examples)] and seeded[0] > 0  # no empty queue is served
