@@ -128,8 +128,20 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
         annotate_tab.annotate_api(ctx, "ana", mids[i % len(mids)], "nil" if i % 2 else "ambiguous", "")
         lat.append(time.perf_counter() - a)
         i += 1
-        if i % 20 == 0:
-            _dump(out_path, out | {"progress": job.snapshot()["message"], "annotations": len(lat)})
+        if i % 20 == 0:  # a partial record, for a run stopped before its end
+            part = sorted(lat)
+            _dump(
+                out_path,
+                out
+                | {
+                    "progress": job.snapshot()["message"],
+                    "seconds": round(time.perf_counter() - t, 1),
+                    "annotations": len(lat),
+                    "annotation_ack_p50_s": round(statistics.median(part), 3),
+                    "annotation_ack_max_s": round(part[-1], 3),
+                    "rss_peak_sampled_mb": round(peak[0], 1),
+                },
+            )
         time.sleep(every)
     job.wait(None)
     stop.set()
