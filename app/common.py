@@ -147,13 +147,17 @@ def upload_path(file) -> str | None:
 
 
 def header_markdown(ctx: AppContext) -> str:
-    d = ctx.service.describe()
     loc = ctx.store.location
     assert loc is not None, "the store's StorageReport is set by db.open_store"
-    parts = [
-        f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
-        f"{d['entities']} entities · data in `{public_path(loc.data_dir)}`"
-    ]
+    if not ctx.ready:  # a background start: the page serves before the model (app/context.py)
+        d = {"scoring": "loading"}
+        parts = [f"**MIMIC Studio** · the model is loading… · data in `{public_path(loc.data_dir)}`"]
+    else:
+        d = ctx.service.describe()
+        parts = [
+            f"**MIMIC Studio** · model **{d['version']}** ({d['model_type']}) · backbone {d['backbone']} · "
+            f"{d['entities']} entities · data in `{public_path(loc.data_dir)}`"
+        ]
     if d["scoring"] == "zero-shot":
         parts.append(
             "> **Zero-shot ranking.** No trained checkpoint is loaded: candidates are ranked by the "

@@ -1,6 +1,15 @@
 """`AppContext`: what one app process holds (config, annotation store, linking service, examples),
 and how it starts: open the store, load the KB into an empty database, start the linking service
 (building the index on the first start), and fill an empty annotation queue with the examples.
+
+`AppContext.start(background=True)` (what `app/launch.py` uses) opens the store and returns at once
+(except on a first start, whose annotation queue is seeded with the model's predictions);
+the KB, the model and its index load in a thread while the UI is built and the server starts
+answering (the model is most of a restart: transformers' imports, the checkpoint, the retrievers).
+`ctx.service` waits for that load (up to MODEL_WAIT_SECONDS), so a link, an Inspect or anything else
+needing the model that arrives early is answered once the model is ready, never with an error; past
+the wait it gets `ModelLoading`, a message saying so. A load that fails is re-raised to every caller
+(`ModelLoadFailed`) and handed to `on_failure` (app/launch.py exits: a supervisor restarts the app).
 """
 
 from __future__ import annotations
@@ -8,13 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from db import AnnotationStore, open_store
+from db.import_manifest import ImportManifests
 from mimic.data.jsonl import load_jsonl_dataset
 from mimic.data.kb_files import load_kb
 from mimic.data.schema import Entity, KnowledgeBase, Mention
+from mimic.serving.linker import LinkInputError
 from mimic.serving.service import LinkingService
 from retraining import RetrainConfig, maybe_start_retrain
 
@@ -26,6 +38,20 @@ log = logging.getLogger("mimic.app")
 
 class WriteDenied(PermissionError):
     """The visitor may not write (not signed in, or the deployment does not allow it)."""
+
+
+# How long a request that needs the model waits for a background start to finish before it is
+# answered "the model is still loading" (a restart loads in 5-20 s; a first start also builds the index).
+MODEL_WAIT_SECONDS = 120.0
+
+
+class ModelLoading(LinkInputError):
+    """The model is still loading (a request arrived early in the start and waited MODEL_WAIT_SECONDS).
+    A `LinkInputError`, so the tabs' `user_errors` show its message as it is."""
+
+
+class ModelLoadFailed(LinkInputError):
+    """The background start failed; the message says why (the server log has the traceback)."""
 
 
 ASSETS = REPO / "assets"
@@ -77,6 +103,7 @@ def browser_paths(config: AppConfig, store_settings=None) -> tuple[list[str], li
         "annotations.db-journal",
         "journal",
         "indexes",
+        "imports",
         "analysis",
         "retrain",
         "runs",
@@ -106,7 +133,7 @@ def browser_paths(config: AppConfig, store_settings=None) -> tuple[list[str], li
 class AppContext:
     config: AppConfig
     store: AnnotationStore
-    service: LinkingService
+    _service: LinkingService | None = None  # `service`: set once the model has loaded
     examples: list[Mention] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     startup_seconds: dict = field(default_factory=dict)
@@ -119,16 +146,82 @@ class AppContext:
     jobs: JobRegistry = field(default_factory=JobRegistry)
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _ready: threading.Event = field(default_factory=threading.Event)  # set when the load ended (or failed)
+    _load_error: BaseException | None = None
+    wait_seconds: float = MODEL_WAIT_SECONDS
+    _loader: threading.Thread | None = None  # a background start's load, until `begin_loading`
+    # resumable KB imports (db/import_manifest.py): set in __post_init__; the files being imported now
+    kb_imports: ImportManifests = field(init=False)
+    kb_imports_running: set[str] = field(default_factory=set)
+    kb_import_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.kb_imports = ImportManifests(Path(self.config.data_dir) / "imports")
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod
-    def start(cls, config: AppConfig | None = None, *, progress: bool = True, model=None) -> AppContext:
+    def start(
+        cls,
+        config: AppConfig | None = None,
+        *,
+        progress: bool = True,
+        model=None,
+        background: bool = False,
+        on_ready: Callable[[AppContext], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> AppContext:
+        """Open the store; then load the KB, the model and its index, and seed an empty queue, in
+        this thread (default) or in a background one (`background=True`: returns at once and the
+        load starts with `begin_loading()`, or at the first wait on `service`). `on_ready(ctx)` runs
+        once the model serves, `on_failure(exc)` when a background load fails (a foreground one raises)."""
         config = config or AppConfig.from_env()
         t0 = time.perf_counter()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(config.data_dir)
         for u in config.users:  # MIMIC_USERS bootstraps (the first admin); then the database rules
             store.ensure_user(u.name, u.role)
+        ctx = cls(config, store, None, _load_examples(config))
+        ctx.startup_seconds = {"store": round(time.perf_counter() - t0, 3)}
+        if background and store.count_mentions() == 0 and ctx.examples:
+            # a first start: the annotation queue is seeded with the model's predictions, and an
+            # empty queue must not be served as if it were the queue; the model loads first
+            log.info("first start: the model loads before the server starts (the queue is seeded)")
+            background = False
+        if not background:
+            ctx._load_model(t0, progress, model)
+            if on_ready is not None:
+                on_ready(ctx)
+            return ctx
+
+        def load() -> None:
+            try:
+                ctx._load_model(t0, progress, model)
+            except BaseException as exc:  # handed to every caller of `service` and to on_failure
+                log.exception("the model failed to load")
+                ctx._load_error = exc
+                ctx._ready.set()
+                if on_failure is not None:
+                    on_failure(exc)
+                return
+            if on_ready is not None:
+                on_ready(ctx)
+
+        ctx._loader = threading.Thread(target=load, name="mimic-model-load", daemon=True)
+        return ctx
+
+    def begin_loading(self) -> threading.Thread | None:
+        """Start a background start's load (`start(background=True)`) if it has not started; the
+        caller picks the moment (app/launch.py: once the server answers, so that the page is not
+        slowed by the load sharing the interpreter). Returns the loading thread (None: nothing to load)."""
+        t = self._loader
+        if t is not None and t.ident is None:
+            t.start()
+        return t
+
+    def _load_model(self, t0: float, progress: bool, model) -> None:
+        """The KB into an empty database, the linking service (index built on a first start), the
+        served version registered, an empty queue seeded; then `service` serves."""
+        store, config = self.store, self.config
         t1 = time.perf_counter()
         if store.count_entities() == 0:
             _seed_kb(store, config)
@@ -155,18 +248,44 @@ class AppContext:
         store.register_model_version(s.version, checkpoint=s.checkpoint, backbone=s.backbone)
         if store.promoted_model_version() is None or replaces_promoted:
             store.promote(s.version)  # record what serves, so there is a version to roll back to
-        examples = _load_examples(config)
-        ctx = cls(config, store, service, examples)
-        if store.count_mentions() == 0 and examples:
-            ctx.seed_queue(examples)
-        ctx.startup_seconds = {
-            "store": round(t1 - t0, 3),
-            "kb": round(t2 - t1, 3),
-            "model+index": round(t3 - t2, 3),
-            "total": round(time.perf_counter() - t0, 3),
-        }
-        log.info("app ready in %.1f s: %s", ctx.startup_seconds["total"], service.describe())
-        return ctx
+        self._service = service
+        if store.count_mentions() == 0 and self.examples:
+            self.seed_queue(self.examples)
+        self.startup_seconds.update(
+            {
+                "kb": round(t2 - t1, 3),
+                "model+index": round(t3 - t2, 3),
+                "total": round(time.perf_counter() - t0, 3),
+            }
+        )
+        self._ready.set()
+        log.info("app ready in %.1f s: %s", self.startup_seconds["total"], service.describe())
+
+    @property
+    def ready(self) -> bool:
+        """True once the model serves (False while it loads, and after a failed load)."""
+        return self._service is not None and self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> LinkingService:
+        """The linking service, waiting up to `timeout` seconds (default `wait_seconds`) for a
+        background start; `ModelLoading` past the wait, `ModelLoadFailed` after a failed load."""
+        if not self._ready.is_set():
+            self.begin_loading()  # nobody started it yet: a wait must not wait for nothing
+            waited = time.perf_counter()
+            self._ready.wait(self.wait_seconds if timeout is None else timeout)
+            if not self._ready.is_set():
+                raise ModelLoading(
+                    f"the model is still loading (waited {time.perf_counter() - waited:.0f} s): try again in a moment"
+                )
+        if self._service is None:
+            raise ModelLoadFailed(f"the model failed to load ({self._load_error!r}); see the server log")
+        return self._service
+
+    @property
+    def service(self) -> LinkingService:
+        """The linking service; while a background start loads it, this waits (`wait_ready`)."""
+        svc = self._service
+        return svc if svc is not None else self.wait_ready()
 
     def seed_queue(self, mentions: list[Mention]) -> int:
         """Store mentions with the serving model's predictions so the Annotate queue has work."""

@@ -8,6 +8,9 @@ shared by every candidate of a mention (the caller passes vmin/vmax).
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
@@ -168,3 +171,53 @@ def shared_range(values) -> tuple[float, float]:
         return 0.0, 1.0
     allv = np.concatenate(arr)
     return float(allv.min()), float(allv.max())
+
+
+# -- the session's first Inspect ---------------------------------------------------------------
+# It cost 6-7 s on a loaded machine, two things that happen once: in the server, plotly builds its
+# first figures (the validators of Bar, Heatmap and the layout load on first use: about 0.6 s of a
+# CPU); in the browser, Gradio's Plot component imports plotly.js (a 4.6 MB module) when the first
+# figure arrives. `prewarm` does the first in the background once the model has loaded; the page
+# head from `plotly_preload_head` does the second while the page sits idle after loading.
+
+
+def prewarm() -> list[str]:
+    """Build and serialise one figure of each kind (what the first Inspect would pay for); -> their names."""
+    e = Explanation(["a", "b"], ["c", "d", "e"], [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], [[0.1, 0.2]], None)
+    c = {"entity_id": "Q0", "name": "warm-up", "S": 0.5, "S_T": 0.1, "S_V": 0.2, "S_C": 0.3, "S_L": 0.1}
+    built = []
+    for zero in (False, True):
+        if unit_bars(c, zero, unit_range([c], zero)).to_json():
+            built.append("unit_bars" + (" (zero-shot)" if zero else ""))
+    if token_heatmap(e, "warm-up", *shared_range([e.tglu_attention])).to_json():
+        built.append("token_heatmap")
+    if len(token_highlights(e)) == len(e.mention_tokens):
+        built.append("token_highlights")
+    return built
+
+
+def _gradio_assets() -> Path | None:
+    spec = importlib.util.find_spec("gradio")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "templates" / "frontend" / "assets"
+
+
+def plotly_preload_head(assets: Path | None = None) -> str:
+    """A page-head script that imports Gradio's plotly.js chunk once the page is idle, so that the
+    first plot finds it loaded (the Plot component's dynamic import resolves to the same module).
+    The chunk's name carries a build hash: it is looked up in the installed Gradio; "" when there is
+    not exactly one (a Gradio without it: the first plot then loads it as before)."""
+    folder = assets if assets is not None else _gradio_assets()
+    found = sorted(folder.glob("PlotlyPlot-*.js")) if folder is not None and folder.is_dir() else []
+    if len(found) != 1:
+        return ""
+    url = f"./assets/{found[0].name}"  # relative to the page's base, like Gradio's own assets
+    return (
+        '<script type="module">\n'
+        "const warm = () => import(" + repr(url).replace("'", '"') + ").catch(() => {});\n"
+        'const idle = () => ("requestIdleCallback" in window ? requestIdleCallback(warm, {timeout: 3000})'
+        " : setTimeout(warm, 1500));\n"
+        'if (document.readyState === "complete") idle(); else window.addEventListener("load", idle);\n'
+        "</script>\n"
+    )

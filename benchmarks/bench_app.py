@@ -2,10 +2,15 @@
 Inspect for one candidate, measured in Debian's Chromium (Playwright) against `python app.py`.
 
     python benchmarks/bench_app.py [--runs 10] [--starts 3] [--json out.json]
+    python benchmarks/bench_app.py --starts 5 --runs 0 [--repo /path/to/another/tree]   # starts only
 
 Start: a fresh DATA_DIR is used for the first start (demo KB imported, index built, example queue
 predicted), then the app is restarted `--starts` times on the same DATA_DIR (the index exists).
-"Serving" = the first HTTP 200 from the page. Link: from the click on Link until the status line
+"Serving" = the first HTTP 200 from the page; "linking" = the first `/link` call (the documented
+API, sent as soon as the page answers) returning candidates: the model may load after the page
+serves (app/launch.py), and a link that arrives early waits for it. `--repo` runs another checkout's
+`app.py` (a before/after comparison on the same machine); the load average is recorded per start.
+Link: from the click on Link until the status line
 reports the candidates and the table shows them. Inspect: from choosing a candidate in the Inspect
 tab until its heatmap is drawn (top candidates carry their explanation; others are computed then).
 Prints min / median / max per figure (ms or s).
@@ -14,6 +19,7 @@ Prints min / median / max per figure (ms or s).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -39,7 +45,8 @@ ARGS = [
 ]
 
 
-def start_app(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
+def start_app(data_dir: Path, port: int, repo: Path = REPO) -> tuple[subprocess.Popen, float, float]:
+    """-> (the process, seconds to the first HTTP 200, to the first /link call answered)."""
     env = dict(
         os.environ,
         DATA_DIR=str(data_dir),
@@ -53,7 +60,7 @@ def start_app(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "app.py"],
-        cwd=REPO,
+        cwd=repo,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -66,11 +73,43 @@ def start_app(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
-                    return proc, time.perf_counter() - t0
+                    serving = time.perf_counter() - t0
+                    break
         except OSError:
             time.sleep(0.05)
         if time.perf_counter() - t0 > 300:
             raise RuntimeError("app did not start within 300 s")
+    first_link(url)
+    return proc, serving, time.perf_counter() - t0
+
+
+def first_link(url: str, timeout: float = 300) -> dict:
+    """One `/link` call through Gradio's REST route (what gradio_client sends), waited for."""
+    import requests
+
+    r = requests.post(url + "gradio_api/call/link", json={"data": [None, "Chelsea won 2-1", "Chelsea"]}, timeout=30)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    event = None
+    with requests.get(url + f"gradio_api/call/link/{event_id}", stream=True, timeout=timeout) as res:
+        for line in res.iter_lines():
+            if line.startswith(b"event:"):
+                event = line[6:].strip().decode()
+            elif line.startswith(b"data:") and event in ("complete", "error"):
+                data = json.loads(line[5:])
+                if event == "error" or not data or not data[0].get("candidates"):
+                    raise RuntimeError(f"/link answered {event}: {str(data)[:200]}")
+                return data[0]
+    raise RuntimeError("/link: the stream ended without an answer")
+
+
+def free_port() -> int:
+    """A port nobody listens on now (a fixed one may be another user's app on a shared machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop_app(proc: subprocess.Popen) -> None:
@@ -157,29 +196,41 @@ def browser_figures(url: str, runs: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=10, help="links + inspects in the browser (0: none)")
     ap.add_argument("--starts", type=int, default=3)
-    ap.add_argument("--port", type=int, default=7871)
+    ap.add_argument("--port", type=int, default=0, help="0: a free port")
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py runs (default: this one)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    a.port = a.port or free_port()
     data = Path(tempfile.mkdtemp(prefix="mimic-bench-app-"))
-    proc, first = start_app(data, a.port)
+    load0 = [round(x, 2) for x in os.getloadavg()]
+    proc, first, first_linked = start_app(data, a.port, a.repo)
     stop_app(proc)
-    starts = []
-    for _ in range(a.starts):
-        proc, s = start_app(data, a.port)
-        starts.append(s)
-        if _ < a.starts - 1:
+    serving, linking, loads = [], [], []
+    for i in range(a.starts):
+        loads.append(round(os.getloadavg()[0], 2))
+        proc, s, linked = start_app(data, a.port, a.repo)
+        serving.append(s)
+        linking.append(linked)
+        if i < a.starts - 1 or a.runs <= 0:
             stop_app(proc)
     try:
         out = {
+            "repo": str(a.repo),
             "first_start_s (fresh DATA_DIR: KB import, index build, example queue)": round(first, 2),
-            "start_to_serving_s (index exists)": stats(starts, 2),
+            "first_start_to_first_link_s": round(first_linked, 2),
+            "start_to_serving_s (index exists: first HTTP 200)": stats(serving, 2),
+            "start_to_first_link_s (index exists: first /link answered)": stats(linking, 2),
+            "loadavg_1min_at_each_start": loads,
         }
-        out.update(browser_figures(f"http://127.0.0.1:{a.port}/", a.runs))
+        if a.runs > 0:
+            out.update(browser_figures(f"http://127.0.0.1:{a.port}/", a.runs))
     finally:
-        stop_app(proc)
+        if a.runs > 0:
+            stop_app(proc)
     out["cpu_threads"] = os.cpu_count()
+    out["loadavg_start_end"] = [load0, [round(x, 2) for x in os.getloadavg()]]
     print(write_json(out, a.json))
 
 

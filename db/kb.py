@@ -515,6 +515,27 @@ class KbMixin(StoreBase):
     def count_entities(self) -> int:
         return self.read_transaction(lambda s: s.execute(select(func.count()).select_from(KbEntity)).scalar_one())
 
+    def entities_by_id(self, ids: Iterable[str]) -> list[Entity]:
+        """The current versions of these entities (those that exist), in the order asked, image paths
+        as `knowledge_base` gives them; read 500 ids per query."""
+        ids = list(dict.fromkeys(ids))
+
+        def fn(s: Session) -> list[Entity]:
+            found = {}
+            for i in range(0, len(ids), 500):
+                q = select(KbEntity.id, KbEntity.name, KbEntity.text, KbEntity.aliases, KbEntity.images)
+                for r in s.execute(q.where(KbEntity.id.in_(ids[i : i + 500]))):
+                    found[r.id] = Entity(
+                        r.id,
+                        r.name,
+                        r.text or "",
+                        list(r.aliases or []),
+                        [q for q in map(self.resolve_data_path, r.images or []) if q is not None],
+                    )
+            return [found[i] for i in ids if i in found]
+
+        return self.read_transaction(fn)
+
     def knowledge_base(self) -> KnowledgeBase:
         """The current entities as a `mimic.data.schema.KnowledgeBase` (ordered by id; image paths
         absolute, only those inside DATA_DIR/images: any other stored path is never followed)."""

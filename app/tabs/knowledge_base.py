@@ -3,6 +3,7 @@ change is indexed in place (a new index segment), so the next link already sees 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from db import StoreError
+from db.import_manifest import CANCELLED, DONE, FAILED, ImportManifest
 from mimic.data.kb_files import open_kb
 from mimic.data.schema import Entity
 
@@ -24,13 +26,16 @@ from ..common import (
     user_errors,
     username_of,
 )
-from ..context import AppContext, resolve_images
+from ..context import AppContext, ModelLoading, WriteDenied, resolve_images
 from ..jobs import Job, JobError, JobFailure
 
+log = logging.getLogger("mimic.app.kb")
 # -- handlers -------------------------------------------------------------------------------------
 PAGE = 50  # entities per page of the search/browse table
 TABLE_TEXT_CHARS = 200  # description characters shown in the table (the full text loads on selection)
 REPORT_ROWS = 500  # rejected rows listed in an import report (all are counted)
+BIG_IMPORT_ROWS = 10_000  # a file with more rows is indexed in segments of INDEX_BATCH_FRACTION of the index
+INDEX_BATCH_FRACTION = 0.25
 _MAX_ID, _MAX_NAME = 200, 20_000  # the store's limits on an entity id and name (db/_base.py)
 
 
@@ -110,19 +115,36 @@ def _open_kb_upload(ctx: AppContext, path: str | None):
         raise UserError(f"cannot import {name}: {exc}") from None
 
 
-def _run_import(ctx: AppContext, author: str, entities, report, job: Job | None = None, progress=None) -> dict:
+def _run_import(
+    ctx: AppContext,
+    author: str,
+    entities,
+    report,
+    job: Job | None = None,
+    progress=None,
+    manifest: ImportManifest | None = None,
+) -> dict:
     """Store and index the entities chunk by chunk (MIMIC_KB_IMPORT_CHUNK per transaction). Each
     chunk takes the KB lock only while it is written and indexed, so annotations, KB edits and
-    links go between chunks; a cancelled job stops before the next chunk (stored chunks stay)."""
+    links go between chunks; a cancelled job stops before the next chunk (stored chunks stay).
+    With a `manifest` (db/import_manifest.py) the rows an earlier run of the same file committed
+    (`rows_done`) are read again but not stored, and each committed chunk advances it."""
     size = max(1, Path(report.path).stat().st_size) if Path(report.path).is_file() else 1
     lines = _count_lines(report.path)
     image_errors: list = []
     totals = {"created": 0, "updated": 0, "unchanged": 0}
     too_long: list[dict] = []
     indexed = 0
+    skip = manifest.rows_done if manifest is not None else 0
+    before = manifest.imported if manifest is not None else 0
+    skipped = 0
 
     def valid(stream):
+        nonlocal skipped
         for e in stream:
+            if report.rows_read <= skip:  # committed by an earlier run of this file
+                skipped += 1
+                continue
             if len(e.id) > _MAX_ID or len(e.name) > _MAX_NAME:
                 too_long.append({"row": None, "id": e.id[:80], "reason": "id over 200 or name over 20,000 characters"})
                 continue
@@ -131,34 +153,66 @@ def _run_import(ctx: AppContext, author: str, entities, report, job: Job | None 
     stream = valid(entities)
     chunk_size = ctx.config.kb_import_chunk
     cancelled = False
-    while True:
-        if job is not None and job.cancel_requested:
-            cancelled = True
-            break
-        batch = list(islice(stream, chunk_size))
-        if not batch:
-            break
-        stored: list[Entity] = []
-        with ctx.kb_lock:  # held for one chunk: its transaction and its index segment
-            counts = ctx.store.import_kb(
-                batch,
-                author=author,
-                chunk_size=len(batch),
-                image_errors=image_errors,
-                on_chunk=lambda c, _totals: stored.extend(c),  # noqa: B023 (called before the loop moves on)
-            )
+    # A big file is indexed in segments of at least INDEX_BATCH_FRACTION of the index (each segment
+    # reloads the whole index: one per chunk would make 100k entities quadratic); its chunks are
+    # stored (and recorded in the manifest) one by one all the same. An entity stored but not yet
+    # indexed is indexed at the next segment, at the end, on a cancel or failure, or at the next start.
+    big = lines > BIG_IMPORT_ROWS
+    pending: list[str] = []  # ids stored, not yet indexed
+
+    def index_pending() -> None:
+        nonlocal indexed
+        if pending:
+            entities = ctx.store.entities_by_id(pending)  # as stored now (a KB edit since included)
             ctx.service.upsert_entities(
-                [replace(e, images=resolve_images(e.images, ctx.config.data_dir)) for e in stored]
+                [replace(e, images=resolve_images(e.images, ctx.config.data_dir)) for e in entities]
             )
-        for k, v in counts.items():
-            totals[k] += v
-        indexed += len(stored)
-        frac = min(0.99, report.rows_read / lines) if lines else 0.5
-        msg = f"stored and indexed {indexed:,} entities ({report.rows_read:,} rows read of about {lines:,})"
-        if job is not None:
-            job.progress(frac, msg)
-        if progress:
-            progress(frac, desc=msg)
+            indexed += len(pending)
+            pending.clear()
+
+    stored_total = 0
+    try:
+        while True:
+            if job is not None and job.cancel_requested:
+                cancelled = True
+                break
+            batch = list(islice(stream, chunk_size))
+            if not batch:
+                break
+            stored: list[Entity] = []
+            with ctx.kb_lock:  # held for one chunk: its transaction (and its index segment)
+                counts = ctx.store.import_kb(
+                    batch,
+                    author=author,
+                    chunk_size=len(batch),
+                    image_errors=image_errors,
+                    on_chunk=lambda c, _totals: stored.extend(c),  # noqa: B023 (called before the loop moves on)
+                )
+                pending.extend(e.id for e in stored)
+                if not big or len(pending) >= max(chunk_size, int(INDEX_BATCH_FRACTION * len(ctx.service))):
+                    index_pending()
+            for k, v in counts.items():
+                totals[k] += v
+            stored_total += len(stored)
+            if manifest is not None:  # stored rows count: a start indexes what is stored and not indexed
+                ctx.kb_imports.advance(manifest, report.rows_read, before + stored_total)
+            frac = min(0.99, report.rows_read / lines) if lines else 0.5
+            msg = f"stored and indexed {indexed:,} entities ({report.rows_read:,} rows read of about {lines:,})"
+            if pending:
+                msg += f"; {len(pending):,} more stored, indexed with the next segment"
+            if job is not None:
+                job.progress(frac, msg)
+            if progress:
+                progress(frac, desc=msg)
+    except BaseException:
+        try:  # what was stored is indexed (else the next start does it)
+            with ctx.kb_lock:
+                index_pending()
+        except Exception:
+            log.exception("indexing an interrupted import's stored entities (the next start indexes them)")
+        raise
+    with ctx.kb_lock:
+        index_pending()
     out = report.to_dict()
     out["rejected"] = out["rejected"] + too_long
     for key in ("rejected", "duplicates", "empty_names", "missing_images"):  # a report, not a copy of the file
@@ -170,6 +224,11 @@ def _run_import(ctx: AppContext, author: str, entities, report, job: Job | None 
     out["rows_read"] = report.rows_read
     out["file_bytes"] = size
     out["cancelled"] = cancelled
+    out["resumed_from_row"] = skip  # 0: the file was read from its start
+    out["skipped"] = skipped  # entities an earlier run of this file stored (read, not stored again)
+    if manifest is not None:
+        out["runs"] = manifest.runs
+        ctx.kb_imports.finish(manifest, CANCELLED if cancelled else DONE)
     if cancelled:
         out["summary"] = (
             f"cancelled after {indexed:,} entities ({report.rows_read:,} rows read): "
@@ -208,17 +267,66 @@ def import_kb_file(ctx: AppContext, username: str | None, path: str, progress=No
 @user_errors
 def start_kb_import(ctx: AppContext, username: str | None, path: str) -> Job:
     """Check the upload, then import it as a background job (app/jobs.py) and return at once: the
-    import never runs in the "db" queue, so annotations are written between its chunks."""
+    import never runs in the "db" queue, so annotations are written between its chunks. The same
+    file (by its bytes) uploaded again after a cancel, a failure or a restart continues where the
+    earlier import stopped (`resume_kb_imports` resumes those a restart cut, at start)."""
     author = ctx.require("kb_import", username)
-    entities, report = _open_kb_upload(ctx, path)
+    _open_kb_upload(ctx, path)  # size, format, whole-file checks before anything is kept
+    manifest = ctx.kb_imports.begin(path, author)
+    return _start_job(ctx, author, path, manifest)
+
+
+def _start_job(ctx: AppContext, author: str, path: str | Path, manifest: ImportManifest) -> Job:
+    with ctx.kb_import_lock:  # one import of a file at a time
+        if manifest.sha256 in ctx.kb_imports_running:
+            raise UserError(f"{manifest.name} is being imported already: wait for that import (or cancel it)")
+        ctx.kb_imports_running.add(manifest.sha256)
+    try:
+        entities, report = _open_kb_upload(ctx, str(path))
+    except BaseException:
+        ctx.kb_imports_running.discard(manifest.sha256)
+        ctx.kb_imports.finish(manifest, FAILED)
+        raise
 
     def work(job: Job) -> dict:
         try:
-            return _run_import(ctx, author, entities, report, job=job)
+            while not ctx.ready and not job.cancel_requested:  # a job resumed at start, or an early upload
+                job.progress(0.0, "waiting for the model to load")
+                try:
+                    ctx.wait_ready(timeout=5)
+                except ModelLoading:
+                    continue
+            if manifest.rows_done:
+                job.progress(0.0, f"resuming after row {manifest.rows_done:,} (earlier runs stored those)")
+            return _run_import(ctx, author, entities, report, job=job, manifest=manifest)
         except (StoreError, ValueError, OSError) as exc:  # a user's message, less server paths
+            ctx.kb_imports.finish(manifest, FAILED)
             raise JobFailure(f"import stopped at row {report.rows_read:,}: {scrub_paths(str(exc))}") from None
+        except BaseException:
+            ctx.kb_imports.finish(manifest, FAILED)
+            raise
+        finally:
+            ctx.kb_imports_running.discard(manifest.sha256)
 
     return ctx.jobs.start("kb_import", author, work)
+
+
+def resume_kb_imports(ctx: AppContext) -> list[Job]:
+    """At start: the imports a stop cut while they ran (a crash, a restart) continue as jobs of
+    their author from their last committed chunk, reading the file's kept copy (or the original,
+    when it is still where it was uploaded from). An author who may no longer import is skipped
+    (logged); the manifest then waits for an upload of the same file."""
+    jobs = []
+    for m in ctx.kb_imports.unfinished():
+        try:
+            author = ctx.require("kb_import", m.author)
+            path = ctx.kb_imports.source(m)
+            m = ctx.kb_imports.begin(path, author, name=m.name)
+            jobs.append(_start_job(ctx, author, path, m))
+            log.info("resuming the import of %s after row %d (run %d)", m.name, m.rows_done, m.runs)
+        except (UserError, WriteDenied, StoreError, OSError) as exc:
+            log.warning("not resuming the import of %s: %s", m.name, exc)
+    return jobs
 
 
 @user_errors
