@@ -44,7 +44,7 @@ def ctx(tmp_path):
     store.submit("ana", "m1", entity_id="Q3", flag="unsure")
     store.submit("ana", "m2", entity_id="Q4")
     store.submit("bob", "m2", entity_id="Q4")
-    c = AppContext(cfg, store, service=None)  # type: ignore[arg-type]  # these handlers never link
+    c = AppContext(cfg, store, None)  # these handlers never link
     yield c
     store.close()
 
