@@ -29,7 +29,7 @@ DIMS = dict(
     cmfu_dim=96,
     text_max_length=12,
 )
-SMALL_TILES = xs.TileConfig(logits_elements=2000, mention_tile=3, dual_elements=3000)
+SMALL_TILES = xs.TileConfig(logits_elements=2000, mention_tile=3)
 
 
 def make_heads(mode: str, dtype=torch.float32) -> MimicHeads:
@@ -80,8 +80,8 @@ def tiled_score(h: MimicHeads, m, e, tiles: xs.TileConfig) -> torch.Tensor:
     w = mt.tglu._pool_weights(e.t_mask, fixed, e.q.dtype)
     g2l = xs.g2l_scores(e.q, m.k, m.v, e.g2l_cls, w, m.t_mask if fixed else None, mt.tglu.layer_norm, tiles)
     S_T = (m.t_cls @ e.t_cls.T + g2l) / 2
-    e2m = xs.dual_scores(mt.vdlu.dual_ent2men, e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v, tiles)
-    m2e = xs.dual_scores(mt.vdlu.dual_men2ent, m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v, tiles)
+    e2m = xs.dual_scores(mt.vdlu.dual_ent2men, e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)
+    m2e = xs.dual_scores(mt.vdlu.dual_men2ent, m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)
     S_V = (e2m.T + m2e) / 2
     return (S_T + S_V + m.z @ e.z.T) / 3
 
@@ -192,3 +192,21 @@ def test_gradients_and_attention_use_the_straightforward_path():
     out = h.score(m, e)  # grad enabled
     out.S.sum().backward()
     assert h.matcher.tglu.layer_norm.weight.grad is not None
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 20.0])
+def test_separable_dual_matches_the_pairwise_dual(scale):
+    """The separable DUAL (no [a, b, d] tensor) against DUAL.pair in float64, at small and large
+    feature scales (where the expanded LayerNorm variances could cancel): fp32 error or better."""
+    h = make_heads("compat")
+    g = torch.Generator().manual_seed(7)
+    q, qn = torch.randn(13, 96, generator=g) * scale, torch.randn(13, 96, generator=g)
+    k, v = torch.randn(9, 96, generator=g) * scale, torch.randn(9, 96, generator=g) * scale
+    for dual in (h.matcher.vdlu.dual_ent2men, h.matcher.vdlu.dual_men2ent):
+        with torch.no_grad():
+            got = xs.dual_scores(dual, q, qn, k, v)
+            ref = copy.deepcopy(dual).double().pair(q.double(), qn.double(), k.double(), v.double())
+            fp32 = dual.pair(q, qn, k, v)
+        assert got.dtype == torch.float32 and got.shape == (13, 9)
+        err, err_fp32 = (got.double() - ref).abs().max(), (fp32.double() - ref).abs().max()
+        assert err <= max(2 * err_fp32, 1e-5 * ref.abs().max())

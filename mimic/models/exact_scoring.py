@@ -1,14 +1,12 @@
-"""Exact pairwise scoring kernels for inference: TGLU's global-to-local term and VDLU, cut into
-cache-sized tiles.
+"""Exact pairwise scoring kernels for inference: TGLU's global-to-local term over cache-sized
+tiles, and VDLU in a separable form.
 
-Why a separate kernel: full-KB evaluation spends almost all its time in the two genuinely pairwise
-units. Computed over a whole KB chunk at once, their intermediates ([N, Le, B, Lm] logits: 420 MB
-for 1024 entities × 64 mentions; [B, N, d] DUAL activations: 25 MB) live in main memory, and every
-elementwise pass (softmax, pooling, LayerNorm, gating) streams them through DRAM. Here each step
-works on a tile of entities × mentions small enough to stay in the CPU caches between the matrix
-product that creates it and the reduction that consumes it, so the run is bound by the GEMM, not by
-memory traffic. The results are the same functions as the straightforward path in
-`modeling_mimic` (only the fp32 summation order differs); tests/test_exact_scoring.py checks both.
+Why: full-KB evaluation spends almost all its time in the two genuinely pairwise units. Computed
+over a whole KB chunk at once, their intermediates ([N, Le, B, Lm] logits: 420 MB for 1024
+entities × 64 mentions; [B, N, d] DUAL activations: 25 MB) live in main memory, and every
+elementwise pass (softmax, pooling, LayerNorm, gating) streams them through DRAM. The results are
+the same functions as the straightforward path in `modeling_mimic` (`score(..., tiled=False)`),
+up to fp32 rounding; tests/test_exact_scoring.py checks scores and ranks against it.
 
 TGLU G2L, per (entity n, mention b), with entity tokens i as queries and mention tokens j as keys:
     p_ij = softmax_j(q_i · k_j / sqrt(d))          (fixed mode: pads j are -inf, i.e. p_ij = 0)
@@ -17,10 +15,11 @@ w_i = 1/Le (compat: every position) or mask_i / #real tokens (fixed). The second
 mean-of-softmax identity: pooling the attention rows *before* the product with V turns the
 [Le, Lm] @ [Lm, d] product into a [Lm] @ [Lm, d] one, halving the FLOPs (≈0.6 → ≈0.3 MFLOP per pair
 at Le = Lm = 40, d = 96). What remains is one [n·Le, d] @ [d, b·Lm] GEMM per tile plus a softmax
-and a pooling pass over that tile, which is the floor the benchmark compares against.
+and a pooling pass over that tile while it is still in cache: the GEMM and the 1600 exponentials
+per pair are the floor. Fixed mode also trims each tile to the longest text in it (exact: the
+trimmed positions are masked).
 
-Fixed mode also trims each tile to the longest real text in it: padded positions are masked, so
-dropping a tail that is padding in every row of the tile changes nothing but the work.
+VDLU: see `dual_scores` — the [a, b, d] activations are never formed.
 """
 
 from __future__ import annotations
@@ -43,12 +42,10 @@ class TileConfig:
         measured best on an AMD EPYC (1 MB L2/core, 32 MB L3): large enough that the per-tile
         Python overhead is negligible, small enough that the softmax and the pooling read it from
         cache. mention_tile: mentions per tile (b); the rest of the budget goes to entities.
-    dual_elements: one DUAL activation tile [a, b, d].
     """
 
     logits_elements: int = 1 << 19
     mention_tile: int = 16
-    dual_elements: int = 1 << 18
 
 
 DEFAULT_TILES = TileConfig()
@@ -122,17 +119,72 @@ def g2l_scores(
     return out
 
 
-def dual_scores(dual, q: torch.Tensor, qn: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles=DEFAULT_TILES):
-    """`DUAL.pair` (q, qn [a, d]; k, v [b, d] -> [a, b]) over row tiles of q whose [a_t, b, d]
-    activations fit in cache, tiles in parallel. Rows are independent, so tiling is exact."""
+def dual_scores(dual, q: torch.Tensor, qn: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`DUAL.pair` (q, qn [a, d]; k, v [b, d] -> [a, b]) without any [a, b, d] intermediate; row
+    blocks of q on the worker threads (rows are independent, so splitting them is exact)."""
     a, b = q.shape[0], k.shape[0]
     out = q.new_empty(a, b)
 
     def block(sl: slice) -> None:
-        out[sl] = dual.pair(q[sl], qn[sl], k, v)
+        out[sl] = _separable_dual(dual, q[sl], qn[sl], k, v)
 
-    parallel_blocks(block, a, max(1, tiles.dual_elements // max(1, b * q.shape[1])))
+    parallel_blocks(block, a, max(256, -(-a // torch.get_num_threads())))
     return out
+
+
+def _separable_dual(dual, q: torch.Tensor, qn: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """DUAL.pair(q, qn, k, v) [a, b] from dot products between items.
+
+    DUAL.pair runs two LayerNorms, a d×d Linear and a gate over the [a, b, d] tensor v_b + q_a:
+    about as much time per pair as TGLU's softmax. Every step is affine in the per-item vectors
+    except the LayerNorm statistics and the gate, and those only need dot products between items.
+    With x̃ = x - mean(x) and W = fc.weight:
+        σ1² = (|ṽ_b|² + |q̃_a|² + 2 q̃_a·ṽ_b)/d + eps            (LN_add of v_b + q_a)
+        c   = (A_b + C_a)/σ1 + c0,   A_b = W(γ1 ṽ_b), C_a = W(γ1 q̃_a), c0 = W β1 + b_f
+        g   = tanh((w_g·A_b + w_g·C_a)/σ1 + w_g·c0 + b_g),   α = g/σ1
+        z̃   = α(Ã_b + C̃_a) + g c̃0 + k̃_b                       (c·g + k_b, centred)
+        σ2² = |z̃|²/d + eps,   score = z̃·(γ2 qn_a)/σ2 + β2·qn_a
+    |z̃|² and z̃·(γ2 qn_a) expand into per-item norms and five [a, d] @ [d, b] products (in the
+    input dtype). The [a, b] combination is evaluated in float64, so the expanded variances lose
+    nothing to cancellation beyond the fp32 rounding of the dot products themselves: the same
+    function as DUAL.pair, as accurate as it (tests/test_exact_scoring.py).
+    """
+    dt, f64 = q.dtype, torch.float64
+    a, b, d = q.shape[0], k.shape[0], q.shape[1]
+    if a == 0 or b == 0:
+        return q.new_zeros(a, b)
+    W, bf = dual.fc.weight, dual.fc.bias
+    g1, b1 = dual.add_layer_norm.weight, dual.add_layer_norm.bias
+    g2, b2 = dual.layer_norm.weight, dual.layer_norm.bias
+    wg, bg = dual.gate_fc.weight[0], dual.gate_fc.bias[0]
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(-1, keepdim=True)
+
+    def sq(x: torch.Tensor) -> torch.Tensor:  # squared norms as float64
+        return (x * x).sum(-1).to(f64)
+
+    def dots(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [a, d] x [b, d] -> float64 [a, b]
+        return (x @ y.T).to(f64)
+
+    qc, vc, kc = centred(q), centred(v), centred(k)
+    inv1 = ((sq(qc)[:, None] + sq(vc)[None, :] + 2 * dots(qc, vc)) / d + dual.add_layer_norm.eps).rsqrt()
+    A, C = (vc * g1) @ W.T, (qc * g1) @ W.T  # [b, d], [a, d]
+    c0 = W @ b1 + bf  # [d]
+    gate = torch.tanh(((C @ wg).to(f64)[:, None] + (A @ wg).to(f64)[None, :]) * inv1 + float(c0 @ wg + bg))
+    alpha = gate * inv1  # [a, b]
+    Ac, Cc, c0c = centred(A), centred(C), centred(c0)
+    r = qn * g2  # [a, d]
+    var2 = (
+        alpha * alpha * (sq(Cc)[:, None] + sq(Ac)[None, :] + 2 * dots(Cc, Ac))
+        + gate * gate * float(c0c @ c0c)
+        + sq(kc)[None, :]
+        + 2 * alpha * gate * ((Cc @ c0c).to(f64)[:, None] + (Ac @ c0c).to(f64)[None, :])
+        + 2 * alpha * (dots(Cc, kc) + (Ac * kc).sum(-1).to(f64)[None, :])
+        + 2 * gate * (kc @ c0c).to(f64)[None, :]
+    ) / d
+    num = alpha * ((Cc * r).sum(-1).to(f64)[:, None] + dots(r, Ac)) + gate * (r @ c0c).to(f64)[:, None] + dots(r, kc)
+    return (num * (var2 + dual.layer_norm.eps).rsqrt() + (qn @ b2).to(f64)[:, None]).to(dt)
 
 
 # ------------------------------------------------------------------------------------------------

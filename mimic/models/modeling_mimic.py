@@ -367,7 +367,7 @@ class VDLU(nn.Module):
         self.dual_men2ent = DUAL(dv, d)
 
     def forward(self, m: MentionCache, e: EntityCache, tiled: bool = False) -> torch.Tensor:
-        """-> S_V [B, N]. tiled: run each DUAL over cache-sized row tiles (`exact_scoring.dual_scores`)."""
+        """-> S_V [B, N]. tiled: the separable form of each DUAL (`exact_scoring.dual_scores`), no [a,b,d] tensor."""
         if tiled:
             e2m = dual_scores(self.dual_ent2men, e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)  # [N, B]
             m2e = dual_scores(self.dual_men2ent, m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)  # [B, N]
