@@ -210,3 +210,19 @@ def test_separable_dual_matches_the_pairwise_dual(scale):
         assert got.dtype == torch.float32 and got.shape == (13, 9)
         err, err_fp32 = (got.double() - ref).abs().max(), (fp32.double() - ref).abs().max()
         assert err <= max(2 * err_fp32, 1e-5 * ref.abs().max())
+
+
+def test_tiled_kernels_are_inference_only_in_every_thread():
+    """Grad mode is per thread: blocks on the workers must not build a graph either (an explicit
+    tiled=True with autograd on returns plain tensors instead of failing in a worker)."""
+    h = make_heads("compat")
+    m, e = caches(h, 6, 300, seed=4, padded=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = h.score(m, e, tiled=True)  # autograd on in the caller
+    finally:
+        torch.set_num_threads(before)
+    assert not out.S_V.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(out.S_V, h.score(m, e, tiled=False).S_V, rtol=1e-5, atol=1e-5)

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -187,6 +188,21 @@ def _separable_dual(dual, q: torch.Tensor, qn: torch.Tensor, k: torch.Tensor, v:
     return (num * (var2 + dual.layer_norm.eps).rsqrt() + (qn @ b2).to(f64)[:, None]).to(dt)
 
 
+def scores_in_blocks(score_block: Callable[[slice], Any], B: int, N: int, like: torch.Tensor) -> dict:
+    """{S, S_T, S_V, S_C: [B, N]} from score_block(entity slice) (an object with [B, n] fields),
+    entity blocks on the workers: everything pairwise, not only the kernels above, then runs in
+    single-threaded operations (see Threads below)."""
+    out = {k: like.new_empty(B, N) for k in ("S", "S_T", "S_V", "S_C")}
+
+    def block(sl: slice) -> None:
+        o = score_block(sl)
+        for k, t in out.items():
+            t[:, sl] = getattr(o, k)
+
+    parallel_blocks(block, N, max(64, -(-N // (4 * torch.get_num_threads()))))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Threads. Every tile is a few small operations; letting each of them split itself over the
 # intra-op (OpenMP) threads puts a barrier after every one, and on a shared, oversubscribed CPU a
@@ -231,15 +247,22 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def parallel_blocks(fn: Callable[[slice], None], n: int, block: int) -> None:
-    """Call fn(slice) over [0, n) in blocks of `block` rows, on torch.get_num_threads() workers.
+    """Call fn(slice) over [0, n) in blocks of `block` rows, on torch.get_num_threads() workers,
+    without autograd (the kernels are inference only).
 
     fn must write disjoint outputs. One thread (or one block) runs inline in the caller."""
     threads = torch.get_num_threads()
     slices = [slice(s, min(s + block, n)) for s in range(0, n, block)]
     if threads <= 1 or len(slices) <= 1 or threading.current_thread().name.startswith("exact-scoring"):
         for sl in slices:
-            fn(sl)
+            _no_grad_call(fn, sl)
         return
     # Enough blocks per worker that a worker slowed by another process does not hold up the end.
-    for f in [_pool(threads).submit(fn, sl) for sl in slices]:
+    # Grad mode is per thread: the workers run the (inference-only) blocks without autograd.
+    for f in [_pool(threads).submit(_no_grad_call, fn, sl) for sl in slices]:
         f.result()
+
+
+def _no_grad_call(fn: Callable[[slice], None], sl: slice) -> None:
+    with torch.no_grad():
+        fn(sl)

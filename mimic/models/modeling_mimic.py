@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
-from mimic.models.exact_scoring import dual_scores, g2l_scores
+from mimic.models.exact_scoring import dual_scores, g2l_scores, scores_in_blocks
 
 FIXED_MODE_DEVIATIONS = {
     "tglu_padding_mask": "TGLU masks padded mention tokens out of the softmax and averages the "
@@ -491,12 +491,18 @@ class MimicHeads(nn.Module):
     ) -> MatchOutput:
         """m: B mentions, e: N entities -> MatchOutput with [B, N] scores.
 
-        tiled: the cache-tiled inference kernels of `exact_scoring` (same scores up to fp32 rounding);
-        None = whenever no attention map and no gradient is needed.
+        tiled: the inference kernels of `exact_scoring` (same scores up to fp32 rounding, no autograd),
+        entity blocks on single-threaded workers; None = whenever no attention map and no gradient
+        is needed.
         """
-        fixed = self.config.fixed
         if tiled is None:
             tiled = not (return_attention or torch.is_grad_enabled())
+        if tiled and not return_attention:
+            return MatchOutput(**scores_in_blocks(lambda sl: self._score(m, e[sl], False, True), len(m), len(e), m.k))
+        return self._score(m, e, return_attention, tiled)
+
+    def _score(self, m: MentionCache, e: EntityCache, return_attention: bool, tiled: bool) -> MatchOutput:
+        fixed = self.config.fixed
         S_T, attn = self.matcher.tglu(m, e, fixed, return_attention, tiled)
         if fixed:
             both = m.has_image[:, None] & e.has_image[None, :]
