@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimic.backbones.base import BackboneDims, ImageFeatures, TextFeatures
+from mimic.models.exact_scoring import dual_scores, g2l_scores, scores_in_blocks
 
 FIXED_MODE_DEVIATIONS = {
     "tglu_padding_mask": "TGLU masks padded mention tokens out of the softmax and averages the "
@@ -248,75 +249,79 @@ class GlobalLocalUnit(nn.Module):
         self.d = d
 
     def pairwise(
-        self, m: TGLUMentionSide, e: TGLUEntitySide, fixed: bool, return_attention: bool = False
+        self,
+        m: TGLUMentionSide,
+        e: TGLUEntitySide,
+        fixed: bool,
+        return_attention: bool = False,
+        tiled: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> (S_T [B,N], attention [N,B,Le,Lm] or None)."""
+        """-> (S_T [B,N], attention [N,B,Le,Lm] or None).
+
+        tiled: use the cache-tiled inference kernel (`exact_scoring.g2l_scores`); None = whenever
+        no attention map and no gradient is needed. False = the straightforward computation below
+        (training, attention maps, and the reference the kernel is tested against).
+        """
         g2g = m.t_cls @ e.t_cls.T  # [B, N]
+        if tiled is None:
+            tiled = not (return_attention or torch.is_grad_enabled())
+        if tiled and not return_attention:
+            g2l = g2l_scores(
+                e.q,
+                m.k,
+                m.v,
+                e.g2l_cls,
+                self._pool_weights(e.t_mask, fixed, e.q.dtype),
+                m.t_mask if fixed else None,
+                self.layer_norm,
+            )
+            return (g2g + g2l) / 2, None
         q, k, v = e.q, m.k, m.v
         e_mask, m_mask = e.t_mask, m.t_mask
         if fixed and not return_attention:
-            # Padded positions are masked in fixed mode, so trimming the all-pad tail is exact
-            # and saves (L/len)^2 of the dominant cost.
-            le, lm = (
-                max(n, 1) for n in torch.stack([e_mask.sum(1).max(), m_mask.sum(1).max()]).tolist()
-            )  # one host read
+            # Padded positions are masked in fixed mode, so trimming the tail that is padding in
+            # every row is exact and saves (L/len)^2 of the dominant cost.
+            le, lm = (max(n, 1) for n in torch.stack([_real_length(e_mask), _real_length(m_mask)]).tolist())
             q, e_mask = q[:, :le], e_mask[:, :le]
             k, v, m_mask = k[:, :lm], v[:, :lm], m_mask[:, :lm]
         N, Le, d = q.shape
         B, Lm = k.shape[:2]
-        hot = not (return_attention or torch.is_grad_enabled())
-        # One GEMM for all (entity token, mention token) pairs: [N*Le, d] @ [d, B*Lm]. On the
-        # inference path it writes into a reused workspace: allocating a fresh GB-sized tensor per
-        # KB tile makes the kernel page-fault new memory on every tile (100% system time).
-        kt = k.reshape(B * Lm, d).T / math.sqrt(self.d)
-        if hot:
-            logits = torch.matmul(
-                q.reshape(N * Le, d), kt, out=self._workspace(N * Le * B * Lm, q).view(N * Le, B * Lm)
-            ).view(N, Le, B, Lm)
-        else:
-            logits = (q.reshape(N * Le, d) @ kt).view(N, Le, B, Lm)
+        logits = (q.reshape(N * Le, d) @ (k.reshape(B * Lm, d).T / math.sqrt(self.d))).view(N, Le, B, Lm)
         if fixed:
-            pad = ~m_mask[None, None, :, :]
-            logits = logits.masked_fill_(pad, float("-inf")) if hot else logits.masked_fill(pad, float("-inf"))
-            # Average over real entity tokens only.
-            w = e_mask.to(logits.dtype)
-            w = w / w.sum(1, keepdim=True).clamp_min(1)  # [N, Le]
-        else:
-            w = torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=logits.dtype, device=logits.device)
-        attn = None
-        if not hot:
-            probs = logits.softmax(-1)  # [N, Le, B, Lm]
-            # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
-            pooled = torch.einsum("nibj,ni->nbj", probs, w)  # [N, B, Lm]
-            if return_attention:
-                attn = probs.permute(0, 2, 1, 3)  # [N, B, Le, Lm]
-        else:
-            # Inference hot path: softmax in place, its row normaliser folded into the pooling weight.
-            logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-            pooled = logits.mul_(w[:, :, None, None] / logits.sum(-1, keepdim=True)).sum(1)
+            logits = logits.masked_fill(~m_mask[None, None, :, :], float("-inf"))
+        w = self._pool_weights(e_mask, fixed, logits.dtype)  # [N, Le]
+        probs = logits.softmax(-1)  # [N, Le, B, Lm]
+        # mean_i (attn_i @ V) == (sum_i w_i attn_i) @ V: pool the attention rows first (cheaper).
+        pooled = torch.einsum("nibj,ni->nbj", probs, w)  # [N, B, Lm]
+        attn = probs.permute(0, 2, 1, 3) if return_attention else None  # [N, B, Le, Lm]
         ctx = torch.einsum("nbj,bjd->nbd", pooled, v)  # [N, B, d]
         ctx = self.layer_norm(ctx)
         g2l = (ctx * e.g2l_cls[:, None, :]).sum(-1).T  # [B, N]
         return (g2g + g2l) / 2, attn
 
-    def _workspace(self, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A flat scratch tensor of at least `numel` elements, reused across calls (not state)."""
-        key = (like.dtype, like.device)
-        ws = self.__dict__.setdefault("_ws", {})
-        buf = ws.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = ws[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return buf[:numel]
+    @staticmethod
+    def _pool_weights(e_mask: torch.Tensor, fixed: bool, dtype: torch.dtype) -> torch.Tensor:
+        """Weights [N, Le] of the mean over entity tokens: real tokens only (fixed) or all (compat)."""
+        if fixed:
+            w = e_mask.to(dtype)
+            return w / w.sum(1, keepdim=True).clamp_min(1)
+        return torch.full(e_mask.shape, 1.0 / e_mask.shape[1], dtype=dtype, device=e_mask.device)
+
+
+def _real_length(mask: torch.Tensor) -> torch.Tensor:
+    """Position after the last True of any row of mask [n, L] (0-dim; 0 when none is True)."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask * pos).amax() if mask.numel() else torch.zeros((), dtype=torch.long)
 
 
 class TGLU(GlobalLocalUnit):
     """Text-based global–local unit (paper eqs. 8–10); see `GlobalLocalUnit`."""
 
     def forward(
-        self, m: MentionCache, e: EntityCache, fixed: bool, return_attention: bool = False
+        self, m: MentionCache, e: EntityCache, fixed: bool, return_attention: bool = False, tiled: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (S_T [B,N], attention [N,B,Le,Lm] or None)."""
-        return self.pairwise(m, e, fixed, return_attention)
+        return self.pairwise(m, e, fixed, return_attention, tiled)
 
 
 class DUAL(nn.Module):
@@ -361,9 +366,14 @@ class VDLU(nn.Module):
         self.dual_ent2men = DUAL(dv, d)
         self.dual_men2ent = DUAL(dv, d)
 
-    def forward(self, m: MentionCache, e: EntityCache) -> torch.Tensor:
-        e2m = self.dual_ent2men.pair(e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)  # [N, B]
-        m2e = self.dual_men2ent.pair(m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)  # [B, N]
+    def forward(self, m: MentionCache, e: EntityCache, tiled: bool = False) -> torch.Tensor:
+        """-> S_V [B, N]. tiled: the separable form of each DUAL (`exact_scoring.dual_scores`), no [a,b,d] tensor."""
+        if tiled:
+            e2m = dual_scores(self.dual_ent2men, e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)  # [N, B]
+            m2e = dual_scores(self.dual_men2ent, m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)  # [B, N]
+        else:
+            e2m = self.dual_ent2men.pair(e.e2m_q, e.e2m_qn, m.e2m_k, m.e2m_v)
+            m2e = self.dual_men2ent.pair(m.m2e_q, m.m2e_qn, e.m2e_k, e.m2e_v)
         return (e2m.T + m2e) / 2
 
 
@@ -476,18 +486,32 @@ class MimicHeads(nn.Module):
         )
 
     # -- pairwise ---------------------------------------------------------------------------
-    def score(self, m: MentionCache, e: EntityCache, return_attention: bool = False) -> MatchOutput:
-        """m: B mentions, e: N entities -> MatchOutput with [B, N] scores."""
+    def score(
+        self, m: MentionCache, e: EntityCache, return_attention: bool = False, tiled: bool | None = None
+    ) -> MatchOutput:
+        """m: B mentions, e: N entities -> MatchOutput with [B, N] scores.
+
+        tiled: the inference kernels of `exact_scoring` (same scores up to fp32 rounding, no autograd),
+        entity blocks on single-threaded workers; None = whenever no attention map and no gradient
+        is needed.
+        """
+        if tiled is None:
+            tiled = not (return_attention or torch.is_grad_enabled())
+        if tiled and not return_attention:
+            return MatchOutput(**scores_in_blocks(lambda sl: self._score(m, e[sl], False, True), len(m), len(e), m.k))
+        return self._score(m, e, return_attention, tiled)
+
+    def _score(self, m: MentionCache, e: EntityCache, return_attention: bool, tiled: bool) -> MatchOutput:
         fixed = self.config.fixed
-        S_T, attn = self.matcher.tglu(m, e, fixed, return_attention)
+        S_T, attn = self.matcher.tglu(m, e, fixed, return_attention, tiled)
         if fixed:
             both = m.has_image[:, None] & e.has_image[None, :]
             if bool(both.any()):
-                S_V = torch.where(both, self.matcher.vdlu(m, e), self.no_image_score.to(S_T.dtype))
+                S_V = torch.where(both, self.matcher.vdlu(m, e, tiled), self.no_image_score.to(S_T.dtype))
             else:  # no pair has two images (e.g. a text-only dataset): skip the pairwise DUAL work
                 S_V = self.no_image_score.to(S_T.dtype).expand_as(S_T)
         else:
-            S_V = self.matcher.vdlu(m, e)
+            S_V = self.matcher.vdlu(m, e, tiled)
         S_C = m.z @ e.z.T
         S = (S_T + S_V + S_C) / 3
         out = MatchOutput(S=S, S_T=S_T, S_V=S_V, S_C=S_C)
