@@ -56,7 +56,9 @@ def make_clustered_kb(
         images = []
         if pyrng.random() < image_fraction:
             p = root / "kb_img" / f"{i}.png"
-            noisy_colour_image(hue_colour(i % 360, 360), image_size, rng, noise=12).save(p)
+            img = noisy_colour_image(hue_colour(i % 360, 360), image_size, rng, noise=12)  # rng advances either way
+            if not p.exists():  # a rerun in a kept workdir (resume) does not rewrite 100,000 PNGs
+                img.save(p)
             images = [str(p)]
         ents.append(Entity(id=f"Q{i}", name=name, text=text, aliases=[base] if i % 3 == 0 else [], images=images))
     return KnowledgeBase(ents)
@@ -132,6 +134,7 @@ def prepare(
     image_fraction: float,
     seed: int,
     progress: bool,
+    real_entities: int | None = None,
 ) -> dict:
     """Build phase, resumable in a kept work folder: KB + queries, trained model, index.
 
@@ -176,10 +179,73 @@ def prepare(
         assert kb is not None
         t = time.perf_counter()
         resumed = (tmp / ".index.building").exists()
+        if real_entities is not None and real_entities < len(kb):
+            info["synthetic_features"] = synthesize_rows(model, kb, tmp, real_entities, faiss_kind, progress, seed)
         KBIndex.build(model, kb, index_dir, progress=progress, faiss_kind=faiss_kind, batch_size=256, overwrite=True)
         info["build_seconds_this_run"] = round(time.perf_counter() - t, 2)
         info["build_resumed"] = resumed
+        if "synthetic_features" in info:
+            mf = json.loads((index_dir / "index.json").read_text())
+            write_json_atomic(index_dir / "index.json", {**mf, "synthetic_features": info["synthetic_features"]})
     return info
+
+
+def synthesize_rows(model, kb: KnowledgeBase, tmp: Path, real: int, faiss_kind: str, progress: bool, seed: int):
+    """Encode the first `real` entities with the model, then fill rows real..N-1 of the index being
+    built with copies of an encoded row of the same name cluster (row i % clusters) plus Gaussian
+    noise (5 % of each field's spread) on the vectors that decide retrieval and re-ranking (t_cls,
+    g2l_cls, z, text/image global); the retrieval vector is recomputed from the noisy fields. The
+    entity records (names, texts: the lexical retriever) stay the real ones. Why: on a loaded 2-core
+    machine encoding a million entities takes over an hour; this measures the index itself (disk,
+    RAM, latency, faiss, agreement) at a million rows. KBIndex.build then resumes and finishes."""
+    from mimic.serving import index as mi
+
+    building = tmp / ".index.building"
+    seg = building / "seg-0000"
+    building.mkdir(parents=True, exist_ok=True)
+    fp = mi.model_fingerprint(model)
+    if not (building / "build.json").exists():
+        write_json_atomic(building / "build.json", {"fingerprint": fp, "faiss": faiss_kind})
+    clusters = max(1, len(kb) // 25)  # make_clustered_kb's default
+    real = max(real, clusters)
+    t = time.perf_counter()
+    mi._encode_segment(model, kb.entities, seg, 256, progress, mi.ImageLoadStats(), stop=real)
+    t_real = time.perf_counter() - t
+    prog = json.loads((seg / "progress.json").read_text())
+    done = int(prog["done"])
+    ent = np.load(seg / "entities.npy", mmap_mode="r+")
+    glob = np.load(seg / "globals.npy", mmap_mode="r+")
+    rng = np.random.default_rng(seed)
+    spread = {f: float(np.asarray(ent[f][:clusters], np.float32).std()) for f in ("t_cls", "g2l_cls", "z")}
+    spread |= {f: float(np.asarray(glob[f][:clusters], np.float32).std()) for f in ("text_global", "image_global")}
+    t = time.perf_counter()
+    step = 20000
+    for s in range(done, len(kb), step):
+        e = min(len(kb), s + step)
+        src = np.arange(s, e) % clusters
+        rec, g = ent[src], glob[src]
+        for f in ("t_cls", "g2l_cls", "z"):
+            rec[f] = rec[f] + (0.05 * spread[f] * rng.standard_normal(rec[f].shape)).astype(np.float16)
+        for f in ("text_global", "image_global"):
+            g[f] = g[f] + (0.05 * spread[f] * rng.standard_normal(g[f].shape)).astype(np.float16)
+        g["retrieval"] = np.concatenate(
+            [np.asarray(rec["t_cls"], np.float32) / 6, np.asarray(rec["z"], np.float32) / 3], 1
+        ).astype(np.float16)  # = heads.retrieval_vector(cache, "entity")
+        ent[s:e], glob[s:e] = rec, g
+        ent.flush()
+        glob.flush()
+        mark = {"done": e, "chunks_done": -(-e // 256), "synthetic_from": done}
+        write_json_atomic(seg / "progress.json", {**prog, **mark})
+        if progress:
+            print(f"[bench-link] synthetic rows {e:,} / {len(kb):,}", file=sys.stderr)
+    return {
+        "real_rows": done,
+        "synthetic_rows": len(kb) - done,
+        "source_row": "i % clusters",
+        "noise": 0.05,
+        "real_encode_seconds_this_run": round(t_real, 1),
+        "synthesize_seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def serve(
@@ -233,8 +299,9 @@ def serve(
         "top1_accuracy_vs_gold": round(hits / len(qs), 4),
         "torch_threads": torch.get_num_threads(),
     }
+    write_json_atomic(tmp / "serve_partial.json", res)  # a long exhaustive pass may be cut short
     if exhaustive_queries:
-        res.update(_agreement(linker, qs[:exhaustive_queries], shortlist, exhaustive_chunk))
+        res.update(_agreement(linker, qs[:exhaustive_queries], shortlist, exhaustive_chunk, tmp / "serve_partial.json"))
         res["memory_mib"]["after_exhaustive"] = _memory()
     if compare_faiss:
         res["faiss_comparison"] = compare_faiss_kinds(linker, qs, shortlist)
@@ -242,7 +309,9 @@ def serve(
     return res
 
 
-def _agreement(linker: Linker, sub: list[Mention], shortlist: int, chunk: int, per_pass: int = 10) -> dict:
+def _agreement(
+    linker: Linker, sub: list[Mention], shortlist: int, chunk: int, partial: Path | None = None, per_pass: int = 10
+) -> dict:
     """Exhaustive MIMIC S of the queries against every entity, `per_pass` queries per pass over the
     token store, vs the served shortlist's top-1 / top-10. Each pass logs its tally (stderr), so a
     long run at a million entities leaves partial figures."""
@@ -257,7 +326,10 @@ def _agreement(linker: Linker, sub: list[Mention], shortlist: int, chunk: int, p
             got = [linker.index.position[c.entity_id] for c in r.candidates]
             agree += bool(got) and got[0] == ex_top[0]
             recall.append(len(set(got) & set(ex_top)) / len(ex_top))
-        print(json.dumps({"exhaustive_done": len(recall), "agree": agree, "s": round(ex_seconds, 1)}), file=sys.stderr)
+        tally = {"exhaustive_done": len(recall), "agree": agree, "s": round(ex_seconds, 1), "load": _load_average()}
+        print(json.dumps(tally), file=sys.stderr)
+        if partial is not None:
+            write_json_atomic(partial, {**json.loads(partial.read_text()), "exhaustive_partial": tally})
     return {
         "exhaustive_queries": len(sub),
         "exhaustive_seconds_all_queries": round(ex_seconds, 2),
@@ -360,6 +432,7 @@ def run(
     compare_faiss: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    real_entities: int | None = None,
 ) -> dict:
     """Build (in this process), then serve and measure in a fresh process, whose memory is what a
     server holding this index needs. A kept `workdir` makes the build resumable and reusable."""
@@ -367,7 +440,17 @@ def run(
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         info = prepare(
-            tmp, entities, backbone, queries, faiss_kind, train_mentions, epochs, image_fraction, seed, progress
+            tmp,
+            entities,
+            backbone,
+            queries,
+            faiss_kind,
+            train_mentions,
+            epochs,
+            image_fraction,
+            seed,
+            progress,
+            real_entities,
         )
         cmd = [sys.executable, __file__, "--serve-from", str(tmp), "--shortlist", str(shortlist)]
         cmd += ["--exhaustive-queries", str(exhaustive_queries)] + (["--compare-faiss"] if compare_faiss else [])
@@ -413,6 +496,7 @@ def main(a) -> dict:
         compare_faiss=a.compare_faiss,
         progress=a.progress,
         threads=a.threads,
+        real_entities=a.real_entities,
     )
     if a.json:
         write_json_atomic(a.json, res)
@@ -441,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-faiss", action="store_true", help="recall@k / RAM / time of each faiss kind")
     b.add_argument("--progress", action="store_true", help="progress bars and logs of the index build (stderr)")
     b.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's own choice)")
+    b.add_argument(
+        "--real-entities",
+        type=int,
+        help="encode only this many entities with the model; fill the rest with noisy copies (scale runs)",
+    )
     b.add_argument("--serve-from", help=argparse.SUPPRESS)  # internal: the serving phase, in a fresh process
     b.add_argument("--json")
     return b

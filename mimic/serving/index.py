@@ -91,13 +91,20 @@ def _kb_hash(entities: Sequence[Entity]) -> str:
 # Encoding one segment (resumable)
 # ------------------------------------------------------------------------------------------------
 def _encode_segment(
-    model: LinkingModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool, stats: ImageLoadStats
+    model: LinkingModel,
+    entities: Sequence[Entity],
+    seg: Path,
+    batch_size: int,
+    progress: bool,
+    stats: ImageLoadStats,
+    stop: int | None = None,
 ) -> None:
     """Encode `entities` into the segment folder `seg` (format version 2), resuming from seg/progress.json.
 
     progress.json is the chunk manifest (chunk size, chunks and rows done, the KB's hash); it is
     rewritten only after a chunk's rows are flushed to disk, so a killed build loses at most the
-    chunk it was encoding."""
+    chunk it was encoding. `stop`: encode only up to that row and return, unfinished (the scale
+    benchmark fills the rest with synthetic rows, then lets `KBIndex.build` finish)."""
     if not len(entities):
         raise ValueError("cannot index an empty knowledge base")
     seg.mkdir(parents=True, exist_ok=True)
@@ -113,9 +120,10 @@ def _encode_segment(
                 log.info("resuming the index build in %s at row %d of %d", seg, done, n)
     files: dict[str, np.memmap] = {}
     model.eval()
-    it = range(done, n, batch_size)
+    end_at = n if stop is None else min(n, stop)
+    it = range(done, end_at, batch_size)
     if progress:
-        it = tqdm(it, desc="index KB", unit="chunk", initial=done // batch_size, total=-(-n // batch_size))
+        it = tqdm(it, desc="index KB", unit="chunk", initial=done // batch_size, total=-(-end_at // batch_size))
     with torch.no_grad():
         for s in it:
             chunk = entities[s : s + batch_size]
@@ -152,7 +160,8 @@ def _encode_segment(
                 | {"kb_hash": kb_hash},
             )
     files.clear()
-    write_records(seg, (entity_record(e) for e in entities))
+    if stop is None or stop >= n:
+        write_records(seg, (entity_record(e) for e in entities))
 
 
 # ------------------------------------------------------------------------------------------------

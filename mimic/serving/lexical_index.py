@@ -24,6 +24,7 @@ from mimic.atomic import atomic_file, write_json_atomic
 
 VERSION = 1
 DEFAULT_BUDGET = 30_000  # posting entries read per query (measured: docs/serving.md#scale)
+RESCORE = 2048  # candidates scored exactly: the best by their share of the rare n-grams' weight
 _ARRAYS = ("owner", "starts", "data", "indices", "indptr", "post_indptr", "post_names", "idf")
 
 
@@ -46,8 +47,8 @@ def _ranges(counts: np.ndarray) -> np.ndarray:
 class LexicalIndex:
     """Character n-gram TF-IDF (char_wb, 2–4, sublinear tf) over names and aliases."""
 
-    def __init__(self, entities: Iterable[dict] | None = None, budget: int = DEFAULT_BUDGET):
-        self.budget = budget
+    def __init__(self, entities: Iterable[dict] | None = None, budget: int = DEFAULT_BUDGET, rescore: int = RESCORE):
+        self.budget, self.rescore = budget, rescore
         if entities is None:  # filled by `load`
             return
         names, owner = [], []
@@ -81,7 +82,7 @@ class LexicalIndex:
         write_json_atomic(folder / "meta.json", {"version": VERSION, "key": key, "entities": self.n})  # last
 
     @classmethod
-    def load(cls, folder: Path, key: str, budget: int = DEFAULT_BUDGET) -> LexicalIndex | None:
+    def load(cls, folder: Path, key: str, budget: int = DEFAULT_BUDGET, rescore: int = RESCORE) -> LexicalIndex | None:
         """The saved index if it was built for `key` (the index's live rows), else None."""
         try:
             meta = json.loads((folder / "meta.json").read_text())
@@ -89,7 +90,7 @@ class LexicalIndex:
             return None
         if meta.get("version") != VERSION or meta.get("key") != key:
             return None
-        self = cls(None, budget)
+        self = cls(None, budget, rescore)
         self.n = int(meta["entities"])
         for name in _ARRAYS:
             setattr(self, name, np.load(folder / f"{name}.npy", mmap_mode="r"))
@@ -119,7 +120,7 @@ class LexicalIndex:
         out[counts == 0] = 0.0  # reduceat repeats a value for empty groups
         return out.astype(np.float32)
 
-    def _candidates(self, feats: np.ndarray) -> np.ndarray:
+    def _candidates(self, feats: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Names holding the query's rarest n-grams, up to `budget` posting entries (sorted, unique)."""
         if not len(feats):
             return np.zeros(0, np.int64)
@@ -129,9 +130,12 @@ class LexicalIndex:
         lo, hi = np.asarray(self.post_indptr[feats[take]]), np.asarray(self.post_indptr[feats[take] + 1])
         counts = hi - lo
         names = np.asarray(self.post_names[np.repeat(lo, counts) + _ranges(counts)])
-        mark = np.zeros(len(self.owner), np.bool_)
-        mark[names] = True
-        return np.flatnonzero(mark)
+        uniq, inv = np.unique(names, return_inverse=True)
+        if len(uniq) <= self.rescore:
+            return uniq
+        # more candidates than are worth exact scores: keep those holding most of the query's weight
+        share = np.bincount(inv, weights=np.repeat(weights[take], counts), minlength=len(uniq))
+        return np.sort(uniq[np.argpartition(-share, self.rescore - 1)[: self.rescore]])
 
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [Q, k], rows [Q, k]); best alias per entity; -1 rows where fewer than k match."""
@@ -140,7 +144,7 @@ class LexicalIndex:
         rows = np.full((len(texts), k), -1, np.int64)
         for qi, text in enumerate(texts):
             feats, weights = self._query(text)
-            names = self._candidates(feats)
+            names = self._candidates(feats, weights)
             sims = self._cosines(names, feats, weights)
             ent = np.asarray(self.owner[names])
             if not len(ent):

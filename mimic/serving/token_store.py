@@ -20,6 +20,7 @@ benchmark compares with reads the same fp16 rows, so the precision is the same o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -47,6 +48,7 @@ class _Segment:
         if path.exists():
             self.records: np.memmap | None = np.load(path, mmap_mode="r")
             self.path = path
+            self.fd = os.open(path, os.O_RDONLY)
             self.columns: dict[str, np.ndarray] = {}
         else:  # format version 1
             self.records = None
@@ -55,7 +57,12 @@ class _Segment:
     def gather(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """rows: sorted local rows -> {field: [len(rows), ...]} (copies, not views of the file)."""
         if self.records is not None:
-            rec = self.records[rows]  # one fancy-index read: each row is one contiguous record
+            # one pread per row (each row is one contiguous record): measured faster than faulting
+            # the rows in through the mapping (the kernel maps 64 KB around each fault), and the
+            # pages stay in the page cache instead of counting in the server's resident memory
+            mm, size = self.records, self.records.itemsize
+            buf = b"".join(os.pread(self.fd, size, mm.offset + int(r) * size) for r in rows)
+            rec = np.frombuffer(buf, dtype=mm.dtype, count=len(rows))
             return {n: rec[n] for n in names}
         return {n: self.columns[n][rows] for n in names}
 
