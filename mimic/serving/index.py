@@ -1,43 +1,58 @@
-"""The KB index: every entity encoded once, stored for serving.
+"""The KB index: every entity encoded once, stored for serving, scalable to a million entities.
 
-Folder layout (`python -m mimic index --checkpoint CKPT --kb KB --output DIR`):
-  index.json          format, model fingerprint, backbone, retrieval options, segments, tombstones
+Folder layout (`python -m mimic index --checkpoint CKPT --kb KB --output DIR`), format version 2:
+  index.json          format, version, model fingerprint, backbone, retrieval options, segments, tombstones
   seg-0000/           one segment per build or incremental update
-    ids.json          entity ids in row order, and the entity records (name, aliases, text, images)
-    <field>.npy       every `EntityCache` field (TGLU queries W_q E_tok, W_cls e_cls, both DUAL
-                      projections, CMFU z_e and its patch attention, masks) — fp16 / bool
-    text_global.npy   backbone text vector, image_global.npy backbone image vector (fp16)
-  faiss_<name>.index  persisted approximate (HNSW/IVF) indexes; exact flat ones are rebuilt on load
+    entities.npy      every `EntityCache` field (TGLU queries W_q E_tok, W_cls e_cls, both DUAL
+                      projections, CMFU z_e and its patch attention, masks), one structured fp16/bool
+                      record per entity, memory-mapped: serving reads only the shortlisted rows
+                      (`mimic.serving.token_store`)
+    globals.npy       backbone text / image vectors, the model's retrieval vector (fp16; what faiss
+                      holds) and has_image
+    records.jsonl     entity records (name, aliases, text, images), one a line, with records_offsets.npy
+                      and entity_ids.json (`mimic.serving.record_store`)
+  faiss_<name>.index  approximate (HNSW / IVF / IVF-PQ) indexes, built with the index; flat ones are
+                      rebuilt on load (`mimic.serving.vector_index`)
+  lexical/            the fitted character n-gram TF-IDF, memory-mapped (`mimic.serving.lexical_index`)
 
-Building writes into `.DIR.building/` and records progress after every batch, so an interrupted
-build resumes where it stopped (same checkpoint and KB required); the folder is renamed into place
-only when complete. Updates (add / update / delete) write a new segment and tombstones, never
-re-encoding the rest; `index.json` is replaced atomically.
+Version-1 indexes (one `<field>.npy` per field, `ids.json`) still load and serve; newer versions are
+refused with a rebuild message. Building writes into `.DIR.building/`: encoding records its chunks in
+`seg-0000/progress.json` after each one is on disk, and faiss indexes are saved as they finish, so an
+interrupted build resumes where it stopped (same checkpoint, KB and chunk size); the folder is renamed
+into place only when complete. Updates (add / update / delete) write a new segment and tombstones,
+never re-encoding the rest; `index.json` is replaced atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mimic.atomic import atomic_file, write_json_atomic
+from mimic.atomic import write_json_atomic
 from mimic.data.schema import Entity, KnowledgeBase
 from mimic.models.families import family, model_type_of
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images
+from mimic.serving.lexical_index import LexicalIndex
+from mimic.serving.record_store import RecordStore, segment_ids, write_records
+from mimic.serving.token_store import BOOL_FIELDS, GLOBAL_FIELDS, GLOBALS_FILE, RECORD_FILE, TokenStore, record_dtype
+from mimic.serving.vector_index import KINDS, build_index, index_bytes
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "IndexFileError", "IndexMismatchError", "KBIndex", "LexicalIndex"]
 
 FORMAT = "mimic-studio-index"
-BOOL_FIELDS = {"t_mask", "has_image"}
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+log = logging.getLogger(__name__)
 
 
 class IndexFileError(RuntimeError):
@@ -76,9 +91,22 @@ def _kb_hash(entities: Sequence[Entity]) -> str:
 # Encoding one segment (resumable)
 # ------------------------------------------------------------------------------------------------
 def _encode_segment(
-    model: LinkingModel, entities: Sequence[Entity], seg: Path, batch_size: int, progress: bool, stats: ImageLoadStats
+    model: LinkingModel,
+    entities: Sequence[Entity],
+    seg: Path,
+    batch_size: int,
+    progress: bool,
+    stats: ImageLoadStats,
+    stop: int | None = None,
 ) -> None:
-    """Encode `entities` into the segment folder `seg`, resuming from seg/progress.json."""
+    """Encode `entities` into the segment folder `seg` (format version 2), resuming from seg/progress.json.
+
+    progress.json is the chunk manifest (chunk size, chunks and rows done, the KB's hash); it is
+    rewritten only after a chunk's rows are flushed to disk, so a killed build loses at most the
+    chunk it was encoding. `stop`: encode only up to that row and return, unfinished (the scale
+    benchmark fills the rest with synthetic rows, then lets `KBIndex.build` finish)."""
+    if not len(entities):
+        raise ValueError("cannot index an empty knowledge base")
     seg.mkdir(parents=True, exist_ok=True)
     n = len(entities)
     prog_file = seg / "progress.json"
@@ -86,152 +114,69 @@ def _encode_segment(
     done = 0
     if prog_file.exists():
         prog = json.loads(prog_file.read_text())
-        if prog.get("kb_hash") == kb_hash and prog.get("n") == n:
+        if prog.get("kb_hash") == kb_hash and prog.get("n") == n and prog.get("chunk_size") == batch_size:
             done = int(prog["done"])
-    arrays: dict[str, np.memmap] = {}
+            if done:
+                log.info("resuming the index build in %s at row %d of %d", seg, done, n)
+    files: dict[str, np.memmap] = {}
     model.eval()
-    it = range(done, n, batch_size)
+    end_at = n if stop is None else min(n, stop)
+    it = range(done, end_at, batch_size)
     if progress:
-        it = tqdm(it, desc="index KB", unit="batch", initial=done // batch_size, total=-(-n // batch_size))
+        it = tqdm(it, desc="index KB", unit="chunk", initial=done // batch_size, total=-(-end_at // batch_size))
     with torch.no_grad():
         for s in it:
             chunk = entities[s : s + batch_size]
             imgs = load_images([e.images[0] if e.images else None for e in chunk], model.config.mode, stats)
             text, image = model.backbone_features([entity_text(e) for e in chunk], imgs)
             cache = model.heads.entity_cache(model.heads.side_features(text, image))
-            parts = cache.tensors() | {
-                "text_global": text.global_,
-                "image_global": image.global_,
-                "retrieval": model.heads.retrieval_vector(cache, "entity"),
+            parts = {
+                RECORD_FILE: cache.tensors(),
+                GLOBALS_FILE: {
+                    "text_global": text.global_,
+                    "image_global": image.global_,
+                    "retrieval": model.heads.retrieval_vector(cache, "entity"),
+                    "has_image": cache.has_image,
+                },
             }
-            for name, t in parts.items():
-                if name not in arrays:
-                    dtype = np.bool_ if name in BOOL_FIELDS else np.float16
-                    path = seg / f"{name}.npy"
-                    shape = (n, *t.shape[1:])
+            for file, tensors in parts.items():
+                if file not in files:
+                    path = seg / file
                     if done and path.exists():
-                        arrays[name] = np.load(path, mmap_mode="r+")
+                        files[file] = np.load(path, mmap_mode="r+")
                     else:
-                        arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-                arrays[name][s : s + len(chunk)] = (
-                    t.detach().float().cpu().numpy() if name not in BOOL_FIELDS else t.cpu().numpy()
-                )
-            for a in arrays.values():
+                        dt = record_dtype({k: tuple(t.shape[1:]) for k, t in tensors.items()})
+                        files[file] = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=(n,))
+                block = np.zeros(len(chunk), dtype=files[file].dtype)
+                for k, t in tensors.items():
+                    block[k] = t.detach().cpu().numpy() if k in BOOL_FIELDS else t.detach().float().cpu().numpy()
+                files[file][s : s + len(chunk)] = block
+            for a in files.values():
                 a.flush()
-            # Progress is recorded only after the batch's rows are on disk.
-            write_json_atomic(prog_file, {"n": n, "done": s + len(chunk), "kb_hash": kb_hash})
-    if n == 0:
-        raise ValueError("cannot index an empty knowledge base")
-    (seg / "ids.json").write_text(json.dumps([entity_record(e) for e in entities], ensure_ascii=False))
-
-
-# ------------------------------------------------------------------------------------------------
-# Retrieval structures
-# ------------------------------------------------------------------------------------------------
-def _faiss_index(vectors: np.ndarray, kind: str, path: Path | None = None):
-    """Inner-product index over L2-normalised rows. kind: flat (exact) | fp16 | hnsw | ivf."""
-    d = vectors.shape[1]
-    if path is not None and path.exists() and kind in ("hnsw", "ivf"):
-        idx = faiss.read_index(str(path))
-        if idx.ntotal == len(vectors):
-            return idx
-    if kind == "flat":
-        idx = faiss.IndexFlatIP(d)
-    elif kind == "fp16":
-        idx = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "hnsw":
-        idx = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efSearch = 128
-    elif kind == "ivf":
-        nlist = max(1, int(4 * np.sqrt(len(vectors))))
-        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        idx.nprobe = max(1, nlist // 8)
-    else:
-        raise ValueError(f"unknown faiss index kind {kind!r} (flat, fp16, hnsw, ivf)")
-    if not idx.is_trained:
-        idx.train(vectors)
-    idx.add(vectors)
-    if isinstance(idx, faiss.IndexIVFFlat):
-        idx.make_direct_map()  # reconstruct() for the lexical unit's dense feature
-    if path is not None and kind in ("hnsw", "ivf"):
-        with atomic_file(path) as tmp:
-            faiss.write_index(idx, str(tmp))
-    return idx
-
-
-class LexicalIndex:
-    """Character n-gram TF-IDF (char_wb, 2–4, sublinear tf) over names and aliases."""
-
-    def __init__(self, entities: Sequence[dict]):
-        # lazy: sklearn adds 1.0 s to importing this module (python -X importtime), for lexical search only
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        names, owner = [], []
-        for i, e in enumerate(entities):
-            for s in [e["name"], *e.get("aliases", [])]:
-                if s:
-                    names.append(s)
-                    owner.append(i)
-        self.owner = np.asarray(owner, dtype=np.int64)
-        # Names of one entity are contiguous and every entity has one: reduceat gives the best per entity.
-        self.starts = np.searchsorted(self.owner, np.arange(len(entities)))
-        self.vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=True)
-        by_name = self.vec.fit_transform(names).astype(np.float32).tocsr()  # [names, features]
-        self.matrix = by_name.T.tocsr()  # [features, names]: search multiplies queries by it
-        self.by_name = by_name  # similarity() slices names out of it
-        self.n = len(entities)
-
-    def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (scores [Q, k], rows [Q, k]); best alias per entity; -1 rows where fewer than k match."""
-        q = self.vec.transform(texts).astype(np.float32)
-        sims = (q @ self.matrix).toarray()  # [Q, names]
-        best = np.maximum.reduceat(sims, self.starts, axis=1) if sims.shape[1] else np.zeros((len(texts), self.n))
-        k = min(k, self.n)
-        rows = np.argpartition(-best, k - 1, axis=1)[:, :k]
-        sc = np.take_along_axis(best, rows, 1)
-        order = np.argsort(-sc, axis=1, kind="stable")
-        rows, sc = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
-        rows[sc <= 0] = -1
-        return sc, rows
-
-    def similarity(self, texts: list[str], rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Cosine of texts[i] with each entity of rows[i] (its best name or alias) -> list of [len(rows[i])]."""
-        q = self.vec.transform(texts).astype(np.float32).tocsr()
-        ends = np.append(self.starts[1:], len(self.owner))
-        rows = [np.asarray(rr, dtype=np.int64) for rr in rows]
-        per_entity = [ends[rr] - self.starts[rr] for rr in rows]  # names of each candidate
-        cols = [np.repeat(self.starts[rr], c) + _ranges(c) for rr, c in zip(rows, per_entity)]
-        owner_query = np.repeat(np.arange(len(rows)), [len(c) for c in cols])
-        all_cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        # every (query, candidate name) pair at once: row slices of CSR are cheap, a product per pair
-        sims = np.asarray(self.by_name[all_cols].multiply(q[owner_query]).sum(1)).ravel()
-        out, at = [], 0
-        for c in per_entity:
-            n = int(c.sum())
-            part = sims[at : at + n]
-            at += n
-            starts = np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64)
-            out.append(np.maximum.reduceat(part, starts).astype(np.float32) if len(c) else np.zeros(0, np.float32))
-        return out
-
-
-def _ranges(counts: np.ndarray) -> np.ndarray:
-    """[2, 1, 3] -> [0, 1, 0, 0, 1, 2]."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if not len(counts):
-        return np.zeros(0, np.int64)
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.arange(int(counts.sum())) - offsets
+            end = s + len(chunk)  # progress is recorded only after the chunk's rows are on disk
+            write_json_atomic(
+                prog_file,
+                {"n": n, "done": end, "chunk_size": batch_size, "chunks_done": -(-end // batch_size)}
+                | {"kb_hash": kb_hash},
+            )
+    files.clear()
+    if stop is None or stop >= n:
+        write_records(seg, (entity_record(e) for e in entities))
 
 
 # ------------------------------------------------------------------------------------------------
 # The index
 # ------------------------------------------------------------------------------------------------
 class KBIndex:
-    """A loaded index: entity records, the `EntityCache` (fp16, in RAM), retrieval structures."""
+    """A loaded index: entity records and the `EntityCache` on disk (`records`, `cache`: read per
+    row), retrieval structures in RAM (faiss) or mapped (lexical)."""
 
-    def __init__(self, root: str | Path, *, load_vectors: bool = True, keep_global: bool = False):
+    def __init__(
+        self, root: str | Path, *, load_vectors: bool = True, keep_global: bool = False, progress: bool = False
+    ):
+        """progress: log the building of faiss / lexical structures that are not saved yet (at INFO)."""
         self.root = Path(root)
+        self._progress = progress
         # keep_global: also hold the unit-norm backbone vectors in RAM (`text_global`, `image_global`,
         # float32, zero rows for entities without an image); the zero-shot linker scores with them.
         self.keep_global = keep_global
@@ -243,6 +188,13 @@ class KBIndex:
         self.manifest = json.loads(mf.read_text())
         if self.manifest.get("format") != FORMAT:
             raise IndexFileError(f"{mf}: not a {FORMAT}")
+        version = self.manifest.get("version", 1)
+        if version not in READABLE_VERSIONS:
+            raise IndexFileError(
+                f"{self.root}: index format version {version} is not readable by this MIMIC Studio "
+                f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index with "
+                "`python -m mimic index --overwrite ...`"
+            )
         self._load()
 
     # -- build ---------------------------------------------------------------------------------
@@ -258,6 +210,8 @@ class KBIndex:
         faiss_kind: str = "flat",
         overwrite: bool = False,
     ) -> KBIndex:
+        if faiss_kind not in KINDS:
+            raise ValueError(f"unknown faiss index kind {faiss_kind!r} (one of {', '.join(KINDS)})")
         output = Path(output)
         if output.exists() and not overwrite:
             raise FileExistsError(f"{output} exists (pass overwrite=True / --overwrite to rebuild it)")
@@ -266,16 +220,17 @@ class KBIndex:
         mf_path = building / "build.json"
         if building.exists():
             prev = json.loads(mf_path.read_text()) if mf_path.exists() else {}
-            if prev.get("fingerprint") != fp:  # a different model: start over
+            if prev.get("fingerprint") != fp or prev.get("faiss") != faiss_kind:  # start over
                 shutil.rmtree(building)
         building.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(mf_path, {"fingerprint": fp})
+        write_json_atomic(mf_path, {"fingerprint": fp, "faiss": faiss_kind})
         stats = ImageLoadStats()
         t0 = time.perf_counter()
         _encode_segment(model, kb.entities, building / "seg-0000", batch_size, progress, stats)
+        t_encode = time.perf_counter() - t0
         manifest = {
             "format": FORMAT,
-            "version": 1,
+            "version": FORMAT_VERSION,
             "fingerprint": fp,
             "backbone": model.backbone.describe(),
             "model_type": model_type_of(model.heads),
@@ -285,10 +240,15 @@ class KBIndex:
             "segments": ["seg-0000"],
             "tombstones": [],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "build_seconds": round(time.perf_counter() - t0, 3),
+            "encode_seconds": round(t_encode, 3),
             "image_stats": dict(stats),
             "nil_threshold": None,
         }
+        write_json_atomic(building / "index.json", manifest)
+        # Load once inside the build folder: trains and saves the approximate faiss indexes and the
+        # lexical index (each kept if the build is interrupted after it), so serving loads them.
+        cls(building, progress=progress)
+        manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(building / "index.json", manifest)
         (building / "seg-0000" / "progress.json").unlink()
         mf_path.unlink()
@@ -307,43 +267,78 @@ class KBIndex:
         segs = self.manifest["segments"]
         dead = set(self.manifest.get("tombstones", []))  # "seg:row" keys
         cache_cls = family(self.manifest.get("model_type", "mimic"))[2]
-        cache_fields = [f.name for f in fields(cache_cls)]
-        records, arrays, keep = [], {}, []
+        keep, ids = [], []
         for seg in segs:
-            recs = json.loads((self.root / seg / "ids.json").read_text())
-            live = [i for i in range(len(recs)) if f"{seg}:{i}" not in dead]
-            keep.append((seg, live))
-            records += [recs[i] for i in live]
-        for name in cache_fields + ["text_global", "image_global", "retrieval"]:
-            parts = [np.load(self.root / seg / f"{name}.npy", mmap_mode="r")[live] for seg, live in keep]
-            arrays[name] = torch.from_numpy(np.concatenate(parts))
-        self.records = records
-        self.ids = [r["id"] for r in records]
-        self.position = {eid: i for i, eid in enumerate(self.ids)}
-        self._rows_by_key = [f"{seg}:{i}" for seg, live in keep for i in live]
-        self.cache = cache_cls(**{k: arrays[k] for k in cache_fields})
+            seg_ids = segment_ids(self.root / seg)
+            live = np.asarray([i for i in range(len(seg_ids)) if f"{seg}:{i}" not in dead], dtype=np.int64)
+            keep.append((self.root / seg, live))
+            ids += [seg_ids[i] for i in live]
+        self._segment_names = list(segs)
+        self.ids = ids
+        self.position = {eid: i for i, eid in enumerate(ids)}
+        self.records = RecordStore(keep)
+        self.globals = TokenStore(None, keep, GLOBALS_FILE, names=GLOBAL_FIELDS)
+        self.cache = TokenStore(cache_cls, keep, has_image=self.globals.has_image)
         if self.keep_global:
-            self.text_global = torch.from_numpy(_unit(arrays["text_global"]))
-            self.image_global = torch.from_numpy(_unit(arrays["image_global"]))
-        # The global vectors live only inside faiss afterwards (no second copy in RAM).
-        self._build_retrievers(arrays["retrieval"], arrays["text_global"], arrays["image_global"])
+            self.text_global = torch.from_numpy(_unit(self.globals.column("text_global")))
+            self.image_global = torch.from_numpy(_unit(self.globals.column("image_global")))
+        self._build_retrievers()
 
-    def _build_retrievers(self, retrieval: torch.Tensor, text_global: torch.Tensor, image_global: torch.Tensor):
+    def _row_key(self, row: int) -> str:
+        return f"{self._segment_names[int(self.cache.seg_of[row])]}:{int(self.cache.local[row])}"
+
+    def _build_retrievers(self):
         kind = self.manifest.get("faiss", "flat")
+        n, g = len(self), self.globals
+        say = log.info if self._progress else log.debug
+
+        def vectors(name: str, unit: bool, rows: np.ndarray | None = None):
+            def read(s: int, e: int) -> np.ndarray:
+                a = g.read_range(s, e, [name])[name] if rows is None else g.read(rows[s:e], [name])[name]
+                return _unit(a) if unit else np.ascontiguousarray(a, dtype=np.float32)
+
+            return read
+
+        def dim(name: str) -> int:
+            return int(g._empty(name).shape[1])
+
         # "model": the bi-encoder part of the model's own score (see `retrieval_vector` of the heads),
         # so this retriever agrees with the re-ranker by construction.
-        model_vec = np.ascontiguousarray(retrieval.float().numpy())
         self.retrievers = {
-            "model": _faiss_index(model_vec, kind, self.root / "faiss_model.index"),
-            "text": _faiss_index(_unit(text_global), kind, self.root / "faiss_text.index"),
+            "model": build_index(
+                n, dim("retrieval"), vectors("retrieval", False), kind, self.root / "faiss_model.index", log=say
+            ),
+            "text": build_index(
+                n, dim("text_global"), vectors("text_global", True), kind, self.root / "faiss_text.index", log=say
+            ),
         }
         self.image_rows = np.nonzero(self.cache.has_image.numpy())[0]
         self.retrievers["image"] = (
-            _faiss_index(_unit(image_global[self.image_rows]), kind, self.root / "faiss_image.index")
+            build_index(
+                len(self.image_rows),
+                dim("image_global"),
+                vectors("image_global", True, self.image_rows),
+                kind,
+                self.root / "faiss_image.index",
+                log=say,
+            )
             if len(self.image_rows)
             else None
         )
-        self.lexical = LexicalIndex(self.records)
+        live = [self.manifest["segments"], sorted(self.manifest.get("tombstones", []))]
+        key = hashlib.sha256(json.dumps(live).encode()).hexdigest()[:16]
+        lex_dir = self.root / "lexical"
+        lex = LexicalIndex.load(lex_dir, key)
+        if lex is None:
+            say("fitting the lexical index over %d entities", n)
+            lex = LexicalIndex(iter(self.records))
+            try:
+                shutil.rmtree(lex_dir, ignore_errors=True)
+                lex.save(lex_dir, key)
+                lex = LexicalIndex.load(lex_dir, key) or lex  # mapped, not held
+            except OSError as exc:  # a read-only index folder still serves; it refits next time
+                log.warning("could not save the lexical index in %s: %s", lex_dir, exc)
+        self.lexical = lex
 
     # -- facts ---------------------------------------------------------------------------------
     def __len__(self):
@@ -362,26 +357,23 @@ class KBIndex:
             )
 
     def text_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Unit-norm backbone text vectors [len(rows), D] of index rows (from RAM when kept, else from faiss)."""
+        """Unit-norm backbone text vectors [len(rows), D] of index rows (from RAM when kept, else from disk)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self.keep_global:
             return self.text_global[torch.from_numpy(rows)].numpy()
-        text = self.retrievers["text"]
-        return np.stack([text.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, text.d), np.float32)
+        return _unit(self.globals.read(rows, ["text_global"])["text_global"])
 
     def feature_bytes(self) -> int:
-        """Bytes of the fp16 entity features (the EntityCache) held in RAM."""
-        return sum(t.numel() * t.element_size() for t in self.cache.tensors().values())
+        """Bytes of the fp16 entity features (the EntityCache; on disk, read per shortlisted row)."""
+        return self.cache.nbytes()
+
+    def faiss_bytes(self) -> int:
+        return sum(index_bytes(idx) for idx in self.retrievers.values() if idx is not None)
 
     def ram_bytes(self) -> int:
-        """Feature bytes + global vectors + faiss + lexical matrix (what serving holds in RAM)."""
-        total = self.feature_bytes()
-        for idx in self.retrievers.values():
-            if idx is not None:
-                total += faiss.serialize_index(idx).nbytes if hasattr(faiss, "serialize_index") else 0
-        m = self.lexical.matrix
-        total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-        return int(total)
+        """faiss indexes (held in RAM) + the lexical arrays (mapped: resident only as far as read).
+        The token projections are not counted: they stay on disk (see `feature_bytes`)."""
+        return int(self.faiss_bytes() + self.lexical.nbytes())
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
@@ -407,14 +399,14 @@ class KBIndex:
         _encode_segment(model, list(entities), tmp, 64, progress, stats)
         (tmp / "progress.json").unlink()
         os.rename(tmp, self.root / seg)
-        dead = [self._rows_by_key[self.position[i]] for i in ids if i in self.position]
+        dead = [self._row_key(self.position[i]) for i in ids if i in self.position]
         self._commit(segments=self.manifest["segments"] + [seg], tombstones=self.manifest["tombstones"] + dead)
 
     def delete(self, ids: Sequence[str]) -> None:
         missing = [i for i in ids if i not in self.position]
         if missing:
             raise KeyError(f"unknown entity ids: {missing[:5]}")
-        dead = [self._rows_by_key[self.position[i]] for i in ids]
+        dead = [self._row_key(self.position[i]) for i in ids]
         self._commit(segments=self.manifest["segments"], tombstones=self.manifest["tombstones"] + dead)
 
     def _commit(self, segments, tombstones):
@@ -426,7 +418,9 @@ class KBIndex:
         }
         for p in self.root.glob("faiss_*.index"):  # approximate indexes are rebuilt for the new rows
             p.unlink()
+        shutil.rmtree(self.root / "lexical", ignore_errors=True)  # refitted for the new rows
         write_json_atomic(self.root / "index.json", self.manifest)
+        self.records.close()
         self._load()
 
     def set_nil_threshold(self, value: float | None, details: dict | None = None) -> None:
@@ -434,7 +428,7 @@ class KBIndex:
         write_json_atomic(self.root / "index.json", self.manifest)
 
 
-def _unit(t: torch.Tensor) -> np.ndarray:
-    a = t.float().numpy()
+def _unit(t) -> np.ndarray:
+    a = t.float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
     n = np.linalg.norm(a, axis=1, keepdims=True)
     return np.ascontiguousarray(a / np.maximum(n, 1e-12), dtype=np.float32)
