@@ -407,18 +407,19 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         )
 
     start = load_start_model(cfg, serving)
+    fit_unit, why = lexical_plan(cfg, start.mode, len(data.kb), len(data.train))
+    if fit_unit:
+        data.train, data.select = selection_split(data.train, cfg.lexical_select)
+        write_split_record(cfg, data, rdir)
     prog(
         "train",
         0.1,
         f"serving: {serving.version}"
         + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
         + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
-        f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
+        + (f"{len(data.select)} corrections kept to choose the lexical unit's epoch and β, " if data.select else "")
+        + f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
     )
-    fit_unit, why = lexical_plan(cfg, start.mode, len(data.kb), len(data.train))
-    if fit_unit:
-        data.train, data.select = selection_split(data.train, cfg.lexical_select)
-        write_split_record(cfg, data, rdir)
     train_dir = rdir / "train"
     candidate, tsum, t_train = train_candidate(cfg, serving, start, data, train_dir, prog)
 
