@@ -28,9 +28,11 @@ Everything goes through the real store and the real retraining job, as the app d
    without a checkpoint), and each candidate is a fresh MIMIC model on that frozen backbone trained
    on the N corrections (`prefer_promoted=False` for the curve runs: every point starts from the same
    zero-shot model, so the points differ only by N).
-5. Each candidate (and the zero-shot model for N = 0) is ranked against the FULL KB on the dev and
-   test subsets by `retraining.evaluation.evaluate_models`, the job's own evaluation (dev: the job's
-   own trusted-judge figure; test: evaluated here the same way).
+5. Each candidate (and the zero-shot model for N = 0) is ranked on the dev and test subsets by
+   `retraining.evaluation.evaluate_models`, the job's own evaluation (dev: the job's own
+   trusted-judge figure; test: evaluated here the same way): against the FULL KB, or, for a
+   candidate with the lexical unit S_L (which the job fits on the corrections when the KB has
+   >= 1,000 entities; `--lexical`), over the served shortlist as the linker ranks it.
 6. `--poison K`: after the curve, an annotator labels K further queue items with random wrong
    entities, and one more run starts from what serves (`prefer_promoted=True`, the job's default):
    the rule must refuse it and the promoted version and its checkpoint files stay as they were.
@@ -52,12 +54,13 @@ import random
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.text_feature_memo import TextFeatureMemo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 ANNOTATORS = ("ana", "ben", "chloe")
@@ -74,93 +77,6 @@ def _short(metrics: dict | None) -> dict | None:
     if not metrics:
         return None
     return {k: (round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k]) for k in METRIC_KEYS}
-
-
-# ------------------------------------------------------------------------------------------------
-# The frozen backbone's text outputs, computed once per distinct token row
-# ------------------------------------------------------------------------------------------------
-class TextFeatureMemo:
-    """While installed on a backbone class, `encode_text` returns stored rows for token-id rows it
-    has seen (keyed by the backbone's weights, so two instances of the same frozen tower share
-    them) and encodes only the new rows. Used only when no backbone parameter needs a gradient."""
-
-    def __init__(self):
-        self.rows: dict[tuple, tuple] = {}
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _fingerprint(backbone) -> str:
-        fp = getattr(backbone, "_curve_memo_fp", None)
-        if fp is None:
-            import torch
-
-            h = hashlib.sha256(json.dumps(backbone.describe(), sort_keys=True, default=str).encode())
-            with torch.no_grad():
-                for i, p in enumerate(backbone.parameters()):
-                    if i >= 8:
-                        break
-                    h.update(p.detach().double().sum().item().hex().encode())
-            fp = h.hexdigest()
-            backbone._curve_memo_fp = fp
-        return fp
-
-    def save(self, path: str | Path) -> None:
-        """All rows in one file (fp32, as computed), for a later run on the same data."""
-        import torch
-
-        keys = list(self.rows)
-        torch.save(
-            {
-                "keys": keys,
-                "global": torch.stack([self.rows[k][0] for k in keys]) if keys else None,
-                "tokens": torch.stack([self.rows[k][1] for k in keys]) if keys else None,
-                "mask": torch.stack([self.rows[k][2] for k in keys]) if keys else None,
-            },
-            path,
-        )
-
-    def load(self, path: str | Path) -> int:
-        import torch
-
-        d = torch.load(path, weights_only=False)
-        for i, k in enumerate(d["keys"]):
-            self.rows[k] = (d["global"][i], d["tokens"][i], d["mask"][i])
-        return len(d["keys"])
-
-    @contextmanager
-    def installed(self, backbone_cls):
-        import torch
-
-        from mimic.backbones.base import TextFeatures
-
-        original = backbone_cls.encode_text
-        memo = self
-
-        def encode_text(bb, input_ids, attention_mask):
-            if torch.is_grad_enabled() and any(p.requires_grad for p in bb.parameters()):
-                return original(bb, input_ids, attention_mask)
-            fp = memo._fingerprint(bb)
-            ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy()
-            keys = [(fp, ids[i].tobytes(), mask[i].tobytes()) for i in range(len(ids))]
-            todo = [i for i, k in enumerate(keys) if k not in memo.rows]
-            memo.misses += len(todo)
-            memo.hits += len(keys) - len(todo)
-            if todo:
-                sel = torch.tensor(todo, device=input_ids.device)
-                with torch.no_grad():
-                    out = original(bb, input_ids.index_select(0, sel), attention_mask.index_select(0, sel))
-                for j, i in enumerate(todo):
-                    memo.rows[keys[i]] = (out.global_[j].clone(), out.tokens[j].clone(), out.mask[j].clone())
-            rows = [memo.rows[k] for k in keys]
-            dev = input_ids.device
-            return TextFeatures(*(torch.stack([r[c] for r in rows]).to(dev) for c in range(3)))
-
-        backbone_cls.encode_text = encode_text
-        try:
-            yield self
-        finally:
-            backbone_cls.encode_text = original
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,6 +183,25 @@ def _heldout(m: dict) -> dict:
     if not c.get("count"):
         return {"count": 0}
     return {"serving_MRR": round(s["MRR"], 4), "candidate_MRR": round(c["MRR"], 4), "count": c["count"]}
+
+
+def _lexical(m: dict) -> dict:
+    """The job's lexical-unit record, short: fitted (β, epoch, its selection-slice figures), kept, none."""
+    lex = m.get("lexical_unit") or {}
+    rep = lex.get("report") or {}
+    out = {"status": lex.get("status")}
+    if rep:
+        out.update(
+            beta=rep.get("mimic_weight"),
+            best_epoch=rep.get("best_epoch"),
+            fit=rep.get("fit_corrections"),
+            select=rep.get("select_corrections"),
+            select_metrics=rep.get("dev"),
+            seconds=rep.get("seconds"),
+        )
+    elif lex.get("reason"):
+        out["reason"] = lex["reason"]
+    return out
 
 
 def _epochs_for(n_train: int, a) -> int:
@@ -403,6 +338,7 @@ def run_curve(a, emit) -> dict:
             seed=a.seed,
             eval_batch_size=a.eval_batch_size,
             eval_chunk_size=a.eval_chunk_size,
+            lexical_unit={"auto": None, "on": True, "off": False}[a.lexical],
         )
 
     def progress(p: dict) -> None:
@@ -452,13 +388,17 @@ def run_curve(a, emit) -> dict:
                 row.update(
                     model=f"candidate {res['version']} ("
                     + ("fine-tuned from the base model" if start_ckpt else "fresh MIMIC heads")
+                    + (" + lexical unit, served" if m["candidate"].get("scoring") == "served" else "")
                     + ", frozen backbone)",
                     version=res["version"],
                     dev=_short(m["candidate"].get("base_dev")),
                     test=_short(tres["test"]),
                     start_dev_in_job=_short(m["serving"].get("base_dev")),
                     heldout=_heldout(m),
+                    scoring=m["candidate"].get("scoring"),
+                    lexical_unit=_lexical(m),
                     train_corrections=m["data"]["train_corrections"],
+                    select_corrections=m["data"].get("lexical_select_corrections", 0),
                     heldout_corrections=m["data"]["heldout_corrections"],
                     epochs=m["train"]["epochs"],
                     lr=m["train"]["lr"],
@@ -495,6 +435,10 @@ def run_curve(a, emit) -> dict:
                 "on_top_of": ns[-1],
                 "serving_before": m["serving"]["version"],
                 "serving_dev": _short(m["serving"].get("base_dev")),
+                "serving_scoring": m["serving"].get("scoring"),
+                "candidate_scoring": m["candidate"].get("scoring"),
+                "lexical_unit": _lexical(m),
+                "implausible": m.get("implausible_heldout"),
                 "candidate": res["version"],
                 "candidate_dev": _short(m["candidate"].get("base_dev")),
                 "candidate_test": _short(tres["test"]),
@@ -534,6 +478,7 @@ def run_curve(a, emit) -> dict:
                 "batch_size": a.batch_size,
                 "lr": a.lr,
                 "seed": a.seed,
+                "lexical": a.lexical,
                 "torch_threads": torch.get_num_threads(),
             },
             "wall_seconds": round(time.perf_counter() - t_start, 1),
@@ -569,6 +514,13 @@ def parse_args(argv=None):
     ap.add_argument("--min-steps", type=int, default=200, help="--epochs auto: about this many optimiser steps")
     ap.add_argument("--base-epochs", type=int, default=4, help="--epochs auto: at least this many (the job's default)")
     ap.add_argument("--max-epochs", type=int, default=40, help="--epochs auto: at most this many")
+    ap.add_argument(
+        "--lexical",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the job's lexical unit (RetrainConfig.lexical_unit): auto fits it on a KB of >= 1,000 "
+        "entities; off is the heads-only job",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None, help="default: the job's (1e-3 for fresh heads)")
     ap.add_argument("--eval-batch-size", type=int, default=64)

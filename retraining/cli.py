@@ -60,6 +60,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "allowed (default 0.02; 1 turns the label check off)",
     )
     p.add_argument("--implausible-rank", type=int, help="promotion: see --max-implausible (default 1000)")
+    p.add_argument(
+        "--lexical-unit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit the lexical unit S_L on the corrections (default: when the KB has >= "
+        "--lexical-min-entities entities; never in compat mode)",
+    )
+    p.add_argument("--lexical-min-entities", type=int, help="lexical unit: KB size for the default (1000)")
+    p.add_argument("--lexical-min-corrections", type=int, help="lexical unit: training corrections needed (100)")
     p.add_argument("--min-new-annotations", type=int, help="policy: N new accepted annotations")
     p.add_argument("--every-hours", type=float, help="policy: T hours since the last successful run")
     p.add_argument(
@@ -111,6 +120,9 @@ def config_from_args(a) -> RetrainConfig:
         "max_dev_h1_drop": a.max_dev_h1_drop,
         "max_implausible": a.max_implausible,
         "implausible_rank": a.implausible_rank,
+        "lexical_unit": a.lexical_unit,
+        "lexical_min_entities": a.lexical_min_entities,
+        "lexical_min_corrections": a.lexical_min_corrections,
         "min_new_annotations": a.min_new_annotations,
         "every_hours": a.every_hours,
     }

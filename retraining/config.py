@@ -42,6 +42,14 @@ class RetrainConfig(ConfigFile):
     models_dir: str | None = None  # default DATA_DIR/models
     eval_batch_size: int = 32
     eval_chunk_size: int = 1024
+    # the lexical unit S_L (retraining/lexical.py): None fits it when the KB has at least
+    # lexical_min_entities entities; never in compat mode; needs lexical_min_corrections corrections
+    lexical_unit: bool | None = None
+    lexical_min_entities: int = 1000
+    lexical_min_corrections: int = 100
+    lexical_select: float = 0.15  # share of the training corrections that chooses its epoch and β
+    lexical_epochs: int = 15
+    lexical_shortlist: int = 64  # K, as the app's linker serves
 
     def __post_init__(self):
         if not 0 < float(self.holdout) < 1:
@@ -54,6 +62,10 @@ class RetrainConfig(ConfigFile):
             raise ValueError("implausible_rank must be >= 1 and max_implausible in [0, 1]")
         if self.every_hours is not None and float(self.every_hours) <= 0:
             raise ValueError("every_hours must be > 0 (or None)")
+        if not 0 < float(self.lexical_select) < 1:
+            raise ValueError(f"lexical_select must be in (0, 1), got {self.lexical_select}")
+        if int(self.lexical_min_corrections) < 2 or int(self.lexical_epochs) < 1 or int(self.lexical_shortlist) < 2:
+            raise ValueError("lexical_min_corrections must be >= 2, lexical_epochs >= 1 and lexical_shortlist >= 2")
 
     # -- places ----------------------------------------------------------------------------------
     @property

@@ -1,16 +1,21 @@
 """Serving model and candidate judged on the same sets against the full KB, the KB encoded once.
 
 A trained model is ranked by `mimic.analysis.ranking.evaluate`; a zero-shot serving model by
-`mimic.serving.zeroshot.zero_shot_ranks`, exactly as it ranks when serving.
+`mimic.serving.zeroshot.zero_shot_ranks`, exactly as it ranks when serving; a model with a lexical
+unit by `mimic.analysis.served_ranking` (the linker's shortlist re-ranked by S = β·S_MIMIC + S_L),
+also as it ranks when serving. So promotion compares what users would get from each model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from mimic.analysis.ranking import evaluate, metrics_from_ranks
+from mimic.analysis.served_ranking import evaluate_served_sets
 from mimic.models import linking_model
 from mimic.models.linking_model import entity_text
 from mimic.serving.zeroshot import BackboneVectors, zero_shot_ranks
@@ -47,16 +52,54 @@ def kb_pass(groups: list[tuple[Any, list, bool]], kb, batch_size: int) -> list[t
     ]
 
 
+def _without_images(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k != "images"}
+
+
+def has_unit(model) -> bool:
+    return getattr(model, "lexical_unit", None) is not None
+
+
+@contextmanager
+def heads_only(model) -> Iterator[Any]:
+    """`model` with its lexical unit set aside (restored on exit): ranked against the full KB by
+    MIMIC's S alone, e.g. for the label check, which needs ranks beyond the served shortlist."""
+    unit = getattr(model, "lexical_unit", None)
+    model.lexical_unit = None
+    try:
+        yield model
+    finally:
+        model.lexical_unit = unit
+
+
 def evaluate_models(
-    models: dict[str, Any], zero_shot: set[str], kb, sets: dict[str, list], *, batch_size: int, chunk_size: int
+    models: dict[str, Any],
+    zero_shot: set[str],
+    kb,
+    sets: dict[str, list],
+    *,
+    batch_size: int,
+    chunk_size: int,
+    indexes: dict[str, Any] | None = None,
+    shortlist: int = 64,
 ) -> dict:
     """{name: {set: metrics}} for every model on every non-empty set; models sharing a backbone
-    share one KB pass. Names in `zero_shot` are scored zero-shot (their ranks kept)."""
+    share one KB pass. Names in `zero_shot` are scored zero-shot (their ranks kept). A model with a
+    lexical unit is ranked as served (K = `shortlist`), on `indexes[name]` (a `KBIndex` of `kb` for
+    that model) or on an index built for it; its ranks are positions in the shortlist."""
     results: dict[str, dict] = {name: {} for name in models}
     if not any(sets.values()):
         return results
+    served = [n for n, m in models.items() if n not in zero_shot and has_unit(m)]
+    for name in served:
+        res = evaluate_served_sets(
+            models[name], kb, sets, index=(indexes or {}).get(name), shortlist=shortlist, batch_size=batch_size
+        )
+        results[name] = {s: {**_without_images(r), "scoring": "served"} for s, r in res.items()}
     by_backbone: dict[tuple, list[str]] = {}
     for name, m in models.items():
+        if name in served:
+            continue
         by_backbone.setdefault((id(m.backbone), m.config.mode, m.config.text_max_length), []).append(name)
     groups = list(by_backbone.values())
     passes = kb_pass(

@@ -23,7 +23,8 @@ from mimic.serving.zeroshot import zero_shot_model
 from mimic.training.trainer import TrainConfig, pick_device, train
 
 from .config import RetrainConfig
-from .evaluation import evaluate_models
+from .evaluation import evaluate_models, has_unit, heads_only
+from .lexical import fit_candidate_unit, keep_serving_unit, lexical_plan, selection_split
 from .progress import EpochWatcher, Progress
 from .promotion import decide_promotion, implausible_share
 from .serving import Serving
@@ -48,6 +49,7 @@ class RunData:
     base_dev: list = field(default_factory=list)
     base_entities_added: int = 0
     excluded_uids: list[str] = field(default_factory=list)  # corrections identical to a judged mention
+    select: list = field(default_factory=list)  # training corrections that choose the lexical unit's epoch and β
 
 
 @dataclass
@@ -122,6 +124,11 @@ def write_split_record(cfg: RetrainConfig, data: RunData, rdir: Path) -> None:
     }
     if data.excluded_uids:
         record["excluded_uids"] = data.excluded_uids
+    if data.select:
+        record["lexical_select_uids"] = [m.id for m in data.select]
+        record["lexical_select_rule"] = (
+            "training corrections kept out of the heads' training; they choose the lexical unit's epoch and β"
+        )
     write_json_atomic(rdir / "split.json", record)
 
 
@@ -191,10 +198,20 @@ def train_candidate(
 
 
 def judge(
-    cfg: RetrainConfig, serving: Serving, start: StartModel, candidate, data: RunData, rdir: Path, prog: Progress
+    cfg: RetrainConfig,
+    serving: Serving,
+    start: StartModel,
+    candidate,
+    data: RunData,
+    rdir: Path,
+    prog: Progress,
+    candidate_index=None,
 ) -> tuple[dict, float]:
-    """Serving and candidate on the SAME sets (held-out corrections, base dev) against the full KB;
-    the ranks go to evaluation.json. -> ({"serving"|"candidate": {set: metrics}}, seconds)."""
+    """Serving and candidate on the SAME sets (held-out corrections, base dev), each ranked as it
+    serves: against the full KB, or over the served shortlist when it has a lexical unit (the
+    candidate's on `candidate_index`). A served serving model's held-out labels are also ranked
+    against the full KB by its heads ("label_ranks", for the label check: served ranks stop at
+    K + 1). Ranks go to evaluation.json. -> ({"serving"|"candidate": {set: metrics}}, seconds)."""
     prog(
         "evaluate",
         0.72,
@@ -213,12 +230,33 @@ def judge(
         sets,
         batch_size=cfg.eval_batch_size,
         chunk_size=cfg.eval_chunk_size,
+        indexes={"candidate": candidate_index},
+        shortlist=cfg.lexical_shortlist,
     )
+    if has_unit(start.model) and data.heldout:
+        with heads_only(start.model) as heads:
+            full = evaluate_models(
+                {"serving": heads},
+                set(),
+                data.kb,
+                {"heldout": data.heldout},
+                batch_size=cfg.eval_batch_size,
+                chunk_size=cfg.eval_chunk_size,
+            )
+        res["serving"]["heldout"]["label_ranks"] = full["serving"]["heldout"]["ranks"]
     seconds = round(time.perf_counter() - t0, 2)
     write_json_atomic(
         rdir / "evaluation.json",
         {
-            name: {s: {"ranks": m.get("ranks"), "mention_ids": [x.id for x in sets[s]]} for s, m in r.items()}
+            name: {
+                s: {
+                    "ranks": m.get("ranks"),
+                    "scoring": m.get("scoring", "model"),
+                    "mention_ids": [x.id for x in sets[s]],
+                    **({"label_ranks": m["label_ranks"]} if "label_ranks" in m else {}),
+                }
+                for s, m in r.items()
+            }
             for name, r in res.items()
         },
     )
@@ -226,13 +264,17 @@ def judge(
 
 
 def _strip_ranks(res: dict) -> dict:
-    return {s: {k: v for k, v in m.items() if k != "ranks"} for s, m in res.items()}
+    return {s: {k: v for k, v in m.items() if k not in ("ranks", "label_ranks")} for s, m in res.items()}
 
 
 def _delta(res: dict, set_name: str, metric: str) -> float | None:
     if set_name not in res["candidate"]:
         return None
     return res["candidate"][set_name][metric] - res["serving"][set_name][metric]
+
+
+def _scoring(model, zero_shot: bool) -> str:
+    return "zero-shot" if zero_shot else ("served" if has_unit(model) else "model")
 
 
 def _implausible(res: dict, cfg: RetrainConfig) -> dict | None:
@@ -252,8 +294,11 @@ def version_metrics(
     decision: tuple[bool, str],
     tsum: dict,
     seconds: dict,
+    candidate=None,
+    lexical: dict | None = None,
 ) -> dict:
-    """Everything recorded on the version and the run: both models' numbers, the decision, the data."""
+    """Everything recorded on the version and the run: both models' numbers, the decision, the data,
+    the lexical unit (fitted, kept from the serving model, or none, and why)."""
     history = tsum.get("history", [])
     return {
         "run_id": rid,
@@ -261,10 +306,14 @@ def version_metrics(
         "serving": {
             "version": serving.version,
             "checkpoint": serving.checkpoint,
-            "scoring": "model" if serving.checkpoint else "zero-shot",
+            "scoring": _scoring(start.model, not serving.checkpoint),
             **_strip_ranks(res["serving"]),
         },
-        "candidate": {"checkpoint": str(version_dir), **_strip_ranks(res["candidate"])},
+        "candidate": {
+            "checkpoint": str(version_dir),
+            "scoring": _scoring(candidate, False) if candidate is not None else "model",
+            **_strip_ranks(res["candidate"]),
+        },
         "delta": {
             "heldout_MRR": _delta(res, "heldout", "MRR") if data.heldout else None,
             "base_dev_H@1": _delta(res, "base_dev", "H@1") if data.base_dev else None,
@@ -284,6 +333,7 @@ def version_metrics(
         "data": {
             "annotations": len(data.annotation_ids),
             "train_corrections": len(data.train),
+            "lexical_select_corrections": len(data.select),
             "heldout_corrections": len(data.heldout),
             "base_train": len(data.base_train),
             "base_dev": len(data.base_dev),
@@ -306,6 +356,7 @@ def version_metrics(
             "samples_per_second": [h.get("samples_per_second") for h in history],
             "seconds": seconds["train"],
         },
+        "lexical_unit": lexical or {"status": "none"},
         "evaluate_seconds": seconds["evaluate"],
     }
 
@@ -314,10 +365,12 @@ def write_version(best_dir: Path, version_dir: Path, candidate, *, resave_backbo
     """models_dir/<version>/ from the candidate, atomically (temporary sibling, then rename; an
     existing folder is never replaced). Normally a copy of train/best; when the serving checkpoint
     carried fine-tuned backbone weights and this run froze them, best/ only describes the backbone,
-    so the version is re-saved with the weights to stay self-contained."""
-    if resave_backbone:
+    so the version is re-saved with the weights to stay self-contained; a candidate with a lexical
+    unit is re-saved too (best/ holds the heads only, the unit is fitted after them)."""
+    if resave_backbone or has_unit(candidate):
         old = json.loads((best_dir / "metrics.json").read_text())
-        return save_checkpoint(candidate, version_dir, backbone_trained=True, metrics={**old, "retrain": metrics})
+        trained = resave_backbone or bool(read_config(best_dir).get("backbone_trained"))
+        return save_checkpoint(candidate, version_dir, backbone_trained=trained, metrics={**old, "retrain": metrics})
 
     def fill(tmp: Path) -> None:
         for p in best_dir.iterdir():
@@ -354,18 +407,33 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         )
 
     start = load_start_model(cfg, serving)
+    fit_unit, why = lexical_plan(cfg, start.mode, len(data.kb), len(data.train))
+    if fit_unit:
+        data.train, data.select = selection_split(data.train, cfg.lexical_select)
+        write_split_record(cfg, data, rdir)
     prog(
         "train",
         0.1,
         f"serving: {serving.version}"
         + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
         + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
-        f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
+        + (f"{len(data.select)} corrections kept to choose the lexical unit's epoch and β, " if data.select else "")
+        + f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
     )
     train_dir = rdir / "train"
     candidate, tsum, t_train = train_candidate(cfg, serving, start, data, train_dir, prog)
 
-    res, t_eval = judge(cfg, serving, start, candidate, data, rdir, prog)
+    index_dir, index = rdir / "candidate-index", None
+    lexical: dict = {"status": "none", "reason": why}
+    if fit_unit:
+        index, report = fit_candidate_unit(cfg, candidate, data.kb, data.train, data.select, index_dir, prog)
+        lexical = {"status": "fitted", "report": report}
+    elif keep_serving_unit(start.model, candidate):
+        lexical = {"status": "kept from the serving model", "reason": why}
+    try:
+        res, t_eval = judge(cfg, serving, start, candidate, data, rdir, prog, candidate_index=index)
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)  # the app indexes a promoted version itself
     promote, reason = decide_promotion(res["serving"], res["candidate"], cfg)
     prog("evaluate", 0.9, reason)
 
@@ -382,6 +450,8 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         (promote, reason),
         tsum,
         {"train": t_train, "evaluate": t_eval},
+        candidate,
+        lexical,
     )
     prog("version", 0.93, f"writing {version_dir}")
     write_version(train_dir / "best", version_dir, candidate, resave_backbone=start.resave_backbone, metrics=metrics)

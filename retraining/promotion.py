@@ -22,7 +22,9 @@ are implausible: a real correction names an entity the serving model ranks near 
 (10.3 % of that poisoned slice). The held-out corrections were never trained on by any model, so the
 serving model's ranks of their labels are an independent view. The share is taken over the whole
 held-out slice, so a batch diluted in many more good corrections passes this check. A KB of at most
-`implausible_rank` entities cannot trip it.
+`implausible_rank` entities cannot trip it. A serving model with a lexical unit ranks only its
+served shortlist (ranks stop at K + 1), so for this check its heads rank the held-out labels against
+the full KB ("label_ranks", retraining/pipeline.py `judge`).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def decide_promotion(serving: dict, candidate: dict, cfg: RetrainConfig) -> tupl
 
 def implausible_share(serving: dict, cfg: RetrainConfig) -> tuple[int, int] | None:
     """(held-out labels the serving model ranks beyond `implausible_rank`, held-out labels), or
-    None when the serving model's held-out ranks are not known."""
-    ranks = (serving.get("heldout") or {}).get("ranks")
+    None when the serving model's held-out ranks are not known. Full-KB "label_ranks" win over the
+    ranks of a served model's shortlist."""
+    heldout = serving.get("heldout") or {}
+    ranks = heldout.get("label_ranks") or heldout.get("ranks")
     if not ranks:
         return None
     return sum(1 for r in ranks if r > cfg.implausible_rank), len(ranks)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mimic.analysis.ranking import metrics_from_ranks
@@ -67,3 +67,34 @@ def evaluate_served(
     )
     res["ranks"] = ranks.tolist()
     return res
+
+
+def evaluate_served_sets(
+    model: LinkingModel,
+    kb: KnowledgeBase,
+    sets: Mapping[str, Sequence[Mention]],
+    *,
+    index: KBIndex | str | Path | None = None,
+    shortlist: int = 64,
+    batch_size: int = 64,
+    kb_batch_size: int = 64,
+) -> dict[str, dict]:
+    """`evaluate_served` on several mention sets with one index of `kb` (built once, in a temporary
+    folder, when None: indexing the KB is the costly part). -> {set: metrics} for non-empty sets."""
+    todo = {name: ms for name, ms in sets.items() if ms}
+    if not todo:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="mimic-eval-index-") as tmp:
+        t0 = time.perf_counter()
+        if index is None:
+            index = KBIndex.build(model, kb, Path(tmp) / "index", batch_size=kb_batch_size, progress=False)
+        elif not isinstance(index, KBIndex):
+            index = KBIndex(index)
+        t_kb = time.perf_counter() - t0
+        out = {
+            name: evaluate_served(model, kb, ms, index=index, shortlist=shortlist, batch_size=batch_size)
+            for name, ms in todo.items()
+        }
+    for res in out.values():
+        res["kb_encode_seconds"] = round(t_kb, 3)
+    return out
