@@ -238,3 +238,58 @@ def test_a_prefetched_item_another_annotator_leased_meanwhile_is_not_decided_twi
     p = _payload(out)
     assert p["seq"] == 4 and p["current"]["mention_id"] == fay_first["current"]["mention_id"]  # her leased item
     assert taken not in [u["mention_id"] for u in p["upcoming"]]
+
+
+def _project_with_mentions(ctx, name: str, n: int, guidelines: str) -> list[int]:
+    """A project of `n` mentions, each pre-annotated with two KB entities; their ids."""
+    ctx.store.create_project(name, guidelines=guidelines, created_by="rev")
+    ids = [e["id"] for e in (ctx.service.entity(c.entity_id) for c in _with_ten_candidates(ctx)[1].candidates[:2])]
+    rows = [
+        {
+            "uid": f"p{i}",
+            "sentence": f"The picker test sentence number {i} about Paris.",
+            "mention": "Paris",
+            "candidates": [{"entity_id": e, "S": 0.9 - 0.1 * k} for k, e in enumerate(ids)],
+        }
+        for i in range(n)
+    ]
+    ctx.store.import_mentions(rows, project=name, model_version=ctx.service.served.version)
+    return [ctx.store.get_mention(f"{name}/p{i}").id for i in range(n)]
+
+
+def test_choosing_a_project_restricts_the_queue_and_shows_its_guidelines(studio, tab):
+    """The project picker: its choices, the queue, prefetch, pending count and actions of the chosen
+    project only; its guidelines one click away; "all" is every active project's queue."""
+    ctx, gus = studio.ctx, SimpleNamespace(username="gus")
+    mine = _project_with_mentions(ctx, "PickerProj", 3, "# Picker rules\nLink the *city*.")
+    choices, guide = tab.on_project_list("PickerProj", gus)
+    assert choices["value"] == "PickerProj" and "PickerProj" in choices["choices"]
+    assert choices["choices"][0] == annotate_tab.ALL_PROJECTS and choices["choices"][-1] == "default"
+    assert guide == "# Picker rules\nLink the *city*."
+    out = tab.on_project("PickerProj", gus)
+    assert out[-1] == "# Picker rules\nLink the *city*."  # the guidelines output
+    p = _payload(out[:-1])
+    assert p["current"]["mention_id"] in mine
+    assert {u["mention_id"] for u in p["upcoming"]} == set(mine) - {p["current"]["mention_id"]}
+    assert "3 pending for you" in out[0] and "0/3 mentions complete" in out[0]
+    # "all" serves the whole store: its queue holds far more than this project's mentions
+    assert annotate_tab.annotator_counts(ctx, "gus", "all")["pending_for_you"] > 3
+    # decide every item of the project with the browser's action: then its queue is empty
+    seen = []
+    for seq in range(1, 4):
+        cur = p["current"]["mention_id"]
+        seen.append(cur)
+        act = {"action": "decide", "seq": seq, "mention_id": cur, "choice": NIL}
+        p = _payload(tab.on_action(json.dumps(act), gus, "PickerProj"))
+        assert p["seq"] == seq
+    assert sorted(seen) == sorted(mine)
+    assert p["current"] is None and "PickerProj" in p["empty"]
+    assert annotate_tab.next_item(ctx, "gus", "PickerProj") is None
+    assert annotate_tab.next_item(ctx, "gus", "all").mention.id not in mine  # "all" still has work
+    # the default project, a project unknown to the store, and visitors
+    assert tab.on_project_list("NoSuchProj", gus)[0]["value"] == annotate_tab.ALL_PROJECTS
+    assert "no project named" in annotate_tab.project_guidelines(ctx, "gus", "NoSuchProj").lower()
+    with pytest.raises(UserError, match="no project"):
+        annotate_tab.next_item(ctx, "gus", "NoSuchProj")
+    assert "no guidelines" in annotate_tab.project_guidelines(ctx, "gus", "default")
+    assert annotate_tab.project_guidelines(ctx, None, "PickerProj") == ""

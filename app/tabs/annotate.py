@@ -2,7 +2,9 @@
 name, description, aliases, image, unit scores, key). Keys act in the browser (1–9 and 0 decide at
 once, N NIL, A ambiguous, Enter the highlighted card, S skip, Z undo, ←/→ history, M a missed
 mention, ? help): the next item is prefetched, the server write does not block it. A comment and a
-flag go with the decision; a KB search finds entities outside the shortlist.
+flag go with the decision; a KB search finds entities outside the shortlist. A project picker at the
+top restricts the queue to one project (or "all": every active project) and shows that project's
+guidelines one click away; the choice stays for the browser session.
 
 Rendering: `annotate_cards.py`; the browser side: `app/static/keyboard.html`."""
 
@@ -10,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from html import escape
 
 import gradio as gr
+
+from db.projects import DEFAULT_PROJECT
 
 from ..common import (
     DECISIONS,
@@ -25,20 +30,47 @@ from ..common import (
     user_errors,
     username_of,
 )
-from ..context import AppContext, candidates_for_store
+from ..context import AppContext, WriteDenied, candidates_for_store
 from .annotate_cards import help_html, item_view, parse_action, payload_html
 from .knowledge_base import search_kb
+from .projects import guidelines_markdown
 
 log = logging.getLogger("mimic.app")
 PREFETCH = 3  # items sent ahead of the one on screen: a key never waits for the server
 LOOKAHEAD = PREFETCH + 5  # how far into the queue a decided queue item is looked for (check_still_pending)
+ALL_PROJECTS = "all"  # the picker's value for every active project's queue (the store's project=None)
+
+
+def project_scope(project: str | None) -> str | None:
+    """The store's `project=` for the picker's value: None ("all", empty) serves every active project."""
+    return None if project in (None, "", ALL_PROJECTS) else project
+
+
+@user_errors
+def project_choices(ctx: AppContext, username: str | None) -> list[str]:
+    """The picker's choices: "all", the active projects, then the built-in default project."""
+    ctx.require("project_view", username)
+    names = [p.name for p in ctx.store.list_projects(include_archived=False)]
+    return [ALL_PROJECTS, *names, DEFAULT_PROJECT]
+
+
+def project_guidelines(ctx: AppContext, username: str | None, project: str | None) -> str:
+    """What the Guidelines accordion shows for the picker's value (nothing for visitors)."""
+    try:
+        ctx.require("project_view", username)
+    except (UserError, WriteDenied):
+        return ""
+    if project_scope(project) is None:
+        return '_Pick a project above to see its guidelines ("all" serves every active project\'s queue)._'
+    return guidelines_markdown(ctx, project)
 
 
 # -- handlers -------------------------------------------------------------------------------------
 @user_errors
-def next_item(ctx: AppContext, username: str | None):
-    """The annotator's current item (leased; asking again returns the same one) or None."""
-    return ctx.store.next_item(ctx.require("annotate", username))
+def next_item(ctx: AppContext, username: str | None, project: str | None = None):
+    """The annotator's current item (leased; asking again returns the same one) or None; `project`
+    (a name, "default", or "all"/None) restricts the queue to that project."""
+    return ctx.store.next_item(ctx.require("annotate", username), project=project_scope(project))
 
 
 @user_errors
@@ -143,14 +175,16 @@ def add_missed_mention(ctx: AppContext, username: str | None, mention_id: int, s
 
 
 @user_errors
-def prefetch(ctx: AppContext, username: str | None, current: int | None, n: int = PREFETCH) -> list:
+def prefetch(
+    ctx: AppContext, username: str | None, current: int | None, n: int = PREFETCH, project: str | None = None
+) -> list:
     """The next `n` items of the annotator's queue after `current`, as (mention, prediction, others)
     without leasing them (`peek_queue`): the browser shows them at once after a decision, and the
     server's answer to that decision leases the item (the lease decides if another annotator took
     it meanwhile)."""
     name = ctx.require("annotate", username)
     out: list[tuple] = []
-    for m in ctx.store.peek_queue(name, n + 1):
+    for m in ctx.store.peek_queue(name, n + 1, project=project_scope(project)):
         if m.id == current or len(out) >= n:
             continue
         preds = ctx.store.predictions(m.id)
@@ -159,13 +193,13 @@ def prefetch(ctx: AppContext, username: str | None, current: int | None, n: int 
 
 
 @user_errors
-def check_still_pending(ctx: AppContext, username: str | None, mention_id: int) -> None:
+def check_still_pending(ctx: AppContext, username: str | None, mention_id: int, project: str | None = None) -> None:
     """UserError unless `mention_id` is still pending for the annotator: a prefetched item is shown
     without a lease, so by the time a key decides it another annotator may hold its lease or have
     decided it. Only the next LOOKAHEAD items are looked at: the browser shows the leased item or one
     of the next PREFETCH, so a pending one is among them unless many items jumped ahead meanwhile."""
     name = ctx.require("annotate", username)
-    if mention_id not in {m.id for m in ctx.store.peek_queue(name, LOOKAHEAD)}:
+    if mention_id not in {m.id for m in ctx.store.peek_queue(name, LOOKAHEAD, project=project_scope(project))}:
         raise UserError(
             f"mention {mention_id} is no longer pending for you (another annotator holds or decided it, "
             "or you did already): here is your next item"
@@ -173,10 +207,12 @@ def check_still_pending(ctx: AppContext, username: str | None, mention_id: int) 
 
 
 @user_errors
-def annotator_counts(ctx: AppContext, username: str | None) -> dict:
+def annotator_counts(ctx: AppContext, username: str | None, project: str | None = None) -> dict:
+    """The annotator's counts; pending, mentions and complete are the project's when one is picked."""
     name = ctx.annotator(username)
     prog = {p.annotator: p for p in ctx.store.progress(name)}.get(name)
-    ov = ctx.store.overview()
+    scope = project_scope(project)
+    ov = ctx.store.overview() if scope is None else ctx.store.project_progress(scope)
     out = {
         "annotator": name,
         "decided": 0,
@@ -185,7 +221,7 @@ def annotator_counts(ctx: AppContext, username: str | None) -> dict:
         "ambiguous": 0,
         "skipped": 0,
         "items_per_hour": None,
-        "pending_for_you": ctx.store.queue_size(name),
+        "pending_for_you": ctx.store.queue_size(name, project=scope),
         "mentions": ov["mentions"],
         "complete": ov["complete"],
     }
@@ -232,7 +268,9 @@ class AnnotateTab:
     (`view`, never updated by the server) from the payload that every handler writes into `data`
     (hidden); the browser sends decisions as JSON through `action` + `send_button` (hidden). `cur`
     (a gr.State) is what the server last showed: {"mention_id", "hist"}, hist -1 for the queue, k >= 0
-    for the k-th newest decision; `position` keeps it in the browser so a reload comes back to it."""
+    for the k-th newest decision; `position` keeps it in the browser so a reload comes back to it.
+    `project` (the picker, a per-session value) goes into every queue event: the queue, the prefetched
+    items and the counts are that project's."""
 
     def __init__(self, ctx: AppContext, shared: Shared):
         self.ctx, self.shared = ctx, shared
@@ -241,6 +279,19 @@ class AnnotateTab:
 
     def _layout(self):
         with gr.Tab("Annotate", id="annotate", elem_id="tab_annotate"):
+            with gr.Row(elem_id="annot_project_row"):
+                self.project = gr.Dropdown(
+                    label="Project (its queue only; all: every active project)",
+                    choices=self._choices(None),
+                    value=ALL_PROJECTS,
+                    scale=3,
+                    elem_id="annot_project",
+                )
+                self.project_refresh = gr.Button(
+                    "Refresh projects", size="sm", scale=1, elem_id="annot_project_refresh"
+                )
+            with gr.Accordion("Guidelines of this project", open=False, elem_id="annot_guidelines_box"):
+                self.guidelines = gr.Markdown(elem_id="annot_guidelines")
             with gr.Column(elem_id="annot_panel"):
                 self.progress = gr.HTML(elem_id="annot_progress")
                 self.msg = gr.Markdown(elem_id="annot_msg")
@@ -274,13 +325,25 @@ class AnnotateTab:
         """What `render_item`/`show_item` return values for."""
         return [self.progress, self.msg, self.data, self.cur, self.position]
 
+    def _choices(self, username: str | None) -> list[str]:
+        try:
+            return project_choices(self.ctx, username)
+        except UserError:
+            return [ALL_PROJECTS]
+
     def _wire(self):
         db_queue, out = self.shared.db_queue, self.item_outputs
-        take = "(a) => [window.mimicAnnotate ? window.mimicAnnotate.take() : a]"
+        # the picker: its choices at each page load and on Refresh; a change shows that queue's item
+        picker = [self.project, self.guidelines]
+        self.project_refresh.click(self.on_project_list, self.project, picker, **PRIVATE)
+        if getattr(self.shared, "demo", None) is not None:
+            self.shared.demo.load(self.on_project_list, self.project, picker, **PRIVATE)
+        self.project.input(self.on_project, self.project, out + [self.guidelines], **db_queue, **PRIVATE)
+        take = "(a, p) => [window.mimicAnnotate ? window.mimicAnnotate.take() : a, p]"
         # "multiple": every decision is sent, even while the previous one is still being written
         self.send_button.click(
             self.on_action,
-            [self.action],
+            [self.action, self.project],
             out,
             js=take,
             trigger_mode="multiple",
@@ -293,9 +356,9 @@ class AnnotateTab:
         self.help_button.click(
             None, js="() => { const h = document.getElementById('annot_help'); if (h) h.hidden = !h.hidden; }"
         )
-        self.undo_button.click(self.on_undo, [self.cur], out, **db_queue, **PRIVATE)
-        self.prev_button.click(self.go_prev, [self.cur], out, **PRIVATE)
-        self.next_button.click(self.go_next, [self.cur], out, **PRIVATE)
+        self.undo_button.click(self.on_undo, [self.cur, self.project], out, **db_queue, **PRIVATE)
+        self.prev_button.click(self.go_prev, [self.cur, self.project], out, **PRIVATE)
+        self.next_button.click(self.go_next, [self.cur, self.project], out, **PRIVATE)
         gr.on([self.search_button.click, self.search.submit], self.on_search, self.search, self.found, **PRIVATE)
         self.found.select(
             None,
@@ -306,18 +369,31 @@ class AnnotateTab:
             "window.mimicAnnotate.useFound(v, l ? l.innerText.trim() : v); return v; }",
         )
 
-    def render_item(self, m, pred, note: str, cur: dict, request, *, seq=None, refresh=False) -> tuple:
+    def on_project_list(self, project, request: gr.Request):
+        """The picker's choices (projects created since the page loaded) and the guidelines shown."""
+        choices = self._choices(username_of(request))
+        value = project if project in choices else ALL_PROJECTS
+        return gr.update(choices=choices, value=value), project_guidelines(self.ctx, username_of(request), value)
+
+    def on_project(self, project, request: gr.Request):
+        """Another project picked: its queue's item (the lease on an item of another project is kept
+        for that project's queue) and its guidelines."""
+        out = self.show_item({"hist": -1}, request, project=project)
+        return out + (project_guidelines(self.ctx, username_of(request), project),)
+
+    def render_item(self, m, pred, note: str, cur: dict, request, *, seq=None, refresh=False, project=None) -> tuple:
         """The outputs for item `m` (None: the queue is empty) with the prefetched items after it."""
         ctx, name = self.ctx, username_of(request)
         try:
-            counts = annotator_counts(ctx, name)
+            counts = annotator_counts(ctx, name, project)
         except UserError:
             counts = None
         payload: dict = {"seq": seq, "nonce": uuid.uuid4().hex, "current": None, "upcoming": [], "refresh": refresh}
         hist = cur.get("hist", -1)
         if m is None:
-            payload["empty"] = "<p class='annot-empty'>Queue empty: every mention is decided.</p>"
-            note = note or message("Nothing pending in your queue: every mention is decided.", "ok")
+            where = "" if project_scope(project) is None else f" of project {project}"
+            payload["empty"] = f"<p class='annot-empty'>Queue empty: every mention{escape(where)} is decided.</p>"
+            note = note or message(f"Nothing pending in your queue{where}: every mention is decided.", "ok")
             return progress_html(counts), note, payload_html(payload), cur, cur
         hist_dec = {
             a.mention_id: a
@@ -334,45 +410,48 @@ class AnnotateTab:
         payload["current"] = item_view(ctx, m, pred, others=others, selected=selected, prior=prior_line, hist=hist)
         if hist < 0:
             try:
-                ahead = prefetch(ctx, name, m.id)
+                ahead = prefetch(ctx, name, m.id, project=project)
             except UserError:
                 ahead = []
             payload["upcoming"] = [item_view(ctx, a, p, others=o) for a, p, o in ahead]
         cur = {**cur, "mention_id": m.id}
         return progress_html(counts), note, payload_html(payload), cur, {"mention_id": m.id, "hist": hist}
 
-    def show_item(self, pos, request: gr.Request, note: str = "", *, seq=None):
-        """The item at `pos` (a history position), else the next one of the queue."""
+    def show_item(self, pos, request: gr.Request, note: str = "", *, seq=None, project=None):
+        """The item at `pos` (a history position), else the next one of the queue (of `project`)."""
         name = username_of(request)
         if not self.ctx.can_write(name):
             return self.render_item(
-                None, None, message("Sign in to annotate.", "error"), {"hist": -1}, request, seq=seq
+                None, None, message("Sign in to annotate.", "error"), {"hist": -1}, request, seq=seq, project=project
             )
         pos = pos or {}
         try:
             mid = pos.get("mention_id")
             if mid is not None and pos.get("hist", -1) >= 0:
                 m, pred = get_item(self.ctx, mid)
-                return self.render_item(m, pred, note, {"hist": pos["hist"]}, request, seq=seq)
-            item = next_item(self.ctx, name)
+                return self.render_item(m, pred, note, {"hist": pos["hist"]}, request, seq=seq, project=project)
+            item = next_item(self.ctx, name, project)
         except UserError as exc:
-            return self.render_item(None, None, message(str(exc), "error"), {"hist": -1}, request, seq=seq)
+            return self.render_item(
+                None, None, message(str(exc), "error"), {"hist": -1}, request, seq=seq, project=project
+            )
         if item is None:
-            return self.render_item(None, None, note, {"hist": -1}, request, seq=seq)
-        return self.render_item(item.mention, item.prediction, note, {"hist": -1}, request, seq=seq)
+            return self.render_item(None, None, note, {"hist": -1}, request, seq=seq, project=project)
+        return self.render_item(item.mention, item.prediction, note, {"hist": -1}, request, seq=seq, project=project)
 
-    def on_action(self, raw, request: gr.Request):
+    def on_action(self, raw, request: gr.Request, project=None):
         """A decision, skip or missed span sent by the browser (annotate_cards.parse_action). The
-        answer echoes its `seq`, so the browser can tell the answer to its latest action."""
+        answer echoes its `seq`, so the browser can tell the answer to its latest action. `project`: the
+        picker's value (Gradio passes the inputs around the request: action, then project)."""
         try:
             a = parse_action(raw)
         except UserError as exc:
-            return self.show_item(None, request, message(str(exc), "error"))
+            return self.show_item(None, request, message(str(exc), "error"), project=project)
         seq, mid, hist, name = a["seq"], a["mention_id"], a["hist"], username_of(request)
         here = {"mention_id": mid, "hist": hist}
         try:
             if a["action"] in ("decide", "skip") and hist < 0:
-                check_still_pending(self.ctx, name, mid)
+                check_still_pending(self.ctx, name, mid, project)
             if a["action"] == "decide":
                 rec = annotate(
                     self.ctx,
@@ -388,12 +467,12 @@ class AnnotateTab:
                 extra = f" (flag {rec.flag})" if rec.flag else ""
                 note = message(f"Saved #{rec.id}: mention {rec.mention_id} → {what}{extra}", "ok")
                 if hist >= 0:  # re-decided an earlier item: go one step newer
-                    return self.step(here, -1, request, note, seq=seq)
-                return self.show_item({"hist": -1}, request, note, seq=seq)
+                    return self.step(here, -1, request, note, seq=seq, project=project)
+                return self.show_item({"hist": -1}, request, note, seq=seq, project=project)
             if a["action"] == "skip":
                 skip(self.ctx, name, mid)
                 note = message(f"Skipped mention {mid}: it comes back at the end of your queue", "info")
-                return self.show_item({"hist": -1}, request, note, seq=seq)
+                return self.show_item({"hist": -1}, request, note, seq=seq, project=project)
             new, linked = add_missed_mention(self.ctx, name, mid, a["start"], a["end"])
             note = message(
                 f"Added mention #{new.id} “{new.mention}” to the queue"
@@ -401,17 +480,19 @@ class AnnotateTab:
                 "ok",
             )
             m, pred = get_item(self.ctx, mid)
-            return self.render_item(m, pred, note, {"hist": hist}, request, seq=seq, refresh=True)
+            return self.render_item(m, pred, note, {"hist": hist}, request, seq=seq, refresh=True, project=project)
         except UserError as exc:
-            return self.show_item(here if hist >= 0 else None, request, message(str(exc), "error"), seq=seq)
+            return self.show_item(
+                here if hist >= 0 else None, request, message(str(exc), "error"), seq=seq, project=project
+            )
 
-    def on_undo(self, cur, request: gr.Request):
+    def on_undo(self, cur, request: gr.Request, project=None):
         try:
             rec = undo(self.ctx, username_of(request))
         except UserError as exc:
-            return self.show_item(None, request, message(str(exc), "error"))
+            return self.show_item(None, request, message(str(exc), "error"), project=project)
         if rec is None:
-            return self.show_item({"hist": -1}, request, message("nothing to undo", "info"))
+            return self.show_item({"hist": -1}, request, message("nothing to undo", "info"), project=project)
         # show the mention whose decision was undone, so it can be decided again
         try:
             self.ctx.store.release(self.ctx.require("annotate", username_of(request)))
@@ -424,16 +505,17 @@ class AnnotateTab:
             message(f"Undid #{rec.id} ({rec.decision}) on mention {rec.mention_id}", "ok"),
             {"hist": -1},
             request,
+            project=project,
         )
 
-    def step(self, cur, delta: int, request: gr.Request, note: str = "", *, seq=None):
+    def step(self, cur, delta: int, request: gr.Request, note: str = "", *, seq=None, project=None):
         """delta +1: one item back in your history (←); -1: one item forward (→)."""
         cur = cur or {"hist": -1}
         name = username_of(request)
         try:
             hist = [a for a in history(self.ctx, name, 200) if a.decision != "skip"]
         except UserError as exc:
-            return self.show_item(None, request, message(str(exc), "error"), seq=seq)
+            return self.show_item(None, request, message(str(exc), "error"), seq=seq, project=project)
         seen, mids = set(), []
         for a in hist:  # newest first, one entry per mention
             if a.mention_id not in seen:
@@ -441,18 +523,24 @@ class AnnotateTab:
                 mids.append(a.mention_id)
         k = cur.get("hist", -1) + delta
         if k < 0 or not mids:
-            return self.show_item({"hist": -1}, request, note, seq=seq)
+            return self.show_item({"hist": -1}, request, note, seq=seq, project=project)
         k = min(k, len(mids) - 1)
         m, pred = get_item(self.ctx, mids[k])
         return self.render_item(
-            m, pred, note or message(f"History item {k + 1} of {len(mids)}", "info"), {"hist": k}, request, seq=seq
+            m,
+            pred,
+            note or message(f"History item {k + 1} of {len(mids)}", "info"),
+            {"hist": k},
+            request,
+            seq=seq,
+            project=project,
         )
 
-    def go_prev(self, cur, request: gr.Request):
-        return self.step(cur, +1, request)
+    def go_prev(self, cur, request: gr.Request, project=None):
+        return self.step(cur, +1, request, project=project)
 
-    def go_next(self, cur, request: gr.Request):
-        return self.step(cur, -1, request)
+    def go_next(self, cur, request: gr.Request, project=None):
+        return self.step(cur, -1, request, project=project)
 
     def on_search(self, query):
         try:
