@@ -1,4 +1,4 @@
-"""The Gradio Blocks of MIMIC Studio: the header, the six tabs (app/tabs/, one module each), the
+"""The Gradio Blocks of MIMIC Studio: the header, the nine tabs (app/tabs/, one module each), the
 wiring between tabs, the documented API (app/api.py) and the launch settings.
 
     demo, launch_kwargs = build_ui(ctx)
