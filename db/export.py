@@ -142,6 +142,16 @@ def _atomic_file(path: Path):
     return tmp, commit
 
 
+def _zip_folder_atomically(folder: Path, path: Path) -> None:
+    """`folder` zipped into `path` all at once: a reader sees the old file or the whole new one."""
+    tmp, commit = _atomic_file(path)
+    try:
+        zip_folder(folder, tmp)
+        commit()
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _html_choice(name: str | None, entity_id: str, description: str = "") -> str:
     """A Label Studio choice's label: the name, the id and the start of the description, escaped."""
     text = f"<b>{html.escape(name or entity_id)}</b> ({html.escape(entity_id)})"
@@ -271,12 +281,7 @@ class ExportsMixin(StoreBase):
                 n = self.export_links_jsonl(work / "links.jsonl", copy_images=True)
             else:
                 n = self.export_links_csv(work / "links.csv", copy_images=True, raw_cells=raw_cells)
-            tmp, commit = _atomic_file(path)
-            try:
-                zip_folder(work, tmp)
-                commit()
-            finally:
-                tmp.unlink(missing_ok=True)
+            _zip_folder_atomically(work, path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return n
@@ -307,12 +312,7 @@ class ExportsMixin(StoreBase):
                 info["rows"] = self.export_links_csv(work / "links.csv", copy_images=True, mention_uids=uids)
             (work / "guidelines.md").write_text(guidelines, encoding="utf-8")
             (work / "project.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
-            tmp, commit = _atomic_file(path)
-            try:
-                zip_folder(work, tmp)
-                commit()
-            finally:
-                tmp.unlink(missing_ok=True)
+            _zip_folder_atomically(work, path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return info
@@ -470,12 +470,7 @@ class ExportsMixin(StoreBase):
             (root / "tasks.json").write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
             (root / "label_config.xml").write_text(LABEL_STUDIO_CONFIG, encoding="utf-8")
             (root / "README.md").write_text(LABEL_STUDIO_README, encoding="utf-8")
-            tmp, commit = _atomic_file(path)
-            try:
-                zip_folder(work, tmp)
-                commit()
-            finally:
-                tmp.unlink(missing_ok=True)
+            _zip_folder_atomically(work, path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return len(tasks)
