@@ -209,11 +209,17 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
             pg.get_by_text("Create or edit a project").click()
             pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
             pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
-            pg.wait_for_timeout(300)
+            pg.keyboard.press("Tab")  # leave the field: its value is in the page's state before the click
+            pg.wait_for_timeout(1000)
             pg.click("#projects_save")
-            pg.wait_for_function(
-                "() => document.querySelector('#projects_msg').innerText.includes('Saved project BrowserProject')"
-            )
+            try:
+                pg.wait_for_function(
+                    "() => document.querySelector('#projects_msg').innerText.includes('Saved project BrowserProject')",
+                    timeout=60_000,
+                )
+            except Exception:  # say what the page showed instead
+                pg.screenshot(path=str(studio.shots / "projects_tab_failed.png"), full_page=True)
+                raise AssertionError(f"no save message; the page says {pg.inner_text('#projects_msg')!r}") from None
             pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('BrowserProject')")
             pg.wait_for_function("() => document.querySelector('#projects_guidelines strong')?.innerText === 'club'")
             pg.screenshot(path=str(studio.shots / "projects_tab.png"), full_page=True)
