@@ -206,11 +206,14 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
             pg.set_default_timeout(30_000)
             B.login(pg, studio, "rev")
             B.open_tab(pg, "Projects")
+            # the page load fills the project picker, whose change shows that project in the form:
+            # let it land before typing, or it overwrites what was typed
+            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
+            pg.wait_for_timeout(1500)
             pg.get_by_text("Create or edit a project").click()
             pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
             pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
-            pg.keyboard.press("Tab")  # leave the field: its value is in the page's state before the click
-            pg.wait_for_timeout(1000)
+            pg.wait_for_timeout(500)
             pg.click("#projects_save")
             try:
                 pg.wait_for_function(
