@@ -222,15 +222,15 @@ class Linker:
         tq = _unit_np(text_g)
         add("text", idx.retrievers["text"].search(tq, kk)[1])
         has = [q.image is not None for q in queries]
-        if idx.retrievers.get("image") is not None:
-            ki = min(kk, len(idx.image_rows))
+        image = idx.retrievers.get("image")
+        if image is not None and image.live:  # rows found are index rows (the retriever maps them)
+            ki = min(kk, image.live)
             if any(has):
                 iq = _unit_np(image_g)
-                rows = idx.retrievers["image"].search(iq, ki)[1]
-                add("image", [idx.image_rows[r[r >= 0]] if h else [] for r, h in zip(rows, has)])
+                rows = image.search(iq, ki)[1]
+                add("image", [r if h else [] for r, h in zip(rows, has)])
             if self.cross_modal:
-                rows = idx.retrievers["image"].search(tq, ki)[1]
-                add("text→image", [idx.image_rows[r[r >= 0]] for r in rows])
+                add("text→image", image.search(tq, ki)[1])
         add("lexical", idx.lexical.search([q.mention for q in queries], kk)[1])
         out = []
         for found in per_query:

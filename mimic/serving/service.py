@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -246,9 +247,19 @@ class LinkingService:
 
     # -- KB edits ----------------------------------------------------------------------------------
     def upsert_entities(self, entities: Sequence[Entity], progress: bool = False) -> int:
-        """Add or replace entities in the served index (a new segment; no rebuild)."""
+        """Add or replace entities in the served index (a new segment; no rebuild).
+
+        The entities are encoded outside the write lock (links keep being served meanwhile); only the
+        commit, which appends the segment in place, holds it."""
         if not entities:
             return 0
+        linker = self._linker
+        prepared = linker.index.prepare_segment(linker.model, list(entities), progress=progress)
+        with self._lock.write():
+            if self._linker is linker:
+                linker.index.commit_segment(prepared)
+                return len(entities)
+        shutil.rmtree(prepared.folder, ignore_errors=True)  # a swap came in between: encode for the new model
         with self._lock.write():
             self._linker.index.upsert(self._linker.model, list(entities), progress=progress)
         return len(entities)
