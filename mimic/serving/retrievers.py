@@ -73,7 +73,7 @@ class Retriever:
             and wanted > RETRAIN_GROWTH * max(self.trained_for, 1)
         ):
             self._say(f"faiss {self.kind} {self.name}: {wanted:,} rows, trained for {self.trained_for:,}: rebuilding")
-            self.idx, self.covered, self.phys = None, 0, np.zeros(0, np.int64)
+            self.idx, self.covered, self.phys, self.saved_rows = None, 0, np.zeros(0, np.int64), 0
         if self.idx is None:
             self.idx = vi.make_index(self.dim, max(wanted, 1), self.kind)
             self.trained_for = wanted
