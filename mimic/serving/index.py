@@ -33,10 +33,8 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,7 @@ from mimic.serving.lexical_index import LexicalIndex
 from mimic.serving.lexical_segment import LexSegment
 from mimic.serving.record_store import RecordStore, _SegmentRecords, segment_ids, write_records
 from mimic.serving.retrievers import Retriever
+from mimic.serving.segments import _NAME_LOCK, PreparedSegment, _drop_legacy_lexical, _Grow
 from mimic.serving.token_store import (
     BOOL_FIELDS,
     GLOBAL_FIELDS,
@@ -186,6 +185,14 @@ class KBIndex:
     """A loaded index: entity records and the `EntityCache` on disk (`records`, `cache`: read per
     row), retrieval structures in RAM (faiss) or mapped (lexical)."""
 
+    records: RecordStore
+    globals: TokenStore
+    cache: TokenStore
+    retrievers: dict[str, Retriever]  # "model", "text", and "image" once an entity has an image
+    ids: list  # entity ids of the live rows, in row order
+    text_global: torch.Tensor  # keep_global only
+    image_global: torch.Tensor
+
     def __init__(
         self, root: str | Path, *, load_vectors: bool = True, keep_global: bool = False, progress: bool = False
     ):
@@ -278,7 +285,7 @@ class KBIndex:
         return cls(output)
 
     # -- load ----------------------------------------------------------------------------------
-    def _load(self):
+    def _load(self) -> None:
         """Open every segment of the manifest (faiss and lexical parts saved for them are read, the
         rest built) and apply the tombstones."""
         self._segment_names: list[str] = []
@@ -288,10 +295,7 @@ class KBIndex:
         self._has_image_phys = np.zeros(0, bool)
         self._unit_globals = {n: _Grow() for n in ("text_global", "image_global")} if self.keep_global else {}
         self.lexical = LexicalIndex()
-        self.retrievers: dict[str, Retriever | None] = {}
-        self.records: RecordStore | None = None  # type: ignore[assignment]
-        self.globals: TokenStore | None = None  # type: ignore[assignment]
-        self.cache: TokenStore | None = None  # type: ignore[assignment]
+        self.retrievers = {}
         _drop_legacy_lexical(self.root / "lexical")
         self._add_segments(self.manifest["segments"])
         self._bind()
@@ -344,13 +348,15 @@ class KBIndex:
                 buf.append(_unit(g.read_range(0, len(ids), [field])[field]))
         kind = self.manifest.get("faiss", "flat")
         legacy_ok = not self.manifest.get("tombstones")
-        specs = {"model": ("retrieval", False, None), "text": ("text_global", True, None)}
-        specs["image"] = ("image_global", True, self._has_image_phys)
+        specs: dict[str, tuple[str, bool, np.ndarray | None]] = {
+            "model": ("retrieval", False, None),
+            "text": ("text_global", True, None),
+            "image": ("image_global", True, self._has_image_phys),
+        }
         for rname, (field, unit, select) in specs.items():
             r = self.retrievers.get(rname)
             if r is None:
                 if rname == "image" and not self._has_image_phys.any():
-                    self.retrievers[rname] = None
                     continue
                 r = Retriever(rname, kind, self._dim(field), self.root, log=say)
                 self.retrievers[rname] = r
@@ -401,12 +407,14 @@ class KBIndex:
         ]
         has = torch.from_numpy(np.ascontiguousarray(self._has_image_phys[live]))
         cache_cls = family(self.manifest.get("model_type", "mimic"))[2]
-        self.records = RecordStore(keep, reuse=self.records)
-        self.globals = TokenStore(None, keep, GLOBALS_FILE, names=GLOBAL_FIELDS, has_image=has, reuse=self.globals)
-        self.cache = TokenStore(cache_cls, keep, has_image=has, reuse=self.cache)
+        old = self.__dict__  # stores of the index before this update share their open segments
+        self.records = RecordStore(keep, reuse=old.get("records"))
+        self.globals = TokenStore(
+            None, keep, GLOBALS_FILE, names=GLOBAL_FIELDS, has_image=has, reuse=old.get("globals")
+        )
+        self.cache = TokenStore(cache_cls, keep, has_image=has, reuse=old.get("cache"))
         for r in self.retrievers.values():
-            if r is not None:
-                r.bind(p2l)
+            r.bind(p2l)
         self.image_rows = np.flatnonzero(has.numpy())
         self.lexical.bind(offs, p2l)
         if self.keep_global:
@@ -447,7 +455,7 @@ class KBIndex:
         return self.cache.nbytes()
 
     def faiss_bytes(self) -> int:
-        return sum(index_bytes(r.idx) for r in self.retrievers.values() if r is not None and r.idx is not None)
+        return sum(index_bytes(r.idx) for r in self.retrievers.values() if r.idx is not None)
 
     def ram_bytes(self) -> int:
         """faiss indexes (held in RAM) + the lexical arrays (mapped: resident only as far as read).
@@ -532,51 +540,6 @@ class KBIndex:
     def set_nil_threshold(self, value: float | None, details: dict | None = None) -> None:
         self.manifest = {**self.manifest, "nil_threshold": value, "nil_calibration": details}
         write_json_atomic(self.root / "index.json", self.manifest)
-
-
-@dataclass
-class PreparedSegment:
-    """An encoded segment waiting in `folder` to be committed under `name`."""
-
-    name: str
-    folder: Path
-    ids: list[str]
-
-
-_NAME_LOCK = threading.Lock()
-
-
-class _Grow:
-    """A float32 [n, D] array grown by appends with doubling capacity (amortised O(1) per row)."""
-
-    def __init__(self) -> None:
-        self._buf: np.ndarray | None = None
-        self.n = 0
-
-    def append(self, a: np.ndarray) -> None:
-        if self._buf is None:
-            self._buf = np.empty((max(len(a), 16), a.shape[1]), np.float32)
-        if self.n + len(a) > len(self._buf):
-            bigger = np.empty((max(2 * len(self._buf), self.n + len(a)), self._buf.shape[1]), np.float32)
-            bigger[: self.n] = self._buf[: self.n]
-            self._buf = bigger
-        self._buf[self.n : self.n + len(a)] = a
-        self.n += len(a)
-
-    def view(self) -> np.ndarray:
-        return self._buf[: self.n] if self._buf is not None else np.zeros((0, 0), np.float32)
-
-
-def _drop_legacy_lexical(folder: Path) -> None:
-    """Remove a version-1 lexical index (one fitted matrix for the whole index; now one part per segment)."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return
-    if meta.get("version") == 1:
-        for p in folder.iterdir():
-            if p.is_file():
-                p.unlink(missing_ok=True)
 
 
 def _unit(t) -> np.ndarray:

@@ -102,7 +102,7 @@ class LexSegment:
     def fit(cls, records: Iterable[dict], vocab: Vocabulary) -> LexSegment:
         """Fit the names and aliases of `records` (every row of the segment, in order); `vocab` is not
         changed (the caller extends it with `new_grams` once the segment is kept)."""
-        known, new = vocab.ids, {}
+        known, new = vocab.ids, dict[str, int]()
         base = len(known)
         indptr, indices, tf, owner, starts = array("q", [0]), array("i"), array("f"), array("i"), array("q", [0])
         rows = 0
@@ -127,10 +127,12 @@ class LexSegment:
             starts.append(len(owner))
         idx = np.frombuffer(indices, dtype=np.int32) if len(indices) else np.zeros(0, np.int32)
         end = base + len(new)
-        name_of = np.repeat(np.arange(len(owner), dtype=np.int32), np.diff(np.frombuffer(indptr, dtype=np.int64)))
+        name_of = np.repeat(
+            np.arange(len(owner), dtype=np.int32), np.diff(np.frombuffer(indptr, dtype=np.int64)).astype(np.int64)
+        )
         order = np.argsort(idx, kind="stable")  # names stay ascending within each n-gram
         post_indptr = np.concatenate([[0], np.cumsum(np.bincount(idx, minlength=end))]).astype(np.int64)
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "indptr": np.frombuffer(indptr, dtype=np.int64).copy(),
             "indices": idx.copy(),
             "tf": (np.frombuffer(tf, dtype=np.float32) if len(tf) else np.zeros(0, np.float32)).copy(),

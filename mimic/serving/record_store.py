@@ -84,7 +84,7 @@ class RecordStore(Sequence):
 
     def __init__(self, segments: Sequence[tuple[Path, np.ndarray]], reuse: RecordStore | None = None):
         opened = {s.path: s for s in reuse._segs} if reuse is not None else {}
-        self._segs = [opened.get(p) or _SegmentRecords(p) for p, _ in segments]
+        self._segs: list[_SegmentRecords] = [opened.get(p) or _SegmentRecords(p) for p, _ in segments]
         self._seg_of = np.concatenate([np.full(len(live), i, np.int32) for i, (_, live) in enumerate(segments)])
         self._local = np.concatenate([np.asarray(live, np.int64) for _, live in segments])
 

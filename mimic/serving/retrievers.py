@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -40,14 +41,15 @@ class Retriever:
 
     def __init__(self, name: str, kind: str, dim: int, root: Path | None, log: Callable[[str], None] | None = None):
         self.name, self.kind, self.dim, self.root, self.log = name, kind, dim, root, log
-        self.idx = None
+        self.idx: Any = None  # a faiss index
         self.phys = np.zeros(0, np.int64)  # faiss position -> physical row
         self.covered = 0  # physical rows looked at (those without an image are skipped by the image retriever)
         self.saved_rows = 0
         self.trained_for = 0
         self._phys_to_live = np.zeros(0, np.int64)
-        self._params = None
-        self._bitmap = None
+        self._params: Any = None
+        self._bitmap: np.ndarray | None = None
+        self._sel: Any = None
         self.live = 0
 
     # -- growth --------------------------------------------------------------------------------
@@ -148,15 +150,19 @@ class Retriever:
         self._params = None
         self._bitmap = None
         if self.live < len(self.phys):
-            self._bitmap = np.packbits(alive, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(alive), faiss.swig_ptr(self._bitmap))
+            bitmap = np.packbits(alive, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(alive), faiss.swig_ptr(bitmap))
+            params: Any
             if isinstance(self.idx, faiss.IndexHNSW):
-                self._params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.idx.hnsw.efSearch)
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+                params.efSearch = self.idx.hnsw.efSearch
             elif isinstance(self.idx, faiss.IndexIVF):
-                self._params = faiss.SearchParametersIVF(sel=sel, nprobe=self.idx.nprobe)
+                params = faiss.SearchParametersIVF()
+                params.nprobe = self.idx.nprobe
             else:
-                self._params = faiss.SearchParameters(sel=sel)
-            self._sel = sel  # the parameters do not own it
+                params = faiss.SearchParameters()
+            params.sel = sel
+            self._params, self._sel, self._bitmap = params, sel, bitmap  # the parameters own neither
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [Q, k], live rows [Q, k]; -1 where fewer than k live rows were found)."""

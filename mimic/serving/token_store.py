@@ -69,8 +69,9 @@ class _Segment:
             # one pread per row (each row is one contiguous record): measured faster than faulting
             # the rows in through the mapping (the kernel maps 64 KB around each fault), and the
             # pages stay in the page cache instead of counting in the server's resident memory
-            mm, size = self.records, self.records.itemsize
-            buf = b"".join(os.pread(self.fd, size, mm.offset + int(r) * size) for r in rows)
+            mm, size, fd = self.records, self.records.itemsize, self.fd
+            assert fd is not None
+            buf = b"".join(os.pread(fd, size, mm.offset + int(r) * size) for r in rows)
             rec = np.frombuffer(buf, dtype=mm.dtype, count=len(rows))
             return {n: rec[n] for n in names}
         return {n: self.columns[n][rows] for n in names}
@@ -107,7 +108,7 @@ class TokenStore:
         self.cache_cls = cache_cls
         self.names = list(names) if names is not None else [f.name for f in fields(cache_cls)]
         opened = {s.root: s for s in reuse.segments} if reuse is not None else {}
-        self.segments = [opened.get(p) or _Segment(p, self.names, file) for p, _ in segments]
+        self.segments: list[_Segment] = [opened.get(p) or _Segment(p, self.names, file) for p, _ in segments]
         self.seg_of = np.concatenate([np.full(len(live), i, np.int32) for i, (_, live) in enumerate(segments)])
         self.local = np.concatenate([np.asarray(live, np.int64) for _, live in segments])
         self.single = len(segments) == 1 and np.array_equal(self.local, np.arange(len(self.local)))
