@@ -543,6 +543,6 @@ class KBIndex:
 
 
 def _unit(t) -> np.ndarray:
-    a = t.float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
-    n = np.linalg.norm(a, axis=1, keepdims=True)
+    a = t.float().numpy() if isinstance(t, torch.Tensor) else np.array(t, dtype=np.float32)
+    n = np.sqrt(np.einsum("ij,ij->i", a, a))[:, None]  # no [N, D] temporary, unlike linalg.norm
     return np.ascontiguousarray(a / np.maximum(n, 1e-12), dtype=np.float32)

@@ -28,7 +28,7 @@ import numpy as np
 from mimic.atomic import atomic_file, write_json_atomic
 from mimic.serving import vector_index as vi
 
-CHUNK = 100_000
+CHUNK = 16_384  # rows read and added at a time: bounds the memory a load or rebuild takes
 SAVE_TAIL = 0.1
 RETRAIN_GROWTH = 4.0
 
