@@ -90,20 +90,20 @@ def test_interrupted_build_resumes_from_the_chunk_manifest(model, synthetic_data
     def boom(*a, **k):
         raise KeyboardInterrupt("simulated kill while fitting the lexical index")
 
-    monkeypatch.setattr(mi, "LexicalIndex", type("Boom", (LexicalIndex,), {"__init__": boom}))
+    monkeypatch.setattr(mi.LexSegment, "fit", classmethod(boom))
     with pytest.raises(KeyboardInterrupt):
         KBIndex.build(model, kb, tmp_path / "idx", batch_size=4, progress=False, faiss_kind="ivf")
     saved = sorted(p.name for p in building.glob("faiss_*.index"))
     assert saved == ["faiss_image.index", "faiss_model.index", "faiss_text.index"]
 
-    monkeypatch.setattr(mi, "LexicalIndex", LexicalIndex)
+    monkeypatch.undo()
     encoded, made = [], []
     monkeypatch.setattr(mi, "load_images", lambda *a, **k: encoded.append(1) or real_load(*a, **k))
     real_make = vi.make_index
     monkeypatch.setattr(vi, "make_index", lambda *a, **k: made.append(a) or real_make(*a, **k))
     resumed = KBIndex.build(model, kb, tmp_path / "idx", batch_size=4, progress=False, faiss_kind="ivf")
     assert encoded == [] and made == []  # nothing encoded or trained again
-    assert not building.exists() and (tmp_path / "idx" / "lexical" / "meta.json").exists()
+    assert not building.exists() and (tmp_path / "idx" / "lexical" / "seg-0000" / "meta.json").exists()
 
     monkeypatch.setattr(mi, "load_images", real_load)
     fresh = KBIndex.build(model, kb, tmp_path / "fresh", batch_size=4, progress=False, faiss_kind="ivf")
@@ -161,16 +161,23 @@ def test_faiss_kinds_recall_against_flat_on_clustered_vectors(tmp_path):
         vi.make_index(8, 100, "annoy")
 
 
-def test_lexical_search_is_exact_within_budget_and_saved_mapped(synthetic_dataset, tmp_path):
+def _sklearn(names: list[str]):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, lowercase=True)
+    return vec, vec.fit_transform(names)
+
+
+def test_lexical_search_is_exact_within_budget(synthetic_dataset):
+    """Scores equal scikit-learn's TF-IDF cosine (the vectoriser the lexical index re-implements)."""
     recs = [mi.entity_record(e) for e in synthetic_dataset.kb.entities]
     full = LexicalIndex(recs, budget=10**9)
-    names = [r["name"] for r in recs]
-    queries = [names[0], names[7].split()[0], "zzz qqq", names[11] + " extra"]
-    # brute force: the vectoriser's cosine against every name, best name per entity
-    Q = full.vec.transform(queries)
-    N = full.vec.transform([s for r in recs for s in [r["name"], *r["aliases"]] if s])
-    sims = (Q @ N.T).toarray()
-    best = np.maximum.reduceat(sims, np.asarray(full.starts), axis=1)
+    names = [s for r in recs for s in [r["name"], *r["aliases"]] if s]
+    starts = np.cumsum([0] + [len([s for s in [r["name"], *r["aliases"]] if s]) for r in recs])[:-1]
+    queries = [names[0], recs[7]["name"].split()[0], "zzz qqq", recs[11]["name"] + " extra", "  Tabs\tand  SPACES "]
+    vec, N = _sklearn(names)
+    sims = (vec.transform(queries) @ N.T).toarray()
+    best = np.maximum.reduceat(sims, starts, axis=1)
     sc, rows = full.search(queries, 5)
     for qi in range(len(queries)):
         live = rows[qi] >= 0
@@ -183,15 +190,40 @@ def test_lexical_search_is_exact_within_budget_and_saved_mapped(synthetic_datase
     assert r2[0][0] == rows[0][0]
     np.testing.assert_allclose(best[0][r2[0][r2[0] >= 0]], s2[0][r2[0] >= 0], rtol=1e-5, atol=1e-6)
     sim = full.similarity(["alder painter"], [np.array([3, 0, 3])])[0]
-    want = np.maximum.reduceat((full.vec.transform(["alder painter"]) @ N.T).toarray(), np.asarray(full.starts), axis=1)
+    want = np.maximum.reduceat((vec.transform(["alder painter"]) @ N.T).toarray(), starts, axis=1)
     np.testing.assert_allclose(sim, want[0][[3, 0, 3]], rtol=1e-5, atol=1e-6)
-    full.save(tmp_path / "lex", key="k1")
-    assert LexicalIndex.load(tmp_path / "lex", key="other") is None  # built for other rows: refit
-    loaded = LexicalIndex.load(tmp_path / "lex", key="k1", budget=10**9)
-    assert loaded is not None and isinstance(loaded.data, np.memmap)
-    s3, r3 = loaded.search(queries, 5)
-    np.testing.assert_array_equal(r3, rows)
-    np.testing.assert_allclose(s3, sc)
+
+
+def test_lexical_segments_with_deletions_score_as_one_refit(synthetic_dataset, tmp_path):
+    """K segments fitted one after the other (each only over its own names), some rows deleted,
+    saved and mapped back: the same scores and rows as one index fitted over the live rows."""
+    from mimic.serving.lexical_segment import LexSegment
+
+    recs = [mi.entity_record(e) for e in synthetic_dataset.kb.entities]
+    cuts = [0, 5, 6, 13, len(recs)]
+    parts = LexicalIndex()
+    for i in range(len(cuts) - 1):
+        seg = LexSegment.fit(recs[cuts[i] : cuts[i + 1]], parts.vocab)
+        seg.save(tmp_path / str(i), prev=str(i))
+        loaded = LexSegment.load(tmp_path / str(i), cuts[i + 1] - cuts[i], len(parts.vocab), prev=str(i))
+        assert loaded is not None and isinstance(loaded.tf, np.memmap)
+        assert LexSegment.load(tmp_path / str(i), cuts[i + 1] - cuts[i], len(parts.vocab), prev="other") is None
+        parts.add(loaded)
+    dead = {2, 7, 14}
+    p2l = np.full(len(recs), -1, np.int64)
+    live = [i for i in range(len(recs)) if i not in dead]
+    p2l[live] = np.arange(len(live))
+    parts.bind(np.asarray(cuts), p2l)
+    one = LexicalIndex([recs[i] for i in live], budget=10**9)
+    parts.budget = 10**9
+    queries = [recs[2]["name"], recs[3]["name"], recs[14]["name"][:5], "zzz", recs[-1]["name"] + " x"]
+    s1, r1 = one.search(queries, 6)
+    s2, r2 = parts.search(queries, 6)
+    np.testing.assert_array_equal(r2, r1)
+    np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-6)
+    rows = [np.array([0, len(live) - 1, 4]), np.array([], np.int64)]
+    for a, b in zip(parts.similarity(queries[:2], rows), one.similarity(queries[:2], rows)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _to_version_1(src: Path, dst: Path) -> None:

@@ -11,16 +11,19 @@ Folder layout (`python -m mimic index --checkpoint CKPT --kb KB --output DIR`), 
                       holds) and has_image
     records.jsonl     entity records (name, aliases, text, images), one a line, with records_offsets.npy
                       and entity_ids.json (`mimic.serving.record_store`)
-  faiss_<name>.index  approximate (HNSW / IVF / IVF-PQ) indexes, built with the index; flat ones are
-                      rebuilt on load (`mimic.serving.vector_index`)
-  lexical/            the fitted character n-gram TF-IDF, memory-mapped (`mimic.serving.lexical_index`)
+  faiss_<name>.index  approximate (HNSW / IVF / IVF-PQ) indexes with faiss_<name>.json (the segments
+                      they hold); flat ones are rebuilt on load (`mimic.serving.retrievers`)
+  lexical/<segment>/  each segment's character n-gram term frequencies, memory-mapped
+                      (`mimic.serving.lexical_segment`)
 
 Version-1 indexes (one `<field>.npy` per field, `ids.json`) still load and serve; newer versions are
 refused with a rebuild message. Building writes into `.DIR.building/`: encoding records its chunks in
 `seg-0000/progress.json` after each one is on disk, and faiss indexes are saved as they finish, so an
 interrupted build resumes where it stopped (same checkpoint, KB and chunk size); the folder is renamed
 into place only when complete. Updates (add / update / delete) write a new segment and tombstones,
-never re-encoding the rest; `index.json` is replaced atomically.
+never re-encoding the rest; `index.json` is replaced atomically. A committed segment is appended in
+place: faiss holds every physical row (deleted ones are filtered at search time), the lexical index
+fits only the new names, the stores open only the new files; nothing else is reloaded or refitted.
 """
 
 from __future__ import annotations
@@ -43,9 +46,20 @@ from mimic.data.schema import Entity, KnowledgeBase
 from mimic.models.families import family, model_type_of
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, entity_text, load_images
 from mimic.serving.lexical_index import LexicalIndex
-from mimic.serving.record_store import RecordStore, segment_ids, write_records
-from mimic.serving.token_store import BOOL_FIELDS, GLOBAL_FIELDS, GLOBALS_FILE, RECORD_FILE, TokenStore, record_dtype
-from mimic.serving.vector_index import KINDS, build_index, index_bytes
+from mimic.serving.lexical_segment import LexSegment
+from mimic.serving.record_store import RecordStore, _SegmentRecords, segment_ids, write_records
+from mimic.serving.retrievers import Retriever
+from mimic.serving.segments import _NAME_LOCK, PreparedSegment, _drop_legacy_lexical, _Grow
+from mimic.serving.token_store import (
+    BOOL_FIELDS,
+    GLOBAL_FIELDS,
+    GLOBALS_FILE,
+    RECORD_FILE,
+    TokenStore,
+    _Segment,
+    record_dtype,
+)
+from mimic.serving.vector_index import KINDS, index_bytes
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "IndexFileError", "IndexMismatchError", "KBIndex", "LexicalIndex"]
 
@@ -171,6 +185,14 @@ class KBIndex:
     """A loaded index: entity records and the `EntityCache` on disk (`records`, `cache`: read per
     row), retrieval structures in RAM (faiss) or mapped (lexical)."""
 
+    records: RecordStore
+    globals: TokenStore
+    cache: TokenStore
+    retrievers: dict[str, Retriever]  # "model", "text", and "image" once an entity has an image
+    ids: list  # entity ids of the live rows, in row order
+    text_global: torch.Tensor  # keep_global only
+    image_global: torch.Tensor
+
     def __init__(
         self, root: str | Path, *, load_vectors: bool = True, keep_global: bool = False, progress: bool = False
     ):
@@ -263,82 +285,147 @@ class KBIndex:
         return cls(output)
 
     # -- load ----------------------------------------------------------------------------------
-    def _load(self):
-        segs = self.manifest["segments"]
-        dead = set(self.manifest.get("tombstones", []))  # "seg:row" keys
+    def _load(self) -> None:
+        """Open every segment of the manifest (faiss and lexical parts saved for them are read, the
+        rest built) and apply the tombstones."""
+        self._segment_names: list[str] = []
+        self._sizes: list[int] = []
+        self._seg_ids: list[list[str]] = []
+        self._gsegs: list[_Segment] = []
+        self._has_image_phys = np.zeros(0, bool)
+        self._unit_globals = {n: _Grow() for n in ("text_global", "image_global")} if self.keep_global else {}
+        self.lexical = LexicalIndex()
+        self.retrievers = {}
+        _drop_legacy_lexical(self.root / "lexical")
+        self._add_segments(self.manifest["segments"])
+        self._bind()
+
+    @property
+    def _offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self._sizes, dtype=np.int64)]).astype(np.int64)
+
+    def _read_phys(self, name: str, unit: bool):
+        """reader(start, stop) -> float32 [stop - start, D] of field `name` over physical rows."""
+
+        def read(s: int, e: int) -> np.ndarray:
+            offs, parts = self._offsets, []
+            si = int(np.searchsorted(offs, s, side="right")) - 1
+            while s < e:
+                t = min(e, int(offs[si + 1]))
+                parts.append(self._gsegs[si].read_range(s - int(offs[si]), t - int(offs[si]), [name])[name])
+                s, si = t, si + 1
+            a = np.concatenate(parts) if parts else np.zeros((0, self._dim(name)), np.float32)
+            return _unit(a) if unit else np.ascontiguousarray(a, dtype=np.float32)
+
+        return read
+
+    def _dim(self, name: str) -> int:
+        seg = self._gsegs[0]
+        a = seg.records[name] if seg.records is not None else seg.columns[name]
+        return int(a.shape[1])
+
+    def _add_segments(self, names: Sequence[str]) -> None:
+        """Append segments (physical rows): their ids, image flags, faiss rows and lexical part."""
+        if not names:
+            return
+        say = log.info if self._progress else log.debug
+        for seg in names:
+            path = self.root / seg
+            ids = segment_ids(path)
+            g = _Segment(path, GLOBAL_FIELDS, GLOBALS_FILE)
+            if len(g) != len(ids):
+                raise IndexFileError(f"{path}: {len(ids)} records but {len(g)} vector rows (an unfinished segment?)")
+            self._segment_names.append(seg)
+            self._sizes.append(len(ids))
+            self._seg_ids.append(ids)
+            self._gsegs.append(g)
+            has = np.concatenate(
+                [np.asarray(g.read_range(s, s + 65536, ["has_image"])["has_image"]) for s in range(0, len(ids), 65536)]
+                or [np.zeros(0, bool)]
+            )
+            self._has_image_phys = np.concatenate([self._has_image_phys, has.astype(bool)])
+            for field, buf in self._unit_globals.items():
+                buf.append(_unit(g.read_range(0, len(ids), [field])[field]))
+        kind = self.manifest.get("faiss", "flat")
+        legacy_ok = not self.manifest.get("tombstones")
+        specs: dict[str, tuple[str, bool, np.ndarray | None]] = {
+            "model": ("retrieval", False, None),
+            "text": ("text_global", True, None),
+            "image": ("image_global", True, self._has_image_phys),
+        }
+        for rname, (field, unit, select) in specs.items():
+            r = self.retrievers.get(rname)
+            if r is None:
+                if rname == "image" and not self._has_image_phys.any():
+                    continue
+                r = Retriever(rname, kind, self._dim(field), self.root, log=say)
+                self.retrievers[rname] = r
+            r.sync(self._segment_names, self._sizes, self._read_phys(field, unit), select, legacy_ok)
+        self._add_lexical(say)
+
+    def _add_lexical(self, say) -> None:
+        lex = self.lexical
+        for i in range(len(lex.segments), len(self._segment_names)):
+            seg = self._segment_names[i]
+            prev = hashlib.sha256(json.dumps(self._segment_names[:i]).encode()).hexdigest()[:16]
+            folder = self.root / "lexical" / seg
+            part = LexSegment.load(folder, self._sizes[i], len(lex.vocab), prev)
+            if part is None:
+                say("fitting the lexical index over the %d entities of %s", self._sizes[i], seg)
+                recs = _SegmentRecords(self.root / seg)
+                part = LexSegment.fit((recs.get(j) for j in range(len(recs))), lex.vocab)
+                try:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    part.save(folder, prev)
+                    part = LexSegment.load(folder, self._sizes[i], len(lex.vocab), prev) or part  # mapped, not held
+                except OSError as exc:  # a read-only index folder still serves; it refits next time
+                    log.warning("could not save the lexical index in %s: %s", folder, exc)
+            lex.add(part)
+
+    def _bind(self) -> None:
+        """Apply the tombstones: live rows, ids, stores and retrievers over them."""
+        offs = self._offsets
+        alive = np.ones(int(offs[-1]), bool)
+        where = {s: i for i, s in enumerate(self._segment_names)}
+        for key in self.manifest.get("tombstones", []):
+            seg, _, row = key.rpartition(":")
+            if seg in where and 0 <= int(row) < self._sizes[where[seg]]:
+                alive[offs[where[seg]] + int(row)] = False
+        live = np.flatnonzero(alive)
+        p2l = np.full(len(alive), -1, np.int64)
+        p2l[live] = np.arange(len(live))
+        self._live_phys, self._phys_to_live = live, p2l
+        if len(live) == len(alive):
+            self.ids = [i for ids in self._seg_ids for i in ids]
+        else:
+            flat = [i for ids in self._seg_ids for i in ids]
+            self.ids = [flat[p] for p in live]
+        self.position = {eid: i for i, eid in enumerate(self.ids)}
+        keep = [
+            (self.root / s, live[(live >= offs[i]) & (live < offs[i + 1])] - offs[i])
+            for i, s in enumerate(self._segment_names)
+        ]
+        has = torch.from_numpy(np.ascontiguousarray(self._has_image_phys[live]))
         cache_cls = family(self.manifest.get("model_type", "mimic"))[2]
-        keep, ids = [], []
-        for seg in segs:
-            seg_ids = segment_ids(self.root / seg)
-            live = np.asarray([i for i in range(len(seg_ids)) if f"{seg}:{i}" not in dead], dtype=np.int64)
-            keep.append((self.root / seg, live))
-            ids += [seg_ids[i] for i in live]
-        self._segment_names = list(segs)
-        self.ids = ids
-        self.position = {eid: i for i, eid in enumerate(ids)}
-        self.records = RecordStore(keep)
-        self.globals = TokenStore(None, keep, GLOBALS_FILE, names=GLOBAL_FIELDS)
-        self.cache = TokenStore(cache_cls, keep, has_image=self.globals.has_image)
+        old = self.__dict__  # stores of the index before this update share their open segments
+        self.records = RecordStore(keep, reuse=old.get("records"))
+        self.globals = TokenStore(
+            None, keep, GLOBALS_FILE, names=GLOBAL_FIELDS, has_image=has, reuse=old.get("globals")
+        )
+        self.cache = TokenStore(cache_cls, keep, has_image=has, reuse=old.get("cache"))
+        for r in self.retrievers.values():
+            r.bind(p2l)
+        self.image_rows = np.flatnonzero(has.numpy())
+        self.lexical.bind(offs, p2l)
         if self.keep_global:
-            self.text_global = torch.from_numpy(_unit(self.globals.column("text_global")))
-            self.image_global = torch.from_numpy(_unit(self.globals.column("image_global")))
-        self._build_retrievers()
+            for name, buf in self._unit_globals.items():
+                a = buf.view() if len(live) == len(alive) else buf.view()[live]
+                setattr(self, name, torch.from_numpy(a))
 
     def _row_key(self, row: int) -> str:
-        return f"{self._segment_names[int(self.cache.seg_of[row])]}:{int(self.cache.local[row])}"
-
-    def _build_retrievers(self):
-        kind = self.manifest.get("faiss", "flat")
-        n, g = len(self), self.globals
-        say = log.info if self._progress else log.debug
-
-        def vectors(name: str, unit: bool, rows: np.ndarray | None = None):
-            def read(s: int, e: int) -> np.ndarray:
-                a = g.read_range(s, e, [name])[name] if rows is None else g.read(rows[s:e], [name])[name]
-                return _unit(a) if unit else np.ascontiguousarray(a, dtype=np.float32)
-
-            return read
-
-        def dim(name: str) -> int:
-            return int(g._empty(name).shape[1])
-
-        # "model": the bi-encoder part of the model's own score (see `retrieval_vector` of the heads),
-        # so this retriever agrees with the re-ranker by construction.
-        self.retrievers = {
-            "model": build_index(
-                n, dim("retrieval"), vectors("retrieval", False), kind, self.root / "faiss_model.index", log=say
-            ),
-            "text": build_index(
-                n, dim("text_global"), vectors("text_global", True), kind, self.root / "faiss_text.index", log=say
-            ),
-        }
-        self.image_rows = np.nonzero(self.cache.has_image.numpy())[0]
-        self.retrievers["image"] = (
-            build_index(
-                len(self.image_rows),
-                dim("image_global"),
-                vectors("image_global", True, self.image_rows),
-                kind,
-                self.root / "faiss_image.index",
-                log=say,
-            )
-            if len(self.image_rows)
-            else None
-        )
-        live = [self.manifest["segments"], sorted(self.manifest.get("tombstones", []))]
-        key = hashlib.sha256(json.dumps(live).encode()).hexdigest()[:16]
-        lex_dir = self.root / "lexical"
-        lex = LexicalIndex.load(lex_dir, key)
-        if lex is None:
-            say("fitting the lexical index over %d entities", n)
-            lex = LexicalIndex(iter(self.records))
-            try:
-                shutil.rmtree(lex_dir, ignore_errors=True)
-                lex.save(lex_dir, key)
-                lex = LexicalIndex.load(lex_dir, key) or lex  # mapped, not held
-            except OSError as exc:  # a read-only index folder still serves; it refits next time
-                log.warning("could not save the lexical index in %s: %s", lex_dir, exc)
-        self.lexical = lex
+        p = int(self._live_phys[row])
+        si = int(np.searchsorted(self._offsets, p, side="right")) - 1
+        return f"{self._segment_names[si]}:{p - int(self._offsets[si])}"
 
     # -- facts ---------------------------------------------------------------------------------
     def __len__(self):
@@ -368,7 +455,7 @@ class KBIndex:
         return self.cache.nbytes()
 
     def faiss_bytes(self) -> int:
-        return sum(index_bytes(idx) for idx in self.retrievers.values() if idx is not None)
+        return sum(index_bytes(r.idx) for r in self.retrievers.values() if r.idx is not None)
 
     def ram_bytes(self) -> int:
         """faiss indexes (held in RAM) + the lexical arrays (mapped: resident only as far as read).
@@ -384,23 +471,47 @@ class KBIndex:
     # -- incremental updates ---------------------------------------------------------------------
     def upsert(self, model: LinkingModel, entities: Sequence[Entity], progress: bool = False) -> None:
         """Add new entities or replace existing ones (by id) without re-encoding the rest."""
+        prepared = self.prepare_segment(model, entities, progress)
+        if prepared is not None:
+            self.commit_segment(prepared)
+
+    def prepare_segment(self, model: LinkingModel, entities: Sequence[Entity], progress: bool = False):
+        """Encode `entities` into a new segment folder, not yet part of the index (the slow part of an
+        update: it reads only the model, so a server encodes outside its write lock). -> a
+        `PreparedSegment` for `commit_segment`, or None for no entities."""
         self.check_model(model)
         if not entities:
-            return
+            return None
         ids = [e.id for e in entities]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate ids in one update")
-        seg = f"seg-{len(self.manifest['segments']):04d}"
-        while (self.root / seg).exists():
-            seg = f"seg-{int(seg[4:]) + 1:04d}"
-        stats = ImageLoadStats()
-        tmp = self.root / f".{seg}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _encode_segment(model, list(entities), tmp, 64, progress, stats)
-        (tmp / "progress.json").unlink()
-        os.rename(tmp, self.root / seg)
-        dead = [self._row_key(self.position[i]) for i in ids if i in self.position]
-        self._commit(segments=self.manifest["segments"] + [seg], tombstones=self.manifest["tombstones"] + dead)
+        with _NAME_LOCK:  # two updates prepared at once get two names
+            n = len(self.manifest["segments"])
+            while True:
+                seg = f"seg-{n:04d}"
+                tmp = self.root / f".{seg}.tmp"
+                if not (self.root / seg).exists() and not tmp.exists():
+                    tmp.mkdir()
+                    break
+                n += 1
+        try:
+            _encode_segment(model, list(entities), tmp, 64, progress, ImageLoadStats())
+            (tmp / "progress.json").unlink()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return PreparedSegment(seg, tmp, ids)
+
+    def commit_segment(self, prepared: PreparedSegment) -> None:
+        """Make a prepared segment part of the index: the rows it replaces are tombstoned, its rows
+        appended to the retrievers and the lexical index (no reload of the rest)."""
+        os.rename(prepared.folder, self.root / prepared.name)
+        dead = [self._row_key(self.position[i]) for i in prepared.ids if i in self.position]
+        self._commit(
+            segments=self.manifest["segments"] + [prepared.name],
+            tombstones=self.manifest["tombstones"] + dead,
+            new=[prepared.name],
+        )
 
     def delete(self, ids: Sequence[str]) -> None:
         missing = [i for i in ids if i not in self.position]
@@ -409,19 +520,22 @@ class KBIndex:
         dead = [self._row_key(self.position[i]) for i in ids]
         self._commit(segments=self.manifest["segments"], tombstones=self.manifest["tombstones"] + dead)
 
-    def _commit(self, segments, tombstones):
+    def _commit(self, segments, tombstones, new: Sequence[str] = ()):
+        """The manifest is replaced first (atomically): a crash after it loads the new segment, whose
+        faiss rows and lexical part are then built at load."""
         self.manifest = {
             **self.manifest,
             "segments": segments,
             "tombstones": sorted(set(tombstones)),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        for p in self.root.glob("faiss_*.index"):  # approximate indexes are rebuilt for the new rows
-            p.unlink()
-        shutil.rmtree(self.root / "lexical", ignore_errors=True)  # refitted for the new rows
         write_json_atomic(self.root / "index.json", self.manifest)
-        self.records.close()
-        self._load()
+        try:
+            self._add_segments(new)
+            self._bind()
+        except Exception:  # the in-memory state may be half updated: load what the manifest says
+            log.exception("appending %s to the index in place failed; reloading the index", list(new))
+            self._load()
 
     def set_nil_threshold(self, value: float | None, details: dict | None = None) -> None:
         self.manifest = {**self.manifest, "nil_threshold": value, "nil_calibration": details}
@@ -429,6 +543,6 @@ class KBIndex:
 
 
 def _unit(t) -> np.ndarray:
-    a = t.float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
-    n = np.linalg.norm(a, axis=1, keepdims=True)
+    a = t.float().numpy() if isinstance(t, torch.Tensor) else np.array(t, dtype=np.float32)
+    n = np.sqrt(np.einsum("ij,ij->i", a, a))[:, None]  # no [N, D] temporary, unlike linalg.norm
     return np.ascontiguousarray(a / np.maximum(n, 1e-12), dtype=np.float32)

@@ -46,13 +46,16 @@ def segment_ids(seg: Path) -> list[str]:
 
 
 class _SegmentRecords:
+    """Every record of one segment (deleted rows included)."""
+
     def __init__(self, seg: Path):
+        self.path = seg
+        self.fd: int | None = None
         if (seg / RECORDS).exists():
-            self.fd: int | None = os.open(seg / RECORDS, os.O_RDONLY)
+            self.fd = os.open(seg / RECORDS, os.O_RDONLY)
             self.offsets = np.load(seg / OFFSETS, mmap_mode="r")
             self.loaded: list[dict] | None = None
         else:  # format version 1
-            self.fd = None
             self.loaded = json.loads((seg / LEGACY).read_text())
 
     def get(self, i: int) -> dict:
@@ -62,17 +65,26 @@ class _SegmentRecords:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return json.loads(os.pread(self.fd, b - a, a))  # pread: safe from several threads
 
+    def __len__(self) -> int:
+        return len(self.loaded) if self.loaded is not None else len(self.offsets) - 1
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
+    def __del__(self):
+        self.close()
+
 
 class RecordStore(Sequence):
-    """records[row] -> dict, for live index rows (segments and tombstones already applied)."""
+    """records[row] -> dict, for live index rows (segments and tombstones already applied).
 
-    def __init__(self, segments: Sequence[tuple[Path, np.ndarray]]):
-        self._segs = [_SegmentRecords(p) for p, _ in segments]
+    reuse: a store of the same index before an update; its open segments are shared, not reopened."""
+
+    def __init__(self, segments: Sequence[tuple[Path, np.ndarray]], reuse: RecordStore | None = None):
+        opened = {s.path: s for s in reuse._segs} if reuse is not None else {}
+        self._segs: list[_SegmentRecords] = [opened.get(p) or _SegmentRecords(p) for p, _ in segments]
         self._seg_of = np.concatenate([np.full(len(live), i, np.int32) for i, (_, live) in enumerate(segments)])
         self._local = np.concatenate([np.asarray(live, np.int64) for _, live in segments])
 
@@ -94,8 +106,6 @@ class RecordStore(Sequence):
             yield self[i]
 
     def close(self) -> None:
+        """Close the segment files now (a store sharing them must not be used after)."""
         for s in self._segs:
             s.close()
-
-    def __del__(self):
-        self.close()

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+class LinkInputError(ValueError):
+    """A query the linker cannot accept; the message names what is wrong."""
+
+
 @dataclass
 class Explanation:
     """What the Inspect view draws for one candidate.

@@ -22,24 +22,22 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from mimic.analysis.error_analysis import analyze_linker
-from mimic.backbones import backbone_label, load_backbone
 from mimic.data.schema import Entity, KnowledgeBase
-from mimic.models.checkpoint import load_checkpoint
-from mimic.models.families import model_type_of
-from mimic.models.linking_model import LinkingModel
-from mimic.serving.index import KBIndex, entity_record, model_fingerprint
-from mimic.serving.linker import Explanation, Linker, LinkResult
-from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
+
+if TYPE_CHECKING:  # the engine (torch) is imported when a service starts, not with this module:
+    # the app's pages import `safe_name` from here and serve before the model loads
+    from mimic.models.linking_model import LinkingModel
+    from mimic.serving.index import KBIndex
+    from mimic.serving.linking import Explanation, Linker, LinkResult
 
 log = logging.getLogger("mimic.serving.service")
 
@@ -165,6 +163,15 @@ class LinkingService:
         model=None,
         device: str = "cpu",
     ) -> tuple[Linker, ServedModel]:
+        import torch
+
+        from mimic.backbones import backbone_label, load_backbone
+        from mimic.models.checkpoint import load_checkpoint
+        from mimic.models.families import model_type_of
+        from mimic.serving.index import model_fingerprint
+        from mimic.serving.linking import Linker
+        from mimic.serving.zeroshot import ZeroShotLinker, zero_shot_model
+
         if model is None and checkpoint is not None:
             model = load_checkpoint(checkpoint)
         zero_shot = checkpoint is None and (model is None or getattr(model, "checkpoint_info", None) is None)
@@ -219,6 +226,8 @@ class LinkingService:
     def analyze(self, mentions, *, dataset: str = "", model_version: str | None = None) -> list:
         """Error analysis (`mimic.analysis.error_analysis`) of the served model on mentions with gold answers."""
         with self._lock.read():
+            from mimic.analysis.error_analysis import analyze_linker
+
             return analyze_linker(
                 self._linker, mentions, dataset=dataset, model_version=model_version or self.served.version
             )
@@ -246,9 +255,19 @@ class LinkingService:
 
     # -- KB edits ----------------------------------------------------------------------------------
     def upsert_entities(self, entities: Sequence[Entity], progress: bool = False) -> int:
-        """Add or replace entities in the served index (a new segment; no rebuild)."""
+        """Add or replace entities in the served index (a new segment; no rebuild).
+
+        The entities are encoded outside the write lock (links keep being served meanwhile); only the
+        commit, which appends the segment in place, holds it."""
         if not entities:
             return 0
+        linker = self._linker
+        prepared = linker.index.prepare_segment(linker.model, list(entities), progress=progress)
+        with self._lock.write():
+            if self._linker is linker:
+                linker.index.commit_segment(prepared)
+                return len(entities)
+        shutil.rmtree(prepared.folder, ignore_errors=True)  # a swap came in between: encode for the new model
         with self._lock.write():
             self._linker.index.upsert(self._linker.model, list(entities), progress=progress)
         return len(entities)
@@ -296,6 +315,8 @@ def zero_shot_version(backbone) -> str:
 def _open_or_build_index(
     model: LinkingModel, kb: KnowledgeBase, index_dir: Path, *, keep_global: bool, progress: bool
 ) -> KBIndex:
+    from mimic.serving.index import KBIndex
+
     if not (index_dir / "index.json").exists():
         log.info("building the KB index for %d entities in %s (first start for this model)", len(kb), index_dir)
         index_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +328,8 @@ def _open_or_build_index(
 
 def sync_index(index: KBIndex, model: LinkingModel, kb: KnowledgeBase, progress: bool = False) -> dict:
     """Bring `index` in line with `kb`: encode new or changed entities, drop removed ones."""
+    from mimic.serving.index import entity_record
+
     wanted = {e.id: e for e in kb.entities}
     changed = [
         e for e in kb.entities if e.id not in index.position or index.records[index.position[e.id]] != entity_record(e)

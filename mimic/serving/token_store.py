@@ -44,6 +44,7 @@ class _Segment:
 
     def __init__(self, root: Path, names: Sequence[str], file: str):
         self.root = root
+        self.fd: int | None = None
         path = root / file
         if path.exists():
             self.records: np.memmap | None = np.load(path, mmap_mode="r")
@@ -54,14 +55,23 @@ class _Segment:
             self.records = None
             self.columns = {n: np.load(root / f"{n}.npy", mmap_mode="r") for n in names}
 
+    def __len__(self) -> int:
+        return len(self.records) if self.records is not None else len(next(iter(self.columns.values())))
+
+    def __del__(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def gather(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """rows: sorted local rows -> {field: [len(rows), ...]} (copies, not views of the file)."""
         if self.records is not None:
             # one pread per row (each row is one contiguous record): measured faster than faulting
             # the rows in through the mapping (the kernel maps 64 KB around each fault), and the
             # pages stay in the page cache instead of counting in the server's resident memory
-            mm, size = self.records, self.records.itemsize
-            buf = b"".join(os.pread(self.fd, size, mm.offset + int(r) * size) for r in rows)
+            mm, size, fd = self.records, self.records.itemsize, self.fd
+            assert fd is not None
+            buf = b"".join(os.pread(fd, size, mm.offset + int(r) * size) for r in rows)
             rec = np.frombuffer(buf, dtype=mm.dtype, count=len(rows))
             return {n: rec[n] for n in names}
         return {n: self.columns[n][rows] for n in names}
@@ -89,13 +99,16 @@ class TokenStore:
         file: str = RECORD_FILE,
         names: Sequence[str] | None = None,
         has_image: torch.Tensor | None = None,
+        reuse: TokenStore | None = None,
     ):
         """segments: (segment folder, live local rows int64) in index order; `cache_cls` None with
         `names` for a store read only as arrays (the global vectors, file GLOBALS_FILE). has_image:
-        the [N] flags when known (from the small globals file), else read from this store."""
+        the [N] flags when known (from the small globals file), else read from this store. reuse: a store
+        of the same file before an index update; its open segments are shared, not reopened."""
         self.cache_cls = cache_cls
         self.names = list(names) if names is not None else [f.name for f in fields(cache_cls)]
-        self.segments = [_Segment(p, self.names, file) for p, _ in segments]
+        opened = {s.root: s for s in reuse.segments} if reuse is not None else {}
+        self.segments: list[_Segment] = [opened.get(p) or _Segment(p, self.names, file) for p, _ in segments]
         self.seg_of = np.concatenate([np.full(len(live), i, np.int32) for i, (_, live) in enumerate(segments)])
         self.local = np.concatenate([np.asarray(live, np.int64) for _, live in segments])
         self.single = len(segments) == 1 and np.array_equal(self.local, np.arange(len(self.local)))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from mimic.analysis.ranking import ranks_from_scores
 from mimic.models.linking_model import LinkingModel, entity_text, load_images, mention_text
 from mimic.serving.index import KBIndex
-from mimic.serving.linker import Candidate, Explanation, Linker, entity_from_record, token_strings
+from mimic.serving.linking import Candidate, Explanation, Linker, entity_from_record, token_strings
 
 ZERO_SHOT_SEED = 0
 
