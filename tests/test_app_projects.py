@@ -172,9 +172,9 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     with gr.Blocks() as demo:
         tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
     rev, ana = SimpleNamespace(username="rev"), SimpleNamespace(username="ana")
-    msg, pick, rows = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
+    msg, pick, rows, shown_md, _ = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
     assert "Saved project TabProject" in msg and pick["value"] == "TabProject"
-    assert any(r[0] == "TabProject" for r in rows)
+    assert any(r[0] == "TabProject" for r in rows) and shown_md == "**Bold** rule"
     assert "Error" in tab.project_save("X", "", 1, "default", False, ana)[0]
     path, z = _corpus(tmp_path)
     job_id, bar, _, _, note, timer, _ = tab.project_start_import("TabProject", str(path), str(z), "auto", rev)
@@ -189,6 +189,29 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     assert refused[0] is None and "needs the role" in refused[4]
     out, err = tab.project_export_zip("TabProject", "csv", ana)
     assert err == "" and zipfile.ZipFile(out).read("guidelines.md").decode() == "**Bold** rule"
+
+
+def test_only_the_page_load_and_a_users_pick_fill_the_project_form(studio):
+    """The race behind "give the project a name": a picker `.change` also fires when a handler sets
+    the picker (the page load, Refresh, Save) and overwrote what the user had typed. The form's
+    fields are written only by the page load and by the picker's `.input` (a user's pick)."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    ctx = studio.ctx
+    with gr.Blocks() as demo:
+        tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
+    form = {tab.name._id, tab.guidelines._id, tab.overlap._id, tab.kb._id, tab.archived._id}
+    writers = [(t, fn) for fn in demo.config["dependencies"] if form & set(fn["outputs"]) for t in fn["targets"]]
+    assert writers and all(t == (tab.project._id, "input") or t[1] == "load" for t, _ in writers), writers
+    # the picker has no .change at all, and Refresh leaves the form alone
+    assert not [t for fn in demo.config["dependencies"] for t in fn["targets"] if t == (tab.project._id, "change")]
+    P.save_project(ctx, "rev", "FormProject", "form guide", 2)
+    rev = SimpleNamespace(username="rev")
+    assert len(tab.project_refresh("FormProject", rev)) == 5  # picker, table, message, guidelines, per annotator
+    loaded = tab.project_load("FormProject", rev)
+    assert loaded[3] == "form guide" and loaded[5:] == ("FormProject", 2, "default", False, "form guide")
 
 
 def test_projects_tab_in_a_browser(studio, tmp_path):
@@ -206,14 +229,11 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
             pg.set_default_timeout(30_000)
             B.login(pg, studio, "rev")
             B.open_tab(pg, "Projects")
-            # the page load fills the project picker, whose change shows that project in the form:
-            # let it land before typing, or it overwrites what was typed
+            # the page load fills the table and the form in one update (no picker .change after it)
             pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
-            pg.wait_for_timeout(1500)
             pg.get_by_text("Create or edit a project").click()
             pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
             pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
-            pg.wait_for_timeout(500)
             pg.click("#projects_save")
             try:
                 pg.wait_for_function(

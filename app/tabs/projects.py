@@ -364,21 +364,18 @@ class ProjectsTab:
     def _wire(self):
         s = self.shared
         listing = [self.project, self.table, self.msg]
-        self.refresh_button.click(self.project_refresh, self.project, listing, **PRIVATE)
-        s.demo.load(self.project_refresh, self.project, listing, **PRIVATE)
-        shown = [
-            self.guidelines_view,
-            self.annotators,
-            self.name,
-            self.overlap,
-            self.kb,
-            self.archived,
-            self.guidelines,
-        ]
-        self.project.change(self.project_show, self.project, shown, **PRIVATE)
-        form = [self.name, self.guidelines, self.overlap, self.kb, self.archived]
+        view = [self.guidelines_view, self.annotators]
+        form = [self.name, self.overlap, self.kb, self.archived, self.guidelines]
+        # The form is filled only by the page load and by a pick the user makes (`.input`): never by a
+        # `.change`, which also fires when a handler sets the picker and would overwrite what the
+        # user typed meanwhile (the page load's picker update did, and saving said "give a name").
+        s.demo.load(self.project_load, self.project, listing + view + form, **PRIVATE)
+        self.refresh_button.click(self.project_refresh, self.project, listing + view, **PRIVATE)
+        self.project.input(self.project_show, self.project, view + form, **PRIVATE)
         # a project write is one short transaction: the "db" queue, like every other write
-        self.save_button.click(self.project_save, form, [self.msg, self.project, self.table], **s.db_queue, **PRIVATE)
+        save_in = [self.name, self.guidelines, self.overlap, self.kb, self.archived]
+        save_out = [self.msg, self.project, self.table] + view
+        self.save_button.click(self.project_save, save_in, save_out, **s.db_queue, **PRIVATE)
         job_out = [self.job_id, self.job_html, self.rejected, self.report, self.msg, self.poll, self.cancel_button]
         # not in the "db" queue: these start background jobs (app/jobs.py)
         self.import_button.click(
@@ -407,39 +404,59 @@ class ProjectsTab:
         ]
 
     def project_refresh(self, current, request: gr.Request):
+        """The picker's choices, the table, and the picked project's guidelines and per-annotator
+        progress (Refresh: the form keeps what the user typed)."""
         try:
             projects = list_projects(self.ctx, username_of(request))
         except UserError as exc:
-            return gr.update(choices=[]), [], message(str(exc), "error")
+            return gr.update(choices=[]), [], message(str(exc), "error"), "", []
         names = [p["name"] for p in projects]
         value = current if current in names else names[0]
-        return gr.update(choices=names, value=value), self._rows(projects), ""
+        return (gr.update(choices=names, value=value), self._rows(projects), "") + self._view(value)
+
+    def project_load(self, current, request: gr.Request):
+        """The page load: the listing, and the picked project shown in the form, once."""
+        out = self.project_refresh(current, request)
+        value = out[0].get("value") if isinstance(out[0], dict) else None
+        return out + (self._form(value) if value else (gr.update(),) * 5)
 
     def project_show(self, project, request: gr.Request):
-        """The chosen project's guidelines, per-annotator progress, and its settings in the form."""
+        """A project the user picked: its guidelines, per-annotator progress, and its settings in the form."""
         try:
             self.ctx.require("project_view", username_of(request))
+        except UserError:  # visitors: nothing to show
+            return ("", []) + (gr.update(),) * 5
+        return self._view(project) + self._form(project)
+
+    def _view(self, project) -> tuple:
+        try:
             prog = self.ctx.store.project_progress(project or DEFAULT_PROJECT)
-        except Exception:  # visitors, a project removed meanwhile: nothing to show
-            return ("",) + (gr.update(),) * 6
+        except StoreError:  # a project removed meanwhile
+            return "", []
         rows = [[a[c] for c in ANNOTATOR_COLUMNS] for a in prog["annotators"]]
-        md = guidelines_markdown(self.ctx, project)
+        return guidelines_markdown(self.ctx, project), rows
+
+    def _form(self, project) -> tuple:
+        """The form's fields (name, overlap, KB, archived, guidelines) for the project."""
         if not project or project == DEFAULT_PROJECT:
-            return md, rows, "", 1, "default", False, ""
-        p = self.ctx.store.get_project(project)
-        return md, rows, p.name, p.annotators_per_mention, p.kb, p.archived, p.guidelines
+            return "", 1, "default", False, ""
+        try:
+            p = self.ctx.store.get_project(project)
+        except StoreError:
+            return (gr.update(),) * 5
+        return p.name, p.annotators_per_mention, p.kb, p.archived, p.guidelines
 
     def project_save(self, name, guidelines, overlap, kb, archived, request: gr.Request):
         try:
             rec = save_project(self.ctx, username_of(request), name, guidelines, overlap or 1, kb, archived)
             projects = list_projects(self.ctx, username_of(request))
         except UserError as exc:
-            return message(str(exc), "error"), gr.update(), gr.update()
+            return message(str(exc), "error"), gr.update(), gr.update(), gr.update(), gr.update()
         return (
             message(f"Saved project {rec.name}", "ok"),
             gr.update(choices=[p["name"] for p in projects], value=rec.name),
             self._rows(projects),
-        )
+        ) + self._view(rec.name)
 
     def _started(self, start):
         try:
