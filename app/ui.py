@@ -14,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from . import api
 from .common import HEADER_SECONDS, PRIVATE, Shared, add_private_root, header_markdown, header_update, username_of
 from .context import AppContext, browser_paths
+from .media import MediaRoute
 from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models, projects, review, users
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -58,9 +60,14 @@ def build_ui(ctx: AppContext):
         _wire_across_tabs(ctx, shared, who, link_tab, annotate_tab, inspect, analysis_tab)
 
     allowed, blocked = browser_paths(cfg, ctx.store.settings)  # only DATA_DIR/images and assets/ are served
+    # argon2 check (MIMIC_USERS and the database's users), sign-in rate limits, session expiry (app/auth.py)
+    auth = cfg.launch_auth(ctx.store)
+    app_kwargs = auth.pop("app_kwargs", {})
+    # the card list's images by content-addressed URL (app/media.py), inside the sign-in guard
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(MediaRoute, data_dir=cfg.data_dir)]
     launch_kwargs = dict(
-        # argon2 check (MIMIC_USERS and the database's users), sign-in rate limits, session expiry (app/auth.py)
-        **cfg.launch_auth(ctx.store),
+        **auth,
+        app_kwargs=app_kwargs,
         auth_message="MIMIC Studio: sign in to annotate",
         head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
         css=(STATIC / "studio.css").read_text(encoding="utf-8"),

@@ -66,7 +66,7 @@ def test_a_card_shows_name_description_aliases_image_scores_and_key(studio):
         assert f"S {c.s:.3f}" in body and "S_T" in body and "S_V" in body and "S_C" in body
         if e["images"]:  # served through the file route, only from DATA_DIR/images or assets/
             src = re.search(r"<img class='annot-thumb' src='([^']*)'", body).group(1)
-            assert src.startswith("gradio_api/file=")
+            assert src.startswith("mimic-media/") and str(studio.ctx.config.data_dir) not in src
     assert f"data-mention-id='{m.id}'" in page and "<mark class='annot-mention'" in page
 
 

@@ -128,6 +128,12 @@ def test_project_import_annotate_review_export_retrain_flow(browser, studio, tmp
         B.open_tab(pg, "Annotate")
         _pick_project(pg, PROJECT, mids)
         pages[user] = pg
+    # the imported mention image loads by its content-addressed URL (no server path in the page)
+    pages["ana"].wait_for_function(
+        "() => { const i = document.querySelector('#annot_view img.annot-mention-image');"
+        " return !!i && i.complete && i.naturalWidth > 0 && i.getAttribute('src').startsWith('mimic-media/images/'); }"
+    )
+    assert str(ctx.config.data_dir) not in pages["ana"].content()
     pages["ana"].get_by_text("Guidelines of this project").click()
     pages["ana"].wait_for_function("() => document.querySelector('#annot_guidelines strong')?.innerText === 'place'")
     got_ana = _decide_all(pages["ana"], ctx, "ana", lambda m: ("1", None))
