@@ -7,6 +7,7 @@ Layer rule: the app wires UI to `mimic` and `db`; model and storage logic stays 
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
@@ -134,6 +135,17 @@ def username_of(request: gr.Request | None) -> str | None:
         return (info.get("userinfo") or {}).get("preferred_username")
     except (AssertionError, AttributeError, RuntimeError):  # no session middleware: OAuth is off
         return None
+
+
+def progress_bar_html(fraction: float | None, text: str) -> str:
+    """The one progress bar of the app (Annotate's counts, a project job, a retraining run): the
+    fraction done (clamped to 0..1) and a line of plain text, escaped here (it holds user data)."""
+    f = float(fraction or 0)
+    pct = 0.0 if math.isnan(f) else 100 * min(1.0, max(0.0, f))
+    return (
+        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{round(pct, 1):g}%'></div>"
+        f"</div><div class='counts'>{html.escape(text)}</div></div>"
+    )
 
 
 def message(text: str, kind: str = "info") -> str:

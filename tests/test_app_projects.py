@@ -249,3 +249,21 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
         finally:
             browser.close()
     assert studio.ctx.store.get_project("BrowserProject").created_by == "rev"
+
+
+def test_one_progress_bar_for_annotate_project_jobs_and_retraining():
+    """Annotate's counts, a project job and a retraining run draw the same bar (app.common)."""
+    from app.common import progress_bar_html
+    from app.tabs.annotate import progress_html as annotate_bar
+    from app.tabs.models import retrain_progress_html
+
+    assert "width:50%" in progress_bar_html(0.5, "half") and "width:100%" in progress_bar_html(3, "x")
+    assert "width:0%" in progress_bar_html(None, "x") and "width:0%" in progress_bar_html(float("nan"), "x")
+    assert "&lt;b&gt;" in progress_bar_html(0.2, "<b>") and "<b>" not in progress_bar_html(0.2, "<b>")
+    job = {"kind": "project_import", "state": "running", "seconds": 3.0, "message": "row <7>", "fraction": 0.25}
+    assert P.progress_html(job) == progress_bar_html(0.25, "Import running · 3 s · row <7>")
+    run = {"status": "running", "step": "train", "message": "epoch 1", "fraction": 0.4}
+    assert retrain_progress_html(5, run) == progress_bar_html(0.4, "run 5 · running · train · epoch 1")
+    counts = dict(mentions=4, complete=1, decided=2, entity=1, nil=1, ambiguous=0, skipped=0, pending_for_you=2)
+    text = "1/4 mentions complete · you: 2 decided (1 entity, 1 NIL, 0 ambiguous), 0 skipped · 2 pending for you"
+    assert annotate_bar(counts) == progress_bar_html(0.25, text)

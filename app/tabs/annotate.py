@@ -26,6 +26,7 @@ from ..common import (
     choice_value,
     message,
     parse_choice,
+    progress_bar_html,
     rounded,
     user_errors,
     username_of,
@@ -245,14 +246,12 @@ def history(ctx: AppContext, username: str | None, limit: int = 50) -> list:
 def progress_html(c: dict | None) -> str:
     if not c:
         return ""
-    total = max(1, c["mentions"])
-    pct = 100.0 * c["complete"] / total
     rate = f" · {c['items_per_hour']} items/h" if c.get("items_per_hour") else ""
-    return (
-        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.1f}%'></div></div>"
-        f"<div class='counts'>{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
+    return progress_bar_html(
+        c["complete"] / max(1, c["mentions"]),
+        f"{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
         f"({c['entity']} entity, {c['nil']} NIL, {c['ambiguous']} ambiguous), {c['skipped']} skipped · "
-        f"{c['pending_for_you']} pending for you{rate}</div></div>"
+        f"{c['pending_for_you']} pending for you{rate}",
     )
 
 

@@ -30,7 +30,17 @@ from db.corpus import FORMATS, detect_format
 from db.projects import DEFAULT_PROJECT
 from mimic.serving.linker import LinkInputError
 
-from ..common import PRIVATE, Shared, UserError, message, scrub_paths, upload_path, user_errors, username_of
+from ..common import (
+    PRIVATE,
+    Shared,
+    UserError,
+    message,
+    progress_bar_html,
+    scrub_paths,
+    upload_path,
+    user_errors,
+    username_of,
+)
 from ..context import AppContext, candidates_for_store
 from ..jobs import Job, JobError, JobFailure
 
@@ -290,15 +300,11 @@ def progress_html(v: dict | None) -> str:
     """A job's snapshot as a progress bar with its message."""
     if not v:
         return ""
-    pct = 100 * float(v.get("fraction") or 0)
     what = {"project_import": "Import", "project_preannotate": "Pre-annotation"}.get(v["kind"], v["kind"])
     text = f"{what} {v['state']} · {v['seconds']:.0f} s · {v['message']}"
     if v.get("error"):
         text += f" · {v['error']}"
-    return (
-        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
-        f"</div><div class='counts'>{html.escape(text)}</div></div>"
-    )
+    return progress_bar_html(v.get("fraction"), text)
 
 
 # -- the tab --------------------------------------------------------------------------------------
