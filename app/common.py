@@ -12,7 +12,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -122,6 +122,28 @@ class Shared:
     candidate_picker: gr.Dropdown  # rendered in Inspect, filled by every link
     inference: dict  # queue of link/inspect events (MIMIC_INFERENCE_CONCURRENCY at once)
     db_queue: dict  # queue of writes (one at a time)
+    browser_states: dict = field(default_factory=dict)  # `browser_states()`, made at the page's top level
+
+
+# What a browser keeps in its localStorage (storage key -> default value).
+BROWSER_STATES: dict = {
+    "mimic_annotate_position": {"mention_id": None, "hist": -1},  # the Annotate item shown
+    "mimic_annotate_project": None,  # the Annotate picker's project
+    "mimic_projects_project": None,  # the Projects tab's picker
+}
+
+
+def browser_states() -> dict:
+    """Every BrowserState of the app, made at the page's top level (app/ui.py, outside the tabs):
+    one inside a tab is read from localStorage only when that tab is first opened, after the page
+    load's events have already run with its default."""
+    return {k: gr.BrowserState(d, storage_key=k) for k, d in BROWSER_STATES.items()}
+
+
+def browser_state(shared, key: str) -> gr.BrowserState:
+    """The page's BrowserState `key` (a tab built alone, as tests do, gets its own)."""
+    made = getattr(shared, "browser_states", None) or {}
+    return made[key] if key in made else gr.BrowserState(BROWSER_STATES[key], storage_key=key)
 
 
 def username_of(request: gr.Request | None) -> str | None:

@@ -91,9 +91,11 @@ def test_project_import_annotate_review_export_retrain_flow(browser, studio, tmp
     # 1. the reviewer creates the project (two annotators per mention) in the Projects tab
     B.login(rev_pg, studio, "rev")
     B.open_tab(rev_pg, "Projects")
-    # the page load fills the table and the form in one update (no picker .change after it)
-    rev_pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
     rev_pg.get_by_text("Create or edit a project").click()
+    # the page load fills the table and the form in one update (no picker .change after it);
+    # the form's fields are on screen (the accordion's content is drawn when it opens)
+    rev_pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
+    rev_pg.wait_for_selector("#projects_guidelines_edit textarea")
     rev_pg.fill("#projects_name input, #projects_name textarea", PROJECT)
     rev_pg.fill("#projects_overlap input", "2")
     rev_pg.fill("#projects_guidelines_edit textarea", GUIDE)

@@ -172,9 +172,9 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     with gr.Blocks() as demo:
         tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
     rev, ana = SimpleNamespace(username="rev"), SimpleNamespace(username="ana")
-    msg, pick, rows, shown_md, _ = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
+    msg, pick, rows, shown_md, _, remembered = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
     assert "Saved project TabProject" in msg and pick["value"] == "TabProject"
-    assert any(r[0] == "TabProject" for r in rows) and shown_md == "**Bold** rule"
+    assert any(r[0] == "TabProject" for r in rows) and shown_md == "**Bold** rule" and remembered == "TabProject"
     assert "Error" in tab.project_save("X", "", 1, "default", False, ana)[0]
     path, z = _corpus(tmp_path)
     job_id, bar, _, _, note, timer, _ = tab.project_start_import("TabProject", str(path), str(z), "auto", rev)
@@ -210,8 +210,10 @@ def test_only_the_page_load_and_a_users_pick_fill_the_project_form(studio):
     P.save_project(ctx, "rev", "FormProject", "form guide", 2)
     rev = SimpleNamespace(username="rev")
     assert len(tab.project_refresh("FormProject", rev)) == 5  # picker, table, message, guidelines, per annotator
-    loaded = tab.project_load("FormProject", rev)
+    loaded = tab.project_load("FormProject", rev)  # the project this browser remembered
     assert loaded[3] == "form guide" and loaded[5:] == ("FormProject", 2, "default", False, "form guide")
+    # a remembered project that is gone: the first one is shown instead
+    assert tab.project_load("GoneProject", rev)[0]["value"] == P.list_projects(ctx, "rev")[0]["name"]
 
 
 def test_projects_tab_in_a_browser(studio, tmp_path):
@@ -229,9 +231,11 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
             pg.set_default_timeout(30_000)
             B.login(pg, studio, "rev")
             B.open_tab(pg, "Projects")
-            # the page load fills the table and the form in one update (no picker .change after it)
-            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
             pg.get_by_text("Create or edit a project").click()
+            # the page load fills the table and the form in one update (no picker .change after it);
+            # the form's fields are on screen (the accordion's content is drawn when it opens)
+            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
+            pg.wait_for_selector("#projects_guidelines_edit textarea")
             pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
             pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
             pg.click("#projects_save")
@@ -242,10 +246,41 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
                 )
             except Exception:  # say what the page showed instead
                 pg.screenshot(path=str(studio.shots / "projects_tab_failed.png"), full_page=True)
-                raise AssertionError(f"no save message; the page says {pg.inner_text('#projects_msg')!r}") from None
+                name = pg.evaluate(
+                    "() => document.querySelector('#projects_name input, #projects_name textarea')?.value"
+                )
+                raise AssertionError(
+                    f"no save message; the page says {pg.inner_text('#projects_msg')!r}, the name field {name!r}"
+                ) from None
             pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('BrowserProject')")
             pg.wait_for_function("() => document.querySelector('#projects_guidelines strong')?.innerText === 'club'")
             pg.screenshot(path=str(studio.shots / "projects_tab.png"), full_page=True)
+            # the pick is remembered per browser: after a reload both pickers show it again
+            pg.reload()  # (Annotate's picker lists the projects that exist at the page load)
+            B.open_tab(pg, "Annotate")
+            pg.wait_for_selector("#annot_view .mention-item")  # the page load has landed
+            pg.click("#annot_project input")
+            pg.get_by_role("option", name="BrowserProject").click()
+            pg.wait_for_selector("#annot_view .annot-empty")  # the project has no mentions yet
+            pg.reload()
+            B.open_tab(pg, "Annotate")
+            try:
+                pg.wait_for_function("() => document.querySelector('#annot_project input')?.value === 'BrowserProject'")
+            except Exception:
+                shown = pg.evaluate("() => document.querySelector('#annot_project input')?.value")
+                keys = pg.evaluate("() => Object.keys(localStorage)")
+                raise AssertionError(f"picker shows {shown!r}; localStorage keys {keys}") from None
+            # the page load's item is of the restored project (its empty queue), not of "all"
+            pg.wait_for_function(
+                "() => document.querySelector('#annot_view .annot-empty')?.innerText.includes('BrowserProject')"
+            )
+            B.open_tab(pg, "Projects")
+            pg.wait_for_function("() => document.querySelector('#projects_pick input')?.value === 'BrowserProject'")
+            pg.get_by_text("Create or edit a project").click()
+            pg.wait_for_function(
+                "() => document.querySelector('#projects_name input, #projects_name textarea')?.value"
+                " === 'BrowserProject'"
+            )
         finally:
             browser.close()
     assert studio.ctx.store.get_project("BrowserProject").created_by == "rev"

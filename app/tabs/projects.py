@@ -34,6 +34,7 @@ from ..common import (
     PRIVATE,
     Shared,
     UserError,
+    browser_state,
     message,
     progress_bar_html,
     scrub_paths,
@@ -323,6 +324,8 @@ class ProjectsTab:
                     label="Project", choices=[], allow_custom_value=True, scale=3, elem_id="projects_pick"
                 )
                 self.refresh_button = gr.Button("Refresh", size="sm", scale=1, elem_id="projects_refresh")
+            # the project this browser last picked or saved, shown again at the next page load
+            self.remembered = browser_state(self.shared, "mimic_projects_project")
             self.table = gr.Dataframe(
                 headers=PROJECT_COLUMNS, interactive=False, elem_id="projects_table", max_height=260
             )
@@ -375,12 +378,12 @@ class ProjectsTab:
         # The form is filled only by the page load and by a pick the user makes (`.input`): never by a
         # `.change`, which also fires when a handler sets the picker and would overwrite what the
         # user typed meanwhile (the page load's picker update did, and saving said "give a name").
-        s.demo.load(self.project_load, self.project, listing + view + form, **PRIVATE)
+        s.demo.load(self.project_load, self.remembered, listing + view + form, **PRIVATE)
         self.refresh_button.click(self.project_refresh, self.project, listing + view, **PRIVATE)
-        self.project.input(self.project_show, self.project, view + form, **PRIVATE)
+        self.project.input(self.project_show, self.project, view + form + [self.remembered], **PRIVATE)
         # a project write is one short transaction: the "db" queue, like every other write
         save_in = [self.name, self.guidelines, self.overlap, self.kb, self.archived]
-        save_out = [self.msg, self.project, self.table] + view
+        save_out = [self.msg, self.project, self.table] + view + [self.remembered]
         self.save_button.click(self.project_save, save_in, save_out, **s.db_queue, **PRIVATE)
         job_out = [self.job_id, self.job_html, self.rejected, self.report, self.msg, self.poll, self.cancel_button]
         # not in the "db" queue: these start background jobs (app/jobs.py)
@@ -420,9 +423,10 @@ class ProjectsTab:
         value = current if current in names else names[0]
         return (gr.update(choices=names, value=value), self._rows(projects), "") + self._view(value)
 
-    def project_load(self, current, request: gr.Request):
-        """The page load: the listing, and the picked project shown in the form, once."""
-        out = self.project_refresh(current, request)
+    def project_load(self, remembered, request: gr.Request):
+        """The page load: the listing, and the project this browser picked last (while it exists,
+        else the first) shown in the form, once."""
+        out = self.project_refresh(remembered, request)
         value = out[0].get("value") if isinstance(out[0], dict) else None
         return out + (self._form(value) if value else (gr.update(),) * 5)
 
@@ -431,8 +435,8 @@ class ProjectsTab:
         try:
             self.ctx.require("project_view", username_of(request))
         except UserError:  # visitors: nothing to show
-            return ("", []) + (gr.update(),) * 5
-        return self._view(project) + self._form(project)
+            return ("", []) + (gr.update(),) * 6
+        return self._view(project) + self._form(project) + (project,)
 
     def _view(self, project) -> tuple:
         try:
@@ -457,12 +461,16 @@ class ProjectsTab:
             rec = save_project(self.ctx, username_of(request), name, guidelines, overlap or 1, kb, archived)
             projects = list_projects(self.ctx, username_of(request))
         except UserError as exc:
-            return message(str(exc), "error"), gr.update(), gr.update(), gr.update(), gr.update()
+            return (message(str(exc), "error"),) + (gr.update(),) * 5
         return (
-            message(f"Saved project {rec.name}", "ok"),
-            gr.update(choices=[p["name"] for p in projects], value=rec.name),
-            self._rows(projects),
-        ) + self._view(rec.name)
+            (
+                message(f"Saved project {rec.name}", "ok"),
+                gr.update(choices=[p["name"] for p in projects], value=rec.name),
+                self._rows(projects),
+            )
+            + self._view(rec.name)
+            + (rec.name,)
+        )
 
     def _started(self, start):
         try:
