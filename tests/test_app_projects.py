@@ -302,3 +302,34 @@ def test_one_progress_bar_for_annotate_project_jobs_and_retraining():
     counts = dict(mentions=4, complete=1, decided=2, entity=1, nil=1, ambiguous=0, skipped=0, pending_for_you=2)
     text = "1/4 mentions complete · you: 2 decided (1 entity, 1 NIL, 0 ambiguous), 0 skipped · 2 pending for you"
     assert annotate_bar(counts) == progress_bar_html(0.25, text)
+
+
+def test_a_project_names_a_kb_the_store_serves(studio):
+    """One store serves one KB ("default"): a project naming another is refused with a clear error,
+    on create and on edit, through the handler and the store; the table shows each project's KB."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from db.errors import InvalidInput
+    from db.projects import STORE_KBS
+
+    ctx = studio.ctx
+    assert STORE_KBS == ("default",)
+    with pytest.raises(UserError, match="no knowledge base named 'wikidata': this store serves one KB, 'default'"):
+        P.save_project(ctx, "rev", "KbProject", kb="wikidata")
+    assert "KbProject" not in {p.name for p in ctx.store.list_projects()}
+    assert P.save_project(ctx, "rev", "KbProject", kb=" default ").kb == "default"
+    with pytest.raises(UserError, match="no knowledge base named"):
+        P.save_project(ctx, "rev", "KbProject", kb="other")  # an edit
+    assert ctx.store.get_project("KbProject").kb == "default"
+    with pytest.raises(InvalidInput, match="serves one KB"):
+        ctx.store.update_project("KbProject", kb="other")
+    with gr.Blocks() as demo:
+        tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
+    msg = tab.project_save("KbProject2", "", 1, "elsewhere", False, SimpleNamespace(username="rev"))[0]
+    assert msg.startswith("**Error:**") and "this store serves one KB" in msg
+    _, rows, _, _, _ = tab.project_refresh("KbProject", SimpleNamespace(username="rev"))
+    kb_col = P.PROJECT_COLUMNS.index("kb")
+    assert next(r for r in rows if r[0] == "KbProject")[kb_col] == "default"
+    assert tab.kb.choices == [("default", "default")]

@@ -27,7 +27,7 @@ import gradio as gr
 
 from db import StoreError
 from db.corpus import FORMATS, detect_format
-from db.projects import DEFAULT_PROJECT
+from db.projects import DEFAULT_PROJECT, STORE_KBS
 from mimic.serving.linker import LinkInputError
 
 from ..common import (
@@ -341,7 +341,13 @@ class ProjectsTab:
                     self.overlap = gr.Number(
                         label="Annotators per mention", value=1, precision=0, minimum=1, elem_id="projects_overlap"
                     )
-                    self.kb = gr.Textbox(label="Knowledge base", value="default", elem_id="projects_kb")
+                    # one store serves one KB (db.projects.STORE_KBS): the only choice today
+                    self.kb = gr.Dropdown(
+                        label="Knowledge base (this store serves one)",
+                        choices=list(STORE_KBS),
+                        value=STORE_KBS[0],
+                        elem_id="projects_kb",
+                    )
                     self.archived = gr.Checkbox(label="Archived", elem_id="projects_archived")
                 self.guidelines = gr.Textbox(label="Guidelines (Markdown)", lines=8, elem_id="projects_guidelines_edit")
                 self.save_button = gr.Button("Save project", variant="primary", elem_id="projects_save")
