@@ -7,11 +7,12 @@ Layer rule: the app wires UI to `mimic` and `db`; model and storage logic stays 
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -121,6 +122,28 @@ class Shared:
     candidate_picker: gr.Dropdown  # rendered in Inspect, filled by every link
     inference: dict  # queue of link/inspect events (MIMIC_INFERENCE_CONCURRENCY at once)
     db_queue: dict  # queue of writes (one at a time)
+    browser_states: dict = field(default_factory=dict)  # `browser_states()`, made at the page's top level
+
+
+# What a browser keeps in its localStorage (storage key -> default value).
+BROWSER_STATES: dict = {
+    "mimic_annotate_position": {"mention_id": None, "hist": -1},  # the Annotate item shown
+    "mimic_annotate_project": None,  # the Annotate picker's project
+    "mimic_projects_project": None,  # the Projects tab's picker
+}
+
+
+def browser_states() -> dict:
+    """Every BrowserState of the app, made at the page's top level (app/ui.py, outside the tabs):
+    one inside a tab is read from localStorage only when that tab is first opened, after the page
+    load's events have already run with its default."""
+    return {k: gr.BrowserState(d, storage_key=k) for k, d in BROWSER_STATES.items()}
+
+
+def browser_state(shared, key: str) -> gr.BrowserState:
+    """The page's BrowserState `key` (a tab built alone, as tests do, gets its own)."""
+    made = getattr(shared, "browser_states", None) or {}
+    return made[key] if key in made else gr.BrowserState(BROWSER_STATES[key], storage_key=key)
 
 
 def username_of(request: gr.Request | None) -> str | None:
@@ -134,6 +157,17 @@ def username_of(request: gr.Request | None) -> str | None:
         return (info.get("userinfo") or {}).get("preferred_username")
     except (AssertionError, AttributeError, RuntimeError):  # no session middleware: OAuth is off
         return None
+
+
+def progress_bar_html(fraction: float | None, text: str) -> str:
+    """The one progress bar of the app (Annotate's counts, a project job, a retraining run): the
+    fraction done (clamped to 0..1) and a line of plain text, escaped here (it holds user data)."""
+    f = float(fraction or 0)
+    pct = 0.0 if math.isnan(f) else 100 * min(1.0, max(0.0, f))
+    return (
+        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{round(pct, 1):g}%'></div>"
+        f"</div><div class='counts'>{html.escape(text)}</div></div>"
+    )
 
 
 def message(text: str, kind: str = "info") -> str:

@@ -14,10 +14,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from . import api
-from .common import HEADER_SECONDS, PRIVATE, Shared, add_private_root, header_markdown, header_update, username_of
+from .common import (
+    HEADER_SECONDS,
+    PRIVATE,
+    Shared,
+    add_private_root,
+    browser_states,
+    header_markdown,
+    header_update,
+    username_of,
+)
 from .context import AppContext, browser_paths
+from .media import MediaRoute
 from .tabs import analysis, annotate, inspect_tab, knowledge_base, link, models, projects, review, users
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -34,8 +45,10 @@ def build_ui(ctx: AppContext):
         link_state, link_image_state = gr.State(None), gr.State(None)
         # created here, rendered in Inspect: every link fills it, and the Link tab is built first
         picker = gr.Dropdown(label="Candidate", choices=[], elem_id="inspect_candidate", scale=3, render=False)
+        states = browser_states()  # here, not in a tab: read from localStorage before the page load's events
         with gr.Tabs(elem_id="tabs") as tabs:
             shared = Shared(
+                browser_states=states,
                 demo=demo,
                 header=header,
                 tabs=tabs,
@@ -58,9 +71,14 @@ def build_ui(ctx: AppContext):
         _wire_across_tabs(ctx, shared, who, link_tab, annotate_tab, inspect, analysis_tab)
 
     allowed, blocked = browser_paths(cfg, ctx.store.settings)  # only DATA_DIR/images and assets/ are served
+    # argon2 check (MIMIC_USERS and the database's users), sign-in rate limits, session expiry (app/auth.py)
+    auth = cfg.launch_auth(ctx.store)
+    app_kwargs = auth.pop("app_kwargs", {})
+    # the card list's images by content-addressed URL (app/media.py), inside the sign-in guard
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(MediaRoute, data_dir=cfg.data_dir)]
     launch_kwargs = dict(
-        # argon2 check (MIMIC_USERS and the database's users), sign-in rate limits, session expiry (app/auth.py)
-        **cfg.launch_auth(ctx.store),
+        **auth,
+        app_kwargs=app_kwargs,
         auth_message="MIMIC Studio: sign in to annotate",
         head=(STATIC / "keyboard.html").read_text(encoding="utf-8"),
         css=(STATIC / "studio.css").read_text(encoding="utf-8"),
@@ -91,7 +109,7 @@ def _wire_across_tabs(
     is signed in, their Annotate item) and the header's refresh."""
     cfg, inference = ctx.config, shared.inference
 
-    def on_load(pos, request: gr.Request):
+    def on_load(pos, remembered, request: gr.Request):
         name = username_of(request)
         who_md = (
             f"Signed in as **{name}**"
@@ -102,7 +120,8 @@ def _wire_across_tabs(
                 else "Not signed in: you can link and inspect; sign in to save annotations"
             )
         )
-        return (who_md,) + annotate_tab.show_item(pos, request)
+        project = annotate_tab.restored_project(name, remembered)  # the picker's value at this load
+        return (who_md,) + annotate_tab.show_item(pos, request, project=project)
 
     def go_inspect(result):
         top = result["candidates"][0]["entity_id"] if result and result["candidates"] else None
@@ -143,7 +162,9 @@ def _wire_across_tabs(
         **inference,
         **PRIVATE,
     ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
-    shared.demo.load(on_load, [annotate_tab.position], [who] + annotate_tab.item_outputs, **PRIVATE)
+    shared.demo.load(
+        on_load, [annotate_tab.position, annotate_tab.remembered], [who] + annotate_tab.item_outputs, **PRIVATE
+    )
     # the header is read at each page load and follows the store within HEADER_SECONDS (KB edits and
     # imports of other sessions); a tick that finds nothing new sends nothing
     shared.demo.load(lambda: header_markdown(ctx), None, shared.header, show_progress="hidden", **PRIVATE)

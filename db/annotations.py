@@ -241,6 +241,7 @@ class AnnotationsMixin(StoreBase):
             seconds_spent=sub.seconds_spent,
             comment=sub.comment,
             flag=sub.flag,
+            role=ann.role,  # the role decided in (the gold rule's, whatever the role later becomes)
             created_at=utcnow(),
         )
         events.append(self._annotation_event(s, row, ann, m))
@@ -442,6 +443,7 @@ class AnnotationsMixin(StoreBase):
             "created_at": iso(a.created_at),
             "annotation_id": a.id,
             "annotator": {"name": ann.name, "role": ann.role},
+            "role": getattr(a, "role", None) or ann.role,  # the role decided in (the gold rule's)
             "mention": {
                 "uid": m.uid,
                 "source": m.source,

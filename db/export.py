@@ -45,7 +45,7 @@ from mimic.data.schema import Mention as CoreMention
 
 from ._base import StoreBase
 from .errors import InvalidInput
-from .models import Image, KbEntity, Mention, ModelVersion, Prediction, PredictionCandidate
+from .models import Image, KbEntity, Mention, ModelVersion, Prediction, PredictionCandidate, resolves
 from .projects import DEFAULT_PROJECT
 from .records import ProjectRecord, TrainingExport
 from .reports import Resolution
@@ -411,7 +411,7 @@ class ExportsMixin(StoreBase):
                     {
                         "result": result,
                         "was_cancelled": False,
-                        "ground_truth": r["role"] in ("reviewer", "admin"),
+                        "ground_truth": resolves(r["role"]),  # the role decided in (the gold rule's)
                         "lead_time": r["seconds_spent"],
                         "created_at": r["created_at"],
                     }

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
     text,
     true,
 )
@@ -46,6 +47,16 @@ DECISIONS = ("entity", "nil", "ambiguous", "skip")
 #: Decisions that settle a mention for the annotator who made them (skip only defers it).
 FINAL_DECISIONS = ("entity", "nil", "ambiguous")
 ANNOTATION_STATUSES = ("current", "superseded", "undone")
+#: Roles whose decision is a resolution: the gold rule's "senior" roles.
+RESOLVING_ROLES = ("reviewer", "admin")
+
+
+def resolves(role: str | None) -> bool:
+    """The gold rule's one test: a decision made in the role `role` (the annotation's own role, the
+    one its author had when deciding, `Annotation.role`) is a reviewer's resolution and wins."""
+    return role in RESOLVING_ROLES
+
+
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 # Deterministic constraint names: Alembic batch migrations on SQLite need names to find them.
@@ -288,11 +299,21 @@ class Annotation(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     # An annotator's flag for review (e.g. "unsure", "kb-missing", "bad-span"); NULL when none.
     flag: Mapped[str | None] = mapped_column(String(32))
+    # The annotator's role when deciding (migration 0005): the gold rule reads this, never the
+    # current role, so a later promotion or demotion does not rewrite past gold.
+    role: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(12), default="current")
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
     undone_at: Mapped[datetime | None] = mapped_column()
     undo_request_id: Mapped[str | None] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def decision_role():
+    """The column the gold rule reads: the annotation's own role (the one it was decided in); the
+    annotator's current role only for a row written before migration 0005 could fill it (none
+    after the backfill). Select it in a query that joins Annotator."""
+    return func.coalesce(Annotation.role, Annotator.role).label("role")
 
 
 class Lease(Base):

@@ -33,6 +33,23 @@ from .models import Annotation, Annotator, Mention, Prediction, Project, utcnow
 from .records import MentionRecord, ProjectRecord
 
 DEFAULT_PROJECT = "default"  # the built-in project: mentions whose project_id is NULL
+# One store serves one knowledge base (the kb_entities table), named "default". A project names the
+# KB it links against; until a store holds several, that must be this one (`check_kb`), so a project
+# never claims a KB that nothing serves.
+STORE_KBS = ("default",)
+
+
+def check_kb(kb: Any) -> str:
+    """The project's KB: one the store has (today only "default"); InvalidInput otherwise."""
+    kb = check_text(kb, "kb", max_len=MAX_NAME).strip()
+    if kb not in STORE_KBS:
+        served = ", ".join(repr(k) for k in STORE_KBS)
+        raise InvalidInput(
+            f"no knowledge base named {kb!r}: this store serves one KB, {served} (a project links against it)", "kb"
+        )
+    return kb
+
+
 MAX_GUIDELINES = 200_000
 MAX_ANNOTATORS_PER_MENTION = 20
 
@@ -115,7 +132,7 @@ class ProjectsMixin(StoreBase):
         if name.lower() == DEFAULT_PROJECT:
             raise InvalidInput(f"{DEFAULT_PROJECT!r} is the built-in project (mentions with no project)", "name")
         check_text(guidelines, "guidelines", max_len=MAX_GUIDELINES, allow_empty=True)
-        check_text(kb, "kb", max_len=MAX_NAME)
+        kb = check_kb(kb)
         _check_overlap(annotators_per_mention)
 
         def fn(s: Session, events: list) -> ProjectRecord:
@@ -155,7 +172,7 @@ class ProjectsMixin(StoreBase):
         if annotators_per_mention is not None:
             values["annotators_per_mention"] = _check_overlap(annotators_per_mention)
         if kb is not None:
-            values["kb"] = check_text(kb, "kb", max_len=MAX_NAME)
+            values["kb"] = check_kb(kb)
         if archived is not None:
             if not isinstance(archived, bool):
                 raise InvalidInput(f"expected true or false, got {archived!r:.40}", "archived")

@@ -191,6 +191,9 @@ class JournalReplayMixin(AnnotationsMixin):
             seconds_spent=ev.get("seconds_spent"),
             comment=ev.get("comment"),
             flag=ev.get("flag"),
+            # the role decided in; an older event has none of its own, but its annotator snapshot
+            # was written with the decision, so it holds the role of that moment
+            role=ev.get("role") or ev["annotator"].get("role") or ann.role,
             created_at=_parse_time(ev["created_at"]),
         )
         return True

@@ -24,6 +24,8 @@ from .models import (
     ModelVersion,
     Prediction,
     PredictionCandidate,
+    decision_role,
+    resolves,
     utcnow,
 )
 from .records import ProgressRecord
@@ -146,7 +148,7 @@ class ReportsMixin(StoreBase):
                 Annotation.id,
                 Annotation.mention_id,
                 Annotator.name,
-                Annotator.role,
+                decision_role(),
                 Annotation.decision,
                 Annotation.entity_id,
             )
@@ -173,6 +175,8 @@ class ReportsMixin(StoreBase):
         all use it (through `gold_mentions` / `build_training_dataset`).
 
         1. A reviewer's or admin's decision wins; among several, the latest (highest annotation id).
+           The role is the one the decision was made in (`Annotation.role`, `models.resolves`), so
+           a later promotion or demotion changes no past gold.
         2. Otherwise the majority of the annotators' current decisions, a decision being
            (entity / nil / ambiguous, entity id).
         3. Tie-break: a tie for the most votes is a conflict (counted) and gives no label; no
@@ -188,7 +192,7 @@ class ReportsMixin(StoreBase):
                 by_mention[row.mention_id].append(row)
             out, conflicts = {}, 0
             for mid, rows in by_mention.items():
-                senior = [r for r in rows if r.role in ("reviewer", "admin")]
+                senior = [r for r in rows if resolves(r.role)]
                 if senior:
                     win = max(senior, key=lambda r: r.id)
                     label = (win.decision, win.entity_id)
@@ -215,7 +219,7 @@ class ReportsMixin(StoreBase):
                     Annotation,
                     Mention,
                     Annotator.name,
-                    Annotator.role,
+                    decision_role(),
                     KbEntity.name,
                     Image.ext,
                     ModelVersion.name,

@@ -24,15 +24,25 @@ from ._base import StoreBase, check_int
 from .agreement import agreement_report, fleiss_kappa, reviewer_agreement, throughput
 from .annotations import check_submission
 from .errors import Forbidden, InvalidInput
-from .models import FINAL_DECISIONS, Annotation, Annotator, KbEntity, Mention, Project
+from .models import (
+    FINAL_DECISIONS,
+    RESOLVING_ROLES,
+    Annotation,
+    Annotator,
+    KbEntity,
+    Mention,
+    Project,
+    decision_role,
+    resolves,
+)
 from .records import AnnotationRecord, ReviewDecision, ReviewItem, ReviewPage
 from .reports import decision_label
 
 if TYPE_CHECKING:
     from .annotations import Submission
 
-#: roles whose decision is a resolution (the gold rule's "senior" roles)
-REVIEW_ROLES = ("reviewer", "admin")
+#: roles that may resolve (the gold rule's "senior" roles, `models.RESOLVING_ROLES`)
+REVIEW_ROLES = RESOLVING_ROLES
 MAX_PAGE = 500
 
 
@@ -57,7 +67,7 @@ class ReviewMixin(StoreBase):
                 Annotation.seconds_spent,
                 Annotation.created_at,
                 Annotator.name,
-                Annotator.role,
+                decision_role(),  # the role decided in: the gold rule's
                 KbEntity.name.label("entity_name"),
                 Mention.project_id,
             )
@@ -75,7 +85,7 @@ class ReviewMixin(StoreBase):
     def _reasons(rows: Sequence[Row]) -> list[str]:
         """Why a mention's current annotations need a reviewer ([] when they do not)."""
         final = [r for r in rows if r.decision in FINAL_DECISIONS]
-        senior = [r for r in final if r.role in REVIEW_ROLES]
+        senior = [r for r in final if resolves(r.role)]
         if senior:  # resolved: only what came after the latest resolution counts
             last = max(senior, key=lambda r: r.id)
             gold = (last.decision, last.entity_id)
@@ -197,7 +207,7 @@ class ReviewMixin(StoreBase):
                 label = decision_label(r.decision, r.entity_id)
                 project_of[r.mention_id] = r.project_id
                 timing.append((r.name, r.seconds_spent, r.created_at))
-                if r.role in REVIEW_ROLES:
+                if resolves(r.role):
                     reviewers.add(r.name)
                     if r.mention_id not in gold or r.id > gold[r.mention_id][0]:
                         gold[r.mention_id] = (r.id, label)

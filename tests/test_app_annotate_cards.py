@@ -66,7 +66,7 @@ def test_a_card_shows_name_description_aliases_image_scores_and_key(studio):
         assert f"S {c.s:.3f}" in body and "S_T" in body and "S_V" in body and "S_C" in body
         if e["images"]:  # served through the file route, only from DATA_DIR/images or assets/
             src = re.search(r"<img class='annot-thumb' src='([^']*)'", body).group(1)
-            assert src.startswith("gradio_api/file=")
+            assert src.startswith("mimic-media/") and str(studio.ctx.config.data_dir) not in src
     assert f"data-mention-id='{m.id}'" in page and "<mark class='annot-mention'" in page
 
 
@@ -267,8 +267,9 @@ def test_choosing_a_project_restricts_the_queue_and_shows_its_guidelines(studio,
     assert choices["choices"][0] == annotate_tab.ALL_PROJECTS and choices["choices"][-1] == "default"
     assert guide == "# Picker rules\nLink the *city*."
     out = tab.on_project("PickerProj", gus)
-    assert out[-1] == "# Picker rules\nLink the *city*."  # the guidelines output
-    p = _payload(out[:-1])
+    assert out[-2] == "# Picker rules\nLink the *city*."  # the guidelines output
+    assert out[-1] == "PickerProj"  # remembered for this browser (its BrowserState)
+    p = _payload(out[:-2])
     assert p["current"]["mention_id"] in mine
     assert {u["mention_id"] for u in p["upcoming"]} == set(mine) - {p["current"]["mention_id"]}
     assert "3 pending for you" in out[0] and "0/3 mentions complete" in out[0]
@@ -288,6 +289,10 @@ def test_choosing_a_project_restricts_the_queue_and_shows_its_guidelines(studio,
     assert annotate_tab.next_item(ctx, "gus", "all").mention.id not in mine  # "all" still has work
     # the default project, a project unknown to the store, and visitors
     assert tab.on_project_list("NoSuchProj", gus)[0]["value"] == annotate_tab.ALL_PROJECTS
+    # the page load restores the browser's remembered pick while it is a choice, else "all"
+    assert tab.on_project_restore(None, "PickerProj", gus)[0]["value"] == "PickerProj"
+    assert tab.on_project_restore("PickerProj", "NoSuchProj", gus)[0]["value"] == annotate_tab.ALL_PROJECTS
+    assert tab.restored_project(None, "PickerProj") == annotate_tab.ALL_PROJECTS  # visitors: no projects
     assert "no project named" in annotate_tab.project_guidelines(ctx, "gus", "NoSuchProj").lower()
     with pytest.raises(UserError, match="no project"):
         annotate_tab.next_item(ctx, "gus", "NoSuchProj")

@@ -172,9 +172,9 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     with gr.Blocks() as demo:
         tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
     rev, ana = SimpleNamespace(username="rev"), SimpleNamespace(username="ana")
-    msg, pick, rows = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
+    msg, pick, rows, shown_md, _, remembered = tab.project_save("TabProject", "**Bold** rule", 1, "default", False, rev)
     assert "Saved project TabProject" in msg and pick["value"] == "TabProject"
-    assert any(r[0] == "TabProject" for r in rows)
+    assert any(r[0] == "TabProject" for r in rows) and shown_md == "**Bold** rule" and remembered == "TabProject"
     assert "Error" in tab.project_save("X", "", 1, "default", False, ana)[0]
     path, z = _corpus(tmp_path)
     job_id, bar, _, _, note, timer, _ = tab.project_start_import("TabProject", str(path), str(z), "auto", rev)
@@ -189,6 +189,31 @@ def test_tab_events_save_import_poll_and_export(studio, tmp_path):
     assert refused[0] is None and "needs the role" in refused[4]
     out, err = tab.project_export_zip("TabProject", "csv", ana)
     assert err == "" and zipfile.ZipFile(out).read("guidelines.md").decode() == "**Bold** rule"
+
+
+def test_only_the_page_load_and_a_users_pick_fill_the_project_form(studio):
+    """The race behind "give the project a name": a picker `.change` also fires when a handler sets
+    the picker (the page load, Refresh, Save) and overwrote what the user had typed. The form's
+    fields are written only by the page load and by the picker's `.input` (a user's pick)."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    ctx = studio.ctx
+    with gr.Blocks() as demo:
+        tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
+    form = {tab.name._id, tab.guidelines._id, tab.overlap._id, tab.kb._id, tab.archived._id}
+    writers = [(t, fn) for fn in demo.config["dependencies"] if form & set(fn["outputs"]) for t in fn["targets"]]
+    assert writers and all(t == (tab.project._id, "input") or t[1] == "load" for t, _ in writers), writers
+    # the picker has no .change at all, and Refresh leaves the form alone
+    assert not [t for fn in demo.config["dependencies"] for t in fn["targets"] if t == (tab.project._id, "change")]
+    P.save_project(ctx, "rev", "FormProject", "form guide", 2)
+    rev = SimpleNamespace(username="rev")
+    assert len(tab.project_refresh("FormProject", rev)) == 5  # picker, table, message, guidelines, per annotator
+    loaded = tab.project_load("FormProject", rev)  # the project this browser remembered
+    assert loaded[3] == "form guide" and loaded[5:] == ("FormProject", 2, "default", False, "form guide")
+    # a remembered project that is gone: the first one is shown instead
+    assert tab.project_load("GoneProject", rev)[0]["value"] == P.list_projects(ctx, "rev")[0]["name"]
 
 
 def test_projects_tab_in_a_browser(studio, tmp_path):
@@ -206,14 +231,13 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
             pg.set_default_timeout(30_000)
             B.login(pg, studio, "rev")
             B.open_tab(pg, "Projects")
-            # the page load fills the project picker, whose change shows that project in the form:
-            # let it land before typing, or it overwrites what was typed
-            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
-            pg.wait_for_timeout(1500)
             pg.get_by_text("Create or edit a project").click()
+            # the page load fills the table and the form in one update (no picker .change after it);
+            # the form's fields are on screen (the accordion's content is drawn when it opens)
+            pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('default')")
+            pg.wait_for_selector("#projects_guidelines_edit textarea")
             pg.fill("#projects_name input, #projects_name textarea", "BrowserProject")
             pg.fill("#projects_guidelines_edit textarea", "# Browser rules\n\nLink the **club**, not the town.")
-            pg.wait_for_timeout(500)
             pg.click("#projects_save")
             try:
                 pg.wait_for_function(
@@ -222,10 +246,90 @@ def test_projects_tab_in_a_browser(studio, tmp_path):
                 )
             except Exception:  # say what the page showed instead
                 pg.screenshot(path=str(studio.shots / "projects_tab_failed.png"), full_page=True)
-                raise AssertionError(f"no save message; the page says {pg.inner_text('#projects_msg')!r}") from None
+                name = pg.evaluate(
+                    "() => document.querySelector('#projects_name input, #projects_name textarea')?.value"
+                )
+                raise AssertionError(
+                    f"no save message; the page says {pg.inner_text('#projects_msg')!r}, the name field {name!r}"
+                ) from None
             pg.wait_for_function("() => document.querySelector('#projects_table').innerText.includes('BrowserProject')")
             pg.wait_for_function("() => document.querySelector('#projects_guidelines strong')?.innerText === 'club'")
             pg.screenshot(path=str(studio.shots / "projects_tab.png"), full_page=True)
+            # the pick is remembered per browser: after a reload both pickers show it again
+            pg.reload()  # (Annotate's picker lists the projects that exist at the page load)
+            B.open_tab(pg, "Annotate")
+            pg.wait_for_selector("#annot_view .mention-item")  # the page load has landed
+            pg.click("#annot_project input")
+            pg.get_by_role("option", name="BrowserProject").click()
+            pg.wait_for_selector("#annot_view .annot-empty")  # the project has no mentions yet
+            pg.reload()
+            B.open_tab(pg, "Annotate")
+            try:
+                pg.wait_for_function("() => document.querySelector('#annot_project input')?.value === 'BrowserProject'")
+            except Exception:
+                shown = pg.evaluate("() => document.querySelector('#annot_project input')?.value")
+                keys = pg.evaluate("() => Object.keys(localStorage)")
+                raise AssertionError(f"picker shows {shown!r}; localStorage keys {keys}") from None
+            # the page load's item is of the restored project (its empty queue), not of "all"
+            pg.wait_for_function(
+                "() => document.querySelector('#annot_view .annot-empty')?.innerText.includes('BrowserProject')"
+            )
+            B.open_tab(pg, "Projects")
+            pg.wait_for_function("() => document.querySelector('#projects_pick input')?.value === 'BrowserProject'")
+            pg.get_by_text("Create or edit a project").click()
+            pg.wait_for_function(
+                "() => document.querySelector('#projects_name input, #projects_name textarea')?.value"
+                " === 'BrowserProject'"
+            )
         finally:
             browser.close()
     assert studio.ctx.store.get_project("BrowserProject").created_by == "rev"
+
+
+def test_one_progress_bar_for_annotate_project_jobs_and_retraining():
+    """Annotate's counts, a project job and a retraining run draw the same bar (app.common)."""
+    from app.common import progress_bar_html
+    from app.tabs.annotate import progress_html as annotate_bar
+    from app.tabs.models import retrain_progress_html
+
+    assert "width:50%" in progress_bar_html(0.5, "half") and "width:100%" in progress_bar_html(3, "x")
+    assert "width:0%" in progress_bar_html(None, "x") and "width:0%" in progress_bar_html(float("nan"), "x")
+    assert "&lt;b&gt;" in progress_bar_html(0.2, "<b>") and "<b>" not in progress_bar_html(0.2, "<b>")
+    job = {"kind": "project_import", "state": "running", "seconds": 3.0, "message": "row <7>", "fraction": 0.25}
+    assert P.progress_html(job) == progress_bar_html(0.25, "Import running · 3 s · row <7>")
+    run = {"status": "running", "step": "train", "message": "epoch 1", "fraction": 0.4}
+    assert retrain_progress_html(5, run) == progress_bar_html(0.4, "run 5 · running · train · epoch 1")
+    counts = dict(mentions=4, complete=1, decided=2, entity=1, nil=1, ambiguous=0, skipped=0, pending_for_you=2)
+    text = "1/4 mentions complete · you: 2 decided (1 entity, 1 NIL, 0 ambiguous), 0 skipped · 2 pending for you"
+    assert annotate_bar(counts) == progress_bar_html(0.25, text)
+
+
+def test_a_project_names_a_kb_the_store_serves(studio):
+    """One store serves one KB ("default"): a project naming another is refused with a clear error,
+    on create and on edit, through the handler and the store; the table shows each project's KB."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from db.errors import InvalidInput
+    from db.projects import STORE_KBS
+
+    ctx = studio.ctx
+    assert STORE_KBS == ("default",)
+    with pytest.raises(UserError, match="no knowledge base named 'wikidata': this store serves one KB, 'default'"):
+        P.save_project(ctx, "rev", "KbProject", kb="wikidata")
+    assert "KbProject" not in {p.name for p in ctx.store.list_projects()}
+    assert P.save_project(ctx, "rev", "KbProject", kb=" default ").kb == "default"
+    with pytest.raises(UserError, match="no knowledge base named"):
+        P.save_project(ctx, "rev", "KbProject", kb="other")  # an edit
+    assert ctx.store.get_project("KbProject").kb == "default"
+    with pytest.raises(InvalidInput, match="serves one KB"):
+        ctx.store.update_project("KbProject", kb="other")
+    with gr.Blocks() as demo:
+        tab = P.ProjectsTab(ctx, SimpleNamespace(demo=demo, db_queue={}))
+    msg = tab.project_save("KbProject2", "", 1, "elsewhere", False, SimpleNamespace(username="rev"))[0]
+    assert msg.startswith("**Error:**") and "this store serves one KB" in msg
+    _, rows, _, _, _ = tab.project_refresh("KbProject", SimpleNamespace(username="rev"))
+    kb_col = P.PROJECT_COLUMNS.index("kb")
+    assert next(r for r in rows if r[0] == "KbProject")[kb_col] == "default"
+    assert tab.kb.choices == [("default", "default")]

@@ -150,9 +150,9 @@ def test_database_role_survives_the_environment(ctx):
     in again (ctx.annotator) keeps the database's role."""
     users_tab.change_role(ctx, "boss", "ana", "reviewer")
     assert ctx.annotator("ana") == "ana" and ctx.store.get_annotator("ana").role == "reviewer"
-    # she may review now; her own flagged m1 counts as a reviewer's decision (the gold rule reads the
-    # role as it is now), so only m0 is left
-    assert [it.mention.uid for it in review_tab.review_page(ctx, "ana").items] == ["m0"]
+    # she may review now; her own flagged m1 was decided as an annotator and stays one (the gold
+    # rule reads the role a decision was made in, migration 0005), so m1 is still to review
+    assert [it.mention.uid for it in review_tab.review_page(ctx, "ana").items] == ["m0", "m1"]
 
 
 # -- sign-in and the API --------------------------------------------------------------------------

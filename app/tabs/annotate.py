@@ -23,9 +23,11 @@ from ..common import (
     PRIVATE,
     Shared,
     UserError,
+    browser_state,
     choice_value,
     message,
     parse_choice,
+    progress_bar_html,
     rounded,
     user_errors,
     username_of,
@@ -245,14 +247,12 @@ def history(ctx: AppContext, username: str | None, limit: int = 50) -> list:
 def progress_html(c: dict | None) -> str:
     if not c:
         return ""
-    total = max(1, c["mentions"])
-    pct = 100.0 * c["complete"] / total
     rate = f" · {c['items_per_hour']} items/h" if c.get("items_per_hour") else ""
-    return (
-        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.1f}%'></div></div>"
-        f"<div class='counts'>{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
+    return progress_bar_html(
+        c["complete"] / max(1, c["mentions"]),
+        f"{c['complete']}/{c['mentions']} mentions complete · you: {c['decided']} decided "
         f"({c['entity']} entity, {c['nil']} NIL, {c['ambiguous']} ambiguous), {c['skipped']} skipped · "
-        f"{c['pending_for_you']} pending for you{rate}</div></div>"
+        f"{c['pending_for_you']} pending for you{rate}",
     )
 
 
@@ -318,7 +318,9 @@ class AnnotateTab:
                     self.action = gr.Textbox(elem_id="annot_action", show_label=False)
                     self.send_button = gr.Button("send", elem_id="annot_send")
             self.cur = gr.State(None)
-            self.position = gr.BrowserState({"mention_id": None, "hist": -1}, storage_key="mimic_annotate_position")
+            self.position = browser_state(self.shared, "mimic_annotate_position")
+            # the project this browser last picked, restored at the next page load while it exists
+            self.remembered = browser_state(self.shared, "mimic_annotate_project")
 
     @property
     def item_outputs(self) -> list:
@@ -337,8 +339,10 @@ class AnnotateTab:
         picker = [self.project, self.guidelines]
         self.project_refresh.click(self.on_project_list, self.project, picker, **PRIVATE)
         if getattr(self.shared, "demo", None) is not None:
-            self.shared.demo.load(self.on_project_list, self.project, picker, **PRIVATE)
-        self.project.input(self.on_project, self.project, out + [self.guidelines], **db_queue, **PRIVATE)
+            self.shared.demo.load(self.on_project_restore, [self.project, self.remembered], picker, **PRIVATE)
+        # `.input`: a user's pick only (a handler setting the picker does not fire it)
+        picked = out + [self.guidelines, self.remembered]
+        self.project.input(self.on_project, self.project, picked, **db_queue, **PRIVATE)
         take = "(a, p) => [window.mimicAnnotate ? window.mimicAnnotate.take() : a, p]"
         # "multiple": every decision is sent, even while the previous one is still being written
         self.send_button.click(
@@ -375,11 +379,22 @@ class AnnotateTab:
         value = project if project in choices else ALL_PROJECTS
         return gr.update(choices=choices, value=value), project_guidelines(self.ctx, username_of(request), value)
 
+    def restored_project(self, username: str | None, remembered) -> str:
+        """The project this browser picked last (its BrowserState) while it is still a choice, else "all"."""
+        return remembered if remembered in self._choices(username) else ALL_PROJECTS
+
+    def on_project_restore(self, project, remembered, request: gr.Request):
+        """The page load: the picker's choices, set to the remembered project (the page load's item,
+        app/ui.py, is of the same project: both ask `restored_project`)."""
+        choices = self._choices(username_of(request))
+        value = self.restored_project(username_of(request), remembered)
+        return gr.update(choices=choices, value=value), project_guidelines(self.ctx, username_of(request), value)
+
     def on_project(self, project, request: gr.Request):
         """Another project picked: its queue's item (the lease on an item of another project is kept
-        for that project's queue) and its guidelines."""
+        for that project's queue), its guidelines, and the pick remembered for this browser."""
         out = self.show_item({"hist": -1}, request, project=project)
-        return out + (project_guidelines(self.ctx, username_of(request), project),)
+        return out + (project_guidelines(self.ctx, username_of(request), project), project)
 
     def render_item(self, m, pred, note: str, cur: dict, request, *, seq=None, refresh=False, project=None) -> tuple:
         """The outputs for item `m` (None: the queue is empty) with the prefetched items after it."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 from html import escape
-from urllib.parse import quote
 
 from db.annotations import FLAGS
 
 from ..common import AMBIGUOUS, NIL, UserError
-from ..context import AppContext, resolve_image
+from ..context import AppContext
+from ..media import media_url
 
 CARD_KEYS = [str(i) for i in range(1, 10)] + ["0"]  # 1-9 for candidates 1-9, 0 for the 10th
 ACTIONS = ("decide", "skip", "add_span")
@@ -46,10 +46,9 @@ def card_key(i: int) -> str | None:
 
 
 def file_url(ctx: AppContext, path: str | None) -> str | None:
-    """A browser URL for an image through Gradio's file route, only for files the app may serve
-    (DATA_DIR/images and assets/, `resolve_image`); None for anything else."""
-    real = resolve_image(path, ctx.config.data_dir)
-    return f"gradio_api/file={quote(real)}" if real else None
+    """A relative, content-addressed browser URL for an image (app/media.py: no server path in the
+    page), only for files the app may serve (DATA_DIR/images and assets/); None for anything else."""
+    return media_url(path, ctx.config.data_dir)
 
 
 def _score(v) -> str:

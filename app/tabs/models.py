@@ -5,7 +5,6 @@ followed here)."""
 from __future__ import annotations
 
 import atexit
-import html
 import json
 import shutil
 import tempfile
@@ -20,7 +19,17 @@ from db import StoreError
 from db.export import zip_folder
 from retraining import RetrainBusy, read_log, read_progress, start_retrain_process
 
-from ..common import PRIVATE, Shared, UserError, header_markdown, message, rounded, user_errors, username_of
+from ..common import (
+    PRIVATE,
+    Shared,
+    UserError,
+    header_markdown,
+    message,
+    progress_bar_html,
+    rounded,
+    user_errors,
+    username_of,
+)
 from ..context import AppContext
 
 VERSION_COLUMNS = [
@@ -276,12 +285,8 @@ def export(ctx: AppContext, fmt: str, username: str | None = None) -> str:
 
 
 def retrain_progress_html(run_id: int, prog: dict) -> str:
-    pct = 100 * float(prog.get("fraction") or 0)
-    return (
-        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
-        f"</div><div class='counts'>run {run_id} · {prog.get('status')} · {prog.get('step', '')} · "
-        f"{html.escape(str(prog.get('message', '')))}</div></div>"
-    )
+    text = f"run {run_id} · {prog.get('status')} · {prog.get('step', '')} · {prog.get('message', '')}"
+    return progress_bar_html(prog.get("fraction"), text)
 
 
 # -- the tab --------------------------------------------------------------------------------------

@@ -27,10 +27,21 @@ import gradio as gr
 
 from db import StoreError
 from db.corpus import FORMATS, detect_format
-from db.projects import DEFAULT_PROJECT
+from db.projects import DEFAULT_PROJECT, STORE_KBS
 from mimic.serving.linker import LinkInputError
 
-from ..common import PRIVATE, Shared, UserError, message, scrub_paths, upload_path, user_errors, username_of
+from ..common import (
+    PRIVATE,
+    Shared,
+    UserError,
+    browser_state,
+    message,
+    progress_bar_html,
+    scrub_paths,
+    upload_path,
+    user_errors,
+    username_of,
+)
 from ..context import AppContext, candidates_for_store
 from ..jobs import Job, JobError, JobFailure
 
@@ -290,15 +301,11 @@ def progress_html(v: dict | None) -> str:
     """A job's snapshot as a progress bar with its message."""
     if not v:
         return ""
-    pct = 100 * float(v.get("fraction") or 0)
     what = {"project_import": "Import", "project_preannotate": "Pre-annotation"}.get(v["kind"], v["kind"])
     text = f"{what} {v['state']} · {v['seconds']:.0f} s · {v['message']}"
     if v.get("error"):
         text += f" · {v['error']}"
-    return (
-        f"<div class='annot-progress'><div class='bar'><div class='fill' style='width:{pct:.0f}%'></div>"
-        f"</div><div class='counts'>{html.escape(text)}</div></div>"
-    )
+    return progress_bar_html(v.get("fraction"), text)
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -317,6 +324,8 @@ class ProjectsTab:
                     label="Project", choices=[], allow_custom_value=True, scale=3, elem_id="projects_pick"
                 )
                 self.refresh_button = gr.Button("Refresh", size="sm", scale=1, elem_id="projects_refresh")
+            # the project this browser last picked or saved, shown again at the next page load
+            self.remembered = browser_state(self.shared, "mimic_projects_project")
             self.table = gr.Dataframe(
                 headers=PROJECT_COLUMNS, interactive=False, elem_id="projects_table", max_height=260
             )
@@ -332,7 +341,13 @@ class ProjectsTab:
                     self.overlap = gr.Number(
                         label="Annotators per mention", value=1, precision=0, minimum=1, elem_id="projects_overlap"
                     )
-                    self.kb = gr.Textbox(label="Knowledge base", value="default", elem_id="projects_kb")
+                    # one store serves one KB (db.projects.STORE_KBS): the only choice today
+                    self.kb = gr.Dropdown(
+                        label="Knowledge base (this store serves one)",
+                        choices=list(STORE_KBS),
+                        value=STORE_KBS[0],
+                        elem_id="projects_kb",
+                    )
                     self.archived = gr.Checkbox(label="Archived", elem_id="projects_archived")
                 self.guidelines = gr.Textbox(label="Guidelines (Markdown)", lines=8, elem_id="projects_guidelines_edit")
                 self.save_button = gr.Button("Save project", variant="primary", elem_id="projects_save")
@@ -364,21 +379,18 @@ class ProjectsTab:
     def _wire(self):
         s = self.shared
         listing = [self.project, self.table, self.msg]
-        self.refresh_button.click(self.project_refresh, self.project, listing, **PRIVATE)
-        s.demo.load(self.project_refresh, self.project, listing, **PRIVATE)
-        shown = [
-            self.guidelines_view,
-            self.annotators,
-            self.name,
-            self.overlap,
-            self.kb,
-            self.archived,
-            self.guidelines,
-        ]
-        self.project.change(self.project_show, self.project, shown, **PRIVATE)
-        form = [self.name, self.guidelines, self.overlap, self.kb, self.archived]
+        view = [self.guidelines_view, self.annotators]
+        form = [self.name, self.overlap, self.kb, self.archived, self.guidelines]
+        # The form is filled only by the page load and by a pick the user makes (`.input`): never by a
+        # `.change`, which also fires when a handler sets the picker and would overwrite what the
+        # user typed meanwhile (the page load's picker update did, and saving said "give a name").
+        s.demo.load(self.project_load, self.remembered, listing + view + form, **PRIVATE)
+        self.refresh_button.click(self.project_refresh, self.project, listing + view, **PRIVATE)
+        self.project.input(self.project_show, self.project, view + form + [self.remembered], **PRIVATE)
         # a project write is one short transaction: the "db" queue, like every other write
-        self.save_button.click(self.project_save, form, [self.msg, self.project, self.table], **s.db_queue, **PRIVATE)
+        save_in = [self.name, self.guidelines, self.overlap, self.kb, self.archived]
+        save_out = [self.msg, self.project, self.table] + view + [self.remembered]
+        self.save_button.click(self.project_save, save_in, save_out, **s.db_queue, **PRIVATE)
         job_out = [self.job_id, self.job_html, self.rejected, self.report, self.msg, self.poll, self.cancel_button]
         # not in the "db" queue: these start background jobs (app/jobs.py)
         self.import_button.click(
@@ -407,38 +419,63 @@ class ProjectsTab:
         ]
 
     def project_refresh(self, current, request: gr.Request):
+        """The picker's choices, the table, and the picked project's guidelines and per-annotator
+        progress (Refresh: the form keeps what the user typed)."""
         try:
             projects = list_projects(self.ctx, username_of(request))
         except UserError as exc:
-            return gr.update(choices=[]), [], message(str(exc), "error")
+            return gr.update(choices=[]), [], message(str(exc), "error"), "", []
         names = [p["name"] for p in projects]
         value = current if current in names else names[0]
-        return gr.update(choices=names, value=value), self._rows(projects), ""
+        return (gr.update(choices=names, value=value), self._rows(projects), "") + self._view(value)
+
+    def project_load(self, remembered, request: gr.Request):
+        """The page load: the listing, and the project this browser picked last (while it exists,
+        else the first) shown in the form, once."""
+        out = self.project_refresh(remembered, request)
+        value = out[0].get("value") if isinstance(out[0], dict) else None
+        return out + (self._form(value) if value else (gr.update(),) * 5)
 
     def project_show(self, project, request: gr.Request):
-        """The chosen project's guidelines, per-annotator progress, and its settings in the form."""
+        """A project the user picked: its guidelines, per-annotator progress, and its settings in the form."""
         try:
             self.ctx.require("project_view", username_of(request))
+        except UserError:  # visitors: nothing to show
+            return ("", []) + (gr.update(),) * 6
+        return self._view(project) + self._form(project) + (project,)
+
+    def _view(self, project) -> tuple:
+        try:
             prog = self.ctx.store.project_progress(project or DEFAULT_PROJECT)
-        except Exception:  # visitors, a project removed meanwhile: nothing to show
-            return ("",) + (gr.update(),) * 6
+        except StoreError:  # a project removed meanwhile
+            return "", []
         rows = [[a[c] for c in ANNOTATOR_COLUMNS] for a in prog["annotators"]]
-        md = guidelines_markdown(self.ctx, project)
+        return guidelines_markdown(self.ctx, project), rows
+
+    def _form(self, project) -> tuple:
+        """The form's fields (name, overlap, KB, archived, guidelines) for the project."""
         if not project or project == DEFAULT_PROJECT:
-            return md, rows, "", 1, "default", False, ""
-        p = self.ctx.store.get_project(project)
-        return md, rows, p.name, p.annotators_per_mention, p.kb, p.archived, p.guidelines
+            return "", 1, "default", False, ""
+        try:
+            p = self.ctx.store.get_project(project)
+        except StoreError:
+            return (gr.update(),) * 5
+        return p.name, p.annotators_per_mention, p.kb, p.archived, p.guidelines
 
     def project_save(self, name, guidelines, overlap, kb, archived, request: gr.Request):
         try:
             rec = save_project(self.ctx, username_of(request), name, guidelines, overlap or 1, kb, archived)
             projects = list_projects(self.ctx, username_of(request))
         except UserError as exc:
-            return message(str(exc), "error"), gr.update(), gr.update()
+            return (message(str(exc), "error"),) + (gr.update(),) * 5
         return (
-            message(f"Saved project {rec.name}", "ok"),
-            gr.update(choices=[p["name"] for p in projects], value=rec.name),
-            self._rows(projects),
+            (
+                message(f"Saved project {rec.name}", "ok"),
+                gr.update(choices=[p["name"] for p in projects], value=rec.name),
+                self._rows(projects),
+            )
+            + self._view(rec.name)
+            + (rec.name,)
         )
 
     def _started(self, start):
