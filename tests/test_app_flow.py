@@ -9,11 +9,9 @@ with the library's loader.
 Driven in Chromium, waiting on what the page shows (never a fixed sleep): the project's creation,
 the upload of the corpus and its images zip in the Projects tab, whose progress bar reports the
 import and pre-annotation jobs, both annotators' keys, the Review tab's list of the disputed
-mention, and the export zip downloaded from the Projects tab. Through a handler: the resolution
-itself (`app.tabs.review.resolve`, what the Review tab's Resolve button calls, with the same role
-check): a click on a row of Gradio 6's virtual table did not open the mention under Playwright
-(its cells count as hidden), so the row selection is left to tests/test_app_review.py. The last
-step reads the store's training export in Python, as the retraining pipeline does.
+mention, the click on its row, the resolution (the choice, a comment, Resolve) and the export zip
+downloaded from the Projects tab. The last step reads the store's training export in Python, as the
+retraining pipeline does.
 Skips when /usr/bin/chromium or playwright is missing."""
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import test_app_browser as B
 from PIL import Image
 from test_app_browser import browser  # noqa: F401  (the module's Chromium fixture)
 
-from app.tabs import review as R
 from mimic.data.formats import load_dataset
 
 pytestmark = B.pytestmark
@@ -172,8 +169,8 @@ def test_project_import_annotate_review_export_retrain_flow(browser, studio, tmp
     assert cur[("bob", target)].entity_id == preds[target].candidates[1].entity_id
     assert cur[("bob", target)].comment == "the second reading fits"
 
-    # 4. the reviewer resolves the disagreement (bob was right): the Review tab lists it (browser),
-    # the resolution goes through the Resolve button's handler (see the module docstring)
+    # 4. the reviewer resolves the disagreement (bob was right) in the Review tab: the list holds only
+    # the disputed mention; a click opens it, the reviewer picks bob's reading and resolves
     gold = preds[target].candidates[1].entity_id
     B.open_tab(rev_pg, "Review")
     rev_pg.fill("#review_project input, #review_project textarea", str(ctx.store.get_project(PROJECT).id))
@@ -183,7 +180,17 @@ def test_project_import_annotate_review_export_retrain_flow(browser, studio, tmp
     )
     listed = rev_pg.inner_text("#review_list")
     assert "disagreement" in listed and SENTENCES[0] not in listed  # only the mention in dispute
-    R.resolve(ctx, "rev", target, gold, "bob's reading")
+    # the grid draws its visible rows as div cells (a virtual table): click the row's sentence cell
+    rev_pg.locator("#review_list span.text", has_text=SENTENCES[1]).first.click()
+    rev_pg.wait_for_function(
+        "g => document.querySelector('#review_choice')?.innerText.includes(g)", arg=gold, timeout=60_000
+    )
+    rev_pg.locator("#review_choice label", has_text=f"({gold})").first.click()
+    rev_pg.fill("#review_comment textarea, #review_comment input", "bob's reading")
+    rev_pg.click("#review_resolve")
+    rev_pg.wait_for_function(
+        "() => document.querySelector('#review_msg')?.innerText.includes('Resolved mention')", timeout=60_000
+    )
     resolution = [a for a in ctx.store.current_annotations() if a.mention_id == target and a.annotator == "rev"]
     assert [(a.entity_id, a.comment) for a in resolution] == [(gold, "bob's reading")]
 
