@@ -33,6 +33,9 @@ class _Visibility(TypedDict):
 
 
 PRIVATE: _Visibility = {"api_visibility": "private"}
+# Exports only read the store (one read transaction each), so they run in a queue of their own,
+# never in the "db" write queue: an annotation is never held behind an export (issue 18 point 3).
+EXPORT_QUEUE: dict = {"concurrency_id": "export", "concurrency_limit": 2}
 
 # S_L: the lexical unit's score (blank when the served model has none, see mimic.models.lexical_unit)
 CANDIDATE_COLUMNS = ["rank", "name", "id", "S", "S_T", "S_V", "S_C", "S_L", "margin", "found by"]

@@ -71,3 +71,22 @@ def test_zip_formats_carry_their_images(ctx, monkeypatch):
     assert str(ctx.store.settings.data_dir) not in json.dumps(tasks)
     assert set(models_tab.EXPORT_FORMATS) == set(models_tab.EXPORT_LABELS)
     models_tab._clean_exports(everything=True)
+
+
+def test_exports_run_outside_the_write_queue_and_can_be_cancelled(studio):
+    """An export only reads the store, so it runs in its own queue: an annotation (the "db" write
+    queue, one at a time) is never held behind it (issue 18 point 3); each tab's Cancel export
+    button cancels it."""
+    demo = studio.demo
+    ids = {b.elem_id: b._id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    deps = demo.config["dependencies"]
+    fns = demo.fns
+
+    def events_of(elem_id: str) -> list[int]:
+        return [i for i, f in fns.items() if (ids[elem_id], "click") in [tuple(t) for t in f.targets]]
+
+    assert any(f.concurrency_id == "db" for f in fns.values())  # the write queue exists
+    for button, cancel in (("models_export", "models_export_cancel"), ("projects_export", "projects_export_cancel")):
+        (export,) = events_of(button)
+        assert fns[export].concurrency_id == "export" and fns[export].concurrency_limit == 2
+        assert any(export in d["cancels"] for d in deps if d["id"] in events_of(cancel))

@@ -20,6 +20,7 @@ from db.export import zip_folder
 from retraining import RetrainBusy, read_log, read_progress, start_retrain_process
 
 from ..common import (
+    EXPORT_QUEUE,
     PRIVATE,
     Shared,
     UserError,
@@ -314,6 +315,7 @@ class ModelsTab:
                     elem_id="models_export_format",
                 )
                 self.export_button = gr.Button("Export", elem_id="models_export")
+                self.export_cancel = gr.Button("Cancel export", size="sm", elem_id="models_export_cancel")
             self.export_file = gr.File(label="Export", elem_id="models_export_file")
             with gr.Row():
                 self.version = gr.Dropdown(label="Model version", choices=[], elem_id="models_version", scale=3)
@@ -357,7 +359,10 @@ class ModelsTab:
             [self.retrain_progress, self.log, self.job, self.timer, self.runs, self.versions, s.header],
             **PRIVATE,
         )
-        self.export_button.click(self.on_export, self.export_format, self.export_file, **s.db_queue, **PRIVATE)
+        exporting = self.export_button.click(
+            self.on_export, self.export_format, self.export_file, **EXPORT_QUEUE, **PRIVATE
+        )
+        self.export_cancel.click(None, cancels=[exporting], **PRIVATE)
         s.demo.load(self.refresh, None, refresh_out, **PRIVATE)
         s.demo.load(self.versions_and_runs, None, [self.version, self.runs], **PRIVATE)
 

@@ -31,6 +31,7 @@ from db.projects import DEFAULT_PROJECT, STORE_KBS
 from mimic.serving.linker import LinkInputError
 
 from ..common import (
+    EXPORT_QUEUE,
     PRIVATE,
     Shared,
     UserError,
@@ -374,6 +375,7 @@ class ProjectsTab:
             with gr.Row():
                 self.export_fmt = gr.Dropdown(label="Export as", choices=["jsonl", "csv"], value="jsonl", scale=1)
                 self.export_button = gr.Button("Export the project (zip)", scale=1, elem_id="projects_export")
+                self.export_cancel = gr.Button("Cancel export", size="sm", scale=0, elem_id="projects_export_cancel")
                 self.export_file = gr.File(label="Export", scale=2, elem_id="projects_export_file")
 
     def _wire(self):
@@ -399,9 +401,14 @@ class ProjectsTab:
         self.pre_button.click(self.project_start_pre, self.project, job_out, **PRIVATE)
         self.poll.tick(self.project_poll, self.job_id, job_out[1:] + [self.table], **PRIVATE)
         self.cancel_button.click(self.project_cancel, self.job_id, self.msg, **PRIVATE)
-        self.export_button.click(
-            self.project_export_zip, [self.project, self.export_fmt], [self.export_file, self.msg], **PRIVATE
+        exporting = self.export_button.click(
+            self.project_export_zip,
+            [self.project, self.export_fmt],
+            [self.export_file, self.msg],
+            **EXPORT_QUEUE,
+            **PRIVATE,
         )
+        self.export_cancel.click(None, cancels=[exporting], **PRIVATE)
 
     def _rows(self, projects: list[dict]) -> list[list]:
         return [
