@@ -79,3 +79,16 @@ def test_memo_steps_aside_while_the_backbone_trains_and_round_trips_through_a_fi
     with other.installed(type(model.backbone)), torch.no_grad():
         model.backbone.encode_text(tok["input_ids"], tok["attention_mask"])
     assert other.hits == len(TEXTS) and other.misses == 0
+
+
+def test_feature_store_of_text_only_items_matches_the_backbone_path(tiny_clip_dir):
+    from mimic.training.feature_store import FeatureStore
+
+    model = _model(tiny_clip_dir)
+    store = FeatureStore(model, TEXTS, [None, "", None, None], batch_size=3, progress=False, desc="t")
+    with torch.no_grad():
+        text, image = model.backbone_features(TEXTS, [None] * len(TEXTS))
+    assert torch.allclose(store.text_global.float(), text.global_, atol=1e-3)  # the store keeps fp16
+    assert torch.allclose(store.text_tokens.float(), text.tokens, atol=1e-2)
+    assert torch.equal(store.text_mask, text.mask) and not store.has_image.any() and not image.has_image.any()
+    assert store.image_stats == {"absent": len(TEXTS)} and len(store.img_global) == 0
