@@ -586,8 +586,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
             )
         if run.is_main and cfg.test_after and dataset.splits.get("test") and (run.best_dir / "config.json").exists():
             t_test = time.perf_counter()
-            summary["test"] = _test_best(run, dataset)
-            summary["test"]["seconds"] = round(time.perf_counter() - t_test, 2)
+            summary["test"] = _test_best(run, dataset) | {"seconds": round(time.perf_counter() - t_test, 2)}
         if run.is_main and cfg.lexical_unit and (run.best_dir / "config.json").exists():
             summary["lexical_unit"] = _fit_lexical_unit(run, dataset)
         summary["phases"] = _phases(summary, time.perf_counter() - t_start, text_memo)
