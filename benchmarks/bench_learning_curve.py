@@ -38,8 +38,9 @@ Everything goes through the real store and the real retraining job, as the app d
    the rule must refuse it and the promoted version and its checkpoint files stay as they were.
 
 The backbone is frozen (always on the CPU), so its text outputs do not change between runs; they are
-computed once per distinct text and reused by every run (`TextFeatureMemo`, a measurement device of
-this script only: the job itself encodes the KB in each run). Output: one JSON line per N, one for the
+computed once per distinct text and reused by every run (`mimic.training.text_memo`, installed here
+for the whole benchmark and saved to `--feature-cache`; each job run shares it, as a run shares its
+own memo between its training, its lexical unit and its judge). Output: one JSON line per N, one for the
 poison run, then a summary line (with the machine's load average). `--json PATH` also writes them.
 """
 
@@ -60,7 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.text_feature_memo import TextFeatureMemo  # noqa: E402
+from mimic.training.text_memo import TextFeatureMemo  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "melbench" / "Wikidata-MEL.json"
 ANNOTATORS = ("ana", "ben", "chloe")
@@ -470,7 +471,7 @@ def run_curve(a, emit) -> dict:
             "test_mentions": len(test),
             "setup": setup,
             "annotator_actions": ann.counts,
-            "text_memo": {"rows": len(memo.rows), "hits": memo.hits, "misses": memo.misses},
+            "text_memo": memo.stats(),
             "settings": {
                 "backbone": a.backbone,
                 "epochs": a.epochs,

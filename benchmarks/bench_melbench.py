@@ -52,6 +52,7 @@ from mimic.training.lexical_unit_fit import (  # noqa: E402
     fit_lexical_unit,
     shortlist_ranks,
 )
+from mimic.training.text_memo import TextFeatureMemo  # noqa: E402
 
 ABLATIONS = {
     "no-mimic (S_L alone)": dict(betas=(0.0,)),
@@ -129,44 +130,53 @@ def main():
     rows: list[dict] = []
     splits = [] if a.only_ablations else a.splits.split(",")
     sets: dict[str, ShortlistSet] = {}
-    for split in splits:
-        ms = ds.split(split)
-        t = time.perf_counter()
-        emit(rows, {"row": "tfidf", "split": split, **fmt(tfidf_ranks(ds, ms)), "s": round(time.perf_counter() - t, 1)})
-        t = time.perf_counter()
-        emit(
-            rows,
-            {
-                "row": "zero-shot",
-                "split": split,
-                **fmt(zero_shot(base, index, ms)),
-                "s": round(time.perf_counter() - t, 1),
-            },
-        )
-        if a.mimic_full_kb:
+    # each mention is encoded once for the zero-shot row and the shortlists; the agreement check
+    # below links without the memo, as serving does
+    memo = TextFeatureMemo()
+    with memo.installed(type(fused.backbone)):
+        for split in splits:
+            ms = ds.split(split)
             t = time.perf_counter()
-            ec = index.cache.apply(lambda x: x.float() if x.is_floating_point() else x)
-            # index rows are in KB order for a freshly built index (checked), so positions agree
-            assert index.ids == [e.id for e in ds.kb.entities], "index rows are not in KB order"
-            res = evaluate(base, ds.kb, ms, entity_cache=ec, batch_size=64)
-            emit(rows, {"row": "mimic", "split": split, **fmt(res["ranks"]), "s": round(time.perf_counter() - t, 1)})
-        t = time.perf_counter()
-        ss = collect_shortlists(linker, ms, progress=False)  # the served ranking, as `evaluate` measures it
-        if split == "test":
-            ss.save(work / "shortlists_test.npz")  # for --only-ablations
-        sets[split] = ss
-        emit(rows, {"row": "mimic-shortlist", "split": split, **fmt(shortlist_ranks(ss.S_mimic, ss.mask, ss.gold))})
-        emit(
-            rows,
-            {
-                "row": "mimic+lexical",
-                "split": split,
-                **fmt(shortlist_ranks(ss.S, ss.mask, ss.gold)),
-                "shortlist_recall": round(float((ss.gold >= 0).mean()), 4),
-                "mimic_weight": fused.lexical_unit.config.mimic_weight,
-                "s": round(time.perf_counter() - t, 1),
-            },
-        )
+            emit(
+                rows,
+                {"row": "tfidf", "split": split, **fmt(tfidf_ranks(ds, ms)), "s": round(time.perf_counter() - t, 1)},
+            )
+            t = time.perf_counter()
+            emit(
+                rows,
+                {
+                    "row": "zero-shot",
+                    "split": split,
+                    **fmt(zero_shot(base, index, ms)),
+                    "s": round(time.perf_counter() - t, 1),
+                },
+            )
+            if a.mimic_full_kb:
+                t = time.perf_counter()
+                ec = index.cache.apply(lambda x: x.float() if x.is_floating_point() else x)
+                # index rows are in KB order for a freshly built index (checked), so positions agree
+                assert index.ids == [e.id for e in ds.kb.entities], "index rows are not in KB order"
+                res = evaluate(base, ds.kb, ms, entity_cache=ec, batch_size=64)
+                emit(
+                    rows, {"row": "mimic", "split": split, **fmt(res["ranks"]), "s": round(time.perf_counter() - t, 1)}
+                )
+            t = time.perf_counter()
+            ss = collect_shortlists(linker, ms, progress=False)  # the served ranking, as `evaluate` measures it
+            if split == "test":
+                ss.save(work / "shortlists_test.npz")  # for --only-ablations
+            sets[split] = ss
+            emit(rows, {"row": "mimic-shortlist", "split": split, **fmt(shortlist_ranks(ss.S_mimic, ss.mask, ss.gold))})
+            emit(
+                rows,
+                {
+                    "row": "mimic+lexical",
+                    "split": split,
+                    **fmt(shortlist_ranks(ss.S, ss.mask, ss.gold)),
+                    "shortlist_recall": round(float((ss.gold >= 0).mean()), 4),
+                    "mimic_weight": fused.lexical_unit.config.mimic_weight,
+                    "s": round(time.perf_counter() - t, 1),
+                },
+            )
     if "test" in sets and a.agreement_sample:
         ms = ds.split("test")
         ss = sets["test"]
@@ -220,6 +230,7 @@ def main():
         "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - t_start, 1),
+        "text_memo": memo.stats(),
         "rows": rows,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))

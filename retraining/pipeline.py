@@ -4,6 +4,7 @@ them; run.py records the run around it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ from mimic.data.formats import load_dataset
 from mimic.data.schema import Dataset, KnowledgeBase
 from mimic.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from mimic.serving.zeroshot import zero_shot_model
+from mimic.training.text_memo import shared_memo
 from mimic.training.trainer import TrainConfig, pick_device, train
 
 from .config import RetrainConfig
@@ -407,65 +409,72 @@ def run_steps(cfg: RetrainConfig, store, rid: int, rdir: Path, serving: Serving,
         )
 
     start = load_start_model(cfg, serving)
-    fit_unit, why = lexical_plan(cfg, start.mode, len(data.kb), len(data.train))
-    if fit_unit:
-        data.train, data.select = selection_split(data.train, cfg.lexical_select)
-        write_split_record(cfg, data, rdir)
-    prog(
-        "train",
-        0.1,
-        f"serving: {serving.version}"
-        + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
-        + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
-        + (f"{len(data.select)} corrections kept to choose the lexical unit's epoch and β, " if data.select else "")
-        + f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
-    )
-    train_dir = rdir / "train"
-    candidate, tsum, t_train = train_candidate(cfg, serving, start, data, train_dir, prog)
+    # A frozen backbone encodes each text once for the whole run: the heads' feature cache, the
+    # lexical unit's index and shortlists, and the judge's KB pass (mimic.training.text_memo).
+    with shared_memo(start.model.backbone) if start.freeze else contextlib.nullcontext():
+        fit_unit, why = lexical_plan(cfg, start.mode, len(data.kb), len(data.train))
+        if fit_unit:
+            data.train, data.select = selection_split(data.train, cfg.lexical_select)
+            write_split_record(cfg, data, rdir)
+        prog(
+            "train",
+            0.1,
+            f"serving: {serving.version}"
+            + (f" (checkpoint {serving.checkpoint})" if serving.checkpoint else "")
+            + f"; training {len(data.train) + len(data.base_train)} mentions, {cfg.epochs} epoch(s), "
+            + (f"{len(data.select)} corrections kept to choose the lexical unit's epoch and β, " if data.select else "")
+            + f"lr {start.lr:g}, {'frozen' if start.freeze else 'trainable'} backbone, on {start.device}",
+        )
+        train_dir = rdir / "train"
+        candidate, tsum, t_train = train_candidate(cfg, serving, start, data, train_dir, prog)
 
-    index_dir, index = rdir / "candidate-index", None
-    lexical: dict = {"status": "none", "reason": why}
-    if fit_unit:
-        index, report = fit_candidate_unit(cfg, candidate, data.kb, data.train, data.select, index_dir, prog)
-        lexical = {"status": "fitted", "report": report}
-    elif keep_serving_unit(start.model, candidate):
-        lexical = {"status": "kept from the serving model", "reason": why}
-    try:
-        res, t_eval = judge(cfg, serving, start, candidate, data, rdir, prog, candidate_index=index)
-    finally:
-        shutil.rmtree(index_dir, ignore_errors=True)  # the app indexes a promoted version itself
-    promote, reason = decide_promotion(res["serving"], res["candidate"], cfg)
-    prog("evaluate", 0.9, reason)
+        index_dir, index = rdir / "candidate-index", None
+        lexical: dict = {"status": "none", "reason": why}
+        if fit_unit:
+            index, report = fit_candidate_unit(cfg, candidate, data.kb, data.train, data.select, index_dir, prog)
+            lexical = {"status": "fitted", "report": report}
+        elif keep_serving_unit(start.model, candidate):
+            lexical = {"status": "kept from the serving model", "reason": why}
+        try:
+            res, t_eval = judge(cfg, serving, start, candidate, data, rdir, prog, candidate_index=index)
+        finally:
+            shutil.rmtree(index_dir, ignore_errors=True)  # the app indexes a promoted version itself
+        promote, reason = decide_promotion(res["serving"], res["candidate"], cfg)
+        prog("evaluate", 0.9, reason)
 
-    version, version_dir = new_version_dir(cfg, rid, serving)
-    metrics = version_metrics(
-        cfg,
-        rid,
-        version,
-        version_dir,
-        serving,
-        start,
-        data,
-        res,
-        (promote, reason),
-        tsum,
-        {"train": t_train, "evaluate": t_eval},
-        candidate,
-        lexical,
-    )
-    prog("version", 0.93, f"writing {version_dir}")
-    write_version(train_dir / "best", version_dir, candidate, resave_backbone=start.resave_backbone, metrics=metrics)
-    # train/last only serves to resume a run, which a retraining run never does; it holds the
-    # optimizer state (twice the trained weights), so it goes. train/best stays for provenance.
-    shutil.rmtree(train_dir / "last", ignore_errors=True)
-    store.register_model_version(version, checkpoint=str(version_dir), backbone=start.backbone_label, metrics=metrics)
-    store.update_training_run(rid, metrics=metrics, output_model_version=version)
+        version, version_dir = new_version_dir(cfg, rid, serving)
+        metrics = version_metrics(
+            cfg,
+            rid,
+            version,
+            version_dir,
+            serving,
+            start,
+            data,
+            res,
+            (promote, reason),
+            tsum,
+            {"train": t_train, "evaluate": t_eval},
+            candidate,
+            lexical,
+        )
+        prog("version", 0.93, f"writing {version_dir}")
+        write_version(
+            train_dir / "best", version_dir, candidate, resave_backbone=start.resave_backbone, metrics=metrics
+        )
+        # train/last only serves to resume a run, which a retraining run never does; it holds the
+        # optimizer state (twice the trained weights), so it goes. train/best stays for provenance.
+        shutil.rmtree(train_dir / "last", ignore_errors=True)
+        store.register_model_version(
+            version, checkpoint=str(version_dir), backbone=start.backbone_label, metrics=metrics
+        )
+        store.update_training_run(rid, metrics=metrics, output_model_version=version)
 
-    if promote:
-        store.promote(version)
-        prog("promote", 0.97, f"{version} promoted (was {serving.version})")
-    else:
-        prog("promote", 0.97, f"{version} registered, not promoted; {serving.version} keeps serving")
+        if promote:
+            store.promote(version)
+            prog("promote", 0.97, f"{version} promoted (was {serving.version})")
+        else:
+            prog("promote", 0.97, f"{version} registered, not promoted; {serving.version} keeps serving")
     return {
         "run_id": rid,
         "version": version,

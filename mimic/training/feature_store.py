@@ -10,6 +10,16 @@ from mimic.backbones.base import ImageFeatures, TextFeatures
 from mimic.models.linking_model import ImageLoadStats, LinkingModel, load_images
 
 
+def _text_only(model: LinkingModel, texts: list[str]):
+    """`backbone_features` of items without an image in fixed mode: the text side as it computes it;
+    for the image side only `has_image` (all False) is read."""
+    tok = model.backbone.tokenize(texts, model.config.text_max_length)
+    dev = model.device
+    text = model.backbone.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+    none = torch.zeros(len(texts), dtype=torch.bool)
+    return text, ImageFeatures(torch.zeros(0), torch.zeros(0), none)
+
+
 class FeatureStore:
     """Backbone outputs for many items, fp16 on the CPU. Images are stored only for items that have
     one (compat mode shares one row for the encoded all-zero placeholder)."""
@@ -38,8 +48,13 @@ class FeatureStore:
         with torch.no_grad():
             for s in rng:
                 tx = texts[s : s + batch_size]
-                imgs = load_images(image_paths[s : s + batch_size], mode, stats)
-                text, image = model.backbone_features(tx, imgs)
+                paths = image_paths[s : s + batch_size]
+                if mode == "fixed" and not any(paths):
+                    # text only (MELBench): skip building and normalising B all-zero images
+                    stats["absent"] += len(paths)
+                    text, image = _text_only(model, tx)
+                else:
+                    text, image = model.backbone_features(tx, load_images(paths, mode, stats))
                 tg.append(text.global_.half().cpu())
                 tt.append(text.tokens.half().cpu())
                 tm.append(text.mask.cpu())

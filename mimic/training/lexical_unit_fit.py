@@ -223,10 +223,9 @@ def train_lexical_unit(
     """The whole recipe after MIMIC's heads are trained: index the dataset's KB with the checkpoint
     (`index`, reused when it exists), collect train and dev shortlists (cached in `work`), fit the
     unit, and write checkpoint + unit to `output`. Returns the report."""
-    # lazy: the store of the recipe's inputs, not needed to import the fitting functions
-    from mimic.data.formats import load_dataset
-    from mimic.models.checkpoint import load_checkpoint, read_config, save_checkpoint
-    from mimic.serving.index import KBIndex
+    # lazy: the recipe's inputs and the serving stack, not needed to import the fitting functions
+    from mimic.models.checkpoint import load_checkpoint
+    from mimic.training.text_memo import shared_memo
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -237,6 +236,18 @@ def train_lexical_unit(
     if model.config.mode != "fixed":
         raise ValueError("the lexical unit is a fixed-mode extension; this checkpoint is in compat mode")
     model.attach_lexical_unit(None)  # a unit already in the checkpoint is replaced, not stacked
+    with shared_memo(model.backbone):  # the trainer's memo when called by it: no text is encoded twice
+        return _train_lexical_unit(
+            model, checkpoint, data, output, index, work, fit, shortlist, batch_size, progress, log, t0
+        )
+
+
+def _train_lexical_unit(model, checkpoint, data, output, index, work, fit, shortlist, batch_size, progress, log, t0):
+    """`train_lexical_unit` once the checkpoint is loaded (the arguments are its own)."""
+    from mimic.data.formats import load_dataset
+    from mimic.models.checkpoint import read_config, save_checkpoint
+    from mimic.serving.index import KBIndex
+
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     if (index / "index.json").exists():
         kb_index = KBIndex(index)
