@@ -54,6 +54,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-mrr-delta", type=float, help="promotion: held-out MRR gain required (default 0)")
     p.add_argument("--max-dev-h1-drop", type=float, help="promotion: base dev H@1 drop allowed (default 0.005)")
     p.add_argument(
+        "--heldout-slack-mentions",
+        type=float,
+        help="promotion: held-out MRR may fall by this many mentions' worth / n (default 0.5; 0: strict)",
+    )
+    p.add_argument(
         "--max-implausible",
         type=float,
         help="promotion: share of held-out labels the serving model ranks beyond --implausible-rank "
@@ -118,6 +123,7 @@ def config_from_args(a) -> RetrainConfig:
         "bf16": a.bf16,
         "min_mrr_delta": a.min_mrr_delta,
         "max_dev_h1_drop": a.max_dev_h1_drop,
+        "heldout_slack_mentions": a.heldout_slack_mentions,
         "max_implausible": a.max_implausible,
         "implausible_rank": a.implausible_rank,
         "lexical_unit": a.lexical_unit,

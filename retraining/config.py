@@ -31,7 +31,10 @@ class RetrainConfig(ConfigFile):
     device: str = "auto"
     bf16: bool = True  # bf16 autocast for training on CUDA (ignored on the CPU)
     seed: int = 43
-    min_mrr_delta: float = 0.0  # candidate held-out MRR - serving held-out MRR must be >= this
+    min_mrr_delta: float = 0.0  # candidate held-out MRR - serving held-out MRR must be >= this ...
+    # ... less this many held-out mentions' worth of noise (0.5: one mention slipping from rank 1 to
+    # 2 costs 0.5 / n of MRR); 0 makes the held-out judge strict
+    heldout_slack_mentions: float = 0.5
     max_dev_h1_drop: float = 0.005  # serving base-dev H@1 - candidate base-dev H@1 must be <= this
     min_heldout: int = 1  # fewer held-out corrections: no judgement, no promotion
     implausible_rank: int = 1000  # a held-out label the serving model ranks beyond this is implausible
@@ -58,6 +61,8 @@ class RetrainConfig(ConfigFile):
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (in-batch negatives)")
         if self.min_new_annotations is not None and int(self.min_new_annotations) < 1:
             raise ValueError("min_new_annotations must be >= 1 (or None)")
+        if float(self.heldout_slack_mentions) < 0:
+            raise ValueError(f"heldout_slack_mentions must be >= 0, got {self.heldout_slack_mentions}")
         if int(self.implausible_rank) < 1 or not 0 <= float(self.max_implausible) <= 1:
             raise ValueError("implausible_rank must be >= 1 and max_implausible in [0, 1]")
         if self.every_hours is not None and float(self.every_hours) <= 0:

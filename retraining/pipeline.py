@@ -326,6 +326,7 @@ def version_metrics(
             "reason": decision[1],
             "rule": {
                 "min_mrr_delta": cfg.min_mrr_delta,
+                "heldout_slack_mentions": cfg.heldout_slack_mentions,
                 "max_dev_h1_drop": cfg.max_dev_h1_drop,
                 "min_heldout": cfg.min_heldout,
                 "implausible_rank": cfg.implausible_rank,
