@@ -25,6 +25,8 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from db.images import ImageStore
+
 from .context import ASSETS, _inside, resolve_image
 
 PREFIX = "mimic-media"
@@ -52,7 +54,8 @@ def media_file(kind: str, name: str, data_dir: Path) -> Path | None:
     if kind == "images":
         if not _IMAGE.match(name):
             return None
-        p = Path(data_dir).resolve() / "images" / name[:2] / name
+        stem, ext = name.split(".", 1)
+        p = ImageStore(Path(data_dir).resolve() / "images").path_for(stem, f".{ext}")  # the store's layout
         real = resolve_image(str(p), data_dir)
     elif kind == "assets":
         if not name or name.startswith("/") or ".." in Path(name).parts:

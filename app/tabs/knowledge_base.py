@@ -153,9 +153,10 @@ def _run_import(
     stream = valid(entities)
     chunk_size = ctx.config.kb_import_chunk
     cancelled = False
-    # A big file is indexed in segments of at least INDEX_BATCH_FRACTION of the index (each segment
-    # reloads the whole index: one per chunk would make 100k entities quadratic); its chunks are
-    # stored (and recorded in the manifest) one by one all the same. An entity stored but not yet
+    # A big file is indexed in segments of at least INDEX_BATCH_FRACTION of the index: a segment is
+    # appended in place (well under a second at 100k), but each keeps its own files and lexical part,
+    # searched per query, so one per chunk would leave hundreds; its chunks are stored (and recorded
+    # in the manifest) one by one all the same. An entity stored but not yet
     # indexed is indexed at the next segment, at the end, on a cancel or failure, or at the next start.
     big = lines > BIG_IMPORT_ROWS
     pending: list[str] = []  # ids stored, not yet indexed
