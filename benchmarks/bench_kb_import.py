@@ -11,7 +11,8 @@
    a fresh DATA_DIR, users rev (reviewer) and ana): it starts the import as the Knowledge base tab
    does (`start_kb_import`: a background job, chunks of MIMIC_KB_IMPORT_CHUNK, each stored and
    indexed), and while it runs ana submits an annotation every `--every` seconds through the
-   annotate API handler (each one timed until acknowledged). With `--restart-at F` the worker is
+   annotate API handler (each one timed until acknowledged) and, after every `--link-every`-th,
+   a user links a Wikidata-MEL mention (as the Link tab) and searches the KB (both timed). With `--restart-at F` the worker is
    killed (SIGKILL) once the import's manifest records F of the rows, and a second worker starts
    on the same DATA_DIR: `resume_kb_imports` continues the import from its last committed chunk
    (what app/launch.py does at start). The second worker (or the only one) then measures, after the
@@ -87,7 +88,7 @@ def write_kb(path: Path, n: int) -> dict:
 
 
 # -- a worker: the app's context, the import, annotations during it -------------------------------------
-def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_path: str) -> None:
+def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_path: str, link_every: int = 5) -> None:
     from app.config import AppConfig
     from app.context import AppContext
     from app.tabs import annotate as annotate_tab
@@ -122,11 +123,22 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
         assert len(jobs) == 1, f"expected one import to resume, found {len(jobs)}"
         job = jobs[0]
     lat: list[float] = []
+    during: dict[str, list[float]] = {"link_ms": [], "search_ms": []}
+    _, mentions = mel_entities(MELBENCH) if MELBENCH.is_file() else ({}, [])
+    mentions = mentions[:: max(1, len(mentions) // 200)] or [("Chelsea won 2-1", "Chelsea")]
     i = 0
     while not job.finished:
         a = time.perf_counter()
         annotate_tab.annotate_api(ctx, "ana", mids[i % len(mids)], "nil" if i % 2 else "ambiguous", "")
         lat.append(time.perf_counter() - a)
+        if link_every and i % link_every == 0:  # a user linking (as the Link tab: explained top 3) and searching
+            sentence, m = mentions[(i // link_every) % len(mentions)]
+            a = time.perf_counter()
+            ctx.service.link(sentence, m, None, top_k=10, explain=True)
+            during["link_ms"].append((time.perf_counter() - a) * 1000)
+            a = time.perf_counter()
+            kb_tab.search_page(ctx, m[:6])
+            during["search_ms"].append((time.perf_counter() - a) * 1000)
         i += 1
         if i % 20 == 0:  # a partial record, for a run stopped before its end
             part = sorted(lat)
@@ -140,6 +152,8 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
                     "annotation_ack_p50_s": round(statistics.median(part), 3),
                     "annotation_ack_max_s": round(part[-1], 3),
                     "rss_peak_sampled_mb": round(peak[0], 1),
+                    "during_import": _summary(during),
+                    "loadavg_now": _load(),
                 },
             )
         time.sleep(every)
@@ -168,6 +182,7 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
             "rss_peak_sampled_during_import_mb": round(peak[0], 1),
             "rss_peak_vmhwm_mb": round(rss_mb("VmHWM"), 1),
             "loadavg_before_after_import": [load0, _load()],
+            "during_import": _summary(during),
         }
     )
     out["after_import"] = after_import(ctx, kb_tab)
@@ -211,6 +226,17 @@ def after_import(ctx, kb_tab, links: int = 30) -> dict:
     }
 
 
+def _summary(during: dict[str, list[float]]) -> dict:
+    """p50 / p95 / max (ms) and the count of each latency list measured while the import ran."""
+    out = {}
+    for k, v in during.items():
+        v = sorted(v)
+        if v:
+            out[k] = {"n": len(v), "p50": round(statistics.median(v), 1), "p95": round(v[int(0.95 * (len(v) - 1))], 1)}
+            out[k]["max"] = round(v[-1], 1)
+    return out
+
+
 def _dump(path: str, obj: dict) -> None:
     tmp = path + ".tmp"
     Path(tmp).write_text(json.dumps(obj, indent=1), encoding="utf-8")
@@ -219,7 +245,7 @@ def _dump(path: str, obj: dict) -> None:
 
 def run_worker(data: Path, kb_file: Path, mode: str, a, tmp: Path, kill_at_rows: int | None) -> dict:
     out_path = tmp / f"worker_{mode}.json"
-    args = [str(data), str(kb_file), mode, str(a.every), str(a.chunk), str(out_path)]
+    args = [str(data), str(kb_file), mode, str(a.every), str(a.chunk), str(out_path), str(a.link_every)]
     cmd = [sys.executable, __file__, "--worker", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     killed = None
@@ -248,11 +274,14 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=500, help="MIMIC_KB_IMPORT_CHUNK")
     ap.add_argument("--rss-mb", type=float, default=50.0, help="the memory test's file size (0: skip)")
     ap.add_argument("--json")
-    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--link-every", type=int, default=5, help="a Link + a KB search after every N-th annotation (0: none)"
+    )
+    ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         w = a.worker
-        worker(w[0], w[1], w[2], float(w[3]), int(w[4]), w[5])
+        worker(w[0], w[1], w[2], float(w[3]), int(w[4]), w[5], int(w[6]))
         return
     from bench_common import write_json
 
