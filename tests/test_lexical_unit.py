@@ -153,6 +153,19 @@ def test_link_reports_S_L_and_fuses_it_into_S(fused, synthetic_dataset):
     json.dumps(r.to_dict())  # the API returns it as JSON
 
 
+def test_unit_shortlists_are_cut_by_fusion_alone(fused, base, synthetic_dataset):
+    # the unit learned its features on fused cuts of K: serving it adds no model-retriever rows,
+    # while the same model without the unit (and collecting features to train one) would
+    path, index, _ = fused
+    with_unit = Linker(load_checkpoint(path), index, shortlist=4, keep_model=4, absent_mention="warn")
+    without = Linker(load_checkpoint(base), index, shortlist=4, keep_model=4, absent_mention="warn")
+    ms = synthetic_dataset.split("test")
+    assert all(with_unit.link(m.sentence, m.mention, m.image, explain=False).shortlist_size <= 4 for m in ms)
+    qs = [without._query(m.sentence, m.mention, m.image) for m in ms]
+    assert all(len(sl.rows) <= 4 for sl in without.shortlists(qs, features=True)[0])
+    assert any(len(sl.rows) > 4 for sl in without.shortlists(qs)[0])
+
+
 def test_evaluate_ranks_what_serving_returns(fused, synthetic_dataset):
     path, index, _ = fused
     model = load_checkpoint(path)

@@ -10,7 +10,8 @@ Candidate generation merges four retrievers, each returning its top K:
   image    faiss, query image vector vs entity image vectors (when the query has an image)
   text→image  the query text vector vs entity image vectors (CLIP only: a joint space)
   lexical  character n-gram TF-IDF of the mention against names and aliases
-The union is cut to K by reciprocal-rank fusion, then the full model scores the shortlist
+The union is cut to K by reciprocal-rank fusion (plus those of the model retriever's top K/2 that the
+cut left out, for a model without a lexical unit), then the full model scores the shortlist
 (S, S_T, S_V, S_C); a model with a lexical unit (`mimic.models.lexical_unit`) adds S_L from the
 shortlist's pair features (`mimic.serving.pair_features`) and ranks by S = β·S_MIMIC + S_L.
 `Linker.shortlists` is that one scoring path; served evaluation and the unit's training use it too.
@@ -93,6 +94,7 @@ class Linker:
         index: KBIndex,
         *,
         shortlist: int = 64,
+        keep_model: int | None = None,
         allowed_image_dirs=None,
         nil_threshold: float | None = None,
         explain_top: int = 3,
@@ -108,6 +110,8 @@ class Linker:
         self.model = model.eval()
         self.index = index
         self.shortlist = shortlist
+        # the model retriever's top rows always re-ranked (default: half the shortlist; see `shortlists`)
+        self.keep_model = shortlist // 2 if keep_model is None else keep_model
         self.allowed_image_dirs = allowed_image_dirs
         self.nil_threshold = nil_threshold if nil_threshold is not None else index.manifest.get("nil_threshold")
         self.explain_top = explain_top
@@ -198,8 +202,11 @@ class Linker:
         return self.model.heads.mention_cache(side), text, image, texts
 
     # -- retrieval -----------------------------------------------------------------------------------
-    def _retrieve(self, mc: MentionCache, text_g: torch.Tensor, image_g: torch.Tensor, queries, k: int):
-        """-> per query: list of (row, {retriever name: 0-based rank}) in fused order, at most k."""
+    def _retrieve(
+        self, mc: MentionCache, text_g: torch.Tensor, image_g: torch.Tensor, queries, k: int, keep_model: int = 0
+    ):
+        """-> per query: list of (row, {retriever name: 0-based rank}) in fused order: the fused top k,
+        then those of the model retriever's top `keep_model` that fusion left out."""
         idx = self.index
         per_query: list[dict[int, list]] = [dict() for _ in queries]
         kk = min(k, len(idx))
@@ -231,8 +238,11 @@ class Linker:
         out = []
         for found in per_query:
             # reciprocal-rank fusion (k = 60) decides which of the union make the cut
-            fused = sorted(found.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))[:k]
-            out.append([(row, dict(src)) for row, src in fused])
+            fused = sorted(found.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))
+            cut = fused[:k]
+            if keep_model:
+                cut += [(row, src) for row, src in fused[k:] if dict(src).get("model", keep_model) < keep_model]
+            out.append([(row, dict(src)) for row, src in cut])
         return out
 
     # -- public API ------------------------------------------------------------------------------
@@ -282,10 +292,16 @@ class Linker:
         t0 = time.perf_counter()
         mc, text, image, texts = self._encode(qs)
         t1 = time.perf_counter()
-        retrieved = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist)
-        t2 = time.perf_counter()
         unit = self.model.lexical_unit
         need = features or unit is not None
+        # The model retriever's score is the exact bi-encoder part of S, so its best rows are kept
+        # even when fusion ranks them below K: a plain MIMIC ranking then matches the exhaustive
+        # top-1 far more often (bench-link at 100,000: fusion alone missed 2 of 100 and 2 of 50, this
+        # 0 and 1). Shortlists that feed the lexical unit's features (its training and its serving)
+        # are cut by fusion alone: the unit learned them that way (its `ambig` counts the shortlist).
+        keep = 0 if need or "model" not in self.retriever_names else self.keep_model
+        retrieved = self._retrieve(mc, text.global_, image.global_, qs, self.shortlist, keep)
+        t2 = time.perf_counter()
         feats = self._pair_features(qs, retrieved, text.global_) if need else [None] * len(qs)
         out = []
         for qi, (sl, X) in enumerate(zip(retrieved, feats)):
