@@ -92,13 +92,15 @@ def test_zero_shot_index_keeps_global_vectors_in_step(model, synthetic_dataset, 
 def test_crash_between_segments_leaves_a_loadable_index(model, synthetic_dataset, tmp_path, monkeypatch):
     ents = synthetic_dataset.kb.entities
     idx = KBIndex.build(model, KnowledgeBase(ents[:9]), tmp_path / "c", progress=False)
-    # killed after the manifest names the new segment, before its lexical part is saved
+    # killed after the manifest names the new segment, before its lexical part is saved (no part
+    # prepared with the segment: one prepared before a concurrent commit is refitted at commit)
+    monkeypatch.setattr(KBIndex, "_prefit_lexical", lambda self, folder: None)
     monkeypatch.setattr(mi.LexSegment, "fit", classmethod(lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())))
     with pytest.raises(KeyboardInterrupt):
         idx.upsert(model, ents[9:14])
     # an encoded segment that was never committed (killed before the manifest): ignored, its name skipped
-    orphan = idx.prepare_segment(model, ents[14:])
     monkeypatch.undo()
+    orphan = idx.prepare_segment(model, ents[14:])
     assert orphan is not None and orphan.folder.exists()
     loaded = KBIndex(tmp_path / "c")
     assert loaded.ids == [e.id for e in ents[:14]]
@@ -146,3 +148,24 @@ def test_saved_approximate_index_is_extended_not_retrained(model, synthetic_data
     assert made == [] and tail.retrievers["model"].ntotal == len(ents)
     ms = synthetic_dataset.split("test")[:6]
     assert _ranking(Linker(model, tail), ms) == _ranking(Linker(model, again), ms)
+
+
+def test_lexical_part_is_fitted_with_the_segment_not_under_the_commit(model, synthetic_dataset, tmp_path, monkeypatch):
+    ents = synthetic_dataset.kb.entities
+    idx = KBIndex.build(model, KnowledgeBase(ents[:6]), tmp_path / "p", progress=False)
+    first = idx.prepare_segment(model, ents[6:10])
+    second = idx.prepare_segment(model, ents[10:])  # prepared before `first` commits: its vocabulary moves
+    assert (first.folder / "lexical" / "meta.json").exists()
+    fits = []
+    real_fit = mi.LexSegment.fit.__func__
+    monkeypatch.setattr(mi.LexSegment, "fit", classmethod(lambda cls, *a: fits.append(1) or real_fit(cls, *a)))
+    idx.commit_segment(first)
+    assert fits == []  # the commit (under the server's write lock) fitted nothing
+    idx.commit_segment(second)
+    assert fits == [1]  # fitted before `first` was committed: refitted at its commit
+    monkeypatch.undo()
+    fresh = KBIndex.build(model, synthetic_dataset.kb, tmp_path / "f", progress=False)
+    ms = synthetic_dataset.split("test")[:8]
+    assert _lexical(idx, ms) == _lexical(fresh, ms)
+    assert _lexical(KBIndex(tmp_path / "p"), ms) == _lexical(fresh, ms)
+    assert _ranking(Linker(model, idx), ms) == _ranking(Linker(model, fresh), ms)

@@ -367,7 +367,7 @@ class KBIndex:
         lex = self.lexical
         for i in range(len(lex.segments), len(self._segment_names)):
             seg = self._segment_names[i]
-            prev = hashlib.sha256(json.dumps(self._segment_names[:i]).encode()).hexdigest()[:16]
+            prev = _lexical_prev(self._segment_names[:i])
             folder = self.root / "lexical" / seg
             part = LexSegment.load(folder, self._sizes[i], len(lex.vocab), prev)
             if part is None:
@@ -497,15 +497,32 @@ class KBIndex:
         try:
             _encode_segment(model, list(entities), tmp, 64, progress, ImageLoadStats())
             (tmp / "progress.json").unlink()
+            self._prefit_lexical(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return PreparedSegment(seg, tmp, ids)
 
+    def _prefit_lexical(self, folder: Path) -> None:
+        """Fit a prepared segment's lexical part now, outside the server's write lock: the commit
+        holds that lock, and fitting an 18,000-name import segment there made links wait seconds.
+        It fits against the n-gram vocabulary as it is now; the commit keeps it only if no other
+        segment was committed in between (same vocabulary size, same segments before it), else
+        refits (`_add_lexical`)."""
+        recs = _SegmentRecords(folder)
+        part = LexSegment.fit((recs.get(j) for j in range(len(recs))), self.lexical.vocab)
+        part.save(folder / "lexical", _lexical_prev(list(self._segment_names)))
+
     def commit_segment(self, prepared: PreparedSegment) -> None:
         """Make a prepared segment part of the index: the rows it replaces are tombstoned, its rows
         appended to the retrievers and the lexical index (no reload of the rest)."""
         os.rename(prepared.folder, self.root / prepared.name)
+        staged = self.root / prepared.name / "lexical"
+        if staged.is_dir():  # the part fitted by prepare_segment, where `_add_lexical` looks for it
+            target = self.root / "lexical" / prepared.name
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(exist_ok=True)
+            os.rename(staged, target)
         dead = [self._row_key(self.position[i]) for i in prepared.ids if i in self.position]
         self._commit(
             segments=self.manifest["segments"] + [prepared.name],
@@ -540,6 +557,11 @@ class KBIndex:
     def set_nil_threshold(self, value: float | None, details: dict | None = None) -> None:
         self.manifest = {**self.manifest, "nil_threshold": value, "nil_calibration": details}
         write_json_atomic(self.root / "index.json", self.manifest)
+
+
+def _lexical_prev(segments: Sequence[str]) -> str:
+    """What a segment's lexical part was fitted after (the segments before it), as saved with it."""
+    return hashlib.sha256(json.dumps(list(segments)).encode()).hexdigest()[:16]
 
 
 def _unit(t) -> np.ndarray:
