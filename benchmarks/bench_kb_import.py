@@ -8,16 +8,17 @@
    made-up words as a name, an alias, a description of 12-40 words with Zipf-like frequencies, as
    benchmarks/bench_kb_search.py).
 2. A worker process is the app's context as `python app.py` builds it (default checkpoint, demo KB,
-   a fresh DATA_DIR, users rev (reviewer) and ana): it starts the import as the Knowledge base tab
-   does (`start_kb_import`: a background job, chunks of MIMIC_KB_IMPORT_CHUNK, each stored and
-   indexed), and while it runs ana submits an annotation every `--every` seconds through the
-   annotate API handler (each one timed until acknowledged) and, after every `--link-every`-th,
-   a user links a Wikidata-MEL mention (as the Link tab) and searches the KB (both timed). With `--restart-at F` the worker is
-   killed (SIGKILL) once the import's manifest records F of the rows, and a second worker starts
-   on the same DATA_DIR: `resume_kb_imports` continues the import from its last committed chunk
-   (what app/launch.py does at start). The second worker (or the only one) then measures, after the
-   import: Link (`ctx.service.link`, top 10 with the explanations of the top 3, as the Link tab) over
-   Wikidata-MEL mentions, and KB search as the tab runs it (one page of 50 + 1, descriptions cut).
+   a fresh DATA_DIR, users rev (reviewer) and ana): it starts the import as the Knowledge base
+   tab does (`start_kb_import`: a background job, chunks of MIMIC_KB_IMPORT_CHUNK, each stored
+   and indexed), and while it runs ana submits an annotation every `--every` seconds through the
+   annotate API handler (each one timed until acknowledged) and, after every `--link-every`-th, a
+   user links a Wikidata-MEL mention (as the Link tab) and searches the KB (both timed). With
+   `--restart-at F` the worker is killed (SIGKILL) once the import's manifest records F of the
+   rows, and a second worker starts on the same DATA_DIR: `resume_kb_imports` continues the
+   import from its last committed chunk (what app/launch.py does at start). The second worker (or
+   the only one) then measures, after the import: Link (`ctx.service.link`, top 10 with the
+   explanations of the top 3, as the Link tab) over Wikidata-MEL mentions, and KB search as the
+   tab runs it (one page of 50 + 1, descriptions cut).
 3. Memory: peak RSS (VmHWM) of each worker, its RSS before the import (the model loaded), and the
    largest RSS sampled during the import; and a ~`--rss-mb` MB JSONL file imported by the store
    alone, streamed, in a child (benchmarks/bench_import_contention.py's child).
