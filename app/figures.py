@@ -203,11 +203,33 @@ def _gradio_assets() -> Path | None:
     return Path(spec.origin).parent / "templates" / "frontend" / "assets"
 
 
+# drawn once off-screen after the import: plotly.js's first bar chart and heatmap in a page cost
+# 150-250 ms each (its code's first run), paid here instead of by the first Inspect
+_WARM_DRAW = """const draw = async () => {
+  const P = window.Plotly;
+  if (!P || !document.body) return;
+  const d = document.createElement("div");
+  d.style.cssText = "position:absolute;left:-10000px;top:0;width:900px;height:320px;visibility:hidden";
+  document.body.appendChild(d);
+  const ticks = {tickmode: "array", tickvals: [0, 1, 2], ticktext: ["a", "b", "c"]};
+  try {
+    await P.newPlot(d, [{type: "bar", x: ["S_T", "S_V", "S"], y: [0.2, 0.5, 0.7], text: ["0.2", "0.5", "0.7"],
+      textposition: "outside", marker: {color: ["#4C78A8", "#F58518", "#333333"]}}],
+      {title: {text: "warm-up"}, height: 320, yaxis: {range: [0, 1], title: {text: "score"}}});
+    await P.react(d, [{type: "heatmap", z: [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], colorscale: "Inferno",
+      colorbar: {title: {text: "attention"}}}], {title: {text: "warm-up"}, height: 320,
+      xaxis: {...ticks, tickangle: -60, title: {text: "x"}}, yaxis: {...ticks, autorange: "reversed"}});
+  } catch (e) {} finally { P.purge(d); d.remove(); }
+};
+"""
+
+
 def plotly_preload_head(assets: Path | None = None) -> str:
     """A page-head script that imports Gradio's plotly.js chunk once the page is idle, so that the
-    first plot finds it loaded (the Plot component's dynamic import resolves to the same module).
-    The chunk's name carries a build hash: it is looked up in the installed Gradio; "" when there is
-    not exactly one (a Gradio without it: the first plot then loads it as before)."""
+    first plot finds it loaded (the Plot component's dynamic import resolves to the same module),
+    then draws a small bar chart and heatmap off-screen and removes them (`_WARM_DRAW`). The chunk's
+    name carries a build hash: it is looked up in the installed Gradio; "" when there is not exactly
+    one (a Gradio without it: the first plot then loads it as before)."""
     folder = assets if assets is not None else _gradio_assets()
     found = sorted(folder.glob("PlotlyPlot-*.js")) if folder is not None and folder.is_dir() else []
     if len(found) != 1:
@@ -215,7 +237,10 @@ def plotly_preload_head(assets: Path | None = None) -> str:
     url = f"./assets/{found[0].name}"  # relative to the page's base, like Gradio's own assets
     return (
         '<script type="module">\n'
-        "const warm = () => import(" + repr(url).replace("'", '"') + ").catch(() => {});\n"
+        + _WARM_DRAW
+        + "const warm = () => import("
+        + repr(url).replace("'", '"')
+        + ").then(draw).catch(() => {});\n"
         'const idle = () => ("requestIdleCallback" in window ? requestIdleCallback(warm, {timeout: 3000})'
         " : setTimeout(warm, 1500));\n"
         'if (document.readyState === "complete") idle(); else window.addEventListener("load", idle);\n'
