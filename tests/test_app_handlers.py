@@ -210,6 +210,24 @@ def test_inspect_top_and_on_demand_candidate(studio):
         inspect_tab.inspect_candidate(ctx, None, None, "D001")
 
 
+def test_inspect_figures_size_their_own_margins(studio):
+    """plotly's automargin (a second layout pass in the browser) is off: the margins are sized from
+    the tick labels, so a longer token gets a wider margin."""
+    from app import figures
+
+    ctx = studio.ctx
+    m = next(m for m in ctx.examples if m.answer == "D001" and m.image)
+    d = link_tab.link_state(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)))
+    v = inspect_tab.inspect_candidate(ctx, d, m.image, d["candidates"][0]["entity_id"])
+    for fig in (v.bars, v.heatmap):
+        assert fig.layout.xaxis.automargin is False and fig.layout.yaxis.automargin is False
+    e = d["candidates"][0]["explanation"]
+    assert v.heatmap.layout.margin.l >= 7 * max(len(t) for t in e["entity_tokens"]) + 40
+    assert v.heatmap.layout.margin.b >= 6 * max(len(t) for t in e["mention_tokens"]) + 40
+    short, long = figures._token_margins(["a"], ["b"]), figures._token_margins(["x" * 30], ["y" * 30])
+    assert long["l"] > short["l"] and long["b"] > short["b"]
+
+
 def test_inspect_always_shows_the_latest_link(studio):
     """Inspect, a new link, then the Inspect tab: the figures follow the new link and the candidate
     in the dropdown (issue 14), and opening the tab again redraws nothing."""
