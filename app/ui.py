@@ -148,12 +148,15 @@ def _wire_across_tabs(
         picker = gr.update(choices=out[7]["choices"] if isinstance(out[7], dict) else [], value=target)
         return out[:7] + (picker, out[9], gr.Tabs(selected="inspect"), m["sentence"], m["mention"])
 
+    # the top candidate is usually drawn already (after the link): then nothing is recomputed
     link_tab.inspect_button.click(
         go_inspect, shared.link_state, [shared.tabs, shared.candidate_picker], **PRIVATE
-    ).then(inspect.show, inspect.show_inputs, inspect.show_outputs, **inference, **PRIVATE)
-    # a new link takes the earlier link's figures out of Inspect at once (opening the tab draws the
-    # new); in the inference queue, so that it runs before any Inspect view asked for after the link
-    link_tab.link_event.then(inspect.stale, None, inspect.show_outputs, show_progress="hidden", **inference, **PRIVATE)
+    ).then(inspect.refresh, inspect.show_inputs + [inspect.drawn], inspect.show_outputs, **inference, **PRIVATE)
+    # every link draws its top candidate into the (hidden) Inspect tab at once, replacing the earlier
+    # link's figures; in the inference queue, so that it runs before any Inspect view asked for later
+    link_tab.link_event.then(
+        inspect.after_link, inspect.show_inputs, inspect.show_outputs, show_progress="hidden", **inference, **PRIVATE
+    )
     # do_link's outputs less the "saved" note, then the tab switch and the Link inputs
     analysis_tab.table.select(
         open_in_inspect,

@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_app import ARGS, REPO, free_port, start_app, stats, stop_app  # noqa: E402
 from bench_common import write_json  # noqa: E402
 
+# the Inspect tab shown (not the off-screen layout studio.css gives it while hidden), its note about a
+# candidate and not the one before, no progress text, and plotly's heatmap drawn
 HEATMAP_DRAWN = (
-    "b => { const e = document.querySelector('#inspect_note'); if (!e) return false;"
+    "b => { const e = document.querySelector('#inspect_note'); const p = document.querySelector('#tab_inspect');"
+    " if (!e || !p || getComputedStyle(p).visibility !== 'visible' || p.getBoundingClientRect().left < 0) return false;"
     " const t = e.innerText.trim();"
     " return t !== b && t.includes('rank') && !/processing/.test(t) &&"
     " !!document.querySelector('#inspect_heatmap .js-plotly-plot .main-svg'); }"

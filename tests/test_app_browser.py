@@ -239,6 +239,12 @@ def test_analysis_tab_opens_a_mention_in_inspect(page, studio):
         arg=top.split("(")[-1].rstrip(")"),
     )
     assert "D004" not in pg.inner_text("#inspect_note")
+    # drawn while the tab was hidden (after the link), at the width it is shown at
+    widths = pg.evaluate(
+        "() => ['#inspect_bars', '#inspect_heatmap'].map(s => [Number(document.querySelector(s + ' .main-svg')"
+        ".getAttribute('width')), document.querySelector(s + ' .js-plotly-plot').clientWidth])"
+    )
+    assert all(w > 300 and abs(w - c) <= 2 for w, c in widths), widths
     assert pg.external_requests == [], pg.external_requests
 
 

@@ -210,6 +210,24 @@ def test_inspect_top_and_on_demand_candidate(studio):
         inspect_tab.inspect_candidate(ctx, None, None, "D001")
 
 
+def test_inspect_figures_size_their_own_margins(studio):
+    """plotly's automargin (a second layout pass in the browser) is off: the margins are sized from
+    the tick labels, so a longer token gets a wider margin."""
+    from app import figures
+
+    ctx = studio.ctx
+    m = next(m for m in ctx.examples if m.answer == "D001" and m.image)
+    d = link_tab.link_state(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)))
+    v = inspect_tab.inspect_candidate(ctx, d, m.image, d["candidates"][0]["entity_id"])
+    for fig in (v.bars, v.heatmap):
+        assert fig.layout.xaxis.automargin is False and fig.layout.yaxis.automargin is False
+    e = d["candidates"][0]["explanation"]
+    assert v.heatmap.layout.margin.l >= 7 * max(len(t) for t in e["entity_tokens"]) + 40
+    assert v.heatmap.layout.margin.b >= 6 * max(len(t) for t in e["mention_tokens"]) + 40
+    short, long = figures._token_margins(["a"], ["b"]), figures._token_margins(["x" * 30], ["y" * 30])
+    assert long["l"] > short["l"] and long["b"] > short["b"]
+
+
 def test_inspect_always_shows_the_latest_link(studio):
     """Inspect, a new link, then the Inspect tab: the figures follow the new link and the candidate
     in the dropdown (issue 14), and opening the tab again redraws nothing."""
@@ -226,20 +244,22 @@ def test_inspect_always_shows_the_latest_link(studio):
     out = inspect_tab.view_outputs(ctx, a, cat.image, top_a, scale)
     assert len(out) == 8 and f"({top_a})" in title(out[1]) and top_a in out[0]
     drawn = out[-1]
-    # a new link (another mention): its state has a new link id and the old figures are cleared at once
+    # a new link (another mention): its state has a new link id, and the step chained after the link
+    # draws its top candidate (the dropdown's value) in place of the earlier link's figures at once
     b = link_tab.link_state(link_tab.link(ctx, coffee.image, coffee.sentence, (coffee.start, coffee.end)))
     top_b = b["candidates"][0]["entity_id"]
     assert b["link_id"] != a["link_id"] and top_b != top_a
-    cleared = inspect_tab.stale_outputs()
-    assert cleared[1:] == (None,) * 7 and "new link" in cleared[0].lower()
-    # opening the tab with the new top candidate in the dropdown draws that candidate of the new link
-    out = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, scale, drawn)
+    out = inspect_tab.after_link_outputs(ctx, b, coffee.image, top_b, scale)
     assert f"({top_b})" in title(out[1]) and top_b in out[0] and out[-1] != drawn
+    assert f"({top_a})" not in title(out[1]) + title(out[2]) + out[0]
     data = json.loads(Path(out[6][0]).read_text())
     assert (data["entity_id"], data["sentence"]) == (top_b, coffee.sentence)
-    # opening it again changes nothing (no redraw)
+    # opening the tab then changes nothing (no redraw), nor does the Link tab's Inspect button
     again = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, scale, out[-1])
     assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in again)
+    # opening the tab when the view was not drawn (e.g. the state changed elsewhere) draws it
+    fresh = inspect_tab.refresh_outputs(ctx, b, coffee.image, top_b, scale, drawn)
+    assert f"({top_b})" in title(fresh[1]) and fresh[-1] == out[-1]
     # the same link, another candidate or another colour scale: drawn again
     second = b["candidates"][1]["entity_id"]
     assert f"({second})" in title(inspect_tab.refresh_outputs(ctx, b, coffee.image, second, scale, out[-1])[1])
@@ -248,6 +268,24 @@ def test_inspect_always_shows_the_latest_link(studio):
     # nothing linked yet: a note, no error
     empty = inspect_tab.refresh_outputs(ctx, None, None, None, scale, None)
     assert "Error" not in empty[0] and empty[1] is None
+
+
+def test_a_failed_link_or_view_after_a_link_takes_the_earlier_figures_away(studio, monkeypatch):
+    """After a link that failed (no result) the chained view clears the figures with a note; if
+    drawing the new view fails unexpectedly, the figures are cleared too and an error is shown."""
+    ctx = studio.ctx
+    m = next(m for m in ctx.examples if m.answer == "D001" and m.image)
+    scale = inspect_tab.SCALES[0]
+    failed = inspect_tab.after_link_outputs(ctx, None, None, None, scale)
+    assert failed[1:] == (None,) * 7 and "link a mention first" in failed[0].lower()
+    d = link_tab.link_state(link_tab.link(ctx, m.image, m.sentence, (m.start, m.end)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure backend down")
+
+    monkeypatch.setattr(inspect_tab.figures, "token_heatmap", broken)
+    out = inspect_tab.after_link_outputs(ctx, d, m.image, d["candidates"][0]["entity_id"], scale)
+    assert out[1:] == (None,) * 7 and "could not be drawn" in out[0] and "figure backend down" not in out[0]
 
 
 def test_unit_score_bars_share_one_axis_across_candidates(studio):

@@ -100,6 +100,9 @@ def test_the_page_head_loads_gradios_plotly_chunk_when_idle(tmp_path):
 
     head = figures.plotly_preload_head()
     assert head.startswith('<script type="module">') and 'import("./assets/PlotlyPlot-' in head
+    # then one bar chart and one heatmap drawn off-screen and removed (plotly's first draws, paid early)
+    assert ".then(draw)" in head and 'type: "bar"' in head and 'type: "heatmap"' in head
+    assert "left:-10000px" in head and "P.purge(d); d.remove()" in head
     (tmp_path / "PlotlyPlot-a.js").write_text("", encoding="utf-8")
     (tmp_path / "PlotlyPlot-b.js").write_text("", encoding="utf-8")
     assert figures.plotly_preload_head(tmp_path) == ""  # not exactly one chunk: no guess

@@ -5,6 +5,7 @@ library module.)"""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from mimic.serving.service import safe_name
 from .. import figures
 from ..common import PRIVATE, Shared, UserError, message
 from ..context import AppContext, resolve_image
+
+log = logging.getLogger(__name__)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -153,11 +156,15 @@ def refresh_outputs(
     return view_outputs(ctx, result, image, entity_id, scale)
 
 
-def stale_outputs() -> tuple:
-    """After a new link: the figures of the earlier one are taken away at once (opening the tab, or
-    picking a candidate, draws the new link's)."""
-    note = message("A new link: its top candidate is drawn when this tab opens (or pick a candidate above).")
-    return (note,) + (None,) * 7
+def after_link_outputs(ctx: AppContext, result: dict | None, image: str | None, entity_id: str | None, scale) -> tuple:
+    """After every link: the view of its top candidate (the picker's value), computed at once so that
+    opening the tab only shows what is there (it is mounted with the page, hidden). It replaces the
+    earlier link's figures in the same step; whatever goes wrong, they are taken away, never kept."""
+    try:
+        return refresh_outputs(ctx, result, image, entity_id, scale, None)
+    except Exception:
+        log.exception("Inspect view after a link")
+        return (message("The link's view could not be drawn; pick a candidate above to retry.", "error"),) + (None,) * 7
 
 
 # -- the tab --------------------------------------------------------------------------------------
@@ -171,6 +178,9 @@ class InspectTab:
         self._wire()
 
     def _layout(self):
+        # the view of every link is drawn while the tab may be hidden (after its first opening it stays
+        # mounted): studio.css lays a hidden Inspect tab out off-screen at its visible width, so that
+        # plotly draws at the size it is shown at (it does not resize when a tab opens)
         with gr.Tab("Inspect", id="inspect", elem_id="tab_inspect") as self.tab:
             self.drawn = gr.State(None)  # view_key of the figures shown
             self.note = gr.Markdown(elem_id="inspect_note")
@@ -223,9 +233,9 @@ class InspectTab:
         ]
 
     def _wire(self):
-        # .input (user choices only): a new link sets the dropdown without computing an unseen view;
-        # opening the tab draws the latest link's selected candidate if that is not what is shown
-        # (a new link clears the old figures at once: app/ui.py chains `stale` after every link)
+        # .input (user choices only): a new link sets the dropdown and app/ui.py chains `after_link`
+        # (the view of its top candidate, drawn into the hidden tab); opening the tab draws only what
+        # is not drawn yet (an error, or a state changed elsewhere), without a progress overlay
         inference = self.shared.inference
         gr.on(
             [self.shared.candidate_picker.input, self.scale.input],
@@ -235,7 +245,14 @@ class InspectTab:
             **inference,
             **PRIVATE,
         )
-        self.tab.select(self.refresh, self.show_inputs + [self.drawn], self.show_outputs, **inference, **PRIVATE)
+        self.tab.select(
+            self.refresh,
+            self.show_inputs + [self.drawn],
+            self.show_outputs,
+            show_progress="hidden",
+            **inference,
+            **PRIVATE,
+        )
 
     def show(self, result, image, entity_id, scale):
         """-> the values of `show_outputs`."""
@@ -244,9 +261,8 @@ class InspectTab:
     def refresh(self, result, image, entity_id, scale, drawn):
         return refresh_outputs(self.ctx, result, image, entity_id, scale, drawn)
 
-    @staticmethod
-    def stale():
-        return stale_outputs()
+    def after_link(self, result, image, entity_id, scale):
+        return after_link_outputs(self.ctx, result, image, entity_id, scale)
 
 
 def build(ctx: AppContext, shared: Shared) -> InspectTab:
