@@ -258,3 +258,14 @@ def test_format_versions_old_loads_newer_is_refused(model, built, synthetic_data
     (future / "index.json").write_text(json.dumps({**mf, "version": 99}))
     with pytest.raises(IndexFileError, match=r"version 99 .*rebuild the index"):
         KBIndex(future)
+
+
+def test_ivf_nprobe_visits_a_sixteenth_of_the_lists_and_at_least_scan_min_rows():
+    from mimic.serving.vector_index import SCAN_MIN, ivf_nprobe
+
+    assert ivf_nprobe(4000, 1_000_000) == 250  # 1/16 of the lists: 62,500 rows
+    assert ivf_nprobe(1264, 100_000) == 208  # 1/16 would scan ~6,300 rows: the floor decides
+    assert ivf_nprobe(400, 10_000) == 400  # a small KB: every list (exact)
+    for nlist, n in ((4000, 1_000_000), (1264, 100_000), (12_600, 10_000_000), (8, 64)):
+        p = ivf_nprobe(nlist, n)
+        assert 1 <= p <= nlist and p * n / nlist >= min(n, SCAN_MIN) - n / nlist
