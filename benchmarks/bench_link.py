@@ -254,6 +254,7 @@ def serve(
     exhaustive_queries: int,
     compare_faiss: bool,
     exhaustive_chunk: int = 2048,
+    keep_model: int | None = None,
 ) -> dict:
     """Serving phase (run in a fresh process, so its memory is the server's): load, link, measure."""
     mem0 = _memory()
@@ -263,10 +264,11 @@ def serve(
     load_seconds = time.perf_counter() - t
     mem_loaded = _memory()
     qs = _load_queries(tmp / "queries.jsonl")
-    linker = Linker(model, index, shortlist=shortlist)
+    linker = Linker(model, index, shortlist=shortlist, keep_model=keep_model)
     lat: dict[str, list[float]] = {"encode": [], "retrieve": [], "rerank": [], "total": []}
     linker.link(qs[0].sentence, qs[0].mention, qs[0].image, explain=False)  # warm-up
     hits = 0
+    sizes: list[int] = []
     load_before = _load_average()
     for m in qs:
         t0 = time.perf_counter()
@@ -274,6 +276,7 @@ def serve(
         total = (time.perf_counter() - t0) * 1000
         for k in ("encode", "retrieve", "rerank"):
             lat[k].append(r.timings_ms[k])
+        sizes.append(r.shortlist_size)
         lat["total"].append(total)
         hits += r.top is not None and r.top.entity_id == m.answer
     mem_served = _memory()
@@ -282,6 +285,8 @@ def serve(
         "entities": len(index),
         "faiss": index.manifest.get("faiss"),
         "shortlist": shortlist,
+        "keep_model": linker.keep_model,
+        "shortlist_size_p50": _pct(sizes, 50),
         "queries": len(qs),
         "index_format_version": index.manifest.get("version"),
         "index_encode_seconds": index.manifest.get("encode_seconds"),
@@ -433,6 +438,7 @@ def run(
     progress: bool = False,
     threads: int | None = None,
     real_entities: int | None = None,
+    keep_model: int | None = None,
 ) -> dict:
     """Build (in this process), then serve and measure in a fresh process, whose memory is what a
     server holding this index needs. A kept `workdir` makes the build resumable and reusable."""
@@ -455,6 +461,7 @@ def run(
         cmd = [sys.executable, __file__, "--serve-from", str(tmp), "--shortlist", str(shortlist)]
         cmd += ["--exhaustive-queries", str(exhaustive_queries)] + (["--compare-faiss"] if compare_faiss else [])
         cmd += ["--threads", str(threads)] if threads else []
+        cmd += ["--keep-model", str(keep_model)] if keep_model is not None else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"serving phase failed:\n{proc.stderr[-4000:]}")
@@ -479,7 +486,7 @@ def main(a) -> dict:
         torch.set_num_threads(a.threads)
         faiss.omp_set_num_threads(a.threads)
     if a.serve_from:
-        res = serve(Path(a.serve_from), a.shortlist, a.exhaustive_queries, a.compare_faiss)
+        res = serve(Path(a.serve_from), a.shortlist, a.exhaustive_queries, a.compare_faiss, keep_model=a.keep_model)
         print(json.dumps(res))
         return res
     res = run(
@@ -497,6 +504,7 @@ def main(a) -> dict:
         progress=a.progress,
         threads=a.threads,
         real_entities=a.real_entities,
+        keep_model=a.keep_model,
     )
     if a.json:
         write_json_atomic(a.json, res)
@@ -517,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--queries", type=int, default=200)
     b.add_argument("--exhaustive-queries", type=int, default=30)
     b.add_argument("--shortlist", type=int, default=64)
+    b.add_argument(
+        "--keep-model",
+        type=int,
+        help="rows of the model retriever re-ranked beyond the fused cut (default: the linker's, shortlist/2)",
+    )
     b.add_argument("--faiss", choices=KINDS, default="flat")
     b.add_argument("--image-fraction", type=float, default=0.1)
     b.add_argument("--epochs", type=int, default=8, help="training epochs of the benchmark's model")

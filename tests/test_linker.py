@@ -90,21 +90,25 @@ def test_small_shortlist_keeps_the_exhaustive_top1(trained, index, synthetic_dat
 def test_shortlist_adds_the_model_retrievers_best_rows_that_fusion_cut(trained, index, synthetic_dataset):
     model = load_checkpoint(trained)
     fused_only = Linker(model, index, shortlist=4, keep_model=0)
-    kept = Linker(model, index, shortlist=4, keep_model=3)
-    added = 0
-    for m in synthetic_dataset.split("test"):
-        q = kept._query(m.sentence, m.mention, m.image)
-        mc, text, image, _ = kept._encode([q])
-        base = [row for row, _ in fused_only._retrieve(mc, text.global_, image.global_, [q], 4)[0]]
-        both = [row for row, _ in kept._retrieve(mc, text.global_, image.global_, [q], 4, keep_model=3)[0]]
-        top3 = index.retrievers["model"].search(model.heads.retrieval_vector(mc, "mention").numpy(), 3)[1][0]
-        assert both[:4] == base  # the fused cut is unchanged, the extras come after it
-        assert set(both) == set(base) | set(top3.tolist())
-        added += len(both) - len(base)
-        # served: the extra rows are re-ranked (a model without a lexical unit)
-        r = kept.link(m.sentence, m.mention, m.image, top_k=10, explain=False)
-        assert r.shortlist_size == len(both)
-    assert added > 0  # this KB has queries where fusion cut one of the model retriever's top 3
+    for keep in (3, 8):  # fewer than the cut, and deeper than the rows fusion sees (4 a retriever)
+        kept = Linker(model, index, shortlist=4, keep_model=keep)
+        added = 0
+        for m in synthetic_dataset.split("test"):
+            q = kept._query(m.sentence, m.mention, m.image)
+            mc, text, image, _ = kept._encode([q])
+            base = [row for row, _ in fused_only._retrieve(mc, text.global_, image.global_, [q], 4)[0]]
+            got = kept._retrieve(mc, text.global_, image.global_, [q], 4, keep_model=keep)[0]
+            both = [row for row, _ in got]
+            mq = model.heads.retrieval_vector(mc, "mention").numpy()
+            top = index.retrievers["model"].search(mq, keep)[1][0].tolist()
+            assert both[:4] == base  # the fused cut is unchanged, the extras come after it
+            assert set(both) == set(base) | set(top) and len(both) == len(set(both))
+            assert all(src["model"] == top.index(row) for row, src in got[4:])  # their rank is reported
+            added += len(both) - len(base)
+            # served: the extra rows are re-ranked (a model without a lexical unit)
+            r = kept.link(m.sentence, m.mention, m.image, top_k=10, explain=False)
+            assert r.shortlist_size == len(both)
+        assert added > 0  # this KB has queries where fusion cut one of the model retriever's top rows
 
 
 def test_explanations_have_real_tokens_and_patch_grids(linker, synthetic_dataset):

@@ -219,9 +219,12 @@ class Linker:
                     if r >= 0:
                         per_query[qi].setdefault(int(r), []).append((name, rank))
 
+        kept: list[list[int]] = [[] for _ in queries]  # the model retriever's top keep_model rows
         if "model" in self.retriever_names:
             model_q = self.model.heads.retrieval_vector(mc, "mention").cpu().numpy()
-            add("model", idx.retrievers["model"].search(np.ascontiguousarray(model_q), kk)[1])
+            found = idx.retrievers["model"].search(np.ascontiguousarray(model_q), max(kk, keep_model))[1]
+            add("model", found[:, :kk])  # fusion sees the same k rows of every retriever
+            kept = [[int(r) for r in rr[:keep_model]] for rr in found]
         tq = _unit_np(text_g)
         add("text", idx.retrievers["text"].search(tq, kk)[1])
         has = [q.image is not None for q in queries]
@@ -236,13 +239,15 @@ class Linker:
                 add("text→image", image.search(tq, ki)[1])
         add("lexical", idx.lexical.search([q.mention for q in queries], kk)[1])
         out = []
-        for found in per_query:
+        for pool, model_rows in zip(per_query, kept):
             # reciprocal-rank fusion (k = 60) decides which of the union make the cut
-            fused = sorted(found.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))
-            cut = fused[:k]
-            if keep_model:
-                cut += [(row, src) for row, src in fused[k:] if dict(src).get("model", keep_model) < keep_model]
-            out.append([(row, dict(src)) for row, src in cut])
+            fused = sorted(pool.items(), key=lambda kv: (-sum(1.0 / (60 + r) for _, r in kv[1]), kv[0]))
+            cut = [(row, dict(src)) for row, src in fused[:k]]
+            seen = {row for row, _ in cut}
+            for rank, row in enumerate(model_rows):  # then the model retriever's best that fusion left out
+                if row >= 0 and row not in seen:
+                    cut.append((row, dict(pool.get(row, [])) | {"model": rank}))
+            out.append(cut)
         return out
 
     # -- public API ------------------------------------------------------------------------------
