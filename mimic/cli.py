@@ -335,6 +335,7 @@ def cmd_link(a):
         a.checkpoint,
         a.index,
         shortlist=a.shortlist,
+        keep_model=a.keep_model,
         allowed_image_dirs=a.allowed_image_dir or None,
         absent_mention=a.absent_mention,
     )
@@ -512,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--top-k", type=int, default=10)
     k.add_argument("--shortlist", type=int, default=64)
+    k.add_argument(
+        "--keep-model",
+        type=int,
+        help="rows of the model retriever re-ranked even when fusion cuts them (default: shortlist/2; "
+        "a million-entity KB needed 224 for 0.98 top-1 agreement with exhaustive ranking, docs/serving.md)",
+    )
     k.add_argument("--allowed-image-dir", action="append", help="only read images under these folders")
     k.add_argument("--no-explain", action="store_true")
     k.set_defaults(func=cmd_link)

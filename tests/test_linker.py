@@ -475,3 +475,14 @@ def test_cli_batch_exit_status(trained, index, tmp_path, capsys):
     assert records[-1]["summary"] == {"lines": 1, "linked": 1, "failed": 0, "failed_lines": []}
     assert _cli_link(trained, index, "--batch", str(tmp_path / "nope.jsonl")) == 2
     assert "batch file not found" in capsys.readouterr().err
+
+
+def test_cli_link_keep_model_sets_the_shortlist_depth(trained, index, capsys):
+    sizes = {}
+    for keep in ("0", "5"):
+        _cli_link(
+            trained, index, "--sentence", "the alder painter near the river", "--mention", "alder",
+            "--shortlist", "3", "--keep-model", keep, "--no-explain",
+        )  # fmt: skip
+        sizes[keep] = json.loads(capsys.readouterr().out)["shortlist_size"]
+    assert sizes["0"] == 3 and 3 < sizes["5"] <= 8
