@@ -23,6 +23,7 @@
 | `MIMIC_RETRAIN_MIN_NEW_ANNOTATIONS` / `MIMIC_RETRAIN_EVERY_HOURS` | unset | retraining policy (see retraining/config.py; any `MIMIC_RETRAIN_<FIELD>`) |
 | `MIMIC_MAX_UPLOAD_MB` | `50` | largest upload accepted (Gradio's `max_file_size`, and checked again by the KB import) |
 | `MIMIC_KB_IMPORT_CHUNK` | `500` | entities per transaction of a KB import (a background job; annotations are written between chunks) |
+| `MIMIC_KEEP_MODEL` | unset | rows of the model retriever re-ranked even when fusion cuts them (unset: half the shortlist, 32); a million-entity KB needed 224 for 0.98 agreement with exhaustive ranking (docs/serving.md) |
 | `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` | `127.0.0.1` / `7860` | where to listen |
 """
 
@@ -119,6 +120,7 @@ class AppConfig:
     watch_seconds: float = 10.0
     max_upload_mb: float = 50.0
     kb_import_chunk: int = 500
+    keep_model: int | None = None  # Linker(keep_model=...): None is the linker's default
     permissions: dict = field(default_factory=lambda: permission_table())
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
 
@@ -147,6 +149,7 @@ class AppConfig:
             lockout = float(env.get("MIMIC_LOGIN_LOCKOUT_SECONDS", "30"))
             max_upload_mb = float(env.get("MIMIC_MAX_UPLOAD_MB", "50"))
             kb_chunk = int(env.get("MIMIC_KB_IMPORT_CHUNK", "500"))
+            keep_model = int(env["MIMIC_KEEP_MODEL"]) if env.get("MIMIC_KEEP_MODEL", "").strip() else None
         except ValueError as exc:
             raise ConfigError(f"a numeric setting is not a number: {exc}") from None
         if conc < 1 or qsize < 1:
@@ -156,6 +159,8 @@ class AppConfig:
                 "MIMIC_SESSION_HOURS, MIMIC_LOGIN_WINDOW_SECONDS and MIMIC_LOGIN_LOCKOUT_SECONDS must be "
                 "above 0, MIMIC_LOGIN_MAX_FAILURES at least 1"
             )
+        if keep_model is not None and keep_model < 0:
+            raise ConfigError(f"MIMIC_KEEP_MODEL must be 0 or more, got {keep_model}")
         if not max_upload_mb > 0 or kb_chunk < 1:
             raise ConfigError("MIMIC_MAX_UPLOAD_MB must be above 0 and MIMIC_KB_IMPORT_CHUNK at least 1")
         trust = env.get("MIMIC_TRUST_FORWARDED_FOR", "auto").strip().lower()
@@ -202,6 +207,7 @@ class AppConfig:
             watch_seconds=watch,
             max_upload_mb=max_upload_mb,
             kb_import_chunk=kb_chunk,
+            keep_model=keep_model,
             permissions=permission_table(env),
             auth_settings=auth_settings,
         )

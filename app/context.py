@@ -242,6 +242,7 @@ class AppContext:
             progress=progress,
             model=model,
             device=config.device,
+            keep_model=config.keep_model,
         )
         t3 = time.perf_counter()
         s = service.served

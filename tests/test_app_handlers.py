@@ -466,6 +466,10 @@ def test_config_parsing():
     assert not asyncio.run(check("bob", "pw"))
     with pytest.raises(ConfigError, match="MIMIC_ANONYMOUS_WRITES"):
         AppConfig.from_env({"MIMIC_ANONYMOUS_WRITES": "maybe"})
+    assert local.keep_model is None and AppConfig.from_env({"MIMIC_KEEP_MODEL": "224"}).keep_model == 224
+    for bad in ("-1", "many"):
+        with pytest.raises(ConfigError, match="MIMIC_KEEP_MODEL" if bad == "-1" else "not a number"):
+            AppConfig.from_env({"MIMIC_KEEP_MODEL": bad})
 
 
 def test_app_serves_a_trained_checkpoint_with_real_attention(tmp_path, tiny_clip, synthetic_dataset):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from _fake_service import FakeService  # tests/ is on sys.path (pytest rootdir conftest)
@@ -86,6 +87,13 @@ def test_a_failed_background_load_is_reported_to_callers_and_to_on_failure(tmp_p
     with pytest.raises(ModelLoadFailed, match="checkpoint unreadable"):
         ctx.wait_ready(timeout=30)
     assert [str(e) for e in failures] == ["checkpoint unreadable"] and not ctx.ready
+
+
+def test_the_apps_keep_model_setting_reaches_the_service(tmp_path, monkeypatch):
+    seen: list = []
+    monkeypatch.setattr(context.LinkingService, "start", lambda *a, **kw: seen.append(kw) or FakeService())
+    AppContext.start(replace(_cfg(tmp_path), keep_model=224), progress=False)
+    assert seen[0]["keep_model"] == 224
 
 
 def test_a_foreground_start_is_ready_when_it_returns(tmp_path, monkeypatch):

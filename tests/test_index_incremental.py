@@ -169,3 +169,16 @@ def test_lexical_part_is_fitted_with_the_segment_not_under_the_commit(model, syn
     assert _lexical(idx, ms) == _lexical(fresh, ms)
     assert _lexical(KBIndex(tmp_path / "p"), ms) == _lexical(fresh, ms)
     assert _ranking(Linker(model, idx), ms) == _ranking(Linker(model, fresh), ms)
+
+
+def test_service_keeps_its_shortlist_depth_across_a_swap(model, synthetic_dataset, tmp_path):
+    from mimic.models.checkpoint import save_checkpoint
+    from mimic.serving.service import LinkingService
+
+    save_checkpoint(model, tmp_path / "ckpt", backbone_trained=False)
+    svc = LinkingService.start(tmp_path / "data", synthetic_dataset.kb, model=model, progress=False, keep_model=5)
+    assert svc._linker.keep_model == 5
+    svc.swap(synthetic_dataset.kb, checkpoint=tmp_path / "ckpt", version="v2")
+    assert svc._linker.keep_model == 5 and svc.served.version == "v2"
+    m = synthetic_dataset.split("test")[0]
+    assert svc.link(m.sentence, m.mention, m.image, explain=False).shortlist_size <= len(synthetic_dataset.kb)

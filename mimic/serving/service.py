@@ -132,8 +132,10 @@ class LinkingService:
         progress: bool = True,
         model: LinkingModel | None = None,
         device: str = "cpu",
+        keep_model: int | None = None,
     ) -> LinkingService:
-        """device: where the model runs ("cpu", "cuda", "auto"); the index stays in CPU RAM."""
+        """device: where the model runs ("cpu", "cuda", "auto"); the index stays in CPU RAM.
+        keep_model: the linker's (`Linker(keep_model=...)`; None: its default), kept across swaps."""
         data_dir = Path(data_dir)
         linker, served = cls._load(
             data_dir,
@@ -145,6 +147,7 @@ class LinkingService:
             progress=progress,
             model=model,
             device=device,
+            keep_model=keep_model,
         )
         svc = cls(linker, served, data_dir)
         svc.device = device
@@ -162,6 +165,7 @@ class LinkingService:
         progress,
         model=None,
         device: str = "cpu",
+        keep_model: int | None = None,
     ) -> tuple[Linker, ServedModel]:
         import torch
 
@@ -185,7 +189,7 @@ class LinkingService:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         lcls = ZeroShotLinker if zero_shot else Linker
-        linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs)
+        linker = lcls(model, index, allowed_image_dirs=allowed_image_dirs, keep_model=keep_model)
         label = backbone_label(model.backbone)
         if version is None:
             # the same name `python -m mimic retrain` gives the zero-shot serving model
@@ -294,6 +298,7 @@ class LinkingService:
             allowed_image_dirs=self._linker.allowed_image_dirs,
             progress=progress,
             device=self.device,
+            keep_model=self._linker.keep_model,
         )
         with self._lock.write():
             self._linker, self.served = linker, served
