@@ -125,8 +125,8 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
         job = jobs[0]
     lat: list[float] = []
     during: dict[str, list[float]] = {"link_ms": [], "search_ms": []}
-    _, mentions = mel_entities(MELBENCH) if MELBENCH.is_file() else ({}, [])
-    mentions = mentions[:: max(1, len(mentions) // 200)] or [("Chelsea won 2-1", "Chelsea")]
+    _, mel_mentions = mel_entities(MELBENCH) if MELBENCH.is_file() else ({}, [])
+    mentions = mel_mentions[:: max(1, len(mel_mentions) // 200)] or [("Chelsea won 2-1", "Chelsea")]
     i = 0
     while not job.finished:
         a = time.perf_counter()
@@ -186,15 +186,15 @@ def worker(data: str, kb_file: str, mode: str, every: float, chunk: int, out_pat
             "during_import": _summary(during),
         }
     )
-    out["after_import"] = after_import(ctx, kb_tab)
+    out["after_import"] = after_import(ctx, kb_tab, mel_mentions)
     out["rss_before_import_mb"] = round(out["rss_before_import_mb"], 1)
     _dump(out_path, out)
     ctx.stop()
     ctx.store.close()
 
 
-def after_import(ctx, kb_tab, links: int = 30) -> dict:
-    _, mentions = mel_entities(MELBENCH) if MELBENCH.is_file() else ({}, [])
+def after_import(ctx, kb_tab, mentions: list[tuple[str, str]], links: int = 30) -> dict:
+    """Link and KB search timed once the import is over; `mentions`: Wikidata-MEL's (sentence, mention)."""
     mentions = mentions[:: max(1, len(mentions) // links)][:links] or [("Chelsea won 2-1", "Chelsea")]
     lat = []
     for sentence, m in mentions:

@@ -37,7 +37,7 @@ def ivf_nprobe(nlist: int, n: int) -> int:
     Measured with bench-link's model (its "model" and "text" retrievers, 100 queries, recall of the
     exact top 32): at 1M rows (nlist 4,000) nlist/16 kept 1.000 and 0.9997 against 1.000 with
     nlist/8 and halved the search (model 9.1 -> 4.9 ms, one thread); at 100,000 rows (lists of
-    ~80) nlist/16 alone fell to 0.994, hence the floor in rows scanned (16,384 = 207 lists there)."""
+    ~80) nlist/16 alone fell to 0.994, hence the floor in rows scanned (16,384 rows = 208 lists there)."""
     return int(min(nlist, max(1, nlist // 16, -(-SCAN_MIN * nlist // max(n, 1)))))
 
 
